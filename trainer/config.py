@@ -1,0 +1,569 @@
+"""Run configuration: YAML -> typed, validated objects.
+
+Every field carries a docstring; `longhaul config-docs` turns them into docs/CONFIG.md.
+Loading collects *all* problems (schema errors, then semantic checks such as missing data paths,
+unknown model names and impossible phase plans) and raises one ConfigError that names the file,
+the dotted key, what was expected and what was found.
+
+This module must not import torch: the TUI and `longhaul ls` read configs too. Checks that need
+timm (model names) import it lazily inside `check_model_name`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config could not be loaded; `problems` lists every (key, message) found."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s) in config:"]
+        lines += [f"  {key or '<top>'}: {msg}" for key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+# ----------------------------------------------------------------------------- data
+class SyntheticConfig(Section):
+    classes: int = Field(8, ge=2, le=8)
+    """Number of procedurally generated sound classes (tone, chirp, noise burst, clicks, AM, FM,
+    harmonic stack, pulse train), in that order."""
+    train_per_class: int = Field(300, ge=1)
+    """Training examples per class."""
+    val_per_class: int = Field(60, ge=1)
+    """Validation examples per class."""
+    test_per_class: int = Field(0, ge=0)
+    """Test examples per class (0: no test split)."""
+    seed: int = 1234
+    """Seed of the generator; the same seed always gives the same dataset."""
+    snr_db: float = 10.0
+    """Signal-to-noise ratio of the background noise mixed into every example, in dB."""
+
+
+class SpecAugmentConfig(Section):
+    freq_mask: int = Field(0, ge=0)
+    """Maximum width of each frequency mask in mel bins (0: off)."""
+    time_mask: int = Field(0, ge=0)
+    """Maximum width of each time mask in frames (0: off)."""
+    num_masks: int = Field(2, ge=1)
+    """How many masks of each kind per example."""
+
+
+class MixupConfig(Section):
+    alpha: float = Field(0.0, ge=0.0)
+    """Beta(alpha, alpha) parameter of Mixup; 0 turns Mixup off."""
+    prob: float = Field(1.0, ge=0.0, le=1.0)
+    """Probability that a batch is mixed."""
+
+
+class AugmentConfig(Section):
+    spec_augment: SpecAugmentConfig = SpecAugmentConfig()
+    """SpecAugment frequency/time masking on spectrogram features (training only)."""
+    mixup: MixupConfig = MixupConfig()
+    """Mixup of examples and labels within a batch (training only)."""
+    hflip: bool = False
+    """Random horizontal flip for image data (training only)."""
+    gain_db: float = Field(0.0, ge=0.0)
+    """Random gain of +-gain_db dB applied to waveforms (training only; 0: off)."""
+
+
+class FeaturesConfig(Section):
+    kind: Literal["mel", "mfcc", "waveform", "image"] = "mel"
+    """What the model sees: log-mel spectrogram (dB), MFCC, the raw waveform, or the image."""
+    n_fft: int = Field(1024, ge=16)
+    """FFT size of the spectrogram."""
+    hop_length: int = Field(256, ge=1)
+    """Hop between spectrogram frames, in samples."""
+    n_mels: int = Field(64, ge=8)
+    """Number of mel bands."""
+    f_min: float = Field(0.0, ge=0.0)
+    """Lowest mel band edge, Hz."""
+    f_max: Optional[float] = None
+    """Highest mel band edge, Hz (default: sample_rate / 2)."""
+    n_mfcc: int = Field(40, ge=2)
+    """Number of MFCC coefficients (kind: mfcc)."""
+    top_db: Optional[float] = 80.0
+    """Dynamic range kept by the dB conversion (null: unlimited)."""
+    normalize: bool = True
+    """Standardise each example's features to zero mean and unit variance."""
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "audio_folder", "image_folder", "json_waveforms", "csv"] = "synthetic"
+    """Where examples come from. audio_folder: ROOT/<split>/<class>/*.wav|flac or ROOT/<class>/*;
+    image_folder: ROOT/{train,val,test}/<class>/*.png|jpg; json_waveforms: JSON files of
+    waveforms; csv: lists of `path,label` (paths relative to the CSV file)."""
+    root: Optional[str] = None
+    """Dataset folder (audio_folder, image_folder). Relative paths are relative to the config file."""
+    train: Optional[str] = None
+    """Training file (json_waveforms, csv)."""
+    val: Optional[str] = None
+    """Validation file (json_waveforms, csv); if absent, val_fraction of train is held out."""
+    test: Optional[str] = None
+    """Test file (json_waveforms, csv); optional."""
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """Fraction held out for validation when the data has no validation split (stratified,
+    drawn from `seed`)."""
+    classes: Optional[list[str]] = None
+    """Class names in label order; default: sorted folder names / labels found in the data."""
+    sample_rate: int = Field(16000, ge=1000)
+    """Audio is resampled to this rate (Hz)."""
+    duration: float = Field(1.0, gt=0.0)
+    """Audio is padded with zeros or trimmed to this many seconds."""
+    image_size: int = Field(224, ge=8)
+    """Images are resized to image_size x image_size."""
+    image_channels: Literal[1, 3] = 3
+    """1: grayscale, 3: RGB."""
+    skip_bad_files: bool = False
+    """Skip unreadable or corrupt files (counted and reported) instead of refusing to train."""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes. On a 2-core box 0 is usually fastest; results do not depend on it."""
+    cache: bool = True
+    """Keep decoded, un-augmented features in memory after first use."""
+    synthetic: SyntheticConfig = SyntheticConfig()
+    """Settings of the built-in synthetic audio dataset (source: synthetic)."""
+
+
+# ----------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    name: str = "efficientnet_b0"
+    """Any timm model name (efficientnet_b0/b1/b2, tf_efficientnetv2_s/m, resnet18, ...), or
+    `cnn1d_attention` (raw waveform) or `mfcc_mlp` (MFCC features)."""
+    pretrained: Optional[str] = None
+    """Local file of pretrained weights (state dict; classifier and stem shape mismatches are
+    skipped). Nothing is ever downloaded."""
+    drop_rate: float = Field(0.2, ge=0.0, lt=1.0)
+    """Dropout before the classifier."""
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    """Stochastic depth (timm models that support it)."""
+    channels_last: bool = True
+    """channels_last memory layout for 2-D models (about 1.45x faster EfficientNet training on CPU)."""
+    compile: bool = False
+    """torch.compile the model (about 20% faster on CPU after a few minutes of compiling)."""
+    options: dict[str, Any] = {}
+    """Extra keyword arguments for the model constructor (e.g. cnn1d_attention: channels, heads)."""
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    """Optimizer."""
+    lr: float = Field(1e-3, gt=0.0)
+    """Base learning rate (before phase multipliers and the schedule)."""
+    weight_decay: float = Field(0.01, ge=0.0)
+    """Decoupled weight decay (AdamW) or L2 (SGD)."""
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """SGD momentum."""
+    batch_size: int = Field(32, ge=1)
+    """Physical batch size (phases may override)."""
+    accum_steps: int = Field(1, ge=1)
+    """Gradient accumulation: micro-batches per optimizer step (phases may override)."""
+    grad_clip: Optional[float] = Field(None, gt=0.0)
+    """Clip the global gradient norm to this value (null: off)."""
+    bf16: bool = False
+    """bf16 autocast. Slower than fp32 on the CPUs measured so far; off by default."""
+
+
+class LossConfig(Section):
+    name: Literal["ce", "focal"] = "ce"
+    """Cross-entropy or focal loss."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Label smoothing."""
+    focal_gamma: float = Field(2.0, ge=0.0)
+    """Focusing parameter of the focal loss."""
+    class_weights: Union[None, Literal["balanced"], list[float]] = None
+    """Per-class loss weights: a list, `balanced` (n / (k * count) from training class counts), or null."""
+
+
+class PlateauConfig(Section):
+    factor: float = Field(0.5, gt=0.0, lt=1.0)
+    """LR multiplier applied when the monitored metric stops improving."""
+    patience: int = Field(2, ge=0)
+    """Evaluations without improvement before the LR is reduced."""
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "cosine", "step", "plateau"] = "cosine"
+    """LR schedule after warmup. cosine: cosine decay to min_lr_ratio, restarting at `restarts`."""
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    """Linear warmup from warmup_start_ratio*lr, in epochs (fractions allowed)."""
+    warmup_start_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    """LR at the first step, as a fraction of the target LR."""
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    """Floor of cosine decay, as a fraction of the base LR."""
+    restarts: list[int] = []
+    """Epochs at which the cosine schedule restarts (e.g. [25, 50, 70])."""
+    step_epochs: int = Field(10, ge=1)
+    """step: multiply the LR by step_gamma every step_epochs epochs."""
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    """step: the multiplier."""
+    plateau: PlateauConfig = PlateauConfig()
+    """Reduce-on-plateau settings (name: plateau; watches eval.monitor)."""
+
+
+class PhaseConfig(Section):
+    name: str
+    """Shown in the TUI and logs."""
+    epochs: int = Field(ge=1)
+    """Length of the phase in epochs."""
+    trainable: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of the backbone that trains, counted from the head backwards (the head always trains)."""
+    lr_mult: float = Field(1.0, gt=0.0)
+    """Multiplier on the scheduled LR during this phase."""
+    batch_size: Optional[int] = Field(None, ge=1)
+    """Override of optim.batch_size for this phase."""
+    accum_steps: Optional[int] = Field(None, ge=1)
+    """Override of optim.accum_steps for this phase."""
+
+
+class EmaConfig(Section):
+    enabled: bool = False
+    """Keep an exponential moving average of the weights and evaluate with it."""
+    decay: float = Field(0.9998, gt=0.0, lt=1.0)
+    """EMA decay per optimizer step."""
+
+
+class EarlyStoppingConfig(Section):
+    patience: Optional[int] = Field(None, ge=1)
+    """Evaluations without improvement of eval.monitor before the run stops (null: never)."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """Smallest change that counts as an improvement."""
+
+
+class EvalConfig(Section):
+    every_epochs: int = Field(1, ge=1)
+    """Evaluate every N epochs (and always at the end of each phase)."""
+    monitor: str = "val_f1_macro"
+    """Metric that decides the best checkpoint, early stopping and reduce-on-plateau."""
+    mode: Literal["max", "min"] = "max"
+    """Whether larger or smaller values of `monitor` are better."""
+    batch_size: Optional[int] = Field(None, ge=1)
+    """Evaluation batch size (default: 2x the training batch)."""
+    ema: EmaConfig = EmaConfig()
+    """EMA weights."""
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    """Early stopping."""
+
+
+class CheckpointConfig(Section):
+    interval_seconds: float = Field(600.0, gt=0.0)
+    """Checkpoint at least this often (also at every epoch end, phase end, request and stop)."""
+    keep_last: int = Field(3, ge=1)
+    """Newest checkpoints kept."""
+    keep_best: bool = True
+    """Also keep the checkpoint with the best monitored metric."""
+    keep_phase_ends: bool = True
+    """Also keep one checkpoint per finished phase."""
+    min_free_mb: float = Field(512.0, ge=0.0)
+    """Refuse to write (and alert) when less than this plus the checkpoint's size is free."""
+
+
+class DaemonConfig(Section):
+    max_restarts: int = Field(5, ge=0)
+    """Restarts of a crashed trainer before the run is marked failed."""
+    backoff_seconds: float = Field(2.0, ge=0.0)
+    """Delay before the first restart; doubles with each further crash."""
+    backoff_max_seconds: float = Field(300.0, ge=0.0)
+    """Upper bound of the restart delay."""
+    system_interval: float = Field(2.0, gt=0.0)
+    """Seconds between system samples sent to clients."""
+
+
+class RunConfig(Section):
+    name: Optional[str] = None
+    """Default run name (the file name without .yaml when absent)."""
+    seed: int = 0
+    """Seed of everything: data order, augmentation, initialisation, dropout."""
+    threads: int = Field(2, ge=1)
+    """torch intra-op threads. Results are bit-identical only with the same thread count."""
+    max_steps: Optional[int] = Field(None, ge=1)
+    """Stop after this many optimizer steps (smoke tests); null: run the whole plan."""
+    log_every: int = Field(1, ge=1)
+    """Write a history record every N optimizer steps."""
+    data: DataConfig = DataConfig()
+    """Dataset and loading."""
+    features: FeaturesConfig = FeaturesConfig()
+    """Feature extraction."""
+    augment: AugmentConfig = AugmentConfig()
+    """Training-time augmentation."""
+    model: ModelConfig = ModelConfig()
+    """Model."""
+    optim: OptimConfig = OptimConfig()
+    """Optimizer and batching."""
+    loss: LossConfig = LossConfig()
+    """Loss function."""
+    schedule: ScheduleConfig = ScheduleConfig()
+    """Learning-rate schedule."""
+    phases: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(name="train", epochs=10)])
+    """The phase plan, run in order."""
+    eval: EvalConfig = EvalConfig()
+    """Evaluation, EMA and early stopping."""
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    """Checkpointing and retention."""
+    daemon: DaemonConfig = DaemonConfig()
+    """Daemon supervision (longhaul start)."""
+
+    @model_validator(mode="after")
+    def _phase_names_unique(self) -> "RunConfig":
+        names = [p.name for p in self.phases]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"phase names must be unique, found repeated {dupes}")
+        return self
+
+    # Paths in the config are relative to the config file; `base_dir` is set by load_config.
+    _base_dir: Path = Path(".")
+
+    def resolve_path(self, value: Optional[str]) -> Optional[Path]:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self._base_dir / path)
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+
+TIMM_FREE_MODELS = ("cnn1d_attention", "mfcc_mlp")
+
+
+# ----------------------------------------------------------------------------- loading
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`key.path=value` strings -> (dotted key, YAML-typed value)."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", [(item, "expected KEY=VALUE, e.g. optim.lr=0.001")])
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError("--set", [(key, f"value {raw!r} is not valid YAML: {exc}")]) from exc
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def apply_overrides(raw: dict, overrides: list[tuple[str, Any]]) -> dict:
+    """Set dotted keys (list items by index: phases.0.epochs) in a copy of the raw mapping."""
+    raw = copy.deepcopy(raw)
+    for key, value in overrides:
+        parts = key.split(".")
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError("--set", [(key, f"{part!r} is not an index of a {len(node)}-item list")])
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            else:
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+                    if not isinstance(node, (dict, list)):
+                        raise ConfigError("--set", [(key, f"{'.'.join(parts[:i+1])} is not a section")])
+    return raw
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            problems.append((key, "unknown key (check the spelling; see docs/CONFIG.md)"))
+        elif err["type"] == "missing":
+            problems.append((key, "required key is missing"))
+        else:
+            problems.append((key, f"{err['msg']}; found {_describe(err.get('input'))}"))
+    return problems
+
+
+def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    data = cfg.data
+    if data.source in ("audio_folder", "image_folder"):
+        if not data.root:
+            problems.append(("data.root", f"required for source {data.source!r}"))
+        elif check_paths and not cfg.resolve_path(data.root).is_dir():
+            problems.append(("data.root", f"folder not found: {cfg.resolve_path(data.root)}"))
+    if data.source in ("json_waveforms", "csv"):
+        if not data.train:
+            problems.append(("data.train", f"required for source {data.source!r}"))
+        for key in ("train", "val", "test"):
+            value = getattr(data, key)
+            if value and check_paths and not cfg.resolve_path(value).is_file():
+                problems.append((f"data.{key}", f"file not found: {cfg.resolve_path(value)}"))
+    if data.source == "image_folder" and cfg.features.kind != "image":
+        problems.append(("features.kind", f"source image_folder needs kind 'image', found {cfg.features.kind!r}"))
+    if data.source != "image_folder" and cfg.features.kind == "image":
+        problems.append(("features.kind", f"kind 'image' needs source image_folder, found {data.source!r}"))
+    if cfg.model.name == "cnn1d_attention" and cfg.features.kind != "waveform":
+        problems.append(("features.kind", "model cnn1d_attention needs kind 'waveform'"))
+    if cfg.model.name == "mfcc_mlp" and cfg.features.kind != "mfcc":
+        problems.append(("features.kind", "model mfcc_mlp needs kind 'mfcc'"))
+    if cfg.features.kind == "waveform" and cfg.model.name not in TIMM_FREE_MODELS:
+        problems.append(("model.name", f"raw waveforms need model cnn1d_attention, found {cfg.model.name!r}"))
+    if cfg.features.f_max is not None and cfg.features.f_max > data.sample_rate / 2:
+        problems.append(("features.f_max", f"must be <= sample_rate/2 = {data.sample_rate / 2}, found {cfg.features.f_max}"))
+    if cfg.model.pretrained and check_paths and not cfg.resolve_path(cfg.model.pretrained).is_file():
+        problems.append(("model.pretrained", f"weights file not found: {cfg.resolve_path(cfg.model.pretrained)}"))
+    if check_model:
+        problem = check_model_name(cfg.model.name)
+        if problem:
+            problems.append(("model.name", problem))
+    problems += _plan_problems(cfg)
+    return problems
+
+
+def _plan_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    problems = []
+    total = cfg.total_epochs
+    for epoch in cfg.schedule.restarts:
+        if not 0 < epoch < total:
+            problems.append(("schedule.restarts", f"restart epoch {epoch} is outside the run's 1..{total - 1} epochs"))
+    if cfg.schedule.restarts != sorted(set(cfg.schedule.restarts)):
+        problems.append(("schedule.restarts", f"must be strictly increasing, found {cfg.schedule.restarts}"))
+    if cfg.schedule.warmup_epochs >= total:
+        problems.append(("schedule.warmup_epochs", f"must be shorter than the run ({total} epochs), found {cfg.schedule.warmup_epochs}"))
+    if cfg.data.source == "synthetic":
+        n_train = cfg.data.synthetic.classes * cfg.data.synthetic.train_per_class
+        for i, phase in enumerate(cfg.phases):
+            batch = (phase.batch_size or cfg.optim.batch_size) * (phase.accum_steps or cfg.optim.accum_steps)
+            if batch > n_train:
+                problems.append((f"phases.{i}", f"one step needs {batch} samples but the training set has {n_train}"))
+    if cfg.eval.early_stopping.patience is not None and cfg.eval.monitor == "":
+        problems.append(("eval.monitor", "early stopping needs a metric to monitor"))
+    if not (cfg.eval.monitor.startswith("val_") or cfg.eval.monitor == "train_loss"):
+        problems.append(("eval.monitor", f"expected a validation metric such as val_f1_macro, val_accuracy or val_loss, found {cfg.eval.monitor!r}"))
+    return problems
+
+
+def check_model_name(name: str) -> Optional[str]:
+    """None when `name` is a model longhaul can build, else the reason (with close matches)."""
+    if name in TIMM_FREE_MODELS:
+        return None
+    import difflib
+
+    import timm  # lazy: keeps this module importable without torch
+
+    if name in timm.list_models():
+        return None
+    close = difflib.get_close_matches(name, timm.list_models() + list(TIMM_FREE_MODELS), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown model {name!r} (a timm model name or one of {', '.join(TIMM_FREE_MODELS)}){hint}"
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read file: {exc.strerror}")]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [("", f"not valid YAML: {exc}")]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [("", f"expected a mapping of keys at the top, found {type(raw).__name__}")])
+    return raw
+
+
+def build_config(raw: dict, source: str, base_dir: Path, check_paths: bool = True,
+                 check_model: bool = True) -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, _pydantic_problems(exc)) from None
+    cfg._base_dir = base_dir
+    problems = _semantic_problems(cfg, check_paths, check_model)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = (), check_paths: bool = True,
+                check_model: bool = True) -> RunConfig:
+    """Load, override and validate a config file. Raises ConfigError listing every problem."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), parse_overrides(list(overrides)))
+    cfg = build_config(raw, str(path), path.resolve().parent, check_paths, check_model)
+    if cfg.name is None:
+        cfg.name = path.stem
+    return cfg
+
+
+def resolved_dict(cfg: RunConfig) -> dict:
+    """The config as plain data with data paths made absolute (what the run directory stores)."""
+    data = cfg.model_dump(mode="json")
+    for key in ("root", "train", "val", "test"):
+        if data["data"][key]:
+            data["data"][key] = str(cfg.resolve_path(data["data"][key]).resolve())
+    if data["model"]["pretrained"]:
+        data["model"]["pretrained"] = str(cfg.resolve_path(data["model"]["pretrained"]).resolve())
+    return data
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(resolved_dict(cfg), sort_keys=False)
+
+
+def steps_per_epoch(n_train: int, batch_size: int, accum_steps: int) -> int:
+    return n_train // (batch_size * accum_steps)
+
+
+def phase_batching(cfg: RunConfig, phase: PhaseConfig) -> tuple[int, int]:
+    """(physical batch size, accumulation steps) in force during `phase`."""
+    return (phase.batch_size or cfg.optim.batch_size, phase.accum_steps or cfg.optim.accum_steps)
+
+
+def _schema_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, Section):
+            rows.append((key, "section", "", field.description or ""))
+            rows += _schema_rows(ann, key + ".")
+            continue
+        if key == "phases":
+            rows.append((key, "list of phases", "", field.description or ""))
+            rows += _schema_rows(PhaseConfig, "phases[].")
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        type_name = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+        rows.append((key, type_name, default, " ".join((field.description or "").split())))
+    return rows
+
+
+def config_docs() -> str:
+    """Markdown reference of every key, generated from the field docstrings."""
+    lines = ["# Config reference", "",
+             "Generated from `trainer/config.py` by `longhaul config-docs`; do not edit by hand.", "",
+             "| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, doc in _schema_rows(RunConfig):
+        lines.append(f"| `{key}` | {type_name.replace('|', '/')} | {default.replace('|', '/')} | {doc.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
