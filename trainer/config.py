@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(ValueError):
@@ -313,14 +313,6 @@ class RunConfig(Section):
     daemon: DaemonConfig = DaemonConfig()
     """Daemon supervision (longhaul start)."""
 
-    @model_validator(mode="after")
-    def _phase_names_unique(self) -> "RunConfig":
-        names = [p.name for p in self.phases]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"phase names must be unique, found repeated {dupes}")
-        return self
-
     # Paths in the config are relative to the config file; `base_dir` is set by load_config.
     _base_dir: Path = Path(".")
 
@@ -436,6 +428,10 @@ def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> 
 
 def _plan_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     problems = []
+    names = [p.name for p in cfg.phases]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(("phases", f"phase names must be unique, found repeated {dupes}"))
     total = cfg.total_epochs
     for epoch in cfg.schedule.restarts:
         if not 0 < epoch < total:

@@ -1,0 +1,66 @@
+"""Model factory and progressive unfreezing."""
+import pytest
+import torch
+
+from trainer import models
+from trainer.config import RunConfig
+
+
+def make(name, **kw):
+    cfg = RunConfig.model_validate({"model": {"name": name, **kw}})
+    return cfg
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "resnet18", "tf_efficientnetv2_s"])
+def test_timm_models_build_with_classes_and_channels(name):
+    model = models.build_model(make(name), num_classes=3, in_chans=1, input_shape=(1, 64, 64))
+    out = model(torch.randn(2, 1, 64, 64).contiguous(memory_format=torch.channels_last))
+    assert out.shape == (2, 3)
+
+
+def test_builtin_models():
+    cnn = models.build_model(make("cnn1d_attention"), 2, 1, (1, 8000))
+    assert cnn(torch.randn(3, 1, 8000)).shape == (3, 2)
+    mlp = models.build_model(make("mfcc_mlp"), 4, 1, (1, 40, 63))
+    assert mlp(torch.randn(3, 1, 40, 63)).shape == (3, 4)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
+def test_trainable_fraction_counts_from_the_head(fraction):
+    model = models.build_model(make("efficientnet_b0"), 3, 1, (1, 32, 32))
+    groups = models.backbone_groups(model)
+    trainable, total = models.apply_trainable(model, fraction)
+    flags = [all(p.requires_grad for p in g) for g in groups]
+    assert all(p.requires_grad for p in model.get_classifier().parameters())
+    # trainable groups form a suffix (head side) and hold at most `fraction` of the backbone
+    assert flags == sorted(flags)
+    sizes = [sum(p.numel() for p in g) for g in groups]
+    share = sum(s for s, f in zip(sizes, flags) if f) / sum(sizes)
+    assert share <= fraction + 1e-9
+    if fraction == 1.0:
+        assert trainable == total
+    if fraction == 0.0:
+        assert trainable == sum(p.numel() for p in model.get_classifier().parameters())
+
+
+def test_frozen_batchnorm_keeps_running_stats():
+    model = models.build_model(make("resnet18"), 3, 1, (1, 32, 32))
+    models.apply_trainable(model, 0.0)
+    models.set_train_mode(model)
+    before = model.bn1.running_mean.clone()
+    model(torch.randn(4, 1, 32, 32))
+    assert torch.equal(before, model.bn1.running_mean)
+    assert model.get_classifier().training
+
+
+def test_pretrained_from_local_file(tmp_path):
+    src = models.build_model(make("resnet18"), 10, 3, (3, 32, 32))
+    path = tmp_path / "w.pt"
+    torch.save(src.state_dict(), path)
+    cfg = make("resnet18", pretrained=str(path))
+    dst = models.build_model(cfg, 4, 1, (1, 32, 32))   # other head, other in_chans: adapted/skipped
+    assert torch.allclose(dst.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    assert torch.allclose(dst.conv1.weight, src.conv1.weight.sum(dim=1, keepdim=True))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception):
+        models.load_pretrained(dst, tmp_path / "bad.pt")
