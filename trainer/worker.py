@@ -1,0 +1,248 @@
+"""The trainer child process the daemon supervises.
+
+    python -m trainer.worker RUN_DIR --control-fd N
+
+Runs `engine.Trainer` on RUN_DIR/config.yaml and talks to the daemon over the socketpair end N
+(same framing as clients, see docs/ARCHITECTURE.md "Worker <-> daemon"):
+
+- a sender thread owns all writes: the trainer only appends to a queue (progress is coalesced to
+  the latest body), so a slow daemon can never stall a training step;
+- a reader thread turns `control` frames into `(id, action)` items of the controls queue that the
+  engine drains at step boundaries. If the daemon goes away (EOF), that becomes a stop request:
+  the run checkpoints and ends instead of training unsupervised.
+
+Exit code 0 = finished or stopped (the last `state` event says which); 1 = crash, after a `crash`
+event carrying the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from trainer import protocol
+
+log = logging.getLogger("trainer.worker")
+
+#: Request id used for stops the worker raises itself (daemon gone, SIGTERM).
+INTERNAL_REQUEST_ID = 0
+#: Ordered frames (events, records) held while the daemon is not reading. Past this, history
+#: records are dropped from the live stream (they are in history.msgpack anyway); events never.
+MAX_QUEUED_RECORDS = 20_000
+
+
+def plain(value: Any) -> Any:
+    """Make engine values msgpack-friendly: numpy scalars/arrays -> Python, Paths -> str."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float, bytes)):
+        return value
+    if hasattr(value, "tolist"):  # numpy scalar or array, torch tensor
+        return plain(value.tolist())
+    return str(value)
+
+
+class DaemonLink:
+    """Worker end of the daemon channel. All methods are thread-safe and never block on I/O."""
+
+    def __init__(self, sock: socket.socket, controls: queue.SimpleQueue):
+        self.sock = sock
+        self.controls = controls
+        self._cond = threading.Condition()
+        self._ordered: collections.deque = collections.deque()
+        self._records_queued = 0
+        self._progress: Optional[dict] = None
+        self._closing = False
+        self._busy = False
+        self.dropped_records = 0
+        self.frames_sent = 0
+        self.daemon_gone = threading.Event()
+        self._sender = threading.Thread(target=self._send_loop, name="daemon-sender", daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name="daemon-reader", daemon=True)
+
+    def start(self) -> "DaemonLink":
+        self._sender.start()
+        self._reader.start()
+        return self
+
+    # ------------------------------------------------------------------ producer side
+    def send(self, msg: dict) -> None:
+        """Queue an ordered frame (event, record, plan, ack)."""
+        with self._cond:
+            if self.daemon_gone.is_set():
+                return
+            if msg["type"] == "record":
+                if self._records_queued >= MAX_QUEUED_RECORDS:
+                    self.dropped_records += 1
+                    return
+                self._records_queued += 1
+            self._ordered.append(msg)
+            self._cond.notify()
+
+    def send_progress(self, body: dict) -> None:
+        """Replace the pending progress body (latest wins)."""
+        with self._cond:
+            self._progress = body
+            self._cond.notify()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Send what is queued (up to `timeout` seconds), then stop the sender. True if flushed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+            while (self._ordered or self._progress is not None or self._busy) and not self.daemon_gone.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        self._sender.join(timeout=max(0.0, deadline - time.monotonic()))
+        return True
+
+    # ------------------------------------------------------------------ threads
+    def _next_frame(self) -> Optional[dict]:
+        with self._cond:
+            while not self._ordered and self._progress is None:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            if self._ordered:
+                msg = self._ordered.popleft()
+                if msg["type"] == "record":
+                    self._records_queued -= 1
+            else:
+                msg = {"type": "progress", **self._progress}
+                self._progress = None
+            self._busy = True
+            return msg
+
+    def _send_loop(self) -> None:
+        while True:
+            msg = self._next_frame()
+            if msg is None:
+                return
+            try:
+                protocol.send_frame(self.sock, msg, protocol.MAX_SERVER_FRAME)
+                self.frames_sent += 1
+            except protocol.ProtocolError as exc:
+                log.error("cannot send %s frame to the daemon: %s", msg.get("type"), exc)
+            except OSError as exc:
+                log.error("lost the daemon connection while sending: %s", exc)
+                self._lost()
+                return
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                msg = protocol.recv_frame(self.sock, protocol.MAX_CLIENT_FRAME, accept=protocol.DAEMON_TO_WORKER)
+            except (EOFError, OSError, protocol.ProtocolError) as exc:
+                if not self._closing:
+                    log.warning("daemon channel closed (%s): stopping at the next step boundary", exc)
+                self._lost()
+                return
+            self.controls.put((msg["id"], msg["action"]))
+
+    def _lost(self) -> None:
+        first = not self.daemon_gone.is_set()
+        with self._cond:
+            self.daemon_gone.set()
+            self._ordered.clear()
+            self._progress = None
+            self._cond.notify_all()
+        if first and not self._closing:
+            self.controls.put((INTERNAL_REQUEST_ID, "stop"))
+
+
+class LinkPublisher:
+    """The engine's publisher in daemon mode: everything goes to the daemon link."""
+
+    def __init__(self, link: DaemonLink):
+        self.link = link
+
+    def progress(self, body: dict) -> None:
+        self.link.send_progress(plain(body))
+
+    def event(self, kind: str, level: str, message: str, **data: Any) -> None:
+        self.link.send({"type": "event", "time": time.time(), "kind": kind, "level": level,
+                        "message": str(message), "data": plain(data)})
+
+    def record(self, record: dict) -> None:
+        self.link.send({"type": "record", "record": plain(record)})
+
+    def plan(self, body: dict) -> None:
+        self.link.send({"type": "plan", "plan": plain(body["plan"]), "config": plain(body["config"])})
+
+
+def default_trainer_factory(cfg, run_dir: Path, publisher, controls):
+    from trainer.engine import Trainer  # torch is imported here, not at module import
+
+    return Trainer(cfg, run_dir, publisher, controls)
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trainer.worker",
+                                     description="longhaul trainer process (started by the daemon)")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--control-fd", "--fd", dest="control_fd", type=int, required=True,
+                        help="file descriptor of the daemon's socketpair end")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_trainer_factory) -> int:
+    """Run one trainer under the daemon; returns the process exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = socket.socket(fileno=args.control_fd)
+    sock.setblocking(True)
+    controls: queue.SimpleQueue = queue.SimpleQueue()
+    link = DaemonLink(sock, controls).start()
+    publisher = LinkPublisher(link)
+
+    def on_term(signum, frame):
+        # A second SIGTERM gets the default action: die now.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        log.warning("SIGTERM: stopping at the next step boundary")
+        controls.put((INTERNAL_REQUEST_ID, "stop"))
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        from trainer.config import load_config
+
+        cfg = load_config(args.run_dir / "config.yaml", check_model=False)
+        trainer = trainer_factory(cfg, args.run_dir, publisher, controls)
+        result = trainer.run()
+    except BaseException as exc:  # includes KeyboardInterrupt/SystemExit: always report
+        text = traceback.format_exc()
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        publisher.event("crash", "error", f"trainer crashed: {type(exc).__name__}: {exc}", traceback=text)
+        link.close(timeout=5.0)
+        return 1
+    # The engine announces its final state itself; repeat it so the daemon never has to guess
+    # (the daemon ignores a state it is already in).
+    publisher.event("state", "info", result, state=result)
+    if link.dropped_records:
+        log.warning("%d history records were not streamed live (daemon was not reading)", link.dropped_records)
+    link.close(timeout=10.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
