@@ -173,6 +173,10 @@ def cmd_start(args) -> int:
     name = run_dir.name
     print(f"started {name} (daemon pid {pid})\n  dir:    {run_dir}\n  attach: longhaul attach {name}"
           f"\n  status: longhaul status {name}")
+    if args.attach:
+        from tui.app import run_attach
+
+        return run_attach(str(run_dir), None)
     return 0
 
 
@@ -286,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = config_cmd("train", cmd_train, "train in the foreground")
     p.add_argument("--quiet", action="store_true", help="print only events, no progress lines")
-    config_cmd("start", cmd_start, "start a detached training daemon")
+    p = config_cmd("start", cmd_start, "start a detached training daemon")
+    p.add_argument("--attach", action="store_true", help="open the dashboard right away")
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
 
     def run_cmd(name, func, help_text):
