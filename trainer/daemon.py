@@ -73,6 +73,8 @@ class Settings:
     """Minimum seconds between state.json rewrites caused by progress alone."""
     stop_timeout: float = 900.0
     """Seconds the worker gets to checkpoint and exit after a stop before it is terminated."""
+    kill_timeout: float = 30.0
+    """Seconds between SIGTERM and SIGKILL of a worker that ignored the stop."""
     linger: float = 2.0
     """Seconds the daemon keeps flushing to clients after the run ended."""
 
@@ -380,7 +382,7 @@ class Daemon:
             log.error("worker did not stop within %.0f s: terminating it", self.settings.stop_timeout)
             self._signal_worker(proc, signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), 30)
+                await asyncio.wait_for(proc.wait(), self.settings.kill_timeout)
             except TimeoutError:
                 self._signal_worker(proc, signal.SIGKILL)
 
@@ -732,6 +734,10 @@ class Daemon:
         daemon_cfg = self.cfg.daemon
         crashes = 0
         while True:
+            if self.stop_event.is_set():  # stopped before the first worker started
+                self._set_state("stopped", f"{self.stop_reason}: stopped before training started",
+                                stop_reason=self.stop_reason)
+                return "stopped"
             returncode = await self._run_worker()
             if returncode == 0 and self.worker_last_state in ("finished", "stopped"):
                 final = self.worker_last_state
@@ -802,6 +808,10 @@ class Daemon:
         log.info("worker started (pid %d)", proc.pid)
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         self.worker, self.worker_writer = proc, writer
+        if self.shutting_down:  # the signal came while the worker was being started
+            self._forward(Pending(None, 0, "stop"))
+            self._set_state("stopping", f"{self.stop_reason}: checkpointing and stopping", stop_reason=self.stop_reason)
+            self._spawn(self._enforce_stop_timeout(proc))
         relays = [asyncio.create_task(self._pump_output(proc.stdout, "stdout")),
                   asyncio.create_task(self._pump_output(proc.stderr, "stderr")),
                   asyncio.create_task(self._read_worker(reader, proc))]
@@ -958,13 +968,15 @@ class Daemon:
 
 
 # ----------------------------------------------------------------------------- launching
-def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: float = 1.5) -> int:
+def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: float = 1.5,
+                  settings: Optional[dict] = None) -> int:
     """Start the daemon of `run_dir` in a new session and return its pid.
 
     The daemon's stdout/stderr go to RUN_DIR/daemon.log. Waits at most `wait` seconds, until the
     daemon has taken the run (state.json names its pid); raises DaemonError if the run already
     has a live daemon or the daemon dies at once (with the tail of daemon.log).
-    `worker_script` replaces `-m trainer.worker` (tests use a fake trainer).
+    `worker_script` replaces `-m trainer.worker` (tests use a fake trainer); `settings`
+    overrides fields of `Settings` (tests shrink timeouts and bounds).
     """
     run_dir = Path(run_dir).absolute()
     if not (run_dir / runs.CONFIG_FILE).is_file():
@@ -976,6 +988,8 @@ def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: flo
     argv = [sys.executable, "-m", "trainer.daemon", str(run_dir)]
     if worker_script is not None:
         argv += ["--worker-script", str(Path(worker_script).absolute())]
+    if settings:
+        argv += ["--settings", json.dumps(settings)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(PACKAGE_ROOT)] + [
         p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
@@ -1004,13 +1018,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--worker-script", type=Path,
                         help="run this Python script as the worker instead of trainer.worker (tests)")
+    parser.add_argument("--settings", type=json.loads, default={},
+                        help="JSON object overriding daemon tunables (see Settings), e.g. '{\"max_backlog\": 1048576}'")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s daemon[%(process)d]: %(message)s")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no terminal; be explicit anyway
     worker_argv = [sys.executable, str(args.worker_script)] if args.worker_script else None
     try:
-        daemon = Daemon(args.run_dir, worker_argv)
+        daemon = Daemon(args.run_dir, worker_argv, Settings(**args.settings))
         return asyncio.run(daemon.run(install_signals=True))
     except (DaemonError, runs.RuntimeDirError) as exc:
         log.error("%s", exc)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import os
 import queue
 import signal
 import socket
@@ -56,9 +57,11 @@ def plain(value: Any) -> Any:
 class DaemonLink:
     """Worker end of the daemon channel. All methods are thread-safe and never block on I/O."""
 
-    def __init__(self, sock: socket.socket, controls: queue.SimpleQueue):
+    def __init__(self, sock: socket.socket, controls: queue.SimpleQueue,
+                 on_lost: Optional[Callable[[], None]] = None):
         self.sock = sock
         self.controls = controls
+        self.on_lost = on_lost
         self._cond = threading.Condition()
         self._ordered: collections.deque = collections.deque()
         self._records_queued = 0
@@ -164,6 +167,8 @@ class DaemonLink:
             self._ordered.clear()
             self._progress = None
             self._cond.notify_all()
+        if first and self.on_lost is not None:
+            self.on_lost()
         if first and not self._closing:
             self.controls.put((INTERNAL_REQUEST_ID, "stop"))
 
@@ -188,6 +193,59 @@ class LinkPublisher:
         self.link.send({"type": "plan", "plan": plain(body["plan"]), "config": plain(body["config"])})
 
 
+class OutputFallback:
+    """Keeps the worker's prints working when the daemon dies.
+
+    stdout/stderr are pipes the daemon reads; once it is gone a print would raise
+    BrokenPipeError in the middle of training. `redirect()` points fds 1 and 2 at
+    RUN_DIR/train.log instead, so the run can still checkpoint and stop cleanly (and the log
+    goes on where the daemon left it).
+    """
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self._lock = threading.Lock()
+        self.redirected = False
+
+    def redirect(self) -> None:
+        with self._lock:
+            if self.redirected:
+                return
+            self.redirected = True
+            try:
+                fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError:
+                fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+
+
+class SafeStream:
+    """A text stream that switches to the fallback on BrokenPipeError and retries once."""
+
+    def __init__(self, stream, fallback: OutputFallback):
+        self._stream = stream
+        self._fallback = fallback
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._fallback.redirect()
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._fallback.redirect()
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def default_trainer_factory(cfg, run_dir: Path, publisher, controls):
     from trainer.engine import Trainer  # torch is imported here, not at module import
 
@@ -206,12 +264,15 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_trainer_factory) -> int:
     """Run one trainer under the daemon; returns the process exit code."""
     args = parse_args(argv)
+    fallback = OutputFallback(args.run_dir / "train.log")
+    sys.stdout = SafeStream(sys.stdout, fallback)
+    sys.stderr = SafeStream(sys.stderr, fallback)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = socket.socket(fileno=args.control_fd)
     sock.setblocking(True)
     controls: queue.SimpleQueue = queue.SimpleQueue()
-    link = DaemonLink(sock, controls).start()
+    link = DaemonLink(sock, controls, on_lost=fallback.redirect).start()
     publisher = LinkPublisher(link)
 
     def on_term(signum, frame):

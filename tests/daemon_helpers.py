@@ -1,0 +1,166 @@
+"""Shared helpers of the daemon tests and bench/daemon_clients.py: run directories for the fake
+worker, a daemon launcher that cleans up after itself, and a raw protocol client.
+
+`RawClient` is deliberately written from the protocol description (4-byte big-endian length +
+one msgpack map with a "type" key) with socket + msgpack only, not with trainer.protocol, so the
+tests check the documented wire format rather than the module against itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import msgpack
+
+from trainer import daemon, runs
+
+FAKE_WORKER = Path(__file__).resolve().parent / "fake_worker.py"
+
+# Tests wait on real processes; keep daemon tunables small so failures show quickly.
+FAST_SETTINGS = {"linger": 0.5, "stop_timeout": 20.0, "kill_timeout": 5.0}
+
+
+def short_runtime_dir() -> str:
+    """A private directory with a short path (sun_path holds 108 bytes; pytest's tmp_path is long)."""
+    return tempfile.mkdtemp(prefix="lh-", dir="/tmp")
+
+
+def make_run(root: Path, name: str = "run", fake: Optional[dict] = None, daemon_cfg: Optional[dict] = None) -> Path:
+    """A run directory whose config the daemon accepts, scripted for tests/fake_worker.py."""
+    run_dir = runs.create_run_dir(root, name)
+    cfg = {"backoff_seconds": 0.1, "backoff_max_seconds": 1.0, "max_restarts": 3, "system_interval": 0.5}
+    cfg.update(daemon_cfg or {})
+    (run_dir / "config.yaml").write_text(json.dumps({"name": name, "daemon": cfg}))  # JSON is YAML
+    (run_dir / "fake.json").write_text(json.dumps(fake or {}))
+    return run_dir
+
+
+class Launcher:
+    """Starts daemons on the fake worker and kills whatever is left at the end of a test."""
+
+    def __init__(self) -> None:
+        self.run_dirs: list[Path] = []
+
+    def start(self, run_dir: Path, settings: Optional[dict] = None, wait_socket: bool = True) -> int:
+        pid = daemon.launch_daemon(run_dir, worker_script=FAKE_WORKER, settings={**FAST_SETTINGS, **(settings or {})})
+        self.run_dirs.append(run_dir)
+        if wait_socket:
+            wait_for(lambda: runs.socket_path(run_dir).exists(), 10, f"socket of {run_dir.name}")
+        return pid
+
+    def cleanup(self) -> None:
+        for run_dir in self.run_dirs:
+            pids = []
+            pid = runs.StateFile(run_dir).read().get("pid")
+            if pid:
+                pids.append(pid)
+            runs_file = run_dir / "fake_runs"
+            if runs_file.exists():
+                pids += [int(p) for p in runs_file.read_text().split()]
+            for pid in pids:
+                if runs.is_longhaul_process(pid) or _is_fake_worker(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+def _is_fake_worker(pid: int) -> bool:
+    return runs.pid_alive(pid) and any("fake_worker" in a for a in runs.process_cmdline(pid))
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
+    """Poll `predicate` until it is truthy (returned) or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_exit(pid: int, timeout: float) -> None:
+    wait_for(lambda: not runs.pid_alive(pid), timeout, f"process {pid} to exit")
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class RawClient:
+    """A protocol client made of a socket and msgpack."""
+
+    def __init__(self, path: Path, timeout: float = 10.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send(self, msg: dict) -> None:
+        payload = msgpack.packb(msg, use_bin_type=True)
+        self.sock.sendall(struct.pack(">I", len(payload)) + payload)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, n: int) -> bool:
+        while len(self.buf) < n:
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except ConnectionResetError:  # closed by the daemon with our bytes unread
+                return False
+            if not chunk:
+                return False
+            self.buf += chunk
+        return True
+
+    def recv(self) -> Optional[dict]:
+        """Next message, or None at end of stream."""
+        if not self._fill(4):
+            return None
+        (length,) = struct.unpack(">I", self.buf[:4])
+        if not self._fill(4 + length):
+            return None
+        payload, self.buf = self.buf[4:4 + length], self.buf[4 + length:]
+        msg = msgpack.unpackb(payload, raw=False)
+        assert isinstance(msg, dict) and isinstance(msg.get("type"), str), msg
+        return msg
+
+    def hello(self, version: int = 1, client: str = "raw-test") -> dict:
+        self.send({"type": "hello", "version": version, "client": client})
+        return self.recv()
+
+    def recv_until(self, predicate: Callable[[dict], bool], timeout: float = 20.0) -> list[dict]:
+        """Messages up to and including the first that matches; fails at EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            msg = self.recv()
+            assert msg is not None, f"connection closed; last messages: {[m.get('type') for m in seen[-5:]]}"
+            seen.append(msg)
+            if predicate(msg):
+                return seen
+        raise AssertionError("timed out waiting for a matching message")
+
+    def read_to_end(self) -> list[dict]:
+        out = []
+        while (msg := self.recv()) is not None:
+            out.append(msg)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def is_final_state(msg: dict) -> bool:
+    return msg.get("type") == "event" and msg["kind"] == "state" and msg["data"]["state"] in runs.FINAL_STATES

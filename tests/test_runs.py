@@ -1,0 +1,205 @@
+"""Run registry: names, state files, liveness, status/list and the private runtime directory."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer import runs
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    (tmp_path / "xdg").mkdir(mode=0o700)
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def live_process():
+    """A live process whose argv says longhaul (like a daemon or `longhaul train`)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "longhaul-test"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def foreign_process():
+    """A live process that is not longhaul (a recycled pid)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def new_run(root: Path, name: str, **state) -> Path:
+    run_dir = runs.create_run_dir(root, name)
+    (run_dir / "config.yaml").write_text("name: %s\n" % name)
+    if state:
+        runs.StateFile(run_dir).update(name=name, **state)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- directories
+def test_create_and_resolve_runs(root):
+    path = runs.create_run_dir(root, "exp-1.a_b")
+    (path / "config.yaml").write_text("{}")
+    assert path == (root / "exp-1.a_b").absolute() and path.is_dir()
+    assert runs.resolve_run("exp-1.a_b", root) == path
+    assert runs.resolve_run(str(path), root=root / "elsewhere") == path
+    with pytest.raises(runs.RunExists, match="already exists"):
+        runs.create_run_dir(root, "exp-1.a_b")
+    for bad in ("a/b", "", "..", "sp ace", "é"):
+        with pytest.raises(ValueError, match="invalid run name"):
+            runs.create_run_dir(root, bad)
+    with pytest.raises(runs.RunNotFound, match=r"no run named or at 'nope'.*exp-1\.a_b"):
+        runs.resolve_run("nope", root)
+    with pytest.raises(runs.RunNotFound, match="no runs under"):
+        runs.resolve_run("nope", root / "empty")
+
+
+def test_runs_root_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LONGHAUL_ROOT", str(tmp_path / "r"))
+    assert runs.runs_root() == tmp_path / "r"
+    monkeypatch.delenv("LONGHAUL_ROOT")
+    monkeypatch.chdir(tmp_path)
+    assert runs.runs_root() == tmp_path / "checkpoints"
+
+
+# ----------------------------------------------------------------------------- state file
+def test_state_file_merges_atomically(root):
+    run_dir = runs.create_run_dir(root, "s")
+    sf = runs.StateFile(run_dir)
+    assert sf.read() == {}
+    sf.update(state="running", step=3)
+    before = time.time()
+    data = sf.update(step=4, eta=10.5)
+    assert data["state"] == "running" and data["step"] == 4 and data["eta"] == 10.5
+    assert data["updated"] >= before
+    assert json.loads((run_dir / "state.json").read_text()) == data
+    assert [p.name for p in run_dir.iterdir()] == ["state.json"]  # no temp file left behind
+
+
+def test_corrupt_state_file_is_reported(root):
+    run_dir = new_run(root, "bad")
+    (run_dir / "state.json").write_text("{not json")
+    with pytest.raises(runs.StateFileError, match="state.json: not valid JSON"):
+        runs.StateFile(run_dir).read()
+    info = runs.status(run_dir)
+    assert info["state"] == "unknown" and "not valid JSON" in info["error"]
+
+
+# ----------------------------------------------------------------------------- liveness
+def test_effective_state(root, live_process, foreign_process):
+    assert runs.effective_state(new_run(root, "live", state="running", pid=live_process)) == "running"
+    assert runs.effective_state(new_run(root, "paused", state="paused", pid=live_process)) == "paused"
+    assert runs.effective_state(new_run(root, "dead", state="running", pid=dead_pid())) == "interrupted"
+    assert runs.effective_state(new_run(root, "recycled", state="stopping", pid=foreign_process)) == "interrupted"
+    assert runs.effective_state(new_run(root, "nopid", state="starting")) == "interrupted"
+    assert runs.effective_state(new_run(root, "done", state="finished", pid=dead_pid())) == "finished"
+    assert runs.effective_state(new_run(root, "never")) == "stopped"
+
+
+def test_zombie_is_not_alive():
+    proc = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not runs.pid_alive(proc.pid)  # exited but not reaped yet
+    proc.wait()
+    assert not runs.pid_alive(proc.pid)
+    assert runs.pid_alive(os.getpid())
+    assert not runs.pid_alive(None) and not runs.pid_alive(0)
+
+
+# ----------------------------------------------------------------------------- status / list
+def test_list_runs_reports_every_kind_of_run(root, live_process):
+    now = time.time()
+    new_run(root, "a-live", state="running", pid=live_process, step=120, total_steps=1000, epoch=2, phase=0,
+            phase_name="head", eta=3600.0, last_checkpoint={"time": now - 90, "step": 100, "path": "ckpt/step-00000100"})
+    new_run(root, "b-finished", state="finished", pid=dead_pid(), step=1000, total_steps=1000,
+            best_eval={"val_f1_macro": 0.9})
+    new_run(root, "c-stopped", state="stopped", pid=dead_pid(), step=500, total_steps=1000)
+    new_run(root, "d-interrupted", state="running", pid=dead_pid(), step=700, total_steps=1000, eta=100.0)
+    (root / "not-a-run").mkdir()
+    infos = runs.list_runs(root)
+    assert [i["name"] for i in infos] == ["a-live", "b-finished", "c-stopped", "d-interrupted"]
+    by_name = {i["name"]: i for i in infos}
+    assert {n: i["state"] for n, i in by_name.items()} == {
+        "a-live": "running", "b-finished": "finished", "c-stopped": "stopped", "d-interrupted": "interrupted"}
+    live = by_name["a-live"]
+    assert live["pid"] == live_process and live["step"] == 120 and live["eta"] == 3600.0
+    assert 89 <= live["last_checkpoint_age"] < 100
+    assert live["socket"] is None  # no daemon socket exists for this fake
+    assert live["dir"] == str(root / "a-live")
+    assert by_name["b-finished"]["best_eval"] == {"val_f1_macro": 0.9}
+    interrupted = by_name["d-interrupted"]
+    assert interrupted["pid"] is None and interrupted["eta"] is None and interrupted["step"] == 700
+    assert set(live) >= {"name", "state", "step", "total_steps", "epoch", "phase", "last_eval", "best_eval",
+                         "pid", "socket", "eta", "last_checkpoint_age", "dir"}
+    assert runs.list_runs(root / "missing") == []
+
+
+# ----------------------------------------------------------------------------- runtime dir
+def test_runtime_dir_is_created_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    path = runs.runtime_dir()
+    assert path == tmp_path / "longhaul"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert runs.runtime_dir() == path  # idempotent
+
+
+def test_runtime_dir_falls_back_to_tmp(monkeypatch):
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    path = runs.runtime_dir()
+    assert path == Path(f"/tmp/longhaul-{os.getuid()}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+def test_runtime_dir_refuses_open_permissions(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "longhaul").mkdir(mode=0o700)
+    os.chmod(tmp_path / "longhaul", 0o750)
+    with pytest.raises(runs.RuntimeDirError, match=r"permissions 0750 let other users in; run `chmod 700"):
+        runs.runtime_dir()
+    with pytest.raises(runs.RuntimeDirError):
+        runs.socket_path(tmp_path / "somerun")
+
+
+def test_runtime_dir_refuses_foreign_owner_and_symlinks(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert runs.check_private_dir(private) == private
+    with pytest.raises(runs.RuntimeDirError, match=f"owned by uid {os.getuid()}, not by you \\(uid 4242\\)"):
+        runs.check_private_dir(private, uid=4242)
+    link = tmp_path / "link"
+    link.symlink_to(private)
+    with pytest.raises(runs.RuntimeDirError, match="not a directory"):
+        runs.check_private_dir(link)
+    with pytest.raises(runs.RuntimeDirError, match="does not exist"):
+        runs.check_private_dir(tmp_path / "missing")
+
+
+def test_socket_path_is_unique_and_short(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    a = runs.socket_path(tmp_path / "root1" / "exp")
+    b = runs.socket_path(tmp_path / "root2" / "exp")
+    assert a.parent == b.parent == tmp_path / "longhaul"
+    assert a != b and a.name.startswith("exp-") and a.name.endswith(".sock")
+    assert a == runs.socket_path(tmp_path / "root1" / "exp")
+    long_name = runs.socket_path(tmp_path / ("n" * 200))
+    assert len(long_name.name) <= 40 + len("-12345678.sock")
