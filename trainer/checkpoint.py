@@ -1,0 +1,660 @@
+"""Crash-safe, checksummed checkpoint store.
+
+Layout inside the store directory (``RUN/ckpt/``)::
+
+    step-0000001234/
+        state.pt        torch.save of the training state (nested dict of tensors and plain data)
+        meta.json       step, epoch, phase, time, metric, mode, phase_end, ... (caller's dict)
+        MANIFEST.json   written last: format version and size + sha256 of every other file
+    .lock               flock held by the store that writes here (holds that process's pid)
+
+Write protocol (what makes a checkpoint survive kill -9 and power loss):
+
+1. check free space (estimated size + ``min_free_mb``), refuse with CheckpointError otherwise;
+2. write every file into ``.tmp-step-N-<token>/`` and fsync it, then write and fsync the manifest;
+3. fsync the temp directory, rename it to ``step-N`` and fsync the store directory.
+
+A directory named ``step-N`` therefore either holds a complete checkpoint or is damaged on disk
+(torn write, bit rot); loading verifies the manifest and falls back to the previous valid one.
+Anything starting with ``.tmp-`` is an unfinished write or an unfinished removal and is deleted
+when a writable store is opened. When ``step-N`` already exists (the same step saved again after
+a resume, or by an explicit request), the old one is first renamed to ``.old-step-N``; opening the
+store puts it back if the crash came before the new one was in place, and deletes it otherwise.
+"""
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+MANIFEST_FILE = "MANIFEST.json"
+LOCK_FILE = ".lock"
+TMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"
+_STEP_DIR = re.compile(r"^step-(\d{10})$")
+_HASH_CHUNK = 1 << 20
+# torch.save adds zip headers, a pickle of the structure and 64-byte alignment per tensor.
+_OVERHEAD_PER_TENSOR = 1024
+_OVERHEAD_FIXED = 1 << 20
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written, or a verified checkpoint could not be loaded."""
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """Outcome of one save, passed to ``on_done`` and returned by ``save``.
+
+    ``waited_s`` is how long the save waited for the previous background write to finish before
+    it could start (part of the training-loop stall for ``save_async``).
+    """
+
+    step: int
+    path: Path
+    bytes: int = 0
+    write_s: float = 0.0
+    waited_s: float = 0.0
+    error: Optional[BaseException] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint directory whose manifest verified, with its parsed meta.json."""
+
+    step: int
+    path: Path
+    meta: dict
+
+
+def step_dir_name(step: int) -> str:
+    """Directory name of the checkpoint of ``step``."""
+    return f"step-{step:010d}"
+
+
+def snapshot(state: Any) -> Any:
+    """Detached in-memory copy of ``state``, safe to write while training mutates the original.
+
+    Tensors are detached and cloned (a tensor that appears twice, e.g. tied weights, stays one
+    tensor in the copy); dicts, lists and tuples are rebuilt around the copies; anything else is
+    deep-copied. Distinct views of one storage become independent tensors.
+    """
+    return _copy(state, {})
+
+
+def _copy(obj: Any, memo: dict) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = id(obj)
+        if key not in memo:
+            memo[key] = obj.detach().clone()
+        return memo[key]
+    if isinstance(obj, dict):
+        out = copy.copy(obj)  # keeps dict subclasses (OrderedDict, defaultdict) as they are
+        for k, v in obj.items():
+            out[k] = _copy(v, memo)
+        return out
+    if isinstance(obj, list):
+        return [_copy(v, memo) for v in obj]
+    if isinstance(obj, tuple):
+        items = [_copy(v, memo) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    return copy.deepcopy(obj, memo)
+
+
+def estimate_bytes(state: Any) -> int:
+    """Rough size of ``torch.save(state)``: tensor storages plus a fixed allowance per tensor."""
+    storages: dict[tuple[int, int], int] = {}
+    n_tensors = 0
+
+    def walk(obj: Any) -> None:
+        nonlocal n_tensors
+        if isinstance(obj, torch.Tensor):
+            n_tensors += 1
+            storage = obj.untyped_storage()
+            storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+
+    walk(state)
+    return sum(storages.values()) + n_tensors * _OVERHEAD_PER_TENSOR + _OVERHEAD_FIXED
+
+
+class _HashingWriter:
+    """File-like wrapper that hashes and counts everything written through it."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _write_file(path: Path, write: Callable[[Any], None]) -> dict:
+    """Create ``path``, fill it with ``write(file)``, fsync it; return its manifest entry."""
+    with open(path, "xb") as f:
+        writer = _HashingWriter(f)
+        write(writer)
+        f.flush()
+        os.fsync(f.fileno())
+        on_disk = os.fstat(f.fileno()).st_size
+    if on_disk != writer.size:  # the writer must be strictly sequential for the hash to hold
+        raise CheckpointError(f"{path}: wrote {writer.size} bytes but the file has {on_disk}")
+    return {"size": writer.size, "sha256": writer.sha256.hexdigest()}
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory so that no half-deleted checkpoint is ever visible under its name.
+
+    It is renamed to a ``.tmp-`` name first; a crash during the deletion leaves only a temp
+    directory that the next open cleans up.
+    """
+    doomed = path.parent / f"{TMP_PREFIX}del-{path.name}-{secrets.token_hex(4)}"
+    os.rename(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def _checked_meta(meta: Any) -> dict:
+    """Copy of ``meta`` with a default ``time``; CheckpointError naming the problem otherwise."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"checkpoint meta['step'] must be an int >= 0, got {step!r}")
+    meta = dict(meta)
+    meta.setdefault("time", time.time())
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint meta for step {step} is not JSON-serializable: {e}") from e
+    return meta
+
+
+def _usable_metric(meta: dict) -> Optional[float]:
+    value = meta.get("metric")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class CheckpointStore:
+    """Atomic, checksummed checkpoints in ``ckpt_dir`` with retention.
+
+    One writable store per directory at a time: opening takes an exclusive ``flock`` on
+    ``ckpt_dir/.lock`` (released when the store is closed or its process dies, even by kill -9)
+    and raises CheckpointError if another process still holds it after ``lock_timeout`` seconds. ``readonly=True`` opens without the
+    lock and without cleaning up, for inspecting a directory that a trainer may be writing.
+
+    ``on_done(result: SaveResult)`` is called once per save attempt, synchronous or not, from the
+    thread that did the write; it must be thread-safe and quick.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: Path,
+        keep_last: int = 3,
+        keep_best: bool = True,
+        keep_phase_ends: bool = True,
+        min_free_mb: float = 512,
+        on_done: Optional[Callable[[SaveResult], None]] = None,
+        readonly: bool = False,
+        lock_timeout: float = 10.0,
+    ):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        if min_free_mb < 0:
+            raise ValueError(f"min_free_mb must be >= 0, got {min_free_mb}")
+        self.ckpt_dir = Path(ckpt_dir)
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+        self.keep_phase_ends = keep_phase_ends
+        self.min_free_mb = min_free_mb
+        self.on_done = on_done
+        self.readonly = readonly
+        self.rejected: list[tuple[Path, str]] = []
+        """(path, reason) of every checkpoint the last load_latest()/list_valid() skipped."""
+        self._lock = threading.RLock()  # scans, renames and removals in this directory
+        self._thread: Optional[threading.Thread] = None
+        self._pending_error: Optional[BaseException] = None
+        self._verified: dict[str, tuple] = {}  # dir name -> file fingerprint already hashed
+        self._logged: set[tuple[str, str]] = set()
+        self._lock_fd: Optional[int] = None
+        if not readonly:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self._take_dir_lock(lock_timeout)
+            self._clean_stale()
+
+    # -- opening and closing -------------------------------------------------------------------
+
+    def _take_dir_lock(self, timeout: float) -> None:
+        # Waiting a little matters after a crash: forked data-loader workers of the dead trainer
+        # share its lock file description and keep the lock until they notice and exit.
+        fd = os.open(self.ckpt_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise CheckpointError(
+                        f"checkpoint directory {self.ckpt_dir} is in use by another process "
+                        f"(pid {holder}; waited {timeout:g} s)"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _clean_stale(self) -> None:
+        """Delete unfinished writes/removals; resolve a replacement interrupted half-way."""
+        for entry in sorted(os.scandir(self.ckpt_dir), key=lambda e: e.name):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            if entry.name.startswith(TMP_PREFIX):
+                log.info("removing unfinished checkpoint write %s", path)
+                shutil.rmtree(path)
+            elif entry.name.startswith(OLD_PREFIX):
+                final = self.ckpt_dir / entry.name[len(OLD_PREFIX):]
+                if final.exists():
+                    shutil.rmtree(path)
+                else:
+                    log.warning("restoring %s: its replacement never landed", final)
+                    os.rename(path, final)
+        _fsync_dir(self.ckpt_dir)
+
+    def close(self) -> None:
+        """Wait for a write in flight and release the directory lock (errors go to on_done)."""
+        self._join_in_flight()
+        if self._pending_error is not None:
+            log.error("checkpoint write failed and was never waited for: %s", self._pending_error)
+            self._pending_error = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "CheckpointStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    snapshot = staticmethod(snapshot)
+
+    def save(self, state: dict, meta: dict) -> SaveResult:
+        """Write a checkpoint now (after any write in flight); raise CheckpointError on failure.
+
+        ``state`` is written as it is; do not modify it until this returns.
+        """
+        meta = self._prepare(meta)
+        waited = self._join_in_flight()
+        result = self._write_and_report(state, meta, waited)
+        if result.error is not None:
+            raise result.error
+        return result
+
+    def save_async(self, state_snapshot: dict, meta: dict) -> None:
+        """Write ``state_snapshot`` (from ``snapshot()``) in a background thread.
+
+        At most one write is in flight: if one is, this waits for it first (reported as
+        ``waited_s``). The outcome goes to ``on_done``; a failure is also raised by ``wait()``.
+        """
+        meta = self._prepare(meta)
+        waited = self._join_in_flight()
+        thread = threading.Thread(
+            target=self._write_in_background,
+            args=(state_snapshot, meta, waited),
+            name=f"checkpoint-step-{meta['step']}",
+        )
+        self._thread = thread
+        thread.start()
+
+    def wait(self) -> None:
+        """Block until no write is in flight; raise the first background failure not yet raised."""
+        self._join_in_flight()
+        error, self._pending_error = self._pending_error, None
+        if error is not None:
+            raise error
+
+    def _prepare(self, meta: dict) -> dict:
+        if self.readonly:
+            raise CheckpointError(f"checkpoint store {self.ckpt_dir} was opened read-only")
+        if self._lock_fd is None:
+            raise CheckpointError(f"checkpoint store {self.ckpt_dir} is closed")
+        return _checked_meta(meta)
+
+    def _join_in_flight(self) -> float:
+        thread, started = self._thread, time.perf_counter()
+        if thread is None:
+            return 0.0
+        thread.join()
+        self._thread = None
+        return time.perf_counter() - started
+
+    def _write_in_background(self, state: dict, meta: dict, waited: float) -> None:
+        result = self._write_and_report(state, meta, waited)
+        if result.error is not None and self._pending_error is None:
+            self._pending_error = result.error
+
+    def _write_and_report(self, state: dict, meta: dict, waited: float) -> SaveResult:
+        step = meta["step"]
+        started = time.perf_counter()
+        try:
+            path, nbytes = self._write(state, meta)
+            result = SaveResult(step, path, nbytes, time.perf_counter() - started, waited)
+        except CheckpointError as e:
+            log.error("%s", e)
+            result = SaveResult(step, self.ckpt_dir / step_dir_name(step), waited_s=waited, error=e)
+        if result.ok:
+            self._apply_retention()
+        if self.on_done is not None:
+            try:
+                self.on_done(result)
+            except Exception:  # a reporting bug must not take the checkpoint machinery down
+                log.exception("checkpoint on_done callback failed")
+        return result
+
+    def _write(self, state: dict, meta: dict) -> tuple[Path, int]:
+        """Write one checkpoint with the protocol in the module docstring; return (path, bytes)."""
+        step = meta["step"]
+        name = step_dir_name(step)
+        tmp = self.ckpt_dir / f"{TMP_PREFIX}{name}-{secrets.token_hex(4)}"
+        try:
+            self._check_free_space(step, estimate_bytes(state))
+            tmp.mkdir()
+            meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode()
+            files = {
+                STATE_FILE: _write_file(tmp / STATE_FILE, lambda f: torch.save(state, f)),
+                META_FILE: _write_file(tmp / META_FILE, lambda f: f.write(meta_bytes)),
+            }
+            manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
+            manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            _write_file(tmp / MANIFEST_FILE, lambda f: f.write(manifest_bytes))
+            _fsync_dir(tmp)
+            with self._lock:
+                final = self._install(tmp, name)
+                self._verified[name] = self._fingerprint(final)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, CheckpointError) or not isinstance(e, Exception):
+                raise
+            raise CheckpointError(f"writing checkpoint step {step} in {self.ckpt_dir} failed: {e}") from e
+        return final, sum(f["size"] for f in files.values()) + len(manifest_bytes)
+
+    def _check_free_space(self, step: int, estimate: int) -> None:
+        free = shutil.disk_usage(self.ckpt_dir).free
+        reserve = int(self.min_free_mb * 2**20)
+        if free < estimate + reserve:
+            raise CheckpointError(
+                f"not enough disk space for checkpoint step {step} in {self.ckpt_dir}: "
+                f"{free / 2**20:.0f} MiB free, need about {estimate / 2**20:.0f} MiB "
+                f"plus min_free_mb={self.min_free_mb:g}"
+            )
+
+    def _install(self, tmp: Path, name: str) -> Path:
+        """Rename the finished temp dir to ``name``, moving an existing one aside first."""
+        final = self.ckpt_dir / name
+        old = self.ckpt_dir / f"{OLD_PREFIX}{name}"
+        if final.exists():
+            if old.exists():  # only possible after a failed cleanup; final is the newer one
+                shutil.rmtree(old)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            _fsync_dir(self.ckpt_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
+            _fsync_dir(self.ckpt_dir)
+        return final
+
+    # -- finding and loading -------------------------------------------------------------------
+
+    def list_valid(self) -> list[CheckpointInfo]:
+        """Every checkpoint whose manifest verifies, oldest first; the others go to ``rejected``.
+
+        Files this store already hashed (and that are unchanged since) are not hashed again.
+        """
+        with self._lock:
+            self.rejected = []
+            valid = []
+            for step, path in self._step_dirs():
+                info, reason = self._verify_reporting(step, path, use_cache=True)
+                if info is not None:
+                    valid.append(info)
+            return valid
+
+    def load_latest(self, map_location: Any = "cpu", weights_only: bool = False) -> Optional[tuple[dict, dict]]:
+        """(state, meta) of the newest checkpoint that verifies, or None if there is none.
+
+        Every checkpoint is re-hashed here. Skipped ones are logged and listed in ``rejected``.
+        ``weights_only=False`` because the state holds numpy/Python RNG states that torch's
+        restricted unpickler refuses; the store only unpickles files whose sha256 matches the
+        manifest it wrote itself into the run directory.
+        A checkpoint that verifies but cannot be loaded raises CheckpointError: falling back would
+        silently restart from older state because of a code or version problem, not damage.
+        """
+        with self._lock:
+            self.rejected = []
+            for step, path in reversed(self._step_dirs()):
+                info, _ = self._verify_reporting(step, path, use_cache=False)
+                if info is not None:
+                    return self.load(info, map_location, weights_only), info.meta
+        return None
+
+    def load(self, info: CheckpointInfo, map_location: Any = "cpu", weights_only: bool = False) -> dict:
+        """The state of one verified checkpoint (see load_latest for ``weights_only``)."""
+        try:
+            return torch.load(info.path / STATE_FILE, map_location=map_location, weights_only=weights_only)
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {info.path} verified but could not be loaded: {e}") from e
+
+    def _step_dirs(self) -> list[tuple[int, Path]]:
+        """(step, path) of every ``step-N`` directory, ascending. OSError if listing fails."""
+        found = []
+        for entry in os.scandir(self.ckpt_dir):
+            match = _STEP_DIR.match(entry.name)
+            if match and entry.is_dir(follow_symlinks=False):
+                found.append((int(match.group(1)), Path(entry.path)))
+        return sorted(found)
+
+    def _verify_reporting(self, step: int, path: Path, use_cache: bool):
+        """_verify, turning unreadable files into a rejection; records and logs rejections."""
+        try:
+            info, reason = self._verify(step, path, use_cache)
+        except OSError as e:
+            info, reason = None, f"unreadable: {e}"
+        if reason is not None:
+            self.rejected.append((path, reason))
+            self._log_rejection(path, reason)
+        return info, reason
+
+    def _log_rejection(self, path: Path, reason: str) -> None:
+        if (str(path), reason) not in self._logged:
+            self._logged.add((str(path), reason))
+            log.warning("skipping checkpoint %s: %s", path, reason)
+
+    def _verify(self, step: int, path: Path, use_cache: bool) -> tuple[Optional[CheckpointInfo], Optional[str]]:
+        """Check a checkpoint against its manifest: (info, None) if valid, (None, reason) if not.
+
+        Damage (missing or mismatching files, bad JSON) is a reason; other OSErrors propagate so
+        that callers which delete things can refuse to act on a directory they cannot read.
+        """
+        try:
+            manifest = json.loads((path / MANIFEST_FILE).read_bytes())
+        except FileNotFoundError:
+            return None, f"no {MANIFEST_FILE} (the write did not finish)"
+        except ValueError as e:
+            return None, f"{MANIFEST_FILE} is not valid JSON: {e}"
+        problem = _manifest_problem(manifest, step)
+        if problem:
+            return None, problem
+        fingerprint = self._fingerprint(path)
+        if not (use_cache and fingerprint is not None and self._verified.get(path.name) == fingerprint):
+            for fname, expected in manifest["files"].items():
+                try:
+                    size = (path / fname).stat().st_size
+                    if size != expected["size"]:
+                        return None, f"{fname} has {size} bytes, manifest says {expected['size']}"
+                    if _sha256_of(path / fname) != expected["sha256"]:
+                        return None, f"{fname} sha256 does not match the manifest"
+                except FileNotFoundError:
+                    return None, f"{fname} is missing"
+            self._verified[path.name] = fingerprint
+        try:
+            meta = json.loads((path / META_FILE).read_bytes())
+        except ValueError as e:
+            return None, f"{META_FILE} is not valid JSON: {e}"
+        if not isinstance(meta, dict):
+            return None, f"{META_FILE} is not a JSON object"
+        return CheckpointInfo(step, path, meta), None
+
+    @staticmethod
+    def _fingerprint(path: Path) -> Optional[tuple]:
+        """Identity of a checkpoint's files (name, inode, size, mtime); None if one is missing."""
+        try:
+            stats = [(e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)]
+        except FileNotFoundError:
+            return None
+        return tuple(sorted(stats))
+
+    # -- retention -------------------------------------------------------------------------------
+
+    def _apply_retention(self) -> None:
+        """Remove checkpoints no rule keeps; any listing/reading failure removes nothing.
+
+        Kept: the newest ``keep_last`` valid ones (always including the newest valid one), the
+        best by ``meta["metric"]`` (direction ``meta["mode"]``, "max" or "min") if ``keep_best``,
+        and the last ``phase_end`` checkpoint of each phase if ``keep_phase_ends``. Invalid
+        (damaged) checkpoints older than the newest valid one are removed too; invalid ones newer
+        than it are left for inspection until a newer valid checkpoint exists.
+        """
+        with self._lock:
+            try:
+                entries = []
+                for step, path in self._step_dirs():
+                    info, reason = self._verify(step, path, use_cache=True)
+                    if reason is not None:
+                        self._log_rejection(path, reason)
+                    entries.append((step, path, info))
+            except OSError as e:
+                log.warning("retention skipped: cannot read %s: %s", self.ckpt_dir, e)
+                return
+            valid = [info for _, _, info in entries if info is not None]
+            if not valid:
+                return
+            keep = self._kept(valid)
+            newest_valid = valid[-1].step
+            for step, path, info in entries:
+                if path in keep or (info is None and step > newest_valid):
+                    continue
+                try:
+                    _remove_tree(path)
+                    self._verified.pop(path.name, None)
+                    log.info("retention removed %s%s", path, "" if info else " (invalid)")
+                except OSError as e:
+                    log.warning("retention could not remove %s: %s", path, e)
+
+    def _kept(self, valid: list[CheckpointInfo]) -> set[Path]:
+        keep = {info.path for info in valid[-self.keep_last:]}
+        keep.add(valid[-1].path)
+        if self.keep_best:
+            best = _best(valid)
+            if best is not None:
+                keep.add(best.path)
+        if self.keep_phase_ends:
+            last_of_phase: dict[Any, CheckpointInfo] = {}
+            for info in valid:  # ascending, so later ones overwrite earlier ones
+                if info.meta.get("phase_end") is True:
+                    last_of_phase[info.meta.get("phase")] = info
+            keep.update(info.path for info in last_of_phase.values())
+        return keep
+
+
+def _best(valid: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
+    """The checkpoint with the best finite metric; the earliest wins a tie.
+
+    The direction comes from the newest checkpoint that has a metric (the current config).
+    """
+    scored = [info for info in valid if _usable_metric(info.meta) is not None]
+    if not scored:
+        return None
+    sign = -1.0 if scored[-1].meta.get("mode", "max") == "min" else 1.0
+    best = scored[0]
+    for info in scored[1:]:
+        if sign * _usable_metric(info.meta) > sign * _usable_metric(best.meta):
+            best = info
+    return best
+
+
+def _manifest_problem(manifest: Any, step: int) -> Optional[str]:
+    """What is wrong with a parsed manifest, or None."""
+    if not isinstance(manifest, dict):
+        return f"{MANIFEST_FILE} is not a JSON object"
+    if manifest.get("format") != FORMAT_VERSION:
+        return f"{MANIFEST_FILE} has format {manifest.get('format')!r}, this version reads {FORMAT_VERSION}"
+    if manifest.get("step") != step:
+        return f"{MANIFEST_FILE} is for step {manifest.get('step')!r}, not {step}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not {STATE_FILE, META_FILE} <= files.keys():
+        return f"{MANIFEST_FILE} does not list {STATE_FILE} and {META_FILE}"
+    for fname, entry in files.items():
+        if "/" in fname or fname in (".", "..", MANIFEST_FILE):
+            return f"{MANIFEST_FILE} lists a bad file name {fname!r}"
+        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                and isinstance(entry.get("sha256"), str)):
+            return f"{MANIFEST_FILE} entry for {fname} lacks size/sha256"
+    return None
