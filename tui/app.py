@@ -1,0 +1,86 @@
+"""The longhaul TUI: `longhaul attach [RUN]`.
+
+`run_attach` is the entry point. With a run it opens the run screen (live from the daemon, or
+offline from the run directory); without one it opens the run picker. Leaving (d or q) only
+closes the TUI: the run goes on.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+from textual.app import App
+from textual.binding import Binding
+
+from trainer import runs
+from tui import fmt
+from tui.screens.dialogs import HelpScreen
+from tui.screens.picker import PickerScreen
+from tui.screens.run import RunScreen
+
+
+class LonghaulApp(App[int]):
+    """Shows one run (`run_dir`) or the picker of the runs under `root`."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "longhaul"
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+    BINDINGS = [
+        Binding("d", "detach", "Detach"),
+        Binding("q", "detach", "Quit"),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(self, run_dir: Optional[Path] = None, root: Optional[Path] = None, *,
+                 clock: Optional[fmt.Clock] = None, refresh_interval: float = 0.5,
+                 picker_interval: float = 2.0, link_retry_max: float = 5.0,
+                 lister=None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.root = Path(root) if root is not None else runs.runs_root()
+        self.clock = clock or fmt.Clock()
+        self.refresh_interval = refresh_interval
+        self.picker_interval = picker_interval
+        self.link_retry_max = link_retry_max
+        self.lister = lister
+
+    def on_mount(self) -> None:
+        if self.run_dir is not None:
+            self.push_screen(self._run_screen(self.run_dir))
+        else:
+            self.push_screen(PickerScreen(self.root, interval=self.picker_interval, lister=self.lister))
+
+    def _run_screen(self, run_dir: Path) -> RunScreen:
+        return RunScreen(run_dir, self.clock, refresh_interval=self.refresh_interval,
+                         link_retry_max=self.link_retry_max)
+
+    def attach(self, run_dir: Path) -> None:
+        """Open the run screen of `run_dir` (from the picker; escape... d leaves the TUI)."""
+        self.run_dir = run_dir
+        self.push_screen(self._run_screen(run_dir))
+
+    def action_detach(self) -> None:
+        """Leave the TUI; the run (if any) carries on in its daemon."""
+        self.exit(0)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+
+def run_attach(run: Optional[str] = None, root: Optional[Path] = None) -> int:
+    """`longhaul attach [RUN]`: open the dashboard of RUN (a name under `root` or a run directory
+    path), or the run picker without one. Returns the process exit code."""
+    run_dir = None
+    if run is not None:
+        try:
+            run_dir = runs.resolve_run(run, root)
+        except runs.RunNotFound as exc:
+            print(f"longhaul attach: {exc}", file=sys.stderr)
+            return 2
+    app = LonghaulApp(run_dir, root)
+    result = app.run()
+    return int(result or 0)

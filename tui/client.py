@@ -1,0 +1,177 @@
+"""The TUI's link to a run's daemon: one asyncio task that connects, reads frames, posts messages.
+
+`DaemonLink.run()` is started as a single named Textual worker by the run screen. It keeps the
+connection alive for as long as the screen exists: when the daemon is not there (not started yet,
+restarting, the run ended) it retries with exponential backoff, posting `Disconnected` each
+time, and a fresh `Connected` (with a new snapshot) when it gets through again. Frames are
+turned into the messages of `tui.messages` by one `match`; the screen does the rest.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Callable, Optional
+
+from textual.message import Message
+
+from trainer import protocol, runs
+from tui import messages
+
+CLIENT_NAME = "longhaul-tui"
+
+
+class NotConnected(RuntimeError):
+    """A request was made while no daemon connection is open."""
+
+
+class LinkRefused(Exception):
+    """The daemon answered the hello with an error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def describe(exc: BaseException) -> str:
+    """A short, human reason for a failed or lost connection."""
+    match exc:
+        case FileNotFoundError():
+            return "no daemon socket (daemon not running)"
+        case ConnectionRefusedError():
+            return "daemon socket refuses connections (daemon gone)"
+        case asyncio.IncompleteReadError() | ConnectionResetError() | BrokenPipeError():
+            return "daemon closed the connection"
+        case asyncio.TimeoutError() | TimeoutError():
+            return "daemon did not answer in time"
+        case protocol.ProtocolError():
+            return f"protocol error from daemon: {exc}"
+        case runs.RuntimeDirError():
+            return str(exc)
+        case LinkRefused():
+            return f"daemon refused us: {exc.message}"
+        case _:
+            return f"{type(exc).__name__}: {exc}"
+
+
+class DaemonLink:
+    """Connection state machine for one run's socket.
+
+    `post` delivers messages to the screen (its `post_message`). `retry_min`/`retry_max` bound
+    the backoff between attempts; a successful handshake resets it.
+    """
+
+    def __init__(self, run_dir: Path, post: Callable[[Message], object], *,
+                 retry_min: float = 0.5, retry_max: float = 5.0, handshake_timeout: float = 10.0,
+                 socket_path: Optional[Path] = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.post = post
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.handshake_timeout = handshake_timeout
+        self._socket_path = socket_path
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._wake = asyncio.Event()
+        self._ids = itertools.count(1)
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    def socket_path(self) -> Path:
+        return self._socket_path or runs.socket_path(self.run_dir)
+
+    def retry_now(self) -> None:
+        """Cut the current backoff short (e.g. right after `longhaul resume` started a daemon)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, stream, reconnect; forever (until cancelled) or until the daemon refuses us."""
+        attempt = 0
+        while True:
+            was_connected = False
+            try:
+                reader, writer = await self._open()
+                was_connected = True
+                attempt = 0
+                await self._stream(reader)
+                reason = "daemon closed the connection"
+            except asyncio.CancelledError:
+                raise
+            except LinkRefused as exc:
+                if exc.code == protocol.ErrorCode.VERSION_MISMATCH:
+                    self.post(messages.LinkFailed(exc.code, exc.message))
+                    return
+                reason = describe(exc)
+            except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError,
+                    protocol.ProtocolError, runs.RuntimeDirError) as exc:
+                reason = describe(exc)
+            finally:
+                await self._close()
+            attempt += 1
+            delay = min(self.retry_max, self.retry_min * 2 ** (attempt - 1))
+            self.post(messages.Disconnected(reason, delay, attempt, was_connected))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect and shake hands; posts Connected with the welcome frame."""
+        path = self.socket_path()
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(path), limit=protocol.MAX_SERVER_FRAME), self.handshake_timeout)
+        self._writer = writer
+        await protocol.write_frame(writer, protocol.hello(CLIENT_NAME), protocol.MAX_CLIENT_FRAME)
+        first = await asyncio.wait_for(
+            protocol.read_frame(reader, protocol.MAX_SERVER_FRAME, protocol.DAEMON_TO_CLIENT), self.handshake_timeout)
+        if first["type"] == "error":
+            raise LinkRefused(first["code"], first["message"])
+        if first["type"] != "welcome":
+            raise protocol.ProtocolError(protocol.ErrorCode.UNEXPECTED_TYPE,
+                                         f"expected a welcome, got {first['type']!r}")
+        self.post(messages.Connected(first))
+        return reader, writer
+
+    async def _stream(self, reader: asyncio.StreamReader) -> None:
+        """Read frames until the connection ends (IncompleteReadError) and post each as a message."""
+        while True:
+            frame = await protocol.read_frame(reader, protocol.MAX_SERVER_FRAME, protocol.DAEMON_TO_CLIENT)
+            match frame["type"]:
+                case "progress":
+                    self.post(messages.ProgressReceived(frame))
+                case "system":
+                    self.post(messages.SystemReceived(frame))
+                case "event":
+                    self.post(messages.EventReceived(frame))
+                case "log":
+                    self.post(messages.LogReceived(frame))
+                case "ack":
+                    self.post(messages.AckReceived(frame))
+                case "error":
+                    raise LinkRefused(frame["code"], frame["message"])
+                case _:
+                    pass  # pong, or a welcome repeated: nothing to show
+
+    async def request(self, action: str) -> int:
+        """Send a pause/resume/checkpoint/stop request; returns its id (the ack and event carry it)."""
+        if self._writer is None:
+            raise NotConnected("not connected to the daemon")
+        request_id = next(self._ids)
+        try:
+            await protocol.write_frame(self._writer, protocol.request(request_id, action), protocol.MAX_CLIENT_FRAME)
+        except (OSError, ConnectionError) as exc:
+            raise NotConnected(f"could not send {action}: {describe(exc)}") from exc
+        return request_id
+
+    async def _close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (OSError, ConnectionError):
+            pass

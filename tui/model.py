@@ -1,0 +1,319 @@
+"""What the TUI knows about one run, independent of Textual and of where the data came from.
+
+`RunModel` is filled either from the daemon (a welcome snapshot, then live frames) or from the
+run directory (offline mode, see `tui.offline`); the widgets only ever read a `RunModel`. Live
+series are kept bounded: `Series` merges neighbouring points once it grows past its capacity,
+keeping each bucket's min and max so the detail chart can draw the envelope.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+# Progress metrics that become series as progress frames arrive.
+PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
+ACTIVE_STATES = ("starting", "running", "paused", "stopping")
+RESUMABLE_STATES = ("interrupted", "stopped", "failed")
+MAX_EVENTS = 500
+MAX_LOGS = 500
+
+
+class Series:
+    """Bounded, step-ordered points of one metric: value plus the min/max each point stands for."""
+
+    def __init__(self, steps: Iterable[float] = (), values: Iterable[float] = (),
+                 mins: Optional[Iterable[float]] = None, maxs: Optional[Iterable[float]] = None,
+                 capacity: int = 2000):
+        self.steps = [float(s) for s in steps]
+        self.values = [float(v) for v in values]
+        if len(self.steps) != len(self.values):
+            raise ValueError(f"series has {len(self.steps)} steps but {len(self.values)} values")
+        self.mins = [float(v) for v in mins] if mins is not None else list(self.values)
+        self.maxs = [float(v) for v in maxs] if maxs is not None else list(self.values)
+        if not (len(self.mins) == len(self.maxs) == len(self.values)):
+            raise ValueError("series min/max lists must be as long as its values")
+        self.capacity = capacity
+
+    @classmethod
+    def from_wire(cls, body: dict, capacity: int = 2000) -> "Series":
+        """A series from the snapshot shape `{step:[...], value:[...], min:[...], max:[...]}`."""
+        return cls(body.get("step", ()), body.get("value", ()), body.get("min"), body.get("max"), capacity)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def last(self) -> Optional[float]:
+        return self.values[-1] if self.values else None
+
+    @property
+    def last_step(self) -> Optional[float]:
+        return self.steps[-1] if self.steps else None
+
+    def append(self, step: float, value: Any) -> bool:
+        """Add a point after the last one; returns False (and keeps nothing) for older steps or non-numbers."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        if self.steps and step <= self.steps[-1]:
+            return False
+        self.steps.append(float(step))
+        self.values.append(float(value))
+        self.mins.append(float(value))
+        self.maxs.append(float(value))
+        if len(self.values) > self.capacity:
+            self._compact()
+        return True
+
+    def _compact(self) -> None:
+        """Merge neighbours into buckets of equal step width until half the capacity is used."""
+        width = (self.steps[-1] - self.steps[0]) / max(1, self.capacity // 2)
+        steps, values, mins, maxs = [], [], [], []
+        bucket_start = None
+        count = 0
+        for s, v, lo, hi in zip(self.steps, self.values, self.mins, self.maxs):
+            if bucket_start is not None and s - bucket_start < width:
+                # Running mean of the bucket; the newest step labels it so appends stay ordered.
+                count += 1
+                values[-1] += (v - values[-1]) / count
+                steps[-1] = s
+                mins[-1] = min(mins[-1], lo)
+                maxs[-1] = max(maxs[-1], hi)
+            else:
+                bucket_start, count = s, 1
+                steps.append(s)
+                values.append(v)
+                mins.append(lo)
+                maxs.append(hi)
+        self.steps, self.values, self.mins, self.maxs = steps, values, mins, maxs
+
+    def resample(self, buckets: int, first: Optional[float] = None,
+                 last: Optional[float] = None) -> list[Optional[tuple[float, float, float]]]:
+        """Exactly `buckets` (mean, min, max) triples over equal step ranges from `first` to `last`.
+
+        Buckets before the first and after the last point are None; empty buckets in between
+        are interpolated, so a line drawn from them has no holes.
+        """
+        if buckets <= 0:
+            return []
+        if not self.values:
+            return [None] * buckets
+        first = self.steps[0] if first is None else first
+        last = self.steps[-1] if last is None else last
+        span = max(last - first, 1e-9)
+        sums = [0.0] * buckets
+        counts = [0] * buckets
+        lows = [math.inf] * buckets
+        highs = [-math.inf] * buckets
+        for s, v, lo, hi in zip(self.steps, self.values, self.mins, self.maxs):
+            if s < first or s > last:
+                continue
+            i = min(buckets - 1, int((s - first) / span * buckets))
+            sums[i] += v
+            counts[i] += 1
+            lows[i] = min(lows[i], lo)
+            highs[i] = max(highs[i], hi)
+        out: list[Optional[tuple[float, float, float]]] = [
+            (sums[i] / counts[i], lows[i], highs[i]) if counts[i] else None for i in range(buckets)]
+        _interpolate_gaps(out)
+        return out
+
+    def smoothed(self, window_fraction: float = 0.02) -> "Series":
+        """A copy with an EMA over the values (window ~2% of the points); min/max kept."""
+        window = max(1.0, len(self.values) * window_fraction)
+        copy = Series(self.steps, ema(self.values, 2.0 / (window + 1.0)), self.mins, self.maxs, self.capacity)
+        return copy
+
+    def trend(self) -> int:
+        """+1 rising, -1 falling, 0 flat: the newest tenth of the points against the tenth before it."""
+        n = len(self.values)
+        if n < 2:
+            return 0
+        k = max(1, n // 10)
+        recent = self.values[-k:]
+        before = self.values[-2 * k:-k] or self.values[:1]
+        a, b = sum(before) / len(before), sum(recent) / len(recent)
+        scale = max(abs(a), abs(b), max(self.values) - min(self.values), 1e-12)
+        if abs(b - a) / scale < 0.01:
+            return 0
+        return 1 if b > a else -1
+
+
+def _interpolate_gaps(buckets: list) -> None:
+    """Fill empty buckets between two filled ones with a straight line (in place).
+
+    Sparse series (one eval per epoch) then draw as slopes rather than stairs; buckets before
+    the first and after the last point stay empty.
+    """
+    known = [i for i, b in enumerate(buckets) if b is not None]
+    for a, b in zip(known, known[1:]):
+        if b - a < 2:
+            continue
+        start, end = buckets[a][0], buckets[b][0]
+        for i in range(a + 1, b):
+            value = start + (end - start) * (i - a) / (b - a)
+            buckets[i] = (value, value, value)
+
+
+def ema(values: list[float], alpha: float = 0.1) -> list[float]:
+    """Exponential moving average, for the "smoothing on" view of noisy series."""
+    out, current = [], None
+    for v in values:
+        current = v if current is None else current + alpha * (v - current)
+        out.append(current)
+    return out
+
+
+def is_better(value: float, best: float, mode: str) -> bool:
+    return value > best if mode == "max" else value < best
+
+
+@dataclass
+class RunModel:
+    """Everything one dashboard shows, filled from a snapshot + live frames or from the run directory."""
+
+    name: str = ""
+    run_dir: Optional[Path] = None
+    state: str = "unknown"
+    config: dict = field(default_factory=dict)
+    plan: Optional[dict] = None
+    progress: Optional[dict] = None
+    series: dict[str, Series] = field(default_factory=dict)
+    eval_last: Optional[dict] = None
+    eval_best: Optional[dict] = None
+    events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    logs: deque = field(default_factory=lambda: deque(maxlen=MAX_LOGS))
+    system: Optional[dict] = None
+    summary: Optional[dict] = None
+    daemon_pid: Optional[int] = None
+    last_checkpoint: Optional[dict] = None
+    generation: int = 0
+    """Bumped whenever the model is reloaded wholesale (snapshot or run directory)."""
+    events_total: int = 0
+    """Events appended since the last reload (the event list widgets append only the new ones)."""
+    logs_total: int = 0
+    """Log lines appended since the last reload."""
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def monitor(self) -> str:
+        return self.config.get("monitor") or "val_f1_macro"
+
+    @property
+    def monitor_mode(self) -> str:
+        mode = self.config.get("mode")
+        if mode in ("min", "max"):
+            return mode
+        return "min" if "loss" in self.monitor else "max"
+
+    @property
+    def phases(self) -> list[dict]:
+        return list((self.plan or {}).get("phases") or [])
+
+    @property
+    def step(self) -> int:
+        return int((self.progress or {}).get("step") or 0)
+
+    @property
+    def total_steps(self) -> int:
+        return int((self.progress or {}).get("total_steps") or (self.plan or {}).get("total_steps") or 0)
+
+    @property
+    def alerts(self) -> list[dict]:
+        """Warning and error events, oldest first."""
+        return [e for e in self.events if e.get("level") in ("warning", "error")]
+
+    # ------------------------------------------------------------------ loading
+    def load_snapshot(self, snapshot: dict, run: Optional[dict] = None) -> None:
+        """Replace everything with a daemon snapshot (sent on every (re)connect)."""
+        run = run or {}
+        self.name = run.get("name") or self.name
+        if run.get("dir"):
+            self.run_dir = Path(run["dir"])
+        self.daemon_pid = run.get("daemon_pid")
+        self.state = snapshot.get("state") or self.state
+        self.config = dict(snapshot.get("config") or {})
+        self.plan = snapshot.get("plan") or self.plan
+        self.progress = snapshot.get("progress")
+        self.series = {name: Series.from_wire(body) for name, body in (snapshot.get("series") or {}).items()}
+        evals = snapshot.get("eval") or {}
+        self.eval_last = evals.get("last")
+        self.eval_best = evals.get("best")
+        self.system = snapshot.get("system")
+        self.reset_feeds(snapshot.get("events") or (), snapshot.get("logs") or ())
+
+    def reset_feeds(self, events: Iterable[dict], logs: Iterable[dict]) -> None:
+        """Replace the events and log lines (and start a new generation for the widgets)."""
+        self.generation += 1
+        self.events.clear()
+        self.logs.clear()
+        self.events_total = self.logs_total = 0
+        self.summary = None
+        for event in events:
+            self._remember_event(event)
+        for log in logs:
+            self.apply_log(log)
+
+    # ------------------------------------------------------------------ live frames
+    def apply_progress(self, progress: dict) -> None:
+        """A progress frame: new header values and one new point per progress metric."""
+        self.progress = progress
+        step = progress.get("step")
+        metrics = progress.get("metrics") or {}
+        if step is None:
+            return
+        for name in PROGRESS_SERIES:
+            if name in metrics:
+                self.series.setdefault(name, Series()).append(step, metrics[name])
+
+    def apply_system(self, system: dict) -> None:
+        self.system = system
+
+    def apply_log(self, log: dict) -> None:
+        self.logs.append(log)
+        self.logs_total += 1
+
+    def apply_event(self, event: dict) -> None:
+        """A live event frame: remembered, and folded into state, eval series and summary."""
+        if not self._remember_event(event):
+            return
+        data = event.get("data") or {}
+        match event.get("kind"):
+            case "state" if data.get("state"):
+                self.state = data["state"]
+            case "eval":
+                self._apply_eval(data)
+            case "finished":
+                self.state = "finished"
+
+    def _remember_event(self, event: dict) -> bool:
+        """Keep `event` (False if it was already seen around a reconnect); note checkpoints and the summary."""
+        seq = event.get("seq")
+        newest = self.events[-1].get("seq") if self.events else None
+        if seq is not None and newest is not None and seq <= newest:
+            return False
+        self.events.append(event)
+        self.events_total += 1
+        data = event.get("data") or {}
+        if event.get("kind") == "checkpoint":
+            self.last_checkpoint = {"time": event.get("time"), "step": data.get("step"), "path": data.get("path")}
+        elif event.get("kind") == "finished":
+            self.summary = data
+        return True
+
+    def _apply_eval(self, data: dict) -> None:
+        metrics = dict(data.get("metrics") or {})
+        step = data.get("step")
+        metrics.setdefault("step", step)
+        metrics.setdefault("epoch", data.get("epoch"))
+        if step is not None:
+            for key, value in metrics.items():
+                if key.startswith("val_") and isinstance(value, (int, float)):
+                    self.series.setdefault(key, Series()).append(step, value)
+        self.eval_last = metrics
+        value = metrics.get(self.monitor)
+        best = (self.eval_best or {}).get(self.monitor)
+        if isinstance(value, (int, float)) and (best is None or is_better(value, best, self.monitor_mode)):
+            self.eval_best = metrics

@@ -1,0 +1,1 @@
+"""Screens: the run picker, the run dashboard and the modal dialogs."""

@@ -1,0 +1,147 @@
+"""Modal dialogs: confirm a stop, key help, the final summary of a finished run."""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Static
+
+from tui import fmt
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes/no question; dismisses with True for yes (y, or the Yes button)."""
+
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > Vertical {
+        width: 60; max-width: 95%; height: auto;
+        border: thick $warning; background: $surface; padding: 1 2;
+    }
+    ConfirmScreen Horizontal { height: auto; align-horizontal: right; margin-top: 1; }
+    ConfirmScreen Button { margin-left: 2; }
+    """
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str, yes_label: str = "Yes") -> None:
+        super().__init__()
+        self.question = question
+        self.yes_label = yes_label
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.question)
+            with Horizontal():
+                yield Button(f"{self.yes_label} [y]", variant="error", id="yes")
+                yield Button("No [n]", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+HELP_TEXT = """\
+[b]Keys[/b]
+  d        detach: close the dashboard, training goes on
+  q        quit (same as d: the run is never stopped by leaving)
+  p        pause / resume training (at the next step boundary)
+  c        write a checkpoint now
+  s        stop the run (asks first; a final checkpoint is written)
+  r        resume a stopped, interrupted or failed run (offline only)
+  f        final summary (finished runs)
+  1 2 3    dashboard / metric detail / events and log
+  tab      next view
+  ?        this help
+
+[b]Detail view[/b]
+  ↑ ↓      pick the metric
+  m        smoothing on/off      l  log scale on/off
+  e        min/max envelope on/off (░ where one point stands for many)
+
+[b]Reading the screen[/b]
+  Timeline: █ done, ░ to do, ▼ now, ▏ phase boundary; labels: phase number,
+  name and time until the phase ends.
+  Alerts (WARN / ERROR) always show in the bar under the header.
+  Disk free below 10% or 5 GiB is marked LOW.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    """The key reference."""
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 80; max-width: 100%; height: auto; max-height: 100%;
+        border: thick $primary; background: $surface; padding: 0 1;
+    }
+    """
+    BINDINGS = [Binding("escape,question_mark,q,enter", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(HELP_TEXT)
+
+
+def summary_rows(best: Optional[dict], last: Optional[dict]) -> list[tuple[str, str, str]]:
+    """(metric, best-eval value, last-eval value) for every scalar validation metric."""
+    keys = []
+    for record in (best or {}, last or {}):
+        keys += [k for k, v in record.items() if k.startswith("val_") and isinstance(v, (int, float)) and k not in keys]
+    rows = [("step", fmt.count((best or {}).get("step")), fmt.count((last or {}).get("step")))]
+    for key in keys:
+        rows.append((key, fmt.metric((best or {}).get(key)), fmt.metric((last or {}).get(key))))
+    return rows
+
+
+class SummaryScreen(ModalScreen[None]):
+    """Best and last metrics and the confusion matrix of a finished run."""
+
+    DEFAULT_CSS = """
+    SummaryScreen { align: center middle; }
+    SummaryScreen > VerticalScroll {
+        width: 100; max-width: 100%; height: auto; max-height: 100%;
+        border: thick $success; background: $surface; padding: 0 1;
+    }
+    SummaryScreen DataTable { height: auto; margin-bottom: 1; }
+    """
+    BINDINGS = [Binding("escape,enter,f", "dismiss", "Close")]
+
+    def __init__(self, run_name: str, summary: dict) -> None:
+        super().__init__()
+        self.run_name = run_name
+        self.summary = summary
+
+    def compose(self) -> ComposeResult:
+        best, last = self.summary.get("best"), self.summary.get("last")
+        with VerticalScroll():
+            yield Static(Text.assemble(("Run finished: ", "bold"), self.run_name, "  (esc closes)"))
+            metrics = DataTable(id="summary-metrics", cursor_type="none", zebra_stripes=True)
+            metrics.add_columns("metric", "best eval", "last eval")
+            metrics.add_rows(summary_rows(best, last))
+            yield metrics
+            confusion = self.summary.get("confusion")
+            if confusion:
+                yield Static("Confusion matrix (rows: true class, columns: predicted; last eval)")
+                yield self._confusion_table(confusion, self.summary.get("classes") or [])
+
+    @staticmethod
+    def _confusion_table(confusion: list[list[int]], classes: list[str]) -> DataTable:
+        names = [str(c) for c in classes] or [str(i) for i in range(len(confusion))]
+        table = DataTable(id="summary-confusion", cursor_type="none", zebra_stripes=True)
+        table.add_columns("true \\ pred", *[n[:10] for n in names], "recall")
+        for i, row in enumerate(confusion):
+            total = sum(row)
+            recall = row[i] / total if total and i < len(row) else None
+            cells = [Text(str(v), style="bold" if j == i else "") for j, v in enumerate(row)]
+            table.add_row(names[i] if i < len(names) else str(i), *cells, fmt.percent(recall))
+        return table

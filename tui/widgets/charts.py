@@ -1,0 +1,207 @@
+"""Line chart (braille) for the detail view and the planned-LR panel, and one-line metric tiles."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from tui import chart, fmt
+from tui.model import Series
+
+ARROWS = {1: "↑", -1: "↓", 0: "→"}
+
+
+def step_label(step: float) -> str:
+    """Compact step count for axes: 950, 12k, 1.2M."""
+    step = int(step)
+    if step >= 1_000_000:
+        return f"{step / 1e6:.1f}M"
+    if step >= 10_000:
+        return f"{step / 1e3:.0f}k"
+    if step >= 1_000:
+        return f"{step / 1e3:.1f}k"
+    return str(step)
+
+
+def series_signature(series: Optional[Series]) -> tuple:
+    """Changes whenever the series is replaced or gains points (cheap to compute)."""
+    if series is None:
+        return (None,)
+    return (id(series), len(series), series.last_step, series.last)
+
+
+class LineChart(Widget):
+    """A braille line chart of one `Series` with a y-axis gutter, an x-axis row and an optional marker.
+
+    The series is set with `set_series`; reactives switch smoothing, log scale and the min/max
+    envelope (drawn ░ wherever one plotted point stands for several logged ones).
+    """
+
+    DEFAULT_CSS = """
+    LineChart {
+        height: 1fr;
+        min-height: 3;
+    }
+    LineChart > .chart--line { color: $accent; }
+    LineChart > .chart--envelope { color: $accent 40%; }
+    LineChart > .chart--marker { color: $warning; text-style: bold; }
+    LineChart > .chart--axis { color: $text-muted; }
+    """
+    COMPONENT_CLASSES = {"chart--line", "chart--envelope", "chart--marker", "chart--axis"}
+
+    version: reactive[int] = reactive(0)
+    """Bumped by `set_series` whenever the data changes (the series itself is not copied)."""
+    smooth: reactive[bool] = reactive(False)
+    """Draw an exponential moving average instead of the raw points."""
+    log_scale: reactive[bool] = reactive(False)
+    """Logarithmic y axis (falls back to linear, with a note, if a value is not positive)."""
+    envelope: reactive[bool] = reactive(True)
+    """Shade the min..max range of the points each plotted column stands for."""
+    marker: reactive[Optional[float]] = reactive(None)
+    """An x value (step) to mark with a vertical line, e.g. the current step."""
+    x_range: reactive[Optional[tuple[float, float]]] = reactive(None)
+    """Fixed x range (e.g. the whole run); default: the series' own range."""
+    title: reactive[str] = reactive("")
+    """Text in the top-left corner of the plot."""
+
+    def __init__(self, *, value_format: Callable[[float], str] = fmt.metric, name: Optional[str] = None,
+                 id: Optional[str] = None, classes: Optional[str] = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.series: Optional[Series] = None
+        self._signature: tuple = ()
+        self.value_format = value_format
+
+    def set_series(self, series: Optional[Series]) -> None:
+        """Show `series` (None: nothing); repaints only if it is another series or has new points."""
+        signature = series_signature(series)
+        if signature != self._signature:
+            self.series, self._signature = series, signature
+            self.version += 1
+
+    def render(self) -> Text:
+        width, height = self.size
+        series = self.series
+        if series is None or not len(series) or width < 12 or height < 1:
+            return Text(self.title + ("  " if self.title else "") + "no data yet", style="dim")
+        gutter = 8
+        plot_width = width - gutter
+        title_row = bool(self.title) and height >= 3
+        plot_height = max(1, height - 1 - title_row)
+        data = series.smoothed() if self.smooth else series
+        first, last = self.x_range or (series.steps[0], series.steps[-1])
+        columns = data.resample(plot_width * 2, first, last)
+        note = ""
+        if self.log_scale:
+            logged = chart.log_transform(columns)
+            if logged is None:
+                note = " (log scale needs values > 0: linear)"
+            else:
+                columns = logged
+        use_log = self.log_scale and not note
+        lo, hi = chart.value_range(columns, self.envelope)
+        marker_col = None
+        if self.marker is not None and last > first:
+            marker_col = int((self.marker - first) / (last - first) * (plot_width - 1) + 0.5)
+            marker_col = marker_col if 0 <= marker_col < plot_width else None
+        cells = chart.braille_plot(columns, plot_height, lo, hi, marker_col, self.envelope)
+        styles = {kind: self.get_component_rich_style(f"chart--{kind}") for kind in ("line", "envelope", "marker", "axis")}
+        unlog = (lambda v: 10 ** v) if use_log else (lambda v: v)
+        y_labels = {0: self.value_format(unlog(hi)), plot_height - 1: self.value_format(unlog(lo))}
+        if plot_height >= 5:
+            y_labels[(plot_height - 1) // 2] = self.value_format(unlog((hi + lo) / 2))
+        lines = []
+        if title_row:
+            lines.append(Text.assemble(" " * gutter, (self.title + note, "bold")))
+        for r, row in enumerate(cells):
+            line = Text((y_labels.get(r, "") + " ").rjust(gutter)[-gutter:], style=styles["axis"])
+            for ch, kind in row:
+                line.append(ch, styles.get(kind) if kind else None)
+            lines.append(line)
+        if height >= 2:
+            axis = chart.axis_labels(first, last, plot_width, step_label)
+            if marker_col is not None and axis[marker_col] == " ":
+                axis = axis[:marker_col] + "▲" + axis[marker_col + 1:]
+            lines.append(Text(" " * gutter + axis, style=styles["axis"]))
+        return Text("\n").join(lines)
+
+
+class MetricTile(Widget):
+    """One metric in a line: name, current value, trend arrow, sparkline (more rows when taller)."""
+
+    DEFAULT_CSS = """
+    MetricTile {
+        height: 1;
+        padding: 0 1 0 0;
+    }
+    MetricTile > .tile--spark { color: $accent; }
+    """
+    COMPONENT_CLASSES = {"tile--spark"}
+
+    value: reactive[Optional[float]] = reactive(None)
+    """Current value (None: not reported yet)."""
+    trend: reactive[int] = reactive(0)
+    """+1 rising, -1 falling, 0 flat (drawn as ↑ ↓ →)."""
+    note: reactive[str] = reactive("")
+    """Short extra text after the value, e.g. `best 0.81`."""
+    version: reactive[int] = reactive(0)
+    """Bumped by `set_series` when the sparkline data changes."""
+
+    def __init__(self, label: str, key: str, *, value_format: Callable[[Optional[float]], str] = fmt.metric,
+                 id: Optional[str] = None, classes: Optional[str] = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.label = label
+        self.key = key
+        self.value_format = value_format
+        self.series: Optional[Series] = None
+        self._signature: tuple = ()
+
+    def set_series(self, series: Optional[Series]) -> None:
+        """Draw `series` in the sparkline; repaints only when its points changed."""
+        signature = series_signature(series)
+        if signature != self._signature:
+            self.series, self._signature = series, signature
+            self.version += 1
+
+    def render(self) -> Text:
+        width, height = self.size
+        head = Text.assemble((f"{self.label:<11}", "bold"), f"{self.value_format(self.value):>8} ",
+                             ARROWS[self.trend] if self.value is not None else " ")
+        if self.note:
+            head.append(f" {self.note}", style="dim")
+        spark_style = self.get_component_rich_style("tile--spark")
+        if height <= 1:
+            room = width - head.cell_len - 1
+            if room >= 4:
+                head.append(" ")
+                head.append(self._spark(room), style=spark_style)
+            head.no_wrap = True
+            return head
+        rows = [head] + [Text(r, style=spark_style) for r in self._spark_rows(width, height - 1)]
+        return Text("\n").join(rows)
+
+    def _points(self, width: int) -> list[float]:
+        if self.series is None:
+            return []
+        return [c[0] for c in self.series.resample(width) if c is not None]
+
+    def _spark(self, width: int) -> str:
+        return chart.spark(self._points(width))
+
+    def _spark_rows(self, width: int, rows: int) -> list[str]:
+        """A sparkline `rows` tall: each column's level split over the rows (bottom row fills first)."""
+        values = self._points(width)
+        if not values:
+            return []
+        lo, hi = min(values), max(values)
+        span = (hi - lo) or 1.0
+        levels = [int(round((v - lo) / span * (rows * 8 - 1))) + 1 for v in values]
+        out = []
+        for r in range(rows - 1, -1, -1):  # top row first
+            chars = []
+            for level in levels:
+                in_row = level - r * 8
+                chars.append(" " if in_row <= 0 else "█" if in_row >= 8 else chart.SPARK_CHARS[in_row - 1])
+            out.append("".join(chars))
+        return out

@@ -1,0 +1,96 @@
+"""The detail view: pick a metric on the left, see it large on the right."""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from tui import fmt
+from tui.model import Series
+from tui.widgets.charts import LineChart
+
+# Metrics listed first, in this order; any other series follows alphabetically.
+PREFERRED_ORDER = ("train_loss_smooth", "train_loss", "val_loss", "val_accuracy", "val_f1_macro",
+                   "val_f1_weighted", "val_auc_roc", "val_auc_pr", "lr", "samples_per_s", "grad_norm",
+                   "data_share")
+
+
+def metric_order(names) -> list[str]:
+    """Series names in display order."""
+    names = set(names)
+    first = [n for n in PREFERRED_ORDER if n in names]
+    return first + sorted(names - set(first))
+
+
+class DetailView(Horizontal):
+    """Metric list + large braille chart + one line of statistics and the chart options."""
+
+    DEFAULT_CSS = """
+    DetailView { height: 1fr; }
+    DetailView > OptionList, DetailView > OptionList:focus { width: 24; height: 1fr; border: none; padding: 0; }
+    DetailView > Vertical { width: 1fr; height: 1fr; }
+    DetailView .detail-info { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    DetailView.-compact > OptionList { width: 18; }
+    """
+
+    metric: reactive[Optional[str]] = reactive(None)
+    """Name of the series shown (None until the first series is known)."""
+
+    def compose(self) -> ComposeResult:
+        yield OptionList(id="metric-list")
+        with Vertical():
+            yield Static(id="detail-stats", classes="detail-info")
+            yield Static(id="detail-options", classes="detail-info")
+            yield LineChart(id="detail-chart")
+
+    @property
+    def chart(self) -> LineChart:
+        return self.query_one("#detail-chart", LineChart)
+
+    def set_names(self, names: list[str]) -> None:
+        """Offer these series in the list (keeps the highlighted one)."""
+        option_list = self.query_one("#metric-list", OptionList)
+        ordered = metric_order(names)
+        current = [option_list.get_option_at_index(i).id for i in range(option_list.option_count)]
+        if ordered == current:
+            return
+        option_list.clear_options()
+        option_list.add_options([Option(name, id=name) for name in ordered])
+        if self.metric not in ordered and ordered:
+            self.metric = ordered[0]
+        if self.metric in ordered:
+            option_list.highlighted = ordered.index(self.metric)
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        # Not stopped: the run screen repaints the chart when it sees the event.
+        self.metric = event.option.id
+
+    def show(self, series: Optional[Series], marker_step: Optional[int]) -> None:
+        """Draw `series` (the one named by `metric`) and its statistics."""
+        chart = self.chart
+        chart.set_series(series)
+        chart.title = ""  # the info line above names the metric
+        stats, options = self._info(series)
+        self.query_one("#detail-stats", Static).update(stats)
+        self.query_one("#detail-options", Static).update(options)
+
+    def _info(self, series: Optional[Series]) -> tuple[Text, Text]:
+        chart = self.chart
+        if series is None or not len(series):
+            stats = Text(f"{self.metric or 'no metric'}: no data yet", style="dim")
+        else:
+            lo, hi = min(series.mins), max(series.maxs)
+            span = (series.steps[-1] - series.steps[0]) / max(1, len(series) - 1)
+            stats = Text.assemble((f"{self.metric}", "bold"), f"  last {fmt.metric(series.last)} @ step "
+                                  f"{fmt.count(int(series.last_step))}  min {fmt.metric(lo)}  max {fmt.metric(hi)}  "
+                                  f"{len(series)} points (≈{fmt.count(int(span))} steps each)")
+        options = Text.assemble(
+            "[m] smoothing ", ("on" if chart.smooth else "off", "bold"),
+            "  [l] log scale ", ("on" if chart.log_scale else "off", "bold"),
+            "  [e] min/max envelope ░ ", ("on" if chart.envelope else "off", "bold"))
+        return stats, options

@@ -1,0 +1,117 @@
+"""System panel: CPU per core, load, memory, swap, trainer RSS, disk free and write rate, temperature."""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from tui import chart, fmt
+
+LOW_DISK_FRACTION = 0.10
+LOW_DISK_BYTES = 5 * 1024**3
+
+
+def disk_is_low(system: dict) -> bool:
+    """True when the run directory's file system has < 10% or < 5 GiB free."""
+    free, total = system.get("disk_free"), system.get("disk_total")
+    if free is None:
+        return False
+    return free < LOW_DISK_BYTES or bool(total and free / total < LOW_DISK_FRACTION)
+
+
+class SystemPanel(Widget):
+    """The newest system sample. Shows one bar per core when there is room, a compact line otherwise."""
+
+    DEFAULT_CSS = """
+    SystemPanel {
+        height: 1;
+        padding: 0 1;
+    }
+    SystemPanel > .system--bar { color: $accent; }
+    SystemPanel > .system--low { color: $error; text-style: bold reverse; }
+    """
+    COMPONENT_CLASSES = {"system--bar", "system--low"}
+
+    system: reactive[Optional[dict]] = reactive(None, layout=True)
+    """The last `system` frame body (None before the first sample)."""
+    max_rows: reactive[int] = reactive(6, layout=True)
+    """Rows the panel may use; per-core bars are drawn when they fit."""
+
+    def watch_system(self) -> None:
+        self._fit()
+
+    def watch_max_rows(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        """Size the panel to its lines (a style change re-lays out the column it sits in)."""
+        self.styles.height = self.rows_needed()
+
+    def _use_detailed(self) -> bool:
+        return len((self.system or {}).get("cpu_percent") or ()) + 5 <= self.max_rows
+
+    def rows_needed(self) -> int:
+        """Lines the current sample takes: one per core plus five if that fits `max_rows`, else five."""
+        if not self.system:
+            return 1
+        return len(self.system.get("cpu_percent") or ()) + 5 if self._use_detailed() else 5
+
+    def render(self) -> Text:
+        system = self.system
+        if not system:
+            return Text("system: no sample (samples come from a live daemon)", style="dim")
+        width = max(20, self.size.width or 40)
+        lines = self._detailed(system, width) if self._use_detailed() else self._compact(system)
+        for line in lines:
+            line.no_wrap = True
+            line.overflow = "ellipsis"
+        return Text("\n").join(lines)
+
+    def _detailed(self, s: dict, width: int) -> list[Text]:
+        """One bar per core, then one fact per line."""
+        bar_style = self.get_component_rich_style("system--bar")
+        bar_width = max(4, min(40, width - 13))
+        lines = [Text.assemble(f"cpu{i:<3}", (fmt.bar(pct / 100, bar_width), bar_style), f" {pct:4.0f}%")
+                 for i, pct in enumerate(s.get("cpu_percent") or ())]
+        lines.append(Text(f"load  {self._load(s)}" + (f"   temp {s['cpu_temp']:.0f}°C" if s.get("cpu_temp") is not None else "")))
+        lines.append(Text(f"ram   {self._used(s, 'mem')}"))
+        lines.append(Text(f"swap  {self._used(s, 'swap')}   trainer rss {fmt.size(s.get('trainer_rss'))}"))
+        lines.append(self._disk(s, long=True))
+        lines.append(Text(f"disk writes {fmt.rate(s.get('disk_write_bps'))}"))
+        return lines
+
+    def _compact(self, s: dict) -> list[Text]:
+        """Five short lines: all cores as one glyph each, then memory, process, disk."""
+        cores = [float(c) for c in s.get("cpu_percent") or ()]
+        mean = sum(cores) / len(cores) if cores else 0.0
+        cpu = Text.assemble("cpu ", (chart.spark(cores, 0.0, 100.0)[:16], self.get_component_rich_style("system--bar")),
+                            f" {mean:.0f}% avg of {len(cores)}")
+        temp = f"  temp {s['cpu_temp']:.0f}°C" if s.get("cpu_temp") is not None else ""
+        return [cpu,
+                Text(f"load {self._load(s)}{temp}"),
+                Text(f"ram {self._used(s, 'mem')}  swap {fmt.size(s.get('swap_used'))}"),
+                Text(f"rss {fmt.size(s.get('trainer_rss'))}  writes {fmt.rate(s.get('disk_write_bps'))}"),
+                self._disk(s, long=False)]
+
+    @staticmethod
+    def _load(s: dict) -> str:
+        load = s.get("load") or ()
+        return " ".join(f"{v:.2f}" for v in load[:3]) if load else fmt.MISSING
+
+    @staticmethod
+    def _used(s: dict, prefix: str) -> str:
+        used, total = s.get(f"{prefix}_used"), s.get(f"{prefix}_total")
+        text = f"{fmt.size(used)}/{fmt.size(total)}"
+        return text + (f" {100 * (used or 0) / total:.0f}%" if total else "")
+
+    def _disk(self, s: dict, long: bool) -> Text:
+        free, total = s.get("disk_free"), s.get("disk_total")
+        text = Text(f"disk {fmt.size(free)} free")
+        if free is not None and total:
+            text.append(f" of {fmt.size(total)} ({100 * free / total:.0f}%)" if long else f" ({100 * free / total:.0f}%)")
+        if disk_is_low(s):
+            text.append(" ")
+            text.append(" LOW ", self.get_component_rich_style("system--low"))
+        return text
