@@ -173,6 +173,9 @@ def test_nested_errors_name_the_path():
     series = {"x": {"step": [1, 2], "value": [1.0], "min": [1.0], "max": [1.0]}}
     with pytest.raises(ProtocolError, match=r"snapshot\.series\.x"):
         p.validate({**EXAMPLES["welcome"], "snapshot": {**SNAPSHOT, "series": series}})
+    with pytest.raises(ProtocolError, match=r"snapshot\.progress\.phase_etas\[0\]: expected number or null"):
+        progress = {**PROGRESS_BODY, "phase_etas": ["soon"]}
+        p.validate({**EXAMPLES["welcome"], "snapshot": {**SNAPSHOT, "progress": progress}})
     with pytest.raises(ProtocolError, match=r"snapshot\.config: missing field 'threads'"):
         config = {k: v for k, v in SNAPSHOT["config"].items() if k != "threads"}
         p.validate({**EXAMPLES["welcome"], "snapshot": {**SNAPSHOT, "config": config}})

@@ -16,7 +16,7 @@ each keeping the mean, min and max of the raw points it stands for. :func:`load_
 them from a big file quickly by reading runs of identically laid-out train records with numpy
 instead of decoding each map in Python.
 
-Imported by the TUI: stdlib, msgpack and numpy only.
+Imported by the TUI: stdlib and msgpack at import time; numpy only inside the bulk paths.
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ import math
 import mmap
 import os
 from dataclasses import dataclass
-from typing import IO, Any, Iterator, Optional
+from typing import IO, TYPE_CHECKING, Any, Iterator, Optional
 
 import msgpack
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
+# numpy is imported where it is used: a client attached to a daemon feeds records one by one and
+# never pays its import time; only the bulk paths (load_series, from_arrays) need it.
 
 TRAIN = "train"
 EVAL = "eval"
@@ -255,6 +259,8 @@ def ema(values: np.ndarray, beta: float, start: float, block: int = 256) -> np.n
     powers of beta; a short Python loop carries the state from block to block. Matches
     :class:`LossSmoother` to rounding error.
     """
+    import numpy as np
+
     x = np.asarray(values, dtype=np.float64)
     n = len(x)
     if n == 0:
@@ -346,6 +352,8 @@ class Downsampler:
     @classmethod
     def from_arrays(cls, steps: Any, values: Any, max_points: int = DEFAULT_MAX_POINTS) -> "Downsampler":
         """The Downsampler that appending these points one by one would give, built with numpy."""
+        import numpy as np
+
         ds = cls(max_points)
         steps = np.asarray(steps, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
@@ -382,6 +390,8 @@ class Downsampler:
 
 def _increasing(steps: np.ndarray, after: Optional[int] = None) -> Optional[np.ndarray]:
     """Mask of the steps greater than every step before them (and than ``after``); None if all are."""
+    import numpy as np
+
     if len(steps) == 0 or (
         (after is None or steps[0] > after) and bool(np.all(steps[1:] > steps[:-1]))
     ):
@@ -505,6 +515,8 @@ class _Layout:
     def of(cls, record: dict, raw: bytes) -> Optional["_Layout"]:
         """The layout of ``record`` as encoded in ``raw``, or None if it has none (nested values,
         or bytes that are not msgpack-python's canonical encoding of the record)."""
+        import numpy as np
+
         packer = msgpack.Packer(use_bin_type=True)
         header = packer.pack_map_header(len(record))
         parts, fixed = [header], bytearray(b"\x01" * len(header))
@@ -535,6 +547,8 @@ class _Layout:
 
         ``buf`` is ``data`` as a uint8 array.
         """
+        import numpy as np
+
         if data[pos:pos + len(self.prefix)] != self.prefix:
             return 0
         positive = [offset for offset, fmt in self.slots.values() if fmt == _POSITIVE_FIXINT]
@@ -567,6 +581,8 @@ class _Layout:
 
     def column(self, buf: np.ndarray, pos: int, rows: int, key: str) -> np.ndarray:
         """The values of ``key`` in ``rows`` records of this layout starting at ``pos``."""
+        import numpy as np
+
         offset, fmt = self.slots[key]
         if fmt in (_POSITIVE_FIXINT, _NEGATIVE_FIXINT):
             raw = buf[pos + offset:pos + rows * self.length:self.length].astype(np.int64)
@@ -610,11 +626,15 @@ class _TrainColumns:
                 values.append(float(value))
 
     def _flush_odd(self) -> None:
+        import numpy as np
+
         for key, (steps, values) in self._odd.items():
             self.chunks.setdefault(key, []).append((np.array(steps, dtype=np.int64), np.array(values)))
         self._odd = {}
 
     def arrays(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        import numpy as np
+
         self._flush_odd()
         for key, chunks in self.chunks.items():
             yield key, np.concatenate([s for s, _ in chunks]), np.concatenate([v for _, v in chunks])
@@ -672,6 +692,8 @@ def load_series(path: str | os.PathLike, monitor: str = "val_f1_macro", mode: st
 
 def _scan(data: mmap.mmap | bytes, result: SeriesSet) -> "_TrainColumns":
     """Walk the records of ``data``: train runs into columns, eval records into ``result``."""
+    import numpy as np
+
     buf = np.frombuffer(data, dtype=np.uint8)
     train = _TrainColumns()
     layouts: list[_Layout] = []  # most recent first
@@ -713,6 +735,8 @@ def _scan(data: mmap.mmap | bytes, result: SeriesSet) -> "_TrainColumns":
 
 def _build_train_series(result: SeriesSet, train: "_TrainColumns", max_points: int) -> None:
     """Turn the gathered train columns into Downsamplers, and train_loss into its EMA series."""
+    import numpy as np
+
     for key, steps, values in train.arrays():
         result.series[key] = Downsampler.from_arrays(steps, values, max_points)
         if key == "train_loss":

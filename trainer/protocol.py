@@ -14,19 +14,22 @@ This module is imported by the TUI: stdlib and msgpack only (no torch, no textua
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 import msgpack
 
+if TYPE_CHECKING:  # the helpers only call methods of the streams they are given
+    import asyncio
+
 PROTOCOL_VERSION = 1
 MAX_CLIENT_FRAME = 64 * 1024
-"""Largest frame a client (or the worker) may send to the daemon, in bytes (payload only)."""
+"""Largest payload a client may send to the daemon (and the daemon to its worker), in bytes."""
 MAX_SERVER_FRAME = 16 * 1024 * 1024
-"""Largest frame the daemon sends (a welcome with its snapshot is the big one)."""
+"""Largest payload the daemon sends to clients (a welcome with its snapshot is the big one) and
+the worker to the daemon (its plan frame can be large), in bytes."""
 
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
@@ -35,8 +38,8 @@ ACTIONS = ("pause", "resume", "checkpoint", "stop")
 LEVELS = ("info", "warning", "error")
 STREAMS = ("stdout", "stderr")
 EVENT_KINDS = (
-    "state", "checkpoint", "checkpoint_failed", "eval", "phase", "early_stopping", "crash",
-    "restart", "alert", "finished", "request",
+    "state", "checkpoint", "checkpoint_failed", "eval", "phase", "lr", "early_stopping", "resume",
+    "crash", "restart", "alert", "finished", "request",
 )
 """Event kinds the daemon and engine emit. Receivers must accept kinds they do not know."""
 
@@ -115,11 +118,13 @@ class Nullable(Spec):
         self.inner = inner
 
     def check(self, value: Any, where: str) -> None:
-        if value is not None:
-            try:
-                self.inner.check(value, where)
-            except ProtocolError:
-                raise _bad_field(where, self.expected, value) from None
+        if value is None:
+            return
+        if type(self.inner) is Spec:  # a plain type: say "number or null"
+            if not self.inner.test(value):
+                raise _bad_field(where, self.expected, value)
+        else:  # a structure: its own check names the exact nested field
+            self.inner.check(value, where)
 
 
 def one_of(*choices: str) -> Spec:
