@@ -1,0 +1,21 @@
+"""The data layer: sources, features, augmentation, deterministic sampling, data reports.
+
+    bundle = build_datasets(cfg)                 # DataError (message = full report) on bad data
+    sampler = EpochSampler(len(bundle.train), cfg.seed, epoch, start, length)
+    loader = make_loader(bundle.train, batch_size, sampler, cfg.data.num_workers)
+    x, y_soft = mixup_batch(x, y, len(bundle.classes), cfg.augment.mixup, cfg.seed, epoch, step)
+    print(check_data(cfg).to_text())
+
+Module map: sources (scan + decode per source), synthetic (generated sounds), features (mel /
+MFCC / waveform / image), augment (gain, flip, SpecAugment, Mixup), sampler (epoch order,
+loaders), datasets (build_datasets, check_data), report (DataReport, DataError), seeds.
+"""
+from .augment import mixup_batch
+from .datasets import DataBundle, EvalDataset, TrainDataset, build_datasets, check_data
+from .report import DataError, DataReport
+from .sampler import EpochSampler, epoch_permutation, make_loader
+
+__all__ = [
+    "DataBundle", "DataError", "DataReport", "EpochSampler", "EvalDataset", "TrainDataset",
+    "build_datasets", "check_data", "epoch_permutation", "make_loader", "mixup_batch",
+]

@@ -1,0 +1,90 @@
+"""Training-time augmentation: gain, horizontal flip, SpecAugment (per example) and Mixup (per batch).
+
+Every draw comes from a generator addressed by (seed, epoch, index) or (seed, epoch, step); none
+touches torch's or numpy's global random state. That is why SpecAugment is implemented here
+rather than with torchaudio.transforms.FrequencyMasking/TimeMasking: those draw from the global
+torch RNG, which would have to be forked around every example and would race with any other
+thread using it. The masks follow torchaudio's `mask_along_axis` rule: width uniform in
+[0, mask_param), start uniform in [0, size - width).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import seeds
+from .features import SPECTRAL, FeatureExtractor
+
+
+def _uniform(gen: torch.Generator) -> float:
+    return float(torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def augment_example(raw: torch.Tensor, extractor: FeatureExtractor, augment, gen: torch.Generator) -> torch.Tensor:
+    """Raw (cached) features of one training example -> augmented, normalised features.
+
+    `augment` is the run's AugmentConfig. `raw` is never modified (it may be the cache).
+    """
+    x = raw.to(torch.float32, copy=True)
+    if augment.gain_db > 0 and extractor.kind != "image":
+        x = extractor.apply_gain(x, (2.0 * _uniform(gen) - 1.0) * augment.gain_db)
+    if augment.hflip and extractor.kind == "image" and _uniform(gen) < 0.5:
+        x = torch.flip(x, dims=(-1,))
+    x = extractor.finish(x)
+    if extractor.kind in SPECTRAL:
+        x = spec_augment(x, augment.spec_augment, gen)
+    return x
+
+
+def spec_augment(x: torch.Tensor, spec_cfg, gen: torch.Generator) -> torch.Tensor:
+    """`num_masks` frequency masks and `num_masks` time masks on (C, F, T) features.
+
+    Masked cells get the example's mean (0 after standardisation), so masking does not shift the
+    input's level.
+    """
+    if spec_cfg.freq_mask == 0 and spec_cfg.time_mask == 0:
+        return x
+    fill = float(x.numpy().mean(dtype="float64"))
+    x = x.clone()
+    for axis, param in ((-2, spec_cfg.freq_mask), (-1, spec_cfg.time_mask)):
+        if param == 0:
+            continue
+        size = x.shape[axis]
+        for _ in range(spec_cfg.num_masks):
+            width = min(int(_uniform(gen) * param), size)
+            start = int(_uniform(gen) * (size - width))
+            x.narrow(axis, start, width).fill_(fill)
+    return x
+
+
+def mixup_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup, seed: int, epoch: int,
+                step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix a batch with a permutation of itself: (x', y_soft), y_soft float32 of shape (B, num_classes).
+
+    `mixup` is the run's MixupConfig. The decision (prob), lambda ~ Beta(alpha, alpha) and the
+    permutation are drawn from a generator addressed by (seed, epoch, step). With alpha == 0 or
+    when the draw says no, `x` is returned as it is and y_soft is plain one-hot.
+    """
+    y_soft = F.one_hot(y.long(), num_classes).to(torch.float32)
+    rng = seeds.numpy_rng(seeds.MIXUP, seed, epoch, step)
+    if mixup.alpha <= 0 or rng.random() >= mixup.prob:
+        return x, y_soft
+    lam = float(rng.beta(mixup.alpha, mixup.alpha))
+    perm = torch.from_numpy(rng.permutation(len(x)))
+    return lam * x + (1.0 - lam) * x[perm], lam * y_soft + (1.0 - lam) * y_soft[perm]
+
+
+def no_effect_warnings(cfg) -> list[str]:
+    """Augmentation settings that the chosen features make pointless (for the data report)."""
+    aug, kind = cfg.augment, cfg.features.kind
+    out: list[Optional[str]] = [
+        "augment.hflip has no effect: only image features are flipped" if aug.hflip and kind != "image" else None,
+        "augment.gain_db has no effect on images" if aug.gain_db > 0 and kind == "image" else None,
+        "augment.gain_db has (almost) no effect with features.normalize: true, which removes the level"
+        if aug.gain_db > 0 and kind in ("mel", "waveform") and cfg.features.normalize else None,
+        "augment.spec_augment has no effect: only mel/MFCC features are masked"
+        if (aug.spec_augment.freq_mask or aug.spec_augment.time_mask) and kind not in SPECTRAL else None,
+    ]
+    return [w for w in out if w]

@@ -1,0 +1,251 @@
+"""build_datasets and check_data: scan the source, decode and check every example, report.
+
+Both decode every example once up front, so that a corrupt file stops the run (or is skipped)
+before training starts rather than days into it. With data.cache on, the un-augmented features
+computed during that pass are kept in one tensor per split; DataLoader workers get their own copy
+(shared copy-on-write after fork), so nothing is written to shared state. With data.cache off
+the pass only checks, and examples are decoded again whenever they are used. Synthetic data
+cannot be corrupt, so without the cache it is not generated up front.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from . import seeds
+from .augment import augment_example, no_effect_warnings
+from .features import SPECTRAL, FeatureExtractor
+from .report import DataError, DataReport, Problem, SplitStats
+from .sources import BadItem, Decoder, Item, scan
+
+FEATURE_CHUNK = 64  # examples per feature computation while filling the cache
+
+
+class Examples:
+    """The usable examples of one split and, when cached, their raw features (N, ...)."""
+
+    def __init__(self, items: list[Item], decoder: Decoder, extractor: FeatureExtractor,
+                 cache: Optional[torch.Tensor]):
+        self.items = items
+        self.labels = [item.label for item in items]
+        self.decoder = decoder
+        self.extractor = extractor
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def raw(self, index: int) -> torch.Tensor:
+        """Un-augmented, un-normalised features of example `index` (do not modify in place)."""
+        if self.cache is not None:
+            return self.cache[index]
+        item = self.items[index]
+        try:
+            return self.extractor.raw(item.load(self.decoder).base)
+        except BadItem as exc:  # the file changed after the check at build time
+            raise DataError(f"{item.name}: {exc}") from None
+
+
+class TrainDataset(Dataset):
+    """Training split. Items are addressed by (epoch, index) and augmented from (seed, epoch, index)."""
+
+    def __init__(self, examples: Examples, augment, seed: int):
+        self.examples = examples
+        self.augment = augment
+        self.seed = seed
+
+    @property
+    def labels(self) -> list[int]:
+        return self.examples.labels
+
+    @property
+    def names(self) -> list[str]:
+        """Where each example comes from (file path, JSON item, synthetic index)."""
+        return [item.name for item in self.examples.items]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        try:
+            epoch, index = key
+        except (TypeError, ValueError):
+            raise TypeError(f"training examples are addressed by (epoch, index), got {key!r}; "
+                            "draw them with an EpochSampler") from None
+        gen = seeds.torch_generator(seeds.AUGMENT, self.seed, epoch, index)
+        x = augment_example(self.examples.raw(index), self.examples.extractor, self.augment, gen)
+        return x, self.examples.labels[index]
+
+
+class EvalDataset(Dataset):
+    """Validation or test split: items addressed by index, never augmented."""
+
+    def __init__(self, examples: Examples):
+        self.examples = examples
+
+    @property
+    def labels(self) -> list[int]:
+        return self.examples.labels
+
+    @property
+    def names(self) -> list[str]:
+        return [item.name for item in self.examples.items]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        raw = self.examples.raw(index).to(torch.float32, copy=True)
+        return self.examples.extractor.finish(raw), self.examples.labels[index]
+
+
+@dataclass
+class DataBundle:
+    """Everything the engine needs from the data layer."""
+
+    train: TrainDataset
+    val: EvalDataset
+    test: Optional[EvalDataset]
+    classes: list[str]
+    in_chans: int
+    input_shape: tuple[int, ...]
+    """(C, H, W) for spectrograms and images, (C, T) for waveforms."""
+    class_counts: dict[str, list[int]]
+    """Examples per class for each split present ('train', 'val', maybe 'test')."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(path, reason) of the bad items left out because of data.skip_bad_files."""
+    report: Optional[DataReport] = None
+
+
+def build_datasets(cfg) -> DataBundle:
+    """Datasets of the run described by `cfg` (a RunConfig).
+
+    Raises DataError, whose message is the full data report, when the data has problems
+    (every one of them is listed), unless they are all bad items and data.skip_bad_files is on.
+    """
+    report, examples = _examine(cfg, keep_features=cfg.data.cache)
+    if not report.usable:
+        raise DataError(report)
+    shape = examples["train"].extractor.output_shape
+    return DataBundle(
+        train=TrainDataset(examples["train"], cfg.augment, cfg.seed),
+        val=EvalDataset(examples["val"]),
+        test=EvalDataset(examples["test"]) if "test" in examples else None,
+        classes=list(report.classes),
+        in_chans=shape[0],
+        input_shape=shape,
+        class_counts={split: list(counts) for split, counts in report.counts.items()},
+        skipped=report.skipped,
+        report=report,
+    )
+
+
+def check_data(cfg) -> DataReport:
+    """Decode every example of the configured data and report counts, statistics and problems."""
+    report, _ = _examine(cfg, keep_features=False)
+    return report
+
+
+# ----------------------------------------------------------------------------- the pass
+def _examine(cfg, keep_features: bool) -> tuple[DataReport, dict[str, Examples]]:
+    found = scan(cfg)
+    decoder = Decoder.from_config(cfg)
+    settings = _settings_problems(cfg, decoder)
+    extractor = None if settings else FeatureExtractor(cfg)
+    report = DataReport(
+        source=cfg.data.source, location=found.location, classes=found.classes,
+        problems=found.problems + settings, warnings=found.warnings + no_effect_warnings(cfg),
+        target=decoder.describe(cfg.features.kind == "image")
+        + (f" -> {extractor.describe()}" if extractor else ""),
+        skip_bad_files=cfg.data.skip_bad_files)
+    examples: dict[str, Examples] = {}
+    synthetic = cfg.data.source == "synthetic"
+    for split, items in found.splits.items():
+        cache_features = keep_features and extractor is not None
+        if synthetic and not cache_features:
+            kept, cache = items, None
+        else:
+            kept, cache, report.stats[split] = _decode_split(
+                items, decoder, extractor if cache_features else None, report.problems)
+        examples[split] = Examples(kept, decoder, extractor, cache)
+        report.counts[split] = [0] * len(found.classes)
+        for item in kept:
+            report.counts[split][item.label] += 1
+    _emptiness(found, report)
+    return report, examples
+
+
+def _decode_split(items: list[Item], decoder: Decoder, extractor: Optional[FeatureExtractor],
+                  problems: list[Problem]) -> tuple[list[Item], Optional[torch.Tensor], SplitStats]:
+    """Decode every item; bad ones become problems. With an extractor, also stack raw features."""
+    kept: list[Item] = []
+    stats = SplitStats()
+    cache: Optional[torch.Tensor] = None
+    pending: list = []  # decoded bases whose features are not computed yet
+
+    def flush() -> None:
+        nonlocal cache
+        if not pending:
+            return
+        raws = extractor.raw_batch(pending)
+        if cache is None:  # one preallocated tensor: no list of tensors plus a stacked copy
+            cache = torch.empty((len(items),) + tuple(raws.shape[1:]), dtype=raws.dtype)
+        cache[len(kept) - len(pending):len(kept)] = raws
+        pending.clear()
+
+    for item in items:
+        try:
+            decoded = item.load(decoder)
+        except BadItem as exc:
+            problems.append(item.problem(str(exc)))
+            continue
+        kept.append(item)
+        if extractor is not None:
+            pending.append(decoded.base)
+            if len(pending) == FEATURE_CHUNK:
+                flush()
+        if decoded.duration is not None:
+            stats.durations.append(decoded.duration)
+            samples = round(decoded.duration * decoder.sample_rate)
+            stats.padded += samples < decoder.n_samples
+            stats.trimmed += samples > decoder.n_samples
+            stats.sample_rates[decoded.rate] = stats.sample_rates.get(decoded.rate, 0) + 1
+        if decoded.size is not None:
+            stats.sizes.append(decoded.size)
+    if extractor is not None:
+        flush()
+    if cache is not None and len(kept) < len(cache):
+        cache = cache[:len(kept)].clone()
+    return kept, cache, stats
+
+
+def _settings_problems(cfg, decoder: Decoder) -> list[Problem]:
+    """Feature settings that cannot work with this data (checked before building transforms)."""
+    feats = cfg.features
+    problems = []
+    if feats.kind == "mfcc" and feats.n_mfcc > feats.n_mels:
+        problems.append(Problem("features.n_mfcc", f"must be <= features.n_mels ({feats.n_mels}), "
+                                                   f"found {feats.n_mfcc}", skippable=False))
+    if feats.kind in SPECTRAL and feats.n_fft // 2 >= decoder.n_samples:
+        problems.append(Problem("features.n_fft", f"{feats.n_fft} is too long for clips of "
+                                                   f"{decoder.n_samples} samples (data.duration * data.sample_rate)",
+                                skippable=False))
+    return problems
+
+
+def _emptiness(found, report: DataReport) -> None:
+    """Fatal problems for splits left empty; warnings for classes missing from a split."""
+    for split, counts in report.counts.items():
+        if sum(counts) == 0:
+            report.problems.append(Problem(found.split_locations.get(split, found.location),
+                                           f"no usable {split} examples", skippable=False))
+            continue
+        for name, count in zip(report.classes, counts):
+            if count == 0:
+                report.warnings.append(f"class {name!r} has no training examples" if split == "train"
+                                       else f"class {name!r} is missing from the {split} split")
+    if "train" in report.counts and "val" not in report.counts:
+        report.problems.append(Problem(found.location, "no validation examples", skippable=False))

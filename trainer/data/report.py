@@ -1,0 +1,166 @@
+"""What was found in the data: counts, bad files, statistics, warnings; and the error it raises.
+
+Every problem is collected (never the first one only) so that one `longhaul check-data` or one
+failed start tells the user everything to fix. A problem is *skippable* when it concerns
+individual items (a corrupt file, a bad JSON item, an unknown label): `data.skip_bad_files`
+drops those. Problems that leave nothing to train on (an empty split, a wrong setting) are not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+
+# Longest list of bad items printed by to_text(); the rest are counted. The full list stays in
+# DataReport.errors.
+MAX_LISTED = 100
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the data: where (file path, folder, or config key) and what."""
+
+    path: str
+    reason: str
+    skippable: bool = True
+
+
+class DataError(Exception):
+    """The data cannot be used as configured; str(error) is the full report.
+
+    `report` is the DataReport behind the message (None for an error found after the build, such
+    as a file that became unreadable during training).
+    """
+
+    def __init__(self, report: Union["DataReport", str]):
+        self.report = report if isinstance(report, DataReport) else None
+        super().__init__(report.to_text() if isinstance(report, DataReport) else report)
+
+
+@dataclass
+class SplitStats:
+    """Per-split measurements of the source data before padding/resizing."""
+
+    durations: list[float] = field(default_factory=list)
+    """Audio: original duration of each example in seconds."""
+    sample_rates: dict[int, int] = field(default_factory=dict)
+    """Audio: how many examples had each original sample rate."""
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    """Images: original (width, height) of each example."""
+    padded: int = 0
+    """Audio: examples shorter than data.duration (zeros appended)."""
+    trimmed: int = 0
+    """Audio: examples longer than data.duration (the end cut off)."""
+
+
+@dataclass
+class DataReport:
+    """Result of checking a data source (check_data) or of building datasets from it."""
+
+    source: str
+    location: str
+    classes: list[str] = field(default_factory=list)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    """Usable examples per split, in class order (bad items are not counted)."""
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stats: dict[str, SplitStats] = field(default_factory=dict)
+    target: str = ""
+    """What every example is turned into, e.g. '1.00 s at 16000 Hz' or '224x224 RGB'."""
+    skip_bad_files: bool = False
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        """Every problem as (path, reason)."""
+        return [(p.path, p.reason) for p in self.problems]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing at all is wrong with the data."""
+        return not self.problems
+
+    @property
+    def usable(self) -> bool:
+        """True when training can start: no problems, or only skippable ones with skip_bad_files."""
+        if any(not p.skippable for p in self.problems):
+            return False
+        return not self.problems or self.skip_bad_files
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of the items that skip_bad_files leaves out."""
+        if not self.skip_bad_files:
+            return []
+        return [(p.path, p.reason) for p in self.problems if p.skippable]
+
+    def imbalance(self, split: str = "train") -> Optional[float]:
+        """max/min class count of `split` (inf when a class has none; None when no data)."""
+        counts = self.counts.get(split)
+        if not counts or max(counts) == 0:
+            return None
+        return float("inf") if min(counts) == 0 else max(counts) / min(counts)
+
+    # ------------------------------------------------------------------------- text
+    def to_text(self) -> str:
+        """A human-readable report: counts, statistics, warnings, bad files and the verdict."""
+        lines = [f"Data: {self.source} ({self.location})"]
+        if self.target:
+            lines.append(f"Every example becomes: {self.target}")
+        lines += self._count_lines()
+        lines += self._stat_lines()
+        if self.warnings:
+            lines.append(f"Warnings ({len(self.warnings)}):")
+            lines += [f"  - {w}" for w in self.warnings]
+        if self.problems:
+            lines.append(f"Errors ({len(self.problems)}):")
+            lines += [f"  {p.path}: {p.reason}" for p in self.problems[:MAX_LISTED]]
+            if len(self.problems) > MAX_LISTED:
+                lines.append(f"  ... and {len(self.problems) - MAX_LISTED} more")
+        lines.append(self._verdict())
+        return "\n".join(lines)
+
+    def _count_lines(self) -> list[str]:
+        if not self.classes:
+            return ["Classes: none found"]
+        splits = list(self.counts)
+        width = max(12, max(len(c) for c in self.classes) + 2)
+        lines = [f"Classes ({len(self.classes)}), usable examples per split:",
+                 "  " + "class".ljust(width) + "".join(s.rjust(8) for s in splits)]
+        for i, name in enumerate(self.classes):
+            lines.append("  " + name.ljust(width) + "".join(str(self.counts[s][i]).rjust(8) for s in splits))
+        lines.append("  " + "total".ljust(width) + "".join(str(sum(self.counts[s])).rjust(8) for s in splits))
+        ratio = self.imbalance("train")
+        if ratio is not None:
+            text = "inf (a class has no training examples)" if ratio == float("inf") else f"{ratio:.2f}"
+            lines.append(f"Imbalance (largest / smallest training class): {text}")
+        return lines
+
+    def _stat_lines(self) -> list[str]:
+        lines = []
+        for split, st in self.stats.items():
+            if st.durations:
+                d = np.asarray(st.durations)
+                rates = ", ".join(f"{r} Hz x{n}" for r, n in sorted(st.sample_rates.items()))
+                lines.append(f"Duration {split}: min {d.min():.3f} s, mean {d.mean():.3f} s, "
+                             f"max {d.max():.3f} s; {st.padded} padded, {st.trimmed} trimmed; "
+                             f"sample rates: {rates}")
+            if st.sizes:
+                w = np.asarray([s[0] for s in st.sizes])
+                h = np.asarray([s[1] for s in st.sizes])
+                lines.append(f"Image size {split}: width min {w.min()} mean {w.mean():.1f} max {w.max()}, "
+                             f"height min {h.min()} mean {h.mean():.1f} max {h.max()}")
+        return lines
+
+    def _verdict(self) -> str:
+        if self.ok:
+            return "Result: OK"
+        fatal = sum(not p.skippable for p in self.problems)
+        bad = len(self.problems) - fatal
+        if fatal:
+            return f"Result: FAILED: {fatal} problem(s) leave no usable data" + (
+                f", and {bad} bad item(s)" if bad else "")
+        if self.skip_bad_files:
+            return f"Result: usable; {bad} bad item(s) will be skipped (data.skip_bad_files: true)"
+        return (f"Result: FAILED: {bad} bad item(s); fix them, or set data.skip_bad_files: true "
+                "to train without them")

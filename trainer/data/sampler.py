@@ -1,0 +1,56 @@
+"""Epoch order and DataLoaders that make a resumed run see exactly the batches it would have seen."""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import seeds
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the `n` training examples in `epoch`: a function of (seed, epoch) only."""
+    return seeds.numpy_rng(seeds.ORDER, seed, epoch).permutation(n)
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) for positions start .. length-1 of the epoch's permutation.
+
+    `length` (default n) is where the epoch ends: the engine passes steps_per_epoch * batch_size *
+    accum_steps so the incomplete last step is dropped. `start` is how many of those were already
+    consumed before a resume (k * batch_size after k micro-batches), so the resumed epoch goes on
+    with exactly the items that were next.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, length: Optional[int] = None):
+        length = n if length is None else length
+        if not 0 <= length <= n:
+            raise ValueError(f"epoch length must be in 0..{n} (the dataset size), got {length}")
+        if not 0 <= start <= length:
+            raise ValueError(f"start must be in 0..{length} (the epoch length), got {start}")
+        self.n, self.seed, self.epoch, self.start, self.length = n, seed, epoch, start, length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = epoch_permutation(self.n, self.seed, self.epoch)
+        for index in order[self.start:self.length]:
+            yield (self.epoch, int(index))
+
+    def __len__(self) -> int:
+        return self.length - self.start
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[Sampler] = None,
+                num_workers: int = 0) -> DataLoader:
+    """A DataLoader that adds no randomness of its own and keeps the batches in sampler order.
+
+    Items are deterministic per index (see TrainDataset), so the batches are bit-identical for any
+    `num_workers`. The loader gets a private generator because DataLoader otherwise draws its
+    worker base seed from torch's global RNG on every iteration, which would shift the training
+    loop's random stream (dropout) depending on when loaders are created, and break exact resume.
+    """
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=num_workers, drop_last=False,
+                      generator=torch.Generator().manual_seed(0),
+                      persistent_workers=False)
