@@ -135,8 +135,8 @@ def clean_line(raw: bytes) -> str:
     return text
 
 
-def describe_exit(returncode: int) -> tuple[Optional[str], str]:
-    """(signal name or None, human sentence) for a worker's return code."""
+def describe_exit(returncode: int) -> tuple[Optional[int], Optional[str], str]:
+    """(signal number, signal name, human sentence) for a worker's return code."""
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -145,8 +145,8 @@ def describe_exit(returncode: int) -> tuple[Optional[str], str]:
         text = f"trainer killed by {name}"
         if -returncode == signal.SIGKILL:
             text += " (possibly out of memory: check `dmesg` or `journalctl -k` for the OOM killer)"
-        return name, text
-    return None, f"trainer exited with code {returncode}"
+        return -returncode, name, text
+    return None, None, f"trainer exited with code {returncode}"
 
 
 # ----------------------------------------------------------------------------- clients
@@ -175,10 +175,17 @@ class ClientConn:
         """Bytes this client has not taken yet (our queue plus the transport's buffer)."""
         return self.ordered_bytes + self.writer.transport.get_write_buffer_size()
 
-    def push(self, data: bytes) -> None:
-        """Queue an ordered frame; drop the client if that puts it over its backlog bound."""
+    def push(self, data: bytes, after_latest: bool = False) -> None:
+        """Queue an ordered frame; drop the client if that puts it over its backlog bound.
+        `after_latest`: send the pending coalesced frames first (an event must not overtake
+        the progress that came before it)."""
         if self.closed:
             return
+        if after_latest and self.latest:
+            for pending in self.latest.values():
+                self.ordered.append(pending)
+                self.ordered_bytes += len(pending)
+            self.latest.clear()
         self.ordered.append(data)
         self.ordered_bytes += len(data)
         if self.backlog() > self.settings.max_backlog:
@@ -322,8 +329,9 @@ class Daemon:
         await self._load_history()
         self._load_plan_file()
         await self._serve()
-        self._spawn(self._sample_system())
+        sampler = self._spawn(self._sample_system())
         final = await self._supervise()
+        sampler.cancel()
         await self._linger()
         return 0 if final in ("finished", "stopped") else 1
 
@@ -555,7 +563,7 @@ class Daemon:
             if coalesce:
                 conn.push_latest(msg["type"], data)
             else:
-                conn.push(data)
+                conn.push(data, after_latest=msg["type"] == "event")
             if conn.closed:
                 self.clients.discard(conn)
 
@@ -699,16 +707,19 @@ class Daemon:
         except (ConnectionError, OSError) as exc:  # the exit handler reports the worker's end
             log.warning("cannot forward %s to the worker: %s", pending.action, exc)
 
-    def _map_request_ids(self, kind: str, data: dict) -> None:
-        """Worker events name requests by the daemon's ids: give each client its own id back."""
+    def _map_request_ids(self, kind: str, data: dict) -> Optional[Pending]:
+        """Worker events name requests by the daemon's ids: give each client its own id back.
+        Returns the request this event completes (a `request` event, or a `state` event that
+        answers a pause/resume), else None."""
         key = "id" if kind == "request" else "request_id"
         worker_id = data.get(key)
         if not isinstance(worker_id, int) or worker_id not in self.pending:
-            return
+            return None
         pending = self.pending[worker_id]
         data[key] = pending.client_id
         if kind in ("request", "state"):
-            del self.pending[worker_id]
+            return self.pending.pop(worker_id)
+        return None
 
     def _finish_pending(self, final_state: str) -> None:
         """Complete requests the worker never answered (it exited first)."""
@@ -774,17 +785,19 @@ class Daemon:
                 return "stopped"
 
     def _report_crash(self, returncode: Optional[int]) -> None:
+        signum = signame = None
         if returncode is None:
-            signame, text = None, "trainer could not be started"
+            text = "trainer could not be started"
         elif returncode == 0:
-            signame, text = None, "trainer exited with code 0 without reporting finished or stopped"
+            text = "trainer exited with code 0 without reporting finished or stopped"
         else:
-            signame, text = describe_exit(returncode)
+            signum, signame, text = describe_exit(returncode)
         trace = self.worker_traceback or "\n".join(self.stderr_tail)
         if self.worker_traceback:
             last = self.worker_traceback.strip().splitlines()[-1:]
             text += f": {last[0]}" if last else ""
-        self._emit("crash", "error", text, {"returncode": returncode, "signal": signame, "traceback": trace})
+        self._emit("crash", "error", text, {"returncode": returncode, "signal": signum, "signal_name": signame,
+                                             "traceback": trace})
 
     async def _run_worker(self) -> Optional[int]:
         """Start the worker, relay it until it exits, return its exit code (None: no start)."""
@@ -886,16 +899,18 @@ class Daemon:
         if kind == "crash":  # reported once, with the exit code, when the worker has exited
             self.worker_traceback = data.get("traceback") or text
             return
-        self._map_request_ids(kind, data)
+        completed = self._map_request_ids(kind, data)
         if kind == "state":
             state = data.get("state")
             if state not in runs.RUN_STATES or state == "interrupted":
                 self._emit("alert", "warning", f"trainer reported unknown state {state!r}", {"what": "state"})
                 return
             self.worker_last_state = state
-            if self.state == "stopping" and state in ("running", "paused"):
-                return  # a stop is under way: do not show the run as running again
-            self._set_state(state, text, level=level, data=data, at=at)
+            if not (self.state == "stopping" and state in ("running", "paused")):  # keep showing the stop
+                self._set_state(state, text, level=level, data=data, at=at)
+            if completed is not None:  # the engine answers pause/resume with a state event only
+                self._emit("request", "info", f"{completed.action}: done ({state})",
+                           {"id": completed.client_id, "action": completed.action, "outcome": "done"})
             return
         if kind == "checkpoint":
             self.worker_checkpointed = True

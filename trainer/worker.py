@@ -90,6 +90,11 @@ class DaemonLink:
                     self.dropped_records += 1
                     return
                 self._records_queued += 1
+            elif self._progress is not None:
+                # Progress that happened before this event goes out before it (the last
+                # progress before "finished" must not arrive after it).
+                self._ordered.append({"type": "progress", **self._progress})
+                self._progress = None
             self._ordered.append(msg)
             self._cond.notify()
 
