@@ -203,3 +203,21 @@ def test_socket_path_is_unique_and_short(tmp_path, monkeypatch):
     assert a == runs.socket_path(tmp_path / "root1" / "exp")
     long_name = runs.socket_path(tmp_path / ("n" * 200))
     assert len(long_name.name) <= 40 + len("-12345678.sock")
+
+
+def test_find_socket_falls_back_to_the_recorded_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "login"))
+    (tmp_path / "login").mkdir(mode=0o700)
+    run_dir = new_run(tmp_path / "runs", "r", state="running", pid=os.getpid())
+    assert runs.find_socket(run_dir) is None
+    # a daemon started at boot by cron (no XDG_RUNTIME_DIR) listens in another private folder
+    boot = tmp_path / "boot"
+    boot.mkdir(mode=0o700)
+    (boot / "r.sock").write_text("")
+    runs.StateFile(run_dir).update(socket=str(boot / "r.sock"))
+    assert runs.find_socket(run_dir) == boot / "r.sock"
+    os.chmod(boot, 0o755)  # not private: not trusted
+    assert runs.find_socket(run_dir) is None
+    usual = runs.socket_path(run_dir)
+    usual.write_text("")
+    assert runs.find_socket(run_dir) == usual

@@ -31,9 +31,9 @@ class Connection:
 
     def __init__(self, run_dir: Path, client: str = "longhaul-cli", timeout: float = CONNECT_TIMEOUT):
         self.run_dir = Path(run_dir)
-        path = runs.socket_path(self.run_dir)
+        path = runs.find_socket(self.run_dir)
         state = runs.effective_state(self.run_dir)
-        if not path.exists():
+        if path is None:
             raise NoDaemon(f"run {self.run_dir.name} has no running daemon (state: {state})")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)

@@ -271,6 +271,34 @@ def socket_path(run_dir: Path) -> Path:
     return runtime_dir() / f"{run_dir.name[:_SOCKET_NAME_MAX]}-{digest}.sock"
 
 
+def find_socket(run_dir: Path, state: Optional[dict] = None) -> Optional[Path]:
+    """The socket of the run's daemon if one exists: the usual `socket_path`, else the path the
+    daemon recorded in state.json (a daemon started with another XDG_RUNTIME_DIR, e.g. by cron
+    at boot), provided that directory is private to us."""
+    try:
+        path = socket_path(run_dir)
+        if path.exists():
+            return path
+    except RuntimeDirError:
+        pass
+    if state is None:
+        try:
+            state = StateFile(run_dir).read()
+        except StateFileError:
+            return None
+    recorded = state.get("socket")
+    if not isinstance(recorded, str):
+        return None
+    path = Path(recorded)
+    try:
+        if path.exists():
+            check_private_dir(path.parent)
+            return path
+    except RuntimeDirError:
+        pass
+    return None
+
+
 # ----------------------------------------------------------------------------- status
 def status(run_dir: Path) -> dict:
     """The `longhaul status --json` object of one run, from its files alone."""
@@ -282,13 +310,8 @@ def status(run_dir: Path) -> dict:
         state, error = {}, str(exc)
     current = effective_state(run_dir, state) if error is None else "unknown"
     live = current in LIVE_STATES
-    sock = None
-    if live:
-        try:
-            path = socket_path(run_dir)
-            sock = str(path) if path.exists() else None
-        except RuntimeDirError:
-            sock = None
+    found = find_socket(run_dir, state) if live else None
+    sock = str(found) if found is not None else None
     checkpoint = state.get("last_checkpoint") or {}
     age = time.time() - checkpoint["time"] if isinstance(checkpoint.get("time"), (int, float)) else None
     result = {
