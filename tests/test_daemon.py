@@ -162,11 +162,12 @@ def test_client_that_never_reads_is_dropped_without_slowing_anyone(env):
     got = sleeper.read_to_end()
     assert len(got) < len(msgs) / 2
     assert "too slow" in (run_dir / "daemon.log").read_text()
-    # The worker kept its pace: frames sent per second within 25 % of the run without the stuck client.
+    # The worker kept its pace. A daemon blocked by the stuck client would stop taking frames
+    # altogether; the margin only absorbs the noise of a shared 2-core machine.
     rate_base = base["frames_sent"] / base["wall"]
     rate_stuck = stuck["frames_sent"] / stuck["wall"]
     assert stuck["steps"] == base["steps"] == 500
-    assert rate_stuck > 0.75 * rate_base, (rate_base, rate_stuck)
+    assert rate_stuck > 0.5 * rate_base, (rate_base, rate_stuck)
 
 
 # ----------------------------------------------------------------------------- bad input
