@@ -360,3 +360,62 @@ def write_big_history(path: Path, steps: int, eval_every: int = STEPS_PER_EPOCH)
 if __name__ == "__main__":
     write_stream()
     print(f"wrote {STREAM_PATH} ({STREAM_PATH.stat().st_size} bytes, {len(read_stream())} frames)")
+
+
+class DaemonThread:
+    """A FakeDaemon on its own event loop in a background thread, so any test (Pilot, snapshot,
+    benchmark) can start, stop and restart it whatever loop the app under test runs in."""
+
+    def __init__(self, socket_path: Path, run_dir: Path, frames: Optional[list[dict]] = None, **options) -> None:
+        import threading
+
+        self.socket_path = Path(socket_path)
+        self.run_dir = Path(run_dir)
+        self.frames = frames if frames is not None else read_stream()
+        self.options = options
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-daemon", daemon=True)
+        self.thread.start()
+        self.daemon: Optional[FakeDaemon] = None
+
+    def _call(self, coro, timeout: float = 10.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> "DaemonThread":
+        """Start serving (a new FakeDaemon each time, like a restarted daemon)."""
+        async def start() -> FakeDaemon:
+            daemon = FakeDaemon(self.socket_path, self.frames, self.run_dir, **self.options)
+            await daemon.start()
+            return daemon
+
+        self.daemon = self._call(start())
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop every client, like a daemon that died."""
+        if self.daemon is not None:
+            self._call(self.daemon.stop())
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    @property
+    def requests(self) -> list[dict]:
+        return list(self.daemon.requests) if self.daemon else []
+
+    @property
+    def connections(self) -> int:
+        return self.daemon.connections if self.daemon else 0
+
+
+async def wait_for(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Let the app run until `predicate()` is true (AssertionError after `timeout` seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await pilot.pause(0.05)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from textual.app import App
 from textual.binding import Binding
@@ -21,7 +21,11 @@ from tui.screens.run import RunScreen
 
 
 class LonghaulApp(App[int]):
-    """Shows one run (`run_dir`) or the picker of the runs under `root`."""
+    """Shows one run (`run_dir`) or the picker of the runs under `root`.
+
+    The keyword options exist for tests and benchmarks: a frozen `clock`, faster refresh and
+    retry, a fake run `lister` for the picker, another `resume_command`.
+    """
 
     CSS_PATH = "app.tcss"
     TITLE = "longhaul"
@@ -37,7 +41,8 @@ class LonghaulApp(App[int]):
     def __init__(self, run_dir: Optional[Path] = None, root: Optional[Path] = None, *,
                  clock: Optional[fmt.Clock] = None, refresh_interval: float = 0.5,
                  picker_interval: float = 2.0, link_retry_max: float = 5.0,
-                 lister=None) -> None:
+                 lister: Optional[Callable[[Path], list[dict]]] = None,
+                 resume_command: Optional[Callable[[Path], list[str]]] = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.root = Path(root) if root is not None else runs.runs_root()
@@ -46,6 +51,7 @@ class LonghaulApp(App[int]):
         self.picker_interval = picker_interval
         self.link_retry_max = link_retry_max
         self.lister = lister
+        self.resume_command = resume_command
 
     def on_mount(self) -> None:
         if self.run_dir is not None:
@@ -55,7 +61,8 @@ class LonghaulApp(App[int]):
 
     def _run_screen(self, run_dir: Path) -> RunScreen:
         return RunScreen(run_dir, self.clock, refresh_interval=self.refresh_interval,
-                         link_retry_max=self.link_retry_max)
+                         link_retry_max=self.link_retry_max,
+                         resume_argv=self.resume_command(run_dir) if self.resume_command else None)
 
     def attach(self, run_dir: Path) -> None:
         """Open the run screen of `run_dir` (from the picker; escape... d leaves the TUI)."""

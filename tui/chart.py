@@ -115,7 +115,7 @@ def axis_labels(first: float, last: float, width: int, fmt) -> str:
     row = [" "] * width
     if width < 4:
         return "".join(row)
-    for frac, align in ((0.0, "left"), (0.5, "center"), (1.0, "right")):
+    for frac, align in ((0.0, "left"), (1.0, "right"), (0.5, "center")):  # ends win over the middle
         text = fmt(first + (last - first) * frac)
         if align == "left":
             start = 0

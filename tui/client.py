@@ -80,7 +80,10 @@ class DaemonLink:
         return self._writer is not None
 
     def socket_path(self) -> Path:
-        return self._socket_path or runs.socket_path(self.run_dir)
+        """Where the daemon listens: the usual runtime-dir path, or the one it recorded in state.json."""
+        if self._socket_path is not None:
+            return self._socket_path
+        return runs.find_socket(self.run_dir) or runs.socket_path(self.run_dir)
 
     def retry_now(self) -> None:
         """Cut the current backoff short (e.g. right after `longhaul resume` started a daemon)."""

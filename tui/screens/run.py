@@ -212,8 +212,10 @@ class RunScreen(Screen):
         if request_id is None or request_id not in self.pending:
             return
         action = self.pending.pop(request_id)
-        level = "error" if event.get("level") == "error" else "info"
-        self._set_action(f"✓ {action}: {event.get('message', 'done')}", level)
+        if event.get("level") == "error" or data.get("outcome") == "failed":
+            self._set_action(f"✗ {action} failed: {event.get('message', '')}", "error")
+        else:
+            self._set_action(f"✓ {action}: {event.get('message', 'done')}", "info")
 
     # ------------------------------------------------------------------ offline
     @work(thread=True, exclusive=True, group="offline", name="load-run-dir")
@@ -311,9 +313,10 @@ class RunScreen(Screen):
         self.app.call_from_thread(self._resumed)
 
     def _resumed(self) -> None:
-        self._set_action("✓ resume: daemon started, connecting…", "info")
-        self.link_state = "connecting"
-        self.link.retry_now()
+        self._set_action("✓ resume: daemon started", "info")
+        if self.link_state != "live":  # the link may have found the new daemon already
+            self.link_state = "connecting"
+            self.link.retry_now()
 
     def action_back(self) -> None:
         """Back to the run picker, when the run was opened from it."""

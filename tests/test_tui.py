@@ -1,0 +1,341 @@
+"""Pilot tests of the TUI against a fake daemon (tests/tui_fakes.py) and run directories on disk."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tui_fakes  # noqa: E402
+from tui_fakes import DaemonThread, wait_for  # noqa: E402
+
+from trainer import runs  # noqa: E402
+from tui import fmt, messages  # noqa: E402
+from tui.app import LonghaulApp, run_attach  # noqa: E402
+from tui.screens.dialogs import ConfirmScreen, SummaryScreen  # noqa: E402
+from tui.screens.run import RunScreen  # noqa: E402
+from tui.widgets.feeds import EventList, LogTail  # noqa: E402
+from tui.widgets.header import AlertBar, RunHeader  # noqa: E402
+from tui.widgets.timeline import PhaseTimeline  # noqa: E402
+
+SIZE = (120, 40)
+
+
+def async_test(fn):
+    """Run an async test function in a fresh event loop (no pytest asyncio plugin needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+@pytest.fixture
+def runtime_dir(monkeypatch):
+    """A short private XDG_RUNTIME_DIR (socket paths must fit in sun_path)."""
+    path = tempfile.mkdtemp(prefix="lh")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", path)
+    yield Path(path)
+
+
+@pytest.fixture
+def owner_pid():
+    """A live process whose command line says longhaul: what a running run's state.json points at."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "longhaul-test-owner"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def live_run(tmp_path, runtime_dir, owner_pid):
+    """A running run directory and a fake daemon serving the recorded stream on its socket."""
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner_pid)
+    daemon = DaemonThread(runs.socket_path(run_dir), run_dir).start()
+    yield run_dir, daemon
+    daemon.close()
+
+
+def make_app(run_dir, **options) -> LonghaulApp:
+    options.setdefault("refresh_interval", 0.0)
+    options.setdefault("link_retry_max", 0.2)
+    return LonghaulApp(run_dir, run_dir.parent if run_dir else None, clock=fmt.frozen_clock(tui_fakes.T0), **options)
+
+
+def screen(app) -> RunScreen:
+    assert isinstance(app.screen, RunScreen), f"expected the run screen, got {app.screen!r}"
+    return app.screen
+
+
+def header_text(app) -> str:
+    return str(app.screen.query_one(RunHeader).render())
+
+
+def alert_text(app) -> str:
+    return str(app.screen.query_one(AlertBar).render())
+
+
+def is_live(app, step: int = tui_fakes.SNAPSHOT_STEP + 4) -> bool:
+    return isinstance(app.screen, RunScreen) and app.screen.link_state == "live" and app.screen.model.step == step
+
+
+@async_test
+async def test_attach_shows_the_snapshot_and_live_frames(live_run):
+    run_dir, daemon = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        await pilot.pause(0.1)
+        header = header_text(app)
+        assert "demo-b0" in header and "RUNNING" in header and "live" in header
+        assert "step 6,004/18,750" in header and "phase 2/3 finetune" in header and "epoch 5/15" in header
+        assert "ETA 5h39m" in header
+        model = screen(app).model
+        assert len(model.series["train_loss"]) > 100
+        assert model.system["cpu_percent"] == [97.0, 88.5]
+        timeline = app.screen.query_one(PhaseTimeline)
+        assert [s.name for s in timeline.spans] == ["head", "finetune", "polish"]
+        assert timeline.eta_labels[0] == "done" and timeline.eta_labels[1] == "3h59m"
+        events = "\n".join(str(line.text) for line in app.screen.query_one("#dash-events", EventList).lines)
+        assert "trainer crashed" in events and "checkpoint step 5000" in events
+        assert "swap in use" in alert_text(app)  # the newest warning is visible from every view
+        assert daemon.requests == []
+
+
+@async_test
+async def test_pause_then_resume_shows_ack_and_confirming_event(live_run):
+    run_dir, daemon = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: "✓ pause" in alert_text(app), what="pause confirmation")
+        assert [r["action"] for r in daemon.requests] == ["pause"]
+        await wait_for(pilot, lambda: "PAUSED" in header_text(app), what="PAUSED in the header")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: "✓ resume" in alert_text(app), what="resume confirmation")
+        assert [r["action"] for r in daemon.requests] == ["pause", "resume"]
+        assert "RUNNING" in header_text(app)
+
+
+@async_test
+async def test_checkpoint_key_requests_a_checkpoint(live_run):
+    run_dir, daemon = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: "✓ checkpoint: checkpoint written" in alert_text(app), what="checkpoint done")
+        assert [r["action"] for r in daemon.requests] == ["checkpoint"]
+
+
+@async_test
+async def test_stop_asks_for_confirmation_first(live_run):
+    run_dir, daemon = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirm dialog")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the dialog to close")
+        await pilot.pause(0.2)
+        assert daemon.requests == []
+        assert "stop cancelled" in alert_text(app)
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirm dialog")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: "✓ stop" in alert_text(app), what="stop confirmation")
+        assert [r["action"] for r in daemon.requests] == ["stop"]
+
+
+@async_test
+async def test_refused_request_shows_the_error(tmp_path, runtime_dir, owner_pid):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner_pid)
+    daemon = DaemonThread(runs.socket_path(run_dir), run_dir, refuse=True).start()
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+            await pilot.press("c")
+            await wait_for(pilot, lambda: "checkpoint refused: cannot checkpoint now" in alert_text(app),
+                           what="the refusal")
+            assert "ERROR" in alert_text(app) or "refused" in alert_text(app)
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize("key", ["d", "q"])
+@async_test
+async def test_detach_and_quit_leave_the_run_alone(live_run, key):
+    run_dir, daemon = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        await pilot.press(key)
+        await pilot.pause(0.1)
+    assert app.return_code == 0
+    assert daemon.requests == []  # leaving never pauses or stops the run
+
+
+@async_test
+async def test_reconnects_after_the_daemon_restarts(live_run):
+    run_dir, daemon = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        daemon.stop()
+        await wait_for(pilot, lambda: "disconnected" in alert_text(app), what="the disconnected notice")
+        assert "retrying" in alert_text(app)
+        assert screen(app).link_state == "retrying"  # the owner process is alive: expect it back
+        daemon.start()
+        await wait_for(pilot, lambda: is_live(app), what="the reconnection")
+        await pilot.pause(0.1)
+        assert "disconnected" not in alert_text(app)
+        assert daemon.connections == 1  # a fresh daemon object: one connection since it restarted
+
+
+@async_test
+async def test_offline_mode_reads_the_run_directory(tmp_path, runtime_dir):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped", steps=5000)
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: screen(app).loaded, what="the run directory to load")
+        await pilot.pause(0.1)
+        header = header_text(app)
+        assert "STOPPED" in header and "offline" in header and "step 5,000/18,750" in header
+        assert "press r to resume" in alert_text(app)
+        model = screen(app).model
+        assert model.series["train_loss"].last_step == 5000
+        assert model.series["val_f1_macro"].last_step == 5000
+        events = "\n".join(str(line.text) for line in app.screen.query_one("#dash-events", EventList).lines)
+        assert "checkpoint step 5000" in events
+        await pilot.press("3")
+        await pilot.pause(0.1)
+        log = "\n".join(str(line.text) for line in app.screen.query_one("#all-log", LogTail).lines)
+        assert "step 2900: loss" in log  # the tail of train.log
+        assert app.screen.check_action("pause", ()) is False  # no daemon: no controls
+        assert app.screen.check_action("resume_run", ()) is True
+
+
+@async_test
+async def test_resume_key_runs_longhaul_resume_then_connects(tmp_path, runtime_dir):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=None)  # -> interrupted
+    marker = tmp_path / "resumed"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ok')"]
+    daemon = DaemonThread(runs.socket_path(run_dir), run_dir)
+    try:
+        app = make_app(run_dir, resume_command=lambda d: command, link_retry_max=30.0)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: screen(app).loaded, what="the run directory to load")
+            await pilot.pause(0.1)
+            assert "INTERRUPTED" in header_text(app)
+            daemon.start()  # what `longhaul resume` would have started; found only after r
+            await pilot.press("r")
+            await wait_for(pilot, marker.exists, what="the resume command to run")
+            await wait_for(pilot, lambda: is_live(app), timeout=5, what="the connection after resume")
+            assert "✓ resume" in alert_text(app)
+    finally:
+        daemon.close()
+
+
+@async_test
+async def test_resume_failure_is_reported(tmp_path, runtime_dir):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="failed")
+    command = [sys.executable, "-c", "import sys; sys.exit('longhaul resume: no valid checkpoint')"]
+    app = make_app(run_dir, resume_command=lambda d: command)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: screen(app).loaded, what="the run directory to load")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: "resume failed" in alert_text(app), what="the failure")
+        assert "no valid checkpoint" in alert_text(app)
+
+
+@async_test
+async def test_finished_event_shows_the_summary(tmp_path, runtime_dir, owner_pid):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner_pid)
+    frames = tui_fakes.read_stream()
+    finished = tui_fakes.event(900, tui_fakes.T0, "finished", "info", "finished at step 18750",
+                               best={"step": 17500, "val_f1_macro": 0.91, "val_loss": 0.3},
+                               last={"step": 18750, "val_f1_macro": 0.9, "val_loss": 0.31},
+                               classes=tui_fakes.CLASSES, confusion=tui_fakes.confusion())
+    daemon = DaemonThread(runs.socket_path(run_dir), run_dir, frames=frames + [finished]).start()
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, SummaryScreen)
+                           and app.screen.query("#summary-confusion"), what="the summary")
+            table = app.screen.query_one("#summary-confusion")
+            assert table.row_count == len(tui_fakes.CLASSES)
+            metrics = app.screen.query_one("#summary-metrics")
+            assert ["val_f1_macro", "0.9100", "0.9000"] in [[str(c) for c in metrics.get_row_at(i)]
+                                                        for i in range(metrics.row_count)]
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the summary to close")
+            assert "FINISHED" in header_text(app)
+    finally:
+        daemon.close()
+
+
+@async_test
+async def test_picker_lists_runs_and_enter_attaches(tmp_path, runtime_dir, owner_pid):
+    tui_fakes.write_run_dir(tmp_path / "alpha", state="running", pid=owner_pid)
+    tui_fakes.write_run_dir(tmp_path / "beta", state="stopped", steps=2500)
+    tui_fakes.write_run_dir(tmp_path / "gamma", state="finished", steps=6000, finished=True)
+    app = LonghaulApp(None, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), picker_interval=0.2, link_retry_max=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one("#runs")
+        await wait_for(pilot, lambda: table.row_count == 3, what="three runs in the picker")
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(3)]
+        assert [r[0] for r in rows] == ["alpha", "beta", "gamma"]
+        assert [r[1] for r in rows] == ["RUNNING", "STOPPED", "FINISHED"]
+        assert rows[1][4] == "2,500/18,750" and "13%" in rows[1][3]
+        (tmp_path / "beta" / "state.json").write_text((tmp_path / "beta" / "state.json").read_text()
+                                                       .replace('"stopped"', '"failed"'))
+        await wait_for(pilot, lambda: str(table.get_row_at(1)[1]) == "FAILED", what="the live update")
+        await pilot.press("down", "down", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        assert app.screen.run_dir == (tmp_path / "gamma").absolute()
+        await wait_for(pilot, lambda: app.screen.loaded, what="the run directory to load")
+        await pilot.press("f")  # the finished run's summary, offline
+        await wait_for(pilot, lambda: isinstance(app.screen, SummaryScreen), what="the summary")
+        await pilot.press("escape", "escape")
+        await wait_for(pilot, lambda: app.screen.query("#runs"), what="back to the picker")
+
+
+@async_test
+async def test_progress_messages_coalesce(live_run):
+    run_dir, _ = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        run_screen = screen(app)
+        handled = []
+        original = run_screen.model.apply_progress
+        run_screen.model.apply_progress = lambda body: (handled.append(body["step"]), original(body))
+        base = dict(run_screen.model.progress)
+        for step in range(7000, 7200):
+            run_screen.post_message(messages.ProgressReceived(dict(base, step=step)))
+        await wait_for(pilot, lambda: run_screen.model.step == 7199, what="the newest progress")
+        assert handled[-1] == 7199
+        assert len(handled) < 200  # queued progress frames were merged, not handled one by one
+
+
+def test_run_attach_names_the_runs_that_exist(tmp_path, capsys):
+    tui_fakes.write_run_dir(tmp_path / "alpha", state="stopped", steps=10)
+    assert run_attach("nope", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "alpha" in err
+
+
+def test_tui_does_not_import_torch():
+    code = "import sys; import tui.app; bad = [m for m in ('torch', 'timm', 'torchaudio') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,186 @@
+"""Unit tests of the TUI's pure parts: series buffers, charts, formatting, timeline layout, offline reading."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tui_fakes  # noqa: E402
+
+from tui import chart, fmt  # noqa: E402
+from tui.model import RunModel, Series  # noqa: E402
+from tui.offline import load_run_dir, read_events, tail_lines  # noqa: E402
+from tui.widgets.timeline import allocate, phase_weight, spans_from_plan  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- Series
+def test_series_ignores_old_steps_and_non_numbers():
+    s = Series()
+    assert s.append(1, 0.5) and s.append(2, 0.4)
+    assert not s.append(2, 0.3)  # a repeated step (a resumed run) is not a new point
+    assert not s.append(3, float("nan"))
+    assert not s.append(4, None)
+    assert s.steps == [1.0, 2.0] and s.values == [0.5, 0.4]
+
+
+def test_series_stays_bounded_and_keeps_extremes():
+    s = Series(capacity=100)
+    for step in range(1, 10_001):
+        s.append(step, -5.0 if step == 4321 else (step % 10))
+    assert len(s) <= 100
+    assert min(s.mins) == -5.0 and max(s.maxs) == 9.0  # the spike survives every merge
+    assert s.steps == sorted(s.steps) and s.last_step == 10_000
+    assert s.append(10_001, 1.0)  # still accepts newer points after compaction
+
+
+def test_series_from_wire_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="2 steps but 1 values"):
+        Series.from_wire({"step": [1, 2], "value": [1.0]})
+
+
+def test_resample_interpolates_between_sparse_points():
+    s = Series([0, 10], [0.0, 10.0])
+    buckets = s.resample(11)
+    assert buckets[0] == (0.0, 0.0, 0.0) and buckets[-1] == (10.0, 10.0, 10.0)
+    assert buckets[5][0] == pytest.approx(5.0)
+    assert Series([5], [1.0]).resample(4, 0, 15)[0] is None  # nothing before the first point
+
+
+def test_trend():
+    assert Series(range(20), [10 - i for i in range(20)]).trend() == -1
+    assert Series(range(20), [float(i) for i in range(20)]).trend() == 1
+    assert Series(range(20), [1.0] * 20).trend() == 0
+
+
+# ----------------------------------------------------------------------------- model
+def test_model_folds_events_into_state_series_and_best():
+    model = RunModel(config={"monitor": "val_f1_macro", "mode": "max"})
+    model.apply_event({"seq": 1, "kind": "eval", "level": "info", "message": "",
+                       "data": {"step": 100, "epoch": 0, "metrics": {"val_f1_macro": 0.5, "val_loss": 1.0}}})
+    model.apply_event({"seq": 2, "kind": "eval", "level": "info", "message": "",
+                       "data": {"step": 200, "epoch": 1, "metrics": {"val_f1_macro": 0.4, "val_loss": 0.9}}})
+    assert model.series["val_loss"].values == [1.0, 0.9]
+    assert model.eval_last["val_f1_macro"] == 0.4 and model.eval_best["val_f1_macro"] == 0.5
+    model.apply_event({"seq": 3, "kind": "state", "level": "info", "message": "paused", "data": {"state": "paused"}})
+    assert model.state == "paused"
+    model.apply_event({"seq": 3, "kind": "state", "level": "info", "message": "running", "data": {"state": "running"}})
+    assert model.state == "paused" and model.events_total == 3  # seq 3 again: a replay, ignored
+
+
+def test_model_snapshot_resets_feeds():
+    frames = tui_fakes.read_stream()
+    model = RunModel()
+    model.load_snapshot(frames[0]["snapshot"], frames[0]["run"])
+    first_generation = model.generation
+    assert model.name == "demo-b0" and model.state == "running" and model.step == tui_fakes.SNAPSHOT_STEP
+    assert model.events_total == len(frames[0]["snapshot"]["events"])
+    model.load_snapshot(frames[0]["snapshot"], frames[0]["run"])
+    assert model.generation == first_generation + 1
+    assert model.events_total == len(frames[0]["snapshot"]["events"])  # replaced, not doubled
+
+
+# ----------------------------------------------------------------------------- charts
+def test_braille_plot_draws_a_connected_line():
+    columns = [(float(v), float(v), float(v)) for v in (0, 10, 0, 10)]
+    rows = chart.braille_plot(columns, height=2, y_lo=0, y_hi=10)
+    assert len(rows) == 2 and all(len(r) == 2 for r in rows)
+    # every cell the line crosses has dots: a jump 0 -> 10 fills the whole column
+    assert all(kind == "line" for row in rows for _, kind in row)
+
+
+def test_braille_plot_marks_envelope_and_marker_with_their_own_glyphs():
+    columns = [(5.0, 0.0, 10.0)] * 8
+    rows = chart.braille_plot(columns, height=4, y_lo=0, y_hi=10, marker_column=2, envelope=True)
+    glyphs = {ch for row in rows for ch, _ in row}
+    assert chart.ENVELOPE_CHAR in glyphs and chart.MARKER_CHAR in glyphs
+
+
+def test_spark_and_log_transform():
+    assert chart.spark([0, 1, 2, 3, 4, 5, 6, 7]) == chart.SPARK_CHARS
+    assert chart.spark([3, 3, 3]) == chart.SPARK_CHARS[3] * 3
+    assert chart.log_transform([(1.0, 1.0, 1.0), (0.0, 0.0, 1.0)]) is None
+    assert chart.log_transform([(100.0, 10.0, 1000.0)]) == [(2.0, 1.0, 3.0)]
+
+
+def test_axis_labels_never_overlap():
+    row = chart.axis_labels(0, 1_000_000, 20, lambda v: f"{v:.0f}")
+    assert len(row) == 20 and row.startswith("0")
+    assert "1000000" in row and "500000" not in row  # the middle label did not fit beside them
+
+
+# ----------------------------------------------------------------------------- formatting
+@pytest.mark.parametrize("seconds,text", [(None, "–"), (5, "5s"), (65, "1m05s"), (3600 * 5 + 60 * 39, "5h39m"),
+                                          (86400 * 2 + 3600 * 4, "2d04h")])
+def test_duration(seconds, text):
+    assert fmt.duration(seconds) == text
+
+
+def test_size_and_metric():
+    assert fmt.size(512) == "512 B" and fmt.size(3.2 * 1024**2) == "3.2 MiB" and fmt.size(61 * 1024**3) == "61 GiB"
+    assert fmt.metric(0.123456) == "0.1235" and fmt.metric(3e-4) == "3.0e-04" and fmt.metric(None) == "–"
+
+
+def test_eta_time_uses_the_clock():
+    clock = fmt.frozen_clock(tui_fakes.T0)  # Thu 1 Jan 2026, 00:00 UTC
+    assert clock.eta_time(3600 * 5) == "05:00"
+    assert clock.eta_time(86400 * 2) == "Sat 00:00"
+    assert clock.eta_time(86400 * 30) == "31 Jan 00:00"
+    assert clock.age(tui_fakes.T0 - 90) == "1m30s ago"
+
+
+def test_bar_reads_without_colour():
+    assert fmt.bar(0.5, 4) == "██░░" and fmt.bar(2.0, 3) == "███" and fmt.bar(float("nan"), 2) == "░░"
+
+
+# ----------------------------------------------------------------------------- timeline
+def test_allocate_fills_the_width_proportionally():
+    cells = allocate([1, 2, 1], 40)
+    assert sum(cells) == 40 and cells[1] == 20
+    assert allocate([1000, 1], 10, minimum=2) == [8, 2]  # a tiny phase still gets room for a label
+    assert sum(allocate([1, 1, 1], 2, minimum=2)) == 2
+
+
+def test_phase_weight_uses_the_time_model():
+    spans = spans_from_plan(tui_fakes.demo_plan().to_dict())
+    head, finetune = spans[0], spans[1]
+    # head trains no backbone (cost 1) over 2 epochs; finetune trains all (cost 3) over 10
+    assert finetune.weight / head.weight == pytest.approx(5 * 3)
+    assert phase_weight({"steps": 10, "seconds_per_step": 2.5}) == 25
+    assert phase_weight({"steps": 10}) == 10
+
+
+# ----------------------------------------------------------------------------- offline reading
+def test_tail_lines_reads_only_the_end(tmp_path):
+    path = tmp_path / "log"
+    path.write_text("".join(f"line {i}\n" for i in range(10_000)))
+    assert tail_lines(path, 3) == ["line 9997", "line 9998", "line 9999"]
+    assert tail_lines(path, 5, max_bytes=30)[-1] == "line 9999"
+    assert tail_lines(tmp_path / "missing", 3) == []
+
+
+def test_unreadable_events_become_a_warning(tmp_path):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "r", state="stopped", steps=100)
+    with open(run_dir / "events.jsonl", "a") as fh:
+        fh.write('{"kind": "checkpoint", "torn\n')
+    events, problems = read_events(run_dir / "events.jsonl")
+    assert problems and "unreadable line" in problems[0]
+    model = load_run_dir(run_dir)
+    assert model.state == "stopped"
+    assert any(e["kind"] == "alert" and "unreadable" in e["message"] for e in model.events)
+
+
+def test_offline_state_of_a_dead_owner_is_interrupted(tmp_path):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "r", state="running", pid=None, steps=100)
+    assert load_run_dir(run_dir).state == "interrupted"
+
+
+def test_offline_model_without_any_files(tmp_path):
+    run_dir = tmp_path / "empty"
+    run_dir.mkdir()
+    (run_dir / "state.json").write_text(json.dumps({"name": "empty", "state": "starting"}))
+    model = load_run_dir(run_dir)
+    assert model.plan is None and model.series == {} and model.state == "interrupted"
