@@ -303,7 +303,13 @@ class Daemon:
     async def run(self, install_signals: bool = False) -> int:
         """Serve the run until it finishes, stops or fails. Returns the process exit code
         (0 finished/stopped, 1 failed). Raises DaemonError when the run is owned elsewhere."""
-        self._acquire_run()
+        try:
+            self._acquire_run()
+        except BaseException:
+            if self._lock_fh is not None:
+                self._lock_fh.close()
+                self._lock_fh = None
+            raise
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -972,9 +978,9 @@ class Daemon:
             try:
                 body = await asyncio.to_thread(sampler.sample)
                 msg = protocol.validate({"type": "system", **body})
-            except Exception as exc:
+            except Exception as exc:  # skip this sample; say so once, not every interval
                 if not reported:
-                    log.error("system sampling failed: %s", exc)
+                    log.warning("system sample skipped (%s); later ones are skipped silently", exc)
                     reported = True
             else:
                 self.system = body
