@@ -443,3 +443,48 @@ def test_bad_config_fails_the_run(env):
     events = read_events(run_dir)
     assert events[-1]["data"]["state"] == "failed" and "optim.lr" in events[-1]["message"]
     assert runs.status(run_dir)["state"] == "failed"
+
+
+# ----------------------------------------------------------------------------- client queues
+class FakeTransport:
+    def __init__(self):
+        self.buffered = 0
+        self.aborted = False
+
+    def get_write_buffer_size(self):
+        return self.buffered
+
+    def abort(self):
+        self.aborted = True
+
+
+class FakeWriter:
+    def __init__(self):
+        self.transport = FakeTransport()
+
+
+def test_client_queue_coalesces_orders_and_bounds():
+    import asyncio
+
+    async def scenario():
+        conn = daemon.ClientConn(1, None, FakeWriter(), daemon.Settings(max_backlog=1000))
+        conn.push_latest("progress", b"p1")
+        conn.push_latest("progress", b"p2")  # latest wins
+        conn.push_latest("system", b"s1")
+        conn.push(b"log1")
+        assert list(conn.ordered) == [b"log1"] and conn.latest == {"progress": b"p2", "system": b"s1"}
+        conn.push(b"event1", after_latest=True)  # an event never overtakes earlier progress
+        assert list(conn.ordered) == [b"log1", b"p2", b"s1", b"event1"] and conn.latest == {}
+        # a big welcome still in the transport buffer is not backlog
+        conn.allowance = 5000
+        conn.writer.transport.buffered = 5000
+        assert conn.backlog() == conn.ordered_bytes == 14
+        conn.writer.transport.buffered = 5900
+        assert conn.backlog() == 914
+        conn.push(b"x" * 100)  # 1014 > 1000: dropped, nothing kept
+        assert conn.closed and conn.writer.transport.aborted and "too slow" in conn.close_reason
+        assert not conn.ordered and conn.ordered_bytes == 0
+        conn.push(b"more")
+        assert not conn.ordered
+
+    asyncio.run(scenario())

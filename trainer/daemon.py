@@ -167,13 +167,15 @@ class ClientConn:
         self.closed = False
         self.close_reason = ""
         self.sender: Optional[asyncio.Task] = None
+        self.allowance = 0  # the welcome's size: a big snapshot alone must not count as backlog
 
     def __repr__(self) -> str:
         return f"client #{self.number} ({self.client})"
 
     def backlog(self) -> int:
-        """Bytes this client has not taken yet (our queue plus the transport's buffer)."""
-        return self.ordered_bytes + self.writer.transport.get_write_buffer_size()
+        """Bytes this client has not taken yet (our queue plus the transport's buffer, less the
+        welcome frame it is still allowed to be reading)."""
+        return self.ordered_bytes + max(0, self.writer.transport.get_write_buffer_size() - self.allowance)
 
     def push(self, data: bytes, after_latest: bool = False) -> None:
         """Queue an ordered frame; drop the client if that puts it over its backlog bound.
@@ -229,6 +231,7 @@ class ClientConn:
         self.close_reason = reason
         log.info("%r disconnected: %s", self, reason)
         self.ordered.clear()
+        self.ordered_bytes = 0
         self.latest.clear()
         self.writer.transport.abort()
         self.wake.set()
@@ -617,6 +620,7 @@ class Daemon:
             await self._refuse(conn, ErrorCode.INTERNAL, f"cannot build the snapshot: {exc}")
             return
         conn.writer.write(welcome)
+        conn.allowance = len(welcome)
         self.clients.add(conn)
         conn.sender = asyncio.create_task(conn.send_loop())
         log.info("%r attached", conn)
@@ -703,6 +707,7 @@ class Daemon:
         if action == "stop":
             self.stop_reason = "request"
             self._set_state("stopping", "stop requested: checkpointing and stopping", stop_reason="request")
+            self._spawn(self._enforce_stop_timeout(self.worker))
         self._ack(conn, request_id, True, f"{action} sent to the trainer")
 
     def _forward(self, pending: Pending) -> None:
@@ -836,12 +841,12 @@ class Daemon:
                   asyncio.create_task(self._read_worker(reader, proc))]
         returncode = await proc.wait()
         log.info("worker %d exited with %d", proc.pid, returncode)
+        self.worker, self.worker_writer = None, None  # requests from now on are refused
         # Drain what the worker sent before exiting; children it left behind may hold the
         # pipes open, hence the timeout.
         _done, late = await asyncio.wait(relays, timeout=5.0)
         for task in late:
             task.cancel()
-        self.worker, self.worker_writer = None, None
         writer.close()
         if self.progress is not None:
             self._write_state(**self._progress_fields(self.progress))
