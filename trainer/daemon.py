@@ -464,7 +464,8 @@ class Daemon:
             return
         self.state = state
         self._emit("state", level, message or state, {**(data or {}), "state": state}, at=at)
-        self._write_state(state=state, **fields)
+        progress = self._progress_fields(self.progress) if self.progress else {}
+        self._write_state(**progress, state=state, **fields)
 
     def _emit(self, kind: str, level: str, message: str, data: dict, at: Optional[float] = None) -> dict:
         """Number an event, append it to events.jsonl and send it to every client."""
