@@ -127,27 +127,16 @@ def format_duration(seconds: float) -> str:
 
 
 def cmd_export(args) -> int:
-    import csv
-
     from trainer import runs
-    from trainer.history import export_rows
+    from trainer.history import write_export
 
     run_dir = runs.resolve_run(args.run, runs_root_arg(args))
-    rows = export_rows(run_dir / "history.msgpack")
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
-        if args.format == "jsonl":
-            for row in rows:
-                out.write(json.dumps(row) + "\n")
-        else:
-            rows = list(rows)
-            columns = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("step", "epoch", "phase"), k))
-            writer = csv.DictWriter(out, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    if args.output:
+        with open(args.output, "w", newline="") as out:
+            count = write_export(run_dir / "history.msgpack", out, args.format)
+        print(f"wrote {count} rows to {args.output}", file=sys.stderr)
+    else:
+        write_export(run_dir / "history.msgpack", sys.stdout, args.format)
     return 0
 
 

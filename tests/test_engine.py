@@ -1,0 +1,209 @@
+"""The training engine: freezing, losses, controls, the quickstart learning, and exact resume
+after SIGKILL (real processes killed at random instants)."""
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainer.config import RunConfig, load_config
+from trainer.engine import Trainer, class_weights, focal_loss
+from trainer.history import read_history
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "seed": 7,
+    "threads": 1,
+    "data": {"source": "synthetic", "duration": 0.5, "sample_rate": 8000,
+             "synthetic": {"classes": 4, "train_per_class": 12, "val_per_class": 4}},
+    "features": {"kind": "mel", "n_fft": 256, "hop_length": 128, "n_mels": 32},
+    "augment": {"spec_augment": {"freq_mask": 4, "time_mask": 4}, "mixup": {"alpha": 0.4, "prob": 0.5}},
+    "model": {"name": "resnet18", "drop_rate": 0.3},
+    "optim": {"batch_size": 8, "accum_steps": 2, "lr": 0.003, "grad_clip": 5.0},
+    "schedule": {"name": "cosine", "warmup_epochs": 1},
+    "phases": [{"name": "head", "epochs": 2, "trainable": 0.0},
+               {"name": "full", "epochs": 2, "trainable": 1.0, "lr_mult": 0.5}],
+    "eval": {"ema": {"enabled": True, "decay": 0.9}},
+    "checkpoint": {"interval_seconds": 0.3, "keep_last": 2, "min_free_mb": 1},
+}
+
+
+def tiny_cfg(**overrides) -> RunConfig:
+    raw = json.loads(json.dumps(TINY))
+    for key, value in overrides.items():
+        node = raw
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return RunConfig.model_validate(raw)
+
+
+def test_frozen_parameters_keep_their_values_bit_for_bit(tmp_path):
+    cfg = tiny_cfg(max_steps=6)   # 48 train / 16 per step = 3 steps per epoch: phase "head" = 6 steps
+    trainer = Trainer(cfg, tmp_path)
+    trainer.setup()
+    head = {id(p) for p in trainer.model.get_classifier().parameters()}
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    assert trainer.train() == "finished"
+    for name, p in trainer.model.named_parameters():
+        if id(p) in head:
+            assert not torch.equal(before[name], p), f"head parameter {name} did not train"
+        else:
+            assert torch.equal(before[name], p), f"frozen parameter {name} changed"
+            assert p not in trainer.optimizer.state, f"optimizer state created for frozen {name}"
+
+
+def test_unfrozen_phase_changes_the_backbone(tmp_path):
+    cfg = tiny_cfg(max_steps=8)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.setup()
+    stem = trainer.model.conv1.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(stem, trainer.model.conv1.weight)
+
+
+def test_focal_loss_hand_worked():
+    logits = torch.log(torch.tensor([[0.8, 0.2]]))
+    target = torch.tensor([[1.0, 0.0]])
+    # -(1 - 0.8)^2 * log(0.8) = 0.04 * 0.22314
+    assert focal_loss(logits, target, 2.0, None, 0.0).item() == pytest.approx(0.04 * 0.2231436, rel=1e-4)
+    assert focal_loss(logits, target, 0.0, None, 0.0).item() == pytest.approx(0.2231436, rel=1e-4)
+    w = torch.tensor([2.0, 1.0])
+    assert focal_loss(logits, target, 0.0, w, 0.0).item() == pytest.approx(2 * 0.2231436, rel=1e-4)
+
+
+def test_balanced_class_weights():
+    assert class_weights("balanced", [30, 10]).tolist() == pytest.approx([40 / 60, 40 / 20])
+    assert class_weights(None, [1, 2]) is None
+    with pytest.raises(ValueError, match="2 classes"):
+        class_weights([1.0, 2.0, 3.0], [1, 2])
+
+
+def test_history_eval_and_files(tmp_path):
+    cfg = tiny_cfg()
+    assert Trainer(cfg, tmp_path).run() == "finished"
+    records = list(read_history(tmp_path / "history.msgpack"))
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == list(range(1, 13))
+    assert len(evals) == 4 and {"val_accuracy", "val_f1_macro", "confusion"} <= set(evals[-1])
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["plan"]["total_steps"] == 12 and len(plan["plan"]["phases"]) == 2
+
+
+def test_controls_pause_checkpoint_stop(tmp_path):
+    cfg = tiny_cfg(**{"checkpoint.interval_seconds": 3600})
+    events: "queue.SimpleQueue" = queue.SimpleQueue()
+
+    class Recorder:
+        def progress(self, body):
+            pass
+
+        def record(self, record):
+            pass
+
+        def event(self, kind, level, message, **data):
+            events.put((kind, data))
+
+    controls: "queue.SimpleQueue" = queue.SimpleQueue()
+    controls.put((1, "pause"))
+    trainer = Trainer(cfg, tmp_path, Recorder(), controls)
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("final", trainer.run()))
+    thread.start()
+    seen = []
+    deadline = time.time() + 60
+    while ("state", "paused") not in seen and time.time() < deadline:
+        kind, data = events.get(timeout=60)
+        seen.append((kind, data.get("state")))
+    step_when_paused = trainer.state.step
+    time.sleep(0.5)
+    assert trainer.state.step == step_when_paused, "trained while paused"
+    controls.put((2, "checkpoint"))
+    controls.put((3, "resume"))
+    controls.put((4, "stop"))
+    thread.join(60)
+    assert result["final"] == "stopped"
+    kinds = []
+    while not events.empty():
+        kinds.append(events.get())
+    assert any(k == "request" and d.get("id") == 2 and d["outcome"] == "done" for k, d in kinds)
+    assert any(k == "checkpoint" for k, d in kinds)
+    assert any(k == "state" and d.get("state") == "stopped" for k, d in kinds)
+
+
+def test_quickstart_learns_in_a_shortened_run(tmp_path):
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml",
+                      ["data.synthetic.train_per_class=60", "data.synthetic.val_per_class=20",
+                       "phases.0.epochs=4", "phases.1.epochs=1", "checkpoint.interval_seconds=3600"])
+    Trainer(cfg, tmp_path).run()
+    evals = [r for r in read_history(tmp_path / "history.msgpack") if r["kind"] == "eval"]
+    # 8 classes: chance is 0.125
+    assert evals[-1]["val_accuracy"] >= 0.5, evals[-1]["val_accuracy"]
+
+
+# ----------------------------------------------------------------------------- exact resume
+def _train_cmd(config: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "trainer.cli", "train", str(config), "--run-dir", str(run_dir), "--quiet"]
+
+
+def _final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def _losses(run_dir: Path) -> dict:
+    return {r["step"]: r["train_loss"] for r in read_history(run_dir / "history.msgpack") if r["kind"] == "train"}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_instants_then_resume_is_bit_identical(tmp_path):
+    raw = json.loads(json.dumps(TINY))
+    raw["model"] = {"name": "mfcc_mlp", "drop_rate": 0.3}
+    raw["features"] = {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 20}
+    raw["data"]["synthetic"].update(train_per_class=48, val_per_class=8)
+    raw["phases"] = [{"name": "head", "epochs": 3, "trainable": 0.0}, {"name": "full", "epochs": 4}]
+    raw["checkpoint"]["interval_seconds"] = 0.2
+    config = tmp_path / "resume.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(config, reference), check=True, env=env, cwd=ROOT, capture_output=True)
+
+    victim = tmp_path / "victim"
+    rng = random.Random(1)
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen(_train_cmd(config, victim), env=env, cwd=ROOT, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(3.0, 7.0))  # interpreter + torch start take ~2-3 s
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]
+        break
+    else:
+        pytest.fail("the victim run never finished")
+    assert kills >= 2, "the run finished before it could be killed twice; lengthen it"
+
+    assert _losses(victim) == _losses(reference)
+    ref_w, got_w = _final_weights(reference), _final_weights(victim)
+    assert ref_w.keys() == got_w.keys()
+    for key in ref_w:
+        assert torch.equal(ref_w[key], got_w[key]), f"{key} differs after {kills} kills"

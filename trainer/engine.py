@@ -1,0 +1,592 @@
+"""The Trainer: one readable loop that can be killed at any instant and resumed bit-exactly.
+
+    while self.should_continue():
+        apply controls -> train one optimizer step -> log -> maybe end the epoch (evaluate,
+        early stopping, phase change) -> maybe checkpoint -> publish progress
+
+Everything the next step depends on lives in `self.state` (counters, early-stopping and plateau
+state, the ETA model) plus the model/optimizer/EMA state dicts and every RNG; all of it goes into
+each checkpoint. Data order and augmentation are functions of (seed, epoch, index), so a resumed
+run rebuilds the same batches from the checkpointed position.
+
+The engine is rank-aware: only rank 0 writes files, so torch.distributed (gloo) data parallelism
+can wrap it later without a rewrite.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer import models
+from trainer.checkpoint import CheckpointError, CheckpointStore
+from trainer.config import RunConfig, resolved_dict
+from trainer.data import build_datasets, make_loader, mixup_batch, EpochSampler
+from trainer.history import HistoryWriter, LossSmoother, truncate_history
+from trainer.metrics import classification_metrics
+from trainer.schedule import EtaModel, Plan
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Where the trainer reports to: the daemon link, or the console in the foreground."""
+
+    def progress(self, body: dict) -> None: ...
+    def event(self, kind: str, level: str, message: str, **data: Any) -> None: ...
+    def record(self, record: dict) -> None: ...
+    def plan(self, body: dict) -> None: ...
+
+
+class NullPublisher:
+    def progress(self, body: dict) -> None:
+        pass
+
+    def event(self, kind: str, level: str, message: str, **data: Any) -> None:
+        pass
+
+    def record(self, record: dict) -> None:
+        pass
+
+    def plan(self, body: dict) -> None:
+        pass
+
+
+@dataclass
+class LoopState:
+    """Counters and policy state that, with the weights, optimizer and RNGs, define the run."""
+
+    step: int = 0                      # optimizer steps done
+    epoch: int = 0                     # current global epoch (0-based)
+    epoch_step: int = 0                # steps done inside the current epoch
+    elapsed: float = 0.0               # training wall seconds, excluding pauses, across restarts
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    evals_since_best: int = 0
+    plateau_scale: float = 1.0
+    plateau_bad: int = 0
+    plateau_best: Optional[float] = None
+    stopped_early: bool = False
+    last_eval: Optional[dict] = None
+    best_eval: Optional[dict] = None
+    eta: dict = field(default_factory=dict)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
+               weight: Optional[torch.Tensor], label_smoothing: float) -> torch.Tensor:
+    """Focal loss on soft targets: -sum_c w_c (1 - p_c)^gamma t_c log p_c, averaged over the batch."""
+    num_classes = logits.shape[1]
+    target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
+    log_p = F.log_softmax(logits.float(), dim=1)
+    loss = -((1.0 - log_p.exp()) ** gamma) * target * log_p
+    if weight is not None:
+        loss = loss * weight
+    return loss.sum(dim=1).mean()
+
+
+def class_weights(spec, counts: list[int]) -> Optional[torch.Tensor]:
+    """Loss weights from the config: a list, 'balanced' (n / (k * count_c)) or None."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        total, k = sum(counts), len(counts)
+        return torch.tensor([total / (k * max(c, 1)) for c in counts], dtype=torch.float32)
+    if len(spec) != len(counts):
+        raise ValueError(f"loss.class_weights has {len(spec)} values but the data has {len(counts)} classes")
+    return torch.tensor(spec, dtype=torch.float32)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class Trainer:
+    """Trains one run in `run_dir`, resuming from its newest valid checkpoint if there is one."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, publisher: Optional[Publisher] = None,
+                 controls: Optional[queue.SimpleQueue] = None, rank: int = 0):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.publisher = publisher or NullPublisher()
+        self.controls = controls or queue.SimpleQueue()
+        self.rank = rank
+        self.state = LoopState()
+        self.paused = False
+        self.stop_requested: Optional[int] = None  # request id (or -1) of a pending stop
+        self.last_checkpoint_time = time.monotonic()
+        self.smoother = LossSmoother()  # the same smoothing the TUI's series use
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        cfg = self.cfg
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        random.seed(cfg.seed)
+        self.data = build_datasets(cfg)
+        if self.data.skipped:
+            self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
+                       what="bad_data", count=len(self.data.skipped))
+        self.classes = self.data.classes
+        self.plan = Plan.from_config(cfg, len(self.data.train))
+        self.eta = EtaModel(self.plan)
+        self.model = models.build_model(cfg, len(self.classes), self.data.in_chans, self.data.input_shape)
+        self.channels_last = cfg.model.channels_last and len(self.data.input_shape) == 3
+        self.optimizer = self._make_optimizer()
+        self.ema = self._make_ema()
+        self.loss_weight = class_weights(cfg.loss.class_weights, self.data.class_counts["train"])
+        self.history = HistoryWriter(self.run_dir / "history.msgpack") if self.rank == 0 else None
+        self.store = CheckpointStore(self.run_dir / "ckpt", keep_last=cfg.checkpoint.keep_last,
+                                     keep_best=cfg.checkpoint.keep_best,
+                                     keep_phase_ends=cfg.checkpoint.keep_phase_ends,
+                                     min_free_mb=cfg.checkpoint.min_free_mb,
+                                     on_done=self._checkpoint_done)
+        self.step_fn = self._compiled_step() if cfg.model.compile else None
+        self.resumed = self._resume()
+        self._apply_phase(self.plan.phase_at(self.state.step), announce=not self.resumed)
+        self._write_plan()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        params = list(self.model.parameters())
+        if o.name == "sgd":
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        if o.name == "adam":
+            return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    def _make_ema(self):
+        if not self.cfg.eval.ema.enabled:
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.model, decay=self.cfg.eval.ema.decay)
+
+    def _compiled_step(self):
+        return torch.compile(self.model)
+
+    def _write_plan(self) -> None:
+        if self.rank != 0:
+            return
+        body = {"plan": self.plan.to_dict(), "config": self.config_summary()}
+        tmp = self.run_dir / ".plan.json.tmp"
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, self.run_dir / "plan.json")
+        send_plan = getattr(self.publisher, "plan", None)
+        if send_plan is not None:
+            send_plan(body)
+
+    def config_summary(self) -> dict:
+        cfg = self.cfg
+        return {"model": cfg.model.name, "source": cfg.data.source, "features": cfg.features.kind,
+                "classes": list(self.classes), "threads": cfg.threads, "batch_size": cfg.optim.batch_size,
+                "accum_steps": cfg.optim.accum_steps, "seed": cfg.seed, "monitor": cfg.eval.monitor,
+                "n_train": len(self.data.train), "n_val": len(self.data.val)}
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self) -> bool:
+        loaded = self.store.load_latest()
+        for path, reason in self.store.rejected:
+            self.event("alert", "warning", f"rejected checkpoint {path}: {reason}", what="bad_checkpoint", path=str(path))
+        if loaded is None:
+            if self.history is not None:
+                truncate_history(self.run_dir / "history.msgpack", 0)
+                self.history.reopen()
+            return False
+        ckpt, meta = loaded
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.state = LoopState(**ckpt["loop"])
+        self.eta.load_state_dict(self.state.eta)
+        self.smoother.value = ckpt.get("train_loss_smooth")
+        set_rng_state(ckpt["rng"])
+        if ckpt.get("threads") != self.cfg.threads:
+            self.event("alert", "warning", f"checkpoint was written with {ckpt.get('threads')} threads, running with "
+                       f"{self.cfg.threads}: results will not be bit-identical", what="threads")
+        if self.history is not None:
+            truncate_history(self.run_dir / "history.msgpack", ckpt["history_offset"])
+            self.history.reopen()
+        self.event("resume", "info", f"resumed from step {self.state.step} ({meta.get('path', '')})",
+                   step=self.state.step, epoch=self.state.epoch)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> str:
+        """Set up (resuming if a checkpoint exists), then train. Returns "finished" or "stopped"."""
+        self.setup()
+        return self.train()
+
+    def train(self) -> str:
+        """Train until the plan (or max_steps) is done, early stopping triggers, or a stop
+        request arrives."""
+        self.event("state", "info", "running", state="running")
+        self.tick = time.monotonic()
+        batches = self._epoch_batches()
+        while self.should_continue():
+            self.handle_controls()
+            if self.stop_requested is not None:
+                break
+            try:
+                batch_group = next(batches)
+            except StopIteration:  # defensive: the sampler length matches steps_per_epoch
+                batches = self._epoch_batches()
+                continue
+            self.train_step(batch_group)
+            if self.state.epoch_step == self.plan.phase_at(self.state.step - 1).steps_per_epoch:
+                self.end_epoch()
+                batches = self._epoch_batches()
+            self.maybe_checkpoint()
+            self.publish_progress()
+        return self.finish()
+
+    def should_continue(self) -> bool:
+        return self.state.step < self.plan.total_steps and not self.state.stopped_early
+
+    def _epoch_batches(self):
+        """Iterator over the rest of the current epoch, one list of micro-batches per step."""
+        phase = self.plan.phase_at(self.state.step)
+        per_step = phase.samples_per_step
+        sampler = EpochSampler(n=len(self.data.train), seed=self.cfg.seed, epoch=self.state.epoch,
+                               start=self.state.epoch_step * per_step,
+                               length=phase.steps_per_epoch * per_step)
+        loader = make_loader(self.data.train, phase.batch_size, sampler=sampler,
+                             num_workers=self.cfg.data.num_workers)
+        with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
+            micro = iter(loader)
+        while True:
+            group = []
+            for _ in range(phase.accum_steps):
+                t0 = time.perf_counter()
+                try:
+                    x, y = next(micro)
+                except StopIteration:
+                    return
+                group.append((x, y, time.perf_counter() - t0))
+            yield group
+
+    def train_step(self, group: list) -> None:
+        """One optimizer step over `accum_steps` micro-batches."""
+        cfg, state = self.cfg, self.state
+        phase = self.plan.phase_at(state.step)
+        lr = self.plan.lr_at(state.step) * state.plateau_scale
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        start = time.perf_counter()
+        data_time = sum(t for _, _, t in group)
+        total_loss = 0.0
+        for i, (x, y, _) in enumerate(group):
+            x, y_soft = mixup_batch(x, y, len(self.classes), cfg.augment.mixup, cfg.seed, state.epoch,
+                                    state.step * phase.accum_steps + i)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.optim.bf16):
+                logits = (self.step_fn or self.model)(x)
+            loss = self.loss(logits.float(), y_soft)
+            (loss / phase.accum_steps).backward()
+            total_loss += loss.item() / phase.accum_steps
+        trainable = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else 0.0
+        if math.isfinite(total_loss):
+            self.optimizer.step()
+        else:
+            self.event("alert", "error", f"non-finite loss {total_loss} at step {state.step}: update skipped",
+                       what="nan_loss", step=state.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=state.step)
+        now = time.perf_counter()
+        step_seconds = (now - start) + data_time
+        state.step += 1
+        state.epoch_step += 1
+        self._account_time(phase.index)
+        self._log_step(phase, total_loss, lr, grad_norm, phase.samples_per_step / max(step_seconds, 1e-9),
+                       data_time / max(step_seconds, 1e-9))
+
+    def _account_time(self, phase_index: int) -> None:
+        now = time.monotonic()
+        seconds = now - self.tick
+        self.tick = now
+        self.state.elapsed += seconds
+        self.eta.observe(phase_index, seconds)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg.loss
+        if cfg.name == "focal":
+            return focal_loss(logits, target, cfg.focal_gamma, self.loss_weight, cfg.label_smoothing)
+        return F.cross_entropy(logits, target, weight=self.loss_weight, label_smoothing=cfg.label_smoothing)
+
+    def _log_step(self, phase, loss: float, lr: float, grad_norm: float, samples_per_s: float,
+                  data_share: float) -> None:
+        self.last_metrics = {"train_loss": loss, "train_loss_smooth": self.smoother.update(loss), "lr": lr,
+                             "samples_per_s": samples_per_s, "grad_norm": grad_norm, "data_share": data_share}
+        if self.state.step % self.cfg.log_every == 0 or self.state.step == self.plan.total_steps:
+            record = {"kind": "train", "step": self.state.step, "epoch": self.state.epoch,
+                      "phase": phase.index, "time": time.time(), "train_loss": loss, "lr": lr,
+                      "grad_norm": grad_norm, "samples_per_s": samples_per_s, "data_share": data_share}
+            self.write_record(record)
+
+    def write_record(self, record: dict) -> None:
+        if self.history is not None:
+            self.history.append(record)
+        self.publisher.record(record)
+
+    # ------------------------------------------------------------------ epochs and phases
+    def end_epoch(self) -> None:
+        """Evaluate when due, update early stopping, move to the next epoch (and phase)."""
+        state = self.state
+        finished_phase = self.plan.phase_at(state.step - 1)
+        phase_end = state.step == finished_phase.end_step
+        epoch_in_phase = state.epoch - finished_phase.start_epoch + 1
+        if phase_end or epoch_in_phase % self.cfg.eval.every_epochs == 0 or state.step >= self.plan.total_steps:
+            self.evaluate()
+        state.epoch += 1
+        state.epoch_step = 0
+        if phase_end and state.step < self.plan.total_steps:
+            self._apply_phase(self.plan.phase_at(state.step), announce=True)
+        self.checkpoint(reason="phase_end" if phase_end else "epoch_end", phase_end=phase_end)
+
+    def _apply_phase(self, phase, announce: bool) -> None:
+        trainable, total = models.apply_trainable(self.model, phase.trainable)
+        models.set_train_mode(self.model)
+        if announce:
+            self.event("phase", "info", f"phase {phase.index + 1}/{len(self.plan.phases)} {phase.name}: "
+                       f"{trainable:,}/{total:,} parameters train, LR x{phase.lr_mult}",
+                       index=phase.index, name=phase.name, trainable_params=trainable, total_params=total)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        loader = make_loader(self.data.val, self.cfg.eval.batch_size or 2 * self.cfg.optim.batch_size,
+                             sampler=None, num_workers=self.cfg.data.num_workers)
+        probs, labels, loss_sum = [], [], 0.0
+        with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
+            batches = iter(loader)
+        for x, y in batches:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            probs.append(logits.softmax(dim=1).numpy())
+            labels.append(y.numpy())
+        models.set_train_mode(self.model)
+        y_true = np.concatenate(labels)
+        metrics = classification_metrics(y_true, np.concatenate(probs), list(self.classes),
+                                          loss=loss_sum / max(len(y_true), 1))
+        record = {"kind": "eval", "step": self.state.step, "epoch": self.state.epoch,
+                  "phase": self.plan.phase_at(self.state.step - 1).index, "time": time.time(), **metrics}
+        self.last_confusion = metrics.get("confusion")
+        self.write_record(record)
+        self._after_eval(metrics)
+        return metrics
+
+    def _after_eval(self, metrics: dict) -> None:
+        state, ev = self.state, self.cfg.eval
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        state.last_eval = dict(scalars, step=state.step, epoch=state.epoch)
+        value = metrics.get(ev.monitor)
+        improved = value is not None and (state.best_metric is None or self._better(value, state.best_metric))
+        if improved:
+            state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+            state.best_eval = dict(state.last_eval)
+            self._save_weights("best.pt")
+        else:
+            state.evals_since_best += 1
+        self._update_plateau(value)
+        summary = ", ".join(f"{k.removeprefix('val_')} {scalars[k]:.4f}" for k in
+                            ("val_loss", "val_accuracy", "val_f1_macro", "val_auc_roc") if scalars.get(k) is not None)
+        self.event("eval", "info", f"epoch {state.epoch + 1} eval: {summary}" + (" (best)" if improved else ""),
+                   step=state.step, epoch=state.epoch, metrics=scalars, improved=improved)
+        patience = ev.early_stopping.patience
+        if patience is not None and not improved:
+            left = patience - state.evals_since_best
+            self.event("early_stopping", "warning" if left <= 1 else "info",
+                       f"no improvement of {ev.monitor} for {state.evals_since_best} evals ({max(left, 0)} left)",
+                       patience_left=max(left, 0), best=state.best_metric)
+            if left <= 0:
+                state.stopped_early = True
+
+    def _better(self, value: float, best: float) -> bool:
+        delta = self.cfg.eval.early_stopping.min_delta
+        return value > best + delta if self.cfg.eval.mode == "max" else value < best - delta
+
+    def _update_plateau(self, value: Optional[float]) -> None:
+        if self.cfg.schedule.name != "plateau" or value is None:
+            return
+        s, p = self.state, self.cfg.schedule.plateau
+        if s.plateau_best is None or self._better(value, s.plateau_best):
+            s.plateau_best, s.plateau_bad = value, 0
+            return
+        s.plateau_bad += 1
+        if s.plateau_bad > p.patience:
+            s.plateau_scale *= p.factor
+            s.plateau_bad = 0
+            self.event("lr", "info", f"plateau: LR scaled to x{s.plateau_scale:.4g}", scale=s.plateau_scale)
+
+    def _save_weights(self, name: str) -> None:
+        if self.rank != 0:
+            return
+        model = self.ema.module if self.ema is not None else self.model
+        atomic_torch_save({"model": model.state_dict(), "classes": list(self.classes),
+                           "config": resolved_dict(self.cfg), "step": self.state.step}, self.run_dir / name)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict:
+        self.state.eta = self.eta.state_dict()
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "loop": asdict(self.state), "rng": rng_state(), "threads": self.cfg.threads,
+                "train_loss_smooth": self.smoother.value,
+                "history_offset": self.history.tell() if self.history is not None else 0}
+
+    def checkpoint(self, reason: str, phase_end: bool = False, request_id: Optional[int] = None) -> None:
+        """Snapshot the state in memory and hand it to the background writer."""
+        if self.rank != 0:
+            return
+        started = time.perf_counter()
+        if self.history is not None:
+            self.history.fsync()  # the checkpoint's history offset must be on disk first
+        snapshot = self.store.snapshot(self.checkpoint_state())
+        meta = {"step": self.state.step, "epoch": self.state.epoch,
+                "phase": self.plan.phase_at(max(self.state.step - 1, 0)).index, "reason": reason,
+                "phase_end": phase_end, "time": time.time(), "mode": self.cfg.eval.mode,
+                "metric": (self.state.last_eval or {}).get(self.cfg.eval.monitor),
+                "request_id": request_id, "stall_start": started}
+        try:
+            self.store.save_async(snapshot, meta)
+        except CheckpointError as exc:
+            self.event("checkpoint_failed", "error", f"checkpoint at step {self.state.step} failed: {exc}",
+                       step=self.state.step, error=str(exc))
+        self.pending_stall = time.perf_counter() - started
+        self.last_checkpoint_time = time.monotonic()
+        self._save_weights("last.pt")
+
+    def _checkpoint_done(self, result) -> None:
+        """Called by the checkpoint store's writer thread."""
+        info = result if isinstance(result, dict) else vars(result)
+        if info.get("error"):
+            self.event("checkpoint_failed", "error", f"checkpoint at step {info.get('step')} failed: {info['error']}",
+                       **_plain(info))
+            return
+        stall = getattr(self, "pending_stall", None)
+        self.event("checkpoint", "info", f"checkpoint step {info.get('step')}: stall {1000 * (stall or 0):.0f} ms, "
+                   f"write {info.get('write_s', 0):.2f} s", stall_s=stall, **_plain(info))
+
+    def maybe_checkpoint(self) -> None:
+        if time.monotonic() - self.last_checkpoint_time >= self.cfg.checkpoint.interval_seconds:
+            self.checkpoint(reason="interval")
+
+    # ------------------------------------------------------------------ controls
+    def handle_controls(self) -> None:
+        """Apply pending pause/resume/checkpoint/stop requests (at a step boundary)."""
+        while True:
+            try:
+                request_id, action = self.controls.get_nowait() if not self.paused else self.controls.get()
+            except queue.Empty:
+                return
+            self._control(request_id, action)
+            if not self.paused and self.controls.empty():
+                return
+
+    def _control(self, request_id: int, action: str) -> None:
+        if action == "pause" and not self.paused:
+            self.paused = True
+            self._account_time(self.plan.phase_at(self.state.step).index)
+            self.event("state", "info", "paused", state="paused", request_id=request_id)
+        elif action == "resume" and self.paused:
+            self.paused = False
+            self.tick = time.monotonic()  # paused time is not training time
+            self.event("state", "info", "running", state="running", request_id=request_id)
+        elif action == "checkpoint":
+            self.checkpoint(reason="request", request_id=request_id)
+            self.store.wait()
+            self.event("request", "info", f"checkpoint written at step {self.state.step}",
+                       id=request_id, action=action, outcome="done")
+        elif action == "stop":
+            self.paused = False
+            self.stop_requested = request_id
+        else:
+            self.event("request", "info", f"{action}: nothing to do", id=request_id, action=action, outcome="noop")
+
+    # ------------------------------------------------------------------ publishing
+    def progress_body(self) -> dict:
+        state, phase = self.state, self.plan.phase_at(min(self.state.step, self.plan.total_steps - 1))
+        phase_etas = self.eta.phase_etas(state.step)
+        return {"step": state.step, "total_steps": self.plan.total_steps, "epoch": state.epoch,
+                "total_epochs": self.plan.total_epochs, "phase": phase.index, "phase_name": phase.name,
+                "epoch_step": state.epoch_step, "steps_per_epoch": phase.steps_per_epoch,
+                "elapsed": state.elapsed, "eta": phase_etas[-1], "phase_etas": phase_etas,
+                "metrics": getattr(self, "last_metrics", {}), "time": time.time(),
+                "last_eval": state.last_eval, "best_eval": state.best_eval}
+
+    def publish_progress(self) -> None:
+        self.publisher.progress(self.progress_body())
+
+    def event(self, kind: str, level: str, message: str, **data: Any) -> None:
+        log.log(logging.WARNING if level != "info" else logging.INFO, "%s", message)
+        self.publisher.event(kind, level, message, **data)
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> str:
+        stopped = self.stop_requested is not None
+        if self.state.stopped_early:
+            self.event("early_stopping", "warning", f"early stopping at step {self.state.step}: best "
+                       f"{self.cfg.eval.monitor} {self.state.best_metric}", patience_left=0,
+                       best=self.state.best_metric)
+        last_eval_step = (self.state.last_eval or {}).get("step")
+        if not stopped and self.state.step > 0 and last_eval_step != self.state.step:
+            self.evaluate()  # max_steps cut the run mid-epoch: still report where it got to
+        self.checkpoint(reason="stop" if stopped else "final")
+        self.store.wait()
+        self.publish_progress()
+        if self.history is not None:
+            self.history.close()
+        if stopped:
+            self.event("request", "info", f"stopped at step {self.state.step}", id=self.stop_requested,
+                       action="stop", outcome="done")
+            self.event("state", "info", "stopped", state="stopped")
+            return "stopped"
+        last = self.state.last_eval
+        self.event("finished", "info", f"finished at step {self.state.step}", best=self.state.best_eval,
+                   last=last, classes=list(self.classes), confusion=self._last_confusion())
+        self.event("state", "info", "finished", state="finished")
+        return "finished"
+
+    def _last_confusion(self) -> Optional[list]:
+        return getattr(self, "last_confusion", None)
+
+
+def _plain(info: dict) -> dict:
+    """Checkpoint results as msgpack-friendly values."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in info.items()
+            if isinstance(v, (str, int, float, bool, type(None), Path))}
