@@ -106,7 +106,11 @@ def test_meta_is_checked_before_writing(ckpt_dir):
         with pytest.raises(CheckpointError, match=r"meta\['step'\] must be an int"):
             store.save(make_state(1), {"epoch": 1})
         with pytest.raises(CheckpointError, match="not JSON-serializable"):
-            store.save(make_state(1), {"step": 1, "metric": torch.tensor(1.0)})
+            store.save(make_state(1), {"step": 1, "lr": torch.tensor(1.0)})
+        with pytest.raises(CheckpointError, match=r"meta\['metric'\] must be a number"):
+            store.save(make_state(1), {"step": 1, "metric": "0.5"})
+        with pytest.raises(CheckpointError, match=r"meta\['mode'\] must be 'max' or 'min'"):
+            store.save(make_state(1), {"step": 1, "metric": 0.5, "mode": "MIN"})
     assert step_dirs(ckpt_dir) == [] and leftovers(ckpt_dir) == []
 
 
@@ -381,17 +385,41 @@ def test_snapshot_is_independent_of_later_changes():
 # -- locking -----------------------------------------------------------------------------------
 
 
-def test_second_writer_is_refused_and_readonly_can_read(ckpt_dir):
-    with open_store(ckpt_dir) as store:
-        store.save(make_state(1), {"step": 1})
-        with pytest.raises(CheckpointError, match=f"in use by another process \\(pid {os.getpid()}"):
-            open_store(ckpt_dir, lock_timeout=0.2)
+HOLDER = """
+import sys, time
+from pathlib import Path
+from trainer.checkpoint import CheckpointStore
+store = CheckpointStore(Path(sys.argv[1]), min_free_mb=0)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_another_process_writing_is_refused_and_readonly_can_read(ckpt_dir):
+    save_steps(ckpt_dir, [1])
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ckpt_dir)], cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(CheckpointError, match=f"in use by another process \\(pid {holder.pid};"):
+            open_store(ckpt_dir, lock_timeout=0.3)
         reader = open_store(ckpt_dir, readonly=True)
         assert reader.load_latest()[1]["step"] == 1
         with pytest.raises(CheckpointError, match="read-only"):
             reader.save(make_state(2), {"step": 2})
-    with open_store(ckpt_dir) as again:  # released on close
-        assert again.load_latest()[1]["step"] == 1
+    finally:
+        holder.kill()
+        holder.communicate()
+    with open_store(ckpt_dir, lock_timeout=5) as store:  # the kernel dropped the dead holder's lock
+        store.save(make_state(2), {"step": 2})
+
+
+def test_same_process_can_open_again_without_closing(ckpt_dir):
+    first = open_store(ckpt_dir)
+    first.save(make_state(1), {"step": 1})
+    with open_store(ckpt_dir, lock_timeout=0) as second:  # e.g. a new Trainer in the same process
+        assert second.load_latest()[1]["step"] == 1
+    first.close()
 
 
 # -- real kill -9 ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Layout inside the store directory (``RUN/ckpt/``)::
         state.pt        torch.save of the training state (nested dict of tensors and plain data)
         meta.json       step, epoch, phase, time, metric, mode, phase_end, ... (caller's dict)
         MANIFEST.json   written last: format version and size + sha256 of every other file
-    .lock               flock held by the store that writes here (holds that process's pid)
+    .lock               POSIX lock of the process whose store writes here (holds its pid)
 
 Write protocol (what makes a checkpoint survive kill -9 and power loss):
 
@@ -24,6 +24,7 @@ store puts it back if the crash came before the new one was in place, and delete
 from __future__ import annotations
 
 import copy
+import errno
 import fcntl
 import hashlib
 import json
@@ -203,6 +204,14 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
+def _remove_leftover(path: Path) -> None:
+    """Delete garbage left by a crash; failing to is logged, not fatal (it is never loaded)."""
+    try:
+        shutil.rmtree(path)
+    except OSError as e:
+        log.warning("could not remove leftover %s: %s", path, e)
+
+
 def _checked_meta(meta: Any) -> dict:
     """Copy of ``meta`` with a default ``time``; CheckpointError naming the problem otherwise."""
     if not isinstance(meta, dict):
@@ -210,6 +219,11 @@ def _checked_meta(meta: Any) -> dict:
     step = meta.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"checkpoint meta['step'] must be an int >= 0, got {step!r}")
+    if meta.get("mode", "max") not in ("max", "min"):
+        raise CheckpointError(f"checkpoint meta['mode'] must be 'max' or 'min', got {meta['mode']!r}")
+    metric = meta.get("metric")
+    if metric is not None and (isinstance(metric, bool) or not isinstance(metric, (int, float))):
+        raise CheckpointError(f"checkpoint meta['metric'] must be a number or None, got {metric!r}")
     meta = dict(meta)
     meta.setdefault("time", time.time())
     try:
@@ -229,10 +243,21 @@ def _usable_metric(meta: dict) -> Optional[float]:
 class CheckpointStore:
     """Atomic, checksummed checkpoints in ``ckpt_dir`` with retention.
 
-    One writable store per directory at a time: opening takes an exclusive ``flock`` on
-    ``ckpt_dir/.lock`` (released when the store is closed or its process dies, even by kill -9)
-    and raises CheckpointError if another process still holds it after ``lock_timeout`` seconds. ``readonly=True`` opens without the
-    lock and without cleaning up, for inspecting a directory that a trainer may be writing.
+    One writing process per directory: opening takes an exclusive POSIX lock (``lockf``) on
+    ``ckpt_dir/.lock`` and raises CheckpointError if another process still holds it after
+    ``lock_timeout`` seconds. The lock belongs to the process: the kernel drops it when the
+    process dies (even by kill -9), forked children (data-loader workers) do not inherit it,
+    and a later store in the same process (a new Trainer after the last one ended) reopens freely;
+    closing any store of that directory in the process releases it.
+    ``readonly=True`` opens without the lock and without cleaning up, for inspecting a directory
+    that a trainer may be writing (saving is refused).
+
+    Retention runs after every successful save and keeps the newest ``keep_last`` valid
+    checkpoints, the best one by ``meta["metric"]`` (``meta["mode"]`` "max"/"min") if
+    ``keep_best``, and the last ``meta["phase_end"]`` checkpoint of each phase if
+    ``keep_phase_ends``. It also removes invalid (damaged) checkpoints older than the newest
+    valid one. It never removes the newest valid checkpoint and removes nothing at all when a
+    directory or file cannot be read.
 
     ``on_done(result: SaveResult)`` is called once per save attempt, synchronous or not, from the
     thread that did the write; it must be thread-safe and quick.
@@ -269,22 +294,31 @@ class CheckpointStore:
         self._logged: set[tuple[str, str]] = set()
         self._lock_fd: Optional[int] = None
         if not readonly:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            if not self.ckpt_dir.is_dir():
+                self.ckpt_dir.mkdir(parents=True)
+                _fsync_dir(self.ckpt_dir.parent)  # the first checkpoint must not lose its parent
             self._take_dir_lock(lock_timeout)
-            self._clean_stale()
+            try:
+                self._clean_stale()
+            except BaseException:
+                self.close()
+                raise
 
     # -- opening and closing -------------------------------------------------------------------
 
     def _take_dir_lock(self, timeout: float) -> None:
-        # Waiting a little matters after a crash: forked data-loader workers of the dead trainer
-        # share its lock file description and keep the lock until they notice and exit.
+        # Waiting a little covers a supervisor that starts the next trainer while the kernel is
+        # still tearing the killed one down.
         fd = os.open(self.ckpt_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    os.close(fd)
+                    raise
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                     os.close(fd)
@@ -305,11 +339,11 @@ class CheckpointStore:
             path = Path(entry.path)
             if entry.name.startswith(TMP_PREFIX):
                 log.info("removing unfinished checkpoint write %s", path)
-                shutil.rmtree(path)
+                _remove_leftover(path)
             elif entry.name.startswith(OLD_PREFIX):
                 final = self.ckpt_dir / entry.name[len(OLD_PREFIX):]
                 if final.exists():
-                    shutil.rmtree(path)
+                    _remove_leftover(path)
                 else:
                     log.warning("restoring %s: its replacement never landed", final)
                     os.rename(path, final)
