@@ -211,12 +211,12 @@ class ClientConn:
                 await self.wake.wait()
                 self.wake.clear()
                 while not self.closed and (self.ordered or self.latest):
-                    if self.ordered:
-                        data = self.ordered.popleft()
-                        self.ordered_bytes -= len(data)
-                    else:
-                        data = self.latest.pop(next(iter(self.latest)))
-                    self.writer.write(data)
+                    # Everything queued goes out in one write (one syscall per wake-up, not per frame).
+                    chunks = list(self.ordered) + list(self.latest.values())
+                    self.ordered.clear()
+                    self.ordered_bytes = 0
+                    self.latest.clear()
+                    self.writer.write(b"".join(chunks))
                     await asyncio.wait_for(self.writer.drain(), self.settings.stall_timeout)
         except TimeoutError:
             self.abort(f"stalled: nothing read for {self.settings.stall_timeout:.0f} s")
