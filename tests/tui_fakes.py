@@ -357,9 +357,50 @@ def write_big_history(path: Path, steps: int, eval_every: int = STEPS_PER_EPOCH)
         fh.write(b"".join(chunks))
 
 
+def big_run_frames(history_path: Path, steps: int, run_dir: str) -> list[dict]:
+    """A welcome for a run of `steps` logged steps, its series downsampled from `history_path`
+    the way the daemon does it (history.load_series), then nothing live."""
+    welcome = read_stream()[0]
+    plan = demo_plan(steps_per_epoch=max(1, steps // 15))
+    series = history.load_series(history_path, "val_f1_macro", "max")
+    snapshot = dict(welcome["snapshot"], plan=plan.to_dict(), series=series.snapshot_series())
+    progress = dict(snapshot["progress"], step=steps, total_steps=plan.total_steps,
+                    phase=plan.phase_at(steps - 1).index, phase_name=plan.phase_at(steps - 1).name)
+    snapshot["progress"] = progress
+    return [dict(welcome, run=dict(welcome["run"], dir=run_dir), snapshot=snapshot)]
+
+
+def serve(argv: list[str]) -> None:
+    """`python tests/tui_fakes.py serve SOCKET RUN_DIR [--history FILE STEPS] [--progress-hz N] [--system-hz N]`:
+    run a FakeDaemon in this process until killed (benchmarks measure the TUI in another process)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="tui_fakes.py serve")
+    parser.add_argument("socket")
+    parser.add_argument("run_dir")
+    parser.add_argument("--history", nargs=2, metavar=("FILE", "STEPS"))
+    parser.add_argument("--progress-hz", type=float, default=0.0)
+    parser.add_argument("--system-hz", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    frames = (big_run_frames(Path(args.history[0]), int(args.history[1]), args.run_dir) if args.history
+              else read_stream())
+
+    async def main() -> None:
+        daemon = FakeDaemon(Path(args.socket), frames, Path(args.run_dir),
+                            progress_hz=args.progress_hz, system_hz=args.system_hz)
+        await daemon.start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 if __name__ == "__main__":
-    write_stream()
-    print(f"wrote {STREAM_PATH} ({STREAM_PATH.stat().st_size} bytes, {len(read_stream())} frames)")
+    if sys.argv[1:2] == ["serve"]:
+        serve(sys.argv[2:])
+    else:
+        write_stream()
+        print(f"wrote {STREAM_PATH} ({STREAM_PATH.stat().st_size} bytes, {len(read_stream())} frames)")
 
 
 class DaemonThread:

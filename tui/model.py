@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import numpy as np
+
 # Progress metrics that become series as progress frames arrive.
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
 ACTIVE_STATES = ("starting", "running", "paused", "stopping")
@@ -103,22 +105,26 @@ class Series:
         first = self.steps[0] if first is None else first
         last = self.steps[-1] if last is None else last
         span = max(last - first, 1e-9)
-        sums = [0.0] * buckets
-        counts = [0] * buckets
-        lows = [math.inf] * buckets
-        highs = [-math.inf] * buckets
-        for s, v, lo, hi in zip(self.steps, self.values, self.mins, self.maxs):
-            if s < first or s > last:
-                continue
-            i = min(buckets - 1, int((s - first) / span * buckets))
-            sums[i] += v
-            counts[i] += 1
-            lows[i] = min(lows[i], lo)
-            highs[i] = max(highs[i], hi)
-        out: list[Optional[tuple[float, float, float]]] = [
-            (sums[i] / counts[i], lows[i], highs[i]) if counts[i] else None for i in range(buckets)]
-        _interpolate_gaps(out)
-        return out
+        steps = np.asarray(self.steps)
+        inside = (steps >= first) & (steps <= last)
+        index = np.minimum(buckets - 1, ((steps[inside] - first) / span * buckets).astype(np.int64))
+        counts = np.bincount(index, minlength=buckets)
+        means = np.bincount(index, weights=np.asarray(self.values)[inside], minlength=buckets)
+        filled = counts > 0
+        means[filled] /= counts[filled]
+        lows = np.full(buckets, np.inf)
+        highs = np.full(buckets, -np.inf)
+        np.minimum.at(lows, index, np.asarray(self.mins)[inside])
+        np.maximum.at(highs, index, np.asarray(self.maxs)[inside])
+        known = np.flatnonzero(filled)
+        if len(known) >= 2:  # straight lines across empty buckets between two filled ones
+            gaps = np.arange(known[0], known[-1] + 1)
+            gaps = gaps[~filled[gaps]]
+            line = np.interp(gaps, known, means[known])
+            means[gaps] = lows[gaps] = highs[gaps] = line
+            filled[gaps] = True
+        return [(m, lo, hi) if f else None
+                for m, lo, hi, f in zip(means.tolist(), lows.tolist(), highs.tolist(), filled.tolist())]
 
     def smoothed(self, window_fraction: float = 0.02) -> "Series":
         """A copy with an EMA over the values (window ~2% of the points); min/max kept."""
@@ -139,22 +145,6 @@ class Series:
         if abs(b - a) / scale < 0.01:
             return 0
         return 1 if b > a else -1
-
-
-def _interpolate_gaps(buckets: list) -> None:
-    """Fill empty buckets between two filled ones with a straight line (in place).
-
-    Sparse series (one eval per epoch) then draw as slopes rather than stairs; buckets before
-    the first and after the last point stay empty.
-    """
-    known = [i for i, b in enumerate(buckets) if b is not None]
-    for a, b in zip(known, known[1:]):
-        if b - a < 2:
-            continue
-        start, end = buckets[a][0], buckets[b][0]
-        for i in range(a + 1, b):
-            value = start + (end - start) * (i - a) / (b - a)
-            buckets[i] = (value, value, value)
 
 
 def ema(values: list[float], alpha: float = 0.1) -> list[float]:

@@ -94,6 +94,7 @@ class RunScreen(Screen):
         self.pending: dict[int, str] = {}
         self.disconnect: Optional[messages.Disconnected] = None
         self.loaded = False  # the model holds data (a snapshot or the run directory)
+        self._offline_loading = False
         self._refresh_pending = False
         self._last_refresh = 0.0
         self._plan_key: object = None
@@ -117,12 +118,9 @@ class RunScreen(Screen):
                 with Horizontal(id="dash-bottom"):
                     yield EventList(self.clock, id="dash-events")
                     yield LogTail(self.clock, id="dash-log")
-            with TabPane("2 Detail", id="detail"):
-                yield DetailView(id="detail-view")
-            with TabPane("3 Events & log", id="events"):
-                with Vertical(id="events-view"):
-                    yield EventList(self.clock, id="all-events", wrap=True)
-                    yield LogTail(self.clock, id="all-log", max_lines=500)
+            # The other views are built when first shown: a smaller DOM at start attaches faster.
+            yield TabPane("2 Detail", id="detail")
+            yield TabPane("3 Events & log", id="events")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -130,7 +128,7 @@ class RunScreen(Screen):
         state = runs.effective_state(self.run_dir) if (self.run_dir / runs.STATE_FILE).exists() else "unknown"
         if state not in ACTIVE_STATES:
             self.link_state = "offline"
-            self.load_offline()
+            self._load_offline_once()
         self.run_worker(self.link.run(), name="daemon-link", group="daemon-link", exclusive=True,
                         exit_on_error=False)
         self._request_refresh()
@@ -161,8 +159,7 @@ class RunScreen(Screen):
     def _link_failed(self, message: messages.LinkFailed) -> None:
         self.link_state = "offline"
         self._set_action(f"cannot attach: {message.message}", "error")
-        if not self.loaded:
-            self.load_offline()
+        self._load_offline_once()
 
     @on(messages.ProgressReceived)
     def _progress(self, message: messages.ProgressReceived) -> None:
@@ -218,6 +215,12 @@ class RunScreen(Screen):
             self._set_action(f"✓ {action}: {event.get('message', 'done')}", "info")
 
     # ------------------------------------------------------------------ offline
+    def _load_offline_once(self) -> None:
+        """Read the run directory unless the model already has data or a read is under way."""
+        if not self.loaded and not self._offline_loading:
+            self._offline_loading = True
+            self.load_offline()
+
     @work(thread=True, exclusive=True, group="offline", name="load-run-dir")
     def load_offline(self) -> None:
         """Read the run directory (thread: a long history takes a moment) and show it."""
@@ -225,6 +228,7 @@ class RunScreen(Screen):
         self.app.call_from_thread(self._offline_loaded, model)
 
     def _offline_loaded(self, model: RunModel) -> None:
+        self._offline_loading = False
         if self.link_state == "live":
             return  # a snapshot arrived meanwhile and is newer
         model.generation = self.model.generation + 1
@@ -249,8 +253,7 @@ class RunScreen(Screen):
             return
         self.model.state = state
         self.link_state = "offline"
-        if not self.loaded:
-            self.load_offline()
+        self._load_offline_once()
         self._request_refresh()
 
     # ------------------------------------------------------------------ actions
@@ -337,12 +340,15 @@ class RunScreen(Screen):
         self._request_refresh()
 
     def action_chart_option(self, option: str) -> None:
+        if not self.query("#detail-chart"):
+            return
         chart = self.query_one("#detail-chart", LineChart)
         setattr(chart, option, not getattr(chart, option))
         self._request_refresh()
 
     @on(TabbedContent.TabActivated)
-    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+    async def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        await self._build_view(event.pane)
         if event.pane.id == "detail":
             self.query_one("#metric-list").focus()
         self.refresh_bindings()
@@ -351,6 +357,16 @@ class RunScreen(Screen):
     @on(OptionList.OptionHighlighted, "#metric-list")
     def _metric_picked(self) -> None:
         self._request_refresh()
+
+    async def _build_view(self, pane: TabPane) -> None:
+        """Mount the widgets of the detail or events view the first time it is shown."""
+        if pane.children:
+            return
+        if pane.id == "detail":
+            await pane.mount(DetailView(id="detail-view"))
+        elif pane.id == "events":
+            await pane.mount(Vertical(EventList(self.clock, id="all-events", wrap=True),
+                                      LogTail(self.clock, id="all-log", max_lines=500), id="events-view"))
 
     def _set_action(self, text: str, level: str) -> None:
         self.action_status = (text, level)
@@ -384,9 +400,9 @@ class RunScreen(Screen):
         active = self.query_one("#views", TabbedContent).active
         if active == "dashboard":
             self._refresh_dashboard()
-        elif active == "detail":
+        elif active == "detail" and self.query(DetailView):
             self._refresh_detail()
-        else:
+        elif active == "events" and self.query("#all-events"):
             for feed in (self.query_one("#all-events", EventList), self.query_one("#all-log", LogTail)):
                 feed.sync(model)
 

@@ -50,6 +50,7 @@ class LineChart(Widget):
     LineChart > .chart--axis { color: $text-muted; }
     """
     COMPONENT_CLASSES = {"chart--line", "chart--envelope", "chart--marker", "chart--axis"}
+    GUTTER = 8  # columns of y-axis labels
 
     version: reactive[int] = reactive(0)
     """Bumped by `set_series` whenever the data changes (the series itself is not copied)."""
@@ -59,8 +60,9 @@ class LineChart(Widget):
     """Logarithmic y axis (falls back to linear, with a note, if a value is not positive)."""
     envelope: reactive[bool] = reactive(True)
     """Shade the min..max range of the points each plotted column stands for."""
-    marker: reactive[Optional[float]] = reactive(None)
-    """An x value (step) to mark with a vertical line, e.g. the current step."""
+    marker: reactive[Optional[float]] = reactive(None, repaint=False)
+    """An x value (step) to mark with a vertical line, e.g. the current step (repaints only when
+    the marker moves to another column)."""
     x_range: reactive[Optional[tuple[float, float]]] = reactive(None)
     """Fixed x range (e.g. the whole run); default: the series' own range."""
     title: reactive[str] = reactive("")
@@ -72,6 +74,26 @@ class LineChart(Widget):
         self.series: Optional[Series] = None
         self._signature: tuple = ()
         self.value_format = value_format
+
+    def _x_bounds(self) -> Optional[tuple[float, float]]:
+        if self.x_range is not None:
+            return self.x_range
+        if self.series is None or not len(self.series):
+            return None
+        return self.series.steps[0], self.series.steps[-1]
+
+    def _marker_column(self, marker: Optional[float], plot_width: int) -> Optional[int]:
+        bounds = self._x_bounds()
+        if marker is None or bounds is None or bounds[1] <= bounds[0]:
+            return None
+        first, last = bounds
+        column = int((marker - first) / (last - first) * (plot_width - 1) + 0.5)
+        return column if 0 <= column < plot_width else None
+
+    def watch_marker(self, old: Optional[float], new: Optional[float]) -> None:
+        plot_width = self.size.width - self.GUTTER
+        if self._marker_column(old, plot_width) != self._marker_column(new, plot_width):
+            self.refresh()
 
     def set_series(self, series: Optional[Series]) -> None:
         """Show `series` (None: nothing); repaints only if it is another series or has new points."""
@@ -85,7 +107,7 @@ class LineChart(Widget):
         series = self.series
         if series is None or not len(series) or width < 12 or height < 1:
             return Text(self.title + ("  " if self.title else "") + "no data yet", style="dim")
-        gutter = 8
+        gutter = self.GUTTER
         plot_width = width - gutter
         title_row = bool(self.title) and height >= 3
         plot_height = max(1, height - 1 - title_row)
@@ -101,10 +123,7 @@ class LineChart(Widget):
                 columns = logged
         use_log = self.log_scale and not note
         lo, hi = chart.value_range(columns, self.envelope)
-        marker_col = None
-        if self.marker is not None and last > first:
-            marker_col = int((self.marker - first) / (last - first) * (plot_width - 1) + 0.5)
-            marker_col = marker_col if 0 <= marker_col < plot_width else None
+        marker_col = self._marker_column(self.marker, plot_width)
         cells = chart.braille_plot(columns, plot_height, lo, hi, marker_col, self.envelope)
         styles = {kind: self.get_component_rich_style(f"chart--{kind}") for kind in ("line", "envelope", "marker", "axis")}
         unlog = (lambda v: 10 ** v) if use_log else (lambda v: v)

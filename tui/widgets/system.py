@@ -34,9 +34,9 @@ class SystemPanel(Widget):
     """
     COMPONENT_CLASSES = {"system--bar", "system--low"}
 
-    system: reactive[Optional[dict]] = reactive(None, layout=True)
+    system: reactive[Optional[dict]] = reactive(None)
     """The last `system` frame body (None before the first sample)."""
-    max_rows: reactive[int] = reactive(6, layout=True)
+    max_rows: reactive[int] = reactive(6)
     """Rows the panel may use; per-core bars are drawn when they fit."""
 
     def watch_system(self) -> None:
@@ -46,8 +46,13 @@ class SystemPanel(Widget):
         self._fit()
 
     def _fit(self) -> None:
-        """Size the panel to its lines (a style change re-lays out the column it sits in)."""
-        self.styles.height = self.rows_needed()
+        """Size the panel to its lines (a style change re-lays out the column it sits in).
+
+        Only when the line count changes: a layout pass costs far more than a repaint.
+        """
+        rows = self.rows_needed()
+        if self.styles.height is None or self.styles.height.cells != rows:
+            self.styles.height = rows
 
     def _use_detailed(self) -> bool:
         return len((self.system or {}).get("cpu_percent") or ()) + 5 <= self.max_rows

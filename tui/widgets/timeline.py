@@ -94,14 +94,29 @@ class PhaseTimeline(Widget):
 
     spans: reactive[tuple[PhaseSpan, ...]] = reactive((), layout=True)
     """The plan's phases; empty until a plan is known."""
-    step: reactive[int] = reactive(0)
-    """Optimizer steps done."""
+    step: reactive[int] = reactive(0, repaint=False)
+    """Optimizer steps done (repaints only when that moves a cell or changes a phase row)."""
     total_steps: reactive[int] = reactive(0)
     """Steps the run will take (may be cut short of the plan by max_steps)."""
     eta_labels: reactive[tuple[str, ...]] = reactive(())
     """Per phase: `done`, or time until it ends, e.g. `3h10m`."""
     eta_times: reactive[tuple[str, ...]] = reactive(())
     """Per phase: wall-clock time it ends, e.g. `Wed 14:05` (phase list rows only)."""
+
+    def _step_key(self, step: int) -> tuple:
+        """What of `step` is visible: done cells per segment, the marker cell, the current phase's percent."""
+        width = self.content_region.width or self.size.width
+        cells = allocate([s.weight for s in self.spans], width, minimum=2) if self.spans else []
+        done = tuple(int(round(min(1.0, max(0.0, (step - s.start_step) / s.steps)) * n)) if s.steps else n
+                     for s, n in zip(self.spans, cells))
+        shows_rows = self.size.height > 3
+        current = next((s for s in self.spans if step < s.end_step), None)
+        pct = round(1000 * (step - current.start_step) / current.steps) if shows_rows and current and current.steps else None
+        return done, current.index if current else None, pct
+
+    def watch_step(self, old: int, new: int) -> None:
+        if self._step_key(old) != self._step_key(new):
+            self.refresh()
 
     def get_content_height(self, container, viewport, width: int) -> int:
         """With `height: auto`: the three timeline rows plus one row per phase."""

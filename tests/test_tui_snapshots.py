@@ -1,0 +1,112 @@
+"""SVG snapshots (pytest-textual-snapshot) of the picker, the dashboard and the detail view.
+
+The dashboard and detail view are drawn from the recorded stream (tests/data/recorded_stream.msgpack)
+served by the fake daemon; the clock is frozen at the recording's time in UTC, so nothing on
+screen depends on when or where the test runs. Update after an intended change with
+`pytest tests/test_tui_snapshots.py --snapshot-update` and look at the SVGs.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tui_fakes  # noqa: E402
+from tui_fakes import DaemonThread, wait_for  # noqa: E402
+
+from trainer import runs  # noqa: E402
+from tui import fmt  # noqa: E402
+from tui.app import LonghaulApp  # noqa: E402
+from tui.screens.run import RunScreen  # noqa: E402
+
+SIZES = [(80, 24), (160, 48)]
+LIVE_STEP = tui_fakes.SNAPSHOT_STEP + 4
+
+
+@pytest.fixture
+def live_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="lh"))
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "longhaul-test-owner"])
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner.pid)
+    daemon = DaemonThread(runs.socket_path(run_dir), run_dir).start()
+    yield run_dir
+    daemon.close()
+    owner.kill()
+    owner.wait()
+
+
+def live_app(run_dir: Path) -> LonghaulApp:
+    return LonghaulApp(run_dir, run_dir.parent, clock=fmt.frozen_clock(tui_fakes.T0), refresh_interval=0.0,
+                       link_retry_max=0.2)
+
+
+async def settled(pilot) -> None:
+    """Wait until every recorded frame is on screen."""
+    app = pilot.app
+
+    def done() -> bool:
+        screen = app.screen
+        return (isinstance(screen, RunScreen) and screen.link_state == "live" and screen.model.step == LIVE_STEP
+                and screen.model.logs_total == 11 and not screen._refresh_pending)
+
+    await wait_for(pilot, done, what="the recorded stream to be shown")
+    await pilot.pause(0.2)
+
+
+PICKER_RUNS = [
+    {"name": "audio-b0", "state": "running", "step": 6004, "total_steps": 18750, "phase": 1,
+     "phase_name": "finetune", "eta": 20340.0, "last_checkpoint_age": 95.0, "dir": "/runs/audio-b0"},
+    {"name": "audio-b2", "state": "paused", "step": 91000, "total_steps": 240000, "phase": 2,
+     "phase_name": "unfreeze-all", "eta": 401000.0, "last_checkpoint_age": 3700.0, "dir": "/runs/audio-b2"},
+    {"name": "effv2-m-4phase", "state": "interrupted", "step": 150123, "total_steps": 1000000, "phase": 0,
+     "phase_name": "head", "eta": None, "last_checkpoint_age": 7 * 3600.0, "dir": "/runs/effv2-m-4phase"},
+    {"name": "mfcc-mlp", "state": "finished", "step": 12000, "total_steps": 12000, "phase": 0,
+     "phase_name": "train", "eta": None, "last_checkpoint_age": 3 * 86400.0, "dir": "/runs/mfcc-mlp"},
+    {"name": "waveform-cnn", "state": "failed", "step": 800, "total_steps": 50000, "phase": 0,
+     "phase_name": "train", "eta": None, "last_checkpoint_age": None, "dir": "/runs/waveform-cnn"},
+]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_picker(snap_compare, size):
+    app = LonghaulApp(None, Path("/home/me/checkpoints"), clock=fmt.frozen_clock(tui_fakes.T0),
+                      lister=lambda root: PICKER_RUNS)
+
+    async def loaded(pilot):
+        await wait_for(pilot, lambda: pilot.app.screen.query_one("#runs").row_count == len(PICKER_RUNS),
+                       what="the runs")
+
+    assert snap_compare(app, terminal_size=size, run_before=loaded)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dashboard(snap_compare, live_run, size):
+    assert snap_compare(live_app(live_run), terminal_size=size, run_before=settled)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_detail_view(snap_compare, live_run, size):
+    async def detail(pilot):
+        await settled(pilot)
+        await pilot.press("2", "down", "down")  # val_loss
+        await pilot.pause(0.2)
+
+    assert snap_compare(live_app(live_run), terminal_size=size, run_before=detail)
+
+
+def test_offline_dashboard(snap_compare, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="lh"))
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=None)  # -> interrupted
+    app = LonghaulApp(run_dir, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), refresh_interval=0.0)
+
+    async def loaded(pilot):
+        await wait_for(pilot, lambda: pilot.app.screen.loaded and not pilot.app.screen._refresh_pending,
+                       what="the run directory")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=loaded)
