@@ -1,0 +1,111 @@
+"""The automation contract of the CLI: train, status --json, export, check-data, error exits."""
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "clitiny", "seed": 1, "threads": 1,
+    "data": {"source": "synthetic", "duration": 0.5, "sample_rate": 8000,
+             "synthetic": {"classes": 3, "train_per_class": 16, "val_per_class": 4}},
+    "features": {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 13},
+    "model": {"name": "mfcc_mlp"},
+    "optim": {"batch_size": 8},
+    "phases": [{"name": "only", "epochs": 2}],
+}
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_train_status_export(tmp_path, config, capsys, monkeypatch):
+    monkeypatch.setenv("LONGHAUL_ROOT", str(tmp_path / "runs"))
+    assert main(["train", str(config), "--quiet"]) == 0
+    run_dir = tmp_path / "runs" / "clitiny"
+    assert (run_dir / "config.yaml").exists()
+    capsys.readouterr()
+
+    assert main(["status", "clitiny", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["name"] == "clitiny" and status["state"] == "finished"
+    assert status["step"] == status["total_steps"] == 12 and status["pid"] is None
+    for key in ("last_eval", "best_eval"):
+        assert {"accuracy", "f1_macro", "loss"} <= set(status[key]) or \
+            {"val_accuracy", "val_f1_macro", "val_loss"} <= set(status[key])
+    assert {"epoch", "phase"} <= set(status)
+
+    assert main(["export", str(run_dir), "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13)) and all("train_loss" in r for r in rows)
+    assert main(["export", "clitiny", "--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(table) == 12 and "val_accuracy" in table[0]
+
+
+def test_name_in_use_is_a_clear_error(tmp_path, config, capsys, monkeypatch):
+    monkeypatch.setenv("LONGHAUL_ROOT", str(tmp_path / "runs"))
+    (tmp_path / "runs" / "clitiny").mkdir(parents=True)
+    assert main(["train", str(config)]) == 2
+    assert "clitiny" in capsys.readouterr().err
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim: {lr: fast}\nphases: [{name: a, epochs: 0}]\n")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "optim.lr" in err and "phases.0.epochs" in err
+
+
+def test_check_data_reports_and_fails_on_corrupt_files(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    for split in ("train", "val"):
+        for label in ("bird", "insect"):
+            folder = tmp_path / "audio" / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                sf.write(folder / f"{i}.wav", np.random.default_rng(i).normal(size=4000) * 0.1, 8000)
+    bad = tmp_path / "audio" / "train" / "bird" / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00garbage")
+    cfg = dict(TINY, data={"source": "audio_folder", "root": str(tmp_path / "audio"), "sample_rate": 8000,
+                           "duration": 0.5})
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["check-data", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "broken.wav" in out and "bird" in out and "insect" in out
+    # training refuses the same data with the report
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "broken.wav" in capsys.readouterr().err
+    # with skip_bad_files the run goes on and counts what it skipped
+    cfg["data"]["skip_bad_files"] = True
+    cfg["phases"] = [{"name": "only", "epochs": 1}]
+    cfg["optim"] = {"batch_size": 2}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run2"), "--quiet"]) == 0
+    events = [json.loads(line) for line in (tmp_path / "run2" / "events.jsonl").read_text().splitlines()]
+    assert any(e["kind"] == "alert" and e["data"].get("count") == 1 for e in events)
+
+
+def test_commands_answer_without_importing_torch(tmp_path):
+    code = ("import sys; from trainer.cli import main; main(['ls', '--json']); "
+            "assert 'torch' not in sys.modules, 'ls imported torch'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={"LONGHAUL_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
