@@ -21,7 +21,7 @@ from tui import fmt, messages  # noqa: E402
 from tui.app import LonghaulApp, run_attach  # noqa: E402
 from tui.screens.dialogs import ConfirmScreen, SummaryScreen  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
-from tui.widgets.feeds import EventList, LogTail  # noqa: E402
+from tui.widgets.feeds import FeedTail, LogTail  # noqa: E402
 from tui.widgets.header import AlertBar, RunHeader  # noqa: E402
 from tui.widgets.timeline import PhaseTimeline  # noqa: E402
 
@@ -102,7 +102,7 @@ async def test_attach_shows_the_snapshot_and_live_frames(live_run):
         timeline = app.screen.query_one(PhaseTimeline)
         assert [s.name for s in timeline.spans] == ["head", "finetune", "polish"]
         assert timeline.eta_labels[0] == "done" and timeline.eta_labels[1] == "3h59m"
-        events = "\n".join(str(line.text) for line in app.screen.query_one("#dash-events", EventList).lines)
+        events = str(app.screen.query_one("#dash-events", FeedTail).render())
         assert "trainer crashed" in events and "checkpoint step 5000" in events
         assert "swap in use" in alert_text(app)  # the newest warning is visible from every view
         assert daemon.requests == []
@@ -214,7 +214,7 @@ async def test_offline_mode_reads_the_run_directory(tmp_path, runtime_dir):
         model = screen(app).model
         assert model.series["train_loss"].last_step == 5000
         assert model.series["val_f1_macro"].last_step == 5000
-        events = "\n".join(str(line.text) for line in app.screen.query_one("#dash-events", EventList).lines)
+        events = str(app.screen.query_one("#dash-events", FeedTail).render())
         assert "checkpoint step 5000" in events
         await pilot.press("3")
         await pilot.pause(0.1)

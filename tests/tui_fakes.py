@@ -73,9 +73,7 @@ def confusion(n: int = len(CLASSES)) -> list[list[int]]:
 
 
 def event(seq: int, at: float, kind: str, level: str, message: str, **data) -> dict:
-    """An event frame. (Built with validate: protocol.event() cannot build one, see the TUI report.)"""
-    return protocol.validate({"type": "event", "seq": seq, "time": at, "kind": kind, "level": level,
-                              "message": message, "data": data})
+    return protocol.event(kind, level, message, data, seq=seq, at=at)
 
 
 def snapshot_events(plan: Plan) -> list[dict]:

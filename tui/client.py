@@ -72,6 +72,7 @@ class DaemonLink:
         self.handshake_timeout = handshake_timeout
         self._socket_path = socket_path
         self._writer: Optional[asyncio.StreamWriter] = None
+        self._waiting: dict[type, messages.MergingMessage] = {}  # posted, not yet taken, per type
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
 
@@ -144,19 +145,29 @@ class DaemonLink:
             frame = await protocol.read_frame(reader, protocol.MAX_SERVER_FRAME, protocol.DAEMON_TO_CLIENT)
             match frame["type"]:
                 case "progress":
-                    self.post(messages.ProgressReceived(frame))
+                    self._deliver(messages.ProgressReceived, frame)
                 case "system":
-                    self.post(messages.SystemReceived(frame))
+                    self._deliver(messages.SystemReceived, frame)
                 case "event":
-                    self.post(messages.EventReceived(frame))
+                    self._deliver(messages.EventsReceived, frame)
                 case "log":
-                    self.post(messages.LogReceived(frame))
+                    self._deliver(messages.LogsReceived, frame)
                 case "ack":
                     self.post(messages.AckReceived(frame))
                 case "error":
                     raise LinkRefused(frame["code"], frame["message"])
                 case _:
                     pass  # pong, or a welcome repeated: nothing to show
+
+    def _deliver(self, kind: type[messages.MergingMessage], frame: dict) -> None:
+        """Post `frame`, or fold it into the message of its kind still waiting in the screen's queue."""
+        waiting = self._waiting.get(kind)
+        if waiting is not None and not waiting.taken:
+            waiting.merge(frame)
+            return
+        message = kind(frame)
+        self._waiting[kind] = message
+        self.post(message)
 
     async def request(self, action: str) -> int:
         """Send a pause/resume/checkpoint/stop request; returns its id (the ack and event carry it)."""
@@ -170,6 +181,7 @@ class DaemonLink:
         return request_id
 
     async def _close(self) -> None:
+        self._waiting.clear()  # a new connection starts with a new snapshot and new messages
         writer, self._writer = self._writer, None
         if writer is None:
             return

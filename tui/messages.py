@@ -1,8 +1,14 @@
 """Textual messages posted by the daemon link (`tui.client`) to the run screen.
 
-Progress and system samples only ever matter in their newest version, so they coalesce: when
-several are queued back to back, the screen handles just the last one (`can_replace`). Events,
-log lines and acks are never merged.
+A busy run sends many frames a second (progress per step, a log line per print). Two rules keep
+the screen's work bounded without losing anything that must not be lost:
+
+- Progress and system samples only matter in their newest version. Queued back to back, the
+  screen handles just the last one (`can_replace`); and while one is still waiting in the
+  screen's queue, the link updates it in place instead of posting another (`merge`).
+- Events and log lines are never dropped: while a batch is waiting, the link appends to it.
+
+The screen calls `take()` first thing in its handler; from then on the link posts a new message.
 """
 from __future__ import annotations
 
@@ -13,6 +19,21 @@ class LinkMessage(Message):
     """Base class of everything the daemon link posts."""
 
     bubble = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = False
+
+    def take(self) -> None:
+        """Mark the message as being handled: the link stops merging frames into it."""
+        self.taken = True
+
+
+class MergingMessage(LinkMessage):
+    """A message the link may still add frames to while it waits in the queue."""
+
+    def merge(self, frame: dict) -> None:
+        raise NotImplementedError
 
 
 class Connected(LinkMessage):
@@ -46,42 +67,54 @@ class LinkFailed(LinkMessage):
         self.message = message
 
 
-class ProgressReceived(LinkMessage):
-    """A progress frame (coalesced: only the newest queued one is handled)."""
+class ProgressReceived(MergingMessage):
+    """The newest progress frame (older ones it replaced are dropped)."""
 
     def __init__(self, progress: dict) -> None:
         super().__init__()
         self.progress = progress
 
+    def merge(self, frame: dict) -> None:
+        self.progress = frame
+
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, ProgressReceived)
 
 
-class SystemReceived(LinkMessage):
-    """A system sample (coalesced like progress)."""
+class SystemReceived(MergingMessage):
+    """The newest system sample (coalesced like progress)."""
 
     def __init__(self, system: dict) -> None:
         super().__init__()
         self.system = system
 
+    def merge(self, frame: dict) -> None:
+        self.system = frame
+
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, SystemReceived)
 
 
-class EventReceived(LinkMessage):
-    """An event frame; never dropped."""
+class EventsReceived(MergingMessage):
+    """Event frames in arrival order; never dropped."""
 
     def __init__(self, event: dict) -> None:
         super().__init__()
-        self.event = event
+        self.events = [event]
+
+    def merge(self, frame: dict) -> None:
+        self.events.append(frame)
 
 
-class LogReceived(LinkMessage):
-    """A line of the trainer's stdout/stderr."""
+class LogsReceived(MergingMessage):
+    """Lines of the trainer's stdout/stderr in arrival order."""
 
     def __init__(self, log: dict) -> None:
         super().__init__()
-        self.log = log
+        self.logs = [log]
+
+    def merge(self, frame: dict) -> None:
+        self.logs.append(frame)
 
 
 class AckReceived(LinkMessage):

@@ -30,7 +30,7 @@ from tui.offline import load_run_dir
 from tui.screens.dialogs import ConfirmScreen, SummaryScreen
 from tui.widgets.charts import LineChart, MetricTile
 from tui.widgets.detail import DetailView
-from tui.widgets.feeds import EventList, LogTail
+from tui.widgets.feeds import EventList, FeedTail, LogTail
 from tui.widgets.header import AlertBar, AlertInfo, HeaderInfo, RunHeader
 from tui.widgets.system import SystemPanel, disk_is_low
 from tui.widgets.timeline import PhaseTimeline, spans_from_plan
@@ -116,8 +116,8 @@ class RunScreen(Screen):
                         yield SystemPanel(id="system")
                         yield LineChart(id="lr-chart", value_format=fmt.metric)
                 with Horizontal(id="dash-bottom"):
-                    yield EventList(self.clock, id="dash-events")
-                    yield LogTail(self.clock, id="dash-log")
+                    yield FeedTail("events", self.clock, id="dash-events")
+                    yield FeedTail("logs", self.clock, id="dash-log")
             # The other views are built when first shown: a smaller DOM at start attaches faster.
             yield TabPane("2 Detail", id="detail")
             yield TabPane("3 Events & log", id="events")
@@ -163,6 +163,7 @@ class RunScreen(Screen):
 
     @on(messages.ProgressReceived)
     def _progress(self, message: messages.ProgressReceived) -> None:
+        message.take()
         progress = message.progress
         self.model.apply_progress(progress)
         if progress.get("last_eval"):
@@ -173,21 +174,25 @@ class RunScreen(Screen):
 
     @on(messages.SystemReceived)
     def _system(self, message: messages.SystemReceived) -> None:
+        message.take()
         self.model.apply_system(message.system)
         self._request_refresh()
 
-    @on(messages.LogReceived)
-    def _log(self, message: messages.LogReceived) -> None:
-        self.model.apply_log(message.log)
+    @on(messages.LogsReceived)
+    def _logs(self, message: messages.LogsReceived) -> None:
+        message.take()
+        for log in message.logs:
+            self.model.apply_log(log)
         self._request_refresh()
 
-    @on(messages.EventReceived)
-    def _event(self, message: messages.EventReceived) -> None:
-        event = message.event
-        self.model.apply_event(event)
-        self._confirm_request(event)
-        if event.get("kind") == "finished":
-            self.app.push_screen(SummaryScreen(self.model.name, self.model.summary or {}))
+    @on(messages.EventsReceived)
+    def _events(self, message: messages.EventsReceived) -> None:
+        message.take()
+        for event in message.events:
+            self.model.apply_event(event)
+            self._confirm_request(event)
+            if event.get("kind") == "finished":
+                self.app.push_screen(SummaryScreen(self.model.name, self.model.summary or {}))
         self._request_refresh()
 
     @on(messages.AckReceived)
@@ -430,8 +435,8 @@ class RunScreen(Screen):
         system.system = model.system
         for tile in self.query(MetricTile):
             self._refresh_tile(tile)
-        self.query_one("#dash-events", EventList).sync(model)
-        self.query_one("#dash-log", LogTail).sync(model)
+        self.query_one("#dash-events", FeedTail).sync(model)
+        self.query_one("#dash-log", FeedTail).sync(model)
 
     def _refresh_tile(self, tile: MetricTile) -> None:
         model = self.model

@@ -85,10 +85,9 @@ class DetailView(Horizontal):
             stats = Text(f"{self.metric or 'no metric'}: no data yet", style="dim")
         else:
             lo, hi = min(series.mins), max(series.maxs)
-            span = (series.steps[-1] - series.steps[0]) / max(1, len(series) - 1)
-            stats = Text.assemble((f"{self.metric}", "bold"), f"  last {fmt.metric(series.last)} @ step "
-                                  f"{fmt.count(int(series.last_step))}  min {fmt.metric(lo)}  max {fmt.metric(hi)}  "
-                                  f"{len(series)} points (≈{fmt.count(int(span))} steps each)")
+            stats = Text.assemble((f"{self.metric}", "bold"), f"  last {fmt.metric(series.last)}  min {fmt.metric(lo)}"
+                                  f"  max {fmt.metric(hi)}  steps {fmt.count(int(series.steps[0]))}"
+                                  f"–{fmt.count(int(series.steps[-1]))} in {len(series)} points")
         options = Text.assemble(
             "[m] smoothing ", ("on" if chart.smooth else "off", "bold"),
             "  [l] log scale ", ("on" if chart.log_scale else "off", "bold"),

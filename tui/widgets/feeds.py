@@ -1,9 +1,11 @@
-"""Scrolling lists of events and log lines that append only what is new."""
+"""Events and log lines: scrollable lists for the events view, cheap tails for the dashboard."""
 from __future__ import annotations
 
 from typing import Iterable
 
 from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import RichLog
 
 from tui import fmt
@@ -86,3 +88,48 @@ class LogTail(FeedLog):
 
     def _line(self, item: dict) -> Text:
         return log_line(item)
+
+
+class FeedTail(Widget):
+    """The newest events or log lines that fit, newest at the bottom (the dashboard panels).
+
+    Unlike the RichLog lists it keeps nothing and renders only its visible lines, so a trainer
+    that prints hundreds of lines a second costs one small repaint per refresh.
+    """
+
+    DEFAULT_CSS = """
+    FeedTail {
+        height: 1fr;
+        padding: 0 1;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    """
+
+    KEEP = 200  # more than any panel is tall, so a resize never shows a half-empty panel
+
+    version: reactive[tuple] = reactive(())
+    """(model identity, generation, items appended): changes whenever there is something new."""
+
+    def __init__(self, kind: str, clock: fmt.Clock, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        if kind not in ("events", "logs"):
+            raise ValueError(f"FeedTail kind must be 'events' or 'logs', got {kind!r}")
+        self.kind = kind
+        self.clock = clock
+        self._items: list[dict] = []
+
+    def sync(self, model: RunModel) -> None:
+        """Take the newest items of `model` (repaints only if there are new ones)."""
+        feed, total = (model.events, model.events_total) if self.kind == "events" else (model.logs, model.logs_total)
+        version = (id(model), model.generation, total)
+        if version != self.version:
+            self._items = list(feed)[-self.KEEP:]
+            self.version = version
+
+    def render(self) -> Text:
+        if not self._items:
+            return Text("no events yet" if self.kind == "events" else "no log lines yet", style="dim")
+        rows = self.size.height or len(self._items)
+        line = (lambda item: event_line(item, self.clock)) if self.kind == "events" else log_line
+        return Text("\n").join(line(item) for item in self._items[-rows:])

@@ -1,0 +1,155 @@
+"""End to end through a real terminal: `longhaul start`, then `longhaul attach` inside tmux.
+
+A tiny real run (synthetic data, MFCC MLP) trains under its daemon. tmux runs `longhaul attach`;
+the captured screen must show the step counter advancing. `d` detaches: the terminal is left
+clean (main screen, cursor shown, mouse reporting off) and the daemon keeps training. Attaching
+again shows the run's history from before the first attach (the detail view's step range).
+
+Needs tmux (skipped without it; CI installs it). Takes about half a minute.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer import runs
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = """
+name: e2e
+seed: 0
+threads: 1
+data:
+  source: synthetic
+  sample_rate: 8000
+  duration: 0.25
+  synthetic: {classes: 2, train_per_class: 200, val_per_class: 8}
+features: {kind: mfcc, n_mfcc: 13, n_mels: 20, n_fft: 256, hop_length: 128}
+model: {name: mfcc_mlp, options: {hidden: [16]}}
+optim: {batch_size: 8}
+phases:
+  - {name: warmup, epochs: 1}
+  - {name: main, epochs: 100000}
+eval: {every_epochs: 5}
+checkpoint: {interval_seconds: 3600}
+daemon: {system_interval: 1.0}
+"""
+STEP = re.compile(r"step ([\d,]+)/([\d,]+)")
+RANGE = re.compile(r"steps ([\d,]+)–([\d,]+) in (\d+) points")
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def wait_until(what: str, check, timeout: float = 90.0, interval: float = 0.25):
+    """Poll `check()` until it returns something truthy; return it (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Tmux:
+    """One private tmux server (its own socket name) with one 120x40 pane running bash."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.name = f"lh-test-{os.getpid()}"
+        self.env = env
+        self.run("new-session", "-d", "-s", "main", "-x", "120", "-y", "40", "bash --norc --noprofile")
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run(["tmux", "-L", self.name, "-f", "/dev/null", *args], capture_output=True,
+                             text=True, env=self.env, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError(f"tmux {' '.join(args)} failed: {out.stderr.strip()}")
+        return out.stdout
+
+    def type(self, text: str) -> None:
+        self.run("send-keys", "-t", "main", "-l", text)
+        self.run("send-keys", "-t", "main", "Enter")
+
+    def key(self, key: str) -> None:
+        self.run("send-keys", "-t", "main", key)
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "main")
+
+    def flag(self, name: str) -> str:
+        return self.run("display-message", "-p", "-t", "main", f"#{{{name}}}").strip()
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, env=self.env)
+
+
+def state(run_dir: Path) -> dict:
+    return runs.status(run_dir)
+
+
+def test_attach_detach_reattach_in_a_real_terminal(tmp_path, monkeypatch):
+    runtime = tempfile.mkdtemp(prefix="lh")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)  # runs.status here looks for the same socket
+    env = dict(os.environ, LONGHAUL_ROOT=str(tmp_path / "runs"), XDG_RUNTIME_DIR=runtime,
+               PYTHONPATH=str(REPO), TERM="xterm-256color")
+    config = tmp_path / "e2e.yaml"
+    config.write_text(CONFIG)
+    longhaul = [sys.executable, "-m", "trainer.cli"]
+    out = subprocess.run([*longhaul, "start", str(config)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    run_dir = tmp_path / "runs" / "e2e"
+    attach = " ".join(shlex.quote(p) for p in [*longhaul, "attach", "e2e"])
+    tmux = Tmux(env)
+    try:
+        wait_until("the run to train", lambda: (state(run_dir).get("step") or 0) > 0, timeout=120)
+        tmux.type(attach)
+
+        def step_on_screen() -> int:
+            match = STEP.search(tmux.screen())
+            return number(match.group(1)) if match and "live" in tmux.screen() else 0
+
+        first = wait_until("the dashboard", step_on_screen)
+        later = wait_until("the step counter to advance", lambda: step_on_screen() > first and step_on_screen())
+        assert later > first
+
+        tmux.key("d")
+        wait_until("the TUI to exit", lambda: tmux.flag("pane_current_command") == "bash")
+        assert tmux.flag("alternate_on") == "0"      # back on the main screen
+        assert tmux.flag("cursor_flag") == "1"       # cursor visible again
+        assert tmux.flag("mouse_any_flag") == "0"    # mouse reporting off
+        assert "Dashboard" not in tmux.screen()
+
+        assert state(run_dir)["state"] == "running"  # detaching did not stop anything
+        before = state(run_dir)["step"]
+        wait_until("the daemon to keep training", lambda: state(run_dir)["step"] > before, timeout=60)
+
+        tmux.type(attach)
+        again = wait_until("the dashboard again", step_on_screen)
+        assert again >= later
+        tmux.key("2")  # detail view of the first metric: the step range of its history
+        match = wait_until("the detail view", lambda: RANGE.search(tmux.screen()))
+        assert number(match.group(1)) <= first < number(match.group(2))  # history from before the first attach
+        tmux.key("d")
+        wait_until("the TUI to exit", lambda: tmux.flag("pane_current_command") == "bash")
+    finally:
+        tmux.close()
+        subprocess.run([*longhaul, "stop", "e2e", "--timeout", "60"], capture_output=True, env=env, timeout=90)
+    final = wait_until("the run to stop", lambda: state(run_dir)["state"] in runs.FINAL_STATES and state(run_dir),
+                       timeout=60)
+    assert final["state"] == "stopped"
+    shutil.rmtree(runtime, ignore_errors=True)
