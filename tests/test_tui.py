@@ -202,6 +202,24 @@ async def test_reconnects_after_the_daemon_restarts(live_run):
 
 
 @async_test
+async def test_version_mismatch_is_reported_and_not_retried(tmp_path, runtime_dir, owner_pid):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner_pid)
+    refusal = ("version_mismatch", "client speaks protocol version 1, this daemon speaks 2")
+    daemon = DaemonThread(runs.socket_path(run_dir), run_dir, hello_error=refusal).start()
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: "cannot attach" in alert_text(app), what="the refusal")
+            assert "this daemon speaks 2" in alert_text(app)
+            await wait_for(pilot, lambda: screen(app).loaded, what="the run directory as a fallback")
+            await pilot.pause(0.6)
+            assert daemon.connections == 1  # a version mismatch is not retried
+            assert "offline" in header_text(app)
+    finally:
+        daemon.close()
+
+
+@async_test
 async def test_offline_mode_reads_the_run_directory(tmp_path, runtime_dir):
     run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped", steps=5000)
     app = make_app(run_dir)
@@ -292,8 +310,9 @@ async def test_picker_lists_runs_and_enter_attaches(tmp_path, runtime_dir, owner
     async with app.run_test(size=SIZE) as pilot:
         table = app.screen.query_one("#runs")
         await wait_for(pilot, lambda: table.row_count == 3, what="three runs in the picker")
+        await pilot.pause(0.1)
         rows = [[str(c) for c in table.get_row_at(i)] for i in range(3)]
-        assert [r[0] for r in rows] == ["alpha", "beta", "gamma"]
+        assert [r[0] for r in rows] == ["▶ alpha", "  beta", "  gamma"]  # the cursor row is marked in text
         assert [r[1] for r in rows] == ["RUNNING", "STOPPED", "FINISHED"]
         assert rows[1][4] == "2,500/18,750" and "13%" in rows[1][3]
         (tmp_path / "beta" / "state.json").write_text((tmp_path / "beta" / "state.json").read_text()

@@ -124,6 +124,12 @@ def test_size_and_metric():
     assert fmt.metric(0.123456) == "0.1235" and fmt.metric(3e-4) == "3.0e-04" and fmt.metric(None) == "–"
 
 
+@pytest.mark.parametrize("value,text", [(950, "950"), (6004, "6.0k"), (99_949, "99.9k"), (240_000, "240k"),
+                                        (1_000_000, "1.00M"), (None, "–")])
+def test_count_short(value, text):
+    assert fmt.count_short(value) == text
+
+
 def test_eta_time_uses_the_clock():
     clock = fmt.frozen_clock(tui_fakes.T0)  # Thu 1 Jan 2026, 00:00 UTC
     assert clock.eta_time(3600 * 5) == "05:00"

@@ -188,12 +188,13 @@ class FakeDaemon:
     """Serves one run's socket like the daemon, from recorded frames.
 
     `requests` collects the requests received; `refuse` makes it answer requests with ok=False.
-    With `stream_rate` set, after the replay it keeps sending progress every 1/`progress_hz`
-    seconds and system every 1/`system_hz` seconds (new steps each time).
+    With `progress_hz`/`system_hz` set, after the replay it keeps sending progress and system
+    frames at those rates (new steps each time). `hello_error` refuses every client.
     """
 
     def __init__(self, socket_path: Path, frames: list[dict], run_dir: Path, *,
-                 progress_hz: float = 0.0, system_hz: float = 0.0, refuse: bool = False) -> None:
+                 progress_hz: float = 0.0, system_hz: float = 0.0, refuse: bool = False,
+                 hello_error: Optional[tuple[str, str]] = None) -> None:
         self.socket_path = Path(socket_path)
         self.welcome = dict(frames[0])
         self.welcome["run"] = dict(self.welcome["run"], dir=str(run_dir))
@@ -201,6 +202,7 @@ class FakeDaemon:
         self.progress_hz = progress_hz
         self.system_hz = system_hz
         self.refuse = refuse
+        self.hello_error = hello_error  # (code, message) to answer every hello with
         self.requests: list[dict] = []
         self.connections = 0
         self.server: Optional[asyncio.AbstractServer] = None
@@ -230,6 +232,9 @@ class FakeDaemon:
         try:
             hello = await protocol.read_frame(reader, protocol.MAX_CLIENT_FRAME, protocol.CLIENT_TO_DAEMON)
             protocol.check_hello(hello)
+            if self.hello_error is not None:
+                await protocol.write_frame(writer, protocol.error(*self.hello_error), protocol.MAX_SERVER_FRAME)
+                return
             welcome = dict(self.welcome, snapshot=dict(self.welcome["snapshot"], state=self.state))
             await protocol.write_frame(writer, welcome, protocol.MAX_SERVER_FRAME)
             for frame in self.live:

@@ -53,6 +53,20 @@ def count(value: Optional[int]) -> str:
     return MISSING if value is None else f"{int(value):,}"
 
 
+def count_short(value: Optional[int]) -> str:
+    """Integer in at most 5 characters: 950, 6.0k, 12.3k, 240k, 1.25M."""
+    if value is None:
+        return MISSING
+    value = int(value)
+    if abs(value) < 1_000:
+        return str(value)
+    if abs(value) < 99_950:
+        return f"{value / 1e3:.1f}k"
+    if abs(value) < 999_500:
+        return f"{value / 1e3:.0f}k"
+    return f"{value / 1e6:.2f}M"
+
+
 def metric(value: Optional[float]) -> str:
     """A metric value in at most ~7 characters: 0.4321, 12.35, 1.2e-04, 1234."""
     if value is None:

@@ -15,11 +15,12 @@ from trainer import runs
 from tui import fmt
 from tui.widgets.header import STATE_STYLES
 
-COLUMNS = ("run", "state", "phase", "progress", "step", "ETA", "last ckpt")
+COLUMNS = ("run", "state", "phase", "progress", "step", "ETA", "ckpt")
+CURSOR = "▶ "  # marks the highlighted row in text too, not only by its colour
 Lister = Callable[[Path], list[dict]]
 
 
-def progress_cell(info: dict, width: int = 10) -> Text:
+def progress_cell(info: dict, width: int = 3) -> Text:
     """`██████░░░░  61%` (bar glyphs, so the amount reads without colour)."""
     step, total = info.get("step"), info.get("total_steps")
     if not total:
@@ -28,21 +29,32 @@ def progress_cell(info: dict, width: int = 10) -> Text:
     return Text.assemble((fmt.bar(fraction, width), "green"), f" {100 * fraction:3.0f}%")
 
 
-def row_cells(info: dict) -> tuple:
-    """The table cells of one `runs.status()` dict."""
+def name_cell(info: dict, highlighted: bool) -> Text:
+    return Text((CURSOR if highlighted else "  ") + str(info.get("name", "?")), style="bold")
+
+
+def row_cells(info: dict, highlighted: bool = False, wide: bool = False) -> tuple:
+    """The table cells of one `runs.status()` dict (the highlighted row's name starts with ▶).
+
+    Narrow terminals (80 columns) get a 3-cell bar and short phase names so every column fits.
+    """
+    limit = 24 if wide else 10
+    number = fmt.count if wide else fmt.count_short
     state = info.get("state", "unknown")
     phase = info.get("phase_name") or ("–" if info.get("phase") is None else f"#{info['phase'] + 1}")
     if info.get("phase") is not None and info.get("phase_name"):
         phase = f"{info['phase'] + 1} {info['phase_name']}"
+    if len(phase) > limit:
+        phase = phase[:limit - 1] + "…"
     age = info.get("last_checkpoint_age")
     return (
-        Text(info.get("name", "?"), style="bold"),
+        name_cell(info, highlighted),
         Text(state.upper(), style=STATE_STYLES.get(state, "")),
         phase,
-        progress_cell(info),
-        f"{fmt.count(info.get('step'))}/{fmt.count(info.get('total_steps'))}",
+        progress_cell(info, width=12 if wide else 3),
+        f"{number(info.get('step'))}/{number(info.get('total_steps'))}",
         fmt.duration(info.get("eta")),
-        f"{fmt.duration(age)} ago" if age is not None else "never",
+        fmt.duration(age) if age is not None else "never",
     )
 
 
@@ -62,6 +74,8 @@ class PickerScreen(Screen):
         self.interval = interval
         self.lister: Lister = lister or runs.list_runs
         self.rows: dict[str, dict] = {}
+        self._cursor_key: Optional[str] = None
+        self._wide: Optional[bool] = None
 
     def compose(self) -> ComposeResult:
         yield Static(f"longhaul: runs under {self.root}   (Enter attaches)", id="picker-title")
@@ -88,19 +102,31 @@ class PickerScreen(Screen):
         """Update the table in place: changed cells only, keeping the cursor on its run."""
         table = self.query_one("#runs", DataTable)
         wanted = {info["dir"]: info for info in infos}
+        wide = self.size.width >= 110
+        relayout, self._wide = wide != self._wide, wide
         for key in [k for k in self.rows if k not in wanted]:
             table.remove_row(key)
             del self.rows[key]
         for key, info in wanted.items():
-            cells = row_cells(info)
+            cells = row_cells(info, highlighted=key == self._cursor_key, wide=wide)
             if key not in self.rows:
                 table.add_row(*cells, key=key)
-            elif self.rows[key] != info:
+            elif self.rows[key] != info or relayout:
                 for column, cell in zip(table.columns, cells):
                     table.update_cell(key, column, cell)
             self.rows[key] = info
         self.query_one("#picker-empty", Static).update(
             "" if infos else f"No runs under {self.root}. Start one with `longhaul start CONFIG`.")
+
+    @on(DataTable.RowHighlighted)
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        table = event.data_table
+        name_column = next(iter(table.columns))
+        previous, self._cursor_key = self._cursor_key, event.row_key.value
+        if previous in self.rows:
+            table.update_cell(previous, name_column, name_cell(self.rows[previous], False))
+        if self._cursor_key in self.rows:
+            table.update_cell(self._cursor_key, name_column, name_cell(self.rows[self._cursor_key], True))
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:
