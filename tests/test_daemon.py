@@ -268,8 +268,8 @@ def test_requests_ack_then_completion(env):
     msgs = c.recv_until(lambda m: m["type"] == "event" and m["kind"] == "request")
     acks = [i for i, m in enumerate(msgs) if m["type"] == "ack"]
     assert acks and msgs[acks[0]] == {"type": "ack", "id": 77, "ok": True, "message": "pause sent to the trainer"}
-    events = [m for m in msgs[acks[0]:] if m["type"] == "event"]
-    assert [e["kind"] for e in events] == ["state", "request"]
+    events = [m for m in msgs[acks[0]:] if m["type"] == "event" and m["kind"] in ("state", "request")]
+    assert [e["kind"] for e in events] == ["state", "request"]  # other events (eval, ...) may interleave
     assert events[0]["data"] == {"state": "paused", "request_id": 77}
     assert events[1]["data"] == {"id": 77, "action": "pause", "outcome": "done"}
     wait_for(lambda: runs.status(run_dir)["state"] == "paused", 5, "state.json to say paused")
