@@ -27,7 +27,7 @@ CONFIG = {
     "augment": {"gain_db": 3.0, "mixup": {"alpha": 0.3, "prob": 0.5}},
     "model": {"name": "mfcc_mlp", "drop_rate": 0.3},
     "optim": {"batch_size": 8, "accum_steps": 2},
-    "phases": [{"name": "a", "epochs": 4}, {"name": "b", "epochs": 4, "lr_mult": 0.5}],
+    "phases": [{"name": "a", "epochs": 6}, {"name": "b", "epochs": 6, "lr_mult": 0.5}],
     "eval": {"ema": {"enabled": True, "decay": 0.9}},
     "checkpoint": {"interval_seconds": 0.2, "keep_last": 2, "min_free_mb": 1},
     "daemon": {"backoff_seconds": 0.2},
@@ -82,7 +82,9 @@ def test_power_cut_through_the_daemon_resumes_bit_identical(tmp_path):
         before = logged_steps(run_dir)
         wait_until(lambda: logged_steps(run_dir) >= before + rng.randint(3, 12), 180, "training progress")
         time.sleep(rng.uniform(0.0, 0.3))
-        pid = status(env, "powercut")["pid"]
+        current = status(env, "powercut")
+        assert current["state"] == "running", f"kill {kill + 1}: the run is {current['state']}; lengthen it"
+        pid = current["pid"]
         os.killpg(pid, signal.SIGKILL)   # daemon and trainer child share the daemon's process group
         wait_until(lambda: status(env, "powercut")["state"] == "interrupted", 30, "state interrupted")
         listed = json.loads(cli(env, "ls", "--json").stdout)

@@ -146,7 +146,7 @@ def test_list_runs_reports_every_kind_of_run(root, live_process):
     assert 89 <= live["last_checkpoint_age"] < 100
     assert live["socket"] is None  # no daemon socket exists for this fake
     assert live["dir"] == str(root / "a-live")
-    assert by_name["b-finished"]["best_eval"] == {"val_f1_macro": 0.9}
+    assert by_name["b-finished"]["best_eval"] == {"val_f1_macro": 0.9, "f1_macro": 0.9, "accuracy": None, "loss": None}
     interrupted = by_name["d-interrupted"]
     assert interrupted["pid"] is None and interrupted["eta"] is None and interrupted["step"] == 700
     assert set(live) >= {"name", "state", "step", "total_steps", "epoch", "phase", "last_eval", "best_eval",

@@ -202,12 +202,19 @@ def cmd_control(args) -> int:
     return 0
 
 
+def resumable_at_boot(info: dict) -> bool:
+    """Interrupted runs, and runs a clean shutdown stopped by signal (SIGTERM at reboot):
+    neither was stopped by a person."""
+    stop_reason = str(info.get("stop_reason") or "")
+    return info["state"] == "interrupted" or (info["state"] == "stopped" and stop_reason.startswith("signal"))
+
+
 def cmd_resume(args) -> int:
     from trainer import daemon, runs
 
     root = runs_root_arg(args)
     if args.all:
-        targets = [Path(i["dir"]) for i in runs.list_runs(root) if i["state"] == "interrupted"]
+        targets = [Path(i["dir"]) for i in runs.list_runs(root) if resumable_at_boot(i)]
         if not targets:
             print("no interrupted runs")
     else:

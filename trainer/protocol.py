@@ -260,7 +260,7 @@ MESSAGES: dict[str, dict[str, Spec]] = {
         "time": NUM, "cpu_percent": ListOf(NUM), "load": ListOf(NUM, length=3),
         "mem_total": INT, "mem_used": INT, "swap_total": INT, "swap_used": INT,
         "trainer_rss": Nullable(INT), "disk_free": INT, "disk_total": INT,
-        "disk_write_bps": NUM, "cpu_temp": NUM_OR_NULL,
+        "disk_write_bps": NUM_OR_NULL, "cpu_temp": NUM_OR_NULL,
     },
     "ack": {"id": INT, "ok": BOOL, "message": STR},
     "pong": {},

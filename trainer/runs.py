@@ -322,18 +322,28 @@ def status(run_dir: Path) -> dict:
         "epoch": state.get("epoch"),
         "phase": state.get("phase"),
         "phase_name": state.get("phase_name"),
-        "last_eval": state.get("last_eval"),
-        "best_eval": state.get("best_eval"),
+        "last_eval": eval_summary(state.get("last_eval")),
+        "best_eval": eval_summary(state.get("best_eval")),
         "pid": state.get("pid") if live else None,
         "socket": sock,
         "eta": state.get("eta") if live else None,
         "last_checkpoint_age": age,
         "updated": state.get("updated"),
+        "stop_reason": state.get("stop_reason"),
         "dir": str(run_dir),
     }
     if error:
         result["error"] = error
     return result
+
+
+def eval_summary(ev: Optional[dict]) -> Optional[dict]:
+    """An evaluation with the short names scripts rely on (accuracy, f1_macro, loss) added to
+    its full val_* metrics."""
+    if not isinstance(ev, dict):
+        return None
+    short = {key: ev.get(f"val_{key}") for key in ("accuracy", "f1_macro", "loss")}
+    return {**short, **ev}
 
 
 def list_runs(root: Optional[Path] = None) -> list[dict]:
