@@ -64,6 +64,7 @@ class FakeTrainer:
     def run(self) -> str:
         for i in range(int(self.spec.get("stderr_lines", 0))):
             print(f"fake stderr line {i}", file=sys.stderr, flush=True)
+        time.sleep(float(self.spec.get("setup_seconds", 0.0)))  # like building datasets and the model
         self.publisher.plan({"plan": {"total_steps": self.steps, "phases": []},
                              "config": {"model": "fake", "source": "synthetic", "features": "mfcc",
                                         "classes": ["a", "b"], "threads": 1, "batch_size": 8,

@@ -94,6 +94,18 @@ def test_snapshot_carries_history_plan_and_eval(env):
     wait_exit(pid, 20)
 
 
+def test_plan_laid_out_after_attach_is_sent_to_the_client(env):
+    root, launcher = env
+    run_dir = make_run(root, "lateplan", fake={"steps": 30, "step_time": 0.01, "setup_seconds": 1.5})
+    launcher.start(run_dir)
+    c = connect(run_dir)
+    snap = c.hello()["snapshot"]
+    assert not snap["plan"].get("total_steps"), "attached too late to test this"
+    msgs = c.recv_until(lambda m: m["type"] == "plan")
+    assert msgs[-1]["plan"]["total_steps"] == 30 and msgs[-1]["config"]["model"] == "fake"
+    c.recv_until(is_final_state)
+
+
 def test_version_mismatch_gets_error_and_close(env):
     root, launcher = env
     run_dir = make_run(root, "ver", fake={"steps": 1000, "step_time": 0.01})

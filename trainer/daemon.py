@@ -886,6 +886,8 @@ class Daemon:
                 await self._on_record(msg["record"])
             case "plan":
                 self.plan_body = {"plan": msg["plan"], "config": msg["config"]}
+                # clients that attached before the trainer laid out its plan need it too
+                self._broadcast({"type": "plan", **self.plan_body}, coalesce=True)
             case "ack":
                 if not msg["ok"]:
                     data = {"id": msg["id"], "outcome": "refused"}

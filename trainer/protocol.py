@@ -272,7 +272,7 @@ MESSAGES: dict[str, dict[str, Spec]] = {
 """Every message type: field name -> expected type. Extra fields are allowed and ignored."""
 
 CLIENT_TO_DAEMON = frozenset({"hello", "request", "ping"})
-DAEMON_TO_CLIENT = frozenset({"welcome", "error", "progress", "event", "log", "system", "ack", "pong"})
+DAEMON_TO_CLIENT = frozenset({"welcome", "error", "plan", "progress", "event", "log", "system", "ack", "pong"})
 WORKER_TO_DAEMON = frozenset({"plan", "progress", "event", "record", "ack"})
 DAEMON_TO_WORKER = frozenset({"control"})
 """Which types each side of each connection may send (the ``accept`` sets of decoders)."""
