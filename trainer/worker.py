@@ -272,7 +272,9 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
     fallback = OutputFallback(args.run_dir / "train.log")
     sys.stdout = SafeStream(sys.stdout, fallback)
     sys.stderr = SafeStream(sys.stderr, fallback)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    # The trainer's own log lines are ordinary output; stderr is left for tracebacks and warnings
+    # from libraries, which clients mark as such.
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = socket.socket(fileno=args.control_fd)
     sock.setblocking(True)
