@@ -220,6 +220,20 @@ async def test_version_mismatch_is_reported_and_not_retried(tmp_path, runtime_di
 
 
 @async_test
+async def test_a_crashing_link_is_reported(live_run, monkeypatch):
+    run_dir, _ = live_run
+
+    async def broken_stream(self, reader):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr("tui.client.DaemonLink._stream", broken_stream)
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "daemon link failed" in alert_text(app), what="the error")
+        assert "simulated bug" in alert_text(app)
+
+
+@async_test
 async def test_offline_mode_reads_the_run_directory(tmp_path, runtime_dir):
     run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped", steps=5000)
     app = make_app(run_dir)

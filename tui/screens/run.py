@@ -21,6 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, OptionList, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
 
 from trainer import runs
 from tui import fmt, messages
@@ -125,13 +126,23 @@ class RunScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#lr-chart", LineChart).envelope = False
-        state = runs.effective_state(self.run_dir) if (self.run_dir / runs.STATE_FILE).exists() else "unknown"
+        try:
+            state = runs.effective_state(self.run_dir) if (self.run_dir / runs.STATE_FILE).exists() else "unknown"
+        except runs.StateFileError:
+            state = "unknown"  # the offline reader reports what is wrong with the file
         if state not in ACTIVE_STATES:
             self.link_state = "offline"
             self._load_offline_once()
         self.run_worker(self.link.run(), name="daemon-link", group="daemon-link", exclusive=True,
                         exit_on_error=False)
         self._request_refresh()
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        """A bug in the link must not leave a dashboard that silently stopped updating."""
+        if event.worker.name == "daemon-link" and event.state == WorkerState.ERROR:
+            self.link_state = "offline"
+            self._set_action(f"daemon link failed (a bug, please report): {event.worker.error!r}", "error")
 
     # ------------------------------------------------------------------ link messages
     @on(messages.Connected)
