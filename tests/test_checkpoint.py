@@ -382,6 +382,23 @@ def test_snapshot_is_independent_of_later_changes():
     assert snap["opt"]["lr"] == [0.1]
 
 
+def test_snapshot_keeps_dtype_strides_and_values():
+    state = {
+        "nhwc": torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+        "transposed": torch.arange(12).reshape(3, 4).t(),
+        "bf16": torch.randn(3).to(torch.bfloat16),  # numpy has no bfloat16: cloned by torch
+        "scalar": torch.tensor(3.0),
+        "flags": torch.tensor([True, False]),
+    }
+    snap = snapshot(state)
+    for name, original in state.items():
+        copy = snap[name]
+        assert copy.dtype == original.dtype and copy.shape == original.shape, name
+        assert copy.stride() == original.stride(), name
+        assert torch.equal(copy, original), name
+        assert copy.untyped_storage().data_ptr() != original.untyped_storage().data_ptr(), name
+
+
 # -- locking -----------------------------------------------------------------------------------
 
 

@@ -96,21 +96,40 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:010d}"
 
 
+# CPU dtypes that numpy can copy (see _copy_tensor)
+_NUMPY_DTYPES = {torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+                 torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool}
+
+
 def snapshot(state: Any) -> Any:
     """Detached in-memory copy of ``state``, safe to write while training mutates the original.
 
-    Tensors are detached and cloned (a tensor that appears twice, e.g. tied weights, stays one
-    tensor in the copy); dicts, lists and tuples are rebuilt around the copies; anything else is
-    deep-copied. Distinct views of one storage become independent tensors.
+    Tensors are detached and copied with their strides (a tensor that appears twice, e.g. tied
+    weights, stays one tensor in the copy); dicts, lists and tuples are rebuilt around the copies;
+    anything else is deep-copied. Distinct views of one storage become independent tensors.
     """
     return _copy(state, {})
+
+
+def _copy_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t``, made with a plain single-threaded memcpy where possible.
+
+    ``Tensor.clone`` runs an OpenMP parallel region per tensor; on a busy small box (training
+    threads, other processes) those regions stall: tf_efficientnetv2_s + AdamW (232 MiB, ~1500
+    tensors) took 0.6-1.5 s to clone on a loaded 2-core machine against 0.04-0.06 s through numpy.
+    """
+    t = t.detach()
+    if (t.device.type == "cpu" and t.layout == torch.strided and t.dtype in _NUMPY_DTYPES
+            and not t.is_conj() and not t.is_neg()):
+        return torch.from_numpy(t.numpy().copy(order="K"))  # order K keeps e.g. channels_last
+    return t.clone()
 
 
 def _copy(obj: Any, memo: dict) -> Any:
     if isinstance(obj, torch.Tensor):
         key = id(obj)
         if key not in memo:
-            memo[key] = obj.detach().clone()
+            memo[key] = _copy_tensor(obj)
         return memo[key]
     if isinstance(obj, dict):
         out = copy.copy(obj)  # keeps dict subclasses (OrderedDict, defaultdict) as they are
