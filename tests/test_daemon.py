@@ -106,6 +106,23 @@ def test_plan_laid_out_after_attach_is_sent_to_the_client(env):
     c.recv_until(is_final_state)
 
 
+def test_progress_to_clients_is_rate_limited_and_ends_with_the_last_step(env):
+    root, launcher = env
+    run_dir = make_run(root, "rate", fake={"steps": 200, "step_time": 0.01, "steps_per_epoch": 1000,
+                                           "event_every": 100000})
+    launcher.start(run_dir)
+    c = connect(run_dir)
+    c.hello()
+    started = time.monotonic()
+    msgs = c.recv_until(is_final_state)
+    elapsed = time.monotonic() - started
+    progress = [m for m in msgs if m["type"] == "progress"]
+    events = [m for m in msgs if m["type"] == "event"]
+    # at most one per 0.2 s, plus one flushed ahead of each event
+    assert len(progress) <= elapsed / 0.2 + len(events) + 2, (len(progress), elapsed, len(events))
+    assert progress[-1]["step"] == 200
+
+
 def test_version_mismatch_gets_error_and_close(env):
     root, launcher = env
     run_dir = make_run(root, "ver", fake={"steps": 1000, "step_time": 0.01})

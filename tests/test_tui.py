@@ -109,6 +109,25 @@ async def test_attach_shows_the_snapshot_and_live_frames(live_run):
 
 
 @async_test
+async def test_plan_sent_after_attach_fills_the_timeline(tmp_path, runtime_dir, owner_pid):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "late-plan", state="running", pid=owner_pid)
+    frames = tui_fakes.read_stream()
+    plan, config = frames[0]["snapshot"]["plan"], frames[0]["snapshot"]["config"]
+    frames[0]["snapshot"]["plan"] = {}
+    frames.insert(1, {"type": "plan", "plan": plan, "config": config})
+    daemon = DaemonThread(runs.socket_path(run_dir), run_dir, frames=frames).start()
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+            await pilot.pause(0.1)
+            timeline = app.screen.query_one(PhaseTimeline)
+            assert [s.name for s in timeline.spans] == ["head", "finetune", "polish"]
+    finally:
+        daemon.close()
+
+
+@async_test
 async def test_pause_then_resume_shows_ack_and_confirming_event(live_run):
     run_dir, daemon = live_run
     app = make_app(run_dir)

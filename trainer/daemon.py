@@ -71,6 +71,9 @@ class Settings:
     max_clients: int = 64
     state_write_interval: float = 2.0
     """Minimum seconds between state.json rewrites caused by progress alone."""
+    progress_interval: float = 0.2
+    """Minimum seconds between progress frames to clients: a small model steps far faster than
+    anyone can read, and every frame costs the daemon and each client CPU."""
     stop_timeout: float = 900.0
     """Seconds the worker gets to checkpoint and exit after a stop before it is terminated."""
     kill_timeout: float = 30.0
@@ -300,6 +303,9 @@ class Daemon:
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="daemon-io")
         self._io_futures: list[concurrent.futures.Future] = []
         self._last_progress_write = 0.0
+        self._last_progress_sent = 0.0
+        self._pending_progress: Optional[dict] = None
+        self._progress_timer: Optional[asyncio.TimerHandle] = None
         self._tasks: set[asyncio.Task] = set()
 
     # ================================================================= lifecycle
@@ -560,8 +566,20 @@ class Daemon:
             "system": self.system,
         }
 
+    def _flush_progress(self) -> None:
+        """Send the newest progress held back by the rate limit (if any)."""
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+            self._progress_timer = None
+        msg, self._pending_progress = self._pending_progress, None
+        if msg is not None:
+            self._last_progress_sent = time.monotonic()
+            self._broadcast(msg, coalesce=True)
+
     # ================================================================= clients
     def _broadcast(self, msg: dict, coalesce: bool = False) -> None:
+        if msg["type"] == "event" and self._pending_progress is not None:
+            self._flush_progress()  # an event must not overtake the progress that preceded it
         if not self.clients:
             return
         try:
@@ -901,8 +919,13 @@ class Daemon:
         self.progress = {k: v for k, v in msg.items() if k != "type"}
         if self.state == "starting":
             self._set_state("running", "training")
-        self._broadcast(msg, coalesce=True)
+        self._pending_progress = msg
         now = time.monotonic()
+        wait = self.settings.progress_interval - (now - self._last_progress_sent)
+        if wait <= 0:
+            self._flush_progress()
+        elif self._progress_timer is None:
+            self._progress_timer = asyncio.get_running_loop().call_later(wait, self._flush_progress)
         if now - self._last_progress_write >= self.settings.state_write_interval:
             self._last_progress_write = now
             self._write_state(**self._progress_fields(self.progress))

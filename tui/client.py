@@ -144,6 +144,8 @@ class DaemonLink:
         while True:
             frame = await protocol.read_frame(reader, protocol.MAX_SERVER_FRAME, protocol.DAEMON_TO_CLIENT)
             match frame["type"]:
+                case "plan":
+                    self.post(messages.PlanReceived(frame))
                 case "progress":
                     self._deliver(messages.ProgressReceived, frame)
                 case "system":

@@ -67,6 +67,17 @@ class LinkFailed(LinkMessage):
         self.message = message
 
 
+class PlanReceived(LinkMessage):
+    """The trainer laid out its phase plan after we attached (`frame` has plan and config)."""
+
+    def __init__(self, frame: dict) -> None:
+        super().__init__()
+        self.frame = frame
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, PlanReceived)
+
+
 class ProgressReceived(MergingMessage):
     """The newest progress frame (older ones it replaced are dropped)."""
 

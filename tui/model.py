@@ -234,6 +234,11 @@ class RunModel:
         self.system = snapshot.get("system")
         self.reset_feeds(snapshot.get("events") or (), snapshot.get("logs") or ())
 
+    def load_plan(self, frame: dict) -> None:
+        """A plan sent after the snapshot (the trainer started after we attached)."""
+        self.plan = frame.get("plan") or self.plan
+        self.config = dict(frame.get("config") or self.config)
+
     def reset_feeds(self, events: Iterable[dict], logs: Iterable[dict]) -> None:
         """Replace the events and log lines (and start a new generation for the widgets)."""
         self.generation += 1

@@ -155,6 +155,11 @@ class RunScreen(Screen):
         self.pending.clear()
         self._request_refresh()
 
+    @on(messages.PlanReceived)
+    def _plan(self, message: messages.PlanReceived) -> None:
+        self.model.load_plan(message.frame)
+        self._request_refresh()
+
     @on(messages.Disconnected)
     def _disconnected(self, message: messages.Disconnected) -> None:
         self.disconnect = message
