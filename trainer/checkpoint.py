@@ -42,6 +42,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from trainer.runs import fsync_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -204,14 +206,6 @@ def _sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_tree(path: Path) -> None:
     """Remove a directory so that no half-deleted checkpoint is ever visible under its name.
 
@@ -315,7 +309,7 @@ class CheckpointStore:
         if not readonly:
             if not self.ckpt_dir.is_dir():
                 self.ckpt_dir.mkdir(parents=True)
-                _fsync_dir(self.ckpt_dir.parent)  # the first checkpoint must not lose its parent
+                fsync_dir(self.ckpt_dir.parent)  # the first checkpoint must not lose its parent
             self._take_dir_lock(lock_timeout)
             try:
                 self._clean_stale()
@@ -366,7 +360,7 @@ class CheckpointStore:
                 else:
                     log.warning("restoring %s: its replacement never landed", final)
                     os.rename(path, final)
-        _fsync_dir(self.ckpt_dir)
+        fsync_dir(self.ckpt_dir)
 
     def close(self) -> None:
         """Wait for a write in flight and release the directory lock (errors go to on_done)."""
@@ -477,7 +471,7 @@ class CheckpointStore:
             manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
             manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
             _write_file(tmp / MANIFEST_FILE, lambda f: f.write(manifest_bytes))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             with self._lock:
                 final = self._install(tmp, name)
                 self._verified[name] = self._fingerprint(final)
@@ -507,11 +501,11 @@ class CheckpointStore:
                 shutil.rmtree(old)
             os.rename(final, old)
             os.rename(tmp, final)
-            _fsync_dir(self.ckpt_dir)
+            fsync_dir(self.ckpt_dir)
             shutil.rmtree(old)
         else:
             os.rename(tmp, final)
-            _fsync_dir(self.ckpt_dir)
+            fsync_dir(self.ckpt_dir)
         return final
 
     # -- finding and loading -------------------------------------------------------------------
