@@ -234,6 +234,24 @@ def test_saving_an_existing_step_again_replaces_it(ckpt_dir):
     assert step_dirs(ckpt_dir) == ["step-0000000005"] and leftovers(ckpt_dir) == []
 
 
+def test_failed_replacement_keeps_the_previous_checkpoint(ckpt_dir, monkeypatch):
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if Path(src).name.startswith(".tmp-step-"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(src, dst)
+
+    with open_store(ckpt_dir) as store:
+        store.save(make_state(5), {"step": 5, "note": "first"})
+        monkeypatch.setattr(os, "rename", failing_rename)
+        with pytest.raises(CheckpointError, match="step 5 .*Input/output error"):
+            store.save(make_state(6), {"step": 5, "note": "second"})
+        monkeypatch.setattr(os, "rename", real_rename)
+        assert store.load_latest()[1]["note"] == "first"
+    assert step_dirs(ckpt_dir) == ["step-0000000005"] and leftovers(ckpt_dir) == []
+
+
 # -- retention ---------------------------------------------------------------------------------
 
 

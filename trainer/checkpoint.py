@@ -500,9 +500,13 @@ class CheckpointStore:
             if old.exists():  # only possible after a failed cleanup; final is the newer one
                 shutil.rmtree(old)
             os.rename(final, old)
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                os.rename(old, final)  # keep the previous checkpoint visible
+                raise
             fsync_dir(self.ckpt_dir)
-            shutil.rmtree(old)
+            _remove_leftover(old)  # the new one is in place: failing here must not fail the save
         else:
             os.rename(tmp, final)
             fsync_dir(self.ckpt_dir)
