@@ -145,6 +145,29 @@ def test_controls_pause_checkpoint_stop(tmp_path):
     assert any(k == "state" and d.get("state") == "stopped" for k, d in kinds)
 
 
+def test_failed_checkpoints_alert_but_training_goes_on(tmp_path):
+    cfg = tiny_cfg(max_steps=4, **{"checkpoint.min_free_mb": 10**9})   # no disk has a petabyte free
+    events = []
+
+    class Recorder:
+        def progress(self, body):
+            pass
+
+        def record(self, record):
+            pass
+
+        def event(self, kind, level, message, **data):
+            events.append((kind, level, message))
+
+    controls: "queue.SimpleQueue" = queue.SimpleQueue()
+    controls.put((1, "checkpoint"))
+    assert Trainer(cfg, tmp_path, Recorder(), controls).run() == "finished"
+    failed = [e for e in events if e[0] == "checkpoint_failed"]
+    assert failed and all(level == "error" for _, level, _ in failed)
+    assert any(k == "request" and "failed" in m for k, _, m in events)
+    assert not list((tmp_path / "ckpt").glob("step-*"))
+
+
 def test_quickstart_learns_in_a_shortened_run(tmp_path):
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
                       ["data.synthetic.train_per_class=60", "data.synthetic.val_per_class=20",

@@ -34,6 +34,7 @@ from trainer import models
 from trainer.checkpoint import CheckpointError, CheckpointStore
 from trainer.config import RunConfig, resolved_dict
 from trainer.data import build_datasets, make_loader, mixup_batch, EpochSampler
+from trainer.runs import fsync_dir
 from trainer.history import HistoryWriter, LossSmoother, truncate_history
 from trainer.metrics import classification_metrics
 from trainer.schedule import EtaModel, Plan
@@ -115,6 +116,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def rng_state() -> dict:
@@ -502,6 +504,15 @@ class Trainer:
         self.event("checkpoint", "info", f"checkpoint step {info.get('step')}: stall {1000 * (stall or 0):.0f} ms, "
                    f"write {info.get('write_s', 0):.2f} s", stall_s=stall, **_plain(info))
 
+    def wait_for_checkpoint(self) -> bool:
+        """Block until the write in flight is done. A failed write was already reported as a
+        checkpoint_failed event and the previous checkpoint is intact, so training goes on."""
+        try:
+            self.store.wait()
+            return True
+        except CheckpointError:
+            return False
+
     def maybe_checkpoint(self) -> None:
         if time.monotonic() - self.last_checkpoint_time >= self.cfg.checkpoint.interval_seconds:
             self.checkpoint(reason="interval")
@@ -529,9 +540,12 @@ class Trainer:
             self.event("state", "info", "running", state="running", request_id=request_id)
         elif action == "checkpoint":
             self.checkpoint(reason="request", request_id=request_id)
-            self.store.wait()
-            self.event("request", "info", f"checkpoint written at step {self.state.step}",
-                       id=request_id, action=action, outcome="done")
+            if self.wait_for_checkpoint():
+                self.event("request", "info", f"checkpoint written at step {self.state.step}",
+                           id=request_id, action=action, outcome="done")
+            else:
+                self.event("request", "error", f"checkpoint at step {self.state.step} failed (see alerts)",
+                           id=request_id, action=action, outcome="failed")
         elif action == "stop":
             self.paused = False
             self.stop_requested = request_id
@@ -567,7 +581,8 @@ class Trainer:
         if not stopped and self.state.step > 0 and last_eval_step != self.state.step:
             self.evaluate()  # max_steps cut the run mid-epoch: still report where it got to
         self.checkpoint(reason="stop" if stopped else "final")
-        self.store.wait()
+        self.wait_for_checkpoint()
+        self.store.close()
         self.publish_progress()
         if self.history is not None:
             self.history.close()
