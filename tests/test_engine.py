@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from trainer.config import RunConfig, load_config
-from trainer.engine import Trainer, class_weights, focal_loss
+from trainer.engine import NullPublisher, Trainer, class_weights, focal_loss
 from trainer.history import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,16 @@ def tiny_cfg(**overrides) -> RunConfig:
             node = node[part]
         node[last] = value
     return RunConfig.model_validate(raw)
+
+
+class EventRecorder(NullPublisher):
+    """A publisher that hands every event to `sink(kind, level, message, data)`."""
+
+    def __init__(self, sink):
+        self.sink = sink
+
+    def event(self, kind, level, message, **data):
+        self.sink(kind, level, message, data)
 
 
 def test_frozen_parameters_keep_their_values_bit_for_bit(tmp_path):
@@ -108,19 +118,10 @@ def test_controls_pause_checkpoint_stop(tmp_path):
     cfg = tiny_cfg(**{"checkpoint.interval_seconds": 3600})
     events: "queue.SimpleQueue" = queue.SimpleQueue()
 
-    class Recorder:
-        def progress(self, body):
-            pass
-
-        def record(self, record):
-            pass
-
-        def event(self, kind, level, message, **data):
-            events.put((kind, data))
-
     controls: "queue.SimpleQueue" = queue.SimpleQueue()
     controls.put((1, "pause"))
-    trainer = Trainer(cfg, tmp_path, Recorder(), controls)
+    trainer = Trainer(cfg, tmp_path, EventRecorder(lambda kind, level, message, data: events.put((kind, data))),
+                      controls)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("final", trainer.run()))
     thread.start()
@@ -148,20 +149,10 @@ def test_controls_pause_checkpoint_stop(tmp_path):
 def test_failed_checkpoints_alert_but_training_goes_on(tmp_path):
     cfg = tiny_cfg(max_steps=4, **{"checkpoint.min_free_mb": 10**9})   # no disk has a petabyte free
     events = []
-
-    class Recorder:
-        def progress(self, body):
-            pass
-
-        def record(self, record):
-            pass
-
-        def event(self, kind, level, message, **data):
-            events.append((kind, level, message))
-
     controls: "queue.SimpleQueue" = queue.SimpleQueue()
     controls.put((1, "checkpoint"))
-    assert Trainer(cfg, tmp_path, Recorder(), controls).run() == "finished"
+    recorder = EventRecorder(lambda kind, level, message, data: events.append((kind, level, message)))
+    assert Trainer(cfg, tmp_path, recorder, controls).run() == "finished"
     failed = [e for e in events if e[0] == "checkpoint_failed"]
     assert failed and all(level == "error" for _, level, _ in failed)
     assert any(k == "request" and "failed" in m for k, _, m in events)

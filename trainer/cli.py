@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.console import format_duration
+
 
 def _load(args, check_model: bool = True):
     from trainer.config import load_config
@@ -114,16 +116,6 @@ def format_status(info: dict) -> str:
                          f"  (step {ev.get('step')})")
     lines.append(f"  dir {info.get('dir')}  pid {info.get('pid')}")
     return "\n".join(lines)
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours:02d}h{minutes:02d}m"
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 def cmd_export(args) -> int:

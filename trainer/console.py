@@ -17,6 +17,17 @@ from typing import Any
 from trainer import runs
 
 
+def format_duration(seconds: float) -> str:
+    """1d 02h03m, 2h03m04s or 3m04s."""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h{minutes:02d}m"
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
 def progress_line(body: dict) -> str:
     """One compact line: step, epoch, phase, loss, LR, throughput, ETA."""
     m = body.get("metrics") or {}
@@ -31,15 +42,8 @@ def progress_line(body: dict) -> str:
     if m.get("samples_per_s") is not None:
         parts.append(f"{m['samples_per_s']:.0f} samples/s")
     if eta is not None:
-        parts.append(f"ETA {_duration(eta)}")
+        parts.append(f"ETA {format_duration(eta)}")
     return " | ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 class ConsolePublisher:
