@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.runs", "RunError"), ("trainer.data", "DataError"),
-               ("trainer.checkpoint", "CheckpointError"), ("trainer.client", "ClientError")]
+               ("trainer.checkpoint", "CheckpointError"), ("trainer.client", "ClientError"),
+               ("trainer.service", "ServiceError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
