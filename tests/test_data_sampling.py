@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import MixupConfig, RunConfig
+from trainer.config import MixupConfig, RunConfig, SpecAugmentConfig
 from trainer.data import EpochSampler, build_datasets, make_loader, mixup_batch
 from trainer.data.augment import spec_augment
-from trainer.config import SpecAugmentConfig
 
 
 def cfg_with(**sections):
@@ -74,6 +73,7 @@ def test_loaders_leave_the_global_rng_alone(augmented):
     torch.manual_seed(123)
     state = torch.get_rng_state()
     np_state = np.random.get_state()[1].copy()
+    build_datasets(cfg)
     for _ in make_loader(bundle.train, 4, EpochSampler(len(bundle.train), cfg.seed, 0)):
         pass
     for _ in make_loader(bundle.val, 4):
@@ -157,9 +157,11 @@ def test_mixup_is_deterministic_and_rows_sum_to_one():
     assert torch.allclose(ya.sum(dim=1), torch.ones(8))
     assert not torch.equal(xa, x)
     assert not torch.equal(mixup_batch(x, y, 4, mix, seed=0, epoch=1, step=8)[0], xa)
-    # each mixed row is lambda * own + (1 - lambda) * partner, with the same lambda for x and y
-    lam = float(ya[0, y[0]]) if ya[0].max() < 1 else 1.0
-    assert 0.0 <= lam <= 1.0
+    # x and y are mixed with the same lambda and partner: mixing one-hot inputs gives y_soft
+    y8 = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    x8 = torch.nn.functional.one_hot(y8, 8).float()
+    xm, ym = mixup_batch(x8, y8, 8, mix, seed=0, epoch=1, step=7)
+    assert torch.equal(xm, ym) and not torch.equal(ym, x8)
 
 
 def test_mixup_off_returns_one_hot():

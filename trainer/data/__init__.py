@@ -6,9 +6,10 @@
     x, y_soft = mixup_batch(x, y, len(bundle.classes), cfg.augment.mixup, cfg.seed, epoch, step)
     print(check_data(cfg).to_text())
 
-Module map: sources (scan + decode per source), synthetic (generated sounds), features (mel /
-MFCC / waveform / image), augment (gain, flip, SpecAugment, Mixup), sampler (epoch order,
-loaders), datasets (build_datasets, check_data), report (DataReport, DataError), seeds.
+Module map: sources (find and label examples per source), decode (one example -> waveform or
+image), synthetic (generated sounds), features (mel / MFCC / waveform / image), augment (gain,
+flip, SpecAugment, Mixup), sampler (epoch order, loaders), datasets (build_datasets,
+check_data), report (DataReport, DataError), seeds (every random draw has an address).
 """
 from .augment import mixup_batch
 from .datasets import DataBundle, EvalDataset, TrainDataset, build_datasets, check_data

@@ -19,7 +19,8 @@ from . import seeds
 from .augment import augment_example, no_effect_warnings
 from .features import SPECTRAL, FeatureExtractor
 from .report import DataError, DataReport, Problem, SplitStats
-from .sources import BadItem, Decoder, Item, scan
+from .decode import BadItem, Decoder, Item
+from .sources import scan
 
 FEATURE_CHUNK = 64  # examples per feature computation while filling the cache
 

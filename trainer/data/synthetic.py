@@ -119,17 +119,17 @@ def _clicks(rng, t, sr, lo, hi):
 
 
 def _am(rng, t, sr, lo, hi):
-    """A tone whose loudness swings 3..8 times a second, never down to silence."""
+    """A tone whose loudness swings smoothly 3..6 times a second by 20 dB or more."""
     f = _log_uniform(rng, lo, hi)
-    rate, depth = rng.uniform(3.0, 8.0), rng.uniform(0.3, 0.7)
+    rate, depth = rng.uniform(3.0, 6.0), rng.uniform(0.85, 1.0)
     envelope = 1.0 + depth * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))
     return envelope * np.sin(2 * np.pi * f * t)
 
 
 def _fm(rng, t, sr, lo, hi):
-    """A tone whose pitch wobbles 2..8 times a second by 10..25 %."""
-    f = _log_uniform(rng, lo, hi / 1.25)
-    rate, deviation = rng.uniform(2.0, 8.0), rng.uniform(0.10, 0.25) * f
+    """A tone whose pitch wobbles 3..6 times a second (at least 1.2 cycles) by 15..30 %."""
+    f = _log_uniform(rng, lo, hi / 1.3)
+    rate, deviation = rng.uniform(3.0, 6.0), rng.uniform(0.15, 0.30) * f
     phase = 2 * np.pi * f * t + (deviation / rate) * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))
     return np.sin(phase)
 
@@ -147,9 +147,9 @@ def _harmonic_stack(rng, t, sr, lo, hi):
 
 
 def _pulse_train(rng, t, sr, lo, hi):
-    """Regular tone bursts, 4..8 per second, silent between bursts (at least two per event)."""
+    """Short regular tone bursts, 4..8 per second, silent between bursts (at least two per event)."""
     f = _log_uniform(rng, lo, hi)
-    rate, duty = rng.uniform(4.0, 8.0), rng.uniform(0.15, 0.35)
+    rate, duty = rng.uniform(4.0, 8.0), rng.uniform(0.10, 0.25)
     period, width = int(sr / rate), max(int(sr * duty / rate), 4)
     gate = np.zeros(len(t))
     pulse = _fade(width, int(0.003 * sr))
