@@ -45,6 +45,8 @@ def test_training_items_need_an_epoch(augmented):
     _, bundle = augmented
     with pytest.raises(TypeError, match=r"\(epoch, index\)"):
         bundle.train[3]
+    with pytest.raises(TypeError, match="EpochSampler"):
+        make_loader(bundle.train, 4)
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -53,6 +53,8 @@ class Examples:
 class TrainDataset(Dataset):
     """Training split. Items are addressed by (epoch, index) and augmented from (seed, epoch, index)."""
 
+    needs_epoch_sampler = True  # make_loader refuses to iterate it with plain integer indices
+
     def __init__(self, examples: Examples, augment, seed: int):
         self.examples = examples
         self.augment = augment

@@ -105,7 +105,12 @@ class FeatureExtractor:
 
     # ------------------------------------------------------------------------- stage 2
     def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise float features (images: x holds 0..255 values)."""
+        """Normalise float features (images: x holds 0..255 values).
+
+        Audio with features.normalize: per-example standardisation. Images are scaled to [0, 1]
+        and, with features.normalize, standardised with the ImageNet mean/std (its grey average
+        for 1 channel), the convention timm models expect.
+        """
         if self.kind == "image":
             x = x / 255.0
             if self.normalize:

@@ -50,6 +50,8 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[Sampler] = 
     worker base seed from torch's global RNG on every iteration, which would shift the training
     loop's random stream (dropout) depending on when loaders are created, and break exact resume.
     """
+    if sampler is None and getattr(dataset, "needs_epoch_sampler", False):
+        raise TypeError("training datasets are addressed by (epoch, index): pass an EpochSampler")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, drop_last=False,
                       generator=torch.Generator().manual_seed(0),
