@@ -53,7 +53,7 @@ class SyntheticConfig(Section):
 
 class SpecAugmentConfig(Section):
     freq_mask: int = Field(0, ge=0)
-    """Maximum width of each frequency mask in mel bins (0: off)."""
+    """Maximum width of each frequency mask in mel bins or MFCC coefficients (0: off)."""
     time_mask: int = Field(0, ge=0)
     """Maximum width of each time mask in frames (0: off)."""
     num_masks: int = Field(2, ge=1)
@@ -406,8 +406,10 @@ def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> 
                 problems.append((f"data.{key}", f"file not found: {cfg.resolve_path(value)}"))
     if data.source == "image_folder" and cfg.features.kind != "image":
         problems.append(("features.kind", f"source image_folder needs kind 'image', found {cfg.features.kind!r}"))
-    if data.source != "image_folder" and cfg.features.kind == "image":
-        problems.append(("features.kind", f"kind 'image' needs source image_folder, found {data.source!r}"))
+    if data.source not in ("image_folder", "csv") and cfg.features.kind == "image":
+        problems.append(("features.kind", f"kind 'image' needs source image_folder or csv, found {data.source!r}"))
+    if cfg.features.kind == "mfcc" and cfg.features.n_mfcc > cfg.features.n_mels:
+        problems.append(("features.n_mfcc", f"must be <= features.n_mels ({cfg.features.n_mels}), found {cfg.features.n_mfcc}"))
     if cfg.model.name == "cnn1d_attention" and cfg.features.kind != "waveform":
         problems.append(("features.kind", "model cnn1d_attention needs kind 'waveform'"))
     if cfg.model.name == "mfcc_mlp" and cfg.features.kind != "mfcc":
