@@ -39,7 +39,7 @@ class LonghaulApp(App[int]):
     ]
 
     def __init__(self, run_dir: Optional[Path] = None, root: Optional[Path] = None, *,
-                 clock: Optional[fmt.Clock] = None, refresh_interval: float = 0.5,
+                 clock: Optional[fmt.Clock] = None, refresh_interval: float = 1.0,
                  picker_interval: float = 2.0, link_retry_max: float = 5.0,
                  lister: Optional[Callable[[Path], list[dict]]] = None,
                  resume_command: Optional[Callable[[Path], list[str]]] = None) -> None:

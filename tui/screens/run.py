@@ -83,7 +83,7 @@ class RunScreen(Screen):
     action_status: reactive[tuple[str, str]] = reactive(("", "info"))
     """Feedback of the last request: (text, level)."""
 
-    def __init__(self, run_dir: Path, clock: fmt.Clock, *, refresh_interval: float = 0.5,
+    def __init__(self, run_dir: Path, clock: fmt.Clock, *, refresh_interval: float = 1.0,
                  link_retry_max: float = 5.0, resume_argv: Optional[list[str]] = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
