@@ -50,15 +50,11 @@ class Examples:
             raise DataError(f"{item.name}: {exc}") from None
 
 
-class TrainDataset(Dataset):
-    """Training split. Items are addressed by (epoch, index) and augmented from (seed, epoch, index)."""
+class SplitDataset(Dataset):
+    """What every split shares: its examples, their labels and where each comes from."""
 
-    needs_epoch_sampler = True  # make_loader refuses to iterate it with plain integer indices
-
-    def __init__(self, examples: Examples, augment, seed: int):
+    def __init__(self, examples: Examples):
         self.examples = examples
-        self.augment = augment
-        self.seed = seed
 
     @property
     def labels(self) -> list[int]:
@@ -72,6 +68,17 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
+
+class TrainDataset(SplitDataset):
+    """Training split. Items are addressed by (epoch, index) and augmented from (seed, epoch, index)."""
+
+    needs_epoch_sampler = True  # make_loader refuses to iterate it with plain integer indices
+
+    def __init__(self, examples: Examples, augment, seed: int):
+        super().__init__(examples)
+        self.augment = augment
+        self.seed = seed
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         try:
             epoch, index = key
@@ -83,22 +90,8 @@ class TrainDataset(Dataset):
         return x, self.examples.labels[index]
 
 
-class EvalDataset(Dataset):
+class EvalDataset(SplitDataset):
     """Validation or test split: items addressed by index, never augmented."""
-
-    def __init__(self, examples: Examples):
-        self.examples = examples
-
-    @property
-    def labels(self) -> list[int]:
-        return self.examples.labels
-
-    @property
-    def names(self) -> list[str]:
-        return [item.name for item in self.examples.items]
-
-    def __len__(self) -> int:
-        return len(self.examples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         raw = self.examples.raw(index).to(torch.float32, copy=True)
