@@ -501,3 +501,29 @@ def test_sigkill_at_random_moments_leaves_a_loadable_store(ckpt_dir):
             assert torch.equal(state["w"], torch.full((512, 1024), float(meta["step"]))), context
             assert [info.path.name for info in store.list_valid()] == step_dirs(ckpt_dir), context
             last_step = meta["step"]
+
+
+def test_next_snapshot_reuses_the_written_buffers_and_copies_the_new_values(tmp_path):
+    import torch
+
+    store = CheckpointStore(tmp_path / "ckpt", keep_last=5, min_free_mb=0)
+    state = {"w": torch.arange(12.0).reshape(3, 4), "opt": [torch.ones(5), {"n": 3}], "step": 1}
+    first = store.snapshot(state)
+    store.save_async(first, {"step": 1})
+    store.wait()
+    state["w"].add_(100.0)
+    state["opt"][0].mul_(7.0)
+    second = store.snapshot(state)
+    assert second["w"].data_ptr() == first["w"].data_ptr(), "buffer of the written snapshot not reused"
+    assert torch.equal(second["w"], state["w"]) and torch.equal(second["opt"][0], state["opt"][0])
+    state["w"].zero_()   # the copy is independent of later training
+    assert second["w"][0, 1] == 101.0
+    store.save_async(second, {"step": 2})
+    store.wait()
+    loaded, meta = store.load_latest()
+    assert meta["step"] == 2 and loaded["w"][0, 1] == 101.0 and loaded["opt"][0][0] == 7.0
+    # a changed shape gets fresh memory instead of a wrong buffer
+    state["w"] = torch.zeros(2, 2)
+    third = store.snapshot(state)
+    assert third["w"].shape == (2, 2) and third["w"].data_ptr() != second["w"].data_ptr()
+    store.close()
