@@ -32,7 +32,18 @@ def series_signature(series: Optional[Series]) -> tuple:
     return (id(series), len(series), series.last_step, series.last)
 
 
-class LineChart(Widget):
+class SeriesView:
+    """Mixin for widgets that draw one Series and repaint (bump `version`) only when it changed."""
+
+    def set_series(self, series: Optional[Series]) -> None:
+        """Show `series` (None: nothing); repaints only if it is another series or has new points."""
+        signature = series_signature(series)
+        if signature != self._signature:
+            self.series, self._signature = series, signature
+            self.version += 1
+
+
+class LineChart(SeriesView, Widget):
     """A braille line chart of one `Series` with a y-axis gutter, an x-axis row and an optional marker.
 
     The series is set with `set_series`; reactives switch smoothing, log scale and the min/max
@@ -95,13 +106,6 @@ class LineChart(Widget):
         if self._marker_column(old, plot_width) != self._marker_column(new, plot_width):
             self.refresh()
 
-    def set_series(self, series: Optional[Series]) -> None:
-        """Show `series` (None: nothing); repaints only if it is another series or has new points."""
-        signature = series_signature(series)
-        if signature != self._signature:
-            self.series, self._signature = series, signature
-            self.version += 1
-
     def render(self) -> Text:
         width, height = self.size
         series = self.series
@@ -146,7 +150,7 @@ class LineChart(Widget):
         return Text("\n").join(lines)
 
 
-class MetricTile(Widget):
+class MetricTile(SeriesView, Widget):
     """One metric in a line: name, current value, trend arrow, sparkline (more rows when taller)."""
 
     DEFAULT_CSS = """
@@ -175,13 +179,6 @@ class MetricTile(Widget):
         self.value_format = value_format
         self.series: Optional[Series] = None
         self._signature: tuple = ()
-
-    def set_series(self, series: Optional[Series]) -> None:
-        """Draw `series` in the sparkline; repaints only when its points changed."""
-        signature = series_signature(series)
-        if signature != self._signature:
-            self.series, self._signature = series, signature
-            self.version += 1
 
     def render(self) -> Text:
         width, height = self.size
