@@ -215,7 +215,7 @@ def cmd_resume(args) -> int:
             return 2
         run_dir = runs.resolve_run(args.run, root)
         state = runs.effective_state(run_dir)
-        if state == "paused" or state in ("running", "starting", "stopping"):
+        if state in ("paused", "running", "starting", "stopping"):
             return cmd_control(argparse.Namespace(**{**vars(args), "command": "resume", "timeout": 30.0}))
         if state not in ("interrupted", "stopped", "failed"):
             print(f"{run_dir.name} is {state}; only interrupted, stopped or failed runs can be resumed",

@@ -11,7 +11,6 @@ timm (model names) import it lazily inside `check_model_name`.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -448,8 +447,6 @@ def _plan_problems(cfg: RunConfig) -> list[tuple[str, str]]:
             batch = (phase.batch_size or cfg.optim.batch_size) * (phase.accum_steps or cfg.optim.accum_steps)
             if batch > n_train:
                 problems.append((f"phases.{i}", f"one step needs {batch} samples but the training set has {n_train}"))
-    if cfg.eval.early_stopping.patience is not None and cfg.eval.monitor == "":
-        problems.append(("eval.monitor", "early stopping needs a metric to monitor"))
     if not (cfg.eval.monitor.startswith("val_") or cfg.eval.monitor == "train_loss"):
         problems.append(("eval.monitor", f"expected a validation metric such as val_f1_macro, val_accuracy or val_loss, found {cfg.eval.monitor!r}"))
     return problems
@@ -525,15 +522,6 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(resolved_dict(cfg), sort_keys=False)
 
 
-def steps_per_epoch(n_train: int, batch_size: int, accum_steps: int) -> int:
-    return n_train // (batch_size * accum_steps)
-
-
-def phase_batching(cfg: RunConfig, phase: PhaseConfig) -> tuple[int, int]:
-    """(physical batch size, accumulation steps) in force during `phase`."""
-    return (phase.batch_size or cfg.optim.batch_size, phase.accum_steps or cfg.optim.accum_steps)
-
-
 def _schema_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
     rows = []
     for name, field in model.model_fields.items():
@@ -561,7 +549,3 @@ def config_docs() -> str:
     for key, type_name, default, doc in _schema_rows(RunConfig):
         lines.append(f"| `{key}` | {type_name.replace('|', '/')} | {default.replace('|', '/')} | {doc.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -144,6 +144,9 @@ class Trainer:
         self.stop_requested: Optional[int] = None  # request id (or -1) of a pending stop
         self.last_checkpoint_time = time.monotonic()
         self.smoother = LossSmoother()  # the same smoothing the TUI's series use
+        self.last_metrics: dict = {}
+        self.last_confusion: Optional[list] = None
+        self.pending_stall: Optional[float] = None  # loop stall of the checkpoint being written
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -170,7 +173,7 @@ class Trainer:
                                      keep_phase_ends=cfg.checkpoint.keep_phase_ends,
                                      min_free_mb=cfg.checkpoint.min_free_mb,
                                      on_done=self._checkpoint_done)
-        self.step_fn = self._compiled_step() if cfg.model.compile else None
+        self.step_fn = torch.compile(self.model) if cfg.model.compile else None
         self.resumed = self._resume()
         self._apply_phase(self.plan.phase_at(self.state.step), announce=not self.resumed)
         self._write_plan()
@@ -190,9 +193,6 @@ class Trainer:
         from timm.utils import ModelEmaV3
 
         return ModelEmaV3(self.model, decay=self.cfg.eval.ema.decay)
-
-    def _compiled_step(self):
-        return torch.compile(self.model)
 
     def _write_plan(self) -> None:
         if self.rank != 0:
@@ -483,7 +483,7 @@ class Trainer:
                 "phase": self.plan.phase_at(max(self.state.step - 1, 0)).index, "reason": reason,
                 "phase_end": phase_end, "time": time.time(), "mode": self.cfg.eval.mode,
                 "metric": (self.state.last_eval or {}).get(self.cfg.eval.monitor),
-                "request_id": request_id, "stall_start": started}
+                "request_id": request_id}
         try:
             self.store.save_async(snapshot, meta)
         except CheckpointError as exc:
@@ -500,7 +500,7 @@ class Trainer:
             self.event("checkpoint_failed", "error", f"checkpoint at step {info.get('step')} failed: {info['error']}",
                        **_plain(info))
             return
-        stall = getattr(self, "pending_stall", None)
+        stall = self.pending_stall
         self.event("checkpoint", "info", f"checkpoint step {info.get('step')}: stall {1000 * (stall or 0):.0f} ms, "
                    f"write {info.get('write_s', 0):.2f} s", stall_s=stall, **_plain(info))
 
@@ -560,7 +560,7 @@ class Trainer:
                 "total_epochs": self.plan.total_epochs, "phase": phase.index, "phase_name": phase.name,
                 "epoch_step": state.epoch_step, "steps_per_epoch": phase.steps_per_epoch,
                 "elapsed": state.elapsed, "eta": phase_etas[-1], "phase_etas": phase_etas,
-                "metrics": getattr(self, "last_metrics", {}), "time": time.time(),
+                "metrics": self.last_metrics, "time": time.time(),
                 "last_eval": state.last_eval, "best_eval": state.best_eval}
 
     def publish_progress(self) -> None:
@@ -593,12 +593,9 @@ class Trainer:
             return "stopped"
         last = self.state.last_eval
         self.event("finished", "info", f"finished at step {self.state.step}", best=self.state.best_eval,
-                   last=last, classes=list(self.classes), confusion=self._last_confusion())
+                   last=last, classes=list(self.classes), confusion=self.last_confusion)
         self.event("state", "info", "finished", state="finished")
         return "finished"
-
-    def _last_confusion(self) -> Optional[list]:
-        return getattr(self, "last_confusion", None)
 
 
 def _plain(info: dict) -> dict:
