@@ -54,6 +54,12 @@ def test_train_status_export(tmp_path, config, capsys, monkeypatch):
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(table) == 12 and "val_accuracy" in table[0]
 
+    # running the same run directory again resumes it; its events continue the numbering
+    first_events = len((run_dir / "events.jsonl").read_text().splitlines())
+    assert main(["train", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
+    seqs = [json.loads(line)["seq"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert len(seqs) > first_events and seqs == list(range(1, len(seqs) + 1))
+
 
 def test_name_in_use_is_a_clear_error(tmp_path, config, capsys, monkeypatch):
     monkeypatch.setenv("LONGHAUL_ROOT", str(tmp_path / "runs"))

@@ -60,7 +60,7 @@ class ConsolePublisher:
         self.last_state_write = 0.0
         self.lock = threading.Lock()
         self.events = open(run_dir / "events.jsonl", "a")
-        self.seq = 0
+        self.seq = runs.last_event_seq(run_dir)  # a resumed run continues the numbering
 
     def started(self) -> None:
         self.state_file.update(name=self.name, state="running", pid=os.getpid(), mode="foreground")
@@ -75,9 +75,7 @@ class ConsolePublisher:
             self._write_progress(body)
 
     def _write_progress(self, body: dict) -> None:
-        self.state_file.update(step=body["step"], total_steps=body["total_steps"], epoch=body["epoch"],
-                               phase=body["phase"], phase_name=body["phase_name"], elapsed=body["elapsed"],
-                               eta=body["eta"], last_eval=body.get("last_eval"), best_eval=body.get("best_eval"))
+        self.state_file.update(**runs.progress_fields(body))
 
     def event(self, kind: str, level: str, message: str, **data: Any) -> None:
         with self.lock:

@@ -105,29 +105,6 @@ def peer_refusal(peer: int, owner: int) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- small helpers
-def tail_lines(path: Path, count: int, max_bytes: int = 4 * 1024 * 1024) -> list[str]:
-    """The last `count` lines of a text file (reads at most `max_bytes` from its end)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            start = max(0, size - max_bytes)
-            block = 64 * 1024
-            data = b""
-            pos = size
-            while pos > start and data.count(b"\n") <= count:
-                step = min(block, pos - start)
-                pos -= step
-                fh.seek(pos)
-                data = fh.read(step) + data
-    except FileNotFoundError:
-        return []
-    lines = data.decode(errors="replace").splitlines()
-    if pos > 0 and lines:
-        lines = lines[1:]  # first line is probably cut
-    return lines[-count:]
-
-
 def clean_line(raw: bytes) -> str:
     """A log line as shown: decoded, carriage-return progress bars reduced to their last state."""
     text = raw.decode(errors="replace").rstrip("\r")
@@ -470,7 +447,7 @@ class Daemon:
             return
         self.state = state
         self._emit("state", level, message or state, {**(data or {}), "state": state}, at=at)
-        progress = self._progress_fields(self.progress) if self.progress else {}
+        progress = runs.progress_fields(self.progress) if self.progress else {}
         self._write_state(**progress, state=state, **fields)
 
     def _emit(self, kind: str, level: str, message: str, data: dict, at: Optional[float] = None) -> dict:
@@ -488,14 +465,10 @@ class Daemon:
         self._broadcast({"type": "event", **body})
         return body
 
-    def _progress_fields(self, body: dict) -> dict:
-        keys = ("step", "total_steps", "epoch", "phase", "phase_name", "elapsed", "eta", "last_eval", "best_eval")
-        return {k: body[k] for k in keys if k in body}
-
     # ================================================================= startup data
     def _load_recent(self) -> None:
         """Recent events and log lines from the files, for snapshots; continue the event seq."""
-        for line in tail_lines(self.run_dir / "events.jsonl", SNAPSHOT_EVENTS):
+        for line in runs.tail_lines(self.run_dir / "events.jsonl", SNAPSHOT_EVENTS):
             try:
                 body = json.loads(line)
                 protocol.validate({"type": "event", **body})
@@ -507,7 +480,7 @@ class Daemon:
                 self.event_seq = max(self.event_seq, body["seq"])
         log_path = self.run_dir / "train.log"
         mtime = log_path.stat().st_mtime if log_path.exists() else time.time()
-        for line in tail_lines(log_path, SNAPSHOT_LOGS):
+        for line in runs.tail_lines(log_path, SNAPSHOT_LOGS):
             self.log_seq += 1
             self.logs.append({"seq": self.log_seq, "time": mtime, "stream": "stdout", "line": clean_line(line.encode())})
 
@@ -868,7 +841,7 @@ class Daemon:
             task.cancel()
         writer.close()
         if self.progress is not None:
-            self._write_state(**self._progress_fields(self.progress))
+            self._write_state(**runs.progress_fields(self.progress))
         return returncode
 
     @staticmethod
@@ -928,7 +901,7 @@ class Daemon:
             self._progress_timer = asyncio.get_running_loop().call_later(wait, self._flush_progress)
         if now - self._last_progress_write >= self.settings.state_write_interval:
             self._last_progress_write = now
-            self._write_state(**self._progress_fields(self.progress))
+            self._write_state(**runs.progress_fields(self.progress))
 
     def _on_worker_event(self, msg: dict) -> None:
         kind, level, text, at = msg["kind"], msg["level"], msg["message"], msg["time"]
@@ -1052,7 +1025,7 @@ def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: flo
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = "\n".join(tail_lines(log_path, 15))
+            tail = "\n".join(runs.tail_lines(log_path, 15))
             raise DaemonError(f"the daemon of {run_dir.name} exited at once (code {proc.returncode}); "
                               f"{log_path}:\n{tail}")
         try:

@@ -350,3 +350,47 @@ def list_runs(root: Optional[Path] = None) -> list[dict]:
     """`status()` of every run directory directly under `root` (default `runs_root()`), by name."""
     root = Path(root) if root is not None else runs_root()
     return [status(root / name) for name in _run_names(root)]
+
+
+def tail_lines(path: Path, count: int, max_bytes: int = 4 * 1024 * 1024) -> list[str]:
+    """The last `count` lines of a text file (reads at most `max_bytes` from its end)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            start = max(0, size - max_bytes)
+            block = 64 * 1024
+            data = b""
+            pos = size
+            while pos > start and data.count(b"\n") <= count:
+                step = min(block, pos - start)
+                pos -= step
+                fh.seek(pos)
+                data = fh.read(step) + data
+    except FileNotFoundError:
+        return []
+    lines = data.decode(errors="replace").splitlines()
+    if pos > 0 and lines:
+        lines = lines[1:]  # first line is probably cut
+    return lines[-count:]
+
+
+def last_event_seq(run_dir: Path) -> int:
+    """Highest seq in RUN_DIR/events.jsonl (0 if none), so every writer continues the numbering."""
+    for line in reversed(tail_lines(Path(run_dir) / "events.jsonl", 20)):
+        try:
+            seq = json.loads(line).get("seq")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(seq, int):
+            return seq
+    return 0
+
+
+STATE_PROGRESS_KEYS = ("step", "total_steps", "epoch", "phase", "phase_name", "elapsed", "eta",
+                       "last_eval", "best_eval")
+
+
+def progress_fields(body: dict) -> dict:
+    """The state.json fields a progress body updates."""
+    return {k: body[k] for k in STATE_PROGRESS_KEYS if k in body}

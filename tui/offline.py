@@ -13,28 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 from trainer import history, runs
+from trainer.runs import tail_lines
 from tui.model import RunModel, Series
 
 TAIL_EVENTS = 200
 TAIL_LOGS = 200
-TAIL_BYTES = 512 * 1024  # of events.jsonl / train.log read from the end
-
-
-def tail_lines(path: Path, count: int, max_bytes: int = TAIL_BYTES) -> list[str]:
-    """The last `count` complete lines of a text file ([] if it does not exist)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            start = max(0, size - max_bytes)
-            fh.seek(start)
-            data = fh.read()
-    except FileNotFoundError:
-        return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    if start > 0 and lines:
-        lines = lines[1:]  # the first one is probably cut
-    return lines[-count:]
 
 
 def read_events(path: Path, count: int = TAIL_EVENTS) -> tuple[list[dict], list[str]]:
