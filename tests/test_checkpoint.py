@@ -343,7 +343,7 @@ def test_failure_during_write_cleans_up(ckpt_dir, monkeypatch):
 def test_save_async_reports_through_on_done(ckpt_dir):
     results = []
     with open_store(ckpt_dir, on_done=results.append) as store:
-        store.save_async(store.snapshot(make_state(3)), {"step": 3})
+        store.save_async(make_state(3), {"step": 3})
         store.wait()
         assert [r.step for r in results] == [3]
         r = results[0]
@@ -364,9 +364,9 @@ def test_save_async_waits_for_the_write_in_flight(ckpt_dir, monkeypatch):
     monkeypatch.setattr(checkpoint.torch, "save", slow_save)
     results = []
     with open_store(ckpt_dir, on_done=results.append) as store:
-        store.save_async(store.snapshot(make_state(1)), {"step": 1})
+        store.save_async(make_state(1), {"step": 1})
         writing.wait(5)
-        store.save_async(store.snapshot(make_state(2)), {"step": 2})
+        store.save_async(make_state(2), {"step": 2})
         store.wait()
     assert [r.step for r in results] == [1, 2]
     assert results[0].waited_s == 0.0 and results[1].waited_s > 0.1
@@ -469,7 +469,7 @@ step = latest[1]["step"] if latest else 0   # the first save rewrites the loaded
 print("ready", flush=True)
 while True:
     state = {"w": torch.full((512, 1024), float(step)), "step": step}
-    store.save_async(store.snapshot(state), {"step": step, "metric": float(step % 7), "mode": "max"})
+    store.save_async(state, {"step": step, "metric": float(step % 7), "mode": "max"}, stable=[state["w"]])
     step += 1
 """
 
@@ -503,27 +503,107 @@ def test_sigkill_at_random_moments_leaves_a_loadable_store(ckpt_dir):
             last_step = meta["step"]
 
 
-def test_next_snapshot_reuses_the_written_buffers_and_copies_the_new_values(tmp_path):
-    import torch
-
-    store = CheckpointStore(tmp_path / "ckpt", keep_last=5, min_free_mb=0)
+def test_next_snapshot_reuses_the_written_buffers_and_copies_the_new_values(ckpt_dir):
+    written = []
     state = {"w": torch.arange(12.0).reshape(3, 4), "opt": [torch.ones(5), {"n": 3}], "step": 1}
-    first = store.snapshot(state)
-    store.save_async(first, {"step": 1})
-    store.wait()
-    state["w"].add_(100.0)
-    state["opt"][0].mul_(7.0)
-    second = store.snapshot(state)
-    assert second["w"].data_ptr() == first["w"].data_ptr(), "buffer of the written snapshot not reused"
-    assert torch.equal(second["w"], state["w"]) and torch.equal(second["opt"][0], state["opt"][0])
-    state["w"].zero_()   # the copy is independent of later training
-    assert second["w"][0, 1] == 101.0
-    store.save_async(second, {"step": 2})
-    store.wait()
-    loaded, meta = store.load_latest()
-    assert meta["step"] == 2 and loaded["w"][0, 1] == 101.0 and loaded["opt"][0][0] == 7.0
-    # a changed shape gets fresh memory instead of a wrong buffer
-    state["w"] = torch.zeros(2, 2)
-    third = store.snapshot(state)
-    assert third["w"].shape == (2, 2) and third["w"].data_ptr() != second["w"].data_ptr()
-    store.close()
+    with open_store(ckpt_dir, keep_last=5) as store:
+        def save(step):
+            store.save_async(state, {"step": step}, after_commit=lambda snap, result: written.append(snap))
+
+        save(1)
+        store.wait()
+        state["w"].add_(100.0)
+        state["opt"][0].mul_(7.0)
+        save(2)
+        state["w"].zero_()   # the copy is independent of later training
+        store.wait()
+        assert written[1]["w"].data_ptr() == written[0]["w"].data_ptr(), "buffer of the written snapshot not reused"
+        loaded, meta = store.load_latest()
+        assert meta["step"] == 2 and loaded["w"][0, 1] == 101.0 and loaded["opt"][0][0] == 7.0
+        # a changed shape gets fresh memory instead of a wrong buffer
+        state["w"] = torch.zeros(2, 2)
+        save(3)
+        store.wait()
+        assert written[2]["w"].shape == (2, 2) and written[2]["w"].data_ptr() != written[1]["w"].data_ptr()
+
+
+def test_stable_tensors_are_copied_by_the_writer_and_fence_waits_for_that(ckpt_dir, monkeypatch):
+    gate, deferred = threading.Event(), []
+    real_run = checkpoint._DeferredCopies.run
+
+    def gated_run(self):
+        deferred.append(len(self.pairs))
+        gate.wait(10)
+        real_run(self)
+
+    monkeypatch.setattr(checkpoint._DeferredCopies, "run", gated_run)
+    weight = torch.nn.Parameter(torch.ones(1000))
+    running_mean = torch.zeros(3)
+    exp_avg = torch.full((1000,), 2.0)
+    state = {"model": {"w": weight.detach(), "running_mean": running_mean}, "opt": {"exp_avg": exp_avg}}
+    with open_store(ckpt_dir) as store:
+        store.save_async(state, {"step": 1}, stable=[weight, exp_avg])
+        running_mean.add_(1.0)  # not stable: copied before save_async returned
+        waited = []
+        fence = threading.Thread(target=lambda: waited.append(store.fence()))
+        fence.start()
+        fence.join(0.3)
+        assert fence.is_alive(), "fence opened before the writer copied the stable tensors"
+        gate.set()
+        fence.join(10)
+        assert waited[0] > 0.2 and deferred == [2]  # the weight and exp_avg, not the buffer
+        with torch.no_grad():
+            weight.add_(5.0)  # past the fence: the optimizer may change them
+        exp_avg.zero_()
+        store.wait()
+        assert store.fence() == 0.0  # nothing in flight
+        loaded, _ = store.load_latest()
+    assert torch.equal(loaded["model"]["w"], torch.ones(1000))
+    assert torch.equal(loaded["model"]["running_mean"], torch.zeros(3))
+    assert torch.equal(loaded["opt"]["exp_avg"], torch.full((1000,), 2.0))
+
+
+def test_hooks_run_around_the_commit(ckpt_dir):
+    seen = []
+    with open_store(ckpt_dir) as store:
+        def before():
+            seen.append(("before", step_dirs(ckpt_dir)))
+
+        def after(snap, result):
+            seen.append(("after", step_dirs(ckpt_dir), snap["step"], result.step))
+
+        store.save_async({"step": 4, "t": torch.ones(2)}, {"step": 4}, before_commit=before, after_commit=after)
+        store.wait()
+    assert seen == [("before", []), ("after", ["step-0000000004"], 4, 4)]
+
+
+def test_failing_before_commit_fails_the_checkpoint_and_leaves_nothing(ckpt_dir):
+    results = []
+
+    def history_not_durable():
+        raise OSError(5, "Input/output error")
+
+    with open_store(ckpt_dir, on_done=results.append) as store:
+        store.save_async({"t": torch.ones(2)}, {"step": 1}, before_commit=history_not_durable)
+        with pytest.raises(CheckpointError, match="step 1 .*Input/output error"):
+            store.wait()
+    assert step_dirs(ckpt_dir) == [] and leftovers(ckpt_dir) == [] and not results[0].ok
+
+
+def test_writer_thread_lowers_its_priority_after_copying(ckpt_dir, monkeypatch):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread nice values are a Linux feature")
+    nice = []
+    real_write = checkpoint._write_file
+
+    def spy(path, write):
+        nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_write(path, write)
+
+    monkeypatch.setattr(checkpoint, "_write_file", spy)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with open_store(ckpt_dir, writer_nice=5) as store:
+        store.save_async({"t": torch.ones(2)}, {"step": 1})
+        store.wait()
+    assert nice and set(nice) == {min(19, base + 5)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched

@@ -1,5 +1,6 @@
 """The training engine: freezing, losses, controls, the quickstart learning, and exact resume
 after SIGKILL (real processes killed at random instants)."""
+import copy
 import json
 import os
 import queue
@@ -16,7 +17,8 @@ import torch
 import yaml
 
 from trainer.config import RunConfig, load_config
-from trainer.engine import NullPublisher, Trainer, class_weights, focal_loss
+from trainer.checkpoint import CheckpointStore
+from trainer.engine import NullPublisher, Trainer, class_weights, eval_weights, focal_loss
 from trainer.history import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +159,57 @@ def test_failed_checkpoints_alert_but_training_goes_on(tmp_path):
     assert failed and all(level == "error" for _, level, _ in failed)
     assert any(k == "request" and "failed" in m for k, _, m in events)
     assert not list((tmp_path / "ckpt").glob("step-*"))
+
+
+def test_each_checkpoint_holds_its_steps_state_even_when_the_writer_copies_late(tmp_path, monkeypatch):
+    """The writer copies weights and optimizer state while the next step runs; the engine's fence
+    before the optimizer step must keep that step from changing them first."""
+    from trainer import checkpoint
+
+    real_run = checkpoint._DeferredCopies.run
+
+    def late_run(self):
+        time.sleep(0.3)  # longer than a tiny step: without the fence the next update lands first
+        real_run(self)
+
+    monkeypatch.setattr(checkpoint._DeferredCopies, "run", late_run)
+    cfg = tiny_cfg(**{"checkpoint.interval_seconds": 3600, "checkpoint.keep_last": 100})
+    trainer = Trainer(cfg, tmp_path)
+    expected = {}
+    real_checkpoint = trainer.checkpoint
+
+    def recording_checkpoint(*args, **kwargs):
+        state = trainer.checkpoint_state()
+        expected[trainer.state.step] = {key: copy.deepcopy(state[key]) for key in ("model", "optimizer", "ema")}
+        real_checkpoint(*args, **kwargs)
+
+    trainer.checkpoint = recording_checkpoint
+    assert trainer.run() == "finished"
+    store = CheckpointStore(tmp_path / "ckpt", readonly=True)
+    infos = store.list_valid()
+    assert [i.step for i in infos] == sorted(expected) and len(infos) >= 4
+    for info in infos:
+        loaded = store.load(info)
+        for key, want in expected[info.step].items():
+            assert_same_tensors(loaded[key], want, f"step {info.step} {key}")
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert last["step"] == infos[-1].step
+    assert_same_tensors(last["model"], eval_weights(expected[infos[-1].step]), "last.pt")
+
+
+def assert_same_tensors(got, want, where: str) -> None:
+    if isinstance(want, torch.Tensor):
+        assert torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert got.keys() == want.keys(), where
+        for key in want:
+            assert_same_tensors(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_tensors(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, where
 
 
 def test_quickstart_learns_in_a_shortened_run(tmp_path):

@@ -265,6 +265,11 @@ class CheckpointConfig(Section):
     """Also keep one checkpoint per finished phase."""
     min_free_mb: float = Field(512.0, ge=0.0)
     """Refuse to write (and alert) when less than this plus the checkpoint's size is free."""
+    writer_nice: int = Field(19, ge=0, le=19)
+    """How much lower the background checkpoint writer's CPU priority is than training's (Linux
+    nice increment). At 19 a write never slows training down but takes longer while training
+    keeps every core busy; it runs at full speed whenever training waits for it (stop, request,
+    the next checkpoint). 0 writes at training's priority."""
 
 
 class DaemonConfig(Section):

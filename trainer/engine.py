@@ -119,6 +119,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def eval_weights(state: dict) -> dict:
+    """The weights evaluation uses (the EMA copy when EMA is on) from a checkpoint state."""
+    if state.get("ema") is None:
+        return state["model"]
+    prefix = "module."  # ModelEmaV3 keeps the averaged model as its submodule `module`
+    return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+
+
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -172,6 +180,7 @@ class Trainer:
                                      keep_best=cfg.checkpoint.keep_best,
                                      keep_phase_ends=cfg.checkpoint.keep_phase_ends,
                                      min_free_mb=cfg.checkpoint.min_free_mb,
+                                     writer_nice=cfg.checkpoint.writer_nice,
                                      on_done=self._checkpoint_done)
         self.step_fn = torch.compile(self.model) if cfg.model.compile else None
         self.resumed = self._resume()
@@ -315,6 +324,7 @@ class Trainer:
             loss = self.loss(logits.float(), y_soft)
             (loss / phase.accum_steps).backward()
             total_loss += loss.item() / phase.accum_steps
+        self._fence_checkpoint()  # the optimizer step and EMA update below modify stable tensors
         trainable = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else 0.0
@@ -459,8 +469,11 @@ class Trainer:
         if self.rank != 0:
             return
         model = self.ema.module if self.ema is not None else self.model
-        atomic_torch_save({"model": model.state_dict(), "classes": list(self.classes),
-                           "config": resolved_dict(self.cfg), "step": self.state.step}, self.run_dir / name)
+        self._write_weights(model.state_dict(), self.state.step, name)
+
+    def _write_weights(self, weights: dict, step: int, name: str) -> None:
+        atomic_torch_save({"model": weights, "classes": list(self.classes), "config": resolved_dict(self.cfg),
+                           "step": step}, self.run_dir / name)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict:
@@ -471,27 +484,53 @@ class Trainer:
                 "train_loss_smooth": self.smoother.value,
                 "history_offset": self.history.tell() if self.history is not None else 0}
 
+    def stable_tensors(self) -> list[torch.Tensor]:
+        """Tensors only the optimizer step and the EMA update after it modify: a checkpoint's
+        writer copies them while the next step's forward and backward run (CheckpointStore.fence).
+        Not the model's buffers: batch norm updates its running statistics in the forward pass."""
+        tensors = list(self.model.parameters())
+        tensors += [v for per_param in self.optimizer.state.values() for v in per_param.values()
+                    if isinstance(v, torch.Tensor)]
+        if self.ema is not None:
+            tensors += list(self.ema.module.parameters()) + list(self.ema.module.buffers())
+        return tensors
+
     def checkpoint(self, reason: str, phase_end: bool = False, request_id: Optional[int] = None) -> None:
         """Snapshot the state in memory and hand it to the background writer."""
         if self.rank != 0:
             return
         started = time.perf_counter()
-        if self.history is not None:
-            self.history.fsync()  # the checkpoint's history offset must be on disk first
-        snapshot = self.store.snapshot(self.checkpoint_state())
         meta = {"step": self.state.step, "epoch": self.state.epoch,
                 "phase": self.plan.phase_at(max(self.state.step - 1, 0)).index, "reason": reason,
                 "phase_end": phase_end, "time": time.time(), "mode": self.cfg.eval.mode,
                 "metric": (self.state.last_eval or {}).get(self.cfg.eval.monitor),
                 "request_id": request_id}
         try:
-            self.store.save_async(snapshot, meta)
+            self.store.save_async(self.checkpoint_state(), meta, stable=self.stable_tensors(),
+                                  before_commit=self._history_durable, after_commit=self._write_last_weights)
         except CheckpointError as exc:
             self.event("checkpoint_failed", "error", f"checkpoint at step {self.state.step} failed: {exc}",
                        step=self.state.step, error=str(exc))
         self.pending_stall = time.perf_counter() - started
         self.last_checkpoint_time = time.monotonic()
-        self._save_weights("last.pt")
+
+    def _fence_checkpoint(self) -> None:
+        waited = self.store.fence()
+        if waited and self.pending_stall is not None:
+            self.pending_stall += waited
+
+    def _history_durable(self) -> None:
+        """Runs in the checkpoint writer: the history up to the checkpoint's offset must be on
+        disk before the checkpoint that points there is."""
+        if self.history is not None:
+            self.history.fsync()
+
+    def _write_last_weights(self, snap: dict, result) -> None:
+        """last.pt from the checkpoint just written; runs in the checkpoint writer thread."""
+        try:
+            self._write_weights(eval_weights(snap), result.step, "last.pt")
+        except Exception as exc:  # the checkpoint itself is safe; last.pt is a convenience copy
+            self.event("alert", "warning", f"could not write last.pt: {exc}", what="last_weights", error=str(exc))
 
     def _checkpoint_done(self, result) -> None:
         """Called by the checkpoint store's writer thread."""
