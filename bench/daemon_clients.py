@@ -112,6 +112,12 @@ def scenario(root: Path, name: str, readers: int, stuck: int, args) -> dict:
     return result
 
 
+def paired_ratio(items: list[dict], baseline: list[dict]) -> float:
+    """Median over rounds of steps/s in a scenario divided by no_client's in the same round."""
+    ratios = sorted(a["steps_per_s"] / b["steps_per_s"] for a, b in zip(items, baseline) if b["steps_per_s"])
+    return ratios[len(ratios) // 2] if ratios else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="run the real engine on this config instead of the fake worker")
@@ -149,6 +155,8 @@ def main() -> None:
             "rounds": args.rounds,
             "scenarios": results,
             "relative_to_no_client": {k: round(v["steps_per_s"] / base, 3) for k, v in results.items()},
+            # paired within a round, so slow drift of the shared machine cancels out
+            "relative_per_round_median": {k: round(paired_ratio(rounds[k], rounds["no_client"]), 3) for k in rounds},
         }
         print(json.dumps(summary))
     finally:

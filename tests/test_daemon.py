@@ -476,12 +476,17 @@ def test_bad_config_fails_the_run(env):
 
 # ----------------------------------------------------------------------------- client queues
 class FakeTransport:
+    HIGH_WATER = 100
+
     def __init__(self):
         self.buffered = 0
         self.aborted = False
 
     def get_write_buffer_size(self):
         return self.buffered
+
+    def get_write_buffer_limits(self):
+        return self.HIGH_WATER // 4, self.HIGH_WATER
 
     def abort(self):
         self.aborted = True
@@ -490,21 +495,36 @@ class FakeTransport:
 class FakeWriter:
     def __init__(self):
         self.transport = FakeTransport()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
 
 
-def test_client_queue_coalesces_orders_and_bounds():
+def test_client_that_keeps_up_gets_every_frame_written_at_once_in_order():
+    conn = daemon.ClientConn(1, None, FakeWriter(), daemon.Settings(max_backlog=1000))
+    conn.push_latest("progress", b"p1")
+    conn.push(b"log1")
+    conn.push(b"event1", after_latest=True)
+    assert conn.writer.writes == [b"p1", b"log1", b"event1"]
+    assert not conn.ordered and not conn.latest and not conn.wake.is_set()
+
+
+def test_backed_up_client_queue_coalesces_orders_and_bounds():
     import asyncio
 
     async def scenario():
         conn = daemon.ClientConn(1, None, FakeWriter(), daemon.Settings(max_backlog=1000))
+        conn.writer.transport.buffered = 101  # over the transport's high-water mark
         conn.push_latest("progress", b"p1")
         conn.push_latest("progress", b"p2")  # latest wins
         conn.push_latest("system", b"s1")
         conn.push(b"log1")
+        assert conn.writer.writes == [] and conn.wake.is_set()  # left to the sender task
         assert list(conn.ordered) == [b"log1"] and conn.latest == {"progress": b"p2", "system": b"s1"}
         conn.push(b"event1", after_latest=True)  # an event never overtakes earlier progress
         assert list(conn.ordered) == [b"log1", b"p2", b"s1", b"event1"] and conn.latest == {}
-        # a big welcome still in the transport buffer is not backlog
+        # a big welcome still in the transport buffer is neither backlog nor backed up
         conn.allowance = 5000
         conn.writer.transport.buffered = 5000
         assert conn.backlog() == conn.ordered_bytes == 14
@@ -514,6 +534,6 @@ def test_client_queue_coalesces_orders_and_bounds():
         assert conn.closed and conn.writer.transport.aborted and "too slow" in conn.close_reason
         assert not conn.ordered and conn.ordered_bytes == 0
         conn.push(b"more")
-        assert not conn.ordered
+        assert not conn.ordered and conn.writer.writes == []
 
     asyncio.run(scenario())

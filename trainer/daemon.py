@@ -173,31 +173,52 @@ class ClientConn:
         if self.backlog() > self.settings.max_backlog:
             self.abort(f"too slow: {self.backlog()} bytes not read (limit {self.settings.max_backlog})")
             return
-        self.wake.set()
+        self._send_or_wake()
 
     def push_latest(self, kind: str, data: bytes) -> None:
         """Queue a coalesced frame: replaces an unsent one of the same kind."""
         if self.closed:
             return
         self.latest[kind] = data
-        self.wake.set()
+        self._send_or_wake()
+
+    def _backed_up(self) -> bool:
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() - self.allowance > transport.get_write_buffer_limits()[1]
+
+    def _send_or_wake(self) -> None:
+        """A client that keeps up gets its frames handed to the transport at once: waking a
+        sender task per frame per client cost the daemon more CPU than the frames themselves.
+        Only a backed-up client (transport over its high-water mark) waits for the sender
+        task, and meanwhile its progress and system frames coalesce."""
+        if self._backed_up():
+            self.wake.set()
+        else:
+            self._write_queued()
+
+    def _write_queued(self) -> None:
+        """Everything queued, in order, in one write (one syscall, not one per frame)."""
+        chunks = list(self.ordered) + list(self.latest.values())
+        self.ordered.clear()
+        self.ordered_bytes = 0
+        self.latest.clear()
+        if chunks:
+            self.writer.write(b"".join(chunks))
 
     def idle(self) -> bool:
         return not self.ordered and not self.latest and self.writer.transport.get_write_buffer_size() == 0
 
     async def send_loop(self) -> None:
+        """Writes for a backed-up client once its transport has drained below the low-water mark."""
         try:
             while not self.closed:
                 await self.wake.wait()
                 self.wake.clear()
                 while not self.closed and (self.ordered or self.latest):
-                    # Everything queued goes out in one write (one syscall per wake-up, not per frame).
-                    chunks = list(self.ordered) + list(self.latest.values())
-                    self.ordered.clear()
-                    self.ordered_bytes = 0
-                    self.latest.clear()
-                    self.writer.write(b"".join(chunks))
                     await asyncio.wait_for(self.writer.drain(), self.settings.stall_timeout)
+                    if self.closed:
+                        break
+                    self._write_queued()
         except TimeoutError:
             self.abort(f"stalled: nothing read for {self.settings.stall_timeout:.0f} s")
         except (ConnectionError, OSError) as exc:
