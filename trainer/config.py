@@ -267,8 +267,8 @@ class CheckpointConfig(Section):
     """Refuse to write (and alert) when less than this plus the checkpoint's size is free."""
     writer_nice: int = Field(19, ge=0, le=19)
     """How much lower the background checkpoint writer's CPU priority is than training's (Linux
-    nice increment). At 19 a write never slows training down but takes longer while training
-    keeps every core busy; it runs at full speed whenever training waits for it (stop, request,
+    nice increment). At 19 the write did not measurably slow training (bench/checkpoint_stall.py)
+    but takes longer while training keeps every core busy; it runs at full speed whenever training waits for it (stop, request,
     the next checkpoint). 0 writes at training's priority."""
 
 
