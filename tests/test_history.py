@@ -378,6 +378,64 @@ def test_load_series_stops_at_garbage(tmp_path):
     assert series.valid_length == good and series.snapshot_series()["train_loss"]["step"][-1] == 99
 
 
+# ----------------------------------------------------------------------------- cached summary
+def _summary_of_load_series(path, **kw) -> h.SeriesSummary:
+    built = h.load_series(path, **kw)
+    return h.SeriesSummary(built.snapshot_series(), built.last_eval, built.best_eval)
+
+
+def test_load_summary_builds_once_then_reads_the_cache(tmp_path, monkeypatch):
+    path = tmp_path / "history.msgpack"
+    write(path, [train(s, loss=1.0 / s) for s in range(1, 3000)] + [evaluation(3000, f1=0.7)])
+    first = h.load_summary(path)
+    assert first == _summary_of_load_series(path) and first.last_eval["val_f1_macro"] == 0.7
+    assert (tmp_path / h.SERIES_CACHE).exists()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("rebuilt although the cache is valid")
+
+    monkeypatch.setattr(h, "load_series", no_rebuild)
+    assert h.load_summary(path) == first
+
+
+def test_load_summary_rebuilds_when_the_history_or_the_monitor_changed(tmp_path):
+    path = tmp_path / "history.msgpack"
+    write(path, [train(s) for s in range(1, 50)] + [evaluation(50, f1=0.6)])
+    h.load_summary(path)
+    write(path, [train(51, loss=9.0), evaluation(52, f1=0.9)])  # appended after the cache was built
+    fresh = h.load_summary(path)
+    assert fresh.series["train_loss"]["step"][-1] == 51 and fresh.best_eval["val_f1_macro"] == 0.9
+    assert fresh == _summary_of_load_series(path)
+    by_loss = h.load_summary(path, monitor="val_loss", mode="min")
+    assert by_loss.best_eval["val_loss"] == pytest.approx(0.1) and by_loss == _summary_of_load_series(
+        path, monitor="val_loss", mode="min")
+    h.truncate_history(path, 100)  # a resume cuts the history back
+    assert h.load_summary(path) == _summary_of_load_series(path)
+
+
+@pytest.mark.parametrize("cache_bytes", [b"", b"\xc1garbage", msgpack.packb([1, 2]), msgpack.packb({"key": 1})])
+def test_a_damaged_or_foreign_cache_is_ignored_and_replaced(tmp_path, cache_bytes):
+    path = tmp_path / "history.msgpack"
+    write(path, [train(s) for s in range(1, 20)])
+    (tmp_path / h.SERIES_CACHE).write_bytes(cache_bytes)
+    assert h.load_summary(path) == _summary_of_load_series(path)
+    assert h.load_summary(path) == _summary_of_load_series(path)  # now from the rewritten cache
+    assert (tmp_path / h.SERIES_CACHE).read_bytes() != cache_bytes
+
+
+def test_load_summary_without_a_writable_directory_or_history(tmp_path, monkeypatch):
+    assert h.load_summary(tmp_path / "history.msgpack") == h.SeriesSummary({}, None, None)
+    path = tmp_path / "history.msgpack"
+    write(path, [train(s) for s in range(1, 20)])
+
+    def read_only(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(h.os, "replace", read_only)
+    assert h.load_summary(path) == _summary_of_load_series(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.msgpack"]  # no temp file left
+
+
 # ----------------------------------------------------------------------------- export
 def test_export_rows_merge_eval_columns_by_step(tmp_path):
     path = tmp_path / "h.msgpack"

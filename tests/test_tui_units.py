@@ -179,6 +179,18 @@ def test_unreadable_events_become_a_warning(tmp_path):
     assert any(e["kind"] == "alert" and "unreadable" in e["message"] for e in model.events)
 
 
+def test_offline_reader_downsamples_the_history_once(tmp_path, monkeypatch):
+    from trainer import history
+
+    run_dir = tui_fakes.write_run_dir(tmp_path / "r", state="finished", steps=500)
+    first = load_run_dir(run_dir)
+    assert first.series and (run_dir / history.SERIES_CACHE).exists()
+    monkeypatch.setattr(history, "load_series", lambda *a, **k: pytest.fail("history re-read"))
+    again = load_run_dir(run_dir)
+    assert again.series.keys() == first.series.keys()
+    assert again.series["train_loss"].steps == first.series["train_loss"].steps
+
+
 def test_offline_state_of_a_dead_owner_is_interrupted(tmp_path):
     run_dir = tui_fakes.write_run_dir(tmp_path / "r", state="running", pid=None, steps=100)
     assert load_run_dir(run_dir).state == "interrupted"

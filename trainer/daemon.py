@@ -346,6 +346,7 @@ class Daemon:
         final = await self._supervise()
         sampler.cancel()
         await self._linger()
+        await self._prime_series_cache()
         return 0 if final in ("finished", "stopped") else 1
 
     def _acquire_run(self) -> None:
@@ -517,6 +518,17 @@ class Daemon:
             self._emit("alert", "warning", f"history not loaded for the dashboard: {exc}", {"what": "history"})
             self.series = SeriesSet(monitor, mode)
         self._after_series_load()
+
+    async def _prime_series_cache(self) -> None:
+        """The run is over: leave its downsampled series beside the history, so that attaching
+        to it later does not re-read a history of millions of steps (history.load_summary)."""
+        from trainer.history import load_summary
+
+        path = self.run_dir / "history.msgpack"
+        try:
+            await asyncio.to_thread(load_summary, path, self.cfg.eval.monitor, self.cfg.eval.mode)
+        except Exception as exc:  # only a cache: the next reader builds it
+            log.warning("could not cache the series of %s: %s", path, exc)
 
     def _after_series_load(self) -> None:
         self.eval_last = self.series.last_eval

@@ -1,7 +1,7 @@
 """Offline mode: build a `RunModel` from a run directory when no daemon is serving the run.
 
 Reads state.json (through `trainer.runs`), plan.json, history.msgpack (through
-`trainer.history.load_series`, which downsamples a million-step file in well under a second),
+`trainer.history.load_summary`: downsampled once, then cached beside the history file),
 the tail of events.jsonl and the tail of train.log. Missing files are normal (a run that never
 got far); unreadable ones are reported as a warning event instead of crashing the dashboard.
 """
@@ -82,10 +82,10 @@ def load_run_dir(run_dir: Path, model: Optional[RunModel] = None) -> RunModel:
         problems.append(f"plan.json: {exc}")
     model.progress = progress_from_state(state, model.plan)
     model.last_checkpoint = state.get("last_checkpoint")
-    series = history.load_series(run_dir / "history.msgpack", model.monitor, model.monitor_mode)
-    model.series = {name: Series.from_wire(body) for name, body in series.snapshot_series().items()}
-    model.eval_last = state.get("last_eval") or series.last_eval
-    model.eval_best = state.get("best_eval") or series.best_eval
+    summary = history.load_summary(run_dir / "history.msgpack", model.monitor, model.monitor_mode)
+    model.series = {name: Series.from_wire(body) for name, body in summary.series.items()}
+    model.eval_last = state.get("last_eval") or summary.last_eval
+    model.eval_best = state.get("best_eval") or summary.best_eval
     events, event_problems = read_events(run_dir / "events.jsonl")
     problems += event_problems
     now = time.time()
