@@ -379,6 +379,24 @@ async def test_progress_messages_coalesce(live_run):
         assert len(handled) < 200  # queued progress frames were merged, not handled one by one
 
 
+@async_test
+async def test_new_data_is_painted_at_once_and_live_frames_wait_for_the_throttle(live_run, tmp_path):
+    run_dir, _ = live_run
+    app = make_app(run_dir, refresh_interval=30.0)
+    async with app.run_test(size=SIZE) as pilot:
+        # the mount painted an empty dashboard; the snapshot must not wait 30 s for the next paint
+        await wait_for(pilot, lambda: "step 6,00" in header_text(app), timeout=5, what="the snapshot painted")
+        run_screen = screen(app)
+        run_screen.post_message(messages.ProgressReceived(dict(run_screen.model.progress, step=7000)))
+        await wait_for(pilot, lambda: run_screen.model.step == 7000, what="the progress handled")
+        await pilot.pause(0.3)
+        assert "step 7,000/" not in header_text(app)  # progress repaints stay throttled
+    offline_dir = tui_fakes.write_run_dir(tmp_path / "stopped-run", state="stopped", steps=5000)
+    app = make_app(offline_dir, refresh_interval=30.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "step 5,000/18,750" in header_text(app), timeout=5, what="the run directory painted")
+
+
 def test_run_attach_names_the_runs_that_exist(tmp_path, capsys):
     tui_fakes.write_run_dir(tmp_path / "alpha", state="stopped", steps=10)
     assert run_attach("nope", tmp_path) == 2

@@ -20,6 +20,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, OptionList, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
@@ -98,6 +99,7 @@ class RunScreen(Screen):
         self._offline_loading = False
         self._refresh_pending = False
         self._last_refresh = 0.0
+        self._repaint_timer: Optional[Timer] = None
         self._plan_key: object = None
         self._lr_series: Optional[Series] = None
         self._smooth_cache: tuple[tuple, Optional[Series]] = ((), None)
@@ -153,7 +155,7 @@ class RunScreen(Screen):
         self.disconnect = None
         self.link_state = "live"
         self.pending.clear()
-        self._request_refresh()
+        self._request_refresh(urgent=True)
 
     @on(messages.PlanReceived)
     def _plan(self, message: messages.PlanReceived) -> None:
@@ -255,7 +257,7 @@ class RunScreen(Screen):
         model.generation = self.model.generation + 1
         self.model = model
         self.loaded = True
-        self._request_refresh()
+        self._request_refresh(urgent=True)
 
     @work(thread=True, exclusive=True, group="state-check", name="check-state")
     def check_offline(self) -> None:
@@ -397,19 +399,29 @@ class RunScreen(Screen):
     def watch_link_state(self) -> None:
         self.refresh_bindings()
 
-    def _request_refresh(self) -> None:
-        """Repaint soon, but not more often than every `refresh_interval` seconds."""
+    def _request_refresh(self, urgent: bool = False) -> None:
+        """Repaint soon, but not more often than every `refresh_interval` seconds. `urgent`: a
+        whole new model arrived (a snapshot or the run directory), which must not wait for the
+        throttle: the first paint at attach would otherwise come a full interval late."""
+        if urgent:
+            if self._repaint_timer is not None:
+                self._repaint_timer.stop()
+                self._repaint_timer = None
+            self._refresh_pending = True
+            self.call_later(self._refresh_now)
+            return
         if self._refresh_pending:
             return
         self._refresh_pending = True
         wait = self._last_refresh + self.refresh_interval - time.monotonic()
         if wait > 0:
-            self.set_timer(wait, self._refresh_now, name="repaint")
+            self._repaint_timer = self.set_timer(wait, self._refresh_now, name="repaint")
         else:
             self.call_later(self._refresh_now)
 
     def _refresh_now(self) -> None:
         self._refresh_pending = False
+        self._repaint_timer = None
         self._last_refresh = time.monotonic()
         self.refresh_widgets()
 
