@@ -197,6 +197,26 @@ def test_each_checkpoint_holds_its_steps_state_even_when_the_writer_copies_late(
     assert_same_tensors(last["model"], eval_weights(expected[infos[-1].step]), "last.pt")
 
 
+def test_the_end_of_a_run_does_not_rewrite_an_unchanged_checkpoint(tmp_path):
+    events = []
+    recorder = EventRecorder(lambda kind, level, message, data: events.append((kind, data)))
+    cfg = tiny_cfg(**{"checkpoint.interval_seconds": 3600})
+    assert Trainer(cfg, tmp_path, recorder).run() == "finished"
+    steps = [data["step"] for kind, data in events if kind == "checkpoint"]
+    assert steps == [3, 6, 9, 12]  # one per epoch end; no second write of step 12 at the end
+    newest = CheckpointStore(tmp_path / "ckpt", readonly=True).list_valid()[-1]
+    assert newest.step == 12 and newest.meta["phase_end"] is True and newest.meta["reason"] == "phase_end"
+
+    # cut mid-epoch by max_steps: the final evaluation changed the state, so it is checkpointed
+    events.clear()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    assert Trainer(tiny_cfg(max_steps=4, **{"checkpoint.interval_seconds": 3600}), cut, recorder).run() == "finished"
+    newest = CheckpointStore(cut / "ckpt", readonly=True).list_valid()[-1]
+    assert newest.step == 4 and newest.meta["reason"] == "final"
+    assert newest.meta["history_offset"] == (cut / "history.msgpack").stat().st_size
+
+
 def assert_same_tensors(got, want, where: str) -> None:
     if isinstance(want, torch.Tensor):
         assert torch.equal(got, want), where

@@ -37,7 +37,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -80,6 +80,7 @@ class SaveResult:
     write_s: float = 0.0
     waited_s: float = 0.0
     error: Optional[BaseException] = None
+    meta: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -596,10 +597,11 @@ class CheckpointStore:
             if job.later is not None and job.later.error is not None:
                 raise CheckpointError(f"copying the state of checkpoint step {step} failed: {job.later.error}")
             path, nbytes = self._write(job.state, job.meta, job.before_commit)
-            result = SaveResult(step, path, nbytes, time.perf_counter() - started, job.waited)
+            result = SaveResult(step, path, nbytes, time.perf_counter() - started, job.waited, meta=job.meta)
         except CheckpointError as e:
             log.error("%s", e)
-            result = SaveResult(step, self.ckpt_dir / step_dir_name(step), waited_s=job.waited, error=e)
+            result = SaveResult(step, self.ckpt_dir / step_dir_name(step), waited_s=job.waited, error=e,
+                                meta=job.meta)
         if result.ok:
             self._apply_retention()
             _call_reporting_errors("after_commit", job.after_commit, job.state, result)

@@ -155,6 +155,7 @@ class Trainer:
         self.last_metrics: dict = {}
         self.last_confusion: Optional[list] = None
         self.pending_stall: Optional[float] = None  # loop stall of the checkpoint being written
+        self.saved_at: Optional[tuple] = None  # (step, history offset) of the newest written checkpoint
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -246,6 +247,7 @@ class Trainer:
         if self.history is not None:
             truncate_history(self.run_dir / "history.msgpack", ckpt["history_offset"])
             self.history.reopen()
+        self.saved_at = (self.state.step, ckpt["history_offset"])
         self.event("resume", "info", f"resumed from step {self.state.step} ({meta.get('path', '')})",
                    step=self.state.step, epoch=self.state.epoch)
         return True
@@ -482,7 +484,10 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "loop": asdict(self.state), "rng": rng_state(), "threads": self.cfg.threads,
                 "train_loss_smooth": self.smoother.value,
-                "history_offset": self.history.tell() if self.history is not None else 0}
+                "history_offset": self._history_offset()}
+
+    def _history_offset(self) -> int:
+        return self.history.tell() if self.history is not None else 0
 
     def stable_tensors(self) -> list[torch.Tensor]:
         """Tensors only the optimizer step and the EMA update after it modify: a checkpoint's
@@ -500,13 +505,14 @@ class Trainer:
         if self.rank != 0:
             return
         started = time.perf_counter()
-        meta = {"step": self.state.step, "epoch": self.state.epoch,
+        state = self.checkpoint_state()
+        meta = {"step": self.state.step, "history_offset": state["history_offset"], "epoch": self.state.epoch,
                 "phase": self.plan.phase_at(max(self.state.step - 1, 0)).index, "reason": reason,
                 "phase_end": phase_end, "time": time.time(), "mode": self.cfg.eval.mode,
                 "metric": (self.state.last_eval or {}).get(self.cfg.eval.monitor),
                 "request_id": request_id}
         try:
-            self.store.save_async(self.checkpoint_state(), meta, stable=self.stable_tensors(),
+            self.store.save_async(state, meta, stable=self.stable_tensors(),
                                   before_commit=self._history_durable, after_commit=self._write_last_weights)
         except CheckpointError as exc:
             self.event("checkpoint_failed", "error", f"checkpoint at step {self.state.step} failed: {exc}",
@@ -539,6 +545,7 @@ class Trainer:
             self.event("checkpoint_failed", "error", f"checkpoint at step {info.get('step')} failed: {info['error']}",
                        **_plain(info))
             return
+        self.saved_at = (info.get("step"), (info.get("meta") or {}).get("history_offset"))
         stall = self.pending_stall
         self.event("checkpoint", "info", f"checkpoint step {info.get('step')}: stall {1000 * (stall or 0):.0f} ms, "
                    f"write {info.get('write_s', 0):.2f} s", stall_s=stall, **_plain(info))
@@ -619,8 +626,12 @@ class Trainer:
         last_eval_step = (self.state.last_eval or {}).get("step")
         if not stopped and self.state.step > 0 and last_eval_step != self.state.step:
             self.evaluate()  # max_steps cut the run mid-epoch: still report where it got to
-        self.checkpoint(reason="stop" if stopped else "final")
         self.wait_for_checkpoint()
+        if self.saved_at != (self.state.step, self._history_offset()):
+            # else the run ends right after an epoch-end (or requested) checkpoint: rewriting the
+            # same state would cost a full write and drop that checkpoint's phase_end mark
+            self.checkpoint(reason="stop" if stopped else "final")
+            self.wait_for_checkpoint()
         self.store.close()
         self.publish_progress()
         if self.history is not None:
