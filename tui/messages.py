@@ -79,13 +79,23 @@ class PlanReceived(LinkMessage):
 
 
 class ProgressReceived(MergingMessage):
-    """The newest progress frame (older ones it replaced are dropped)."""
+    """The newest progress frame, plus the older frames merged into it while it waited.
+
+    The header needs only the newest frame, but each frame is also a point of the progress
+    series: keeping the older ones (bounded) makes the sparklines independent of how busy the
+    app was when the frames arrived.
+    """
+
+    MAX_EARLIER = 500
 
     def __init__(self, progress: dict) -> None:
         super().__init__()
         self.progress = progress
+        self.earlier: list[dict] = []
 
     def merge(self, frame: dict) -> None:
+        self.earlier.append(self.progress)
+        del self.earlier[:-self.MAX_EARLIER]
         self.progress = frame
 
     def can_replace(self, message: Message) -> bool:

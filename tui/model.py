@@ -255,6 +255,10 @@ class RunModel:
     def apply_progress(self, progress: dict) -> None:
         """A progress frame: new header values and one new point per progress metric."""
         self.progress = progress
+        self.add_progress_points(progress)
+
+    def add_progress_points(self, progress: dict) -> None:
+        """One new point per progress metric of `progress` (also for frames merged away)."""
         step = progress.get("step")
         metrics = progress.get("metrics") or {}
         if step is None:

@@ -182,6 +182,8 @@ class RunScreen(Screen):
     @on(messages.ProgressReceived)
     def _progress(self, message: messages.ProgressReceived) -> None:
         message.take()
+        for earlier in message.earlier:
+            self.model.add_progress_points(earlier)
         progress = message.progress
         self.model.apply_progress(progress)
         if progress.get("last_eval"):
