@@ -377,6 +377,14 @@ async def test_progress_messages_coalesce(live_run):
         await wait_for(pilot, lambda: run_screen.model.step == 7199, what="the newest progress")
         assert handled[-1] == 7199
         assert len(handled) < 200  # queued progress frames were merged, not handled one by one
+        # frames the link merged into a waiting message still add their series points
+        message = messages.ProgressReceived(dict(base, step=8000, metrics={"samples_per_s": 8000.0}))
+        for step in range(8001, 8010):
+            message.merge(dict(base, step=step, metrics={"samples_per_s": float(step)}))
+        run_screen.post_message(message)
+        await wait_for(pilot, lambda: run_screen.model.step == 8009, what="the merged progress")
+        series = run_screen.model.series["samples_per_s"]
+        assert series.steps[-10:] == series.values[-10:] == [float(s) for s in range(8000, 8010)]
 
 
 @async_test
@@ -395,24 +403,6 @@ async def test_new_data_is_painted_at_once_and_live_frames_wait_for_the_throttle
     app = make_app(offline_dir, refresh_interval=30.0)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "step 5,000/18,750" in header_text(app), timeout=5, what="the run directory painted")
-
-
-@async_test
-async def test_progress_frames_merged_while_waiting_still_add_their_points(live_run):
-    run_dir, _ = live_run
-    app = make_app(run_dir)
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
-        run_screen = screen(app)
-        base = dict(run_screen.model.progress)
-        message = messages.ProgressReceived(dict(base, step=7000, metrics={"samples_per_s": 7000.0}))
-        for step in range(7001, 7010):  # what the link does while the message waits in the queue
-            message.merge(dict(base, step=step, metrics={"samples_per_s": float(step)}))
-        run_screen.post_message(message)
-        await wait_for(pilot, lambda: run_screen.model.step == 7009, what="the merged progress")
-        series = run_screen.model.series["samples_per_s"]
-        assert series.steps[-10:] == [float(s) for s in range(7000, 7010)]
-        assert series.values[-10:] == [float(s) for s in range(7000, 7010)]
 
 
 def test_run_attach_names_the_runs_that_exist(tmp_path, capsys):
