@@ -210,43 +210,31 @@ def _copy(obj: Any, memo: dict, reuse: Optional[Iterator[torch.Tensor]] = None,
     return copy.deepcopy(obj, memo)
 
 
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``obj`` (dicts, lists and tuples), in the order ``_copy`` meets them."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
 def _tensors_in_order(obj: Any) -> list[torch.Tensor]:
     """The distinct tensors of ``obj`` in the order ``_copy`` meets them."""
-    found: dict[int, torch.Tensor] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, torch.Tensor):
-            found.setdefault(id(node), node)
-        elif isinstance(node, dict):
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                walk(value)
-
-    walk(obj)
-    return list(found.values())
+    return list({id(t): t for t in _tensors(obj)}.values())
 
 
 def estimate_bytes(state: Any) -> int:
     """Rough size of ``torch.save(state)``: tensor storages plus a fixed allowance per tensor."""
     storages: dict[tuple[int, int], int] = {}
     n_tensors = 0
-
-    def walk(obj: Any) -> None:
-        nonlocal n_tensors
-        if isinstance(obj, torch.Tensor):
-            n_tensors += 1
-            storage = obj.untyped_storage()
-            storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                walk(v)
-
-    walk(state)
+    for tensor in _tensors(state):
+        n_tensors += 1
+        storage = tensor.untyped_storage()
+        storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
     return sum(storages.values()) + n_tensors * _OVERHEAD_PER_TENSOR + _OVERHEAD_FIXED
 
 
