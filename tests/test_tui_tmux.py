@@ -16,11 +16,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from daemon_helpers import wait_for
 from trainer import runs
 
 pytestmark = [pytest.mark.slow,
@@ -50,22 +50,11 @@ daemon: {system_interval: 1.0}
 """
 STEP = re.compile(r"step ([\d,]+)/([\d,]+)")
 RANGE = re.compile(r"steps ([\d,]+)–([\d,]+) in (\d+) points")
+POLL = 0.25  # seconds between looks at the screen or state.json
 
 
 def number(text: str) -> int:
     return int(text.replace(",", ""))
-
-
-def wait_until(what: str, check, timeout: float = 90.0, interval: float = 0.25):
-    """Poll `check()` until it returns something truthy; return it (AssertionError on timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Tmux:
@@ -118,19 +107,19 @@ def test_attach_detach_reattach_in_a_real_terminal(tmp_path, monkeypatch):
     attach = " ".join(shlex.quote(p) for p in [*longhaul, "attach", "e2e"])
     tmux = Tmux(env)
     try:
-        wait_until("the run to train", lambda: (state(run_dir).get("step") or 0) > 0, timeout=120)
+        wait_for(lambda: (state(run_dir).get("step") or 0) > 0, 120, "the run to train", POLL)
         tmux.type(attach)
 
         def step_on_screen() -> int:
             match = STEP.search(tmux.screen())
             return number(match.group(1)) if match and "live" in tmux.screen() else 0
 
-        first = wait_until("the dashboard", step_on_screen)
-        later = wait_until("the step counter to advance", lambda: step_on_screen() > first and step_on_screen())
+        first = wait_for(step_on_screen, 90, "the dashboard", POLL)
+        later = wait_for(lambda: step_on_screen() > first and step_on_screen(), 90, "the step counter to advance", POLL)
         assert later > first
 
         tmux.key("d")
-        wait_until("the TUI to exit", lambda: tmux.flag("pane_current_command") == "bash")
+        wait_for(lambda: tmux.flag("pane_current_command") == "bash", 90, "the TUI to exit", POLL)
         assert tmux.flag("alternate_on") == "0"      # back on the main screen
         assert tmux.flag("cursor_flag") == "1"       # cursor visible again
         assert tmux.flag("mouse_any_flag") == "0"    # mouse reporting off
@@ -138,20 +127,20 @@ def test_attach_detach_reattach_in_a_real_terminal(tmp_path, monkeypatch):
 
         assert state(run_dir)["state"] == "running"  # detaching did not stop anything
         before = state(run_dir)["step"]
-        wait_until("the daemon to keep training", lambda: state(run_dir)["step"] > before, timeout=60)
+        wait_for(lambda: state(run_dir)["step"] > before, 60, "the daemon to keep training", POLL)
 
         tmux.type(attach)
-        again = wait_until("the dashboard again", step_on_screen)
+        again = wait_for(step_on_screen, 90, "the dashboard again", POLL)
         assert again >= later
         tmux.key("2")  # detail view of the first metric: the step range of its history
-        match = wait_until("the detail view", lambda: RANGE.search(tmux.screen()))
+        match = wait_for(lambda: RANGE.search(tmux.screen()), 90, "the detail view", POLL)
         assert number(match.group(1)) <= first < number(match.group(2))  # history from before the first attach
         tmux.key("d")
-        wait_until("the TUI to exit", lambda: tmux.flag("pane_current_command") == "bash")
+        wait_for(lambda: tmux.flag("pane_current_command") == "bash", 90, "the TUI to exit", POLL)
     finally:
         tmux.close()
         subprocess.run([*longhaul, "stop", "e2e", "--timeout", "60"], capture_output=True, env=env, timeout=90)
-    final = wait_until("the run to stop", lambda: state(run_dir)["state"] in runs.FINAL_STATES and state(run_dir),
-                       timeout=60)
+    final = wait_for(lambda: state(run_dir)["state"] in runs.FINAL_STATES and state(run_dir), 60,
+                     "the run to stop", POLL)
     assert final["state"] == "stopped"
     shutil.rmtree(runtime, ignore_errors=True)
