@@ -114,6 +114,8 @@ def test_history_eval_and_files(tmp_path):
     assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["plan"]["total_steps"] == 12 and len(plan["plan"]["phases"]) == 2
+    # offline readers take the direction of "best" from here instead of guessing it from the name
+    assert plan["config"]["monitor"] == cfg.eval.monitor and plan["config"]["mode"] == cfg.eval.mode
 
 
 def test_controls_pause_checkpoint_stop(tmp_path):

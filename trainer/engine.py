@@ -220,7 +220,7 @@ class Trainer:
         return {"model": cfg.model.name, "source": cfg.data.source, "features": cfg.features.kind,
                 "classes": list(self.classes), "threads": cfg.threads, "batch_size": cfg.optim.batch_size,
                 "accum_steps": cfg.optim.accum_steps, "seed": cfg.seed, "monitor": cfg.eval.monitor,
-                "n_train": len(self.data.train), "n_val": len(self.data.val)}
+                "mode": cfg.eval.mode, "n_train": len(self.data.train), "n_val": len(self.data.val)}
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> bool:
