@@ -3,9 +3,10 @@
 A busy run sends many frames a second (progress per step, a log line per print). Two rules keep
 the screen's work bounded without losing anything that must not be lost:
 
-- Progress and system samples only matter in their newest version. Queued back to back, the
-  screen handles just the last one (`can_replace`); and while one is still waiting in the
-  screen's queue, the link updates it in place instead of posting another (`merge`).
+- Progress and system samples are shown in their newest version. While one is still waiting in
+  the screen's queue, the link updates it in place instead of posting another (`merge`); a
+  merged progress message keeps the older frames too, as points of the progress series.
+  Messages posted back to back without the link (`can_replace`) coalesce to the last one.
 - Events and log lines are never dropped: while a batch is waiting, the link appends to it.
 
 The screen calls `take()` first thing in its handler; from then on the link posts a new message.
