@@ -93,13 +93,17 @@ def test_state_file_merges_atomically(root):
     assert [p.name for p in run_dir.iterdir()] == ["state.json"]  # no temp file left behind
 
 
-def test_corrupt_state_file_is_reported(root):
+def test_corrupt_state_file_is_rebuilt_not_unknown(root, capsys):
     run_dir = new_run(root, "bad")
     (run_dir / "state.json").write_text("{not json")
     with pytest.raises(runs.StateFileError, match="state.json: not valid JSON"):
         runs.StateFile(run_dir).read()
     info = runs.status(run_dir)
-    assert info["state"] == "unknown" and "not valid JSON" in info["error"]
+    assert info["state"] == "stopped" and "not valid JSON" in info["rebuilt"]["problem"]
+    assert "rebuilt" in capsys.readouterr().err
+    kept = list(run_dir.glob("state.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_text() == "{not json"
+    assert runs.StateFile(run_dir).read()["rebuilt"] == info["rebuilt"]  # saved: rebuilt once
 
 
 # ----------------------------------------------------------------------------- liveness
