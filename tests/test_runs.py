@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,13 +94,17 @@ def test_state_file_merges_atomically(root):
     assert [p.name for p in run_dir.iterdir()] == ["state.json"]  # no temp file left behind
 
 
-def test_corrupt_state_file_is_reported(root):
+def test_corrupt_state_file_is_rebuilt_not_unknown(root, capsys):
     run_dir = new_run(root, "bad")
     (run_dir / "state.json").write_text("{not json")
     with pytest.raises(runs.StateFileError, match="state.json: not valid JSON"):
         runs.StateFile(run_dir).read()
     info = runs.status(run_dir)
-    assert info["state"] == "unknown" and "not valid JSON" in info["error"]
+    assert info["state"] == "stopped" and "not valid JSON" in info["rebuilt"]["problem"]
+    assert "rebuilt" in capsys.readouterr().err
+    kept = list(run_dir.glob("state.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_text() == "{not json"
+    assert runs.StateFile(run_dir).read()["rebuilt"] == info["rebuilt"]  # saved: rebuilt once
 
 
 # ----------------------------------------------------------------------------- liveness
@@ -221,3 +226,17 @@ def test_find_socket_falls_back_to_the_recorded_path(tmp_path, monkeypatch):
     usual = runs.socket_path(run_dir)
     usual.write_text("")
     assert runs.find_socket(run_dir) == usual
+
+
+def test_socket_name_is_cut_by_bytes_and_long_runtime_dirs_fall_back(tmp_path, monkeypatch):
+    short = Path(tempfile.mkdtemp(prefix="lh-", dir="/tmp"))  # pytest's tmp_path is long
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short))
+    emoji = runs.socket_path(tmp_path / ("\N{GRINNING FACE}" * 30))
+    assert emoji.parent == short / "longhaul" and len(emoji.name.encode()) == 40 + len("-12345678.sock")
+    assert emoji.name.startswith("\N{GRINNING FACE}" * 10 + "-")  # whole characters only
+    long_xdg = tmp_path / ("x" * (120 - len(str(tmp_path)) - 1))
+    long_xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(long_xdg))
+    path = runs.socket_path(tmp_path / "run")
+    assert path.parent == Path(f"/tmp/longhaul-{os.getuid()}") and len(os.fsencode(path)) <= runs.SUN_PATH_MAX
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700

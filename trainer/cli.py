@@ -6,8 +6,10 @@ Heavy modules (torch, the engine, textual) are imported inside the command that 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -22,14 +24,70 @@ def _load(args, check_model: bool = True):
     return load_config(args.config, overrides=args.set or [], check_model=check_model)
 
 
-def _run_dir_for(args, cfg) -> Path:
+def _run_dir_for(args, cfg, command: str) -> tuple[Path, bool]:
+    """The run directory `start`/`train` will use, and whether this command created it.
+
+    `--run-dir` naming an existing run directory is refused by `start` (it would silently keep
+    the old config and relaunch the old run) and by `train` unless the config is the same as
+    the one stored there (that is how a foreground run is resumed)."""
     from trainer import runs
 
-    if args.run_dir:
-        run_dir = Path(args.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
-    return runs.create_run_dir(runs_root_arg(args), args.name or cfg.name)
+    if not args.run_dir:
+        return runs.create_run_dir(runs_root_arg(args), args.name or cfg.name), True
+    run_dir = Path(args.run_dir).expanduser().absolute()
+    try:
+        existing = runs.is_run_dir(run_dir)
+        created = not run_dir.exists()
+        if not existing:
+            runs.make_run_dir(run_dir, exist_ok=True)  # an empty (or foreign) directory is fine
+    except OSError as exc:
+        raise runs.RunError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+    if existing and command == "start":
+        state = runs.effective_state(run_dir)
+        raise runs.RunExists(
+            f"{run_dir} is already a run directory (state: {state}); its own config.yaml is what it runs, so "
+            f"a new config is not applied there. To continue it: `longhaul resume {shlex.quote(str(run_dir))}`; "
+            f"to start this config: give a new --run-dir")
+    if existing:
+        _check_same_config(run_dir, cfg, args)
+    return run_dir, created
+
+
+def _check_same_config(run_dir: Path, cfg, args) -> None:
+    """Refuse `train --run-dir` with another config than the run's own config.yaml."""
+    import yaml
+
+    from trainer import runs
+    from trainer.config import dump_config
+
+    path = run_dir / runs.CONFIG_FILE
+    if not path.exists():
+        return  # a state.json only: the config is written now
+    try:
+        stored = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        stored = None
+    if stored == yaml.safe_load(dump_config(cfg)):
+        return
+    what = "is empty or unreadable" if not isinstance(stored, dict) else \
+        f"differs from {args.config}{' with --set' if args.set else ''}"
+    raise runs.RunExists(
+        f"{run_dir} already holds a run whose config {path} {what}. To resume that run: "
+        f"`longhaul train {shlex.quote(str(path))} --run-dir {shlex.quote(str(run_dir))}`; to train this config: "
+        f"give a new --run-dir")
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Undo a run directory this command created, when nothing ran in it (only its config)."""
+    from trainer import registry, runs
+
+    try:
+        if set(os.listdir(run_dir)) <= {runs.CONFIG_FILE}:
+            (run_dir / runs.CONFIG_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+            registry.unregister(run_dir)
+    except OSError:
+        pass
 
 
 def runs_root_arg(args) -> Path:
@@ -39,14 +97,27 @@ def runs_root_arg(args) -> Path:
 
 
 def write_config(run_dir: Path, cfg) -> None:
-    """The resolved config is the run's own copy: later edits of the source YAML change nothing."""
+    """The resolved config is the run's own copy: later edits of the source YAML change nothing.
+    Written atomically and fsynced with its directory: a resume after a power cut reads it."""
+    from trainer import runs
     from trainer.config import dump_config
 
-    path = run_dir / "config.yaml"
+    path = run_dir / runs.CONFIG_FILE
     if not path.exists():
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(dump_config(cfg))
-        os.replace(tmp, path)
+        runs.atomic_write_bytes(path, dump_config(cfg).encode())
+
+
+def address(run_dir: Path) -> str:
+    """How to name `run_dir` on a command line: its name when that finds it, else its path;
+    shell-quoted either way."""
+    from trainer import runs
+
+    try:
+        if runs.resolve_run(run_dir.name) == run_dir.absolute():
+            return shlex.quote(run_dir.name)
+    except runs.RunError:
+        pass
+    return shlex.quote(str(run_dir))
 
 
 # ----------------------------------------------------------------------------- train
@@ -59,9 +130,17 @@ def cmd_train(args) -> int:
     from trainer.console import ConsolePublisher
     from trainer.engine import Trainer
 
+    from trainer import registry
+
     cfg = _load(args)
-    run_dir = _run_dir_for(args, cfg)
-    write_config(run_dir, cfg)
+    run_dir, created = _run_dir_for(args, cfg, "train")
+    try:
+        write_config(run_dir, cfg)
+    except BaseException:
+        if created:
+            _remove_if_unused(run_dir)
+        raise
+    registry.register(run_dir)
     cfg = load_config(run_dir / "config.yaml")  # train exactly what the run directory says
     controls: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -104,6 +183,8 @@ def cmd_status(args) -> int:
 
 
 def format_status(info: dict) -> str:
+    if info["state"] == "missing":
+        return f"{info['name']}: missing\n  {info.get('error')}"
     lines = [f"{info['name']}: {info['state']}  step {info.get('step') or 0}/{info.get('total_steps') or '?'}"
              f"  epoch {(info.get('epoch') or 0) + 1}  phase {info.get('phase_name') or info.get('phase')}"]
     if info.get("eta") is not None:
@@ -115,7 +196,26 @@ def format_status(info: dict) -> str:
                          f"f1 {ev.get('val_f1_macro', float('nan')):.4f}  loss {ev.get('val_loss', float('nan')):.4f}"
                          f"  (step {ev.get('step')})")
     lines.append(f"  dir {info.get('dir')}  pid {info.get('pid')}")
+    lines += run_notes(info)
     return "\n".join(lines)
+
+
+def run_notes(info: dict) -> list[str]:
+    """What a person must know about a run beyond its progress: a rebuilt state file, a daemon
+    that keeps dying at start."""
+    notes = []
+    rebuilt = info.get("rebuilt")
+    if isinstance(rebuilt, dict):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rebuilt.get("time") or 0))
+        notes.append(f"  state rebuilt {when} from {', '.join(rebuilt.get('from') or []) or 'nothing'}: "
+                     f"{rebuilt.get('problem')} (kept as {rebuilt.get('corrupt_copy')})")
+    failures = info.get("launch_failures") or 0
+    if failures:
+        from trainer import runs
+
+        skipped = "; resume --all skips it until a resume by hand works" if failures >= runs.MAX_LAUNCH_FAILURES else ""
+        notes.append(f"  daemon died at start {failures} time(s) in a row{skipped}")
+    return notes
 
 
 def cmd_export(args) -> int:
@@ -145,15 +245,21 @@ def cmd_config_docs(args) -> int:
 
 # ----------------------------------------------------------------------------- daemon side
 def cmd_start(args) -> int:
-    from trainer import daemon
+    from trainer import daemon, registry
 
     cfg = _load(args)
-    run_dir = _run_dir_for(args, cfg)
-    write_config(run_dir, cfg)
-    pid = daemon.launch_daemon(run_dir)
-    name = run_dir.name
-    print(f"started {name} (daemon pid {pid})\n  dir:    {run_dir}\n  attach: longhaul attach {name}"
-          f"\n  status: longhaul status {name}")
+    run_dir, created = _run_dir_for(args, cfg, "start")
+    registry.register(run_dir)
+    try:
+        write_config(run_dir, cfg)
+        pid = daemon.launch_daemon(run_dir)
+    except BaseException:
+        if created:  # a start that never ran leaves nothing behind (the name stays free)
+            _remove_if_unused(run_dir)
+        raise
+    hint = address(run_dir)
+    print(f"started {run_dir.name} (daemon pid {pid})\n  dir:    {run_dir}\n  attach: longhaul attach {hint}"
+          f"\n  status: longhaul status {hint}")
     if args.attach:
         from tui.app import run_attach
 
@@ -164,21 +270,28 @@ def cmd_start(args) -> int:
 def cmd_ls(args) -> int:
     from trainer import runs
 
-    infos = runs.list_runs(runs_root_arg(args))
+    root = runs_root_arg(args)
+    infos = runs.list_runs(root)
     if args.json:
         print(json.dumps(infos))
         return 0
     if not infos:
-        print(f"no runs under {runs_root_arg(args)}")
+        print(f"no runs under {root}")
         return 0
     print(f"{'NAME':24} {'STATE':12} {'PHASE':16} {'STEP':>15} {'ETA':>12} {'LAST CKPT':>10}")
+    notes = []
     for info in infos:
         step = f"{info.get('step') or 0}/{info.get('total_steps') or '?'}"
         eta = format_duration(info["eta"]) if info.get("eta") is not None else "-"
         age = info.get("last_checkpoint_age")
         age_text = format_duration(age) + " ago" if age is not None else "-"
+        elsewhere = "" if Path(info["dir"]).parent == root.absolute() else f"  {info['dir']}"
         print(f"{info['name'][:24]:24} {info['state']:12} {str(info.get('phase_name') or '-')[:16]:16} "
-              f"{step:>15} {eta:>12} {age_text:>10}")
+              f"{step:>15} {eta:>12} {age_text:>10}{elsewhere}")
+        extra = [f"  {info['error']}"] if info["state"] == "missing" else run_notes(info)
+        notes += [f"{info['name']}:"] + extra if extra else []
+    if notes:
+        print("\n" + "\n".join(notes))
     return 0
 
 
@@ -190,8 +303,22 @@ def cmd_control(args) -> int:
     if not ack.get("ok"):
         print(f"{args.command} refused: {ack.get('message')}", file=sys.stderr)
         return 1
+    outcome = request_outcome(done)
+    if outcome in ("failed", "refused"):
+        print(f"{args.command} {outcome}: {done.get('message')}", file=sys.stderr)
+        return 1
     print(done.get("message") if done else f"{args.command}: acknowledged ({ack.get('message') or 'pending'})")
     return 0
+
+
+def request_outcome(done) -> str:
+    """done/failed/refused of a request's completion event (None: it did not come)."""
+    if not done:
+        return "pending"
+    data = done.get("data") or {}
+    if done.get("kind") == "request":
+        return str(data.get("outcome") or "done")
+    return "failed" if data.get("state") == "failed" else "done"
 
 
 def resumable_at_boot(info: dict) -> bool:
@@ -202,30 +329,55 @@ def resumable_at_boot(info: dict) -> bool:
 
 
 def cmd_resume(args) -> int:
-    from trainer import daemon, runs
+    from trainer import daemon, registry, runs
 
     root = runs_root_arg(args)
     if args.all:
-        targets = [Path(i["dir"]) for i in runs.list_runs(root) if resumable_at_boot(i)]
-        if not targets:
-            print("no interrupted runs")
-    else:
-        if not args.run:
-            print("resume needs RUN or --all", file=sys.stderr)
-            return 2
-        run_dir = runs.resolve_run(args.run, root)
-        state = runs.effective_state(run_dir)
-        if state in ("paused", "running", "starting", "stopping"):
-            return cmd_control(argparse.Namespace(**{**vars(args), "command": "resume", "timeout": 30.0}))
-        if state not in ("interrupted", "stopped", "failed"):
-            print(f"{run_dir.name} is {state}; only interrupted, stopped or failed runs can be resumed",
-                  file=sys.stderr)
-            return 1
-        targets = [run_dir]
-    for run_dir in targets:
-        pid = daemon.launch_daemon(run_dir)
-        print(f"resumed {run_dir.name} (daemon pid {pid}); attach: longhaul attach {run_dir.name}")
+        return resume_all(root)
+    if not args.run:
+        print("resume needs RUN or --all", file=sys.stderr)
+        return 2
+    run_dir = runs.resolve_run(args.run, root)
+    state = runs.effective_state(run_dir)
+    if state in ("paused", "running", "starting", "stopping"):
+        return cmd_control(argparse.Namespace(**{**vars(args), "command": "resume", "timeout": 30.0}))
+    if state not in ("interrupted", "stopped", "failed"):
+        print(f"{run_dir.name} is {state}; only interrupted, stopped or failed runs can be resumed",
+              file=sys.stderr)
+        return 1
+    registry.register(run_dir)
+    pid = daemon.launch_daemon(run_dir)
+    print(f"resumed {run_dir.name} (daemon pid {pid}); attach: longhaul attach {address(run_dir)}")
     return 0
+
+
+def resume_all(root: Path) -> int:
+    """Every interrupted run under `root` and in the registry (what runs at boot). A run whose
+    daemon died at start MAX_LAUNCH_FAILURES times in a row is skipped with the reason, so a
+    boot never retries it forever; one run that cannot start does not keep the others down."""
+    from trainer import daemon, runs
+
+    targets = []
+    for info in runs.list_runs(root):
+        if not resumable_at_boot(info):
+            continue
+        if (info.get("launch_failures") or 0) >= runs.MAX_LAUNCH_FAILURES:
+            print(f"skipping {info['dir']}: its daemon died at start {info['launch_failures']} times in a row; "
+                  f"see {Path(info['dir']) / 'daemon.log'} and resume it by hand", file=sys.stderr)
+            continue
+        targets.append(Path(info["dir"]))
+    if not targets:
+        print("no interrupted runs")
+    failed = 0
+    for run_dir in targets:
+        try:
+            pid = daemon.launch_daemon(run_dir)
+        except runs.RunError as exc:
+            failed += 1
+            print(f"longhaul resume: {exc}", file=sys.stderr)
+            continue
+        print(f"resumed {run_dir.name} (daemon pid {pid}); attach: longhaul attach {address(run_dir)}")
+    return 1 if failed else 0
 
 
 def cmd_logs(args) -> int:
@@ -336,12 +488,25 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+# OS errors that come from where the user pointed us (a read-only or full disk, a path too
+# long, no permission), not from a bug: reported as a message, not a traceback.
+USER_ERRNOS = {errno.EROFS, errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+               errno.EEXIST, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOENT}
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, user_error_types()) or (isinstance(exc, OSError) and exc.errno in USER_ERRNOS)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from trainer import runs
+
+        runs.apply_umask()  # run data is private: directories 0700, files 0600 (LONGHAUL_UMASK relaxes it)
         return args.func(args)
     except Exception as exc:
-        if not isinstance(exc, user_error_types()):
+        if not is_user_error(exc):
             raise
         print(f"longhaul {args.cmd}: {exc}", file=sys.stderr)
         return 2

@@ -481,8 +481,9 @@ def read_yaml(path: Path) -> dict:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [("", f"not valid YAML: {exc}")]) from exc
-    if raw is None:
-        raw = {}
+    if raw is None:  # empty, or only comments: e.g. a run's config.yaml cut by a power loss
+        raise ConfigError(str(path), [("", "the file is empty (no keys at all): an empty config "
+                                           "never loads as all defaults")])
     if not isinstance(raw, dict):
         raise ConfigError(str(path), [("", f"expected a mapping of keys at the top, found {type(raw).__name__}")])
     return raw

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -29,8 +30,16 @@ LIVE_STATES = frozenset({"starting", "running", "paused", "stopping"})
 FINAL_STATES = frozenset({"stopped", "finished", "failed"})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-# Leaves room for "<runtime dir>/" inside sun_path's 108 bytes.
+#: Longest run name `start --name` accepts (file systems allow 255 bytes per name; a name is
+#: also typed, shown in tables and put into socket names).
+NAME_MAX = 100
+# Bytes of the run name in a socket file name: leaves room for "<runtime dir>/" and
+# "-<hash8>.sock" inside sun_path's 108 bytes.
 _SOCKET_NAME_MAX = 40
+#: sun_path holds 108 bytes including the terminating NUL.
+SUN_PATH_MAX = 107
+#: `launch_failures` at which `resume --all` (the boot job) stops retrying a run.
+MAX_LAUNCH_FAILURES = 3
 
 
 class RunError(Exception):
@@ -53,6 +62,10 @@ class StateFileError(RunError, ValueError):
     """state.json exists but cannot be read as a JSON object."""
 
 
+class InvalidRunName(RunError, ValueError):
+    """A run name that cannot be used as a directory name under the runs root."""
+
+
 # ----------------------------------------------------------------------------- run directories
 def runs_root() -> Path:
     """Root of run directories: `$LONGHAUL_ROOT`, else `./checkpoints` (absolute)."""
@@ -66,16 +79,57 @@ def is_run_dir(path: Path) -> bool:
 
 
 def check_run_name(name: str) -> str:
-    """Return `name` if it is a valid run name, else raise ValueError saying why."""
+    """Return `name` if it is a valid run name, else raise InvalidRunName (a ValueError) saying why."""
     if not name or not _NAME_RE.match(name) or name in (".", ".."):
-        raise ValueError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' only")
+        raise InvalidRunName(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' only")
+    if len(name) > NAME_MAX:
+        raise InvalidRunName(f"invalid run name {name[:20]!r}... ({len(name)} characters): "
+                             f"at most {NAME_MAX} characters")
     return name
 
 
+def private_umask() -> int:
+    """The umask longhaul runs under: 0o077 (run data is private: directories 0700, files 0600)
+    unless `$LONGHAUL_UMASK` (octal, e.g. 022) relaxes it."""
+    text = os.environ.get("LONGHAUL_UMASK", "").strip()
+    if text:
+        try:
+            value = int(text, 8)
+        except ValueError:
+            raise RunError(f"LONGHAUL_UMASK={text!r} is not an octal umask such as 077 or 022") from None
+        if 0 <= value <= 0o777:
+            return value
+        raise RunError(f"LONGHAUL_UMASK={text!r} is out of range (000 to 777)")
+    return 0o077
+
+
+def apply_umask() -> int:
+    """Set the process umask to `private_umask()` (entry points call this first); returns it."""
+    value = private_umask()
+    os.umask(value)
+    return value
+
+
+def make_run_dir(path: Path, exist_ok: bool = False) -> None:
+    """mkdir a run directory (and its parents) with private permissions, whatever the process
+    umask: 0700 unless LONGHAUL_UMASK relaxes it."""
+    mode = 0o777 & ~private_umask()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not exist_ok or not path.is_dir():
+            raise
+        return
+    os.chmod(path, mode)  # mkdir's mode is filtered by the umask; the run's privacy is not
+
+
 def _run_names(root: Path) -> list[str]:
-    if not root.is_dir():
+    try:
+        return sorted(p.name for p in root.iterdir() if is_run_dir(p))
+    except OSError:  # missing or unreadable root: no runs there
         return []
-    return sorted(p.name for p in root.iterdir() if is_run_dir(p))
 
 
 def resolve_run(name_or_path: str | os.PathLike, root: Optional[Path] = None) -> Path:
@@ -85,26 +139,50 @@ def resolve_run(name_or_path: str | os.PathLike, root: Optional[Path] = None) ->
     """
     root = Path(root) if root is not None else runs_root()
     text = str(name_or_path)
-    if _NAME_RE.match(text) and text not in (".", "..") and is_run_dir(root / text):
+    # any directory name (spaces, unicode: made with --run-dir) addresses its run
+    if text and "/" not in text and text not in (".", "..") and _safe_is_run_dir(root / text):
         return (root / text).absolute()
     path = Path(text).expanduser()
-    if is_run_dir(path):
+    if _safe_is_run_dir(path):
         return path.absolute()
+    if text and "/" not in text:
+        found = _registered_named(text)
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise RunNotFound(f"several registered runs are named {text!r}: "
+                              f"{', '.join(str(p) for p in found)}; give the directory instead")
     names = _run_names(root)
     known = f"runs under {root}: {', '.join(names)}" if names else f"no runs under {root}"
     raise RunNotFound(f"no run named or at {text!r} ({known})")
 
 
-def create_run_dir(root: Path, name: str) -> Path:
-    """Create `root/name` (and root). Raises RunExists if it is taken, ValueError for bad names."""
-    check_run_name(name)
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / name
+def _safe_is_run_dir(path: Path) -> bool:
     try:
-        path.mkdir()
+        return is_run_dir(path)
+    except OSError:  # name too long, permission denied on a parent...
+        return False
+
+
+def _registered_named(name: str) -> list[Path]:
+    """Registered run directories (see trainer.registry) whose directory name is `name`."""
+    from trainer import registry
+
+    return [path for path in registry.registered() if path.name == name and _safe_is_run_dir(path)]
+
+
+def create_run_dir(root: Path, name: str) -> Path:
+    """Create `root/name` (and root), private (make_run_dir). Raises RunExists if it is taken,
+    InvalidRunName for bad names and RunError when the file system refuses (read-only root,
+    path too long, no permission)."""
+    check_run_name(name)
+    path = Path(root) / name
+    try:
+        make_run_dir(path)
     except FileExistsError:
         raise RunExists(f"run {name!r} already exists at {path}; pick another --name or resume it") from None
+    except OSError as exc:
+        raise RunError(f"cannot create the run directory {path}: {exc.strerror or exc}") from None
     return path.absolute()
 
 
@@ -219,7 +297,7 @@ def effective_state(run_dir: Path, state: Optional[dict] = None) -> str:
     """The state to show: the file's, except `interrupted` when it claims a live state
     (starting/running/paused/stopping) but its process is gone or is another program."""
     if state is None:
-        state = StateFile(run_dir).read()
+        state = read_state(run_dir)
     written = state.get("state") or "stopped"  # never started: nothing to resume, nothing live
     if written in LIVE_STATES and not is_longhaul_process(state.get("pid")):
         return "interrupted"
@@ -248,27 +326,55 @@ def check_private_dir(path: Path, uid: Optional[int] = None) -> Path:
     return path
 
 
-def runtime_dir() -> Path:
-    """`$XDG_RUNTIME_DIR/longhaul/` (fallback `/tmp/longhaul-<uid>/`), created 0700 and checked
-    to be ours and private (RuntimeDirError otherwise)."""
+def _runtime_candidates() -> list[Path]:
+    """Where sockets may live, preferred first: `$XDG_RUNTIME_DIR/longhaul/`, then
+    `/tmp/longhaul-<uid>/`."""
+    found = []
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and Path(xdg).is_dir():
-        path = Path(xdg) / "longhaul"
-    else:
-        path = Path("/tmp") / f"longhaul-{os.getuid()}"
+        found.append(Path(xdg) / "longhaul")
+    found.append(Path("/tmp") / f"longhaul-{os.getuid()}")
+    return found
+
+
+def _private_dir(path: Path) -> Path:
+    """Create `path` 0700 if missing, then check it is ours and private (RuntimeDirError)."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+    except OSError as exc:
+        raise RuntimeDirError(f"cannot create the socket directory {path}: {exc.strerror or exc}") from None
     return check_private_dir(path)
+
+
+def runtime_dir() -> Path:
+    """`$XDG_RUNTIME_DIR/longhaul/` (fallback `/tmp/longhaul-<uid>/`), created 0700 and checked
+    to be ours and private (RuntimeDirError otherwise)."""
+    return _private_dir(_runtime_candidates()[0])
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """The longest prefix of `text` whose UTF-8 encoding fits in `limit` bytes (never half a
+    character)."""
+    return text.encode()[:limit].decode(errors="ignore")
 
 
 def socket_path(run_dir: Path) -> Path:
     """The daemon socket of a run: `<runtime dir>/<name>-<hash8>.sock`, where the hash is of the
-    absolute run directory (so equal names under different roots do not collide)."""
+    absolute run directory (so equal names under different roots do not collide) and the name
+    is cut to 40 bytes. When that path would not fit in sun_path (a long `$XDG_RUNTIME_DIR`),
+    the private `/tmp/longhaul-<uid>/` is used instead. RuntimeDirError when no directory fits
+    or the chosen one is not safe."""
     run_dir = Path(run_dir).absolute()
     digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
-    return runtime_dir() / f"{run_dir.name[:_SOCKET_NAME_MAX]}-{digest}.sock"
+    filename = f"{_cut_bytes(run_dir.name, _SOCKET_NAME_MAX)}-{digest}.sock"
+    candidates = _runtime_candidates()
+    for folder in candidates:
+        if len(os.fsencode(folder / filename)) <= SUN_PATH_MAX:
+            return _private_dir(folder) / filename
+    raise RuntimeDirError(f"no socket directory short enough for a Unix socket path ({SUN_PATH_MAX} bytes): "
+                          f"tried {', '.join(str(c) for c in candidates)}")
 
 
 def find_socket(run_dir: Path, state: Optional[dict] = None) -> Optional[Path]:
@@ -282,10 +388,7 @@ def find_socket(run_dir: Path, state: Optional[dict] = None) -> Optional[Path]:
     except RuntimeDirError:
         pass
     if state is None:
-        try:
-            state = StateFile(run_dir).read()
-        except StateFileError:
-            return None
+        state = read_state(run_dir)
     recorded = state.get("socket")
     if not isinstance(recorded, str):
         return None
@@ -299,22 +402,145 @@ def find_socket(run_dir: Path, state: Optional[dict] = None) -> Optional[Path]:
     return None
 
 
+# ----------------------------------------------------------------------------- damaged state
+def read_state(run_dir: Path) -> dict:
+    """state.json's fields, like StateFile.read, except that a damaged file (not JSON, not an
+    object, empty) does not block the run: it is rebuilt from the run directory (rebuild_state)."""
+    try:
+        return StateFile(run_dir).read()
+    except StateFileError as exc:
+        return rebuild_state(Path(run_dir), str(exc))
+
+
+_DAEMON_PID = re.compile(r"daemon started \(pid (\d+)\)")
+
+
+def _events_summary(run_dir: Path) -> dict:
+    """Fields of state.json that the tail of events.jsonl tells: the last `state` event's state,
+    the pid of the daemon that last started, the last evaluation, the last stop reason."""
+    found: dict = {}
+    for line in reversed(tail_lines(run_dir / "events.jsonl", 2000)):
+        try:
+            event = json.loads(line)
+            kind, data = event.get("kind"), event.get("data") or {}
+        except (ValueError, AttributeError):
+            continue  # a torn line
+        if kind == "state" and "state" not in found and data.get("state") in RUN_STATES:
+            found["state"] = data["state"]
+        if kind == "state" and "pid" not in found and data.get("state") == "starting":
+            match = _DAEMON_PID.search(str(event.get("message") or ""))
+            if match:
+                found["pid"] = int(match.group(1))
+        if kind == "eval" and "last_eval" not in found and isinstance(data.get("metrics"), dict):
+            found["last_eval"] = {"step": data.get("step"), "epoch": data.get("epoch"), **data["metrics"]}
+        if {"state", "pid", "last_eval"} <= set(found):
+            break
+    if found.get("state") not in LIVE_STATES:
+        found.pop("pid", None)  # only a live state needs an owner
+    return found
+
+
+def _newest_checkpoint(run_dir: Path) -> Optional[dict]:
+    best = None
+    try:
+        for entry in os.scandir(run_dir / "ckpt"):
+            match = re.match(r"^step-(\d{10})$", entry.name)
+            if match and entry.is_dir(follow_symlinks=False) and (best is None or int(match.group(1)) > best[0]):
+                best = (int(match.group(1)), entry.path)
+    except OSError:
+        return None
+    if best is None:
+        return None
+    return {"step": best[0], "path": best[1], "time": os.stat(best[1]).st_mtime}
+
+
+def _last_history_record(run_dir: Path) -> Optional[dict]:
+    path = run_dir / "history.msgpack"
+    if not path.is_file():
+        return None
+    try:
+        from trainer import history  # numpy, no torch; only needed on this rare path
+
+        last = None
+        for record in history.read_history(path):
+            if record.get("kind") == "train":
+                last = record
+        return last
+    except Exception:  # a damaged history must not make the rebuild fail as well
+        return None
+
+
+def _total_steps(run_dir: Path) -> Optional[int]:
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text()).get("plan") or {}
+        return plan.get("total_steps") if isinstance(plan.get("total_steps"), int) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def rebuild_state(run_dir: Path, problem: str) -> dict:
+    """Rebuild a damaged state.json from what the run directory holds: the last `state` event of
+    events.jsonl (a live state whose daemon is gone then shows as interrupted), the newest
+    ckpt/step-* and the last history record. The damaged file is kept as
+    state.json.corrupt-<unix time>; the new one records how it was made under `rebuilt`; a
+    warning goes to stderr. Returns the rebuilt fields (also when they cannot be written)."""
+    run_dir = Path(run_dir)
+    path = run_dir / STATE_FILE
+    sources = []
+    state: dict = {"name": run_dir.name}
+    events = _events_summary(run_dir)
+    if events:
+        sources.append("events.jsonl")
+        state.update(events)
+    state.setdefault("state", "stopped")  # no events: nothing ran far enough to be resumed
+    record = _last_history_record(run_dir)
+    if record is not None:
+        sources.append("history.msgpack")
+        state.update({k: record[k] for k in ("step", "epoch", "phase") if k in record})
+    checkpoint = _newest_checkpoint(run_dir)
+    if checkpoint is not None:
+        sources.append("ckpt/")
+        state["last_checkpoint"] = checkpoint
+        state["step"] = max(state.get("step") or 0, checkpoint["step"])
+    total = _total_steps(run_dir)
+    if total is not None:
+        state["total_steps"] = total
+    now = time.time()
+    copy = run_dir / f"{STATE_FILE}.corrupt-{int(now)}"
+    state["rebuilt"] = {"time": now, "problem": problem, "from": sources, "corrupt_copy": str(copy)}
+    state["updated"] = now
+    try:
+        damaged = path.read_bytes()
+        try:
+            StateFile(run_dir).read()
+            return read_state(run_dir)  # someone else rebuilt or rewrote it meanwhile
+        except StateFileError:
+            pass
+        copy.write_bytes(damaged)
+        atomic_write_json(path, state)
+    except OSError as exc:
+        print(f"longhaul: warning: {problem}; cannot rebuild it ({exc.strerror or exc}): showing the state "
+              f"rebuilt from {', '.join(sources) or 'nothing'} without saving it", file=sys.stderr)
+        return state
+    print(f"longhaul: warning: {problem}; rebuilt {path} from {', '.join(sources) or 'nothing'} "
+          f"(state {state['state']}, step {state.get('step') or 0}); the damaged file is kept as {copy}",
+          file=sys.stderr)
+    return state
+
+
 # ----------------------------------------------------------------------------- status
 def status(run_dir: Path) -> dict:
-    """The `longhaul status --json` object of one run, from its files alone."""
+    """The `longhaul status --json` object of one run, from its files alone (a damaged
+    state.json is rebuilt first: see rebuild_state)."""
     run_dir = Path(run_dir).absolute()
-    error = None
-    try:
-        state = StateFile(run_dir).read()
-    except StateFileError as exc:
-        state, error = {}, str(exc)
-    current = effective_state(run_dir, state) if error is None else "unknown"
+    state = read_state(run_dir)
+    current = effective_state(run_dir, state)
     live = current in LIVE_STATES
     found = find_socket(run_dir, state) if live else None
     sock = str(found) if found is not None else None
     checkpoint = state.get("last_checkpoint") or {}
     age = time.time() - checkpoint["time"] if isinstance(checkpoint.get("time"), (int, float)) else None
-    result = {
+    return {
         "name": state.get("name") or run_dir.name,
         "state": current,
         "step": state.get("step"),
@@ -330,11 +556,20 @@ def status(run_dir: Path) -> dict:
         "last_checkpoint_age": age,
         "updated": state.get("updated"),
         "stop_reason": state.get("stop_reason"),
+        "launch_failures": state.get("launch_failures") or 0,
+        "rebuilt": state.get("rebuilt"),
         "dir": str(run_dir),
     }
-    if error:
-        result["error"] = error
-    return result
+
+
+def missing_status(run_dir: Path) -> dict:
+    """The status of a registered run whose directory is gone (moved or deleted)."""
+    run_dir = Path(run_dir)
+    info = dict.fromkeys(("step", "total_steps", "epoch", "phase", "phase_name", "last_eval", "best_eval", "pid",
+                          "socket", "eta", "last_checkpoint_age", "updated", "stop_reason", "rebuilt"))
+    info.update(name=run_dir.name, state="missing", launch_failures=0, dir=str(run_dir),
+                error=f"the registered run directory {run_dir} is gone (moved or deleted)")
+    return info
 
 
 def eval_summary(ev: Optional[dict]) -> Optional[dict]:
@@ -347,9 +582,22 @@ def eval_summary(ev: Optional[dict]) -> Optional[dict]:
 
 
 def list_runs(root: Optional[Path] = None) -> list[dict]:
-    """`status()` of every run directory directly under `root` (default `runs_root()`), by name."""
+    """`status()` of every run directory directly under `root` (default `runs_root()`), by name,
+    then of every other run in the user's registry (trainer.registry), by path; a registered
+    run whose directory is gone has state "missing"."""
+    from trainer import registry
+
     root = Path(root) if root is not None else runs_root()
-    return [status(root / name) for name in _run_names(root)]
+    infos = [status(root / name) for name in _run_names(root)]
+    seen = {info["dir"] for info in infos}
+    for path in registry.registered():
+        if str(path) in seen:
+            continue
+        if _safe_is_run_dir(path):
+            infos.append(status(path))
+        elif not path.exists():
+            infos.append(missing_status(path))
+    return infos
 
 
 def tail_lines(path: Path, count: int, max_bytes: int = 4 * 1024 * 1024) -> list[str]:

@@ -269,6 +269,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_trainer_factory) -> int:
     """Run one trainer under the daemon; returns the process exit code."""
     args = parse_args(argv)
+    os.umask(int(os.environ.get("LONGHAUL_UMASK") or "077", 8))  # private run data, as runs.private_umask
     fallback = OutputFallback(args.run_dir / "train.log")
     sys.stdout = SafeStream(sys.stdout, fallback)
     sys.stderr = SafeStream(sys.stderr, fallback)

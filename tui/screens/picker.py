@@ -140,5 +140,7 @@ class PickerScreen(Screen):
         self._open_run(key)
 
     def _open_run(self, run_dir: Optional[str]) -> None:
-        if run_dir:
+        if run_dir and (self.rows.get(run_dir) or {}).get("state") == "missing":
+            self.notify(f"{run_dir} is gone (moved or deleted)", severity="warning")  # registered, not there
+        elif run_dir:
             self.app.attach(Path(run_dir))

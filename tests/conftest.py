@@ -1,0 +1,18 @@
+"""Every test runs against its own empty run registry (trainer.registry), never the real one in
+the user's home: LONGHAUL_STATE_DIR is an environment variable, so daemons, workers and CLI
+subprocesses the test starts use the same one. `longhaul` entry points set the process umask
+(private run data); it is restored after each test so tests do not leak it into each other."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def private_run_registry(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LONGHAUL_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
