@@ -18,7 +18,14 @@ One asyncio loop does everything:
 - *Durable state*: every state transition is an `event` (kind `state`) appended to
   RUN_DIR/events.jsonl, and RUN_DIR/state.json (runs.StateFile) is rewritten at every transition
   and at most every STATE_WRITE_INTERVAL seconds from progress, so `longhaul status` works from
-  files. Blocking file syncs run in a helper thread, never on the loop.
+  files. Blocking file syncs run in a helper thread, never on the loop. events.jsonl, train.log
+  and daemon.log are fsynced at each relayed checkpoint, final state and exit: a power cut does
+  not take back the events that led up to the checkpoint a resume starts from.
+- *A full disk* never stops the daemon: events are held in memory (eventlog.EventLog) and
+  retried, train.log lines are counted as lost, state.json fields stay pending until a write
+  succeeds; each file's failure and recovery is said once (daemon.log and an `alert` event).
+- *A stop whose final checkpoint failed* (the trainer answers `request` outcome "failed" and
+  trains on) puts the run back in the trainer's real state; a later stop tries again.
 
 SIGTERM/SIGINT: stop the worker (it checkpoints and exits 0), state `stopped`, remove the socket.
 """
@@ -470,8 +477,9 @@ class Daemon:
                     self.socket_file.unlink()
             except FileNotFoundError:
                 pass
-        if self.eventlog is not None:
-            self.eventlog.retry()
+        if self.eventlog is not None and not self.eventlog.retry():
+            log.error("%d event(s) could not be written to events.jsonl before exit (%s); clients got them",
+                      self.eventlog.held, self.eventlog.error)
         self._sync_journals()  # a power cut after we are gone loses nothing we wrote
         await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown, True)
         for fh in (self.eventlog, self.train_log):
@@ -522,7 +530,7 @@ class Daemon:
             await asyncio.sleep(self.settings.write_retry_interval)
             if self.eventlog.held:
                 self.eventlog.retry()
-                self._note_write("events.jsonl", self.eventlog.error)
+                self._note_events_written()
             if self._state_failing:
                 self._write_state()
 
@@ -610,8 +618,12 @@ class Daemon:
         self.event_seq = body["seq"]
         self.events.append(body)
         self._broadcast({"type": "event", **body})
-        self._note_write("events.jsonl", self.eventlog.error)
+        self._note_events_written()
         return body
+
+    def _note_events_written(self) -> None:
+        error = self.eventlog.error
+        self._note_write("events.jsonl", error, lost=0 if error else self.eventlog.file.take_lost())
 
     # ================================================================= startup data
     def _load_recent(self) -> None:
