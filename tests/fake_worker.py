@@ -16,6 +16,13 @@ through the real `trainer.worker.main` (link threads, controls queue, exit codes
     crash_mode       "raise" (traceback), "exit" (os._exit(3)) or "kill" (SIGKILL itself)
     ignore_controls  never look at the controls queue
     stderr_lines     lines printed to stderr at start
+    fail_checkpoints the first N checkpoint attempts fail (a `checkpoint_failed` event, like a
+                     full disk): a stop the daemon asked for is then refused (`request` event,
+                     outcome "failed") and training goes on; the worker's own stop (SIGTERM)
+                     ends the run anyway, without a checkpoint
+    write_history    append records to history.msgpack (default true)
+    pause_below_kb   pause ("disk_full") while the run directory's disk has less free space,
+                     resume by itself ("disk_space_back") once it has more, like the engine
 
 Progress is resumed from RUN_DIR/fake_ckpt (the step of the last fake checkpoint), so restarts
 behave like the real engine. Every start appends a line to RUN_DIR/fake_runs; at exit the worker
@@ -52,7 +59,9 @@ class FakeTrainer:
         self.steps = int(self.spec.get("steps", 50))
         self.per_epoch = int(self.spec.get("steps_per_epoch", 10))
         self.paused = False
+        self.disk_paused = False
         self.stop_id = None
+        self.checkpoint_failures = int(self.spec.get("fail_checkpoints", 0))
         with open(self.run_dir / "fake_runs", "a") as fh:
             fh.write(f"{os.getpid()}\n")
         self.start_number = len((self.run_dir / "fake_runs").read_text().split())
@@ -73,14 +82,22 @@ class FakeTrainer:
             self.publisher.event("resume", "info", f"resumed from step {self.step}", step=self.step)
         self.publisher.event("state", "info", "running", state="running")
         started = time.monotonic()
-        while self.step < self.steps:
-            if not self.spec.get("ignore_controls"):
-                self.handle_controls()
-                if self.stop_id is not None:
-                    break
-            self.train_step()
+        while True:
+            while self.step < self.steps:
+                self.wait_for_disk()
+                if not self.spec.get("ignore_controls"):
+                    self.handle_controls()
+                    if self.stop_id is not None:
+                        break
+                self.train_step()
+            saved = self.checkpoint()
+            if saved or self.stop_id in (None, worker.INTERNAL_REQUEST_ID):
+                break
+            # a stop the daemon asked for, whose checkpoint failed: say so and train on
+            self.publisher.event("request", "error", f"stop failed: checkpoint at step {self.step} not written",
+                                 id=self.stop_id, action="stop", outcome="failed")
+            self.stop_id = None
         wall = time.monotonic() - started
-        self.checkpoint()
         self.write_stats(wall)
         if self.stop_id is not None:
             self.publisher.event("request", "info", f"stopped at step {self.step}", id=self.stop_id,
@@ -101,7 +118,8 @@ class FakeTrainer:
         record = {"kind": "train", "step": self.step, "epoch": self.step // self.per_epoch, "phase": 0,
                   "time": time.time(), "train_loss": 1.0 / self.step, "lr": 0.001, "grad_norm": 1.0,
                   "samples_per_s": 100.0, "data_share": 0.1}
-        self.history.append(record)
+        if spec.get("write_history", True):
+            self.history.append(record)
         self.publisher.record(record)
         if spec.get("log_every", 1) and self.step % spec.get("log_every", 1) == 0:
             print(f"step {self.step} " + "x" * int(spec.get("log_bytes", 80)), flush=True)
@@ -112,7 +130,8 @@ class FakeTrainer:
                        "val_f1_macro": min(1.0, self.step / self.steps)}
             evaluation = {"kind": "eval", "step": self.step, "epoch": self.step // self.per_epoch, "phase": 0,
                           "time": time.time(), **metrics}
-            self.history.append(evaluation)
+            if spec.get("write_history", True):
+                self.history.append(evaluation)
             self.publisher.record(evaluation)
             self.publisher.event("eval", "info", f"eval at step {self.step}", step=self.step,
                                  epoch=self.step // self.per_epoch, metrics=metrics)
@@ -132,23 +151,58 @@ class FakeTrainer:
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"fake crash at step {self.step}")
 
-    def checkpoint(self, request_id=None) -> None:
-        self.history.fsync()
-        tmp = self.run_dir / ".fake_ckpt.tmp"
-        tmp.write_text(str(self.step))
-        os.replace(tmp, self.run_dir / "fake_ckpt")
+    def checkpoint(self, request_id=None) -> bool:
+        """Write the fake checkpoint; False (and a `checkpoint_failed` event) when it fails."""
+        try:
+            if self.checkpoint_failures > 0:
+                self.checkpoint_failures -= 1
+                raise OSError(28, "No space left on device (scripted)")
+            self.history.fsync()
+            tmp = self.run_dir / ".fake_ckpt.tmp"
+            tmp.write_text(str(self.step))
+            os.replace(tmp, self.run_dir / "fake_ckpt")
+        except OSError as exc:
+            self.publisher.event("checkpoint_failed", "error", f"checkpoint at step {self.step} failed: {exc}",
+                                 step=self.step, error=str(exc), request_id=request_id)
+            return False
         self.publisher.event("checkpoint", "info", f"checkpoint step {self.step}", step=self.step,
                              path=str(self.run_dir / "fake_ckpt"), stall_s=0.0, write_s=0.0, bytes=8,
                              request_id=request_id)
+        return True
+
+    def wait_for_disk(self) -> None:
+        """Pause while the disk is short of `pause_below_kb`, as the engine does on a full disk.
+        Controls still work meanwhile (a resume is answered by a fresh look at the disk)."""
+        limit = self.spec.get("pause_below_kb")
+        if not limit:
+            return
+        import shutil
+
+        while shutil.disk_usage(self.run_dir).free < limit * 1024:
+            if not self.disk_paused:
+                self.disk_paused = True
+                self.publisher.event("state", "warning", "paused: the disk is full", state="paused",
+                                     reason="disk_full")
+            self.handle_controls(block=False)
+            if self.stop_id is not None:
+                return
+            time.sleep(0.05)
+        if self.disk_paused:
+            self.disk_paused = False
+            self.publisher.event("state", "info", "running: disk space is back", state="running",
+                                 reason="disk_space_back")
 
     # ------------------------------------------------------------------ controls
-    def handle_controls(self) -> None:
+    def handle_controls(self, block: bool = True) -> None:
         while True:
             try:
-                request_id, action = self.controls.get() if self.paused else self.controls.get_nowait()
+                request_id, action = self.controls.get() if self.paused and block else self.controls.get_nowait()
             except Exception:  # queue.Empty
                 return
-            if action == "pause" and not self.paused:
+            if action == "resume" and self.disk_paused:
+                self.publisher.event("request", "warning", "resume: the disk is still full", id=request_id,
+                                     action=action, outcome="failed")
+            elif action == "pause" and not self.paused:
                 self.paused = True
                 self.publisher.event("state", "info", "paused", state="paused", request_id=request_id)
             elif action == "resume" and self.paused:
@@ -162,7 +216,7 @@ class FakeTrainer:
                 self.paused = False
                 self.stop_id = request_id
                 return
-            if not self.paused and self.controls.empty():
+            if not (self.paused and block) and self.controls.empty():
                 return
 
     def write_stats(self, wall: float) -> None:

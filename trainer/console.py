@@ -1,11 +1,13 @@
 """Foreground publisher for `longhaul train`: compact progress lines, events, and the run's files.
 
 In the foreground there is no daemon, so this publisher is the one writer of state.json and
-events.jsonl (the daemon takes that role for detached runs).
+events.jsonl (the daemon takes that role for detached runs). A full disk never raises into the
+trainer from here: events wait in memory (eventlog.EventLog) and state.json fields stay pending
+until a later write succeeds. events.jsonl is fsynced at each checkpoint and final state, so a
+power cut does not take back the events that led up to the checkpoint a resume starts from.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -14,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from trainer import runs
+from trainer import eventlog, runs
 
 
 def format_duration(seconds: float) -> str:
@@ -59,11 +61,37 @@ class ConsolePublisher:
         self.last_line = 0.0
         self.last_state_write = 0.0
         self.lock = threading.Lock()
-        self.events = open(run_dir / "events.jsonl", "a")
-        self.seq = runs.last_event_seq(run_dir)  # a resumed run continues the numbering
+        self.events = eventlog.EventLog(run_dir / "events.jsonl").open()  # continues the seq
+        self.state_pending: dict = {}
+        self.reported: set[str] = set()  # files whose write failure was already printed
 
     def started(self) -> None:
-        self.state_file.update(name=self.name, state="running", pid=os.getpid(), mode="foreground")
+        self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground")
+
+    def _update_state(self, **fields: Any) -> None:
+        """Merge fields into state.json; on a full disk keep them for the next write."""
+        with self.lock:
+            wanted = {**self.state_pending, **fields}
+            try:
+                self.state_file.update(**wanted)
+            except OSError as exc:
+                self.state_pending = wanted
+                self._report(runs.STATE_FILE, exc)
+            else:
+                self.state_pending = {}
+                self.reported.discard(runs.STATE_FILE)
+
+    def _report(self, name: str, exc: OSError) -> None:
+        if name not in self.reported:
+            self.reported.add(name)
+            print(f"!! cannot write {self.run_dir / name}: {exc.strerror or exc}; retrying", file=sys.stderr, flush=True)
+
+    def sync(self) -> None:
+        """fsync events.jsonl (a checkpoint or a final state must not outlive its events)."""
+        try:
+            self.events.sync()
+        except OSError as exc:
+            print(f"!! cannot fsync {self.events.path}: {exc}", file=sys.stderr, flush=True)
 
     def progress(self, body: dict) -> None:
         now = time.monotonic()
@@ -75,24 +103,27 @@ class ConsolePublisher:
             self._write_progress(body)
 
     def _write_progress(self, body: dict) -> None:
-        self.state_file.update(**runs.progress_fields(body))
+        self._update_state(**runs.progress_fields(body))
 
     def event(self, kind: str, level: str, message: str, **data: Any) -> None:
-        with self.lock:
-            self.seq += 1
-            entry = {"seq": self.seq, "time": time.time(), "kind": kind, "level": level,
-                     "message": message, "data": data}
-            self.events.write(json.dumps(entry, default=str) + "\n")
-            self.events.flush()
+        self.events.add(kind, level, message, data)
+        if self.events.error is not None:
+            self._report("events.jsonl", self.events.error)
+        elif self.events.held == 0:
+            self.reported.discard("events.jsonl")
         prefix = {"info": "--", "warning": "!!", "error": "XX"}.get(level, "--")
         if kind != "state" or data.get("state") not in ("running",):
             print(f"{prefix} {message}", file=sys.stdout if level == "info" else sys.stderr, flush=True)
         if kind == "checkpoint":
-            self.state_file.update(last_checkpoint={"time": time.time(), "step": data.get("step"),
-                                                    "path": data.get("path")})
+            self._update_state(last_checkpoint={"time": time.time(), "step": data.get("step"),
+                                                "path": data.get("path")})
+            self.sync()
         if kind == "state":
-            self.state_file.update(state=data["state"], **({"pid": None} if data["state"] in
-                                                           ("finished", "stopped", "failed") else {}))
+            final = data["state"] in runs.FINAL_STATES
+            self._update_state(state=data["state"], pause_reason=data.get("reason") if data["state"] == "paused" else None,
+                               **({"pid": None} if final else {}))
+            if final:
+                self.sync()
 
     def record(self, record: dict) -> None:
         pass  # the engine writes history.msgpack itself
@@ -102,12 +133,13 @@ class ConsolePublisher:
         print(f"plan: {body['plan']['total_steps']} steps in {len(phases)} phase(s): "
               + ", ".join(f"{p['name']} ({p['epochs']} ep x {p['steps_per_epoch']} steps)" for p in phases),
               flush=True)
-        self.state_file.update(total_steps=body["plan"]["total_steps"])
+        self._update_state(total_steps=body["plan"]["total_steps"])
 
     def failed(self, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
-            self.state_file.update(state="stopped", pid=None)
-            return
-        self.event("crash", "error", f"training failed: {type(exc).__name__}: {exc}",
-                   traceback="".join(traceback.format_exception(exc)))
-        self.state_file.update(state="failed", pid=None)
+            self._update_state(state="stopped", pid=None)
+        else:
+            self.event("crash", "error", f"training failed: {type(exc).__name__}: {exc}",
+                       traceback="".join(traceback.format_exception(exc)))
+            self._update_state(state="failed", pid=None)
+        self.sync()

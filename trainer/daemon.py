@@ -18,7 +18,14 @@ One asyncio loop does everything:
 - *Durable state*: every state transition is an `event` (kind `state`) appended to
   RUN_DIR/events.jsonl, and RUN_DIR/state.json (runs.StateFile) is rewritten at every transition
   and at most every STATE_WRITE_INTERVAL seconds from progress, so `longhaul status` works from
-  files. Blocking file syncs run in a helper thread, never on the loop.
+  files. Blocking file syncs run in a helper thread, never on the loop. events.jsonl, train.log
+  and daemon.log are fsynced at each relayed checkpoint, final state and exit: a power cut does
+  not take back the events that led up to the checkpoint a resume starts from.
+- *A full disk* never stops the daemon: events are held in memory (eventlog.EventLog) and
+  retried, train.log lines are counted as lost, state.json fields stay pending until a write
+  succeeds; each file's failure and recovery is said once (daemon.log and an `alert` event).
+- *A stop whose final checkpoint failed* (the trainer answers `request` outcome "failed" and
+  trains on) puts the run back in the trainer's real state; a later stop tries again.
 
 SIGTERM/SIGINT: stop the worker (it checkpoints and exits 0), state `stopped`, remove the socket.
 """
@@ -29,6 +36,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import fcntl
 import itertools
 import json
@@ -43,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from trainer import protocol, runs
+from trainer import eventlog, protocol, runs
 from trainer.protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger("trainer.daemon")
@@ -80,6 +88,9 @@ class Settings:
     """Seconds between SIGTERM and SIGKILL of a worker that ignored the stop."""
     linger: float = 2.0
     """Seconds the daemon keeps flushing to clients after the run ended."""
+    write_retry_interval: float = 2.0
+    """Seconds between retries of the run files that could not be written (a full disk):
+    events held in memory and the pending state.json fields."""
 
 
 class DaemonError(runs.RunError):
@@ -296,8 +307,15 @@ class Daemon:
         self._socket_inode: Optional[int] = None
         self._server: Optional[asyncio.AbstractServer] = None
         self._lock_fh = None
-        self._events_fh = None
-        self._log_fh = None
+        self.eventlog: Optional[eventlog.EventLog] = None
+        self.train_log: Optional[eventlog.AppendFile] = None
+        self._daemon_log_fd: Optional[int] = None
+        self._unwritable: dict[str, str] = {}  # run file -> why it cannot be written now
+        self._state_pending: dict = {}  # state.json fields a failed write still owes (I/O thread)
+        self._state_failing = False
+        self._stop_timer: Optional[asyncio.Task] = None
+        self.last_checkpoint_failed = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="daemon-io")
         self._io_futures: list[concurrent.futures.Future] = []
         self._last_progress_write = 0.0
@@ -317,7 +335,7 @@ class Daemon:
                 self._lock_fh.close()
                 self._lock_fh = None
             raise
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.shutdown, f"signal {sig.name}")
@@ -327,9 +345,11 @@ class Daemon:
             await self._close()
 
     async def _run(self) -> int:
-        self._events_fh = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")
-        self._log_fh = open(self.run_dir / "train.log", "a", encoding="utf-8")
         self._load_recent()
+        self.eventlog = eventlog.EventLog(self.run_dir / "events.jsonl").open()
+        self.train_log = eventlog.AppendFile(self.run_dir / "train.log").open()
+        self._daemon_log_fd = self._find_daemon_log()
+        self._spawn(self._retry_writes())
         self._set_state("starting", f"daemon started (pid {os.getpid()})", pid=os.getpid(),
                         socket=str(self.socket_file), stop_reason=None, name=self.name)
         try:
@@ -392,10 +412,38 @@ class Daemon:
         self.shutting_down = True
         self.stop_reason = reason
         if self.worker is not None and self.worker_writer is not None:
-            self._forward(Pending(None, 0, "stop"))
-            self._set_state("stopping", f"{reason}: checkpointing and stopping", stop_reason=reason)
-            self._spawn(self._enforce_stop_timeout(self.worker))
+            self._begin_stop(Pending(None, 0, "stop"), reason)
         self.stop_event.set()
+
+    def _begin_stop(self, pending: Pending, reason: str) -> None:
+        """Ask the worker to checkpoint and stop; terminate it if it takes too long."""
+        self.stop_reason = reason
+        self._forward(pending)
+        text = "stop requested" if reason == "request" else reason
+        self._set_state("stopping", f"{text}: checkpointing and stopping", stop_reason=reason)
+        self._cancel_stop_timer()
+        self._stop_timer = self._spawn(self._enforce_stop_timeout(self.worker))
+
+    def _cancel_stop_timer(self) -> None:
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+            self._stop_timer = None
+
+    def _on_stop_failed(self, text: str) -> None:
+        """The trainer could not write its final checkpoint and kept training instead of
+        stopping: show the state it is really in, and let a later stop try again. A daemon that
+        is shutting down must still end: it terminates the worker, whose own stop ends the run
+        with or without a checkpoint (the final state then says the checkpoint failed)."""
+        self._cancel_stop_timer()
+        if self.shutting_down:
+            log.warning("the trainer refused to stop (%s): terminating it", text)
+            if self.worker is not None:
+                self._signal_worker(self.worker, signal.SIGTERM)
+                self._stop_timer = self._spawn(self._enforce_stop_timeout(self.worker))
+            return
+        self.stop_reason = None
+        state = self.worker_last_state if self.worker_last_state in ("running", "paused") else "running"
+        self._set_state(state, f"stop failed, training goes on: {text}", level="warning", stop_reason=None)
 
     async def _enforce_stop_timeout(self, proc: asyncio.subprocess.Process) -> None:
         try:
@@ -429,8 +477,12 @@ class Daemon:
                     self.socket_file.unlink()
             except FileNotFoundError:
                 pass
+        if self.eventlog is not None and not self.eventlog.retry():
+            log.error("%d event(s) could not be written to events.jsonl before exit (%s); clients got them",
+                      self.eventlog.held, self.eventlog.error)
+        self._sync_journals()  # a power cut after we are gone loses nothing we wrote
         await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown, True)
-        for fh in (self._events_fh, self._log_fh):
+        for fh in (self.eventlog, self.train_log):
             if fh is not None:
                 fh.close()
         if self._lock_fh is not None:
@@ -454,52 +506,136 @@ class Daemon:
         self._io_futures.append(self._io.submit(self._write_state_now, fields))
 
     def _write_state_now(self, fields: dict) -> None:
+        """In the I/O thread. A write that fails (a full disk) keeps the wanted fields pending:
+        the next write or the retry timer writes them, so state.json ends up true."""
+        wanted = {**self._state_pending, **fields}
+        if not wanted:
+            return
         try:
-            self.state_file.update(**fields)
+            self.state_file.update(**wanted)
         except OSError as exc:
-            log.error("cannot write %s: %s", self.state_file.path, exc)
+            self._state_pending = wanted
+            if not self._state_failing:
+                self._state_failing = True
+                self._loop.call_soon_threadsafe(self._note_write, runs.STATE_FILE, exc)
+            return
+        self._state_pending = {}
+        if self._state_failing:
+            self._state_failing = False
+            self._loop.call_soon_threadsafe(self._note_write, runs.STATE_FILE, None)
+
+    async def _retry_writes(self) -> None:
+        """While the disk is full: retry the held events and the pending state.json fields."""
+        while True:
+            await asyncio.sleep(self.settings.write_retry_interval)
+            if self.eventlog.held:
+                self.eventlog.retry()
+                self._note_events_written()
+            if self._state_failing:
+                self._write_state()
+
+    def _note_write(self, name: str, error: Optional[OSError], lost: int = 0) -> None:
+        """Say once (daemon.log and an `alert` event) that a run file cannot be written, and once
+        that it is written again, with what was lost meanwhile."""
+        if error is not None:
+            if name in self._unwritable:
+                return
+            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+            why = error.strerror or str(error)
+            self._unwritable[name] = why
+            consequence = {"events.jsonl": "events are kept in memory until it can be written again",
+                           "train.log": "the trainer's output is not being logged (lines are counted)",
+                           runs.STATE_FILE: "it is retried until it can be written"}.get(name, "")
+            text = f"cannot write {self.run_dir / name}: {why}; {consequence}"
+            log.error("%s", text)
+            self._emit("alert", "error", text, {"what": "disk_full" if full else "write_failed", "file": name,
+                                                "errno": error.errno})
+        elif name in self._unwritable:
+            del self._unwritable[name]
+            text = f"{self.run_dir / name} is written again" + (f"; {lost} line(s) were lost meanwhile" if lost else "")
+            log.warning("%s", text)
+            self._emit("alert", "warning" if lost else "info", text, {"what": "write_resumed", "file": name,
+                                                                      "lost": lost})
+
+    def _find_daemon_log(self) -> Optional[int]:
+        """fd 2 when it is this run's daemon.log (a launched daemon), so it is fsynced too."""
+        try:
+            ours, log_file = os.fstat(2), os.stat(self.run_dir / "daemon.log")
+        except OSError:
+            return None
+        return 2 if (ours.st_dev, ours.st_ino) == (log_file.st_dev, log_file.st_ino) else None
+
+    def _sync_journals(self) -> None:
+        """fsync events.jsonl, train.log and daemon.log in the I/O thread: after a checkpoint,
+        a final state or the daemon's exit, a power cut must not take back what led up to it."""
+        self._io_futures = [f for f in self._io_futures if not f.done()]
+        self._io_futures.append(self._io.submit(self._sync_now))
+
+    def _sync_now(self) -> None:
+        for name, fh in (("events.jsonl", self.eventlog), ("train.log", self.train_log)):
+            if fh is None:
+                continue
+            try:
+                fh.sync()
+            except OSError as exc:
+                log.warning("cannot fsync %s: %s", name, exc)
+        if self._daemon_log_fd is not None:
+            try:
+                sys.stderr.flush()
+                os.fsync(self._daemon_log_fd)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot fsync daemon.log: %s", exc)
 
     def _set_state(self, state: str, message: Optional[str] = None, level: str = "info",
                    data: Optional[dict] = None, at: Optional[float] = None, **fields: Any) -> None:
         """Enter `state`: a `state` event (file + clients) and a state.json write. A repeated
         state is not a transition and is ignored."""
+        data = {**(data or {}), "state": state}
+        # Why the run is paused (a request, or the trainer's own pause on a full disk), for
+        # `status` and clients; cleared by any other state.
+        fields["pause_reason"] = (data.get("reason") or "request") if state == "paused" else None
         if state == self.state:
-            if fields:
+            if state == "paused" or len(fields) > 1:
                 self._write_state(**fields)
             return
+        if state == "stopped" and self.last_checkpoint_failed:
+            level = "warning"
+            message = (f"{message or state}; the last checkpoint failed, so a resume starts from the "
+                       "checkpoint before it")
+            data["checkpoint_failed"] = True
         self.state = state
-        self._emit("state", level, message or state, {**(data or {}), "state": state}, at=at)
+        self._emit("state", level, message or state, data, at=at)
         progress = runs.progress_fields(self.progress) if self.progress else {}
         self._write_state(**progress, state=state, **fields)
+        if state in runs.FINAL_STATES:
+            self._sync_journals()
 
     def _emit(self, kind: str, level: str, message: str, data: dict, at: Optional[float] = None) -> dict:
-        """Number an event, append it to events.jsonl and send it to every client."""
-        self.event_seq += 1
-        body = {"seq": self.event_seq, "time": time.time() if at is None else at, "kind": kind,
-                "level": level if level in protocol.LEVELS else "info", "message": message, "data": data}
+        """Number an event, append it to events.jsonl and send it to every client. A full
+        disk never stops an event: the log holds it in memory and clients get it at once."""
+        level = level if level in protocol.LEVELS else "info"
+        body = self.eventlog.add(kind, level, message, data, at=at)
+        self.event_seq = body["seq"]
         self.events.append(body)
-        if self._events_fh is not None:
-            try:
-                self._events_fh.write(json.dumps(body, default=str) + "\n")
-                self._events_fh.flush()
-            except OSError as exc:
-                log.error("cannot append to events.jsonl: %s", exc)
         self._broadcast({"type": "event", **body})
+        self._note_events_written()
         return body
+
+    def _note_events_written(self) -> None:
+        error = self.eventlog.error
+        self._note_write("events.jsonl", error, lost=0 if error else self.eventlog.file.take_lost())
 
     # ================================================================= startup data
     def _load_recent(self) -> None:
         """Recent events and log lines from the files, for snapshots; continue the event seq."""
-        for line in runs.tail_lines(self.run_dir / "events.jsonl", SNAPSHOT_EVENTS):
-            try:
-                body = json.loads(line)
-                protocol.validate({"type": "event", **body})
-            except (ValueError, ProtocolError):
-                continue
+        for body in eventlog.read_tail(self.run_dir / "events.jsonl", SNAPSHOT_EVENTS):
             body.pop("type", None)
+            try:
+                protocol.validate({"type": "event", **body})
+            except ProtocolError:
+                continue
             self.events.append(body)
-            if isinstance(body.get("seq"), int):
-                self.event_seq = max(self.event_seq, body["seq"])
+            self.event_seq = max(self.event_seq, body["seq"])
         log_path = self.run_dir / "train.log"
         mtime = log_path.stat().st_mtime if log_path.exists() else time.time()
         for line in runs.tail_lines(log_path, SNAPSHOT_LOGS):
@@ -728,11 +864,10 @@ class Daemon:
             self._ack(conn, request_id, True, "restart cancelled")
             self._emit("request", "info", "stop: restart cancelled", {"id": request_id, "action": action, "outcome": "done"})
             return
-        self._forward(Pending(conn, request_id, action))
         if action == "stop":
-            self.stop_reason = "request"
-            self._set_state("stopping", "stop requested: checkpointing and stopping", stop_reason="request")
-            self._spawn(self._enforce_stop_timeout(self.worker))
+            self._begin_stop(Pending(conn, request_id, action), "request")
+        else:
+            self._forward(Pending(conn, request_id, action))
         self._ack(conn, request_id, True, f"{action} sent to the trainer")
 
     def _forward(self, pending: Pending) -> None:
@@ -858,9 +993,7 @@ class Daemon:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         self.worker, self.worker_writer = proc, writer
         if self.shutting_down:  # the signal came while the worker was being started
-            self._forward(Pending(None, 0, "stop"))
-            self._set_state("stopping", f"{self.stop_reason}: checkpointing and stopping", stop_reason=self.stop_reason)
-            self._spawn(self._enforce_stop_timeout(proc))
+            self._begin_stop(Pending(None, 0, "stop"), self.stop_reason)
         relays = [asyncio.create_task(self._pump_output(proc.stdout, "stdout")),
                   asyncio.create_task(self._pump_output(proc.stderr, "stderr")),
                   asyncio.create_task(self._read_worker(reader, proc))]
@@ -955,10 +1088,18 @@ class Daemon:
                 self._emit("request", "info", f"{completed.action}: done ({state})",
                            {"id": completed.client_id, "action": completed.action, "outcome": "done"})
             return
+        if kind == "request" and completed is not None and completed.action == "stop" \
+                and data.get("outcome") == "failed":
+            self._on_stop_failed(text)
+        if kind == "checkpoint_failed":
+            self.last_checkpoint_failed = True
         if kind == "checkpoint":
             self.worker_checkpointed = True
+            self.last_checkpoint_failed = False
             self._write_state(last_checkpoint={"time": at, "step": data.get("step"), "path": data.get("path")})
         self._emit(kind, level, text, data, at=at)
+        if kind == "checkpoint":  # the events up to a checkpoint must survive a power cut
+            self._sync_journals()
 
     async def _on_record(self, record: dict) -> None:
         if self.series_reload_pending:
@@ -979,31 +1120,35 @@ class Daemon:
             chunk = await stream.read(65536)
             if not chunk:
                 if pending:
-                    self._log_line(name, pending)
+                    self._write_log([self._log_line(name, pending)])
                 return
             pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for raw in lines:
-                self._log_line(name, raw)
+            *raws, pending = pending.split(b"\n")
+            lines = [self._log_line(name, raw) for raw in raws]
             if len(pending) > MAX_LOG_LINE:
-                self._log_line(name, pending)
+                lines.append(self._log_line(name, pending))
                 pending = b""
-            if self._log_fh is not None:
-                self._log_fh.flush()
+            self._write_log(lines)
 
-    def _log_line(self, stream: str, raw: bytes) -> None:
+    def _write_log(self, lines: list[str]) -> None:
+        """Append to train.log. A full disk loses these lines (counted, said once), never the
+        relay: clients still get every line."""
+        if not lines or self.train_log is None:
+            return
+        self.train_log.append(lines)
+        self._note_write("train.log", self.train_log.error,
+                         lost=0 if self.train_log.error else self.train_log.take_lost())
+
+    def _log_line(self, stream: str, raw: bytes) -> str:
+        """Relay one line to clients; returns it for train.log."""
         line = clean_line(raw)
-        if self._log_fh is not None:
-            try:
-                self._log_fh.write(line + "\n")
-            except OSError as exc:
-                log.error("cannot append to train.log: %s", exc)
         if stream == "stderr":
             self.stderr_tail.append(line)
         self.log_seq += 1
         body = {"seq": self.log_seq, "time": time.time(), "stream": stream, "line": line}
         self.logs.append(body)
         self._broadcast({"type": "log", **body})
+        return line
 
     # ================================================================= system samples
     async def _sample_system(self) -> None:

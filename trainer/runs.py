@@ -601,7 +601,10 @@ def list_runs(root: Optional[Path] = None) -> list[dict]:
 
 
 def tail_lines(path: Path, count: int, max_bytes: int = 4 * 1024 * 1024) -> list[str]:
-    """The last `count` lines of a text file (reads at most `max_bytes` from its end)."""
+    """The last `count` lines of a text file (reads at most `max_bytes` from its end).
+
+    A torn JSON line at the end (no newline and not valid JSON: events.jsonl after a crash or a
+    full disk) is skipped; an unfinished text line (a log being written) is kept."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -620,19 +623,26 @@ def tail_lines(path: Path, count: int, max_bytes: int = 4 * 1024 * 1024) -> list
     lines = data.decode(errors="replace").splitlines()
     if pos > 0 and lines:
         lines = lines[1:]  # first line is probably cut
+    if lines and not data.endswith(b"\n") and _torn_json(lines[-1]):
+        lines.pop()
     return lines[-count:]
+
+
+def _torn_json(line: str) -> bool:
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        json.loads(line)
+    except ValueError:
+        return True
+    return False
 
 
 def last_event_seq(run_dir: Path) -> int:
     """Highest seq in RUN_DIR/events.jsonl (0 if none), so every writer continues the numbering."""
-    for line in reversed(tail_lines(Path(run_dir) / "events.jsonl", 20)):
-        try:
-            seq = json.loads(line).get("seq")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(seq, int):
-            return seq
-    return 0
+    from trainer import eventlog  # eventlog reads through tail_lines: imported late, no cycle
+
+    return eventlog.last_seq(Path(run_dir) / "events.jsonl")
 
 
 STATE_PROGRESS_KEYS = ("step", "total_steps", "epoch", "phase", "phase_name", "elapsed", "eta",
