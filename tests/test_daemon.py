@@ -473,8 +473,8 @@ def test_bad_config_fails_the_run(env):
     root, launcher = env
     run_dir = make_run(root, "badcfg")
     (run_dir / "config.yaml").write_text("optim: {lr: -1}\n")
-    pid = launcher.start(run_dir, wait_socket=False)
-    wait_exit(pid, 10)
+    with pytest.raises(daemon.DaemonError, match="optim.lr"):  # start reports the death and its cause
+        launcher.start(run_dir, wait_socket=False)
     events = read_events(run_dir)
     assert events[-1]["data"]["state"] == "failed" and "optim.lr" in events[-1]["message"]
     assert runs.status(run_dir)["state"] == "failed"

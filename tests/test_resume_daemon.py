@@ -88,7 +88,7 @@ def test_power_cut_through_the_daemon_resumes_bit_identical(tmp_path):
         os.killpg(pid, signal.SIGKILL)   # daemon and trainer child share the daemon's process group
         wait_until(lambda: status(env, "powercut")["state"] == "interrupted", 30, "state interrupted")
         listed = json.loads(cli(env, "ls", "--json").stdout)
-        assert [r["state"] for r in listed if r["name"] == "powercut"] == ["interrupted"]
+        assert [r["state"] for r in listed if r["dir"] == str(run_dir)] == ["interrupted"]
         assert status(env, "powercut")["socket"] is None
         cli(env, "resume", "powercut")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from trainer import runs
+from tests.tmpfs import tmpfs  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -240,3 +241,14 @@ def test_socket_name_is_cut_by_bytes_and_long_runtime_dirs_fall_back(tmp_path, m
     path = runs.socket_path(tmp_path / "run")
     assert path.parent == Path(f"/tmp/longhaul-{os.getuid()}") and len(os.fsencode(path)) <= runs.SUN_PATH_MAX
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temp(tmpfs):
+    fs = tmpfs(1)
+    target = fs.path / "state.json"
+    runs.atomic_write_bytes(target, b'{"state": "running"}\n')
+    fs.fill()
+    with pytest.raises(OSError):
+        runs.atomic_write_bytes(target, b"x" * 200_000)
+    assert target.read_bytes() == b'{"state": "running"}\n'
+    assert sorted(p.name for p in fs.path.iterdir()) == [".filler", "state.json"]
