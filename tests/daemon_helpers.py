@@ -58,7 +58,10 @@ class Launcher:
     def cleanup(self) -> None:
         for run_dir in self.run_dirs:
             pids = []
-            pid = runs.StateFile(run_dir).read().get("pid")
+            try:
+                pid = runs.StateFile(run_dir).read().get("pid")
+            except (OSError, runs.RunError):  # a test may have damaged it on purpose
+                pid = None
             if pid:
                 pids.append(pid)
             runs_file = run_dir / "fake_runs"
@@ -66,10 +69,20 @@ class Launcher:
                 pids += [int(p) for p in runs_file.read_text().split()]
             for pid in pids:
                 if runs.is_longhaul_process(pid) or _is_fake_worker(pid):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    _kill_with_its_group(pid)
+
+
+def _kill_with_its_group(pid: int) -> None:
+    """SIGKILL a daemon together with its process group (it leads one: start_new_session), so a
+    worker that would outlive its daemon (one paused on a full disk, one whose stop keeps
+    failing) cannot leak into the next tests and eat the CPU."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _is_fake_worker(pid: int) -> bool:
