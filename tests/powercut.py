@@ -102,14 +102,13 @@ def _file_system_class():
         def _forget_unreachable(self) -> None:
             """Drop durable content no live name and no durable directory can reach any more."""
             keep = set(self.ids.values())
-            todo = [self.ids["/"]]
-            while todo:
-                dir_id = todo.pop()
-                for child in self.durable_dirs.get(dir_id, {}).values():
-                    if child not in keep:
-                        keep.add(child)
-                        if self.is_dir.get(child):
-                            todo.append(child)
+            seen, todo = {self.ids["/"]}, [self.ids["/"]]
+            while todo:   # every durably reachable directory, live or not, is walked
+                for child in self.durable_dirs.get(todo.pop(), {}).values():
+                    keep.add(child)
+                    if self.is_dir.get(child) and child not in seen:
+                        seen.add(child)
+                        todo.append(child)
             for table in (self.durable_files, self.durable_dirs, self.is_dir):
                 for node in [n for n in table if n not in keep]:
                     del table[node]
