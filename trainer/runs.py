@@ -114,7 +114,8 @@ def make_run_dir(path: Path, exist_ok: bool = False) -> None:
     """mkdir a run directory (and its parents) with private permissions, whatever the process
     umask: 0700 unless LONGHAUL_UMASK relaxes it."""
     mode = 0o777 & ~private_umask()
-    path = Path(path)
+    path = Path(path).absolute()
+    existing = next(p for p in path.parents if p.exists())
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.mkdir(path, mode)
@@ -123,6 +124,12 @@ def make_run_dir(path: Path, exist_ok: bool = False) -> None:
             raise
         return
     os.chmod(path, mode)  # mkdir's mode is filtered by the umask; the run's privacy is not
+    # A directory entry survives a power cut only once its parent is fsynced: without this the
+    # whole run directory was gone after a cut (tests/test_powercut.py).
+    for created in [path, *path.parents]:
+        fsync_dir(created.parent)
+        if created.parent == existing:
+            break
 
 
 def _run_names(root: Path) -> list[str]:
