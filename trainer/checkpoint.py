@@ -625,8 +625,9 @@ class CheckpointStore:
         step = meta["step"]
         name = step_dir_name(step)
         tmp = self.ckpt_dir / f"{TMP_PREFIX}{name}-{secrets.token_hex(4)}"
+        estimate = estimate_bytes(state)
         try:
-            self._check_free_space(step, estimate_bytes(state))
+            self._check_free_space(step, estimate)
             tmp.mkdir()
             meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode()
             files = {
@@ -647,8 +648,11 @@ class CheckpointStore:
             if isinstance(e, CheckpointError) or not isinstance(e, Exception):
                 raise
             message = f"writing checkpoint step {step} in {self.ckpt_dir} failed: {e}"
-            if is_disk_full(e):  # the estimate was short, or something else filled the disk
-                raise DiskFullError(message, free=shutil.disk_usage(self.ckpt_dir).free) from e
+            # the estimate was short, or something else filled the disk; torch.save reports a
+            # full disk as a RuntimeError ("unexpected pos"), hence the look at the free space
+            free = shutil.disk_usage(self.ckpt_dir).free
+            if is_disk_full(e) or free < self.space_needed(estimate):
+                raise DiskFullError(message, free=free, needed=self.space_needed(estimate)) from e
             raise CheckpointError(message) from e
         return final, sum(f["size"] for f in files.values()) + len(manifest_bytes)
 

@@ -130,10 +130,14 @@ def class_weights(spec, counts: list[int]) -> Optional[torch.Tensor]:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a torn file (nor hold its space)
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -593,8 +597,8 @@ class Trainer:
         try:
             self._save_weights("best.pt")
             self.best_unsaved = False
-        except OSError as exc:
-            if not is_disk_full(exc):
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            if not (is_disk_full(exc) or self._free_bytes() < self._space_needed()):
                 raise
             self.best_unsaved = True  # written again when space is back (nothing trains meanwhile)
             self._pause_for_disk(DiskFullError(f"writing best.pt failed: {exc}", free=self._free_bytes()))
