@@ -95,3 +95,22 @@ def test_long_error_lists_are_capped(tmp_path):
     report = check_data(folder_cfg(tmp_path))
     assert len(report.errors) == 120
     assert "... and 20 more" in report.to_text()
+
+
+def test_clips_far_shorter_than_the_duration_are_named_in_a_warning(tmp_path):
+    """A 1-sample WAV trains on padding alone: accepted, but the report names it and its length."""
+    for i in range(3):
+        write(tmp_path / "train" / "bird" / f"{i}.wav", 1.0)
+    write(tmp_path / "train" / "bird" / "tiny.wav", 1 / SR)   # one sample
+    write(tmp_path / "train" / "bird" / "short.wav", 0.05)    # 5% of the 1 s duration
+    write(tmp_path / "train" / "bird" / "enough.wav", 0.2)    # 20%: only padded
+    write(tmp_path / "val" / "bird" / "0.wav", 1.0)
+    report = check_data(folder_cfg(tmp_path, duration=1.0))
+    assert report.ok and report.usable  # a warning, not an error
+    short = [w for w in report.warnings if "shorter than 10% of data.duration" in w]
+    assert len(short) == 1, report.warnings
+    assert "2 train clip(s)" in short[0]
+    assert str(tmp_path / "train" / "bird" / "tiny.wav") + " (0.000125 s)" in short[0]
+    assert str(tmp_path / "train" / "bird" / "short.wav") + " (0.05 s)" in short[0]
+    assert "enough.wav" not in short[0]
+    assert short[0] in report.to_text()

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from trainer.config import RunConfig, load_config
-from trainer.checkpoint import CheckpointStore
+from trainer.checkpoint import CheckpointError, CheckpointStore
 from trainer.engine import NullPublisher, Trainer, class_weights, eval_weights, focal_loss
 from trainer.history import read_history
 
@@ -150,8 +150,13 @@ def test_controls_pause_checkpoint_stop(tmp_path):
     assert any(k == "state" and d.get("state") == "stopped" for k, d in kinds)
 
 
-def test_failed_checkpoints_alert_but_training_goes_on(tmp_path):
-    cfg = tiny_cfg(max_steps=4, **{"checkpoint.min_free_mb": 10**9})   # no disk has a petabyte free
+def test_failed_checkpoints_alert_but_training_goes_on(tmp_path, monkeypatch):
+    # a failure other than a full disk (which pauses the run: tests/test_faults_engine.py)
+    def broken_write(self, state, meta, before_commit=None):
+        raise CheckpointError(f"injected failure writing step {meta['step']}")
+
+    monkeypatch.setattr(CheckpointStore, "_write", broken_write)
+    cfg = tiny_cfg(max_steps=4)
     events = []
     controls: "queue.SimpleQueue" = queue.SimpleQueue()
     controls.put((1, "checkpoint"))

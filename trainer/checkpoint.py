@@ -66,6 +66,30 @@ class CheckpointError(Exception):
     """A checkpoint could not be written, or a verified checkpoint could not be loaded."""
 
 
+class DiskFullError(CheckpointError):
+    """A checkpoint did not fit: too little free space before the write (the estimate plus
+    ``min_free_mb``), or ENOSPC/EDQUOT during it. ``free`` and ``needed`` are bytes (``needed``
+    is None when the write itself ran out of space)."""
+
+    def __init__(self, message: str, free: int, needed: Optional[int] = None):
+        super().__init__(message)
+        self.free = free
+        self.needed = needed
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a DiskFullError or an OSError (also as the cause of another error) meaning the
+    file system has no space left (ENOSPC) or the user's quota is used up (EDQUOT)."""
+    while exc is not None:
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 @dataclass(frozen=True)
 class SaveResult:
     """Outcome of one save, passed to ``on_done`` and returned by ``save``.
@@ -601,8 +625,9 @@ class CheckpointStore:
         step = meta["step"]
         name = step_dir_name(step)
         tmp = self.ckpt_dir / f"{TMP_PREFIX}{name}-{secrets.token_hex(4)}"
+        estimate = estimate_bytes(state)
         try:
-            self._check_free_space(step, estimate_bytes(state))
+            self._check_free_space(step, estimate)
             tmp.mkdir()
             meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode()
             files = {
@@ -622,18 +647,29 @@ class CheckpointStore:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, CheckpointError) or not isinstance(e, Exception):
                 raise
-            raise CheckpointError(f"writing checkpoint step {step} in {self.ckpt_dir} failed: {e}") from e
+            message = f"writing checkpoint step {step} in {self.ckpt_dir} failed: {e}"
+            # the estimate was short, or something else filled the disk; torch.save reports a
+            # full disk as a RuntimeError ("unexpected pos"), hence the look at the free space
+            free = shutil.disk_usage(self.ckpt_dir).free
+            if is_disk_full(e) or free < self.space_needed(estimate):
+                raise DiskFullError(message, free=free, needed=self.space_needed(estimate)) from e
+            raise CheckpointError(message) from e
         return final, sum(f["size"] for f in files.values()) + len(manifest_bytes)
 
     def _check_free_space(self, step: int, estimate: int) -> None:
         free = shutil.disk_usage(self.ckpt_dir).free
         reserve = int(self.min_free_mb * 2**20)
         if free < estimate + reserve:
-            raise CheckpointError(
+            raise DiskFullError(
                 f"not enough disk space for checkpoint step {step} in {self.ckpt_dir}: "
                 f"{free / 2**20:.0f} MiB free, need about {estimate / 2**20:.0f} MiB "
-                f"plus min_free_mb={self.min_free_mb:g}"
+                f"plus min_free_mb={self.min_free_mb:g}",
+                free=free, needed=estimate + reserve,
             )
+
+    def space_needed(self, estimate: int) -> int:
+        """Bytes that must be free before writing a checkpoint of ``estimate`` bytes."""
+        return estimate + int(self.min_free_mb * 2**20)
 
     def _install(self, tmp: Path, name: str) -> Path:
         """Rename the finished temp dir to ``name``, moving an existing one aside first."""

@@ -219,16 +219,24 @@ def run_notes(info: dict) -> list[str]:
 
 
 def cmd_export(args) -> int:
+    """Export the metric history; a torn or corrupt tail is exported up to the tear, named on
+    stderr, and makes the exit status 1 (the rows after it are lost)."""
     from trainer import runs
-    from trainer.history import write_export
+    from trainer.history import ExportReport, write_export
 
     run_dir = runs.resolve_run(args.run, runs_root_arg(args))
+    path = run_dir / "history.msgpack"
+    report = ExportReport()
     if args.output:
         with open(args.output, "w", newline="") as out:
-            count = write_export(run_dir / "history.msgpack", out, args.format)
-        print(f"wrote {count} rows to {args.output}", file=sys.stderr)
+            write_export(path, out, args.format, report)
+        print(f"wrote {report.rows} rows to {args.output}", file=sys.stderr)
     else:
-        write_export(run_dir / "history.msgpack", sys.stdout, args.format)
+        write_export(path, sys.stdout, args.format, report)
+    if report.torn:
+        print(f"longhaul export: warning: {path} is torn at byte {report.valid_length} ({report.problem}); "
+              f"exported the {report.rows} rows before it, anything after is lost", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,12 +14,13 @@ can wrap it later without a rewrite.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import math
 import os
 import queue
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,15 +32,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer import models
-from trainer.checkpoint import CheckpointError, CheckpointStore
-from trainer.config import RunConfig, resolved_dict
+from trainer.checkpoint import CheckpointError, CheckpointStore, DiskFullError, estimate_bytes, is_disk_full
+from trainer.config import RunConfig, dump_config, resolved_dict
 from trainer.data import build_datasets, make_loader, mixup_batch, EpochSampler
-from trainer.runs import fsync_dir
-from trainer.history import HistoryWriter, LossSmoother, truncate_history
+from trainer.runs import atomic_write_json, fsync_dir
+from trainer.history import HistoryWriter, LossSmoother, read_history, truncate_history
 from trainer.metrics import classification_metrics
 from trainer.schedule import EtaModel, Plan
 
 log = logging.getLogger(__name__)
+
+#: How often a running trainer compares the free space of its run directory with what the next
+#: checkpoint needs (one statvfs), and how often a trainer paused for disk space looks again.
+DISK_CHECK_SECONDS = 5.0
+DISK_POLL_SECONDS = 2.0
+
+
+def config_sha256(cfg: RunConfig) -> str:
+    """Hash of the resolved config (what the run directory's config.yaml holds). Each checkpoint
+    stores it; resuming under another config is refused instead of training another plan."""
+    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()
+
+
+def must_exit(request_id: Optional[int]) -> bool:
+    """Stops with id <= 0 come from the process itself (the worker's INTERNAL_REQUEST_ID when
+    the daemon is gone or at SIGTERM, -1 for Ctrl-C in the foreground): the process ends even
+    when their checkpoint fails. A user's stop (id > 0) is refused then instead."""
+    return request_id is not None and request_id <= 0
 
 
 class Publisher(Protocol):
@@ -111,10 +130,14 @@ def class_weights(spec, counts: list[int]) -> Optional[torch.Tensor]:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a torn file (nor hold its space)
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -156,6 +179,19 @@ class Trainer:
         self.last_confusion: Optional[list] = None
         self.pending_stall: Optional[float] = None  # loop stall of the checkpoint being written
         self.saved_at: Optional[tuple] = None  # (step, history offset) of the newest written checkpoint
+        self.config_hash = config_sha256(cfg)
+        # full disk: while `disk_full` is set the loop waits (see handle_controls) and looks at
+        # the free space every DISK_POLL_SECONDS; what a full disk refused is redone on resume
+        self.disk_full: Optional[dict] = None  # free_bytes, needed_bytes, path, cause
+        self.disk_error: Optional[tuple] = None  # (error, step, reason, phase_end) from the writer thread
+        self.unwritten: list[dict] = []  # history records not yet in history.msgpack, in order
+        self.best_unsaved = False  # best.pt could not be written
+        self.retry_checkpoint: Optional[dict] = None  # checkpoint() arguments to retry when space is back
+        self.ckpt_estimate = 0  # estimated bytes of the next checkpoint
+        self.last_disk_check = time.monotonic()
+        self.failed_at: Optional[tuple] = None  # (step, history offset) of the last failed checkpoint
+        self.last_failure: Optional[BaseException] = None
+        self.early_stop_announced = False
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -187,6 +223,7 @@ class Trainer:
         self.resumed = self._resume()
         self._apply_phase(self.plan.phase_at(self.state.step), announce=not self.resumed)
         self._write_plan()
+        self.ckpt_estimate = estimate_bytes(self.checkpoint_state())
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -208,9 +245,7 @@ class Trainer:
         if self.rank != 0:
             return
         body = {"plan": self.plan.to_dict(), "config": self.config_summary()}
-        tmp = self.run_dir / ".plan.json.tmp"
-        tmp.write_text(json.dumps(body))
-        os.replace(tmp, self.run_dir / "plan.json")
+        atomic_write_json(self.run_dir / "plan.json", body)  # fsync'd with its directory: offline readers need it whole
         send_plan = getattr(self.publisher, "plan", None)
         if send_plan is not None:
             send_plan(body)
@@ -228,11 +263,10 @@ class Trainer:
         for path, reason in self.store.rejected:
             self.event("alert", "warning", f"rejected checkpoint {path}: {reason}", what="bad_checkpoint", path=str(path))
         if loaded is None:
-            if self.history is not None:
-                truncate_history(self.run_dir / "history.msgpack", 0)
-                self.history.reopen()
+            self._start_over()
             return False
         ckpt, meta = loaded
+        self._check_config_hash(meta)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.ema is not None and ckpt.get("ema") is not None:
@@ -244,13 +278,81 @@ class Trainer:
         if ckpt.get("threads") != self.cfg.threads:
             self.event("alert", "warning", f"checkpoint was written with {ckpt.get('threads')} threads, running with "
                        f"{self.cfg.threads}: results will not be bit-identical", what="threads")
+        offset = ckpt["history_offset"]
         if self.history is not None:
-            truncate_history(self.run_dir / "history.msgpack", ckpt["history_offset"])
+            offset = self._cut_history(offset)
             self.history.reopen()
-        self.saved_at = (self.state.step, ckpt["history_offset"])
+        self.saved_at = (self.state.step, offset)
         self.event("resume", "info", f"resumed from step {self.state.step} ({meta.get('path', '')})",
                    step=self.state.step, epoch=self.state.epoch)
         return True
+
+    def _check_config_hash(self, meta: dict) -> None:
+        """Refuse to train on top of a checkpoint written under another config (an emptied or
+        edited config.yaml would silently train another plan). Older checkpoints have no hash."""
+        written_with = meta.get("config_sha256")
+        if written_with is not None and written_with != self.config_hash:
+            raise CheckpointError(
+                f"config.yaml does not match the checkpoint: {self.run_dir / 'config.yaml'} (sha256 "
+                f"{self.config_hash[:12]}) is not the config that checkpoint {meta.get('path', '')} step "
+                f"{meta.get('step')} was written with (sha256 {written_with[:12]}); restore the run's "
+                "config.yaml, or start a new run for the new config")
+
+    def _start_over(self) -> None:
+        """No valid checkpoint: training starts at step 0. If the run had progress (a history,
+        rejected checkpoints) say so loudly and keep the old history aside, never truncate it."""
+        if self.history is None:
+            return
+        path = self.run_dir / "history.msgpack"
+        size = path.stat().st_size if path.exists() else 0
+        rejected = self.store.rejected
+        if size == 0 and not rejected:
+            return  # a new run
+        why = (f"all {len(rejected)} checkpoint(s) were rejected: "
+               + "; ".join(f"{p.name}: {r}" for p, r in rejected)) if rejected else "no checkpoint was found"
+        kept = ""
+        if size:
+            aside = self.run_dir / f"history.before-restart-{int(time.time())}.msgpack"
+            self.history.close()
+            os.replace(path, aside)
+            fsync_dir(self.run_dir)
+            self.history.reopen()
+            kept = f"; the old history ({size} bytes) was kept as {aside.name}"
+        self.event("alert", "error", f"starting over from step 0: {why}{kept}", what="starting_over",
+                   reason="all_rejected" if rejected else "no_checkpoint", history_bytes=size,
+                   rejected=[[str(p), r] for p, r in rejected])
+
+    def _cut_history(self, offset: int) -> int:
+        """Cut history.msgpack back to the checkpoint's `offset`; return where it ends now.
+
+        If the file is shorter than `offset` or a record before it is torn or undecodable
+        (damage on disk, a power cut), it is cut after its last whole record instead and an
+        alert names what was lost: training goes on, the rows between are gone."""
+        path = self.run_dir / "history.msgpack"
+        reader = read_history(path)
+        last_step = None
+        try:
+            for record in reader:
+                if reader.valid_length > offset:
+                    break
+                last_step = record["step"]
+        except Exception as exc:  # e.g. the file is missing although the checkpoint recorded bytes
+            reader.valid_length, reader.problem = 0, str(exc)
+        good = min(reader.valid_length, offset)
+        if good == offset:
+            return truncate_history(path, offset)
+        size = path.stat().st_size if path.exists() else 0
+        if path.exists():
+            truncate_history(path, good)
+        first_lost = (last_step or 0) + 1
+        problem = f"it has {size} bytes" if size < offset else f"{reader.problem or 'a damaged record'}"
+        self.event("alert", "warning",
+                   f"history gap: {path.name} should hold {offset} bytes up to the checkpoint at step "
+                   f"{self.state.step}, but {problem}; whole records end at byte {good}. The rows of "
+                   f"steps {first_lost}-{self.state.step} are lost (the file is cut there); training goes on",
+                   what="history_gap", path=str(path), expected_bytes=offset, file_bytes=size,
+                   valid_bytes=good, lost_steps=[first_lost, self.state.step])
+        return good
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> str:
@@ -263,11 +365,22 @@ class Trainer:
         request arrives."""
         self.event("state", "info", "running", state="running")
         self.tick = time.monotonic()
+        while True:
+            self._train_until_stop()
+            result = self.finish()
+            if result is not None:
+                return result  # else a stop was refused (its checkpoint failed): go on
+
+    def _train_until_stop(self) -> None:
+        """Train until the plan is done or a stop request arrives; wait while paused (by a
+        request, or for disk space)."""
         batches = self._epoch_batches()
-        while self.should_continue():
-            self.handle_controls()
-            if self.stop_requested is not None:
-                break
+        while True:
+            self._watch_disk()
+            if self.should_continue() or self.disk_full is not None:
+                self.handle_controls()
+            if self.stop_requested is not None or not self.should_continue():
+                return
             try:
                 batch_group = next(batches)
             except StopIteration:  # defensive: the sampler length matches steps_per_epoch
@@ -279,7 +392,6 @@ class Trainer:
                 batches = self._epoch_batches()
             self.maybe_checkpoint()
             self.publish_progress()
-        return self.finish()
 
     def should_continue(self) -> bool:
         return self.state.step < self.plan.total_steps and not self.state.stopped_early
@@ -370,9 +482,23 @@ class Trainer:
             self.write_record(record)
 
     def write_record(self, record: dict) -> None:
+        """Append to history.msgpack. On a full disk the record is kept (with any after it) and
+        written when space is back: no gap, no duplicate; the run pauses meanwhile."""
         if self.history is not None:
-            self.history.append(record)
+            self.unwritten.append(record)
+            try:
+                self._flush_unwritten()
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._pause_for_disk(DiskFullError(f"appending to {self.history.path} failed: {exc}",
+                                                   free=self._free_bytes()))
         self.publisher.record(record)
+
+    def _flush_unwritten(self) -> None:
+        while self.unwritten:
+            self.history.append(self.unwritten[0])
+            self.unwritten.pop(0)
 
     # ------------------------------------------------------------------ epochs and phases
     def end_epoch(self) -> None:
@@ -433,7 +559,7 @@ class Trainer:
         if improved:
             state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
             state.best_eval = dict(state.last_eval)
-            self._save_weights("best.pt")
+            self._save_best()
         else:
             state.evals_since_best += 1
         self._update_plateau(value)
@@ -466,6 +592,16 @@ class Trainer:
             s.plateau_scale *= p.factor
             s.plateau_bad = 0
             self.event("lr", "info", f"plateau: LR scaled to x{s.plateau_scale:.4g}", scale=s.plateau_scale)
+
+    def _save_best(self) -> None:
+        try:
+            self._save_weights("best.pt")
+            self.best_unsaved = False
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            if not (is_disk_full(exc) or self._free_bytes() < self._space_needed()):
+                raise
+            self.best_unsaved = True  # written again when space is back (nothing trains meanwhile)
+            self._pause_for_disk(DiskFullError(f"writing best.pt failed: {exc}", free=self._free_bytes()))
 
     def _save_weights(self, name: str) -> None:
         if self.rank != 0:
@@ -500,25 +636,66 @@ class Trainer:
             tensors += list(self.ema.module.parameters()) + list(self.ema.module.buffers())
         return tensors
 
-    def checkpoint(self, reason: str, phase_end: bool = False, request_id: Optional[int] = None) -> None:
-        """Snapshot the state in memory and hand it to the background writer."""
+    def checkpoint(self, reason: str, phase_end: bool = False, request_id: Optional[int] = None) -> bool:
+        """Snapshot the state in memory and hand it to the background writer. False if the
+        write could not even start (reported as checkpoint_failed; a full disk pauses the run)."""
         if self.rank != 0:
-            return
+            return True
         started = time.perf_counter()
+        self.wait_for_checkpoint()  # a failure of the previous write was reported by its writer
+        self.last_checkpoint_time = time.monotonic()
+        step = self.state.step
+        try:
+            self._flush_unwritten()  # the offset stored below must follow every logged record
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            error = DiskFullError(f"checkpoint at step {step}: appending to {self.history.path} failed: {exc}",
+                                  free=self._free_bytes())
+            self._checkpoint_failed(step, self._history_offset(), error, reason, phase_end)
+            return False
         state = self.checkpoint_state()
-        meta = {"step": self.state.step, "history_offset": state["history_offset"], "epoch": self.state.epoch,
-                "phase": self.plan.phase_at(max(self.state.step - 1, 0)).index, "reason": reason,
+        self.ckpt_estimate = estimate_bytes(state)
+        free, needed = self._free_bytes(), self._space_needed()
+        if free < needed:  # the store checks too, in its thread: this pauses the run at once
+            error = DiskFullError(f"no space left for checkpoint step {step} in {self.store.ckpt_dir} "
+                                  f"(needs {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free)",
+                                  free=free, needed=needed)
+            self._checkpoint_failed(step, state["history_offset"], error, reason, phase_end)
+            return False
+        meta = {"step": step, "history_offset": state["history_offset"], "epoch": self.state.epoch,
+                "phase": self.plan.phase_at(max(step - 1, 0)).index, "reason": reason,
                 "phase_end": phase_end, "time": time.time(), "mode": self.cfg.eval.mode,
                 "metric": (self.state.last_eval or {}).get(self.cfg.eval.monitor),
-                "request_id": request_id}
+                "request_id": request_id, "config_sha256": self.config_hash}
         try:
             self.store.save_async(state, meta, stable=self.stable_tensors(),
                                   before_commit=self._history_durable, after_commit=self._write_last_weights)
         except CheckpointError as exc:
-            self.event("checkpoint_failed", "error", f"checkpoint at step {self.state.step} failed: {exc}",
-                       step=self.state.step, error=str(exc))
-        self.pending_stall = time.perf_counter() - started
-        self.last_checkpoint_time = time.monotonic()
+            self._checkpoint_failed(step, state["history_offset"], exc, reason, phase_end)
+            return False
+        finally:
+            self.pending_stall = time.perf_counter() - started
+        return True
+
+    def write_checkpoint(self, reason: str, phase_end: bool = False, request_id: Optional[int] = None) -> bool:
+        """Checkpoint and wait for the write; True if it is on disk."""
+        return self.checkpoint(reason, phase_end, request_id) and self.wait_for_checkpoint()
+
+    def _checkpoint_failed(self, step: int, offset: Optional[int], error: BaseException, reason: str,
+                           phase_end: bool, **data: Any) -> None:
+        """Report a failed checkpoint once: a retry of the same state (same step and history
+        offset, e.g. a stop right after a failed interval checkpoint) that fails again is only
+        logged. A full disk is handed to the loop (see _watch_disk), which pauses."""
+        repeat = self.failed_at == (step, offset)
+        self.failed_at, self.last_failure = (step, offset), error
+        if is_disk_full(error):
+            self.disk_error = (error, step, reason, phase_end)
+        if repeat:
+            log.error("checkpoint at step %s failed again: %s", step, error)
+            return
+        self.event("checkpoint_failed", "error", f"checkpoint at step {step} failed: {error}",
+                   **{"step": step, "error": str(error), "reason": reason, "disk_full": is_disk_full(error), **data})
 
     def _fence_checkpoint(self) -> None:
         waited = self.store.fence()
@@ -542,8 +719,10 @@ class Trainer:
         """Called by the checkpoint store's writer thread."""
         info = result if isinstance(result, dict) else vars(result)
         if info.get("error"):
-            self.event("checkpoint_failed", "error", f"checkpoint at step {info.get('step')} failed: {info['error']}",
-                       **_plain(info))
+            meta = info.get("meta") or {}
+            extra = {k: v for k, v in _plain(info).items() if k not in ("step", "error")}
+            self._checkpoint_failed(info.get("step"), meta.get("history_offset"), info["error"],
+                                    meta.get("reason", ""), bool(meta.get("phase_end")), **extra)
             return
         self.saved_at = (info.get("step"), (info.get("meta") or {}).get("history_offset"))
         stall = self.pending_stall
@@ -563,40 +742,149 @@ class Trainer:
         if time.monotonic() - self.last_checkpoint_time >= self.cfg.checkpoint.interval_seconds:
             self.checkpoint(reason="interval")
 
+    # ------------------------------------------------------------------ disk space
+    def _free_bytes(self) -> int:
+        return shutil.disk_usage(self.run_dir).free
+
+    def _space_needed(self) -> int:
+        """Free bytes the run needs: the next checkpoint plus checkpoint.min_free_mb (room left
+        for state.json, events and logs)."""
+        return self.store.space_needed(self.ckpt_estimate)
+
+    def _watch_disk(self) -> None:
+        """Pause on a full disk: one the checkpoint writer met, or (one statvfs every
+        DISK_CHECK_SECONDS) free space below what the next checkpoint needs."""
+        if self.rank != 0:
+            return
+        if self.disk_error is not None:
+            error, step, reason, phase_end = self.disk_error
+            self.disk_error = None
+            # redo it when space is back; the phase-end mark only if it is still that state
+            same = step == self.state.step
+            self.retry_checkpoint = {"reason": reason if same else "retry", "phase_end": phase_end and same}
+            self._pause_for_disk(error)
+        now = time.monotonic()
+        if self.disk_full is None and now - self.last_disk_check >= DISK_CHECK_SECONDS:
+            self.last_disk_check = now
+            free, needed = self._free_bytes(), self._space_needed()
+            if free < needed:
+                self._pause_for_disk(DiskFullError(f"free space in {self.run_dir} is below what the next "
+                                                   "checkpoint needs", free=free, needed=needed))
+
+    def _pause_for_disk(self, error: DiskFullError) -> None:
+        free = getattr(error, "free", None)
+        free = self._free_bytes() if free is None else free
+        needed = getattr(error, "needed", None) or self._space_needed()
+        first = self.disk_full is None
+        self.disk_full = {"free_bytes": free, "needed_bytes": needed, "path": str(self.run_dir), "cause": str(error)}
+        if not first:
+            return
+        if not self.paused:
+            self._account_time(self.plan.phase_at(min(self.state.step, self.plan.total_steps - 1)).index)
+        numbers = f"{free / 2**20:.1f} MiB free, the run needs {needed / 2**20:.1f} MiB"
+        self.event("state", "error", f"paused: disk full ({numbers})", state="paused", reason="disk_full",
+                   free_bytes=free, needed_bytes=needed)
+        self.event("alert", "error", f"disk full: {self.run_dir} has {numbers} (next checkpoint about "
+                   f"{self.ckpt_estimate / 2**20:.1f} MiB + checkpoint.min_free_mb); training is paused at step "
+                   f"{self.state.step} and goes on by itself when space is freed ({error})",
+                   what="disk_full", path=str(self.run_dir), free_bytes=free, needed_bytes=needed,
+                   step=self.state.step)
+
+    def _try_disk_back(self, request_id: Optional[int] = None) -> bool:
+        """While paused for disk space: if there is room again, write what the full disk refused
+        (history records, best.pt, the failed checkpoint) and go on. False while still full."""
+        free, needed = self._free_bytes(), self._space_needed()
+        if free < needed:
+            self.disk_full.update(free_bytes=free, needed_bytes=needed)
+            return False
+        try:
+            self._flush_unwritten()
+            if self.best_unsaved:
+                self._save_best()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.disk_full.update(free_bytes=self._free_bytes(), cause=str(exc))
+            return False
+        if self.best_unsaved:
+            return False
+        if self.retry_checkpoint is not None:
+            if not self.write_checkpoint(**self.retry_checkpoint) and self.disk_error is not None:
+                error = self.disk_error[0]
+                self.disk_error = None
+                self.disk_full.update(free_bytes=self._free_bytes(), cause=str(error))
+                return False
+            self.retry_checkpoint = None  # written, or failed for another reason (reported)
+        self.disk_full = None
+        self.last_disk_check = time.monotonic()
+        message = f"disk space is back ({free / 2**20:.1f} MiB free): training goes on at step {self.state.step}"
+        self.event("alert", "info", message, what="disk_space_back", free_bytes=free, needed_bytes=needed)
+        if not self.paused:
+            self.tick = time.monotonic()  # the wait was not training time
+            extra = {"request_id": request_id} if request_id is not None else {}
+            self.event("state", "info", "running", state="running", reason="disk_space_back", **extra)
+        return True
+
     # ------------------------------------------------------------------ controls
     def handle_controls(self) -> None:
-        """Apply pending pause/resume/checkpoint/stop requests (at a step boundary)."""
-        while True:
+        """Apply pending pause/resume/checkpoint/stop requests (at a step boundary). While
+        paused, wait for requests; while paused for disk space, also look at the free space
+        every DISK_POLL_SECONDS. Returns as soon as a stop is requested."""
+        while self.stop_requested is None:
             try:
-                request_id, action = self.controls.get_nowait() if not self.paused else self.controls.get()
+                if self.disk_full is not None:
+                    request_id, action = self.controls.get(timeout=DISK_POLL_SECONDS)
+                elif self.paused:
+                    request_id, action = self.controls.get()
+                else:
+                    request_id, action = self.controls.get_nowait()
             except queue.Empty:
-                return
+                if self.disk_full is None:
+                    return
+                self._try_disk_back()
+                continue
             self._control(request_id, action)
-            if not self.paused and self.controls.empty():
+            if not self.paused and self.disk_full is None and self.controls.empty():
                 return
 
     def _control(self, request_id: int, action: str) -> None:
         if action == "pause" and not self.paused:
             self.paused = True
-            self._account_time(self.plan.phase_at(self.state.step).index)
+            if self.disk_full is None:  # else the time stopped counting when the disk filled up
+                self._account_time(self.plan.phase_at(self.state.step).index)
             self.event("state", "info", "paused", state="paused", request_id=request_id)
-        elif action == "resume" and self.paused:
+        elif action == "resume" and (self.paused or self.disk_full is not None):
             self.paused = False
-            self.tick = time.monotonic()  # paused time is not training time
-            self.event("state", "info", "running", state="running", request_id=request_id)
+            if self.disk_full is None:
+                self.tick = time.monotonic()  # paused time is not training time
+                self.event("state", "info", "running", state="running", request_id=request_id)
+            elif not self._try_disk_back(request_id):
+                full = self.disk_full
+                self.event("request", "error", f"resume refused: the disk is still full: {full['path']} has "
+                           f"{full['free_bytes'] / 2**20:.1f} MiB free, the run needs {full['needed_bytes'] / 2**20:.1f} "
+                           "MiB; free space and the run goes on by itself", id=request_id, action=action,
+                           outcome="failed", free_bytes=full["free_bytes"], needed_bytes=full["needed_bytes"])
         elif action == "checkpoint":
-            self.checkpoint(reason="request", request_id=request_id)
-            if self.wait_for_checkpoint():
-                self.event("request", "info", f"checkpoint written at step {self.state.step}",
-                           id=request_id, action=action, outcome="done")
-            else:
-                self.event("request", "error", f"checkpoint at step {self.state.step} failed (see alerts)",
-                           id=request_id, action=action, outcome="failed")
+            self._checkpoint_request(request_id)
         elif action == "stop":
-            self.paused = False
             self.stop_requested = request_id
         else:
             self.event("request", "info", f"{action}: nothing to do", id=request_id, action=action, outcome="noop")
+
+    def _checkpoint_request(self, request_id: int) -> None:
+        """Write a checkpoint for a request, unless the newest one already holds this very state
+        (the same step and history offset): then that one answers it. So requests queued
+        together cost one write, not one each."""
+        self.wait_for_checkpoint()  # a write in flight may be of this state
+        if self.saved_at == (self.state.step, self._history_offset()) and not self.unwritten:
+            self.event("request", "info", f"checkpoint at step {self.state.step} is written",
+                       id=request_id, action="checkpoint", outcome="done")
+        elif self.write_checkpoint(reason="request", request_id=request_id):
+            self.event("request", "info", f"checkpoint written at step {self.state.step}",
+                       id=request_id, action="checkpoint", outcome="done")
+        else:
+            self.event("request", "error", f"checkpoint at step {self.state.step} failed: {self.last_failure}",
+                       id=request_id, action="checkpoint", outcome="failed")
 
     # ------------------------------------------------------------------ publishing
     def progress_body(self) -> dict:
@@ -617,28 +905,36 @@ class Trainer:
         self.publisher.event(kind, level, message, **data)
 
     # ------------------------------------------------------------------ the end
-    def finish(self) -> str:
+    def finish(self) -> Optional[str]:
+        """End the run with a last checkpoint; "finished" or "stopped", or None to go on: a
+        user's stop whose checkpoint failed is refused, and a full disk is waited for."""
         stopped = self.stop_requested is not None
-        if self.state.stopped_early:
+        if self.state.stopped_early and not self.early_stop_announced:
+            self.early_stop_announced = True
             self.event("early_stopping", "warning", f"early stopping at step {self.state.step}: best "
                        f"{self.cfg.eval.monitor} {self.state.best_metric}", patience_left=0,
                        best=self.state.best_metric)
         last_eval_step = (self.state.last_eval or {}).get("step")
         if not stopped and self.state.step > 0 and last_eval_step != self.state.step:
             self.evaluate()  # max_steps cut the run mid-epoch: still report where it got to
-        self.wait_for_checkpoint()
-        if self.saved_at != (self.state.step, self._history_offset()):
+        saved = self.wait_for_checkpoint()
+        if self.best_unsaved:
+            self._save_best()
+        if self.saved_at != (self.state.step, self._history_offset()) or self.unwritten:
             # else the run ends right after an epoch-end (or requested) checkpoint: rewriting the
             # same state would cost a full write and drop that checkpoint's phase_end mark
-            self.checkpoint(reason="stop" if stopped else "final")
-            self.wait_for_checkpoint()
+            saved = self.write_checkpoint(reason="stop" if stopped else "final")
+        saved = saved and not self.best_unsaved
+        if not saved and not self._end_anyway(stopped):
+            return None
         self.store.close()
         self.publish_progress()
         if self.history is not None:
             self.history.close()
         if stopped:
-            self.event("request", "info", f"stopped at step {self.state.step}", id=self.stop_requested,
-                       action="stop", outcome="done")
+            if saved:
+                self.event("request", "info", f"stopped at step {self.state.step}", id=self.stop_requested,
+                           action="stop", outcome="done")
             self.event("state", "info", "stopped", state="stopped")
             return "stopped"
         last = self.state.last_eval
@@ -646,6 +942,43 @@ class Trainer:
                    last=last, classes=list(self.classes), confusion=self.last_confusion)
         self.event("state", "info", "finished", state="finished")
         return "finished"
+
+    def _end_anyway(self, stopped: bool) -> bool:
+        """The last checkpoint failed: may the run end all the same?
+
+        A user's stop: no. It is refused (a `request` event with outcome "failed" and an alert
+        naming the cause) and training goes on, or stays paused on a full disk; its state stays
+        recoverable and the stop can be sent again. A stop the process must obey (daemon gone,
+        SIGTERM): yes, with the failure as its last events. The natural end of the plan: waits
+        for disk space like any checkpoint; other failures were reported and the run ends."""
+        cause = self.last_failure
+        disk = cause is not None and is_disk_full(cause)
+        if stopped and must_exit(self.stop_requested):
+            self.event("request", "error", f"stopping without a final checkpoint: checkpoint at step "
+                       f"{self.state.step} failed: {cause}; a resume goes on from the last checkpoint written",
+                       id=self.stop_requested, action="stop", outcome="failed")
+            return True
+        if stopped:
+            advice = "free space and stop again" if disk else "stop again to retry"
+            message = (f"stop refused: checkpoint at step {self.state.step} failed: {cause}; "
+                       f"the run goes on, {advice}")
+            self.event("request", "error", message, id=self.stop_requested, action="stop", outcome="failed",
+                       step=self.state.step, error=str(cause))
+            self.event("alert", "error", message, what="stop_refused", step=self.state.step, error=str(cause))
+            self.stop_requested = None
+            self._watch_disk()  # a full disk pauses now
+            # tell the daemon (which shows "stopping") what the run does instead
+            if self.disk_full is not None:
+                self.event("state", "error", "paused: disk full", state="paused", reason="disk_full",
+                           free_bytes=self.disk_full["free_bytes"], needed_bytes=self.disk_full["needed_bytes"])
+            else:
+                state = "paused" if self.paused else "running"
+                self.event("state", "info", state, state=state, reason="stop_refused")
+            return False
+        if disk or self.best_unsaved:
+            self._watch_disk()  # the loop waits for space, then finish() runs again
+            return False
+        return True
 
 
 def _plain(info: dict) -> dict:

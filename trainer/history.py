@@ -85,6 +85,7 @@ class HistoryWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self._fd = -1
+        self._torn = False  # a failed append may have left a partial record after _length
         self._packer = msgpack.Packer(use_bin_type=True)
         self.reopen()
 
@@ -96,19 +97,28 @@ class HistoryWriter:
         """
         check_record(record)
         data = self._packer.pack(record)
+        self._cut_torn_tail()
         try:
             view = memoryview(data)
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError:
+            self._torn = True
             try:
-                os.ftruncate(self._fd, self._length)
+                self._cut_torn_tail()
             except OSError:
-                pass  # the reader stops at the torn record; resume truncates it anyway
+                pass  # tried again before the next append; readers stop at the torn record
             raise
         self._length += len(data)
         return self._length
+
+    def _cut_torn_tail(self) -> None:
+        """Cut a record that a failed write (disk full) left half-written back off, so that a
+        retried append continues right after the last whole record: no torn record, no gap."""
+        if self._torn:
+            os.ftruncate(self._fd, self._length)
+            self._torn = False
 
     def reopen(self) -> None:
         """Reopen the file after :func:`truncate_history` cut it, so :meth:`tell` is right again."""
@@ -428,6 +438,8 @@ class SeriesSet:
         self.last_step: dict[str, int] = {}
         """Step of the last record accepted, per kind."""
         self.valid_length = 0
+        self.torn_bytes = 0
+        """Bytes after ``valid_length`` that do not form a whole record (a torn or corrupt tail)."""
         """Bytes of the history file this set reflects (set by load_series)."""
 
     def feed(self, record: dict) -> bool:
@@ -804,6 +816,7 @@ def _scan(data: mmap.mmap | bytes, result: SeriesSet) -> "_TrainColumns":
             result.feed(record)
         pos = end
     result.valid_length = pos
+    result.torn_bytes = len(data) - pos
     del buf
     return train
 
@@ -826,7 +839,17 @@ def _build_train_series(result: SeriesSet, train: "_TrainColumns", max_points: i
 
 
 # ----------------------------------------------------------------------------- export
-def export_rows(path: str | os.PathLike) -> Iterator[dict]:
+@dataclass
+class ExportReport:
+    """What an export read: the rows written and, for a torn or corrupt tail, where it stopped."""
+
+    rows: int = 0
+    torn: bool = False
+    valid_length: int = 0
+    problem: Optional[str] = None
+
+
+def export_rows(path: str | os.PathLike, report: Optional[ExportReport] = None) -> Iterator[dict]:
     """One row per train step of the history, in file order, for ``longhaul export``.
 
     A row holds the train record's scalar fields (without ``kind``); the scalar fields of an eval
@@ -835,7 +858,8 @@ def export_rows(path: str | os.PathLike) -> Iterator[dict]:
     its ``val_*`` columns). Lists and maps (per_class, confusion) are left out.
     """
     pending: Optional[dict] = None
-    for record in read_history(path):
+    reader = read_history(path)
+    for record in reader:
         kind = record["kind"]
         if kind not in (TRAIN, EVAL):
             continue
@@ -851,19 +875,29 @@ def export_rows(path: str | os.PathLike) -> Iterator[dict]:
                 pending[key] = value
             elif key not in META_KEYS:
                 pending[eval_series_name(key)] = value
+    if report is not None:  # a torn tail ends the rows early: the caller must say so
+        report.torn, report.valid_length, report.problem = reader.torn, reader.valid_length, reader.problem
     if pending is not None:
         yield pending
 
 
-def write_export(path: str | os.PathLike, out: IO[str], fmt: str) -> int:
+def write_export(path: str | os.PathLike, out: IO[str], fmt: str, report: Optional[ExportReport] = None) -> int:
     """Write :func:`export_rows` to ``out`` as ``jsonl`` or ``csv``; return the number of rows.
 
     jsonl writes NaN/inf as null (strict JSON). csv needs every column name before the first
-    row, so it reads the history twice; cells a row lacks are empty.
+    row, so it reads the history twice; cells a row lacks are empty. ``report`` (if given) gets
+    the row count and whether the file ended in a torn record.
     """
+    count = _write_export(path, out, fmt, report)
+    if report is not None:
+        report.rows = count
+    return count
+
+
+def _write_export(path: str | os.PathLike, out: IO[str], fmt: str, report: Optional[ExportReport]) -> int:
     if fmt == "jsonl":
         count = 0
-        for row in export_rows(path):
+        for row in export_rows(path, report):
             clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
             out.write(json.dumps(clean) + "\n")
             count += 1
@@ -875,7 +909,7 @@ def write_export(path: str | os.PathLike, out: IO[str], fmt: str) -> int:
         writer = csv.DictWriter(out, fieldnames=list(columns), restval="")
         writer.writeheader()
         count = 0
-        for row in export_rows(path):
+        for row in export_rows(path, report):
             writer.writerow(row)
             count += 1
         return count

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from . import seeds
 from .augment import augment_example, no_effect_warnings
 from .features import SPECTRAL, FeatureExtractor
-from .report import DataError, DataReport, Problem, SplitStats
+from .report import SHORT_CLIP_SHARE, SHORT_LISTED, DataError, DataReport, Problem, SplitStats
 from .decode import BadItem, Decoder, Item
 from .sources import scan
 
@@ -171,6 +171,7 @@ def _examine(cfg, keep_features: bool) -> tuple[DataReport, dict[str, Examples]]
         for item in kept:
             report.counts[split][item.label] += 1
     _emptiness(found, report)
+    _short_clip_warnings(cfg, report)
     return report, examples
 
 
@@ -208,6 +209,8 @@ def _decode_split(items: list[Item], decoder: Decoder, extractor: Optional[Featu
             samples = round(decoded.duration * decoder.sample_rate)
             stats.padded += samples < decoder.n_samples
             stats.trimmed += samples > decoder.n_samples
+            if decoded.duration < SHORT_CLIP_SHARE * decoder.n_samples / decoder.sample_rate:
+                stats.short.append((item.name, decoded.duration))
             stats.sample_rates[decoded.rate] = stats.sample_rates.get(decoded.rate, 0) + 1
         if decoded.size is not None:
             stats.sizes.append(decoded.size)
@@ -230,6 +233,18 @@ def _settings_problems(cfg, decoder: Decoder) -> list[Problem]:
                                                    f"{decoder.n_samples} samples (data.duration * data.sample_rate)",
                                 skippable=False))
     return problems
+
+
+def _short_clip_warnings(cfg, report: DataReport) -> None:
+    """Clips far shorter than data.duration train on padding: say which (the first few)."""
+    for split, st in report.stats.items():
+        if not st.short:
+            continue
+        named = ", ".join(f"{name} ({seconds:.4g} s)" for name, seconds in st.short[:SHORT_LISTED])
+        more = f" and {len(st.short) - SHORT_LISTED} more" if len(st.short) > SHORT_LISTED else ""
+        report.warnings.append(
+            f"{len(st.short)} {split} clip(s) shorter than {SHORT_CLIP_SHARE:.0%} of data.duration "
+            f"({cfg.data.duration:g} s), mostly padding: {named}{more}")
 
 
 def _emptiness(found, report: DataReport) -> None:

@@ -15,6 +15,10 @@ import numpy as np
 # Longest list of bad items printed by to_text(); the rest are counted. The full list stays in
 # DataReport.errors.
 MAX_LISTED = 100
+# A clip shorter than this share of data.duration is mostly padding (a 1-sample WAV is all of
+# it): accepted, but named in a warning. At most SHORT_LISTED of them are named per split.
+SHORT_CLIP_SHARE = 0.1
+SHORT_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class SplitStats:
     """Audio: examples shorter than data.duration (zeros appended)."""
     trimmed: int = 0
     """Audio: examples longer than data.duration (the end cut off)."""
+    short: list[tuple[str, float]] = field(default_factory=list)
+    """Audio: (name, seconds) of clips far shorter than data.duration (see SHORT_CLIP_SHARE)."""
 
 
 @dataclass
