@@ -115,3 +115,21 @@ def test_commands_answer_without_importing_torch(tmp_path):
                             env={"LONGHAUL_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_train_on_bad_data_prints_the_report_once(tmp_path, capsys):
+    import numpy as np
+    import soundfile
+
+    for cls in ("bird", "frog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        soundfile.write(str(tmp_path / "data" / cls / "ok.wav"), np.full(4000, 0.1, np.float32), 8000)
+    (tmp_path / "data" / "bird" / "broken.wav").write_bytes(b"\x00" * 64)
+    cfg = {**TINY, "data": {"source": "audio_folder", "root": str(tmp_path / "data"), "sample_rate": 8000,
+                            "duration": 0.5, "val_fraction": 0.5}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.wav" in err
+    assert err.count("broken.wav") == 1, err

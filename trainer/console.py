@@ -112,7 +112,7 @@ class ConsolePublisher:
         elif self.events.held == 0:
             self.reported.discard("events.jsonl")
         prefix = {"info": "--", "warning": "!!", "error": "XX"}.get(level, "--")
-        if kind != "state" or data.get("state") not in ("running",):
+        if kind != "crash" and (kind != "state" or data.get("state") != "running"):  # cli.main prints a crash
             print(f"{prefix} {message}", file=sys.stdout if level == "info" else sys.stderr, flush=True)
         if kind == "checkpoint":
             self._update_state(last_checkpoint={"time": time.time(), "step": data.get("step"),
