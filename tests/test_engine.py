@@ -287,7 +287,9 @@ def test_sigkill_at_random_instants_then_resume_is_bit_identical(tmp_path):
     raw["model"] = {"name": "mfcc_mlp", "drop_rate": 0.3}
     raw["features"] = {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 20}
     raw["data"]["synthetic"].update(train_per_class=48, val_per_class=8)
-    raw["phases"] = [{"name": "head", "epochs": 3, "trainable": 0.0}, {"name": "full", "epochs": 4}]
+    # ~500 steps: a kill's random delay (up to 0.4 s, ~60 steps on a quiet box) must not reach
+    # the end of the run before the third kill
+    raw["phases"] = [{"name": "head", "epochs": 20, "trainable": 0.0}, {"name": "full", "epochs": 24}]
     raw["checkpoint"]["interval_seconds"] = 0.2
     config = tmp_path / "resume.yaml"
     config.write_text(yaml.safe_dump(raw))
