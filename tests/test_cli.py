@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,8 @@ def test_commands_answer_without_importing_torch(tmp_path):
     code = ("import sys; from trainer.cli import main; main(['ls', '--json']); "
             "assert 'torch' not in sys.modules, 'ls imported torch'")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env={"LONGHAUL_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"})
+                            env={"LONGHAUL_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin",
+                                 "LONGHAUL_STATE_DIR": os.environ["LONGHAUL_STATE_DIR"]})  # (conftest)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
 

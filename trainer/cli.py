@@ -201,9 +201,12 @@ def format_status(info: dict) -> str:
 
 
 def run_notes(info: dict) -> list[str]:
-    """What a person must know about a run beyond its progress: a rebuilt state file, a daemon
-    that keeps dying at start."""
+    """What a person must know about a run beyond its progress: a pause for disk space, a
+    rebuilt state file, a daemon that keeps dying at start."""
     notes = []
+    if info.get("pause_reason") == "disk_full":
+        notes.append("  paused by itself: the disk is full (see `longhaul logs` and the alerts); it resumes "
+                     "by itself once space is freed")
     rebuilt = info.get("rebuilt")
     if isinstance(rebuilt, dict):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rebuilt.get("time") or 0))

@@ -1193,6 +1193,7 @@ def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: flo
     if runs.effective_state(run_dir, current) in runs.LIVE_STATES:
         raise DaemonError(f"run {run_dir.name} is already {current.get('state')} (daemon pid {current.get('pid')})")
     runs.socket_path(run_dir)  # fail here, in the user's terminal, if no socket directory is safe
+    _wait_for_exiting_daemon(run_dir)
     argv = [sys.executable, "-m", "trainer.daemon", str(run_dir)]
     if worker_script is not None:
         argv += ["--worker-script", str(Path(worker_script).absolute())]
@@ -1217,6 +1218,27 @@ def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: flo
         except (OSError, runs.StateFileError):
             pass
     return proc.pid
+
+
+def _wait_for_exiting_daemon(run_dir: Path, timeout: float = 30.0) -> None:
+    """A daemon whose run just stopped or finished still holds the run's lock for a moment
+    (it flushes clients and caches the series): `stop` then `resume` must wait for it rather
+    than fail with "already owned"."""
+    deadline = time.monotonic() + timeout
+    if not (run_dir / LOCK_FILE).exists():
+        return  # no daemon has ever run here
+    with open(run_dir / LOCK_FILE, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DaemonError(f"the daemon of {run_dir.name} is still exiting after {timeout:.0f} s "
+                                      f"(see {run_dir / 'daemon.log'})") from None
+                time.sleep(0.05)
+                continue
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return
 
 
 def _first_sign(proc: subprocess.Popen, run_dir: Path, wait: float) -> Optional[str]:

@@ -567,6 +567,7 @@ def status(run_dir: Path) -> dict:
         "last_checkpoint_age": age,
         "updated": state.get("updated"),
         "stop_reason": state.get("stop_reason"),
+        "pause_reason": state.get("pause_reason") if current == "paused" else None,
         "launch_failures": state.get("launch_failures") or 0,
         "rebuilt": state.get("rebuilt"),
         "dir": str(run_dir),
@@ -577,7 +578,8 @@ def missing_status(run_dir: Path) -> dict:
     """The status of a registered run whose directory is gone (moved or deleted)."""
     run_dir = Path(run_dir)
     info = dict.fromkeys(("step", "total_steps", "epoch", "phase", "phase_name", "last_eval", "best_eval", "pid",
-                          "socket", "eta", "last_checkpoint_age", "updated", "stop_reason", "rebuilt"))
+                          "socket", "eta", "last_checkpoint_age", "updated", "stop_reason", "pause_reason",
+                          "rebuilt"))
     info.update(name=run_dir.name, state="missing", launch_failures=0, dir=str(run_dir),
                 error=f"the registered run directory {run_dir} is gone (moved or deleted)")
     return info
