@@ -1,12 +1,16 @@
 """Every test runs against its own empty run registry (trainer.registry), never the real one in
 the user's home: LONGHAUL_STATE_DIR is an environment variable, so daemons, workers and CLI
 subprocesses the test starts use the same one. `longhaul` entry points set the process umask
-(private run data); it is restored after each test so tests do not leak it into each other."""
+(private run data); it is restored after each test so tests do not leak it into each other.
+
+`tmpfs` (tests/tmpfs.py) is every test's fixture for a disk that really fills up."""
 from __future__ import annotations
 
 import os
 
 import pytest
+
+from tests.tmpfs import tmpfs  # noqa: F401  (fixture for every test module)
 
 
 @pytest.fixture(autouse=True)

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-
-from daemon_helpers import FAKE_WORKER, FAST_SETTINGS, Launcher, make_run, read_events, short_runtime_dir, wait_exit, wait_for
-from tests.tmpfs import tmpfs  # noqa: F401 (fixture)
+from daemon_helpers import FAKE_WORKER, FAST_SETTINGS, Launcher, make_run, short_runtime_dir, wait_exit, wait_for
 from trainer import cli, daemon, history, registry, runs
 
 TESTS = Path(__file__).resolve().parent

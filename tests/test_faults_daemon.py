@@ -14,22 +14,11 @@ import signal
 import sys
 import threading
 
-import pytest
-
-from daemon_helpers import (FAKE_WORKER, Launcher, RawClient, is_final_state, make_run, short_runtime_dir,
-                            wait_exit, wait_for)
-from tests.tmpfs import tmpfs  # noqa: F401  (fixture)
+from daemon_helpers import FAKE_WORKER, RawClient, is_final_state, make_run, wait_exit, wait_for
+from test_daemon import env  # noqa: F401  (fixture: a runs root and a Launcher)
 from trainer import client, console, daemon, eventlog, runs
 
 TORN = '{"seq": 7, "time": 1.0, "kind": "alert", "lev'
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", short_runtime_dir())
-    launcher = Launcher()
-    yield tmp_path / "runs", launcher
-    launcher.cleanup()
 
 
 def lines_of(path) -> list[str]:

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from tests.test_resume_daemon import CONFIG, ROOT, cli, status, wait_until
-from tests.tmpfs import tmpfs  # noqa: F401  (fixture)
 from trainer.history import read_history
 
 # Slow enough per run that the disk fills while it trains (~1,000 steps), small checkpoints.

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from tests.test_engine import tiny_cfg
-from tests.tmpfs import tmpfs  # noqa: F401  (fixture)
 from trainer import cli
 from trainer.checkpoint import CheckpointError, CheckpointStore
 from trainer.engine import NullPublisher, Trainer

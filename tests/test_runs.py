@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from trainer import runs
-from tests.tmpfs import tmpfs  # noqa: F401  (fixture)
 
 
 @pytest.fixture

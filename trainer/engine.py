@@ -29,7 +29,6 @@ from typing import Any, Optional, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from trainer import models
 from trainer.checkpoint import CheckpointError, CheckpointStore, DiskFullError, estimate_bytes, is_disk_full
