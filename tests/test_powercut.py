@@ -148,7 +148,7 @@ def test_an_o_sync_write_is_durable_at_once(powercut):
 
 
 # ============================================================================ a real run, cut many times
-CUTS = 8
+CUTS = 13
 
 
 def kill_process_group(pgid: int) -> None:
@@ -297,8 +297,8 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
     source = tmp_path / "powercut.yaml"
     # Long enough in steps that a cut's random delay (up to 0.3 s, ~50 steps on a quiet box)
     # never reaches the end of the run before the last cut.
-    source.write_text(yaml.safe_dump({**CONFIG, "phases": [{"name": "a", "epochs": 40},
-                                                            {"name": "b", "epochs": 40, "lr_mult": 0.5}]}))
+    source.write_text(yaml.safe_dump({**CONFIG, "phases": [{"name": "a", "epochs": 60},
+                                                            {"name": "b", "epochs": 60, "lr_mult": 0.5}]}))
     run_dir = mount.mountpoint / "runs" / "powercut"
     reference = None
     try:
