@@ -264,7 +264,9 @@ class CheckpointConfig(Section):
     keep_phase_ends: bool = True
     """Also keep one checkpoint per finished phase."""
     min_free_mb: float = Field(512.0, ge=0.0)
-    """Refuse to write (and alert) when less than this plus the checkpoint's size is free."""
+    """Free space (MiB) to keep beyond the next checkpoint's size. Below it the run pauses itself
+    with an alert (nothing is written that could fail half-way) and resumes by itself once space
+    is freed; the reserve leaves room for state.json, events and logs meanwhile."""
     writer_nice: int = Field(19, ge=0, le=19)
     """How much lower the background checkpoint writer's CPU priority is than training's (Linux
     nice increment). At 19 the write did not measurably slow training (bench/checkpoint_stall.py)
