@@ -202,3 +202,11 @@ def test_offline_model_without_any_files(tmp_path):
     (run_dir / "state.json").write_text(json.dumps({"name": "empty", "state": "starting"}))
     model = load_run_dir(run_dir)
     assert model.plan is None and model.series == {} and model.state == "interrupted"
+
+
+def test_offline_reader_rebuilds_a_damaged_state_file(tmp_path):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "r", state="stopped", steps=100)
+    (run_dir / "state.json").write_text("{torn")
+    model = load_run_dir(run_dir)
+    assert model.state != "unknown"
+    assert any(e["kind"] == "alert" and "state.json was damaged" in e["message"] for e in model.events)

@@ -70,12 +70,13 @@ def load_run_dir(run_dir: Path, model: Optional[RunModel] = None) -> RunModel:
     model = model or RunModel()
     model.run_dir = run_dir
     problems: list[str] = []
-    try:
-        state = runs.StateFile(run_dir).read()
-    except runs.StateFileError as exc:
-        state, problems = {}, [str(exc)]
+    state = runs.read_state(run_dir)  # a damaged state.json is rebuilt from the run directory
+    rebuilt = state.get("rebuilt")
+    if isinstance(rebuilt, dict):
+        problems.append(f"state.json was damaged ({rebuilt.get('problem')}); rebuilt from "
+                        f"{', '.join(rebuilt.get('from') or []) or 'nothing'}")
     model.name = state.get("name") or run_dir.name
-    model.state = runs.effective_state(run_dir, state) if not problems else "unknown"
+    model.state = runs.effective_state(run_dir, state)
     try:
         model.plan, model.config = read_plan(run_dir)
     except (ValueError, OSError) as exc:
