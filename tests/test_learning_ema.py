@@ -65,13 +65,13 @@ def test_ema_with_warmup_tracks_the_model_from_the_first_evaluation(tmp_path):
     _, result, evals, _ = run(tmp_path / "warm", **{"eval.ema.warmup": True})
     assert result == "finished"
     first = evals[0]
-    assert first["raw_val_accuracy"] >= 0.5  # the model learned (chance is 0.25)
-    assert abs(first["ema_val_accuracy"] - first["raw_val_accuracy"]) <= 0.15
+    assert first["val_raw_accuracy"] >= 0.5  # the model learned (chance is 0.25)
+    assert abs(first["val_ema_accuracy"] - first["val_raw_accuracy"]) <= 0.15
 
     # without warm-up a 0.999 EMA is still (almost) the model after its first step
     _, _, evals, _ = run(tmp_path / "cold", **{"eval.ema.warmup": False})
     first = evals[0]
-    assert first["raw_val_accuracy"] - first["ema_val_accuracy"] >= 0.25
+    assert first["val_raw_accuracy"] - first["val_ema_accuracy"] >= 0.25
 
 
 def test_both_weights_are_reported_and_the_better_one_is_followed(tmp_path):
@@ -80,9 +80,10 @@ def test_both_weights_are_reported_and_the_better_one_is_followed(tmp_path):
     record = evals[-1]
     assert record["eval_weights"] == "raw"  # the cold EMA is worse
     for key in ("val_loss", "val_accuracy", "val_f1_macro"):
-        assert record[key] == record[f"raw_{key}"] and f"ema_{key}" in record
+        name = key.removeprefix("val_")
+        assert record[key] == record[f"val_raw_{name}"] and f"val_ema_{name}" in record
     assert trainer.state.best_eval["eval_weights"] == "raw"
-    assert trainer.state.best_metric == record["raw_val_accuracy"]
+    assert trainer.state.best_metric == record["val_raw_accuracy"]
     # best.pt (best at the last step here) and last.pt hold the raw weights, not the EMA's
     raw_weights = trainer.model.state_dict()
     for name in ("best.pt", "last.pt"):
@@ -95,8 +96,8 @@ def test_both_weights_are_reported_and_the_better_one_is_followed(tmp_path):
 def test_evaluate_raw_off_follows_the_ema_only(tmp_path):
     _, _, evals, _ = run(tmp_path, **{"eval.ema.warmup": False, "eval.ema.evaluate_raw": False})
     record = evals[-1]
-    assert record["eval_weights"] == "ema" and not any(k.startswith("raw_") for k in record)
-    assert record["val_accuracy"] == record["ema_val_accuracy"]
+    assert record["eval_weights"] == "ema" and not any(k.startswith("val_raw_") for k in record)
+    assert record["val_accuracy"] == record["val_ema_accuracy"]
 
 
 def set_up(run_dir, **overrides) -> Events:

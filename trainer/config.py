@@ -231,17 +231,19 @@ class EmaConfig(Section):
     the EMA weights and (evaluate_raw) the raw weights, and follows the better of the two: its
     eval.monitor value decides best.pt (which holds those weights), early stopping and
     reduce-on-plateau; a tie goes to the EMA. The eval record's val_* keys are the chosen
-    weights', `eval_weights` says which ("ema" or "raw"), and ema_val_* / raw_val_* hold both sets.
-    At start an `ema_slow` warning says when the EMA would still be dominated by the run's first
-    quarter at its end (over 10% of its weight from there)."""
+    weights', `eval_weights` says which ("ema" or "raw"), and val_ema_* / val_raw_* hold both sets
+    (val_ema_accuracy, val_raw_loss, ...).
+    At start an `ema_slow` alert warns when, at the run's last step, over 10% of the EMA would
+    still come from the weights of the run's first quarter (for a constant decay: 1/(1 - decay)
+    longer than about a third of the run)."""
     decay: float = Field(0.9998, gt=0.0, lt=1.0)
     """EMA decay per optimizer step (the most it reaches with warmup): the EMA averages over about
     1/(1 - decay) steps (0.999: 1,000 steps)."""
     warmup: bool = True
-    """Warm the decay up as timm's ModelEmaV3 does: at optimizer step n the decay is
-    min(decay, 1 - (1 + n) ** -warmup_power), so the EMA follows the model from the first
-    evaluation instead of sitting near its random start for ~1/(1 - decay) steps. A function of
-    the step alone, so resume stays bit-exact."""
+    """Warm the decay up as timm's ModelEmaV3 does: the update after optimizer step n (counted
+    from 1; step 1 copies the model) uses min(decay, 1 - n ** -warmup_power), so the EMA follows
+    the model from the first evaluation instead of sitting near its random start for
+    ~1/(1 - decay) steps. A function of the step alone, so resume stays bit-exact."""
     warmup_power: float = Field(0.75, gt=0.0, le=1.0)
     """Power of the warmup: 3/4 suits runs up to ~100k steps (decay 0.999 reached at step 10k),
     2/3 longer ones (at 31.6k); 1 makes the EMA a plain mean of all steps so far."""

@@ -573,8 +573,8 @@ class Trainer:
 
         With EMA on, both the EMA and (eval.ema.evaluate_raw) the raw weights are evaluated and
         the better eval.monitor value is followed (a tie or a missing value goes to the EMA):
-        its metrics are the record's val_* keys, `eval_weights` names it, ema_val_* and
-        raw_val_* keep both sets' scalars."""
+        its metrics are the record's val_* keys, `eval_weights` names it, val_ema_* and
+        val_raw_* keep both sets' scalars (val_ema_accuracy, val_raw_loss, ...)."""
         if self.ema is None:
             metrics, chosen, extra = self._evaluate_model(self.model), "raw", {}
         else:
@@ -583,7 +583,8 @@ class Trainer:
                 sets["raw"] = self._evaluate_model(self.model)
             chosen = self._pick_weights(sets)
             metrics = sets[chosen]
-            extra = {f"{name}_{k}": v for name, m in sets.items() for k, v in m.items()
+            # val_ema_* / val_raw_*: inside the val_ namespace history series and export use
+            extra = {f"val_{name}_{k.removeprefix('val_')}": v for name, m in sets.items() for k, v in m.items()
                      if k.startswith("val_") and isinstance(v, (int, float))}
             extra["eval_weights"] = chosen
         record = {"kind": "eval", "step": self.state.step, "epoch": self.state.epoch,
