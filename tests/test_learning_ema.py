@@ -185,3 +185,50 @@ def test_foreground_train_exits_non_zero_without_a_best_checkpoint(tmp_path, mon
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(SMALL))
     assert cli.main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]) != 0
+
+
+FAILING_WORKER = '''
+import sys
+from pathlib import Path
+from trainer import worker
+
+
+class NoBestTrainer:
+    """Ends as the engine does when no evaluation ever produced eval.monitor."""
+
+    def __init__(self, cfg, run_dir, publisher, controls):
+        self.run_dir, self.publisher = Path(run_dir), publisher
+
+    def run(self):
+        with open(self.run_dir / "starts", "a") as fh:
+            fh.write("start\\n")
+        self.publisher.event("alert", "error", "no best checkpoint", what="no_best")
+        self.publisher.event("state", "error", "failed: no best checkpoint", state="failed", reason="no_best")
+        return "failed"
+
+
+sys.exit(worker.main(trainer_factory=NoBestTrainer))
+'''
+
+
+def test_daemon_ends_failed_without_restarting_a_trainer_that_failed_cleanly(tmp_path, monkeypatch):
+    from daemon_helpers import FAST_SETTINGS, Launcher, make_run, read_events, short_runtime_dir, wait_for
+
+    from trainer import daemon, runs
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_runtime_dir())
+    run_dir = make_run(tmp_path / "runs", "nobest")
+    script = tmp_path / "no_best_worker.py"
+    script.write_text(FAILING_WORKER)
+    launcher = Launcher()
+    launcher.run_dirs.append(run_dir)
+    try:
+        pid = daemon.launch_daemon(run_dir, worker_script=script, settings=FAST_SETTINGS)
+        wait_for(lambda: runs.StateFile(run_dir).read().get("state") in runs.FINAL_STATES, 30, "a final state")
+        wait_for(lambda: not runs.is_longhaul_process(pid), 30, "the daemon's exit")
+    finally:
+        launcher.cleanup()
+    assert runs.StateFile(run_dir).read()["state"] == "failed"
+    assert (run_dir / "starts").read_text().count("start") == 1  # a decision, not a crash: no restart
+    kinds = [event["kind"] for event in read_events(run_dir)]
+    assert "restart" not in kinds and "crash" not in kinds
