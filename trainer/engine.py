@@ -268,9 +268,11 @@ class Trainer:
             return
         total = self.plan.total_steps
         first_quarter = total // 4
-        share = math.prod(self._ema_decay_at(k) for k in range(first_quarter, total))
-        if share <= 0.1:
-            return
+        share = 1.0
+        for k in range(first_quarter, total):
+            share *= self._ema_decay_at(k)
+            if share <= 0.1:  # factors are <= 1: it only shrinks (and long runs stop early here)
+                return
         ema = self.cfg.eval.ema
         tau = 1.0 / (1.0 - ema.decay)
         per_epoch = self.plan.phases[0].steps_per_epoch
