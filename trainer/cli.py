@@ -24,6 +24,14 @@ def _load(args, check_model: bool = True):
     return load_config(args.config, overrides=args.set or [], check_model=check_model)
 
 
+def _print_config_warnings(cfg, args) -> None:
+    """Settings that are valid but likely not meant (config.config_warnings), once, on stderr."""
+    from trainer.config import config_warnings
+
+    for key, reason in config_warnings(cfg):
+        print(f"longhaul {args.cmd}: warning: {args.config}: {key}: {reason}", file=sys.stderr, flush=True)
+
+
 def _run_dir_for(args, cfg, command: str) -> tuple[Path, bool]:
     """The run directory `start`/`train` will use, and whether this command created it.
 
@@ -133,6 +141,7 @@ def cmd_train(args) -> int:
     from trainer import registry
 
     cfg = _load(args)
+    _print_config_warnings(cfg, args)
     run_dir, created = _run_dir_for(args, cfg, "train")
     try:
         write_config(run_dir, cfg)
@@ -165,6 +174,7 @@ def cmd_check_data(args) -> int:
     from trainer.data import check_data
 
     cfg = _load(args, check_model=False)
+    _print_config_warnings(cfg, args)
     report = check_data(cfg)
     print(report.to_text())
     return 0 if report.ok else 1
