@@ -159,10 +159,15 @@ def cmd_train(args) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    from trainer.console import DecodeProgressLine, install_log_handler
+    from trainer.data import DECODING
+
+    install_log_handler()
     publisher = ConsolePublisher(run_dir, cfg.name or run_dir.name, quiet=args.quiet)
     publisher.started()
     try:
-        final = Trainer(cfg, run_dir, publisher, controls).run()
+        with DECODING.watch(DecodeProgressLine()):  # only the set-up decodes up front
+            final = Trainer(cfg, run_dir, publisher, controls).run()
     except BaseException as exc:
         publisher.failed(exc)
         raise
@@ -173,9 +178,13 @@ def cmd_train(args) -> int:
 def cmd_check_data(args) -> int:
     from trainer.data import check_data
 
+    from trainer.console import DecodeProgressLine
+    from trainer.data import DECODING
+
     cfg = _load(args, check_model=False)
     _print_config_warnings(cfg, args)
-    report = check_data(cfg)
+    with DECODING.watch(DecodeProgressLine()):
+        report = check_data(cfg)
     print(report.to_text())
     return 0 if report.ok else 1
 
