@@ -198,6 +198,9 @@ class ScheduleConfig(Section):
     """Linear warmup from warmup_start_ratio*lr, in epochs (fractions allowed)."""
     warmup_start_ratio: float = Field(0.01, ge=0.0, le=1.0)
     """LR at the first step, as a fraction of the target LR."""
+    phase_warmup_epochs: Optional[float] = Field(None, ge=0.0)
+    """Warm-up again at the start of each phase that unfreezes more of the backbone than the one
+    before (at most half that phase); null: as long as warmup_epochs, 0: no warm-up there."""
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     """Floor of cosine decay, as a fraction of the base LR."""
     restarts: list[int] = []
@@ -457,6 +460,23 @@ def _plan_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     if not (cfg.eval.monitor.startswith("val_") or cfg.eval.monitor == "train_loss"):
         problems.append(("eval.monitor", f"expected a validation metric such as val_f1_macro, val_accuracy or val_loss, found {cfg.eval.monitor!r}"))
     return problems
+
+
+def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(key, reason) of settings that are valid but very likely not what was meant. Printed by
+    `train`, `start` and `check-data`; they do not stop a run (the shipped presets freeze the
+    backbone first, which is right with model.pretrained set and harmless without it)."""
+    warnings = []
+    if not cfg.model.pretrained:
+        for i, phase in enumerate(cfg.phases):
+            if phase.trainable < 1.0:
+                what = ("trains only the classifier on a random, frozen backbone: it cannot learn useful "
+                        "features, and its evaluations do not count toward early-stopping patience"
+                        if phase.trainable == 0.0 else
+                        f"freezes {1.0 - phase.trainable:.0%} of a random backbone (never trained)")
+                warnings.append((f"phases.{i}.trainable", f"phase {phase.name!r} {what}, because model.pretrained "
+                                 "is null; set model.pretrained to a weights file, or trainable: 1.0"))
+    return warnings
 
 
 def check_model_name(name: str) -> Optional[str]:

@@ -21,6 +21,7 @@ from .features import SPECTRAL, FeatureExtractor
 from .report import SHORT_CLIP_SHARE, SHORT_LISTED, DataError, DataReport, Problem, SplitStats
 from .decode import BadItem, Decoder, Item
 from .sources import scan
+from .report import DECODING  # progress of the decode pass (check-data / train print it)
 
 FEATURE_CHUNK = 64  # examples per feature computation while filling the cache
 
@@ -159,6 +160,7 @@ def _examine(cfg, keep_features: bool) -> tuple[DataReport, dict[str, Examples]]
         skip_bad_files=cfg.data.skip_bad_files)
     examples: dict[str, Examples] = {}
     synthetic = cfg.data.source == "synthetic"
+    DECODING.start(sum(len(items) for items in found.splits.values()))
     for split, items in found.splits.items():
         cache_features = keep_features and extractor is not None
         if synthetic and not cache_features:
@@ -194,6 +196,7 @@ def _decode_split(items: list[Item], decoder: Decoder, extractor: Optional[Featu
         pending.clear()
 
     for item in items:
+        DECODING.step()
         try:
             decoded = item.load(decoder)
         except BadItem as exc:
