@@ -177,3 +177,15 @@ def test_check_data_reports_progress_of_the_decode_pass(tmp_path, capsys, monkey
     monkeypatch.setattr(console, "DecodeProgressLine", lambda: lambda done, total: seen.append((done, total)))
     assert main(["check-data", str(path)]) == 1   # the broken file (check-data ignores skip_bad_files' verdict)
     assert seen[-1] == (17, 17) and [d for d, _ in seen] == list(range(1, 18))
+
+
+def test_start_prints_the_frozen_phase_warning(tmp_path, capsys, monkeypatch):
+    from trainer import daemon
+    from trainer.cli import main
+
+    monkeypatch.setattr(daemon, "launch_daemon", lambda run_dir: 4242)  # no daemon needed here
+    path = tmp_path / "lc.yaml"
+    path.write_text(yaml.safe_dump(tiny()))
+    assert main(["--root", str(tmp_path / "runs"), "start", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("phases.0.trainable") == 1 and "model.pretrained is null" in err

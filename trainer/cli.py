@@ -278,6 +278,7 @@ def cmd_start(args) -> int:
     from trainer import daemon, registry
 
     cfg = _load(args)
+    _print_config_warnings(cfg, args)
     run_dir, created = _run_dir_for(args, cfg, "start")
     registry.register(run_dir)
     try:
