@@ -199,7 +199,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.data = build_datasets(cfg)
+        self.data = build_datasets(cfg, frozen=self.run_dir / "data_auto.json")  # keeps what `auto` became
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
                        what="bad_data", count=len(self.data.skipped))

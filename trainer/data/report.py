@@ -76,6 +76,8 @@ class DataReport:
     target: str = ""
     """What every example is turned into, e.g. '1.00 s at 16000 Hz' or '224x224 RGB'."""
     skip_bad_files: bool = False
+    derived: list[str] = field(default_factory=list)
+    """What `auto` settings became and the numbers behind them (data.sample_rate/duration)."""
 
     @property
     def errors(self) -> list[tuple[str, str]]:
@@ -114,6 +116,7 @@ class DataReport:
         lines = [f"Data: {self.source} ({self.location})"]
         if self.target:
             lines.append(f"Every example becomes: {self.target}")
+        lines += [f"  {line}" for line in self.derived]
         lines += self._count_lines()
         lines += self._stat_lines()
         if self.warnings:
