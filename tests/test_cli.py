@@ -50,10 +50,14 @@ def test_train_status_export(tmp_path, config, capsys, monkeypatch):
 
     assert main(["export", str(run_dir), "--format", "jsonl"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 13)) and all("train_loss" in r for r in rows)
+    trains = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in trains] == list(range(1, 13)) and all("train_loss" in r for r in trains)
+    assert [r["step"] for r in evals] == [6, 12] and all("val_accuracy" in r and "train_loss" not in r for r in evals)
     assert main(["export", "clitiny", "--format", "csv"]) == 0
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(table) == 12 and "val_accuracy" in table[0]
+    assert len(table) == 14 and list(table[0])[:5] == ["step", "epoch", "phase", "time", "kind"]
+    assert "val_accuracy" in table[0] and table[0]["val_accuracy"] == "" 
 
     # running the same run directory again resumes it; its events continue the numbering
     first_events = len((run_dir / "events.jsonl").read_text().splitlines())

@@ -437,31 +437,35 @@ def test_load_summary_without_a_writable_directory_or_history(tmp_path, monkeypa
 
 
 # ----------------------------------------------------------------------------- export
-def test_export_rows_merge_eval_columns_by_step(tmp_path):
+def test_export_rows_one_per_record_with_kind(tmp_path):
     path = tmp_path / "h.msgpack"
     write(path, [train(1), train(2), evaluation(2, f1=0.7, auc=0.9), train(3),
                  evaluation(4, f1=0.8), train(5)])
     rows = list(h.export_rows(path))
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
-    assert rows[1]["val_f1_macro"] == 0.7 and rows[1]["val_auc"] == 0.9 and rows[1]["train_loss"] == 0.5
-    assert rows[1]["time"] == train(2)["time"]  # the train record's position fields win
-    assert "per_class" not in rows[1] and "confusion" not in rows[1] and "val_per_class" not in rows[1]
-    assert "val_f1_macro" not in rows[0] and "kind" not in rows[0]
-    assert rows[3] == {"step": 4, "epoch": 0, "phase": 0, "time": evaluation(4)["time"], "val_loss": pytest.approx(0.2),
-                       "val_accuracy": 0.8, "val_f1_macro": 0.8, "val_f1_weighted": 0.8}
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", 1), ("train", 2), ("eval", 2), ("train", 3),
+                                                      ("eval", 4), ("train", 5)]
+    assert rows[1]["train_loss"] == 0.5 and "val_f1_macro" not in rows[1]   # not merged into the train row
+    assert rows[2]["val_f1_macro"] == 0.7 and rows[2]["val_auc"] == 0.9 and "train_loss" not in rows[2]
+    assert rows[2]["time"] == evaluation(2)["time"]
+    assert "per_class" not in rows[2] and "confusion" not in rows[2] and "val_per_class" not in rows[2]
+    assert rows[4] == {"kind": "eval", "step": 4, "epoch": 0, "phase": 0, "time": evaluation(4)["time"],
+                       "val_loss": pytest.approx(0.2), "val_accuracy": 0.8, "val_f1_macro": 0.8, "val_f1_weighted": 0.8}
 
 
 def test_write_export_jsonl_and_csv(tmp_path):
     path = tmp_path / "h.msgpack"
     write(path, [train(1, loss=float("nan")), train(2), evaluation(2, f1=0.7)])
     out = io.StringIO()
-    assert h.write_export(path, out, "jsonl") == 2
+    assert h.write_export(path, out, "jsonl") == 3
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert lines[0]["train_loss"] is None and lines[1]["val_f1_macro"] == 0.7
+    assert lines[0]["train_loss"] is None and lines[2]["val_f1_macro"] == 0.7
+    assert [line["kind"] for line in lines] == ["train", "train", "eval"]
     out = io.StringIO()
-    assert h.write_export(path, out, "csv") == 2
+    assert h.write_export(path, out, "csv") == 3
     table = list(csv.DictReader(io.StringIO(out.getvalue())))
-    assert list(table[0])[:4] == ["step", "epoch", "phase", "time"]
-    assert table[0]["val_f1_macro"] == "" and table[1]["val_f1_macro"] == "0.7"
+    header = list(table[0])
+    assert header[:5] == ["step", "epoch", "phase", "time", "kind"]
+    assert header.index("train_loss") < header.index("val_loss")   # train columns, then val_*
+    assert table[1]["val_f1_macro"] == "" and table[2]["val_f1_macro"] == "0.7" and table[2]["train_loss"] == "" 
     with pytest.raises(ValueError, match="parquet"):
         h.write_export(path, io.StringIO(), "parquet")

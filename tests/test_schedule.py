@@ -59,6 +59,37 @@ def test_lr_curve_covers_run_and_phase_starts():
     assert dict(curve)[20] == 0.5
 
 
+def unfreezing(**schedule):
+    """head (frozen, 2 epochs) -> full (4 epochs) at 10 steps per epoch, constant LR 1.0."""
+    raw = {"phases": [{"name": "head", "epochs": 2, "trainable": 0.0},
+                      {"name": "full", "epochs": 4, "trainable": 1.0}],
+           "optim": {"batch_size": 10, "lr": 1.0},
+           "schedule": {"name": "constant", "warmup_epochs": 1, "warmup_start_ratio": 0.0, **schedule}}
+    return Plan.from_config(RunConfig.model_validate(raw), n_train=100)
+
+
+def test_warmup_restarts_at_an_unfreezing_phase():
+    plan = unfreezing()
+    assert [p.warmup_epochs for p in plan.phases] == [0.0, 1.0]    # default: schedule.warmup_epochs
+    assert [plan.lr_at(s) for s in (0, 5, 10, 19)] == pytest.approx([0.0, 0.5, 1.0, 1.0])  # the run's own
+    assert [plan.lr_at(s) for s in (20, 25, 30, 59)] == pytest.approx([0.0, 0.5, 1.0, 1.0])  # again at "full"
+    assert plan.lr_at(20) == plan.lr_at(20)  # a pure function of the step (resume asks again)
+
+
+def test_phase_warmup_length_is_set_capped_or_off():
+    assert unfreezing(phase_warmup_epochs=2).lr_at(30) == pytest.approx(0.5)
+    assert unfreezing(phase_warmup_epochs=10).phases[1].warmup_epochs == 2.0   # at most half the phase
+    assert unfreezing(phase_warmup_epochs=0).lr_at(20) == 1.0
+
+
+def test_phase_warmup_multiplies_the_schedule_and_skips_phases_that_unfreeze_nothing():
+    plan = unfreezing(name="cosine", min_lr_ratio=0.0)
+    base = plan.schedule.factor_at(2.5)
+    assert plan.lr_at(25) == pytest.approx(0.5 * base)             # half-way up the ramp, times the cosine
+    same = Plan.from_config(cfg(schedule={"name": "constant", "warmup_epochs": 1}), n_train=41)
+    assert [p.warmup_epochs for p in same.phases] == [0.0, 0.0]    # a -> b both train everything
+
+
 def test_eta_measured_and_extrapolated():
     raw = {"phases": [{"name": "head", "epochs": 1, "trainable": 0.0},
                       {"name": "full", "epochs": 1, "trainable": 1.0}],

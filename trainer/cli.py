@@ -24,6 +24,14 @@ def _load(args, check_model: bool = True):
     return load_config(args.config, overrides=args.set or [], check_model=check_model)
 
 
+def _print_config_warnings(cfg, args) -> None:
+    """Settings that are valid but likely not meant (config.config_warnings), once, on stderr."""
+    from trainer.config import config_warnings
+
+    for key, reason in config_warnings(cfg):
+        print(f"longhaul {args.cmd}: warning: {args.config}: {key}: {reason}", file=sys.stderr, flush=True)
+
+
 def _run_dir_for(args, cfg, command: str) -> tuple[Path, bool]:
     """The run directory `start`/`train` will use, and whether this command created it.
 
@@ -133,6 +141,7 @@ def cmd_train(args) -> int:
     from trainer import registry
 
     cfg = _load(args)
+    _print_config_warnings(cfg, args)
     run_dir, created = _run_dir_for(args, cfg, "train")
     try:
         write_config(run_dir, cfg)
@@ -150,10 +159,15 @@ def cmd_train(args) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    from trainer.console import DecodeProgressLine, install_log_handler
+    from trainer.data import DECODING
+
+    install_log_handler()
     publisher = ConsolePublisher(run_dir, cfg.name or run_dir.name, quiet=args.quiet)
     publisher.started()
     try:
-        final = Trainer(cfg, run_dir, publisher, controls).run()
+        with DECODING.watch(DecodeProgressLine()):  # only the set-up decodes up front
+            final = Trainer(cfg, run_dir, publisher, controls).run()
     except BaseException as exc:
         publisher.failed(exc)
         raise
@@ -164,8 +178,13 @@ def cmd_train(args) -> int:
 def cmd_check_data(args) -> int:
     from trainer.data import check_data
 
+    from trainer.console import DecodeProgressLine
+    from trainer.data import DECODING
+
     cfg = _load(args, check_model=False)
-    report = check_data(cfg)
+    _print_config_warnings(cfg, args)
+    with DECODING.watch(DecodeProgressLine()):
+        report = check_data(cfg)
     print(report.to_text())
     return 0 if report.ok else 1
 
@@ -259,6 +278,7 @@ def cmd_start(args) -> int:
     from trainer import daemon, registry
 
     cfg = _load(args)
+    _print_config_warnings(cfg, args)
     run_dir, created = _run_dir_for(args, cfg, "start")
     registry.register(run_dir)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -51,10 +51,22 @@ class SyntheticConfig(Section):
 
 
 class SpecAugmentConfig(Section):
-    freq_mask: int = Field(0, ge=0)
-    """Maximum width of each frequency mask in mel bins or MFCC coefficients (0: off)."""
-    time_mask: int = Field(0, ge=0)
-    """Maximum width of each time mask in frames (0: off)."""
+    freq_mask: float = Field(0, ge=0)
+    """Maximum width of each frequency mask: below 1 a fraction of the mel bins / MFCC
+    coefficients (0.15: 15%), from 1 on a number of bins (0: off). A width over half of the
+    input's bins is cut to half, with a warning in the data report."""
+    time_mask: float = Field(0, ge=0)
+    """Maximum width of each time mask: below 1 a fraction of the frames (0.1: 10% of the clip,
+    whatever data.duration is), from 1 on a number of frames (0: off). A width over half of the
+    input's frames is cut to half, with a warning in the data report."""
+
+    @field_validator("freq_mask", "time_mask")
+    @classmethod
+    def _whole_when_absolute(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError(f"a width of 1 or more is a number of bins/frames and must be whole, "
+                             f"found {value} (below 1 it is a fraction of the input)")
+        return value
     num_masks: int = Field(2, ge=1)
     """How many masks of each kind per example."""
 
@@ -116,10 +128,12 @@ class DataConfig(Section):
     drawn from `seed`)."""
     classes: Optional[list[str]] = None
     """Class names in label order; default: sorted folder names / labels found in the data."""
-    sample_rate: int = Field(16000, ge=1000)
-    """Audio is resampled to this rate (Hz)."""
-    duration: float = Field(1.0, gt=0.0)
-    """Audio is padded with zeros or trimmed to this many seconds."""
+    sample_rate: Union[int, Literal["auto"]] = 16000
+    """Audio is resampled to this rate (Hz). `auto`: the most common rate of the training files,
+    found by the up-front data check and kept for the run (run directory's data_auto.json)."""
+    duration: Union[float, Literal["auto"]] = 1.0
+    """Audio is padded with zeros or trimmed to this many seconds. `auto`: the 95th percentile
+    of the training clips' lengths, rounded up to 0.1 s (kept for the run like sample_rate)."""
     image_size: int = Field(224, ge=8)
     """Images are resized to image_size x image_size."""
     image_channels: Literal[1, 3] = 3
@@ -132,6 +146,20 @@ class DataConfig(Section):
     """Keep decoded, un-augmented features in memory after first use."""
     synthetic: SyntheticConfig = SyntheticConfig()
     """Settings of the built-in synthetic audio dataset (source: synthetic)."""
+
+    @field_validator("sample_rate", mode="before")
+    @classmethod
+    def _rate_or_auto(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1000):
+            return value
+        raise ValueError(f"expected a whole number of Hz >= 1000 or 'auto', found {value!r}")
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _seconds_or_auto(cls, value):
+        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"expected a number of seconds > 0 or 'auto', found {value!r}")
 
 
 # ----------------------------------------------------------------------------- model
@@ -198,6 +226,9 @@ class ScheduleConfig(Section):
     """Linear warmup from warmup_start_ratio*lr, in epochs (fractions allowed)."""
     warmup_start_ratio: float = Field(0.01, ge=0.0, le=1.0)
     """LR at the first step, as a fraction of the target LR."""
+    phase_warmup_epochs: Optional[float] = Field(None, ge=0.0)
+    """Warm-up again at the start of each phase that unfreezes more of the backbone than the one
+    before (at most half that phase); null: as long as warmup_epochs, 0: no warm-up there."""
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     """Floor of cosine decay, as a fraction of the base LR."""
     restarts: list[int] = []
@@ -442,7 +473,7 @@ def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> 
         problems.append(("features.kind", "model mfcc_mlp needs kind 'mfcc'"))
     if cfg.features.kind == "waveform" and cfg.model.name not in TIMM_FREE_MODELS:
         problems.append(("model.name", f"raw waveforms need model cnn1d_attention, found {cfg.model.name!r}"))
-    if cfg.features.f_max is not None and cfg.features.f_max > data.sample_rate / 2:
+    if cfg.features.f_max is not None and data.sample_rate != "auto" and cfg.features.f_max > data.sample_rate / 2:
         problems.append(("features.f_max", f"must be <= sample_rate/2 = {data.sample_rate / 2}, found {cfg.features.f_max}"))
     if cfg.model.pretrained and check_paths and not cfg.resolve_path(cfg.model.pretrained).is_file():
         problems.append(("model.pretrained", f"weights file not found: {cfg.resolve_path(cfg.model.pretrained)}"))
@@ -476,6 +507,23 @@ def _plan_problems(cfg: RunConfig) -> list[tuple[str, str]]:
                 problems.append((f"phases.{i}", f"one step needs {batch} samples but the training set has {n_train}"))
     problems += _monitor_problems(cfg)
     return problems
+
+
+def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(key, reason) of settings that are valid but very likely not what was meant. Printed by
+    `train`, `start` and `check-data`; they do not stop a run (the shipped presets freeze the
+    backbone first, which is right with model.pretrained set and harmless without it)."""
+    warnings = []
+    if not cfg.model.pretrained:
+        for i, phase in enumerate(cfg.phases):
+            if phase.trainable < 1.0:
+                what = ("trains only the classifier on a random, frozen backbone: it cannot learn useful "
+                        "features, and its evaluations do not count toward early-stopping patience"
+                        if phase.trainable == 0.0 else
+                        f"freezes {1.0 - phase.trainable:.0%} of a random backbone (never trained)")
+                warnings.append((f"phases.{i}.trainable", f"phase {phase.name!r} {what}, because model.pretrained "
+                                 "is null; set model.pretrained to a weights file, or trainable: 1.0"))
+    return warnings
 
 
 def _monitor_problems(cfg: RunConfig) -> list[tuple[str, str]]:

@@ -8,13 +8,14 @@ power cut does not take back the events that led up to the checkpoint a resume s
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from trainer import eventlog, runs
 
@@ -30,8 +31,91 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def progress_line(body: dict) -> str:
-    """One compact line: step, epoch, phase, loss, LR, throughput, ETA."""
+class _NotAnEvent(logging.Filter):
+    """Drops the log copy that Trainer.event makes of each event (it is there for the daemon's
+    train.log); in the foreground ConsolePublisher.event prints the event itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "trainer.engine" and record.funcName == "event")
+
+
+def install_log_handler(stream: Any = None) -> logging.Handler:
+    """The foreground's one handler for log warnings: each event is printed once.
+
+    Without a handler Python's last-resort handler printed every warning event a second time,
+    bare, beside ConsolePublisher's "!! ..." line. Warnings logged outside events (e.g. a
+    checkpoint that fails again) still come out here, once. Installing twice changes nothing."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if getattr(handler, "longhaul_console", False):
+            return handler
+    handler = logging.StreamHandler(stream)  # None: sys.stderr
+    handler.longhaul_console = True
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("!! %(message)s"))
+    handler.addFilter(_NotAnEvent())
+    root.addHandler(handler)
+    return handler
+
+
+class RateSmoother:
+    """samples/s for the progress line, steady from line to line.
+
+    Per-step rates jump (9 to 220 samples/s) with data loading, checkpoint copies and the other
+    processes on a small box. This averages seconds per sample exponentially over about the last
+    `1 / (1 - beta)` steps and shows its inverse: a slow step counts by the time it took, as in
+    samples divided by time, instead of being outvoted by fast ones as in a mean of rates."""
+
+    def __init__(self, beta: float = 0.95):
+        self.beta = beta
+        self.total = 0.0    # exponentially weighted sum of seconds per sample
+        self.weight = 0.0   # sum of the weights, so the first steps are not biased to zero
+        self.last_step: Optional[int] = None
+
+    def update(self, step: int, samples_per_s: Optional[float]) -> Optional[float]:
+        """Fold in the rate of `step` (each step once); return the smoothed samples/s."""
+        if samples_per_s and samples_per_s > 0 and step != self.last_step:
+            self.last_step = step
+            self.total = self.beta * self.total + (1.0 - self.beta) / samples_per_s
+            self.weight = self.beta * self.weight + (1.0 - self.beta)
+        return self.weight / self.total if self.total > 0 else None
+
+
+class DecodeProgressLine:
+    """"checking data: 1200/7200 files" on stderr while the data is decoded up front (it takes
+    minutes on thousands of files). At most one line every `interval` seconds; on a terminal
+    the line is rewritten in place, in a log (not a terminal) new lines come every
+    `log_interval` seconds. Nothing is printed when the check is over within the first interval."""
+
+    def __init__(self, stream: Any = None, interval: float = 1.0, log_interval: float = 10.0,
+                 clock=time.monotonic):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval if self.tty else log_interval
+        self.clock = clock
+        self.started: Optional[float] = None
+        self.last: Optional[float] = None
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self.started is None:
+            self.started = self.last = now
+        if done >= total and self.shown:
+            self._write(done, total, end="\n")
+        elif now - self.last >= self.interval and done < total:
+            self.last = now
+            self._write(done, total, end="" if self.tty else "\n")
+
+    def _write(self, done: int, total: int, end: str) -> None:
+        self.shown = True
+        start = "\r" if self.tty else ""
+        self.stream.write(f"{start}checking data: {done}/{total} files{end}")
+        self.stream.flush()
+
+
+def progress_line(body: dict, samples_per_s: Optional[float] = None) -> str:
+    """One compact line: step, epoch, phase, loss, LR, throughput (smoothed when given), ETA."""
     m = body.get("metrics") or {}
     eta = body.get("eta")
     parts = [f"step {body['step']}/{body['total_steps']}",
@@ -41,8 +125,9 @@ def progress_line(body: dict) -> str:
         parts.append(f"loss {m['train_loss_smooth']:.4f}")
     if m.get("lr") is not None:
         parts.append(f"lr {m['lr']:.2e}")
-    if m.get("samples_per_s") is not None:
-        parts.append(f"{m['samples_per_s']:.0f} samples/s")
+    rate = samples_per_s if samples_per_s is not None else m.get("samples_per_s")
+    if rate is not None:
+        parts.append(f"{rate:.0f} samples/s")
     if eta is not None:
         parts.append(f"ETA {format_duration(eta)}")
     return " | ".join(parts)
@@ -64,6 +149,7 @@ class ConsolePublisher:
         self.events = eventlog.EventLog(run_dir / "events.jsonl").open()  # continues the seq
         self.state_pending: dict = {}
         self.reported: set[str] = set()  # files whose write failure was already printed
+        self.rate = RateSmoother()
 
     def started(self) -> None:
         self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground")
@@ -95,9 +181,10 @@ class ConsolePublisher:
 
     def progress(self, body: dict) -> None:
         now = time.monotonic()
+        rate = self.rate.update(body["step"], (body.get("metrics") or {}).get("samples_per_s"))
         if not self.quiet and (now - self.last_line >= self.line_interval or body["step"] == body["total_steps"]):
             self.last_line = now
-            print(progress_line(body), flush=True)
+            print(progress_line(body, rate), flush=True)
         if now - self.last_state_write >= 2.0 or body["step"] == body["total_steps"]:
             self.last_state_write = now
             self._write_progress(body)

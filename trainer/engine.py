@@ -202,7 +202,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.data = build_datasets(cfg)
+        self.data = build_datasets(cfg, frozen=self.run_dir / "data_auto.json")  # keeps what `auto` became
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
                        what="bad_data", count=len(self.data.skipped))
@@ -634,14 +634,15 @@ class Trainer:
             state.last_eval["eval_weights"] = weights
         value = metrics.get(ev.monitor)
         improved = value is not None and (state.best_metric is None or self._better(value, state.best_metric))
+        counts = self._phase_can_improve()
         if improved:
             state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
             state.best_eval = dict(state.last_eval)
             self.best_from = weights or "ema"
             self._save_best()
         else:
-            state.evals_since_best += 1
-        self._update_plateau(value)
+            state.evals_since_best += counts
+        self._update_plateau(value if counts else None)
         summary = ", ".join(f"{k.removeprefix('val_')} {scalars[k]:.4f}" for k in
                             ("val_loss", "val_accuracy", "val_f1_macro", "val_auc_roc") if scalars.get(k) is not None)
         which = f" ({weights} weights)" if weights is not None else ""
@@ -649,13 +650,19 @@ class Trainer:
                    step=state.step, epoch=state.epoch, metrics=scalars, improved=improved,
                    **({"eval_weights": weights} if weights is not None else {}))
         patience = ev.early_stopping.patience
-        if patience is not None and not improved:
+        if patience is not None and not improved and counts:
             left = patience - state.evals_since_best
             self.event("early_stopping", "warning" if left <= 1 else "info",
                        f"no improvement of {ev.monitor} for {state.evals_since_best} evals ({max(left, 0)} left)",
                        patience_left=max(left, 0), best=state.best_metric)
             if left <= 0:
                 state.stopped_early = True
+
+    def _phase_can_improve(self) -> bool:
+        """False in a phase that trains only the classifier on a backbone that is frozen and was
+        never trained (trainable 0 without model.pretrained; config_warnings names it): its
+        evaluations use up neither early-stopping nor plateau patience."""
+        return self.plan.phase_at(self.state.step - 1).trainable > 0.0 or bool(self.cfg.model.pretrained)
 
     def _better(self, value: float, best: float, min_delta: Optional[float] = None) -> bool:
         delta = self.cfg.eval.early_stopping.min_delta if min_delta is None else min_delta

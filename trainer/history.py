@@ -849,43 +849,42 @@ class ExportReport:
     problem: Optional[str] = None
 
 
-def export_rows(path: str | os.PathLike, report: Optional[ExportReport] = None) -> Iterator[dict]:
-    """One row per train step of the history, in file order, for ``longhaul export``.
+EXPORT_LEADING = ("step", "epoch", "phase", "time", "kind")
+"""First columns of every export, in this order (``kind`` last of them, so the columns that came
+before it keep their places); then the train metrics, then the ``val_*`` eval metrics, each
+group in the order the history first shows them."""
 
-    A row holds the train record's scalar fields (without ``kind``); the scalar fields of an eval
-    record at the same step are merged in as ``val_*`` columns (see :func:`eval_series_name`).
-    An eval at a step with no train record gets a row of its own (step, epoch, phase, time and
-    its ``val_*`` columns). Lists and maps (per_class, confusion) are left out.
+
+def export_rows(path: str | os.PathLike, report: Optional[ExportReport] = None) -> Iterator[dict]:
+    """One row per train or eval record of the history, in file order, for ``longhaul export``.
+
+    Each row starts with step, epoch, phase, time and ``kind`` ("train" or "eval"), then the
+    record's scalar fields: train metrics as named (train_loss, lr, ...), eval metrics in the
+    ``val_`` namespace (see :func:`eval_series_name`). An evaluation is its own row, never merged
+    into the train row of the same step. Lists and maps (per_class, confusion) are left out.
     """
-    pending: Optional[dict] = None
     reader = read_history(path)
     for record in reader:
         kind = record["kind"]
         if kind not in (TRAIN, EVAL):
             continue
-        if pending is not None and pending["step"] != record["step"]:
-            yield pending
-            pending = None
-        if pending is None:
-            pending = {key: record[key] for key in ("step", "epoch", "phase", "time") if key in record}
+        row = {key: record[key] for key in EXPORT_LEADING if key in record}
         for key, value in record.items():
-            if key == "kind" or isinstance(value, (list, dict, bytes)):
+            if key in META_KEYS or isinstance(value, (list, dict, bytes)):
                 continue
-            if kind == TRAIN:
-                pending[key] = value
-            elif key not in META_KEYS:
-                pending[eval_series_name(key)] = value
+            row[key if kind == TRAIN else eval_series_name(key)] = value
+        yield row
     if report is not None:  # a torn tail ends the rows early: the caller must say so
         report.torn, report.valid_length, report.problem = reader.torn, reader.valid_length, reader.problem
-    if pending is not None:
-        yield pending
 
 
 def write_export(path: str | os.PathLike, out: IO[str], fmt: str, report: Optional[ExportReport] = None) -> int:
     """Write :func:`export_rows` to ``out`` as ``jsonl`` or ``csv``; return the number of rows.
 
     jsonl writes NaN/inf as null (strict JSON). csv needs every column name before the first
-    row, so it reads the history twice; cells a row lacks are empty. ``report`` (if given) gets
+    row, so it reads the history twice; its header is ``EXPORT_LEADING``, then the train
+    columns, then the ``val_*`` columns; cells a row lacks are empty (an eval row has no
+    train_loss, a train row no val_loss). ``report`` (if given) gets
     the row count and whether the file ended in a torn record.
     """
     count = _write_export(path, out, fmt, report)
@@ -903,9 +902,11 @@ def _write_export(path: str | os.PathLike, out: IO[str], fmt: str, report: Optio
             count += 1
         return count
     if fmt == "csv":
-        columns: dict[str, None] = dict.fromkeys(("step", "epoch", "phase", "time"))
+        train: dict[str, None] = {}
+        evals: dict[str, None] = {}
         for row in export_rows(path):
-            columns.update(dict.fromkeys(row))
+            (train if row["kind"] == TRAIN else evals).update(dict.fromkeys(row))
+        columns = dict.fromkeys(EXPORT_LEADING) | train | evals
         writer = csv.DictWriter(out, fieldnames=list(columns), restval="")
         writer.writeheader()
         count = 0

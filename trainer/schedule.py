@@ -3,6 +3,8 @@
 No torch here: the TUI draws the planned LR from `Plan.lr_curve()` and the ETA model runs in the
 trainer. A *step* is one optimizer step; schedules are defined in (fractional) epochs so that
 phases with different batch sizes still line up with the epoch numbers users write in configs.
+The run warms up once from epoch 0 (schedule.warmup_epochs) and again at the start of each phase
+that unfreezes more of the backbone (see phase_warmup); the LR stays a pure function of the step.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class PhasePlan:
     lr_mult: float
     batch_size: int
     accum_steps: int
+    warmup_epochs: float = 0.0
+    """Epochs of LR warm-up at this phase's start (0: none; see Plan.phase_warmup)."""
 
     @property
     def steps(self) -> int:
@@ -85,6 +89,7 @@ class Plan:
     def from_config(cls, cfg, n_train: int) -> "Plan":
         """Lay out `cfg.phases` for a training set of `n_train` examples."""
         phases, step, epoch = [], 0, 0
+        s = cfg.schedule
         for index, phase in enumerate(cfg.phases):
             batch = phase.batch_size or cfg.optim.batch_size
             accum = phase.accum_steps or cfg.optim.accum_steps
@@ -92,11 +97,12 @@ class Plan:
             if per_epoch < 1:
                 raise ValueError(f"phases.{index} ({phase.name}): one step needs {batch * accum} "
                                  f"samples but the training set has {n_train}")
+            warmup = phase_warmup(cfg.phases[index - 1].trainable if index else None, phase.trainable,
+                                  phase.epochs, s.warmup_epochs, s.phase_warmup_epochs)
             plan = PhasePlan(index, phase.name, phase.epochs, epoch, per_epoch, step,
-                             phase.trainable, phase.lr_mult, batch, accum)
+                             phase.trainable, phase.lr_mult, batch, accum, warmup)
             phases.append(plan)
             step, epoch = plan.end_step, epoch + phase.epochs
-        s = cfg.schedule
         schedule = LrSchedule(s.name, cfg.optim.lr, epoch, s.warmup_epochs, s.warmup_start_ratio,
                               s.min_lr_ratio, tuple(s.restarts), s.step_epochs, s.step_gamma)
         return cls(phases, schedule, cfg.max_steps)
@@ -137,7 +143,18 @@ class Plan:
     def lr_at(self, step: int) -> float:
         """Planned LR for optimizer step `step` (phase multiplier included, plateau cuts not)."""
         phase = self.phase_at(step)
-        return self.schedule.base_lr * self.schedule.factor_at(self.fractional_epoch(step)) * phase.lr_mult
+        epoch = self.fractional_epoch(step)
+        ramp = self.phase_ramp(phase, epoch - phase.start_epoch)
+        return self.schedule.base_lr * self.schedule.factor_at(epoch) * phase.lr_mult * ramp
+
+    def phase_ramp(self, phase: PhasePlan, epochs_in: float) -> float:
+        """Multiplier of a phase's own warm-up: linear from warmup_start_ratio to 1 over its
+        `warmup_epochs`, then 1. It multiplies the schedule (whatever the cosine or step factor
+        is at that epoch), so the shape of the run's schedule is kept, only its start is softened."""
+        if epochs_in >= phase.warmup_epochs:
+            return 1.0
+        start = self.schedule.warmup_start_ratio
+        return start + (1.0 - start) * epochs_in / phase.warmup_epochs
 
     def lr_curve(self, points: int = 400) -> list[list[float]]:
         """[[step, lr], ...] sampled evenly over the run, always including each phase start."""
@@ -156,6 +173,20 @@ class Plan:
             "base_lr": self.schedule.base_lr,
             "lr_curve": self.lr_curve(),
         }
+
+
+def phase_warmup(previous_trainable: Optional[float], trainable: float, epochs: int,
+                 warmup_epochs: float, phase_warmup_epochs: Optional[float]) -> float:
+    """Warm-up epochs at the start of a phase: only a phase that unfreezes more of the backbone
+    than the phase before it warms up again (newly trainable weights get large gradients, and
+    Adam's moments for them start at zero, so a full LR at once throws them far; the issue saw
+    gradient norms of 100-160 there). The first phase has the run's own warm-up
+    (schedule.warmup_epochs) instead. The length is schedule.phase_warmup_epochs, or by default
+    schedule.warmup_epochs; at most half of the phase either way."""
+    if previous_trainable is None or trainable <= previous_trainable:
+        return 0.0
+    length = warmup_epochs if phase_warmup_epochs is None else phase_warmup_epochs
+    return min(float(length), epochs / 2)
 
 
 def relative_step_cost(trainable: float) -> float:

@@ -52,11 +52,35 @@ def spec_augment(x: torch.Tensor, spec_cfg, gen: torch.Generator) -> torch.Tenso
         if param == 0:
             continue
         size = x.shape[axis]
+        limit = mask_limit(param, size)
         for _ in range(spec_cfg.num_masks):
-            width = min(int(_uniform(gen) * param), size)
+            width = min(int(_uniform(gen) * limit), size)
             start = int(_uniform(gen) * (size - width))
             x.narrow(axis, start, width).fill_(fill)
     return x
+
+
+def mask_limit(param: float, size: int) -> float:
+    """Upper bound of a mask's width on an axis of `size` cells: param < 1 is a fraction of the
+    axis, param >= 1 a number of cells; at most half of the axis either way."""
+    wanted = param * size if param < 1 else param
+    return min(wanted, size / 2)
+
+
+def mask_warnings(cfg, shape: tuple[int, ...]) -> list[str]:
+    """SpecAugment masks wider than half of the input (cut to half) for the data report."""
+    spec = cfg.augment.spec_augment
+    if cfg.features.kind not in SPECTRAL or len(shape) < 2:
+        return []
+    out = []
+    for key, param, size, what in (("freq_mask", spec.freq_mask, shape[-2], "bins"),
+                                   ("time_mask", spec.time_mask, shape[-1], "frames")):
+        wanted = param * size if param < 1 else param
+        if param and wanted > size / 2:
+            out.append(f"augment.spec_augment.{key} {param:g} is wider than half of the input's {size} {what}: "
+                       f"cut to {size / 2:g} (a value below 1 is a fraction of the input, e.g. "
+                       f"{key}: 0.2)")
+    return out
 
 
 def mixup_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup, seed: int, epoch: int,

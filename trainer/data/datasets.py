@@ -15,14 +15,19 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
-from . import seeds
-from .augment import augment_example, no_effect_warnings
+from . import auto, seeds
+from .augment import augment_example, mask_warnings, no_effect_warnings
 from .features import SPECTRAL, FeatureExtractor
 from .report import SHORT_CLIP_SHARE, SHORT_LISTED, DataError, DataReport, Problem, SplitStats
 from .decode import BadItem, Decoder, Item
 from .sources import scan
+from .report import DECODING  # progress of the decode pass (check-data / train print it)
 
 FEATURE_CHUNK = 64  # examples per feature computation while filling the cache
+# Warn when data.sample_rate is more than this times the training files' most common rate, and
+# when padding is more than this share of the training examples on average.
+UPSAMPLE_WARN = 1.25
+PADDING_WARN = 0.5
 
 
 class Examples:
@@ -114,15 +119,22 @@ class DataBundle:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(path, reason) of the bad items left out because of data.skip_bad_files."""
     report: Optional[DataReport] = None
+    data_config: object = None
+    """The run's DataConfig with `auto` values replaced by what they became."""
+    auto: Optional[auto.AutoValues] = None
+    """What data.sample_rate/duration `auto` became and why (None: nothing was auto)."""
 
 
-def build_datasets(cfg) -> DataBundle:
+def build_datasets(cfg, frozen=None) -> DataBundle:
     """Datasets of the run described by `cfg` (a RunConfig).
 
     Raises DataError, whose message is the full data report, when the data has problems
     (every one of them is listed), unless they are all bad items and data.skip_bad_files is on.
+    `frozen`: the run directory's auto.AUTO_FILE, which keeps what `auto` settings became for
+    every later build of the same run (written on the first).
     """
-    report, examples = _examine(cfg, keep_features=cfg.data.cache)
+    cfg, auto_values, found = _resolve_auto(cfg, frozen)
+    report, examples = _examine(cfg, keep_features=cfg.data.cache, found=found, auto_values=auto_values)
     if not report.usable:
         raise DataError(report)
     shape = examples["train"].extractor.output_shape
@@ -136,18 +148,30 @@ def build_datasets(cfg) -> DataBundle:
         class_counts={split: list(counts) for split, counts in report.counts.items()},
         skipped=report.skipped,
         report=report,
+        data_config=cfg.data,
+        auto=auto_values,
     )
 
 
 def check_data(cfg) -> DataReport:
     """Decode every example of the configured data and report counts, statistics and problems."""
-    report, _ = _examine(cfg, keep_features=False)
+    cfg, auto_values, found = _resolve_auto(cfg, None)
+    report, _ = _examine(cfg, keep_features=False, found=found, auto_values=auto_values)
     return report
 
 
+def _resolve_auto(cfg, frozen):
+    """(cfg with `auto` replaced, what it became, the scan) - the scan is done once either way."""
+    if not auto.wanted(cfg):
+        return cfg, None, scan(cfg)
+    found = scan(auto.provisional(cfg))
+    cfg, values = auto.resolve(cfg, found.splits.get("train", []), frozen)
+    return cfg, values, found
+
+
 # ----------------------------------------------------------------------------- the pass
-def _examine(cfg, keep_features: bool) -> tuple[DataReport, dict[str, Examples]]:
-    found = scan(cfg)
+def _examine(cfg, keep_features: bool, found=None, auto_values=None) -> tuple[DataReport, dict[str, Examples]]:
+    found = found if found is not None else scan(cfg)
     decoder = Decoder.from_config(cfg)
     settings = _settings_problems(cfg, decoder)
     extractor = None if settings else FeatureExtractor(cfg)
@@ -156,9 +180,12 @@ def _examine(cfg, keep_features: bool) -> tuple[DataReport, dict[str, Examples]]
         problems=found.problems + settings, warnings=found.warnings + no_effect_warnings(cfg),
         target=decoder.describe(cfg.features.kind == "image")
         + (f" -> {extractor.describe()}" if extractor else ""),
-        skip_bad_files=cfg.data.skip_bad_files)
+        skip_bad_files=cfg.data.skip_bad_files, derived=auto_values.lines if auto_values else [])
+    if extractor is not None:
+        report.warnings += mask_warnings(cfg, extractor.output_shape)
     examples: dict[str, Examples] = {}
     synthetic = cfg.data.source == "synthetic"
+    DECODING.start(sum(len(items) for items in found.splits.values()))
     for split, items in found.splits.items():
         cache_features = keep_features and extractor is not None
         if synthetic and not cache_features:
@@ -172,6 +199,7 @@ def _examine(cfg, keep_features: bool) -> tuple[DataReport, dict[str, Examples]]
             report.counts[split][item.label] += 1
     _emptiness(found, report)
     _short_clip_warnings(cfg, report)
+    _rate_and_padding_warnings(cfg, report)
     return report, examples
 
 
@@ -194,6 +222,7 @@ def _decode_split(items: list[Item], decoder: Decoder, extractor: Optional[Featu
         pending.clear()
 
     for item in items:
+        DECODING.step()
         try:
             decoded = item.load(decoder)
         except BadItem as exc:
@@ -228,6 +257,10 @@ def _settings_problems(cfg, decoder: Decoder) -> list[Problem]:
     if feats.kind == "mfcc" and feats.n_mfcc > feats.n_mels:
         problems.append(Problem("features.n_mfcc", f"must be <= features.n_mels ({feats.n_mels}), "
                                                    f"found {feats.n_mfcc}", skippable=False))
+    if feats.kind in SPECTRAL and feats.f_max is not None and feats.f_max > decoder.sample_rate / 2:
+        problems.append(Problem("features.f_max", f"must be <= sample_rate/2 = {decoder.sample_rate / 2:g} Hz "
+                                                  f"(data.sample_rate {cfg.data.sample_rate}), found {feats.f_max:g}",
+                                skippable=False))
     if feats.kind in SPECTRAL and feats.n_fft // 2 >= decoder.n_samples:
         problems.append(Problem("features.n_fft", f"{feats.n_fft} is too long for clips of "
                                                    f"{decoder.n_samples} samples (data.duration * data.sample_rate)",
@@ -245,6 +278,28 @@ def _short_clip_warnings(cfg, report: DataReport) -> None:
         report.warnings.append(
             f"{len(st.short)} {split} clip(s) shorter than {SHORT_CLIP_SHARE:.0%} of data.duration "
             f"({cfg.data.duration:g} s), mostly padding: {named}{more}")
+
+
+def _rate_and_padding_warnings(cfg, report: DataReport) -> None:
+    """Settings that waste the data: a rate far above the files' own, clips mostly padding."""
+    st = report.stats.get("train")
+    if st is None or not st.durations:
+        return
+    native, count = max(st.sample_rates.items(), key=lambda rc: (rc[1], rc[0]))
+    if cfg.data.sample_rate > UPSAMPLE_WARN * native:
+        share = "all" if count == len(st.durations) else f"{count} of"
+        report.warnings.append(
+            f"data.sample_rate {cfg.data.sample_rate} Hz is far above the files' native {native} Hz "
+            f"({share} {len(st.durations)} train files): upsampling adds no information, only cost "
+            "(data.sample_rate: auto uses the native rate)")
+    seconds = cfg.data.duration
+    kept = sum(min(d, seconds) for d in st.durations)
+    padding = 1.0 - kept / (seconds * len(st.durations))
+    if padding > PADDING_WARN:
+        report.warnings.append(
+            f"on average {padding:.0%} of each training example is padding: clips are "
+            f"{sum(st.durations) / len(st.durations):.2f} s long on average, data.duration is {seconds:g} s "
+            "(data.duration: auto uses a high percentile of the clip lengths)")
 
 
 def _emptiness(found, report: DataReport) -> None:

@@ -7,8 +7,9 @@ drops those. Problems that leave nothing to train on (an empty split, a wrong se
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -75,6 +76,8 @@ class DataReport:
     target: str = ""
     """What every example is turned into, e.g. '1.00 s at 16000 Hz' or '224x224 RGB'."""
     skip_bad_files: bool = False
+    derived: list[str] = field(default_factory=list)
+    """What `auto` settings became and the numbers behind them (data.sample_rate/duration)."""
 
     @property
     def errors(self) -> list[tuple[str, str]]:
@@ -113,6 +116,7 @@ class DataReport:
         lines = [f"Data: {self.source} ({self.location})"]
         if self.target:
             lines.append(f"Every example becomes: {self.target}")
+        lines += [f"  {line}" for line in self.derived]
         lines += self._count_lines()
         lines += self._stat_lines()
         if self.warnings:
@@ -170,3 +174,38 @@ class DataReport:
             return f"Result: usable; {bad} bad item(s) will be skipped (data.skip_bad_files: true)"
         return (f"Result: FAILED: {bad} bad item(s); fix them, or set data.skip_bad_files: true "
                 "to train without them")
+
+
+# ----------------------------------------------------------------------------- progress
+class DecodeProgress:
+    """Counts the files of the up-front decode pass (check_data, build_datasets) for whoever
+    watches: `longhaul check-data` and `longhaul train` print "checking data: N/M files" with it
+    (console.DecodeProgressLine). The data layer only counts; callers decide what to print."""
+
+    def __init__(self) -> None:
+        self.watchers: list[Callable[[int, int], None]] = []
+        self.done = 0
+        self.total = 0
+
+    def start(self, total: int) -> None:
+        """A pass over `total` files begins (every split together)."""
+        self.done, self.total = 0, total
+
+    def step(self) -> None:
+        """One file decoded (or found bad)."""
+        self.done += 1
+        for watcher in list(self.watchers):
+            watcher(self.done, self.total)
+
+    @contextmanager
+    def watch(self, callback: Callable[[int, int], None]) -> Iterator[None]:
+        """callback(done, total) after each file decoded inside the with block."""
+        self.watchers.append(callback)
+        try:
+            yield
+        finally:
+            self.watchers.remove(callback)
+
+
+DECODING = DecodeProgress()
+"""The one counter of the process (the decode pass runs in the main thread)."""
