@@ -258,9 +258,29 @@ class PhaseConfig(Section):
 
 class EmaConfig(Section):
     enabled: bool = False
-    """Keep an exponential moving average of the weights and evaluate with it."""
+    """Keep an exponential moving average (EMA) of the weights. Each evaluation then evaluates
+    the EMA weights and (evaluate_raw) the raw weights, and follows the better of the two: its
+    eval.monitor value decides best.pt (which holds those weights), early stopping and
+    reduce-on-plateau; a tie goes to the EMA. The eval record's val_* keys are the chosen
+    weights', `eval_weights` says which ("ema" or "raw"), and val_ema_* / val_raw_* hold both sets
+    (val_ema_accuracy, val_raw_loss, ...).
+    At start an `ema_slow` alert warns when, at the run's last step, over 10% of the EMA would
+    still come from the weights of the run's first quarter (for a constant decay: 1/(1 - decay)
+    longer than about a third of the run)."""
     decay: float = Field(0.9998, gt=0.0, lt=1.0)
-    """EMA decay per optimizer step."""
+    """EMA decay per optimizer step (the most it reaches with warmup): the EMA averages over about
+    1/(1 - decay) steps (0.999: 1,000 steps)."""
+    warmup: bool = True
+    """Warm the decay up as timm's ModelEmaV3 does: the update after optimizer step n (counted
+    from 1; step 1 copies the model) uses min(decay, 1 - n ** -warmup_power), so the EMA follows
+    the model from the first evaluation instead of sitting near its random start for
+    ~1/(1 - decay) steps. A function of the step alone, so resume stays bit-exact."""
+    warmup_power: float = Field(0.75, gt=0.0, le=1.0)
+    """Power of the warmup: 3/4 suits runs up to ~100k steps (decay 0.999 reached at step 10k),
+    2/3 longer ones (at 31.6k); 1 makes the EMA a plain mean of all steps so far."""
+    evaluate_raw: bool = True
+    """Also evaluate the raw (non-EMA) weights at each evaluation and follow the better set. This
+    doubles the evaluation time; with false only the EMA weights are evaluated and followed."""
 
 
 class EarlyStoppingConfig(Section):
@@ -485,8 +505,7 @@ def _plan_problems(cfg: RunConfig) -> list[tuple[str, str]]:
             batch = (phase.batch_size or cfg.optim.batch_size) * (phase.accum_steps or cfg.optim.accum_steps)
             if batch > n_train:
                 problems.append((f"phases.{i}", f"one step needs {batch} samples but the training set has {n_train}"))
-    if not (cfg.eval.monitor.startswith("val_") or cfg.eval.monitor == "train_loss"):
-        problems.append(("eval.monitor", f"expected a validation metric such as val_f1_macro, val_accuracy or val_loss, found {cfg.eval.monitor!r}"))
+    problems += _monitor_problems(cfg)
     return problems
 
 
@@ -505,6 +524,22 @@ def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
                 warnings.append((f"phases.{i}.trainable", f"phase {phase.name!r} {what}, because model.pretrained "
                                  "is null; set model.pretrained to a weights file, or trainable: 1.0"))
     return warnings
+
+
+def _monitor_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    """eval.monitor must be a metric evaluation produces. Some exist only for two classes
+    (val_auc_roc, val_sensitivity, ...): checked here when the class count is known from the
+    config (synthetic data, data.classes); otherwise the engine checks once the data is built."""
+    from trainer.metrics import monitor_metrics, monitor_problem  # numpy only; no torch
+
+    monitor = cfg.eval.monitor
+    if monitor not in monitor_metrics(2) | monitor_metrics(3):
+        return [("eval.monitor", f"unknown metric {monitor!r}; evaluation produces "
+                                 f"{', '.join(sorted(monitor_metrics(2)))}")]
+    classes = (cfg.data.synthetic.classes if cfg.data.source == "synthetic"
+               else len(cfg.data.classes) if cfg.data.classes else None)
+    problem = monitor_problem(monitor, classes) if classes else None
+    return [("eval.monitor", problem)] if problem else []
 
 
 def check_model_name(name: str) -> Optional[str]:

@@ -921,7 +921,8 @@ class Daemon:
                                 stop_reason=self.stop_reason)
                 return "stopped"
             returncode = await self._run_worker()
-            if returncode == 0 and self.worker_last_state in ("finished", "stopped"):
+            # "failed" from a clean exit: the trainer decided (e.g. no best checkpoint); no restart
+            if returncode == 0 and self.worker_last_state in ("finished", "stopped", "failed"):
                 final = self.worker_last_state
                 self._finish_pending(final)
                 self._set_state(final, stop_reason=self.stop_reason if final == "stopped" else None)

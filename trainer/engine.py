@@ -32,11 +32,11 @@ import torch.nn.functional as F
 
 from trainer import models
 from trainer.checkpoint import CheckpointError, CheckpointStore, DiskFullError, estimate_bytes, is_disk_full
-from trainer.config import RunConfig, dump_config, resolved_dict
+from trainer.config import ConfigError, RunConfig, dump_config, resolved_dict
 from trainer.data import build_datasets, make_loader, mixup_batch, EpochSampler
 from trainer.runs import atomic_write_json, fsync_dir
 from trainer.history import HistoryWriter, LossSmoother, read_history, truncate_history
-from trainer.metrics import classification_metrics
+from trainer.metrics import TRAIN_MONITOR, classification_metrics, monitor_problem
 from trainer.schedule import EtaModel, Plan
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def eval_weights(state: dict) -> dict:
-    """The weights evaluation uses (the EMA copy when EMA is on) from a checkpoint state."""
-    if state.get("ema") is None:
+    """The weights the last evaluation followed, from a checkpoint state: the EMA copy when EMA
+    is on, unless that evaluation found the raw weights better (see Trainer.evaluate)."""
+    followed = ((state.get("loop") or {}).get("last_eval") or {}).get("eval_weights")
+    if state.get("ema") is None or followed == "raw":
         return state["model"]
     prefix = "module."  # ModelEmaV3 keeps the averaged model as its submodule `module`
     return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
@@ -191,6 +193,7 @@ class Trainer:
         self.failed_at: Optional[tuple] = None  # (step, history offset) of the last failed checkpoint
         self.last_failure: Optional[BaseException] = None
         self.early_stop_announced = False
+        self.best_from = "ema"  # the weights ("ema" or "raw") best.pt is written from
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -204,6 +207,7 @@ class Trainer:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
                        what="bad_data", count=len(self.data.skipped))
         self.classes = self.data.classes
+        self._check_monitor()
         self.plan = Plan.from_config(cfg, len(self.data.train))
         self.eta = EtaModel(self.plan)
         self.model = models.build_model(cfg, len(self.classes), self.data.in_chans, self.data.input_shape)
@@ -223,6 +227,8 @@ class Trainer:
         self._apply_phase(self.plan.phase_at(self.state.step), announce=not self.resumed)
         self._write_plan()
         self.ckpt_estimate = estimate_bytes(self.checkpoint_state())
+        if not self.resumed:
+            self._warn_slow_ema()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -233,12 +239,52 @@ class Trainer:
             return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
+    def _check_monitor(self) -> None:
+        """eval.monitor against the data's class count, known only now for folder data: a
+        metric that is never produced (val_auc_roc with 10 classes) would silently never
+        improve, so no best.pt, early stopping on nothing, plateau cuts for nothing."""
+        problem = monitor_problem(self.cfg.eval.monitor, len(self.classes))
+        if problem:
+            raise ConfigError(str(self.run_dir / "config.yaml"), [("eval.monitor", problem)])
+
     def _make_ema(self):
-        if not self.cfg.eval.ema.enabled:
+        ema = self.cfg.eval.ema
+        if not ema.enabled:
             return None
         from timm.utils import ModelEmaV3
 
-        return ModelEmaV3(self.model, decay=self.cfg.eval.ema.decay)
+        return ModelEmaV3(self.model, decay=ema.decay, use_warmup=ema.warmup, warmup_power=ema.warmup_power)
+
+    def _ema_decay_at(self, step: int) -> float:
+        """The decay of the EMA update after optimizer step `step` (0-based; see train_step)."""
+        return self.ema.get_decay(step + 1)
+
+    def _warn_slow_ema(self) -> None:
+        """Warn at start when the EMA is slow for this run: at the last step more than 10% of
+        its weight would still come from the run's first quarter (the random start included).
+        For a constant decay that is a time constant 1/(1 - decay) over about a third of the
+        run; with warmup it happens only for very short runs or warmup_power 1 (a plain mean)."""
+        if self.ema is None:
+            return
+        total = self.plan.total_steps
+        first_quarter = total // 4
+        share = 1.0
+        for k in range(first_quarter, total):
+            share *= self._ema_decay_at(k)
+            if share <= 0.1:  # factors are <= 1: it only shrinks (and long runs stop early here)
+                return
+        ema = self.cfg.eval.ema
+        tau = 1.0 / (1.0 - ema.decay)
+        per_epoch = self.plan.phases[0].steps_per_epoch
+        self.event("alert", "warning",
+                   f"EMA is slow for this run: decay {ema.decay} averages over ~{tau:,.0f} steps "
+                   f"({tau / max(per_epoch, 1):.1f} epochs of {per_epoch} steps) but the run has {total} steps; "
+                   f"at its end {share:.0%} of the EMA would still be the weights of its first {first_quarter} steps"
+                   f"{'' if ema.warmup else ' (eval.ema.warmup is off)'}. Evaluation "
+                   f"{'also evaluates the raw weights and follows the better' if ema.evaluate_raw else 'follows the EMA only (eval.ema.evaluate_raw: false)'}; "
+                   "consider eval.ema.warmup: true or a smaller eval.ema.decay",
+                   what="ema_slow", decay=ema.decay, time_constant_steps=tau, total_steps=total,
+                   steps_per_epoch=per_epoch, first_quarter_share=share, warmup=ema.warmup)
 
     def _write_plan(self) -> None:
         if self.rank != 0:
@@ -355,7 +401,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> str:
-        """Set up (resuming if a checkpoint exists), then train. Returns "finished" or "stopped"."""
+        """Set up (resuming if a checkpoint exists), then train. Returns "finished", "stopped",
+        or "failed" when the plan ended without any best checkpoint (see _fail_without_best)."""
         self.setup()
         return self.train()
 
@@ -448,7 +495,8 @@ class Trainer:
                        what="nan_loss", step=state.step)
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.model, step=state.step)
+            # timm counts updates from 1 (its train script passes the count after the step)
+            self.ema.update(self.model, step=state.step + 1)
         now = time.perf_counter()
         step_seconds = (now - start) + data_time
         state.step += 1
@@ -522,9 +570,41 @@ class Trainer:
                        f"{trainable:,}/{total:,} parameters train, LR x{phase.lr_mult}",
                        index=phase.index, name=phase.name, trainable_params=trainable, total_params=total)
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        model = self.ema.module if self.ema is not None else self.model
+        """Evaluate on the validation set, write the eval record and apply its consequences.
+
+        With EMA on, both the EMA and (eval.ema.evaluate_raw) the raw weights are evaluated and
+        the better eval.monitor value is followed (a tie or a missing value goes to the EMA):
+        its metrics are the record's val_* keys, `eval_weights` names it, val_ema_* and
+        val_raw_* keep both sets' scalars (val_ema_accuracy, val_raw_loss, ...)."""
+        if self.ema is None:
+            metrics, chosen, extra = self._evaluate_model(self.model), "raw", {}
+        else:
+            sets = {"ema": self._evaluate_model(self.ema.module)}
+            if self.cfg.eval.ema.evaluate_raw:
+                sets["raw"] = self._evaluate_model(self.model)
+            chosen = self._pick_weights(sets)
+            metrics = sets[chosen]
+            # val_ema_* / val_raw_*: inside the val_ namespace history series and export use
+            extra = {f"val_{name}_{k.removeprefix('val_')}": v for name, m in sets.items() for k, v in m.items()
+                     if k.startswith("val_") and isinstance(v, (int, float))}
+            extra["eval_weights"] = chosen
+        record = {"kind": "eval", "step": self.state.step, "epoch": self.state.epoch,
+                  "phase": self.plan.phase_at(self.state.step - 1).index, "time": time.time(), **metrics, **extra}
+        self.last_confusion = metrics.get("confusion")
+        self.write_record(record)
+        self._after_eval(metrics, chosen if self.ema is not None else None)
+        return metrics
+
+    def _pick_weights(self, sets: dict) -> str:
+        """"raw" when its monitor value is strictly better than the EMA's, else "ema"."""
+        ema, raw = (sets.get(name, {}).get(self.cfg.eval.monitor) for name in ("ema", "raw"))
+        if raw is None or (ema is not None and not self._better(raw, ema, min_delta=0.0)):
+            return "ema"
+        return "raw"
+
+    @torch.no_grad()
+    def _evaluate_model(self, model: torch.nn.Module) -> dict:
         model.eval()
         loader = make_loader(self.data.val, self.cfg.eval.batch_size or 2 * self.cfg.optim.batch_size,
                              sampler=None, num_workers=self.cfg.data.num_workers)
@@ -542,31 +622,33 @@ class Trainer:
         y_true = np.concatenate(labels)
         metrics = classification_metrics(y_true, np.concatenate(probs), list(self.classes),
                                           loss=loss_sum / max(len(y_true), 1))
-        record = {"kind": "eval", "step": self.state.step, "epoch": self.state.epoch,
-                  "phase": self.plan.phase_at(self.state.step - 1).index, "time": time.time(), **metrics}
-        self.last_confusion = metrics.get("confusion")
-        self.write_record(record)
-        self._after_eval(metrics)
+        if self.cfg.eval.monitor == TRAIN_MONITOR:
+            metrics[TRAIN_MONITOR] = self.smoother.value
         return metrics
 
-    def _after_eval(self, metrics: dict) -> None:
+    def _after_eval(self, metrics: dict, weights: Optional[str] = None) -> None:
         state, ev = self.state, self.cfg.eval
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         state.last_eval = dict(scalars, step=state.step, epoch=state.epoch)
+        if weights is not None:
+            state.last_eval["eval_weights"] = weights
         value = metrics.get(ev.monitor)
         improved = value is not None and (state.best_metric is None or self._better(value, state.best_metric))
         counts = self._phase_can_improve()
         if improved:
             state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
             state.best_eval = dict(state.last_eval)
+            self.best_from = weights or "ema"
             self._save_best()
         else:
             state.evals_since_best += counts
         self._update_plateau(value if counts else None)
         summary = ", ".join(f"{k.removeprefix('val_')} {scalars[k]:.4f}" for k in
                             ("val_loss", "val_accuracy", "val_f1_macro", "val_auc_roc") if scalars.get(k) is not None)
-        self.event("eval", "info", f"epoch {state.epoch + 1} eval: {summary}" + (" (best)" if improved else ""),
-                   step=state.step, epoch=state.epoch, metrics=scalars, improved=improved)
+        which = f" ({weights} weights)" if weights is not None else ""
+        self.event("eval", "info", f"epoch {state.epoch + 1} eval{which}: {summary}" + (" (best)" if improved else ""),
+                   step=state.step, epoch=state.epoch, metrics=scalars, improved=improved,
+                   **({"eval_weights": weights} if weights is not None else {}))
         patience = ev.early_stopping.patience
         if patience is not None and not improved and counts:
             left = patience - state.evals_since_best
@@ -582,8 +664,8 @@ class Trainer:
         evaluations use up neither early-stopping nor plateau patience."""
         return self.plan.phase_at(self.state.step - 1).trainable > 0.0 or bool(self.cfg.model.pretrained)
 
-    def _better(self, value: float, best: float) -> bool:
-        delta = self.cfg.eval.early_stopping.min_delta
+    def _better(self, value: float, best: float, min_delta: Optional[float] = None) -> bool:
+        delta = self.cfg.eval.early_stopping.min_delta if min_delta is None else min_delta
         return value > best + delta if self.cfg.eval.mode == "max" else value < best - delta
 
     def _update_plateau(self, value: Optional[float]) -> None:
@@ -612,7 +694,7 @@ class Trainer:
     def _save_weights(self, name: str) -> None:
         if self.rank != 0:
             return
-        model = self.ema.module if self.ema is not None else self.model
+        model = self.ema.module if self.ema is not None and self.best_from == "ema" else self.model
         self._write_weights(model.state_dict(), self.state.step, name)
 
     def _write_weights(self, weights: dict, step: int, name: str) -> None:
@@ -912,7 +994,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> Optional[str]:
-        """End the run with a last checkpoint; "finished" or "stopped", or None to go on: a
+        """End the run with a last checkpoint; "finished", "stopped" or "failed" (no best), or None to go on: a
         user's stop whose checkpoint failed is refused, and a full disk is waited for."""
         stopped = self.stop_requested is not None
         if self.state.stopped_early and not self.early_stop_announced:
@@ -943,11 +1025,27 @@ class Trainer:
                            action="stop", outcome="done")
             self.event("state", "info", "stopped", state="stopped")
             return "stopped"
+        if self.state.best_step is None:
+            return self._fail_without_best()
         last = self.state.last_eval
         self.event("finished", "info", f"finished at step {self.state.step}", best=self.state.best_eval,
                    last=last, classes=list(self.classes), confusion=self.last_confusion)
         self.event("state", "info", "finished", state="finished")
         return "finished"
+
+    def _fail_without_best(self) -> str:
+        """The plan ran to its end but eval.monitor never had a value: there is no best.pt and
+        early stopping and plateau never acted. That is a failed run (exit code 1), not a
+        plain "finished": its last checkpoint and last.pt are kept."""
+        monitor = self.cfg.eval.monitor
+        seen = sorted(k for k, v in (self.state.last_eval or {}).items() if k.startswith("val_") and v is not None)
+        message = (f"no best checkpoint: eval.monitor {monitor!r} never had a value in any evaluation up to step "
+                   f"{self.state.step}, so no best.pt was written and early stopping and plateau never acted; "
+                   f"the last evaluation had {', '.join(seen) or 'no metrics'}. The run ends failed; "
+                   f"the final checkpoint and last.pt are in {self.run_dir}")
+        self.event("alert", "error", message, what="no_best", monitor=monitor, step=self.state.step)
+        self.event("state", "error", f"failed: {message}", state="failed", reason="no_best")
+        return "failed"
 
     def _end_anyway(self, stopped: bool) -> bool:
         """The last checkpoint failed: may the run end all the same?

@@ -8,16 +8,31 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+
+#: Scalar metrics of every evaluation, and those only a two-class problem has. One list, read by
+#: the config check of eval.monitor (which must not import scikit-learn) and by the engine.
+ALWAYS = ("val_loss", "val_accuracy", "val_f1_macro", "val_f1_weighted", "val_precision_macro",
+          "val_recall_macro")
+BINARY_ONLY = ("val_auc_roc", "val_auc_pr", "val_sensitivity", "val_specificity", "val_ppv", "val_npv")
+#: Not an evaluation metric, but a monitor the engine supports: the smoothed training loss.
+TRAIN_MONITOR = "train_loss"
+
+
+def monitor_metrics(num_classes: int) -> set[str]:
+    """Every value eval.monitor may name for a problem with `num_classes` classes."""
+    names = set(ALWAYS) | {TRAIN_MONITOR}
+    return names | set(BINARY_ONLY) if num_classes == 2 else names
+
+
+def monitor_problem(monitor: str, num_classes: int) -> Optional[str]:
+    """None when evaluation produces `monitor` for `num_classes` classes, else why not (naming
+    the metrics that do exist), for a ConfigError on eval.monitor."""
+    names = monitor_metrics(num_classes)
+    if monitor in names:
+        return None
+    why = " (it exists only for 2 classes)" if monitor in BINARY_ONLY else ""
+    return (f"{monitor!r} is never produced for this data's {num_classes} classes{why}; "
+            f"metrics that exist: {', '.join(sorted(names))}")
 
 
 def classification_metrics(
@@ -44,6 +59,10 @@ def classification_metrics(
     ``val_auc_pr`` (average precision), ``val_sensitivity``, ``val_specificity``, ``val_ppv`` and
     ``val_npv``; the two AUCs are None when ``y_true`` holds a single class.
     """
+    # imported here, not at the top: config loading imports this module for monitor_metrics
+    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                                 precision_score, recall_score)
+
     y_true, probs, classes = _checked(y_true, probs, classes)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(classes)))
@@ -79,6 +98,8 @@ def _binary_metrics(y_true: np.ndarray, positive_score: np.ndarray, precision, r
     sensitivity = recall of class 1, specificity = recall of class 0,
     PPV = precision of class 1, NPV = precision of class 0.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     both_classes = len(np.unique(y_true)) == 2  # ranking metrics need a positive and a negative
     return {
         "val_auc_roc": float(roc_auc_score(y_true, positive_score)) if both_classes else None,
