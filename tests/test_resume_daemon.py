@@ -70,7 +70,10 @@ def test_power_cut_through_the_daemon_resumes_bit_identical(tmp_path):
     env = dict(os.environ, LONGHAUL_ROOT=str(tmp_path / "runs"), XDG_RUNTIME_DIR=str(runtime),
                PYTHONPATH=str(ROOT))
     config = tmp_path / "powercut.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
+    # ~700 steps: a kill's random delay (up to 0.3 s, ~50 steps on a quiet box) must not reach
+    # the end of the run before the third kill
+    config.write_text(yaml.safe_dump({**CONFIG, "phases": [{"name": "a", "epochs": 40},
+                                                            {"name": "b", "epochs": 40, "lr_mult": 0.5}]}))
 
     cli(env, "train", str(config), "--run-dir", str(tmp_path / "reference"), "--quiet")
 
