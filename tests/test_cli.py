@@ -81,18 +81,25 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
     assert str(path) in err and "optim.lr" in err and "phases.0.epochs" in err
 
 
-def test_check_data_reports_and_fails_on_corrupt_files(tmp_path, capsys):
+def write_audio_folders(root: Path, per_class: int) -> Path:
+    """root/{train,val}/{bird,insect}/ with `per_class` half-second noise clips at 8 kHz, and one
+    corrupt file in train/bird (returned)."""
     import numpy as np
     import soundfile as sf
 
     for split in ("train", "val"):
         for label in ("bird", "insect"):
-            folder = tmp_path / "audio" / split / label
+            folder = root / split / label
             folder.mkdir(parents=True)
-            for i in range(3):
+            for i in range(per_class):
                 sf.write(folder / f"{i}.wav", np.random.default_rng(i).normal(size=4000) * 0.1, 8000)
-    bad = tmp_path / "audio" / "train" / "bird" / "broken.wav"
+    bad = root / "train" / "bird" / "broken.wav"
     bad.write_bytes(b"RIFF\x00\x00garbage")
+    return bad
+
+
+def test_check_data_reports_and_fails_on_corrupt_files(tmp_path, capsys):
+    write_audio_folders(tmp_path / "audio", per_class=3)
     cfg = dict(TINY, data={"source": "audio_folder", "root": str(tmp_path / "audio"), "sample_rate": 8000,
                            "duration": 0.5})
     path = tmp_path / "folder.yaml"

@@ -2,7 +2,6 @@
 (warnings once, smoothed samples/s, progress of the data check, export rows with a kind)."""
 import copy
 import io
-import json
 import os
 import subprocess
 import sys
@@ -11,20 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.test_cli import TINY as CLI_TINY, write_audio_folders
 from trainer.config import RunConfig, config_warnings
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "name": "lc", "seed": 3, "threads": 1,
-    "data": {"source": "synthetic", "duration": 0.5, "sample_rate": 8000,
-             "synthetic": {"classes": 3, "train_per_class": 16, "val_per_class": 4}},
-    "features": {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 13},
-    "model": {"name": "mfcc_mlp"},
-    "optim": {"batch_size": 8},
-    "phases": [{"name": "head", "epochs": 3, "trainable": 0.0}, {"name": "full", "epochs": 2}],
-    "eval": {"monitor": "val_f1_macro", "early_stopping": {"patience": 1}},
-}
+# test_cli's tiny synthetic MFCC run, with a frozen head phase and a short patience
+TINY = {**CLI_TINY, "name": "lc", "seed": 3,
+        "phases": [{"name": "head", "epochs": 3, "trainable": 0.0}, {"name": "full", "epochs": 2}],
+        "eval": {"monitor": "val_f1_macro", "early_stopping": {"patience": 1}}}
 
 
 def tiny(**changes) -> dict:
@@ -92,16 +86,7 @@ def test_check_data_prints_the_frozen_phase_warning(tmp_path, capsys):
 # ----------------------------------------------------------------------------- build 5: console
 def audio_folder_config(tmp_path) -> Path:
     """Audio folders with one broken file that data.skip_bad_files skips (a warning event)."""
-    import numpy as np
-    import soundfile as sf
-
-    for split in ("train", "val"):
-        for label in ("bird", "insect"):
-            folder = tmp_path / "audio" / split / label
-            folder.mkdir(parents=True)
-            for i in range(4):
-                sf.write(folder / f"{i}.wav", np.random.default_rng(i).normal(size=4000) * 0.1, 8000)
-    (tmp_path / "audio" / "train" / "bird" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
+    write_audio_folders(tmp_path / "audio", per_class=4)
     raw = tiny(data={"source": "audio_folder", "root": str(tmp_path / "audio"), "sample_rate": 8000,
                      "duration": 0.5, "skip_bad_files": True},
                phases=[{"name": "only", "epochs": 1}], optim={"batch_size": 4})
