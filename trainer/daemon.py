@@ -1280,15 +1280,9 @@ def _death_cause(proc: subprocess.Popen, run_dir: Path) -> str:
         exit_text = describe_exit(code)[2].replace("trainer", "daemon", 1)
     else:
         exit_text = f"exit code {code}"
-    for line in reversed(runs.tail_lines(run_dir / "events.jsonl", 20)):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("kind") == "state":
-            if (event.get("data") or {}).get("state") == "failed":
-                return f"{event.get('message')} ({exit_text})"
-            break
+    states = [e for e in eventlog.read_tail(run_dir / "events.jsonl", 20) if e.get("kind") == "state"]
+    if states and (states[-1].get("data") or {}).get("state") == "failed":
+        return f"{states[-1].get('message')} ({exit_text})"
     return exit_text
 
 
