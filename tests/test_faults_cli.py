@@ -147,7 +147,7 @@ def test_resume_all_gives_up_on_a_run_whose_daemon_keeps_dying(env, monkeypatch,
     monkeypatch.setattr(daemon, "launch_daemon", launch)
     (run_dir / "fake.json").write_text(json.dumps({"steps": 10**6}))
     assert cli.main(["resume", "dies"]) == 0
-    assert runs.StateFile(run_dir).read()["launch_failures"] == 0
+    wait_for(lambda: runs.StateFile(run_dir).read()["launch_failures"] == 0, 20, "the count reset by the live daemon")
     assert cli.main(["stop", "dies", "--timeout", "20"]) == 0
 
 

@@ -283,7 +283,6 @@ class Daemon:
         self.eval_best: Optional[dict] = None
         self.events: collections.deque = collections.deque(maxlen=SNAPSHOT_EVENTS)
         self.logs: collections.deque = collections.deque(maxlen=SNAPSHOT_LOGS)
-        self.event_seq = 0
         self.log_seq = 0
         # clients
         self.clients: set[ClientConn] = set()
@@ -310,9 +309,8 @@ class Daemon:
         self.eventlog: Optional[eventlog.EventLog] = None
         self.train_log: Optional[eventlog.AppendFile] = None
         self._daemon_log_fd: Optional[int] = None
-        self._unwritable: dict[str, str] = {}  # run file -> why it cannot be written now
+        self._unwritable: set[str] = set()  # run files that cannot be written now (said once)
         self._state_pending: dict = {}  # state.json fields a failed write still owes (I/O thread)
-        self._state_failing = False
         self._stop_timer: Optional[asyncio.Task] = None
         self.last_checkpoint_failed = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -514,14 +512,12 @@ class Daemon:
         try:
             self.state_file.update(**wanted)
         except OSError as exc:
-            self._state_pending = wanted
-            if not self._state_failing:
-                self._state_failing = True
+            if not self._state_pending:  # the first failure: say it once
                 self._loop.call_soon_threadsafe(self._note_write, runs.STATE_FILE, exc)
+            self._state_pending = wanted
             return
-        self._state_pending = {}
-        if self._state_failing:
-            self._state_failing = False
+        if self._state_pending:
+            self._state_pending = {}
             self._loop.call_soon_threadsafe(self._note_write, runs.STATE_FILE, None)
 
     async def _retry_writes(self) -> None:
@@ -531,7 +527,7 @@ class Daemon:
             if self.eventlog.held:
                 self.eventlog.retry()
                 self._note_events_written()
-            if self._state_failing:
+            if self._state_pending:
                 self._write_state()
 
     def _note_write(self, name: str, error: Optional[OSError], lost: int = 0) -> None:
@@ -542,7 +538,7 @@ class Daemon:
                 return
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)
             why = error.strerror or str(error)
-            self._unwritable[name] = why
+            self._unwritable.add(name)
             consequence = {"events.jsonl": "events are kept in memory until it can be written again",
                            "train.log": "the trainer's output is not being logged (lines are counted)",
                            runs.STATE_FILE: "it is retried until it can be written"}.get(name, "")
@@ -551,7 +547,7 @@ class Daemon:
             self._emit("alert", "error", text, {"what": "disk_full" if full else "write_failed", "file": name,
                                                 "errno": error.errno})
         elif name in self._unwritable:
-            del self._unwritable[name]
+            self._unwritable.discard(name)
             text = f"{self.run_dir / name} is written again" + (f"; {lost} line(s) were lost meanwhile" if lost else "")
             log.warning("%s", text)
             self._emit("alert", "warning" if lost else "info", text, {"what": "write_resumed", "file": name,
@@ -594,6 +590,9 @@ class Daemon:
         # Why the run is paused (a request, or the trainer's own pause on a full disk), for
         # `status` and clients; cleared by any other state.
         fields["pause_reason"] = (data.get("reason") or "request") if state == "paused" else None
+        if state == "running" and state != self.state:
+            # the trainer runs: this start lived, so the count of deaths at start is over
+            fields = {"launch_failures": 0, "launch_error": None, **fields}
         if state == self.state:
             if state == "paused" or len(fields) > 1:
                 self._write_state(**fields)
@@ -615,7 +614,6 @@ class Daemon:
         disk never stops an event: the log holds it in memory and clients get it at once."""
         level = level if level in protocol.LEVELS else "info"
         body = self.eventlog.add(kind, level, message, data, at=at)
-        self.event_seq = body["seq"]
         self.events.append(body)
         self._broadcast({"type": "event", **body})
         self._note_events_written()
@@ -627,7 +625,7 @@ class Daemon:
 
     # ================================================================= startup data
     def _load_recent(self) -> None:
-        """Recent events and log lines from the files, for snapshots; continue the event seq."""
+        """Recent events and log lines from the files, for snapshots (EventLog continues the seq)."""
         for body in eventlog.read_tail(self.run_dir / "events.jsonl", SNAPSHOT_EVENTS):
             body.pop("type", None)
             try:
@@ -635,7 +633,6 @@ class Daemon:
             except ProtocolError:
                 continue
             self.events.append(body)
-            self.event_seq = max(self.event_seq, body["seq"])
         log_path = self.run_dir / "train.log"
         mtime = log_path.stat().st_mtime if log_path.exists() else time.time()
         for line in runs.tail_lines(log_path, SNAPSHOT_LOGS):
@@ -1181,7 +1178,8 @@ def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: flo
     listening, or the trainer reported progress) or of death (it exited, or state.json says
     failed). Raises DaemonError if the run already has a live daemon, or when the daemon dies
     at start, with the cause (the failed state's message, the tail of daemon.log); each such
-    death adds one to state.json's `launch_failures` (a start that lives resets it), which is
+    death adds one to state.json's `launch_failures` (the daemon resets it once its trainer
+    runs: only the daemon writes state.json while it lives), which is
     how `resume --all` at boot stops retrying a run that cannot start.
     A daemon still starting after `wait` seconds is left running and its pid returned.
     `worker_script` replaces `-m trainer.worker` (tests use a fake trainer); `settings`
@@ -1213,11 +1211,6 @@ def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: flo
         tail = "".join(f"\n    {line}" for line in runs.tail_lines(log_path, 15))
         raise DaemonError(f"the daemon of {run_dir.name} died at start: {failure}"
                           + (f"\n  {log_path} ends with:{tail}" if tail else ""))
-    if current.get("launch_failures"):
-        try:  # it lives: the count is of consecutive failures
-            runs.StateFile(run_dir).update(launch_failures=0, launch_error=None)
-        except (OSError, runs.StateFileError):
-            pass
     return proc.pid
 
 

@@ -188,8 +188,7 @@ def read_tail(path: Path, count: int) -> list[dict]:
     """The last `count` events of events.jsonl that parse (torn and foreign lines skipped)."""
     from trainer.runs import tail_lines
 
-    events = [body for line in tail_lines(Path(path), count) if (body := parse_event(line)) is not None]
-    return events[-count:]
+    return [body for line in tail_lines(Path(path), count) if (body := parse_event(line)) is not None]
 
 
 def last_seq(path: Path) -> int:
