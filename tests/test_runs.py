@@ -251,3 +251,18 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temp(tmpfs
         runs.atomic_write_bytes(target, b"x" * 200_000)
     assert target.read_bytes() == b'{"state": "running"}\n'
     assert sorted(p.name for p in fs.path.iterdir()) == [".filler", "state.json"]
+
+
+def test_a_rebuilt_state_takes_the_daemon_pid_from_the_event_data_or_its_message(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    events = [{"seq": 1, "time": 1.0, "kind": "state", "level": "info", "message": "daemon started (pid 11)",
+               "data": {"state": "starting"}},
+              {"seq": 2, "time": 2.0, "kind": "state", "level": "info", "message": "daemon started",
+               "data": {"state": "starting", "pid": 22}},
+              {"seq": 3, "time": 3.0, "kind": "state", "level": "info", "message": "running",
+               "data": {"state": "running"}}]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert runs._events_summary(run_dir) == {"state": "running", "pid": 22}
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events[:1] + events[2:]))
+    assert runs._events_summary(run_dir)["pid"] == 11  # events written before the data carried it

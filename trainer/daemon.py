@@ -348,7 +348,7 @@ class Daemon:
         self.train_log = eventlog.AppendFile(self.run_dir / "train.log").open()
         self._daemon_log_fd = self._find_daemon_log()
         self._spawn(self._retry_writes())
-        self._set_state("starting", f"daemon started (pid {os.getpid()})", pid=os.getpid(),
+        self._set_state("starting", f"daemon started (pid {os.getpid()})", data={"pid": os.getpid()}, pid=os.getpid(),
                         socket=str(self.socket_file), stop_reason=None, name=self.name)
         try:
             from trainer.config import load_config

@@ -193,7 +193,6 @@ class Trainer:
         self.failed_at: Optional[tuple] = None  # (step, history offset) of the last failed checkpoint
         self.last_failure: Optional[BaseException] = None
         self.early_stop_announced = False
-        self.best_from = "ema"  # the weights ("ema" or "raw") best.pt is written from
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -638,7 +637,6 @@ class Trainer:
         if improved:
             state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
             state.best_eval = dict(state.last_eval)
-            self.best_from = weights or "ema"
             self._save_best()
         else:
             state.evals_since_best += counts
@@ -694,7 +692,8 @@ class Trainer:
     def _save_weights(self, name: str) -> None:
         if self.rank != 0:
             return
-        model = self.ema.module if self.ema is not None and self.best_from == "ema" else self.model
+        best_from = (self.state.best_eval or {}).get("eval_weights", "ema")  # the weights best.pt holds
+        model = self.ema.module if self.ema is not None and best_from == "ema" else self.model
         self._write_weights(model.state_dict(), self.state.step, name)
 
     def _write_weights(self, weights: dict, step: int, name: str) -> None:

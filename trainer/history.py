@@ -438,8 +438,6 @@ class SeriesSet:
         self.last_step: dict[str, int] = {}
         """Step of the last record accepted, per kind."""
         self.valid_length = 0
-        self.torn_bytes = 0
-        """Bytes after ``valid_length`` that do not form a whole record (a torn or corrupt tail)."""
         """Bytes of the history file this set reflects (set by load_series)."""
 
     def feed(self, record: dict) -> bool:
@@ -816,7 +814,6 @@ def _scan(data: mmap.mmap | bytes, result: SeriesSet) -> "_TrainColumns":
             result.feed(record)
         pos = end
     result.valid_length = pos
-    result.torn_bytes = len(data) - pos
     del buf
     return train
 

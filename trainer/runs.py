@@ -426,22 +426,32 @@ def read_state(run_dir: Path) -> dict:
 _DAEMON_PID = re.compile(r"daemon started \(pid (\d+)\)")
 
 
+def _daemon_pid(event: dict) -> Optional[int]:
+    """The pid a daemon's "starting" event names: in its data, or (events written before the
+    data carried it) in its message."""
+    pid = (event.get("data") or {}).get("pid")
+    if isinstance(pid, int):
+        return pid
+    match = _DAEMON_PID.search(str(event.get("message") or ""))
+    return int(match.group(1)) if match else None
+
+
 def _events_summary(run_dir: Path) -> dict:
     """Fields of state.json that the tail of events.jsonl tells: the last `state` event's state,
     the pid of the daemon that last started, the last evaluation, the last stop reason."""
+    from trainer import eventlog  # (it imports this module)
+
     found: dict = {}
-    for line in reversed(tail_lines(run_dir / "events.jsonl", 2000)):
-        try:
-            event = json.loads(line)
-            kind, data = event.get("kind"), event.get("data") or {}
-        except (ValueError, AttributeError):
-            continue  # a torn line
+    for event in reversed(eventlog.read_tail(run_dir / "events.jsonl", 2000)):  # torn lines skipped
+        kind, data = event.get("kind"), event.get("data") or {}
+        if not isinstance(data, dict):
+            continue
         if kind == "state" and "state" not in found and data.get("state") in RUN_STATES:
             found["state"] = data["state"]
         if kind == "state" and "pid" not in found and data.get("state") == "starting":
-            match = _DAEMON_PID.search(str(event.get("message") or ""))
-            if match:
-                found["pid"] = int(match.group(1))
+            pid = _daemon_pid(event)
+            if pid is not None:
+                found["pid"] = pid
         if kind == "eval" and "last_eval" not in found and isinstance(data.get("metrics"), dict):
             found["last_eval"] = {"step": data.get("step"), "epoch": data.get("epoch"), **data["metrics"]}
         if {"state", "pid", "last_eval"} <= set(found):
