@@ -266,3 +266,10 @@ def test_a_rebuilt_state_takes_the_daemon_pid_from_the_event_data_or_its_message
     assert runs._events_summary(run_dir) == {"state": "running", "pid": 22}
     (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events[:1] + events[2:]))
     assert runs._events_summary(run_dir)["pid"] == 11  # events written before the data carried it
+
+
+def test_a_missing_run_has_every_key_a_status_has(root):
+    """ls --json rows keep one shape: missing_status lists status()'s keys by hand."""
+    present = runs.status(new_run(root, "here"))
+    missing = runs.missing_status(root / "gone")
+    assert set(missing) - {"error"} == set(present) - {"error"}
