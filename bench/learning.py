@@ -42,7 +42,7 @@ PRESETS = {
     "waveform": "waveform_cnn1d_attention.yaml",
 }
 # Only where the data is, and `auto` for what the data decides.
-DATA_OVERRIDES = ["data.source=audio_folder", "data.train=null", "data.val=null", "data.test=null",
+DATA_OVERRIDES = ["data.source=audio_folder", "data.train=null", "data.val=null", "data.test=null", "data.classes=null",
                   "data.sample_rate=auto", "data.duration=auto"]
 
 

@@ -45,6 +45,21 @@ def test_shipped_presets_load_and_say_what_their_frozen_phases_do(preset):
     cfg = load_config(ROOT / "configs" / preset, check_paths=False, check_model=False)
     frozen = [i for i, p in enumerate(cfg.phases) if p.trainable < 1.0]
     assert [key for key, _ in config_warnings(cfg)] == [f"phases.{i}.trainable" for i in frozen]
+    from trainer.data.augment import no_effect_warnings
+
+    assert no_effect_warnings(cfg) == []  # a preset never warns about its own settings
+
+
+def test_data_paths_the_source_does_not_read_are_named():
+    # the MFCC preset switched to folders, with its CSV path left over
+    leftover = {"data": {"source": "audio_folder", "root": "/data/words", "train": "../data/audio/train.csv"}}
+    warnings = dict(config_warnings(RunConfig.model_validate(leftover)))
+    assert list(warnings) == ["data.train"]
+    assert "not used: source audio_folder reads the splits from data.root" in warnings["data.train"]
+    csv = {"data": {"source": "csv", "root": "/data/words", "train": "a.csv"}}
+    assert list(dict(config_warnings(RunConfig.model_validate(csv)))) == ["data.root"]
+    used = {"data": {"source": "audio_folder", "root": "/data/words"}}
+    assert config_warnings(RunConfig.model_validate(used)) == []
 
 
 def test_evaluations_of_a_frozen_random_backbone_do_not_use_up_patience(tmp_path):

@@ -16,7 +16,8 @@ import torch
 from trainer import cli
 from trainer.config import ConfigError, RunConfig, SpecAugmentConfig, load_config
 from trainer.data import build_datasets, check_data
-from trainer.data.augment import mask_limit, spec_augment
+from trainer.data.augment import freq_warp, mask_limit, spec_augment, time_shift
+from trainer.data.features import FeatureExtractor
 from trainer.data.auto import AUTO_FILE, round_up
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -178,3 +179,88 @@ def test_mask_of_one_or_more_must_be_whole():
     with pytest.raises(ValueError, match="must be whole"):
         SpecAugmentConfig(time_mask=2.5)
     assert SpecAugmentConfig(time_mask=0.5).time_mask == 0.5
+
+
+# ----------------------------------------------------------------------------- time shift
+def test_time_shift_moves_the_sound_and_fills_with_silence():
+    x = torch.full((1, 4, 20), -80.0)
+    x[..., 5:10] = 0.0  # a loud word in frames 5..9, silence elsewhere
+    silence = x[..., :1]
+    shifts = set()
+    for seed in range(200):
+        out = time_shift(x, 0.25, silence, torch.Generator().manual_seed(seed))
+        loud = (out[0, 0] == 0.0).nonzero().flatten().tolist()
+        assert len(loud) == 5 and loud == list(range(loud[0], loud[0] + 5))  # moved whole, not smeared
+        assert ((out == 0.0) | (out == -80.0)).all()  # the gap is silence
+        shifts.add(loud[0] - 5)
+    assert shifts == set(range(-5, 6))  # +-25% of 20 frames, every whole shift reachable
+
+
+def test_time_shift_cuts_off_what_moves_out():
+    x = torch.arange(10, dtype=torch.float32).view(1, 10)
+    silence = torch.zeros(1, 1)
+    for seed in range(100):
+        out = time_shift(x, 0.5, silence, torch.Generator().manual_seed(seed))
+        kept = out[out != 0]
+        assert (kept[1:] - kept[:-1] == 1).all()  # a run of consecutive samples, in order
+
+
+def test_silence_frame_is_the_quietest_frame(clips):
+    small = {"n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 13}
+    fixed = {"sample_rate": 8000, "duration": 0.5}
+    extractor = FeatureExtractor(auto_cfg(clips, data=fixed, features={"kind": "mel", **small}))
+    wave = np.zeros(extractor.n_samples, np.float32)
+    wave[: len(wave) // 2] = np.sin(np.arange(len(wave) // 2) * 0.3)  # sound, then digital silence
+    raw = extractor.raw(wave)
+    frame = extractor.silence_frame(raw)
+    assert frame.shape == raw.shape[:-1] + (1,)
+    assert torch.equal(frame, raw[..., -1:])  # the last frame is silent
+    mfcc = FeatureExtractor(auto_cfg(clips, data=fixed, features={"kind": "mfcc", **small}))
+    raw = mfcc.raw(wave)
+    assert torch.equal(mfcc.silence_frame(raw), raw[..., -1:])
+    waveform = FeatureExtractor(auto_cfg(clips, data=fixed, features={"kind": "waveform"}))
+    assert not waveform.silence_frame(waveform.raw(wave)).any()
+
+
+def test_training_examples_are_shifted_only_when_asked(clips):
+    plain = build_datasets(auto_cfg(clips))
+    shifted = build_datasets(auto_cfg(clips, augment={"time_shift": 0.2}))
+    x0, x1 = plain.train[0, 0][0], shifted.train[0, 0][0]
+    assert x0.shape == x1.shape
+    assert not torch.equal(x0, x1)
+    assert torch.equal(plain.val[0][0], shifted.val[0][0])  # evaluation is never shifted
+
+
+# ----------------------------------------------------------------------------- frequency warp
+def test_freq_warp_moves_a_band_up_or_down_by_the_factor():
+    x = torch.zeros(1, 40, 3)
+    x[0, 20] = 1.0  # one loud band
+    up, down = freq_warp(x, 1.2), freq_warp(x, 0.8)
+    assert int(up[0, :, 0].argmax()) == 24 and int(down[0, :, 0].argmax()) == 16
+    assert torch.equal(freq_warp(x, 1.0), x)
+    edge = torch.arange(10, dtype=torch.float32).view(1, 10, 1)
+    assert freq_warp(edge, 0.5)[0, -1, 0] == 9.0  # from beyond the top: the top bin
+
+
+def test_freq_warp_is_drawn_per_example_and_only_for_spectra(clips):
+    warped = build_datasets(auto_cfg(clips, augment={"freq_warp": 0.2}))
+    plain = build_datasets(auto_cfg(clips))
+    assert not torch.equal(warped.train[0, 0][0], plain.train[0, 0][0])
+    assert torch.equal(warped.val[0][0], plain.val[0][0])
+    waveform = auto_cfg(clips, augment={"freq_warp": 0.2}, features={"kind": "waveform"})
+    assert any("augment.freq_warp has no effect" in w for w in check_data(waveform).warnings)
+
+
+def test_mfcc_is_the_dct_of_the_cached_log_mel(clips):
+    small = {"n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 13}
+    fixed = {"sample_rate": 8000, "duration": 0.5}
+    mfcc = FeatureExtractor(auto_cfg(clips, data=fixed, features={"kind": "mfcc", "normalize": False, **small}))
+    wave = np.sin(np.arange(mfcc.n_samples) * 0.2).astype(np.float32)
+    raw = mfcc.raw(wave)
+    assert raw.shape[-2] == 32  # the log-mel is cached
+    assert mfcc.output_shape == (1, 13, raw.shape[-1])
+    import torchaudio.transforms as T
+    reference = T.MFCC(sample_rate=8000, n_mfcc=13, melkwargs={"n_fft": 256, "hop_length": 128, "n_mels": 32})
+    assert torch.allclose(mfcc.finish(raw), reference(torch.from_numpy(wave).unsqueeze(0)), atol=1e-3)
+    louder = mfcc.finish(mfcc.apply_gain(raw, 6.0))
+    assert torch.allclose(louder, mfcc.finish(mfcc.raw(wave * 10 ** (6 / 20))), atol=1e-3)

@@ -64,3 +64,25 @@ def test_pretrained_from_local_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(Exception):
         models.load_pretrained(dst, tmp_path / "bad.pt")
+
+
+def test_a_new_timm_classifier_starts_at_zero_so_the_first_loss_is_ln_c():
+    torch.manual_seed(0)
+    model = models.build_model(make("efficientnet_b0"), num_classes=4, in_chans=1, input_shape=(1, 128, 53))
+    head = model.get_classifier()
+    assert not head.weight.any() and not head.bias.any()
+    model.train()
+    x, y = torch.randn(8, 1, 128, 53), torch.randint(0, 4, (8,))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=1e-5)
+    loss.backward()
+    # timm's own init gave logits of std ~3.5 and a gradient norm ~200 here (every step clipped)
+    assert torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9) < 5.0
+
+
+def test_a_pretrained_classifier_that_fits_is_kept(tmp_path):
+    src = models.build_model(make("resnet18"), 4, 3, (3, 32, 32))
+    torch.nn.init.normal_(src.fc.weight)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    dst = models.build_model(make("resnet18", pretrained=str(tmp_path / "w.pt")), 4, 3, (3, 32, 32))
+    assert torch.equal(dst.fc.weight, src.fc.weight)

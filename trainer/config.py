@@ -87,6 +87,15 @@ class AugmentConfig(Section):
     """Random horizontal flip for image data (training only)."""
     gain_db: float = Field(0.0, ge=0.0)
     """Random gain of +-gain_db dB applied to waveforms (training only; 0: off)."""
+    time_shift: float = Field(0.0, ge=0.0, le=0.5)
+    """Random shift of each audio example along time, either way, by up to this fraction of its
+    length (0.1: +-10%); the gap is filled with the example's quietest frame, i.e. silence
+    (training only; 0: off). Words and calls do not start at the same moment in every recording,
+    and a model that never saw them moved learns where they start."""
+    freq_warp: float = Field(0.0, ge=0.0, le=0.3)
+    """Random stretch of the mel axis of mel/MFCC features by a factor in [1 - w, 1 + w] (0.1:
+    +-10%; training only; 0: off). Moves every formant and harmonic together, as a longer or
+    shorter vocal tract, a bigger or smaller bird does: vocal tract length perturbation."""
 
 
 class FeaturesConfig(Section):
@@ -523,7 +532,21 @@ def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
                         f"freezes {1.0 - phase.trainable:.0%} of a random backbone (never trained)")
                 warnings.append((f"phases.{i}.trainable", f"phase {phase.name!r} {what}, because model.pretrained "
                                  "is null; set model.pretrained to a weights file, or trainable: 1.0"))
-    return warnings
+    return warnings + _unused_data_paths(cfg)
+
+
+def _unused_data_paths(cfg: RunConfig) -> list[tuple[str, str]]:
+    """data.root or data.train/val/test set where the source reads the other kind (typically left
+    over from the preset after switching data.source)."""
+    data = cfg.data
+    folders = data.source in ("audio_folder", "image_folder")
+    if folders:
+        unused = [key for key in ("train", "val", "test") if getattr(data, key)]
+        why = f"source {data.source} reads the splits from data.root's train/val/test folders"
+    else:
+        unused = ["root"] if data.root and data.source != "synthetic" else []
+        why = f"source {data.source} reads data.train/val/test files"
+    return [(f"data.{key}", f"{getattr(data, key)!r} is not used: {why}") for key in unused]
 
 
 def _monitor_problems(cfg: RunConfig) -> list[tuple[str, str]]:

@@ -78,11 +78,28 @@ def build_model(cfg, num_classes: int, in_chans: int, input_shape: tuple[int, ..
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
                                   drop_rate=cfg.model.drop_rate, drop_path_rate=cfg.model.drop_path_rate or None,
                                   **opts)
+        zero_classifier(model)
     if cfg.model.pretrained:
         load_pretrained(model, cfg.resolve_path(cfg.model.pretrained))
     if cfg.model.channels_last and len(input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def zero_classifier(model: nn.Module) -> None:
+    """Start the classifier at zero: every class equally likely, loss ln(C), until it learns.
+
+    timm's EfficientNet draws it from U(+-1/sqrt(num_classes)) (the TF reference init), sized for
+    1,000 classes: with 4 or 10 the initial logits have a std of about 3.5, the loss starts far
+    above ln(C) and gradient norms are in the hundreds, so every step is clipped and a model
+    trained from scratch spends its first epochs undoing its start (val loss 10-45,
+    bench/learning.py). A classifier in the pretrained file, when its shape fits, replaces this.
+    """
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
 
 
 def load_pretrained(model: nn.Module, path: Path) -> dict:

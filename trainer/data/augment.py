@@ -1,4 +1,4 @@
-"""Training-time augmentation: gain, horizontal flip, SpecAugment (per example) and Mixup (per batch).
+"""Training-time augmentation: gain, time shift, frequency warp, horizontal flip, SpecAugment (per example) and Mixup (per batch).
 
 Every draw comes from a generator addressed by (seed, epoch, index) or (seed, epoch, step); none
 touches torch's or numpy's global random state. That is why SpecAugment is implemented here
@@ -30,12 +30,43 @@ def augment_example(raw: torch.Tensor, extractor: FeatureExtractor, augment, gen
     x = raw.to(torch.float32, copy=True)
     if augment.gain_db > 0 and extractor.kind != "image":
         x = extractor.apply_gain(x, (2.0 * _uniform(gen) - 1.0) * augment.gain_db)
+    if augment.time_shift > 0 and extractor.kind != "image":
+        x = time_shift(x, augment.time_shift, extractor.silence_frame(x), gen)
+    if augment.freq_warp > 0 and extractor.kind in SPECTRAL:
+        x = freq_warp(x, 1.0 + (2.0 * _uniform(gen) - 1.0) * augment.freq_warp)
     if augment.hflip and extractor.kind == "image" and _uniform(gen) < 0.5:
         x = torch.flip(x, dims=(-1,))
     x = extractor.finish(x)
     if extractor.kind in SPECTRAL:
         x = spec_augment(x, augment.spec_augment, gen)
     return x
+
+
+def time_shift(x: torch.Tensor, fraction: float, silence: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """x moved along its last (time) axis by a uniform whole shift in [-limit, limit], limit =
+    fraction of the length; the cells moved in from outside take `silence` (broadcast over time)."""
+    size = x.shape[-1]
+    limit = int(fraction * size)
+    shift = int(_uniform(gen) * (2 * limit + 1)) - limit
+    if shift == 0:
+        return x
+    out = silence.expand_as(x).clone()
+    if shift > 0:
+        out[..., shift:] = x[..., :size - shift]
+    else:
+        out[..., :size + shift] = x[..., -shift:]
+    return out
+
+
+def freq_warp(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """(C, F, T) log-mel stretched along F by `factor` (> 1: content moves up), linearly
+    interpolated; rows that would come from beyond the top take the top bin."""
+    size = x.shape[-2]
+    source = torch.clamp(torch.arange(size, dtype=torch.float64) / factor, 0, size - 1)
+    low = source.floor().long()
+    high = torch.clamp(low + 1, max=size - 1)
+    weight = (source - low).to(x.dtype).view(-1, 1)
+    return x[..., low, :] * (1 - weight) + x[..., high, :] * weight
 
 
 def spec_augment(x: torch.Tensor, spec_cfg, gen: torch.Generator) -> torch.Tensor:
@@ -108,6 +139,9 @@ def no_effect_warnings(cfg) -> list[str]:
         "augment.gain_db has no effect on images" if aug.gain_db > 0 and kind == "image" else None,
         "augment.gain_db has (almost) no effect with features.normalize: true, which removes the level"
         if aug.gain_db > 0 and kind in ("mel", "waveform") and cfg.features.normalize else None,
+        "augment.time_shift has no effect on images" if aug.time_shift > 0 and kind == "image" else None,
+        "augment.freq_warp has no effect: only mel/MFCC features are warped"
+        if aug.freq_warp > 0 and kind not in SPECTRAL else None,
         "augment.spec_augment has no effect: only mel/MFCC features are masked"
         if (aug.spec_augment.freq_mask or aug.spec_augment.time_mask) and kind not in SPECTRAL else None,
     ]

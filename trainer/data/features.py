@@ -1,9 +1,11 @@
 """Base examples -> what the model sees.
 
 Two stages, so that the expensive one can be cached and the cheap one can follow augmentation:
-- `raw(base)`: log-mel (dB) / MFCC / waveform / uint8 image, un-normalised (cached when
-  data.cache is on);
-- `finish(x)`: per-example standardisation (audio) or ImageNet mean/std (images).
+- `raw(base)`: log-mel (dB) / waveform / uint8 image, un-normalised (cached when data.cache is
+  on); MFCC features are cached as their log-mel too, so that gain, time shift and frequency
+  warping work on the same mel axis for both;
+- `finish(x)`: the DCT to MFCC, then per-example standardisation (audio) or ImageNet mean/std
+  (images).
 
 Statistics for normalisation are computed with numpy in float64 on one thread, so a feature is
 bit-identical whichever process (main or DataLoader worker, with any torch thread count) makes it.
@@ -49,7 +51,7 @@ class FeatureExtractor:
         """Shape of one example as the model sees it: (C, H, W) or (C, T)."""
         if self.kind == "image":
             return (self.image_channels, self.image_size, self.image_size)
-        return tuple(self.raw(np.zeros(self.n_samples, np.float32)).shape)
+        return tuple(self.finish(self.raw(np.zeros(self.n_samples, np.float32))).shape)
 
     def describe(self) -> str:
         shape = "x".join(str(s) for s in self.output_shape)
@@ -65,10 +67,7 @@ class FeatureExtractor:
         wave = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32)).unsqueeze(0)  # (1, T)
         if self.kind == "waveform":
             return wave
-        spec = self.to_db(self.mel(wave))  # (1, n_mels, frames); top_db is relative to this example's max
-        if self.kind == "mfcc":
-            spec = torch.matmul(spec.transpose(-1, -2), self.dct).transpose(-1, -2)
-        return spec.contiguous()
+        return self.to_db(self.mel(wave)).contiguous()  # (1, n_mels, frames); top_db: relative to its max
 
     @torch.no_grad()
     def raw_batch(self, bases: list[np.ndarray]) -> torch.Tensor:
@@ -83,31 +82,35 @@ class FeatureExtractor:
         waves = torch.from_numpy(np.stack(bases).astype(np.float32, copy=False)).unsqueeze(1)  # (N, 1, T)
         if self.kind == "waveform":
             return waves
-        spec = self.to_db(self.mel(waves))  # (N, 1, n_mels, frames)
-        if self.kind == "mfcc":
-            spec = torch.matmul(spec.transpose(-1, -2), self.dct).transpose(-1, -2)
-        return spec.contiguous()
+        return self.to_db(self.mel(waves)).contiguous()  # (N, 1, n_mels, frames)
 
     # ------------------------------------------------------------------------- gain
     def apply_gain(self, x: torch.Tensor, gain_db: float) -> torch.Tensor:
         """Features of the same example played `gain_db` louder (x: float raw features).
 
-        Spectral features get the equivalent shift in the dB domain, which is exact up to the
-        -100 dB floor of the dB conversion and saves recomputing the spectrogram from audio.
+        Spectral features (log-mel, also for MFCC) get the equivalent shift in the dB domain, which
+        is exact up to the -100 dB floor of the dB conversion and saves recomputing the spectrogram.
         """
         if self.kind == "waveform":
             return x * (10.0 ** (gain_db / 20.0))
-        if self.kind == "mel":
+        if self.kind in SPECTRAL:
             return x + gain_db
-        if self.kind == "mfcc":
-            return x + gain_db * self.dct.sum(dim=0).view(1, -1, 1)
         return x
+
+    def silence_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """The quietest time step of raw audio features x, shape (..., 1): zero for waveforms, the
+        log-mel frame of least mean energy for spectra. Padding and pauses look like it."""
+        if self.kind == "waveform":
+            return torch.zeros(x.shape[:-1] + (1,), dtype=x.dtype)
+        energy = x.mean(dim=-2)  # (C, T)
+        quietest = int(torch.argmin(energy.reshape(-1, x.shape[-1]).sum(dim=0)))
+        return x[..., quietest:quietest + 1]
 
     # ------------------------------------------------------------------------- stage 2
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise float features (images: x holds 0..255 values).
 
-        Audio with features.normalize: per-example standardisation. Images are scaled to [0, 1]
+        MFCC: the DCT of the log-mel. Audio with features.normalize: per-example standardisation. Images are scaled to [0, 1]
         and, with features.normalize, standardised with the ImageNet mean/std (its grey average
         for 1 channel), the convention timm models expect.
         """
@@ -117,6 +120,8 @@ class FeatureExtractor:
                 mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.image_channels == 3 else (GRAY_MEAN, GRAY_STD)
                 x = (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
             return x.contiguous()
+        if self.kind == "mfcc":
+            x = torch.matmul(x.transpose(-1, -2), self.dct).transpose(-1, -2)
         if self.normalize:
             values = x.numpy()
             mean = float(values.mean(dtype=np.float64))
