@@ -189,3 +189,12 @@ def test_start_prints_the_frozen_phase_warning(tmp_path, capsys, monkeypatch):
     assert main(["--root", str(tmp_path / "runs"), "start", str(path)]) == 0
     err = capsys.readouterr().err
     assert err.count("phases.0.trainable") == 1 and "model.pretrained is null" in err
+
+
+def test_eval_mode_follows_the_monitor_and_a_contrary_one_is_named():
+    assert RunConfig.model_validate({"eval": {"monitor": "val_loss"}}).eval.mode == "min"
+    assert RunConfig.model_validate({"eval": {"monitor": "train_loss"}}).eval.mode == "min"
+    assert RunConfig.model_validate({"eval": {"monitor": "val_accuracy"}}).eval.mode == "max"
+    contrary = RunConfig.model_validate({"eval": {"monitor": "val_loss", "mode": "max"}})
+    assert contrary.eval.mode == "max"  # kept: a run made before the inference still resumes
+    assert "follow the worst evaluation" in dict(config_warnings(contrary))["eval.mode"]

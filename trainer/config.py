@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -304,14 +304,23 @@ class EvalConfig(Section):
     """Evaluate every N epochs (and always at the end of each phase)."""
     monitor: str = "val_f1_macro"
     """Metric that decides the best checkpoint, early stopping and reduce-on-plateau."""
-    mode: Literal["max", "min"] = "max"
-    """Whether larger or smaller values of `monitor` are better."""
+    mode: Optional[Literal["max", "min"]] = None
+    """Whether larger or smaller values of `monitor` are better. null: from the metric (min for
+    val_loss and train_loss, max for the rest); the opposite of that gets a warning."""
     batch_size: Optional[int] = Field(None, ge=1)
     """Evaluation batch size (default: 2x the training batch)."""
     ema: EmaConfig = EmaConfig()
     """EMA weights."""
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     """Early stopping."""
+
+    @model_validator(mode="after")
+    def _mode_from_monitor(self) -> "EvalConfig":
+        from trainer.metrics import better_direction  # numpy only; no torch
+
+        if self.mode is None:
+            self.mode = better_direction(self.monitor)
+        return self
 
 
 class CheckpointConfig(Section):
@@ -532,7 +541,19 @@ def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
                         f"freezes {1.0 - phase.trainable:.0%} of a random backbone (never trained)")
                 warnings.append((f"phases.{i}.trainable", f"phase {phase.name!r} {what}, because model.pretrained "
                                  "is null; set model.pretrained to a weights file, or trainable: 1.0"))
-    return warnings + _unused_data_paths(cfg)
+    return warnings + _mode_against_monitor(cfg) + _unused_data_paths(cfg)
+
+
+def _mode_against_monitor(cfg: RunConfig) -> list[tuple[str, str]]:
+    """A warning, not an error: a run made before the mode was inferred must still resume."""
+    from trainer.metrics import better_direction  # numpy only; no torch
+
+    better = better_direction(cfg.eval.monitor)
+    if cfg.eval.mode == better:
+        return []
+    return [("eval.mode", f"{cfg.eval.mode!r} with eval.monitor {cfg.eval.monitor!r}, which is better when "
+                          f"{'smaller' if better == 'min' else 'larger'}: best.pt, early stopping and plateau "
+                          f"would follow the worst evaluation; leave eval.mode out or set it to {better!r}")]
 
 
 def _unused_data_paths(cfg: RunConfig) -> list[tuple[str, str]]:
