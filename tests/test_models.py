@@ -86,3 +86,31 @@ def test_a_pretrained_classifier_that_fits_is_kept(tmp_path):
     torch.save(src.state_dict(), tmp_path / "w.pt")
     dst = models.build_model(make("resnet18", pretrained=str(tmp_path / "w.pt")), 4, 3, (3, 32, 32))
     assert torch.equal(dst.fc.weight, src.fc.weight)
+
+
+def test_a_random_frozen_backbone_tracks_batch_statistics():
+    model = models.build_model(make("resnet18"), 3, 1, (1, 32, 32))
+    models.apply_trainable(model, 0.0)
+    models.set_train_mode(model, keep_frozen_stats=False)
+    before = model.bn1.running_mean.clone()
+    model(torch.randn(4, 1, 32, 32))
+    assert not torch.equal(before, model.bn1.running_mean)
+    assert not any(p.requires_grad for p in model.bn1.parameters())  # still frozen: only statistics move
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_the_engine_keeps_frozen_statistics_only_of_pretrained_weights(tmp_path, pretrained):
+    from trainer.engine import Trainer
+
+    raw = {"data": {"source": "synthetic", "duration": 0.25, "sample_rate": 8000,
+                    "synthetic": {"classes": 3, "train_per_class": 8, "val_per_class": 2}},
+           "features": {"kind": "mel", "n_fft": 256, "hop_length": 64, "n_mels": 32},
+           "model": {"name": "resnet18"}, "optim": {"batch_size": 8},
+           "phases": [{"name": "head", "epochs": 1, "trainable": 0.0}]}
+    if pretrained:
+        weights = tmp_path / "w.pt"
+        torch.save(models.build_model(make("resnet18"), 3, 1, (1, 32, 32)).state_dict(), weights)
+        raw["model"]["pretrained"] = str(weights)
+    trainer = Trainer(RunConfig.model_validate(raw), tmp_path)
+    trainer.setup()
+    assert trainer.model.bn1.training is not pretrained

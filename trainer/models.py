@@ -187,10 +187,18 @@ def apply_trainable(model: nn.Module, fraction: float) -> tuple[int, int]:
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def set_train_mode(model: nn.Module) -> None:
+def set_train_mode(model: nn.Module, keep_frozen_stats: bool = True) -> None:
     """model.train(), but batch-norm layers whose parameters are frozen keep their running
-    statistics (eval mode): a frozen block then really stays unchanged."""
+    statistics (eval mode): a frozen pretrained block then really stays unchanged.
+
+    keep_frozen_stats=False (a backbone without pretrained weights): every batch-norm layer
+    tracks its batch statistics. A random backbone has no statistics worth keeping, and with
+    its initial ones (mean 0, variance 1) its features are unnormalised: the classifier of a
+    head-only phase learns on them, and at unfreezing, when the statistics start to move, its
+    logits blow up (gradient norms ~50, val loss 3-8 for epochs: bench/learning.py, B1)."""
     model.train()
+    if not keep_frozen_stats:
+        return
     for module in model.modules():
         own = list(module.parameters(recurse=False))
         if isinstance(module, _NORMS) and own and not any(p.requires_grad for p in own):
