@@ -87,7 +87,6 @@ def epochs_run(run_dir: Path) -> int:
 
 def score(run_dir: Path) -> dict:
     """Accuracy of run_dir/best.pt on val and test, through the engine's data and model code."""
-    import numpy as np
     import torch
 
     from trainer import models
@@ -108,14 +107,26 @@ def score(run_dir: Path) -> dict:
         if dataset is None:
             out[f"{split}_accuracy"] = None
             continue
-        right = 0
+        predicted = []
         with torch.no_grad():
-            for x, y in make_loader(dataset, 64, sampler=None, num_workers=0):
-                right += int((model(x).argmax(dim=1) == y).sum())
-        out[f"{split}_accuracy"] = round(right / len(dataset), 4)
+            for x, _ in make_loader(dataset, 64, sampler=None, num_workers=0):
+                predicted += model(x).argmax(dim=1).tolist()
+        wrong = [item for item, p in zip(dataset.examples.items, predicted) if p != item.label]
+        out[f"{split}_accuracy"] = round(1 - len(wrong) / len(dataset), 4)
+        if split == "test":
+            out["test_errors_by_voice"] = errors_by_voice(wrong)
     out["chance"] = round(1 / len(data.classes), 4)
     out["input"] = f"{data.data_config.sample_rate} Hz, {data.data_config.duration:g} s, shape {list(data.input_shape)}"
     return out
+
+
+def errors_by_voice(wrong_items) -> dict:
+    """Wrongly classified test clips per speaker variant (the `+variant` of speech_data's file
+    names), most first: whether the errors are spread out or one unusual voice."""
+    import collections
+
+    counts = collections.Counter(Path(str(item.where)).stem.split("_")[1].split("+")[-1] for item in wrong_items)
+    return dict(counts.most_common())
 
 
 def run_preset(preset: str, data_root: Path, out: Path, extra: list[str], budget) -> dict:

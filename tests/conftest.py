@@ -3,10 +3,12 @@ the user's home: LONGHAUL_STATE_DIR is an environment variable, so daemons, work
 subprocesses the test starts use the same one. `longhaul` entry points set the process umask
 (private run data); it is restored after each test so tests do not leak it into each other.
 
-`tmpfs` (tests/tmpfs.py) is every test's fixture for a disk that really fills up."""
+`tmpfs` (tests/tmpfs.py) is every test's fixture for a disk that really fills up; `speech_tools`
+that of the tests that speak their own words (bench/speech_data.py)."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -20,3 +22,13 @@ def private_run_registry(tmp_path_factory, monkeypatch):
     os.umask(umask)
     yield
     os.umask(umask)
+
+
+@pytest.fixture
+def speech_tools():
+    """espeak-ng and sox, or a skip (a failure in CI, where .ci/run installs them)."""
+    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"{missing} not installed in CI (.ci/run installs espeak-ng and sox)")
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (apt-get install espeak-ng sox)")

@@ -3,8 +3,6 @@ data.duration `auto` (chosen from the data, reported with their numbers, kept fo
 SpecAugment masks relative to / checked against the input, and the data report's warnings about
 upsampling and padding."""
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -50,12 +48,7 @@ def auto_cfg(root, **extra):
 
 
 # ----------------------------------------------------------------------------- generator
-def test_speech_generator_small_set_has_speaker_disjoint_splits(tmp_path):
-    missing = speech_data.tools_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} not installed in CI (.ci/run installs espeak-ng and sox)")
-        pytest.skip(f"{' and '.join(missing)} not installed (apt-get install espeak-ng sox)")
+def test_speech_generator_small_set_has_speaker_disjoint_splits(tmp_path, speech_tools):
     manifest = speech_data.generate(tmp_path, size="small", seed=3)
     per_word = speech_data.SIZES["small"]
     words = speech_data.WORDS

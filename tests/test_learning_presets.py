@@ -7,7 +7,6 @@ cut to a few epochs, and must clearly beat chance on the test voices.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -33,11 +32,8 @@ SHORT = {
 
 @pytest.fixture(scope="module")
 def words(tmp_path_factory):
-    missing = speech_data.tools_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} not installed in CI (.ci/run installs espeak-ng and sox)")
-        pytest.skip(f"{' and '.join(missing)} not installed (apt-get install espeak-ng sox)")
+    if speech_data.tools_missing():
+        pytest.skip("espeak-ng or sox missing (the generator test names which, and fails in CI)")
     root = tmp_path_factory.mktemp("words")
     speech_data.generate(root, size="quick", seed=1, words=WORDS)
     return root
