@@ -8,7 +8,8 @@ that of the tests that speak their own words (bench/speech_data.py)."""
 from __future__ import annotations
 
 import os
-import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,10 @@ def private_run_registry(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def speech_tools():
     """espeak-ng and sox, or a skip (a failure in CI, where .ci/run installs them)."""
-    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import speech_data
+
+    missing = speech_data.tools_missing()
     if missing and os.environ.get("CI"):
         pytest.fail(f"{missing} not installed in CI (.ci/run installs espeak-ng and sox)")
     if missing:

@@ -561,9 +561,13 @@ class Trainer:
             self._apply_phase(self.plan.phase_at(state.step), announce=True)
         self.checkpoint(reason="phase_end" if phase_end else "epoch_end", phase_end=phase_end)
 
+    def _train_mode(self) -> None:
+        """Training mode; frozen batch-norm keeps its statistics only if they are pretrained."""
+        models.set_train_mode(self.model, keep_frozen_stats=bool(self.cfg.model.pretrained))
+
     def _apply_phase(self, phase, announce: bool) -> None:
         trainable, total = models.apply_trainable(self.model, phase.trainable)
-        models.set_train_mode(self.model, keep_frozen_stats=bool(self.cfg.model.pretrained))
+        self._train_mode()
         if announce:
             self.event("phase", "info", f"phase {phase.index + 1}/{len(self.plan.phases)} {phase.name}: "
                        f"{trainable:,}/{total:,} parameters train, LR x{phase.lr_mult}",
@@ -617,7 +621,7 @@ class Trainer:
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             probs.append(logits.softmax(dim=1).numpy())
             labels.append(y.numpy())
-        models.set_train_mode(self.model, keep_frozen_stats=bool(self.cfg.model.pretrained))
+        self._train_mode()
         y_true = np.concatenate(labels)
         metrics = classification_metrics(y_true, np.concatenate(probs), list(self.classes),
                                           loss=loss_sum / max(len(y_true), 1))

@@ -95,7 +95,7 @@ def zero_classifier(model: nn.Module) -> None:
     trained from scratch spends its first epochs undoing its start (val loss 10-45,
     bench/learning.py). A classifier in the pretrained file, when its shape fits, replaces this.
     """
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head = classifier(model)
     if isinstance(head, nn.Linear):
         nn.init.zeros_(head.weight)
         if head.bias is not None:
@@ -137,8 +137,13 @@ def load_pretrained(model: nn.Module, path: Path) -> dict:
     return {"loaded": len(loadable), "skipped": len(skipped)}
 
 
+def classifier(model: nn.Module):
+    """The model's final classification layer (timm's and longhaul's models name it), or None."""
+    return model.get_classifier() if hasattr(model, "get_classifier") else None
+
+
 def _classifier_params(model: nn.Module) -> set[int]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head = classifier(model)
     return {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
 
 

@@ -94,8 +94,11 @@ def spec_augment(x: torch.Tensor, spec_cfg, gen: torch.Generator) -> torch.Tenso
 def mask_limit(param: float, size: int) -> float:
     """Upper bound of a mask's width on an axis of `size` cells: param < 1 is a fraction of the
     axis, param >= 1 a number of cells; at most half of the axis either way."""
-    wanted = param * size if param < 1 else param
-    return min(wanted, size / 2)
+    return min(_wanted_width(param, size), size / 2)
+
+
+def _wanted_width(param: float, size: int) -> float:
+    return param * size if param < 1 else param
 
 
 def mask_warnings(cfg, shape: tuple[int, ...]) -> list[str]:
@@ -106,8 +109,7 @@ def mask_warnings(cfg, shape: tuple[int, ...]) -> list[str]:
     out = []
     for key, param, size, what in (("freq_mask", spec.freq_mask, shape[-2], "bins"),
                                    ("time_mask", spec.time_mask, shape[-1], "frames")):
-        wanted = param * size if param < 1 else param
-        if param and wanted > size / 2:
+        if param and _wanted_width(param, size) > size / 2:
             out.append(f"augment.spec_augment.{key} {param:g} is wider than half of the input's {size} {what}: "
                        f"cut to {size / 2:g} (a value below 1 is a fraction of the input, e.g. "
                        f"{key}: 0.2)")

@@ -87,8 +87,7 @@ def measure(cfg, train_items) -> AutoValues:
     values = AutoValues()
     if cfg.data.sample_rate == AUTO:
         if rates:
-            counts = Counter(rates)
-            rate, count = max(counts.items(), key=lambda rc: (rc[1], rc[0]))
+            rate, count = most_common_rate(Counter(rates))
             share = "all" if count == len(rates) else f"{count} of"
             values.sample_rate = rate
             values.lines.append(f"data.sample_rate auto -> {rate} Hz ({share} {len(rates)} train files)")
@@ -105,6 +104,11 @@ def measure(cfg, train_items) -> AutoValues:
             values.duration = FALLBACK_DURATION
             values.lines.append(f"data.duration auto -> {FALLBACK_DURATION:g} s (no audio files to measure: default)")
     return values
+
+
+def most_common_rate(counts: dict[int, int]) -> tuple[int, int]:
+    """(rate, how many files have it) of {rate: files}; a tie goes to the higher rate."""
+    return max(counts.items(), key=lambda rc: (rc[1], rc[0]))
 
 
 def round_up(seconds: float) -> float:

@@ -285,7 +285,7 @@ def _rate_and_padding_warnings(cfg, report: DataReport) -> None:
     st = report.stats.get("train")
     if st is None or not st.durations:
         return
-    native, count = max(st.sample_rates.items(), key=lambda rc: (rc[1], rc[0]))
+    native, count = auto.most_common_rate(st.sample_rates)
     if cfg.data.sample_rate > UPSAMPLE_WARN * native:
         share = "all" if count == len(st.durations) else f"{count} of"
         report.warnings.append(

@@ -110,9 +110,9 @@ class FeatureExtractor:
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise float features (images: x holds 0..255 values).
 
-        MFCC: the DCT of the log-mel. Audio with features.normalize: per-example standardisation. Images are scaled to [0, 1]
-        and, with features.normalize, standardised with the ImageNet mean/std (its grey average
-        for 1 channel), the convention timm models expect.
+        MFCC: the DCT of the log-mel. Audio with features.normalize: per-example standardisation.
+        Images are scaled to [0, 1] and, with features.normalize, standardised with the ImageNet
+        mean/std (its grey average for 1 channel), the convention timm models expect.
         """
         if self.kind == "image":
             x = x / 255.0
