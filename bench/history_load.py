@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainer.history import HistoryWriter, load_series, read_history  # noqa: E402
+from trainer.monitor import Monitor  # noqa: E402
 
 CLASSES = [f"class_{i}" for i in range(10)]
 
@@ -69,7 +70,7 @@ def main() -> None:
         load_times = []
         for _ in range(args.repeat):
             started = time.perf_counter()
-            series = load_series(path, monitor="val_f1_macro", mode="max")
+            series = load_series(path, Monitor("val_f1_macro", "max"))
             load_times.append(time.perf_counter() - started)
         started = time.perf_counter()
         decoded = sum(1 for _ in read_history(path))

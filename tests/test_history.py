@@ -15,6 +15,7 @@ import pytest
 
 from trainer import history as h
 from trainer.history import Downsampler, HistoryError, HistoryWriter, SeriesSet
+from trainer.monitor import Monitor
 
 
 def train(step, loss=0.5, **extra):
@@ -261,7 +262,7 @@ def test_vectorised_ema_matches_the_loss_smoother():
 
 # ----------------------------------------------------------------------------- series sets
 def test_series_set_feeds_train_and_eval_records():
-    series = SeriesSet(monitor="val_f1_macro", mode="max", max_points=50)
+    series = SeriesSet(Monitor("val_f1_macro", "max"), max_points=50)
     for step in range(1, 301):
         series.feed(train(step, loss=1.0 / step, flag=True, note="x"))
         if step % 100 == 0:
@@ -280,7 +281,7 @@ def test_series_set_feeds_train_and_eval_records():
 
 
 def test_series_set_best_with_mode_min_ties_and_nan():
-    series = SeriesSet(monitor="val_loss", mode="min")
+    series = SeriesSet(Monitor("val_loss", "min"))
     series.feed(evaluation(1, f1=0.5))               # val_loss 0.5
     series.feed({**evaluation(2), "val_loss": 0.5})  # a tie keeps the first
     series.feed({**evaluation(3), "val_loss": float("nan")})
@@ -288,7 +289,7 @@ def test_series_set_best_with_mode_min_ties_and_nan():
     series.feed({**evaluation(4), "val_loss": 0.2})
     assert series.best_eval["step"] == 4
     with pytest.raises(ValueError):
-        SeriesSet(mode="best")
+        SeriesSet(Monitor(mode="best"))
 
 
 def test_series_set_ignores_repeated_steps_and_unknown_kinds():
@@ -337,10 +338,10 @@ def test_load_series_equals_feeding_every_record(tmp_path):
     length = write(path, records)
     with open(path, "ab") as f:
         f.write(msgpack.packb(train(10**6))[:-3])  # torn tail
-    incremental = SeriesSet("val_f1_macro", "max", max_points=300)
+    incremental = SeriesSet(Monitor("val_f1_macro", "max"), max_points=300)
     for record in h.read_history(path):
         incremental.feed(record)
-    loaded = h.load_series(path, "val_f1_macro", "max", max_points=300)
+    loaded = h.load_series(path, Monitor("val_f1_macro", "max"), max_points=300)
     assert loaded.valid_length == length
     expected, actual = incremental.snapshot_series(), loaded.snapshot_series()
     assert set(actual) == set(expected)
@@ -406,9 +407,9 @@ def test_load_summary_rebuilds_when_the_history_or_the_monitor_changed(tmp_path)
     fresh = h.load_summary(path)
     assert fresh.series["train_loss"]["step"][-1] == 51 and fresh.best_eval["val_f1_macro"] == 0.9
     assert fresh == _summary_of_load_series(path)
-    by_loss = h.load_summary(path, monitor="val_loss", mode="min")
+    by_loss = h.load_summary(path, Monitor("val_loss", "min"))
     assert by_loss.best_eval["val_loss"] == pytest.approx(0.1) and by_loss == _summary_of_load_series(
-        path, monitor="val_loss", mode="min")
+        path, monitor=Monitor("val_loss", "min"))
     h.truncate_history(path, 100)  # a resume cuts the history back
     assert h.load_summary(path) == _summary_of_load_series(path)
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer import history, protocol  # noqa: E402
 from trainer.schedule import LrSchedule, Plan, PhasePlan  # noqa: E402
+from trainer.monitor import Monitor  # noqa: E402
 
 STREAM_PATH = Path(__file__).with_name("data") / "recorded_stream.msgpack"
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: the frozen "now" of the recording
@@ -130,7 +131,7 @@ def build_stream(run_dir: str = "/runs/demo-b0") -> list[dict]:
     """The welcome (snapshot at SNAPSHOT_STEP) followed by a few seconds of live frames."""
     plan = demo_plan()
     rng = random.Random(1234)
-    series = history.SeriesSet("val_f1_macro", "max")
+    series = history.SeriesSet(Monitor("val_f1_macro", "max"))
     for step in range(1, SNAPSHOT_STEP + 1):
         series.feed(train_record(plan, step, rng))
         if step % STEPS_PER_EPOCH == 0:
@@ -365,7 +366,7 @@ def big_run_frames(history_path: Path, steps: int, run_dir: str) -> list[dict]:
     the way the daemon does it (history.load_series), then nothing live."""
     welcome = read_stream()[0]
     plan = demo_plan(steps_per_epoch=max(1, steps // 15))
-    series = history.load_series(history_path, "val_f1_macro", "max")
+    series = history.load_series(history_path, Monitor("val_f1_macro", "max"))
     snapshot = dict(welcome["snapshot"], plan=plan.to_dict(), series=series.snapshot_series())
     progress = dict(snapshot["progress"], step=steps, total_steps=plan.total_steps,
                     phase=plan.phase_at(steps - 1).index, phase_name=plan.phase_at(steps - 1).name)

@@ -29,7 +29,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -44,6 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
+from trainer.monitor import Monitor, usable
 from trainer.runs import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -338,13 +338,6 @@ def _checked_meta(meta: Any) -> dict:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint meta for step {step} is not JSON-serializable: {e}") from e
     return meta
-
-
-def _usable_metric(meta: dict) -> Optional[float]:
-    value = meta.get("metric")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 @dataclass
@@ -857,17 +850,16 @@ class CheckpointStore:
 def _best(valid: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
     """The checkpoint with the best finite metric; the earliest wins a tie.
 
-    The direction comes from the newest checkpoint that has a metric (the current config).
+    The direction and min_delta come from the newest checkpoint that has a metric (the current
+    config), so the best kept here is the evaluation the engine took for best.pt.
     """
-    scored = [info for info in valid if _usable_metric(info.meta) is not None]
+    scored = [info for info in valid if usable(info.meta.get("metric"))]
     if not scored:
         return None
-    sign = -1.0 if scored[-1].meta.get("mode", "max") == "min" else 1.0
-    best = scored[0]
-    for info in scored[1:]:
-        if sign * _usable_metric(info.meta) > sign * _usable_metric(best.meta):
-            best = info
-    return best
+    newest = scored[-1].meta
+    rule = Monitor("metric", newest.get("mode", "max"), newest.get("min_delta") or 0.0)
+    best = rule.best(info.meta for info in scored)
+    return next(info for info in scored if info.meta is best)
 
 
 def _manifest_problem(manifest: Any, step: int) -> Optional[str]:

@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainer.monitor import Monitor, direction_of
+
 
 class ConfigError(ValueError):
     """A config could not be loaded; `problems` lists every (key, message) found."""
@@ -316,11 +318,14 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _mode_from_monitor(self) -> "EvalConfig":
-        from trainer.metrics import better_direction  # numpy only; no torch
-
         if self.mode is None:
-            self.mode = better_direction(self.monitor)
+            self.mode = direction_of(self.monitor)
         return self
+
+    @property
+    def monitor_rule(self) -> Monitor:
+        """What counts as a new best: the monitor, its mode and early_stopping.min_delta."""
+        return Monitor(self.monitor, self.mode, self.early_stopping.min_delta)
 
 
 class CheckpointConfig(Section):
@@ -390,6 +395,15 @@ class RunConfig(Section):
 
     # Paths in the config are relative to the config file; `base_dir` is set by load_config.
     _base_dir: Path = Path(".")
+
+    def summary(self) -> dict:
+        """What a dashboard shows of the config (the snapshot's and plan.json's `config`); the
+        trainer adds the classes it found and the split sizes."""
+        return {"model": self.model.name, "source": self.data.source, "features": self.features.kind,
+                "classes": list(self.data.classes) if self.data.classes else None, "threads": self.threads,
+                "batch_size": self.optim.batch_size, "accum_steps": self.optim.accum_steps, "seed": self.seed,
+                "monitor": self.eval.monitor, "mode": self.eval.mode,
+                "min_delta": self.eval.early_stopping.min_delta}
 
     def resolve_path(self, value: Optional[str]) -> Optional[Path]:
         if value is None:
@@ -546,9 +560,7 @@ def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def _mode_against_monitor(cfg: RunConfig) -> list[tuple[str, str]]:
     """A warning, not an error: a run made before the mode was inferred must still resume."""
-    from trainer.metrics import better_direction  # numpy only; no torch
-
-    better = better_direction(cfg.eval.monitor)
+    better = direction_of(cfg.eval.monitor)
     if cfg.eval.mode == better:
         return []
     return [("eval.mode", f"{cfg.eval.mode!r} with eval.monitor {cfg.eval.monitor!r}, which is better when "

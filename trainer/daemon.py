@@ -642,14 +642,14 @@ class Daemon:
     async def _load_history(self) -> None:
         from trainer.history import SeriesSet, load_series
 
-        monitor, mode = self.cfg.eval.monitor, self.cfg.eval.mode
+        monitor = self.cfg.eval.monitor_rule
         path = self.run_dir / "history.msgpack"
         try:
-            self.series = await asyncio.to_thread(load_series, path, monitor, mode)
+            self.series = await asyncio.to_thread(load_series, path, monitor)
         except Exception as exc:  # a damaged history must not keep the run from training
             log.error("cannot load %s: %s", path, exc)
             self._emit("alert", "warning", f"history not loaded for the dashboard: {exc}", {"what": "history"})
-            self.series = SeriesSet(monitor, mode)
+            self.series = SeriesSet(monitor)
         self._after_series_load()
 
     async def _prime_series_cache(self) -> None:
@@ -659,7 +659,7 @@ class Daemon:
 
         path = self.run_dir / "history.msgpack"
         try:
-            await asyncio.to_thread(load_summary, path, self.cfg.eval.monitor, self.cfg.eval.mode)
+            await asyncio.to_thread(load_summary, path, self.cfg.eval.monitor_rule)
         except Exception as exc:  # only a cache: the next reader builds it
             log.warning("could not cache the series of %s: %s", path, exc)
 
@@ -680,13 +680,7 @@ class Daemon:
             self.plan_body = {"plan": body["plan"], "config": body.get("config") or {}}
 
     def _config_summary(self) -> dict:
-        cfg = self.cfg
-        summary: dict[str, Any] = {
-            "model": cfg.model.name, "source": cfg.data.source, "features": cfg.features.kind,
-            "classes": list(cfg.data.classes) if cfg.data.classes else None, "threads": cfg.threads,
-            "batch_size": cfg.optim.batch_size, "accum_steps": cfg.optim.accum_steps, "seed": cfg.seed,
-            "monitor": cfg.eval.monitor, "mode": cfg.eval.mode,
-        }
+        summary = self.cfg.summary()
         if self.plan_body:
             summary.update(self.plan_body.get("config") or {})
         return summary

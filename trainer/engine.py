@@ -295,11 +295,8 @@ class Trainer:
             send_plan(body)
 
     def config_summary(self) -> dict:
-        cfg = self.cfg
-        return {"model": cfg.model.name, "source": cfg.data.source, "features": cfg.features.kind,
-                "classes": list(self.classes), "threads": cfg.threads, "batch_size": cfg.optim.batch_size,
-                "accum_steps": cfg.optim.accum_steps, "seed": cfg.seed, "monitor": cfg.eval.monitor,
-                "mode": cfg.eval.mode, "n_train": len(self.data.train), "n_val": len(self.data.val)}
+        return {**self.cfg.summary(), "classes": list(self.classes), "n_train": len(self.data.train),
+                "n_val": len(self.data.val)}
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> bool:
@@ -602,9 +599,7 @@ class Trainer:
     def _pick_weights(self, sets: dict) -> str:
         """"raw" when its monitor value is strictly better than the EMA's, else "ema"."""
         ema, raw = (sets.get(name, {}).get(self.cfg.eval.monitor) for name in ("ema", "raw"))
-        if raw is None or (ema is not None and not self._better(raw, ema, min_delta=0.0)):
-            return "ema"
-        return "raw"
+        return "raw" if self.cfg.eval.monitor_rule.exact().better(raw, ema) else "ema"
 
     @torch.no_grad()
     def _evaluate_model(self, model: torch.nn.Module) -> dict:
@@ -636,7 +631,7 @@ class Trainer:
         if weights is not None:
             state.last_eval["eval_weights"] = weights
         value = metrics.get(ev.monitor)
-        improved = value is not None and (state.best_metric is None or self._better(value, state.best_metric))
+        improved = self.cfg.eval.monitor_rule.better(value, state.best_metric)
         counts = self._phase_can_improve()
         if improved:
             state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
@@ -666,15 +661,11 @@ class Trainer:
         evaluations use up neither early-stopping nor plateau patience."""
         return self.plan.phase_at(self.state.step - 1).trainable > 0.0 or bool(self.cfg.model.pretrained)
 
-    def _better(self, value: float, best: float, min_delta: Optional[float] = None) -> bool:
-        delta = self.cfg.eval.early_stopping.min_delta if min_delta is None else min_delta
-        return value > best + delta if self.cfg.eval.mode == "max" else value < best - delta
-
     def _update_plateau(self, value: Optional[float]) -> None:
         if self.cfg.schedule.name != "plateau" or value is None:
             return
         s, p = self.state, self.cfg.schedule.plateau
-        if s.plateau_best is None or self._better(value, s.plateau_best):
+        if self.cfg.eval.monitor_rule.better(value, s.plateau_best):
             s.plateau_best, s.plateau_bad = value, 0
             return
         s.plateau_bad += 1
@@ -757,6 +748,7 @@ class Trainer:
         meta = {"step": step, "history_offset": state["history_offset"], "epoch": self.state.epoch,
                 "phase": self.plan.phase_at(max(step - 1, 0)).index, "reason": reason,
                 "phase_end": phase_end, "time": time.time(), "mode": self.cfg.eval.mode,
+                "min_delta": self.cfg.eval.early_stopping.min_delta,
                 "metric": (self.state.last_eval or {}).get(self.cfg.eval.monitor),
                 "request_id": request_id, "config_sha256": self.config_hash}
         try:

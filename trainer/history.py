@@ -31,6 +31,8 @@ from typing import IO, TYPE_CHECKING, Any, Iterator, Optional
 
 import msgpack
 
+from trainer.monitor import Monitor
+
 if TYPE_CHECKING:
     import numpy as np
 # numpy is imported where it is used: a client attached to a daemon feeds records one by one and
@@ -424,12 +426,9 @@ class SeriesSet:
     record of its kind is ignored, like a Downsampler point.
     """
 
-    def __init__(self, monitor: str = "val_f1_macro", mode: str = "max",
-                 max_points: int = DEFAULT_MAX_POINTS, smoothing: float = DEFAULT_SMOOTHING):
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    def __init__(self, monitor: Monitor = Monitor(), max_points: int = DEFAULT_MAX_POINTS,
+                 smoothing: float = DEFAULT_SMOOTHING):
         self.monitor = monitor
-        self.mode = mode
         self.max_points = max_points
         self.series: dict[str, Downsampler] = {}
         self.smoother = LossSmoother(smoothing)
@@ -475,15 +474,8 @@ class SeriesSet:
 
     def _note_eval(self, record: dict) -> None:
         self.last_eval = record
-        value = record.get(self.monitor)
-        if not _is_number(value) or not math.isfinite(value):
-            return
-        if self.best_eval is None or self.is_better(value, self.best_eval[self.monitor]):
+        if self.monitor.better(self.monitor.value(record), self.monitor.value(self.best_eval)):
             self.best_eval = record
-
-    def is_better(self, value: float, than: float) -> bool:
-        """Whether ``value`` of the monitored metric strictly improves on ``than``."""
-        return value > than if self.mode == "max" else value < than
 
     def snapshot_series(self) -> dict[str, dict[str, list]]:
         """``{name: Downsampler.to_dict()}`` for the protocol snapshot, names sorted."""
@@ -671,15 +663,14 @@ def _decode_at(data: bytes, pos: int) -> tuple[Any, int] | None:
         return obj, pos + unpacker.tell()
 
 
-def load_series(path: str | os.PathLike, monitor: str = "val_f1_macro", mode: str = "max",
-                max_points: int = DEFAULT_MAX_POINTS, smoothing: float = DEFAULT_SMOOTHING) -> SeriesSet:
+def load_series(path: str | os.PathLike, monitor: Monitor = Monitor(), max_points: int = DEFAULT_MAX_POINTS, smoothing: float = DEFAULT_SMOOTHING) -> SeriesSet:
     """Build the :class:`SeriesSet` of a whole history file (as if every record were fed in order).
 
     Runs of train records with one byte layout are decoded as numpy columns; eval records and
     odd train records are decoded one by one. Stops at a torn or corrupt tail like
     :func:`read_history`; the set's ``valid_length`` is the byte length of the whole records.
     """
-    result = SeriesSet(monitor, mode, max_points, smoothing)
+    result = SeriesSet(monitor, max_points, smoothing)
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -701,7 +692,7 @@ def load_series(path: str | os.PathLike, monitor: str = "val_f1_macro", mode: st
 
 
 SERIES_CACHE = "series-cache.msgpack"
-_SERIES_CACHE_VERSION = 1
+_SERIES_CACHE_VERSION = 2  # 2: the key holds min_delta
 
 
 @dataclass
@@ -714,37 +705,37 @@ class SeriesSummary:
     best_eval: Optional[dict]
 
 
-def load_summary(path: str | os.PathLike, monitor: str = "val_f1_macro", mode: str = "max",
-                 max_points: int = DEFAULT_MAX_POINTS, smoothing: float = DEFAULT_SMOOTHING) -> SeriesSummary:
+def load_summary(path: str | os.PathLike, monitor: Monitor = Monitor(), max_points: int = DEFAULT_MAX_POINTS, smoothing: float = DEFAULT_SMOOTHING) -> SeriesSummary:
     """:func:`load_series` of ``path`` as a :class:`SeriesSummary`, through a cache file beside it.
 
     Downsampling a million-step history takes ~0.4 s; the cache (``series-cache.msgpack``, a few
     hundred KB) loads in milliseconds. It is used only while the history file has exactly the size
-    and modification time it was built from, and for the same monitor, mode and resolution; it is
+    and modification time it was built from, and for the same monitor and resolution; it is
     rebuilt otherwise. Writing it is best effort: a read-only run directory just goes uncached.
     """
     path = os.fspath(path)
-    key = _summary_key(path, monitor, mode, max_points, smoothing)
+    key = _summary_key(path, monitor, max_points, smoothing)
     if key is None:  # no history yet
         return SeriesSummary({}, None, None)
     cache = os.path.join(os.path.dirname(path), SERIES_CACHE)
     cached = _read_summary_cache(cache, key)
     if cached is not None:
         return cached
-    built = load_series(path, monitor, mode, max_points, smoothing)
+    built = load_series(path, monitor, max_points, smoothing)
     summary = SeriesSummary(built.snapshot_series(), built.last_eval, built.best_eval)
-    if _summary_key(path, monitor, mode, max_points, smoothing) == key:  # not appended meanwhile
+    if _summary_key(path, monitor, max_points, smoothing) == key:  # not appended meanwhile
         _write_summary_cache(cache, key, summary)
     return summary
 
 
-def _summary_key(path: str, monitor: str, mode: str, max_points: int, smoothing: float) -> Optional[dict]:
+def _summary_key(path: str, monitor: Monitor, max_points: int, smoothing: float) -> Optional[dict]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
     return {"version": _SERIES_CACHE_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "monitor": monitor, "mode": mode, "max_points": max_points, "smoothing": smoothing}
+            "monitor": monitor.metric, "mode": monitor.mode, "min_delta": monitor.min_delta,
+            "max_points": max_points, "smoothing": smoothing}
 
 
 def _read_summary_cache(cache: str, key: dict) -> Optional[SeriesSummary]:

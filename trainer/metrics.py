@@ -18,11 +18,6 @@ BINARY_ONLY = ("val_auc_roc", "val_auc_pr", "val_sensitivity", "val_specificity"
 TRAIN_MONITOR = "train_loss"
 
 
-def better_direction(monitor: str) -> str:
-    """'min' for losses, 'max' for every other monitor (accuracy, F1, AUC, ...)."""
-    return "min" if monitor.endswith("_loss") else "max"
-
-
 def monitor_metrics(num_classes: int) -> set[str]:
     """Every value eval.monitor may name for a problem with `num_classes` classes."""
     names = set(ALWAYS) | {TRAIN_MONITOR}

@@ -220,7 +220,7 @@ BODIES: dict[str, dict[str, Spec]] = {
     "config_summary": {
         "model": STR, "source": STR, "features": STR, "classes": Nullable(ListOf(STR)),
         "threads": INT, "batch_size": INT, "accum_steps": INT, "seed": INT, "monitor": STR,
-        "mode": MayBeAbsent(one_of("max", "min")),
+        "mode": MayBeAbsent(one_of("max", "min")), "min_delta": MayBeAbsent(NUM),
     },
     "history_record": {"kind": STR, "step": INT},
     "eval_summary": {"last": Nullable(MAP), "best": Nullable(MAP)},

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from trainer.monitor import MODES, Monitor
+
 # Progress metrics that become series as progress frames arrive.
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
 ACTIVE_STATES = ("starting", "running", "paused", "stopping")
@@ -156,10 +158,6 @@ def ema(values: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
-def is_better(value: float, best: float, mode: str) -> bool:
-    return value > best if mode == "max" else value < best
-
-
 @dataclass
 class RunModel:
     """Everything one dashboard shows, filled from a snapshot + live frames or from the run directory."""
@@ -192,11 +190,10 @@ class RunModel:
         return self.config.get("monitor") or "val_f1_macro"
 
     @property
-    def monitor_mode(self) -> str:
+    def monitor_rule(self) -> Monitor:
+        """What counts as a new best, from the config summary (old runs: mode from the metric)."""
         mode = self.config.get("mode")
-        if mode in ("min", "max"):
-            return mode
-        return "min" if "loss" in self.monitor else "max"
+        return Monitor.of(self.monitor, mode if mode in MODES else None, self.config.get("min_delta") or 0.0)
 
     @property
     def phases(self) -> list[dict]:
@@ -312,7 +309,6 @@ class RunModel:
                 if key.startswith("val_") and isinstance(value, (int, float)):
                     self.series.setdefault(key, Series()).append(step, value)
         self.eval_last = metrics
-        value = metrics.get(self.monitor)
-        best = (self.eval_best or {}).get(self.monitor)
-        if isinstance(value, (int, float)) and (best is None or is_better(value, best, self.monitor_mode)):
+        rule = self.monitor_rule
+        if rule.better(rule.value(metrics), rule.value(self.eval_best)):
             self.eval_best = metrics

@@ -83,7 +83,7 @@ def load_run_dir(run_dir: Path, model: Optional[RunModel] = None) -> RunModel:
         problems.append(f"plan.json: {exc}")
     model.progress = progress_from_state(state, model.plan)
     model.last_checkpoint = state.get("last_checkpoint")
-    summary = history.load_summary(run_dir / "history.msgpack", model.monitor, model.monitor_mode)
+    summary = history.load_summary(run_dir / "history.msgpack", model.monitor_rule)
     model.series = {name: Series.from_wire(body) for name, body in summary.series.items()}
     model.eval_last = state.get("last_eval") or summary.last_eval
     model.eval_best = state.get("best_eval") or summary.best_eval

@@ -1,0 +1,68 @@
+"""What "better" means for the monitored metric.
+
+One definition for every place that picks a best evaluation: the engine (best.pt, early stopping,
+plateau, raw vs EMA weights), the history's best evaluation (status, the snapshot), the TUI and
+checkpoint retention. With `min_delta > 0` an evaluation that improves by less than `min_delta`
+is not a new best anywhere. Torch-free and numpy-free.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Optional
+
+MODES = ("max", "min")
+
+
+def direction_of(metric: str) -> str:
+    """'min' for losses, 'max' for every other metric (accuracy, F1, AUC, ...)."""
+    return "min" if metric.endswith("_loss") else "max"
+
+
+def usable(value: Any) -> bool:
+    """A finite number (not a bool): the only values that can be a best."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Monitor:
+    metric: str = "val_f1_macro"
+    mode: str = "max"
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
+        if not self.min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta!r}")
+
+    @classmethod
+    def of(cls, metric: str, mode: Optional[str] = None, min_delta: float = 0.0) -> "Monitor":
+        """The monitor of `metric`; `mode` None follows the metric (see direction_of)."""
+        return cls(metric, mode or direction_of(metric), min_delta)
+
+    def exact(self) -> "Monitor":
+        """The same monitor without min_delta: any strict improvement counts."""
+        return replace(self, min_delta=0.0)
+
+    def better(self, value: Any, than: Optional[float]) -> bool:
+        """Whether `value` is a new best over `than` (None: nothing yet): finite, and better by
+        more than min_delta."""
+        if not usable(value):
+            return False
+        if than is None:
+            return True
+        return value > than + self.min_delta if self.mode == "max" else value < than - self.min_delta
+
+    def value(self, record: Optional[dict]) -> Optional[float]:
+        """The monitored value of an evaluation record, when it is usable."""
+        value = (record or {}).get(self.metric)
+        return value if usable(value) else None
+
+    def best(self, records: Iterable[Optional[dict]]) -> Optional[dict]:
+        """The best record in order of arrival (the earliest wins a tie), or None."""
+        best = None
+        for record in records:
+            if self.better(self.value(record), self.value(best)):
+                best = record
+        return best
