@@ -25,6 +25,20 @@ def test_builtin_models():
     assert mlp(torch.randn(3, 1, 40, 63)).shape == (3, 4)
 
 
+def test_mfcc_mlp_with_context_reads_a_sound_the_same_wherever_it_falls():
+    """The pooled form sees frames, not positions: a pattern moved along the time axis of a silent
+    clip gives the same output (the flattened form does not: that is what the option is for)."""
+    torch.manual_seed(0)
+    pooled = models.MfccMlp(4, (1, 20, 60), hidden=[16, 8], context=9).eval()
+    flat = models.MfccMlp(4, (1, 20, 60), hidden=[16, 8]).eval()
+    pattern = torch.randn(1, 1, 20, 6)
+    early, late = torch.zeros(2, 1, 1, 20, 60)
+    early[..., 10:16], late[..., 40:46] = pattern, pattern
+    assert torch.allclose(pooled(early), pooled(late), atol=1e-6)
+    assert not torch.allclose(flat(early), flat(late), atol=1e-3)
+    assert pooled(torch.randn(3, 1, 20, 60)).shape == (3, 4)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
 def test_trainable_fraction_counts_from_the_head(fraction):
     model = models.build_model(make("efficientnet_b0"), 3, 1, (1, 32, 32))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Iterable
 
@@ -43,20 +44,49 @@ class CNN1dAttention(nn.Module):
 
 
 class MfccMlp(nn.Module):
-    """Dense network on flattened MFCC features: a strong, fast baseline for small datasets."""
+    """Dense network on MFCC features: a strong, fast baseline for small datasets of short clips.
 
-    def __init__(self, num_classes: int, input_size: int, hidden: Iterable[int] = (256, 128),
-                 drop_rate: float = 0.2):
+    Two forms. `context: null` flattens the whole (n_mfcc, frames) input into one dense network:
+    every output depends on where in the clip a sound falls. `context: K` is the classic frame-level
+    acoustic model: the dense layers see K neighbouring frames at a time (the first layer is a
+    kernel-K convolution over time, the next ones act on each frame alone), and mean and max over
+    time pool the frames into one vector for the classifier. The pooled form does not care where
+    the word sits in the window and generalised better to unseen voices (bench/learning.py).
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...], hidden: Iterable[int] = (256, 128),
+                 drop_rate: float = 0.2, context: int | None = None):
         super().__init__()
-        layers, prev = [nn.Flatten()], input_size
-        for width in hidden:
-            layers += [nn.Linear(prev, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
+        self.context = context
+        hidden = list(hidden)
+        if context:
+            coeffs = math.prod(input_shape[:-1])  # channels x coefficients per frame
+            self.features = nn.Sequential(*self._frame_layers(coeffs, hidden, context, drop_rate))
+            width = 2 * hidden[-1]  # mean and max
+        else:
+            layers, prev = [nn.Flatten()], math.prod(input_shape)
+            for width in hidden:
+                layers += [nn.Linear(prev, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
+                prev = width
+            self.features = nn.Sequential(*layers)
+            width = prev
+        self.classifier = nn.Linear(width, num_classes)
+
+    @staticmethod
+    def _frame_layers(coeffs: int, hidden: list[int], context: int, drop_rate: float) -> list[nn.Module]:
+        layers, prev = [], coeffs
+        for i, width in enumerate(hidden):
+            kernel = context if i == 0 else 1
+            layers += [nn.Conv1d(prev, width, kernel, padding=kernel // 2, bias=False), nn.BatchNorm1d(width),
+                       nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
             prev = width
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(prev, num_classes)
+        return layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        if not self.context:
+            return self.classifier(self.features(x))
+        frames = self.features(x.flatten(1, -2))  # (B, coeffs, T) -> (B, hidden, T)
+        return self.classifier(torch.cat([frames.mean(dim=-1), frames.amax(dim=-1)], dim=1))
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
@@ -68,10 +98,7 @@ def build_model(cfg, num_classes: int, in_chans: int, input_shape: tuple[int, ..
     if name == "cnn1d_attention":
         model = CNN1dAttention(num_classes, in_chans, drop_rate=cfg.model.drop_rate, **opts)
     elif name == "mfcc_mlp":
-        size = 1
-        for dim in input_shape:
-            size *= dim
-        model = MfccMlp(num_classes, size, drop_rate=cfg.model.drop_rate, **opts)
+        model = MfccMlp(num_classes, input_shape, drop_rate=cfg.model.drop_rate, **opts)
     else:
         import timm
 
