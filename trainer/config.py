@@ -190,7 +190,8 @@ class ModelConfig(Section):
     compile: bool = False
     """torch.compile the model (about 20% faster on CPU after a few minutes of compiling)."""
     options: dict[str, Any] = {}
-    """Extra keyword arguments for the model constructor (e.g. cnn1d_attention: channels, heads)."""
+    """Extra keyword arguments for the model constructor (e.g. cnn1d_attention: channels, heads;
+    mfcc_mlp: hidden widths and context, the frames its first layer sees at once, pooled over time)."""
 
 
 class OptimConfig(Section):
