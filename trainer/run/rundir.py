@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 from trainer.run.errors import RunError
 
-CHECKPOINTS = "ckpt"
 _CHECKPOINT_DIR = re.compile(r"^step-(\d{10})$")
 
 
@@ -48,7 +47,7 @@ class RunDir:
         """The daemon's own stdout and stderr."""
         self.daemon_lock = self.path / ".daemon.lock"
         """flock'ed by the live daemon: one daemon per run."""
-        self.checkpoints = self.path / CHECKPOINTS
+        self.checkpoints = self.path / "ckpt"
         """The checkpoint store: one `step-NNNNNNNNNN/` directory per checkpoint."""
         self.best_weights = self.path / "best.pt"
         """Model weights of the best evaluation."""

@@ -41,10 +41,10 @@ TAIL_EVENTS = RECENT_EVENTS
 TAIL_LOGS = 200
 
 
-def snapshot_from_run_dir(run_dir: str | os.PathLike) -> dict:
-    """The run's snapshot (see the module docstring) read from its directory."""
-    from trainer.history import load_summary  # numpy: only readers of the series pay for it
-
+def snapshot_from_run_dir(run_dir: str | os.PathLike, with_series: bool = True) -> dict:
+    """The run's snapshot (see the module docstring) read from its directory. `with_series=False`
+    leaves the history unread (series {}, eval from state.json only): for a daemon, which loads
+    the history into a live series set of its own."""
     rundir = RunDir(run_dir)
     problems: list[str] = []
     state = read_state(rundir.path)  # a damaged state.json is rebuilt from the run directory
@@ -57,7 +57,7 @@ def snapshot_from_run_dir(run_dir: str | os.PathLike) -> dict:
         plan, config = read_plan(rundir.path)
     except (ValueError, OSError) as exc:
         problems.append(f"{rundir.plan.name}: {exc}")
-    summary = load_summary(rundir.history, monitor_of_summary(config))
+    series, history_eval = _history_summary(rundir, config) if with_series else ({}, {})
     events, event_problems = read_events(rundir.events, TAIL_EVENTS)
     problems += event_problems
     events = protocol_events(events)
@@ -66,15 +66,23 @@ def snapshot_from_run_dir(run_dir: str | os.PathLike) -> dict:
         "config": config,
         "plan": plan or {},
         "progress": progress_from_state(state, plan),
-        "series": summary.series,
-        "eval": {"last": state.get("last_eval") or summary.last_eval,
-                 "best": state.get("best_eval") or summary.best_eval},
+        "series": series,
+        "eval": {"last": state.get("last_eval") or history_eval.get("last"),
+                 "best": state.get("best_eval") or history_eval.get("best")},
         "events": events + problem_alerts(problems),
         "logs": recent_logs(rundir, TAIL_LOGS),
         "system": None,
         "name": state.get("name") or rundir.name,
         "last_checkpoint": state.get("last_checkpoint"),
     }
+
+
+def _history_summary(rundir: RunDir, config: dict) -> tuple[dict, dict]:
+    """(downsampled series, {"last", "best"} evaluations) of the history, through its cache."""
+    from trainer.history import load_summary  # numpy: only readers of the series pay for it
+
+    summary = load_summary(rundir.history, monitor_of_summary(config))
+    return summary.series, {"last": summary.last_eval, "best": summary.best_eval}
 
 
 def monitor_of_summary(config: dict) -> Monitor:
