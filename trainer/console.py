@@ -3,8 +3,9 @@
 In the foreground there is no daemon, so this publisher is the one writer of state.json and
 events.jsonl (the daemon takes that role for detached runs). A full disk never raises into the
 trainer from here: events wait in memory (trainer.run.events.EventLog) and state.json fields stay
-pending (trainer.run.state.StateFile.write) until a later write succeeds. events.jsonl is fsynced at each checkpoint and final state, so a
-power cut does not take back the events that led up to the checkpoint a resume starts from.
+pending (trainer.run.state.StateFile.write) until a later write succeeds. events.jsonl is fsynced
+at each checkpoint and final state, so a power cut does not take back the events that led up to
+the checkpoint a resume starts from.
 """
 from __future__ import annotations
 
