@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from daemon_helpers import FAKE_WORKER, FAST_SETTINGS, Launcher, make_run, short_runtime_dir, wait_exit, wait_for
-from trainer import cli, daemon, history, registry, runs
+from trainer import cli, daemon, history
+from trainer.run import liveness, locate, registry, rundir, sockets, state as run_state, status as run_status
 
 TESTS = Path(__file__).resolve().parent
 
@@ -72,7 +73,7 @@ def start_fake(args: list[str], fake: dict, capsys) -> tuple[int, str, str]:
 
 
 def wait_state(run_dir: Path, *states: str, timeout: float = 20) -> dict:
-    return wait_for(lambda: (info := runs.status(run_dir))["state"] in states and info, timeout,
+    return wait_for(lambda: (info := run_status.status(run_dir))["state"] in states and info, timeout,
                     f"{run_dir.name} to be {'/'.join(states)}")
 
 
@@ -91,9 +92,9 @@ def test_long_xdg_runtime_dir_falls_back_to_tmp(env, tmp_path, monkeypatch, caps
     code, out, err = start_fake([str(fake_config(tmp_path)), "--name", "longxdg"], {"steps": 10**6}, capsys)
     assert code == 0, err
     run_dir = env / "longxdg"
-    sock = runs.socket_path(run_dir)
+    sock = sockets.socket_path(run_dir)
     assert sock.parent == Path(f"/tmp/longhaul-{os.getuid()}") and len(os.fsencode(sock)) <= 107
-    assert runs.status(run_dir)["socket"] == str(sock)
+    assert run_status.status(run_dir)["socket"] == str(sock)
     assert cli.main(["stop", "longxdg", "--timeout", "20"]) == 0
 
 
@@ -105,7 +106,7 @@ def test_emoji_run_name_socket_cut_by_bytes(env, tmp_path, capsys):
     code, out, err = start_fake([str(fake_config(tmp_path)), "--run-dir", str(other / name)], {"steps": 10**6}, capsys)
     assert code == 0, err
     run_dir = other / name
-    sock = runs.socket_path(run_dir)
+    sock = sockets.socket_path(run_dir)
     assert len(sock.name.encode()) <= 40 + len("-12345678.sock") and sock.exists()
     assert f"longhaul attach '{name}'" in out  # quoted (found by name through the registry)
     assert cli.main(["status", name]) == 0
@@ -115,13 +116,13 @@ def test_emoji_run_name_socket_cut_by_bytes(env, tmp_path, capsys):
 
 def test_invalid_config_in_run_dir_fails_resume_with_the_cause(env, capsys):
     run_dir = make_run(env, "badcfg")
-    runs.StateFile(run_dir).update(state="running", pid=999999999)  # interrupted
+    run_state.StateFile(run_dir).update(state="running", pid=999999999)  # interrupted
     (run_dir / "config.yaml").write_text("optim: {lr: -1}\n")
     assert cli.main(["resume", "badcfg"]) == 2
     err = capsys.readouterr().err
     assert "died at start" in err and "optim.lr" in err and str(run_dir / "config.yaml") in err
     no_traceback(err)
-    assert runs.status(run_dir)["state"] == "failed"
+    assert run_status.status(run_dir)["state"] == "failed"
     assert cli.main(["resume", "--all"]) == 0  # a failed run is not resumed at boot
     assert "no interrupted runs" in capsys.readouterr().out
 
@@ -130,14 +131,14 @@ def test_resume_all_gives_up_on_a_run_whose_daemon_keeps_dying(env, monkeypatch,
     """A daemon that dies before it can even write "failed" (here: a bad tunable) leaves the run
     "interrupted"; resume --all counts the failures and skips the run after 3."""
     run_dir = make_run(env, "dies")
-    runs.StateFile(run_dir).update(state="running", pid=999999999)
+    run_state.StateFile(run_dir).update(state="running", pid=999999999)
     launch = daemon.launch_daemon
     monkeypatch.setattr(daemon, "launch_daemon", functools.partial(launch, settings={"no_such_tunable": 1}))
     for attempt in range(1, 4):
         assert cli.main(["resume", "--all"]) == 1
         err = capsys.readouterr().err
         assert "died at start" in err and "no_such_tunable" in err, err
-        assert runs.status(run_dir)["launch_failures"] == attempt
+        assert run_status.status(run_dir)["launch_failures"] == attempt
     assert cli.main(["resume", "--all"]) == 0
     captured = capsys.readouterr()
     assert f"skipping {run_dir}" in captured.err and "3 times" in captured.err
@@ -147,7 +148,7 @@ def test_resume_all_gives_up_on_a_run_whose_daemon_keeps_dying(env, monkeypatch,
     monkeypatch.setattr(daemon, "launch_daemon", launch)
     (run_dir / "fake.json").write_text(json.dumps({"steps": 10**6}))
     assert cli.main(["resume", "dies"]) == 0
-    wait_for(lambda: runs.StateFile(run_dir).read()["launch_failures"] == 0, 20, "the count reset by the live daemon")
+    wait_for(lambda: run_state.StateFile(run_dir).read()["launch_failures"] == 0, 20, "the count reset by the live daemon")
     assert cli.main(["stop", "dies", "--timeout", "20"]) == 0
 
 
@@ -185,18 +186,18 @@ def test_stop_and_checkpoint_whose_checkpoint_failed_exit_nonzero(env, tmp_path,
         assert cli.main([action, "nostop", "--timeout", "20"]) == 1
         err = capsys.readouterr().err
         assert f"{action} failed: {action} failed: checkpoint failed" in err
-    assert runs.pid_alive(runs.StateFile(run_dir).read()["pid"])  # the run is still there
+    assert liveness.pid_alive(run_state.StateFile(run_dir).read()["pid"])  # the run is still there
 
 
 # ----------------------------------------------------------------------------- item 4
 def test_start_into_an_existing_run_dir_is_refused(env, tmp_path, capsys):
     run_dir = make_run(env, "done")
-    runs.StateFile(run_dir).update(state="finished")
+    run_state.StateFile(run_dir).update(state="finished")
     before = (run_dir / "config.yaml").read_text()
     assert cli.main(["start", str(fake_config(tmp_path, "new")), "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "already a run directory (state: finished)" in err and "longhaul resume" in err and "--run-dir" in err
-    assert (run_dir / "config.yaml").read_text() == before and runs.status(run_dir)["state"] == "finished"
+    assert (run_dir / "config.yaml").read_text() == before and run_status.status(run_dir)["state"] == "finished"
     # an empty existing directory is fine
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -254,7 +255,7 @@ def test_corrupt_state_json_is_rebuilt_and_resumed(env, capsys, damage):
     assert "hurt: interrupted  step 12" in captured.out and "state rebuilt" in captured.out
     assert "unknown" not in captured.out and "rebuilt" in captured.err
     assert [p.read_text() for p in run_dir.glob("state.json.corrupt-*")] == [damage]
-    assert runs.StateFile(run_dir).read()["last_checkpoint"]["step"] == 10
+    assert run_state.StateFile(run_dir).read()["last_checkpoint"]["step"] == 10
     assert cli.main(["ls"]) == 0
     assert "state rebuilt" in capsys.readouterr().out
     assert cli.main(["resume", "--all"]) == 0
@@ -280,7 +281,7 @@ def test_run_data_is_private(env, tmp_path, capsys):
     assert code == 0, err
     run_dir = env / "priv"
     wait_state(run_dir, "finished")
-    wait_for(lambda: not runs.pid_alive(runs.StateFile(run_dir).read().get("pid")), 10, "daemon exit")
+    wait_for(lambda: not liveness.pid_alive(run_state.StateFile(run_dir).read().get("pid")), 10, "daemon exit")
     found = modes(run_dir)
     assert {"config.yaml", "state.json", "events.jsonl", "daemon.log", "history.msgpack"} <= set(found)
     wrong = {name: oct(mode) for name, mode in found.items()
@@ -296,9 +297,9 @@ def test_checkpoints_are_private(tmp_path):
     from trainer.checkpoint import CheckpointStore
 
     os.umask(0o022)
-    runs.apply_umask()
+    rundir.apply_umask()
     run_dir = tmp_path / "ck"
-    runs.make_run_dir(run_dir)
+    rundir.make_run_dir(run_dir)
     store = CheckpointStore(run_dir / "ckpt", min_free_mb=0)
     store.save({"model": {"w": torch.zeros(3)}}, {"step": 5})
     found = modes(run_dir)
@@ -310,7 +311,7 @@ def test_checkpoints_are_private(tmp_path):
 
 def test_longhaul_umask_relaxes_privacy(env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LONGHAUL_UMASK", "022")
-    run_dir = runs.create_run_dir(env, "open")
+    run_dir = locate.create_run_dir(env, "open")
     assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o755
     monkeypatch.setenv("LONGHAUL_UMASK", "nine")
     assert cli.main(["ls"]) == 2
@@ -386,7 +387,7 @@ def test_registry_sees_runs_outside_the_root_and_deleted_ones(env, tmp_path, cap
     assert cli.main(["status", "away"]) == 0
     # the daemon dies with the machine: the boot job resumes the run outside the root
     wait_state(outside, "running")
-    pid = runs.StateFile(outside).read()["pid"]
+    pid = run_state.StateFile(outside).read()["pid"]
     os.kill(pid, 9)
     wait_exit(pid, 10)
     for worker in (outside / "fake_runs").read_text().split():
@@ -394,12 +395,12 @@ def test_registry_sees_runs_outside_the_root_and_deleted_ones(env, tmp_path, cap
             os.kill(int(worker), 9)
         except ProcessLookupError:
             pass
-    assert runs.status(outside)["state"] == "interrupted"
+    assert run_status.status(outside)["state"] == "interrupted"
     capsys.readouterr()
     assert cli.main(["resume", "--all"]) == 0
     assert "resumed away" in capsys.readouterr().out
     assert cli.main(["stop", "away", "--timeout", "20"]) == 0
-    wait_for(lambda: not runs.pid_alive(runs.StateFile(outside).read().get("pid")), 10, "daemon exit")
+    wait_for(lambda: not liveness.pid_alive(run_state.StateFile(outside).read().get("pid")), 10, "daemon exit")
     # deleted: listed as missing, never a crash
     import shutil
     shutil.rmtree(outside)
@@ -415,7 +416,7 @@ def test_registry_sees_runs_outside_the_root_and_deleted_ones(env, tmp_path, cap
 
 
 def test_registry_tolerates_concurrent_writers(tmp_path):
-    code = ("import sys; from trainer import registry\n"
+    code = ("import sys; from trainer.run import registry\n"
             "for i in range(40): registry.register(sys.argv[1] + '/run%d' % i)\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"w{n}")], cwd=TESTS.parent)
              for n in range(4)]

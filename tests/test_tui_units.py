@@ -13,7 +13,9 @@ import tui_fakes  # noqa: E402
 
 from tui import chart, fmt  # noqa: E402
 from tui.model import RunModel, Series  # noqa: E402
-from tui.offline import load_run_dir, read_events, tail_lines  # noqa: E402
+from trainer.run.events import read_events  # noqa: E402
+from trainer.run.linefile import tail_lines  # noqa: E402
+from tui.offline import load_run_dir  # noqa: E402
 from tui.widgets.timeline import allocate, phase_weight, spans_from_plan  # noqa: E402
 
 

@@ -16,6 +16,12 @@ import time
 from pathlib import Path
 
 from trainer.console import format_duration
+from trainer.run import registry
+from trainer.run.errors import RunError, RunExists
+from trainer.run.locate import create_run_dir, resolve_run, runs_root
+from trainer.run.rundir import RunDir, apply_umask, atomic_write_bytes, is_run_dir, make_run_dir
+from trainer.run.state import MAX_LAUNCH_FAILURES, effective_state
+from trainer.run.status import list_runs, status as run_status
 
 
 def _load(args, check_model: bool = True):
@@ -38,21 +44,19 @@ def _run_dir_for(args, cfg, command: str) -> tuple[Path, bool]:
     `--run-dir` naming an existing run directory is refused by `start` (it would silently keep
     the old config and relaunch the old run) and by `train` unless the config is the same as
     the one stored there (that is how a foreground run is resumed)."""
-    from trainer import runs
-
     if not args.run_dir:
-        return runs.create_run_dir(runs_root_arg(args), args.name or cfg.name), True
+        return create_run_dir(runs_root_arg(args), args.name or cfg.name), True
     run_dir = Path(args.run_dir).expanduser().absolute()
     try:
-        existing = runs.is_run_dir(run_dir)
+        existing = is_run_dir(run_dir)
         created = not run_dir.exists()
         if not existing:
-            runs.make_run_dir(run_dir, exist_ok=True)  # an empty (or foreign) directory is fine
+            make_run_dir(run_dir, exist_ok=True)  # an empty (or foreign) directory is fine
     except OSError as exc:
-        raise runs.RunError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+        raise RunError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
     if existing and command == "start":
-        state = runs.effective_state(run_dir)
-        raise runs.RunExists(
+        state = effective_state(run_dir)
+        raise RunExists(
             f"{run_dir} is already a run directory (state: {state}); its own config.yaml is what it runs, so "
             f"a new config is not applied there. To continue it: `longhaul resume {shlex.quote(str(run_dir))}`; "
             f"to start this config: give a new --run-dir")
@@ -65,10 +69,9 @@ def _check_same_config(run_dir: Path, cfg, args) -> None:
     """Refuse `train --run-dir` with another config than the run's own config.yaml."""
     import yaml
 
-    from trainer import runs
     from trainer.config import dump_config
 
-    path = run_dir / runs.CONFIG_FILE
+    path = RunDir(run_dir).config
     if not path.exists():
         return  # a state.json only: the config is written now
     try:
@@ -79,7 +82,7 @@ def _check_same_config(run_dir: Path, cfg, args) -> None:
         return
     what = "is empty or unreadable" if not isinstance(stored, dict) else \
         f"differs from {args.config}{' with --set' if args.set else ''}"
-    raise runs.RunExists(
+    raise RunExists(
         f"{run_dir} already holds a run whose config {path} {what}. To resume that run: "
         f"`longhaul train {shlex.quote(str(path))} --run-dir {shlex.quote(str(run_dir))}`; to train this config: "
         f"give a new --run-dir")
@@ -87,11 +90,10 @@ def _check_same_config(run_dir: Path, cfg, args) -> None:
 
 def _remove_if_unused(run_dir: Path) -> None:
     """Undo a run directory this command created, when nothing ran in it (only its config)."""
-    from trainer import registry, runs
-
     try:
-        if set(os.listdir(run_dir)) <= {runs.CONFIG_FILE}:
-            (run_dir / runs.CONFIG_FILE).unlink(missing_ok=True)
+        config = RunDir(run_dir).config
+        if set(os.listdir(run_dir)) <= {config.name}:
+            config.unlink(missing_ok=True)
             run_dir.rmdir()
             registry.unregister(run_dir)
     except OSError:
@@ -99,31 +101,26 @@ def _remove_if_unused(run_dir: Path) -> None:
 
 
 def runs_root_arg(args) -> Path:
-    from trainer import runs
-
-    return Path(args.root) if getattr(args, "root", None) else runs.runs_root()
+    return Path(args.root) if getattr(args, "root", None) else runs_root()
 
 
 def write_config(run_dir: Path, cfg) -> None:
     """The resolved config is the run's own copy: later edits of the source YAML change nothing.
     Written atomically and fsynced with its directory: a resume after a power cut reads it."""
-    from trainer import runs
     from trainer.config import dump_config
 
-    path = run_dir / runs.CONFIG_FILE
+    path = RunDir(run_dir).config
     if not path.exists():
-        runs.atomic_write_bytes(path, dump_config(cfg).encode())
+        atomic_write_bytes(path, dump_config(cfg).encode())
 
 
 def address(run_dir: Path) -> str:
     """How to name `run_dir` on a command line: its name when that finds it, else its path;
     shell-quoted either way."""
-    from trainer import runs
-
     try:
-        if runs.resolve_run(run_dir.name) == run_dir.absolute():
+        if resolve_run(run_dir.name) == run_dir.absolute():
             return shlex.quote(run_dir.name)
-    except runs.RunError:
+    except RunError:
         pass
     return shlex.quote(str(run_dir))
 
@@ -138,8 +135,6 @@ def cmd_train(args) -> int:
     from trainer.console import ConsolePublisher
     from trainer.engine import Trainer
 
-    from trainer import registry
-
     cfg = _load(args)
     _print_config_warnings(cfg, args)
     run_dir, created = _run_dir_for(args, cfg, "train")
@@ -150,7 +145,7 @@ def cmd_train(args) -> int:
             _remove_if_unused(run_dir)
         raise
     registry.register(run_dir)
-    cfg = load_config(run_dir / "config.yaml")  # train exactly what the run directory says
+    cfg = load_config(RunDir(run_dir).config)  # train exactly what the run directory says
     controls: queue.SimpleQueue = queue.SimpleQueue()
 
     def request_stop(signum, _frame):
@@ -190,10 +185,8 @@ def cmd_check_data(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from trainer import runs
-
-    run_dir = runs.resolve_run(args.run, runs_root_arg(args))
-    info = runs.status(run_dir)
+    run_dir = resolve_run(args.run, runs_root_arg(args))
+    info = run_status(run_dir)
     if args.json:
         print(json.dumps(info))
         return 0
@@ -233,9 +226,7 @@ def run_notes(info: dict) -> list[str]:
                      f"{rebuilt.get('problem')} (kept as {rebuilt.get('corrupt_copy')})")
     failures = info.get("launch_failures") or 0
     if failures:
-        from trainer import runs
-
-        skipped = "; resume --all skips it until a resume by hand works" if failures >= runs.MAX_LAUNCH_FAILURES else ""
+        skipped = "; resume --all skips it until a resume by hand works" if failures >= MAX_LAUNCH_FAILURES else ""
         notes.append(f"  daemon died at start {failures} time(s) in a row{skipped}")
     return notes
 
@@ -243,11 +234,10 @@ def run_notes(info: dict) -> list[str]:
 def cmd_export(args) -> int:
     """Export the metric history; a torn or corrupt tail is exported up to the tear, named on
     stderr, and makes the exit status 1 (the rows after it are lost)."""
-    from trainer import runs
     from trainer.history import ExportReport, write_export
 
-    run_dir = runs.resolve_run(args.run, runs_root_arg(args))
-    path = run_dir / "history.msgpack"
+    run_dir = resolve_run(args.run, runs_root_arg(args))
+    path = RunDir(run_dir).history
     report = ExportReport()
     if args.output:
         with open(args.output, "w", newline="") as out:
@@ -275,7 +265,7 @@ def cmd_config_docs(args) -> int:
 
 # ----------------------------------------------------------------------------- daemon side
 def cmd_start(args) -> int:
-    from trainer import daemon, registry
+    from trainer import daemon
 
     cfg = _load(args)
     _print_config_warnings(cfg, args)
@@ -299,10 +289,8 @@ def cmd_start(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from trainer import runs
-
     root = runs_root_arg(args)
-    infos = runs.list_runs(root)
+    infos = list_runs(root)
     if args.json:
         print(json.dumps(infos))
         return 0
@@ -327,9 +315,9 @@ def cmd_ls(args) -> int:
 
 
 def cmd_control(args) -> int:
-    from trainer import client, runs
+    from trainer import client
 
-    run_dir = runs.resolve_run(args.run, runs_root_arg(args))
+    run_dir = resolve_run(args.run, runs_root_arg(args))
     ack, done = client.request(run_dir, args.command, timeout=args.timeout)
     if not ack.get("ok"):
         print(f"{args.command} refused: {ack.get('message')}", file=sys.stderr)
@@ -360,7 +348,7 @@ def resumable_at_boot(info: dict) -> bool:
 
 
 def cmd_resume(args) -> int:
-    from trainer import daemon, registry, runs
+    from trainer import daemon
 
     root = runs_root_arg(args)
     if args.all:
@@ -368,8 +356,8 @@ def cmd_resume(args) -> int:
     if not args.run:
         print("resume needs RUN or --all", file=sys.stderr)
         return 2
-    run_dir = runs.resolve_run(args.run, root)
-    state = runs.effective_state(run_dir)
+    run_dir = resolve_run(args.run, root)
+    state = effective_state(run_dir)
     if state in ("paused", "running", "starting", "stopping"):
         return cmd_control(argparse.Namespace(**{**vars(args), "command": "resume", "timeout": 30.0}))
     if state not in ("interrupted", "stopped", "failed"):
@@ -386,15 +374,15 @@ def resume_all(root: Path) -> int:
     """Every interrupted run under `root` and in the registry (what runs at boot). A run whose
     daemon died at start MAX_LAUNCH_FAILURES times in a row is skipped with the reason, so a
     boot never retries it forever; one run that cannot start does not keep the others down."""
-    from trainer import daemon, runs
+    from trainer import daemon
 
     targets = []
-    for info in runs.list_runs(root):
+    for info in list_runs(root):
         if not resumable_at_boot(info):
             continue
-        if (info.get("launch_failures") or 0) >= runs.MAX_LAUNCH_FAILURES:
+        if (info.get("launch_failures") or 0) >= MAX_LAUNCH_FAILURES:
             print(f"skipping {info['dir']}: its daemon died at start {info['launch_failures']} times in a row; "
-                  f"see {Path(info['dir']) / 'daemon.log'} and resume it by hand", file=sys.stderr)
+                  f"see {RunDir(info['dir']).daemon_log} and resume it by hand", file=sys.stderr)
             continue
         targets.append(Path(info["dir"]))
     if not targets:
@@ -403,7 +391,7 @@ def resume_all(root: Path) -> int:
     for run_dir in targets:
         try:
             pid = daemon.launch_daemon(run_dir)
-        except runs.RunError as exc:
+        except RunError as exc:
             failed += 1
             print(f"longhaul resume: {exc}", file=sys.stderr)
             continue
@@ -412,10 +400,10 @@ def resume_all(root: Path) -> int:
 
 
 def cmd_logs(args) -> int:
-    from trainer import client, runs
+    from trainer import client
 
-    run_dir = runs.resolve_run(args.run, runs_root_arg(args))
-    path = run_dir / "train.log"
+    run_dir = resolve_run(args.run, runs_root_arg(args))
+    path = RunDir(run_dir).train_log
     if path.exists():
         lines = path.read_text(errors="replace").splitlines()
         print("\n".join(lines[-args.lines:]))
@@ -504,9 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.
-USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.runs", "RunError"), ("trainer.data", "DataError"),
-               ("trainer.checkpoint", "CheckpointError"), ("trainer.client", "ClientError"),
-               ("trainer.service", "ServiceError")]
+USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
+               ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
+               ("trainer.client", "ClientError"), ("trainer.service", "ServiceError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -532,9 +520,7 @@ def is_user_error(exc: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from trainer import runs
-
-        runs.apply_umask()  # run data is private: directories 0700, files 0600 (LONGHAUL_UMASK relaxes it)
+        apply_umask()  # run data is private: directories 0700, files 0600 (LONGHAUL_UMASK relaxes it)
         return args.func(args)
     except Exception as exc:
         if not is_user_error(exc):

@@ -2,9 +2,10 @@
 
 In the foreground there is no daemon, so this publisher is the one writer of state.json and
 events.jsonl (the daemon takes that role for detached runs). A full disk never raises into the
-trainer from here: events wait in memory (eventlog.EventLog) and state.json fields stay pending
-until a later write succeeds. events.jsonl is fsynced at each checkpoint and final state, so a
-power cut does not take back the events that led up to the checkpoint a resume starts from.
+trainer from here: events wait in memory (trainer.run.events.EventLog) and state.json fields stay
+pending (trainer.run.state.StateFile.write) until a later write succeeds. events.jsonl is fsynced
+at each checkpoint and final state, so a power cut does not take back the events that led up to
+the checkpoint a resume starts from.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from trainer import eventlog, runs
+from trainer.run.events import EventLog
+from trainer.run.rundir import RunDir
+from trainer.run.state import FINAL_STATES, StateFile, progress_fields
 
 
 def format_duration(seconds: float) -> str:
@@ -139,38 +142,34 @@ class ConsolePublisher:
 
     def __init__(self, run_dir: Path, name: str, quiet: bool = False, line_interval: float = 5.0):
         self.run_dir = run_dir
-        self.state_file = runs.StateFile(run_dir)
+        self.files = RunDir(run_dir)
+        self.state_file = StateFile(run_dir)
         self.name = name
         self.quiet = quiet
         self.line_interval = line_interval
         self.last_line = 0.0
         self.last_state_write = 0.0
         self.lock = threading.Lock()
-        self.events = eventlog.EventLog(run_dir / "events.jsonl").open()  # continues the seq
-        self.state_pending: dict = {}
-        self.reported: set[str] = set()  # files whose write failure was already printed
+        self.events = EventLog(self.files.events).open()  # continues the seq
+        self.reported: set[Path] = set()  # files whose write failure was already printed
         self.rate = RateSmoother()
 
     def started(self) -> None:
         self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground")
 
     def _update_state(self, **fields: Any) -> None:
-        """Merge fields into state.json; on a full disk keep them for the next write."""
+        """Merge fields into state.json; on a full disk they stay pending for the next write."""
         with self.lock:
-            wanted = {**self.state_pending, **fields}
-            try:
-                self.state_file.update(**wanted)
-            except OSError as exc:
-                self.state_pending = wanted
-                self._report(runs.STATE_FILE, exc)
+            error = self.state_file.write(**fields)
+            if error is not None:
+                self._report(self.files.state, error)
             else:
-                self.state_pending = {}
-                self.reported.discard(runs.STATE_FILE)
+                self.reported.discard(self.files.state)
 
-    def _report(self, name: str, exc: OSError) -> None:
-        if name not in self.reported:
-            self.reported.add(name)
-            print(f"!! cannot write {self.run_dir / name}: {exc.strerror or exc}; retrying", file=sys.stderr, flush=True)
+    def _report(self, path: Path, exc: OSError) -> None:
+        if path not in self.reported:
+            self.reported.add(path)
+            print(f"!! cannot write {path}: {exc.strerror or exc}; retrying", file=sys.stderr, flush=True)
 
     def sync(self) -> None:
         """fsync events.jsonl (a checkpoint or a final state must not outlive its events)."""
@@ -190,14 +189,14 @@ class ConsolePublisher:
             self._write_progress(body)
 
     def _write_progress(self, body: dict) -> None:
-        self._update_state(**runs.progress_fields(body))
+        self._update_state(**progress_fields(body))
 
     def event(self, kind: str, level: str, message: str, **data: Any) -> None:
         self.events.add(kind, level, message, data)
         if self.events.error is not None:
-            self._report("events.jsonl", self.events.error)
+            self._report(self.files.events, self.events.error)
         elif self.events.held == 0:
-            self.reported.discard("events.jsonl")
+            self.reported.discard(self.files.events)
         prefix = {"info": "--", "warning": "!!", "error": "XX"}.get(level, "--")
         if kind != "crash" and (kind != "state" or data.get("state") != "running"):  # cli.main prints a crash
             print(f"{prefix} {message}", file=sys.stdout if level == "info" else sys.stderr, flush=True)
@@ -206,7 +205,7 @@ class ConsolePublisher:
                                                 "path": data.get("path")})
             self.sync()
         if kind == "state":
-            final = data["state"] in runs.FINAL_STATES
+            final = data["state"] in FINAL_STATES
             self._update_state(state=data["state"], pause_reason=data.get("reason") if data["state"] == "paused" else None,
                                **({"pid": None} if final else {}))
             if final:

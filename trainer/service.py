@@ -21,13 +21,15 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from trainer import runs
+from trainer.run.errors import RunError
+from trainer.run.locate import runs_root
+from trainer.run.rundir import atomic_write_bytes
 
 UNIT_NAME = "longhaul-resume.service"
 CRON_MARKER = "# longhaul-resume (installed by `longhaul install-service`)"
 
 
-class ServiceError(runs.RunError):
+class ServiceError(RunError):
     """The boot-time job could not be installed or removed; the message says what to do."""
 
 
@@ -106,7 +108,7 @@ def install_service(uninstall: bool = False, *, root: Optional[Path] = None, con
     """Install (or remove) the boot-time `longhaul resume --all` job; returns what was done and
     what the user still has to do. Raises ServiceError when neither systemd nor cron works."""
     tools = _Tools(runner)
-    root = Path(root).absolute() if root is not None else runs.runs_root()
+    root = Path(root).absolute() if root is not None else runs_root()
     config_home = Path(config_home) if config_home is not None else Path(
         os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     unit_path = config_home / "systemd" / "user" / UNIT_NAME
@@ -135,9 +137,7 @@ def _check(result: subprocess.CompletedProcess, what: str) -> None:
 
 def _install_unit(tools: _Tools, unit_path: Path, argv: list[str], user: str) -> str:
     unit_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unit_path.with_name(unit_path.name + ".tmp")
-    tmp.write_text(unit_text(argv))
-    os.replace(tmp, unit_path)
+    atomic_write_bytes(unit_path, unit_text(argv).encode())
     _check(tools.run(["systemctl", "--user", "daemon-reload"]), "reloading systemd")
     _check(tools.run(["systemctl", "--user", "enable", UNIT_NAME]), f"enabling {UNIT_NAME}")
     lines = [f"installed {unit_path}", f"  runs at start-up: {shlex.join(argv)}"]

@@ -155,6 +155,6 @@ def _read_frozen(path: Path) -> Optional[AutoValues]:
 
 
 def _write_frozen(path: Path, values: AutoValues) -> None:
-    from trainer.runs import atomic_write_bytes  # torch-free; fsyncs file and directory
+    from trainer.run.rundir import atomic_write_bytes  # torch-free; fsyncs file and directory
 
     atomic_write_bytes(path, values.to_json().encode())

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from trainer import runs
+from trainer.run.status import list_runs
 from tui import fmt
 from tui.widgets.header import STATE_STYLES
 
@@ -34,7 +34,7 @@ def name_cell(info: dict, highlighted: bool) -> Text:
 
 
 def row_cells(info: dict, highlighted: bool = False, wide: bool = False) -> tuple:
-    """The table cells of one `runs.status()` dict (the highlighted row's name starts with ▶).
+    """The table cells of one `trainer.run.status.status()` dict (the highlighted row's name starts with ▶).
 
     Narrow terminals (80 columns) get a 3-cell bar and short phase names so every column fits.
     """
@@ -72,7 +72,7 @@ class PickerScreen(Screen):
         super().__init__()
         self.root = Path(root)
         self.interval = interval
-        self.lister: Lister = lister or runs.list_runs
+        self.lister: Lister = lister or list_runs
         self.rows: dict[str, dict] = {}
         self._cursor_key: Optional[str] = None
         self._wide: Optional[bool] = None

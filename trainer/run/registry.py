@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer import runs
+from trainer.run.rundir import atomic_write_bytes
 
 
 def state_dir() -> Path:
@@ -56,7 +56,7 @@ def register(run_dir: Path) -> bool:
         folder = entries_dir()
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = json.dumps({"dir": str(run_dir), "registered": time.time()}) + "\n"
-        runs.atomic_write_bytes(entry, data.encode())
+        atomic_write_bytes(entry, data.encode())
     except OSError as exc:
         print(f"longhaul: warning: cannot register {run_dir} in {entries_dir()}: {exc.strerror or exc} "
               f"(ls and resume --all will only find it under its runs root)", file=sys.stderr)

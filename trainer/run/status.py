@@ -1,0 +1,84 @@
+"""What `longhaul status`/`ls` and the picker show of a run, from its files alone (no daemon
+needed): `status(run_dir)`, `list_runs(root)`. No torch.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from trainer.run import registry
+from trainer.run.locate import run_names, runs_root, safe_is_run_dir
+from trainer.run.sockets import find_socket
+from trainer.run.state import LIVE_STATES, effective_state, read_state
+
+
+def status(run_dir: Path) -> dict:
+    """The `longhaul status --json` object of one run, from its files alone (a damaged
+    state.json is rebuilt first: see rebuild_state)."""
+    run_dir = Path(run_dir).absolute()
+    state = read_state(run_dir)
+    current = effective_state(run_dir, state)
+    live = current in LIVE_STATES
+    found = find_socket(run_dir, state) if live else None
+    sock = str(found) if found is not None else None
+    checkpoint = state.get("last_checkpoint") or {}
+    age = time.time() - checkpoint["time"] if isinstance(checkpoint.get("time"), (int, float)) else None
+    return {
+        "name": state.get("name") or run_dir.name,
+        "state": current,
+        "step": state.get("step"),
+        "total_steps": state.get("total_steps"),
+        "epoch": state.get("epoch"),
+        "phase": state.get("phase"),
+        "phase_name": state.get("phase_name"),
+        "last_eval": eval_summary(state.get("last_eval")),
+        "best_eval": eval_summary(state.get("best_eval")),
+        "pid": state.get("pid") if live else None,
+        "socket": sock,
+        "eta": state.get("eta") if live else None,
+        "last_checkpoint_age": age,
+        "updated": state.get("updated"),
+        "stop_reason": state.get("stop_reason"),
+        "pause_reason": state.get("pause_reason") if current == "paused" else None,
+        "launch_failures": state.get("launch_failures") or 0,
+        "rebuilt": state.get("rebuilt"),
+        "dir": str(run_dir),
+    }
+
+
+def missing_status(run_dir: Path) -> dict:
+    """The status of a registered run whose directory is gone (moved or deleted)."""
+    run_dir = Path(run_dir)
+    info = dict.fromkeys(("step", "total_steps", "epoch", "phase", "phase_name", "last_eval", "best_eval", "pid",
+                          "socket", "eta", "last_checkpoint_age", "updated", "stop_reason", "pause_reason",
+                          "rebuilt"))
+    info.update(name=run_dir.name, state="missing", launch_failures=0, dir=str(run_dir),
+                error=f"the registered run directory {run_dir} is gone (moved or deleted)")
+    return info
+
+
+def eval_summary(ev: Optional[dict]) -> Optional[dict]:
+    """An evaluation with the short names scripts rely on (accuracy, f1_macro, loss) added to
+    its full val_* metrics."""
+    if not isinstance(ev, dict):
+        return None
+    short = {key: ev.get(f"val_{key}") for key in ("accuracy", "f1_macro", "loss")}
+    return {**short, **ev}
+
+
+def list_runs(root: Optional[Path] = None) -> list[dict]:
+    """`status()` of every run directory directly under `root` (default `runs_root()`), by name,
+    then of every other run in the user's registry (trainer.run.registry), by path; a registered
+    run whose directory is gone has state "missing"."""
+    root = Path(root) if root is not None else runs_root()
+    infos = [status(root / name) for name in run_names(root)]
+    seen = {info["dir"] for info in infos}
+    for path in registry.registered():
+        if str(path) in seen:
+            continue
+        if safe_is_run_dir(path):
+            infos.append(status(path))
+        elif not path.exists():
+            infos.append(missing_status(path))
+    return infos
