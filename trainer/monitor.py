@@ -41,6 +41,14 @@ class Monitor:
         """The monitor of `metric`; `mode` None follows the metric (see direction_of)."""
         return cls(metric, mode or direction_of(metric), min_delta)
 
+    @classmethod
+    def of_summary(cls, config: dict) -> "Monitor":
+        """The monitor of a config summary (RunConfig.summary(), the snapshot's `config`); runs
+        whose summary has no `mode` or `min_delta` get the metric's direction and no delta."""
+        mode = config.get("mode")
+        return cls.of(config.get("monitor") or "val_f1_macro", mode if mode in MODES else None,
+                      config.get("min_delta") or 0.0)
+
     def exact(self) -> "Monitor":
         """The same monitor without min_delta: any strict improvement counts."""
         return replace(self, min_delta=0.0)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from trainer.monitor import MODES, Monitor
+from trainer.monitor import Monitor
 
 # Progress metrics that become series as progress frames arrive.
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
@@ -192,8 +192,7 @@ class RunModel:
     @property
     def monitor_rule(self) -> Monitor:
         """What counts as a new best, from the config summary (old runs: mode from the metric)."""
-        mode = self.config.get("mode")
-        return Monitor.of(self.monitor, mode if mode in MODES else None, self.config.get("min_delta") or 0.0)
+        return Monitor.of_summary(self.config)
 
     @property
     def phases(self) -> list[dict]:

@@ -29,7 +29,7 @@ import time
 from typing import Optional
 
 from trainer import protocol
-from trainer.monitor import MODES, Monitor
+from trainer.monitor import Monitor
 from trainer.protocol import ProtocolError
 from trainer.run.events import RECENT_EVENTS, read_events
 from trainer.run.linefile import tail_lines
@@ -81,16 +81,8 @@ def _history_summary(rundir: RunDir, config: dict) -> tuple[dict, dict]:
     """(downsampled series, {"last", "best"} evaluations) of the history, through its cache."""
     from trainer.history import load_summary  # numpy: only readers of the series pay for it
 
-    summary = load_summary(rundir.history, monitor_of_summary(config))
+    summary = load_summary(rundir.history, Monitor.of_summary(config))
     return summary.series, {"last": summary.last_eval, "best": summary.best_eval}
-
-
-def monitor_of_summary(config: dict) -> Monitor:
-    """What counts as a better evaluation, from a config summary (runs whose summary has no
-    `mode` get the metric's usual direction)."""
-    mode = config.get("mode")
-    return Monitor.of(config.get("monitor") or "val_f1_macro", mode if mode in MODES else None,
-                      config.get("min_delta") or 0.0)
 
 
 def progress_from_state(state: dict, plan: Optional[dict]) -> dict:
