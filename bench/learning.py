@@ -80,8 +80,9 @@ def train(preset: str, data_root: Path, run_dir: Path, extra: list[str], budget:
 
 def epochs_run(run_dir: Path) -> int:
     from trainer.history import read_history
+    from trainer.run.rundir import RunDir
 
-    epochs = [r.get("epoch", 0) for r in read_history(run_dir / "history.msgpack") if r.get("kind") == "eval"]
+    epochs = [r.get("epoch", 0) for r in read_history(RunDir(run_dir).history) if r.get("kind") == "eval"]
     return max(epochs, default=0)
 
 
@@ -92,13 +93,15 @@ def score(run_dir: Path) -> dict:
     from trainer import models
     from trainer.config import load_config
     from trainer.data import build_datasets, make_loader
+    from trainer.run.rundir import RunDir
 
-    best = run_dir / "best.pt"
+    files = RunDir(run_dir)
+    best = files.best_weights
     if not best.exists():
         return {"val_accuracy": None, "test_accuracy": None, "note": "no best.pt"}
-    cfg = load_config(run_dir / "config.yaml", check_model=False)
+    cfg = load_config(files.config, check_model=False)
     torch.set_num_threads(cfg.threads)
-    data = build_datasets(cfg, frozen=run_dir / "data_auto.json")  # the run's own auto values
+    data = build_datasets(cfg, frozen=files.data_auto)  # the run's own auto values
     model = models.build_model(cfg, len(data.classes), data.in_chans, data.input_shape)
     model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
     model.eval()

@@ -16,7 +16,8 @@ from trainer.config import ConfigError, RunConfig, SpecAugmentConfig, load_confi
 from trainer.data import build_datasets, check_data
 from trainer.data.augment import freq_warp, mask_limit, spec_augment, time_shift
 from trainer.data.features import FeatureExtractor
-from trainer.data.auto import AUTO_FILE, round_up
+from trainer.data.auto import round_up
+from trainer.run.rundir import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import speech_data  # noqa: E402
@@ -103,7 +104,7 @@ def test_check_data_prints_the_auto_numbers(clips, capsys):
 
 
 def test_a_run_keeps_its_auto_values_when_the_data_changes(clips, tmp_path_factory):
-    frozen = tmp_path_factory.mktemp("run") / AUTO_FILE
+    frozen = RunDir(tmp_path_factory.mktemp("run")).data_auto
     cfg = auto_cfg(clips)
     first = build_datasets(cfg, frozen=frozen)
     assert json.loads(frozen.read_text())["sample_rate"] == 8000
@@ -112,7 +113,7 @@ def test_a_run_keeps_its_auto_values_when_the_data_changes(clips, tmp_path_facto
     again = build_datasets(cfg, frozen=frozen)  # a resume of the same run
     assert again.input_shape == first.input_shape
     assert (again.data_config.sample_rate, again.data_config.duration) == (8000, pytest.approx(1.2))
-    assert all(line.endswith(f"(kept from {AUTO_FILE})") for line in again.auto.lines)
+    assert all(line.endswith(f"(kept from {frozen.name})") for line in again.auto.lines)
     fresh = build_datasets(cfg)  # a new run measures the data as it is now
     assert (fresh.data_config.sample_rate, fresh.data_config.duration) == (16000, pytest.approx(2.0))
 

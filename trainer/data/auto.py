@@ -1,6 +1,6 @@
 """`data.sample_rate: auto` and `data.duration: auto`: values chosen from the training data.
 
-    cfg, auto = resolve(cfg, found, frozen=run_dir / AUTO_FILE)
+    cfg, auto = resolve(cfg, found, frozen=RunDir(run_dir).data_auto)
 
 - sample rate: the most common native rate of the training examples (ties: the higher rate);
 - duration: the DURATION_PERCENTILE-th percentile of the training clips' lengths, rounded up to
@@ -23,10 +23,11 @@ from typing import Optional
 import numpy as np
 import soundfile
 
+from trainer.run.rundir import RunDir
+
 from .decode import AudioFile, InlineWaveform
 
 AUTO = "auto"
-AUTO_FILE = "data_auto.json"
 DURATION_PERCENTILE = 95
 DURATION_STEP = 0.1
 # Without measurable audio (synthetic data, images, every file unreadable): the config defaults.

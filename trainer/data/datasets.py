@@ -130,7 +130,7 @@ def build_datasets(cfg, frozen=None) -> DataBundle:
 
     Raises DataError, whose message is the full data report, when the data has problems
     (every one of them is listed), unless they are all bad items and data.skip_bad_files is on.
-    `frozen`: the run directory's auto.AUTO_FILE, which keeps what `auto` settings became for
+    `frozen`: the run directory's RunDir.data_auto, which keeps what `auto` settings became for
     every later build of the same run (written on the first).
     """
     cfg, auto_values, found = _resolve_auto(cfg, frozen)
