@@ -18,17 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trainer import eventlog, runs
-
-
-def format_duration(seconds: float) -> str:
-    """1d 02h03m, 2h03m04s or 3m04s."""
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours:02d}h{minutes:02d}m"
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+from trainer.fmt import duration
 
 
 class _NotAnEvent(logging.Filter):
@@ -129,7 +119,7 @@ def progress_line(body: dict, samples_per_s: Optional[float] = None) -> str:
     if rate is not None:
         parts.append(f"{rate:.0f} samples/s")
     if eta is not None:
-        parts.append(f"ETA {format_duration(eta)}")
+        parts.append(f"ETA {duration(eta)}")
     return " | ".join(parts)
 
 

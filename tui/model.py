@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from trainer.history import LossSmoother
 from trainer.monitor import MODES, Monitor
 
 # Progress metrics that become series as progress frames arrive.
@@ -131,8 +132,8 @@ class Series:
     def smoothed(self, window_fraction: float = 0.02) -> "Series":
         """A copy with an EMA over the values (window ~2% of the points); min/max kept."""
         window = max(1.0, len(self.values) * window_fraction)
-        copy = Series(self.steps, ema(self.values, 2.0 / (window + 1.0)), self.mins, self.maxs, self.capacity)
-        return copy
+        smoother = LossSmoother(beta=1.0 - 2.0 / (window + 1.0))
+        return Series(self.steps, [smoother.update(v) for v in self.values], self.mins, self.maxs, self.capacity)
 
     def trend(self) -> int:
         """+1 rising, -1 falling, 0 flat: the newest tenth of the points against the tenth before it."""
@@ -147,15 +148,6 @@ class Series:
         if abs(b - a) / scale < 0.01:
             return 0
         return 1 if b > a else -1
-
-
-def ema(values: list[float], alpha: float = 0.1) -> list[float]:
-    """Exponential moving average, for the "smoothing on" view of noisy series."""
-    out, current = [], None
-    for v in values:
-        current = v if current is None else current + alpha * (v - current)
-        out.append(current)
-    return out
 
 
 @dataclass
