@@ -108,6 +108,19 @@ class Downsampler:
         ds.count = n
         return ds
 
+    @classmethod
+    def from_buckets(cls, steps: list, values: list, mins: list, maxs: list,
+                     max_points: int = DEFAULT_MAX_POINTS) -> "Downsampler":
+        """A Downsampler holding buckets that were summarised elsewhere (the lists of
+        :meth:`to_dict`, e.g. a snapshot's series), each counted as one point, so that points
+        appended after them extend the same summary."""
+        ds = cls(max_points)
+        ds._step, ds._sum, ds._min, ds._max = list(steps), list(values), list(mins), list(maxs)
+        ds._n = [1] * len(ds._step)
+        ds.last_step = ds._step[-1] if ds._step else None
+        ds.count = len(ds._step)
+        return ds
+
     def to_dict(self) -> dict[str, list]:
         """``{"step": [...], "value": [...], "min": [...], "max": [...]}``, one entry per bucket."""
         return {
