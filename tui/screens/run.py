@@ -26,7 +26,7 @@ from textual.worker import Worker, WorkerState
 
 from trainer import runs
 from tui import fmt, messages
-from tui.client import DaemonLink, NotConnected
+from tui.link import DashboardLink, NotConnected
 from tui.model import ACTIVE_STATES, RESUMABLE_STATES, RunModel, Series
 from tui.offline import load_run_dir
 from tui.screens.dialogs import ConfirmScreen, SummaryScreen
@@ -91,7 +91,7 @@ class RunScreen(Screen):
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.model = RunModel(name=self.run_dir.name, run_dir=self.run_dir)
-        self.link = DaemonLink(self.run_dir, self.post_message, retry_max=link_retry_max)
+        self.link = DashboardLink(self.run_dir, self.post_message, retry_max=link_retry_max)
         self.resume_argv = resume_argv or resume_command(self.run_dir)
         self.pending: dict[int, str] = {}
         self.disconnect: Optional[messages.Disconnected] = None
