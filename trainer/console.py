@@ -54,7 +54,11 @@ class RateSmoother:
     Per-step rates jump (9 to 220 samples/s) with data loading, checkpoint copies and the other
     processes on a small box. This averages seconds per sample exponentially over about the last
     `1 / (1 - beta)` steps and shows its inverse: a slow step counts by the time it took, as in
-    samples divided by time, instead of being outvoted by fast ones as in a mean of rates."""
+    samples divided by time, instead of being outvoted by fast ones as in a mean of rates.
+
+    Not the loss EMA of trainer.history.smoothing (which starts at the first value): this one
+    starts from zero and divides by the sum of the weights, so the first steps weigh as much as
+    the later ones instead of the first one standing in for all that came before it."""
 
     def __init__(self, beta: float = 0.95):
         self.beta = beta

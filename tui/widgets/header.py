@@ -9,7 +9,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from tui import fmt
-from tui.model import RESUMABLE_STATES, RunModel
+from tui.model import ACTIVE_STATES, RESUMABLE_STATES, RunModel
 from tui.widgets.system import disk_is_low
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class HeaderInfo:
         eta = progress.get("eta")
         if model.state == "finished":
             eta_text = "ETA done"
-        elif eta is None or model.state not in ("running", "starting", "paused", "stopping"):
+        elif eta is None or model.state not in ACTIVE_STATES:
             eta_text = "ETA –"
         else:
             eta_text = f"ETA {fmt.duration(eta)} → {clock.eta_time(eta)}"
