@@ -73,9 +73,11 @@ def test_welcome_snapshot_then_live_stream(env):
     # the daemon left the downsampled series for later readers, valid for the final history
     from trainer import history
     from trainer.history import cache as history_cache
+    from trainer.monitor import Monitor
 
     cached = history_cache._read_summary_cache(str(run_dir / history.SERIES_CACHE), history_cache._summary_key(
-        str(run_dir / "history.msgpack"), "val_f1_macro", "max", history.DEFAULT_MAX_POINTS, history.DEFAULT_SMOOTHING))
+        str(run_dir / "history.msgpack"), Monitor("val_f1_macro", "max"), history.DEFAULT_MAX_POINTS,
+        history.DEFAULT_SMOOTHING))
     assert cached is not None and cached.series["train_loss"]["step"][-1] == 150
 
 
