@@ -72,9 +72,12 @@ def test_welcome_snapshot_then_live_stream(env):
     assert "step 150 " in (run_dir / "train.log").read_text()
     # the daemon left the downsampled series for later readers, valid for the final history
     from trainer import history
+    from trainer.history import cache as history_cache
+    from trainer.monitor import Monitor
 
-    cached = history._read_summary_cache(str(run_dir / history.SERIES_CACHE), history._summary_key(
-        str(run_dir / "history.msgpack"), "val_f1_macro", "max", history.DEFAULT_MAX_POINTS, history.DEFAULT_SMOOTHING))
+    cached = history_cache._read_summary_cache(str(run_dir / history.SERIES_CACHE), history_cache._summary_key(
+        str(run_dir / "history.msgpack"), Monitor("val_f1_macro", "max"), history.DEFAULT_MAX_POINTS,
+        history.DEFAULT_SMOOTHING))
     assert cached is not None and cached.series["train_loss"]["step"][-1] == 150
 
 

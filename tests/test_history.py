@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from trainer import history as h
+from trainer.history import cache as history_cache
+from trainer.history import load as history_load
 from trainer.history import Downsampler, HistoryError, HistoryWriter, SeriesSet
 from trainer.monitor import Monitor
 
@@ -361,8 +363,8 @@ def test_load_series_uses_the_fast_path_for_uniform_records(tmp_path, monkeypatc
     path = tmp_path / "h.msgpack"
     write(path, [train(s, loss=s * 1e-3) for s in range(1, 20_001)])
     decoded = []
-    real = h._decode_at
-    monkeypatch.setattr(h, "_decode_at", lambda data, pos: decoded.append(pos) or real(data, pos))
+    real = history_load._decode_at
+    monkeypatch.setattr(history_load, "_decode_at", lambda data, pos: decoded.append(pos) or real(data, pos))
     series = h.load_series(path)
     # one decode per change of layout (step widths 1, 2, 3 bytes), not one per record
     assert len(decoded) <= 5
@@ -395,7 +397,7 @@ def test_load_summary_builds_once_then_reads_the_cache(tmp_path, monkeypatch):
     def no_rebuild(*args, **kwargs):
         raise AssertionError("rebuilt although the cache is valid")
 
-    monkeypatch.setattr(h, "load_series", no_rebuild)
+    monkeypatch.setattr(history_cache, "load_series", no_rebuild)
     assert h.load_summary(path) == first
 
 
@@ -432,7 +434,7 @@ def test_load_summary_without_a_writable_directory_or_history(tmp_path, monkeypa
     def read_only(*args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(h.os, "replace", read_only)
+    monkeypatch.setattr(os, "replace", read_only)
     assert h.load_summary(path) == _summary_of_load_series(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.msgpack"]  # no temp file left
 

@@ -245,7 +245,7 @@ async def test_a_crashing_link_is_reported(live_run, monkeypatch):
     async def broken_stream(self, reader):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr("tui.client.DaemonLink._stream", broken_stream)
+    monkeypatch.setattr("tui.link.DashboardLink._stream", broken_stream)
     app = make_app(run_dir)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "daemon link failed" in alert_text(app), what="the error")

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tui_fakes  # noqa: E402
 
-from tui import chart, fmt  # noqa: E402
+from tui import braille, fmt  # noqa: E402
 from tui.model import RunModel, Series  # noqa: E402
 from trainer.run.events import read_events  # noqa: E402
 from trainer.run.linefile import tail_lines  # noqa: E402
@@ -88,7 +88,7 @@ def test_model_snapshot_resets_feeds():
 # ----------------------------------------------------------------------------- charts
 def test_braille_plot_draws_a_connected_line():
     columns = [(float(v), float(v), float(v)) for v in (0, 10, 0, 10)]
-    rows = chart.braille_plot(columns, height=2, y_lo=0, y_hi=10)
+    rows = braille.plot(columns, height=2, y_lo=0, y_hi=10)
     assert len(rows) == 2 and all(len(r) == 2 for r in rows)
     # every cell the line crosses has dots: a jump 0 -> 10 fills the whole column
     assert all(kind == "line" for row in rows for _, kind in row)
@@ -96,20 +96,20 @@ def test_braille_plot_draws_a_connected_line():
 
 def test_braille_plot_marks_envelope_and_marker_with_their_own_glyphs():
     columns = [(5.0, 0.0, 10.0)] * 8
-    rows = chart.braille_plot(columns, height=4, y_lo=0, y_hi=10, marker_column=2, envelope=True)
+    rows = braille.plot(columns, height=4, y_lo=0, y_hi=10, marker_column=2, envelope=True)
     glyphs = {ch for row in rows for ch, _ in row}
-    assert chart.ENVELOPE_CHAR in glyphs and chart.MARKER_CHAR in glyphs
+    assert braille.ENVELOPE_CHAR in glyphs and braille.MARKER_CHAR in glyphs
 
 
 def test_spark_and_log_transform():
-    assert chart.spark([0, 1, 2, 3, 4, 5, 6, 7]) == chart.SPARK_CHARS
-    assert chart.spark([3, 3, 3]) == chart.SPARK_CHARS[3] * 3
-    assert chart.log_transform([(1.0, 1.0, 1.0), (0.0, 0.0, 1.0)]) is None
-    assert chart.log_transform([(100.0, 10.0, 1000.0)]) == [(2.0, 1.0, 3.0)]
+    assert braille.spark([0, 1, 2, 3, 4, 5, 6, 7]) == braille.SPARK_CHARS
+    assert braille.spark([3, 3, 3]) == braille.SPARK_CHARS[3] * 3
+    assert braille.log_transform([(1.0, 1.0, 1.0), (0.0, 0.0, 1.0)]) is None
+    assert braille.log_transform([(100.0, 10.0, 1000.0)]) == [(2.0, 1.0, 3.0)]
 
 
 def test_axis_labels_never_overlap():
-    row = chart.axis_labels(0, 1_000_000, 20, lambda v: f"{v:.0f}")
+    row = braille.axis_labels(0, 1_000_000, 20, lambda v: f"{v:.0f}")
     assert len(row) == 20 and row.startswith("0")
     assert "1000000" in row and "500000" not in row  # the middle label did not fit beside them
 

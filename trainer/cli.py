@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.console import format_duration
+from trainer.fmt import duration
 from trainer.run import registry
 from trainer.run.errors import RunError, RunExists
 from trainer.run.locate import create_run_dir, resolve_run, runs_root
@@ -200,7 +200,7 @@ def format_status(info: dict) -> str:
     lines = [f"{info['name']}: {info['state']}  step {info.get('step') or 0}/{info.get('total_steps') or '?'}"
              f"  epoch {(info.get('epoch') or 0) + 1}  phase {info.get('phase_name') or info.get('phase')}"]
     if info.get("eta") is not None:
-        lines.append(f"  ETA {format_duration(info['eta'])}")
+        lines.append(f"  ETA {duration(info['eta'])}")
     for key in ("last_eval", "best_eval"):
         ev = info.get(key)
         if ev:
@@ -301,9 +301,9 @@ def cmd_ls(args) -> int:
     notes = []
     for info in infos:
         step = f"{info.get('step') or 0}/{info.get('total_steps') or '?'}"
-        eta = format_duration(info["eta"]) if info.get("eta") is not None else "-"
+        eta = duration(info["eta"]) if info.get("eta") is not None else "-"
         age = info.get("last_checkpoint_age")
-        age_text = format_duration(age) + " ago" if age is not None else "-"
+        age_text = duration(age) + " ago" if age is not None else "-"
         elsewhere = "" if Path(info["dir"]).parent == root.absolute() else f"  {info['dir']}"
         print(f"{info['name'][:24]:24} {info['state']:12} {str(info.get('phase_name') or '-')[:16]:16} "
               f"{step:>15} {eta:>12} {age_text:>10}{elsewhere}")

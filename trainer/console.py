@@ -18,20 +18,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
+from trainer.fmt import duration
 from trainer.run.events import EventLog
 from trainer.run.rundir import RunDir
 from trainer.run.state import FINAL_STATES, StateFile, progress_fields
-
-
-def format_duration(seconds: float) -> str:
-    """1d 02h03m, 2h03m04s or 3m04s."""
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours:02d}h{minutes:02d}m"
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 class _NotAnEvent(logging.Filter):
@@ -67,7 +57,11 @@ class RateSmoother:
     Per-step rates jump (9 to 220 samples/s) with data loading, checkpoint copies and the other
     processes on a small box. This averages seconds per sample exponentially over about the last
     `1 / (1 - beta)` steps and shows its inverse: a slow step counts by the time it took, as in
-    samples divided by time, instead of being outvoted by fast ones as in a mean of rates."""
+    samples divided by time, instead of being outvoted by fast ones as in a mean of rates.
+
+    Not the loss EMA of trainer.history.smoothing (which starts at the first value): this one
+    starts from zero and divides by the sum of the weights, so the first steps weigh as much as
+    the later ones instead of the first one standing in for all that came before it."""
 
     def __init__(self, beta: float = 0.95):
         self.beta = beta
@@ -132,7 +126,7 @@ def progress_line(body: dict, samples_per_s: Optional[float] = None) -> str:
     if rate is not None:
         parts.append(f"{rate:.0f} samples/s")
     if eta is not None:
-        parts.append(f"ETA {format_duration(eta)}")
+        parts.append(f"ETA {duration(eta)}")
     return " | ".join(parts)
 
 

@@ -1,7 +1,8 @@
 """Plain-text formatting shared by the TUI widgets: durations, sizes, numbers, clock times.
 
-Everything here is a pure function of its arguments (the current time is passed in), so the
-snapshot tests can freeze what the screen shows.
+Durations come from `trainer.fmt`: the CLI and the console print them the same way. Everything
+here is a pure function of its arguments (the current time is passed in), so the snapshot tests
+can freeze what the screen shows.
 """
 from __future__ import annotations
 
@@ -11,24 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Callable, Optional
 
-MISSING = "–"
-
-
-def duration(seconds: Optional[float]) -> str:
-    """Compact duration: `45s`, `12m05s`, `3h07m`, `2d04h`; `–` when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return MISSING
-    seconds = max(0, int(round(seconds)))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
+from trainer.fmt import MISSING, duration
 
 
 def size(num_bytes: Optional[float]) -> str:

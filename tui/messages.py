@@ -1,4 +1,4 @@
-"""Textual messages posted by the daemon link (`tui.client`) to the run screen.
+"""Textual messages posted by the daemon link (`tui.link`) to the run screen.
 
 A busy run sends many frames a second (progress per step, a log line per print). Two rules keep
 the screen's work bounded without losing anything that must not be lost:

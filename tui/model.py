@@ -2,12 +2,12 @@
 
 `RunModel` is filled either from the daemon (a welcome snapshot, then live frames) or from the
 run directory (offline mode, see `tui.offline`); the widgets only ever read a `RunModel`. Live
-series are kept bounded: `Series` merges neighbouring points once it grows past its capacity,
-keeping each bucket's min and max so the detail chart can draw the envelope.
+series are kept bounded by the history's `Downsampler`: neighbouring points are merged once a
+series grows past its capacity, keeping each bucket's min and max so the detail chart can draw
+the envelope.
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from trainer.history import Downsampler, LossSmoother
 from trainer.monitor import Monitor
 
 # Progress metrics that become series as progress frames arrive.
@@ -26,72 +27,73 @@ MAX_LOGS = 500
 
 
 class Series:
-    """Bounded, step-ordered points of one metric: value plus the min/max each point stands for."""
+    """Bounded, step-ordered points of one metric: value plus the min/max each point stands for.
+
+    A view of a history `Downsampler`, the summary the daemon keeps of the same metric: the
+    points of a snapshot are its buckets, live points are appended to it, and neighbours are
+    merged once it holds more than `capacity` points.
+    """
 
     def __init__(self, steps: Iterable[float] = (), values: Iterable[float] = (),
                  mins: Optional[Iterable[float]] = None, maxs: Optional[Iterable[float]] = None,
                  capacity: int = 2000):
-        self.steps = [float(s) for s in steps]
-        self.values = [float(v) for v in values]
-        if len(self.steps) != len(self.values):
-            raise ValueError(f"series has {len(self.steps)} steps but {len(self.values)} values")
-        self.mins = [float(v) for v in mins] if mins is not None else list(self.values)
-        self.maxs = [float(v) for v in maxs] if maxs is not None else list(self.values)
-        if not (len(self.mins) == len(self.maxs) == len(self.values)):
+        steps = [float(s) for s in steps]
+        values = [float(v) for v in values]
+        if len(steps) != len(values):
+            raise ValueError(f"series has {len(steps)} steps but {len(values)} values")
+        mins = [float(v) for v in mins] if mins is not None else list(values)
+        maxs = [float(v) for v in maxs] if maxs is not None else list(values)
+        if not (len(mins) == len(maxs) == len(values)):
             raise ValueError("series min/max lists must be as long as its values")
         self.capacity = capacity
+        self._points = Downsampler.from_buckets(steps, values, mins, maxs, max_points=capacity)
+        self._lists: Optional[dict[str, list]] = None  # the points as lists, until the next append
 
     @classmethod
     def from_wire(cls, body: dict, capacity: int = 2000) -> "Series":
         """A series from the snapshot shape `{step:[...], value:[...], min:[...], max:[...]}`."""
         return cls(body.get("step", ()), body.get("value", ()), body.get("min"), body.get("max"), capacity)
 
+    def _view(self) -> dict[str, list]:
+        if self._lists is None:
+            self._lists = self._points.to_dict()
+        return self._lists
+
+    @property
+    def steps(self) -> list[float]:
+        return self._view()["step"]
+
+    @property
+    def values(self) -> list[float]:
+        return self._view()["value"]
+
+    @property
+    def mins(self) -> list[float]:
+        return self._view()["min"]
+
+    @property
+    def maxs(self) -> list[float]:
+        return self._view()["max"]
+
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self._points)
 
     @property
     def last(self) -> Optional[float]:
-        return self.values[-1] if self.values else None
+        return self.values[-1] if len(self) else None
 
     @property
     def last_step(self) -> Optional[float]:
-        return self.steps[-1] if self.steps else None
+        return self._points.last_step
 
     def append(self, step: float, value: Any) -> bool:
         """Add a point after the last one; returns False (and keeps nothing) for older steps or non-numbers."""
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
             return False
-        if self.steps and step <= self.steps[-1]:
+        if not self._points.append(float(step), value):
             return False
-        self.steps.append(float(step))
-        self.values.append(float(value))
-        self.mins.append(float(value))
-        self.maxs.append(float(value))
-        if len(self.values) > self.capacity:
-            self._compact()
+        self._lists = None
         return True
-
-    def _compact(self) -> None:
-        """Merge neighbours into buckets of equal step width until half the capacity is used."""
-        width = (self.steps[-1] - self.steps[0]) / max(1, self.capacity // 2)
-        steps, values, mins, maxs = [], [], [], []
-        bucket_start = None
-        count = 0
-        for s, v, lo, hi in zip(self.steps, self.values, self.mins, self.maxs):
-            if bucket_start is not None and s - bucket_start < width:
-                # Running mean of the bucket; the newest step labels it so appends stay ordered.
-                count += 1
-                values[-1] += (v - values[-1]) / count
-                steps[-1] = s
-                mins[-1] = min(mins[-1], lo)
-                maxs[-1] = max(maxs[-1], hi)
-            else:
-                bucket_start, count = s, 1
-                steps.append(s)
-                values.append(v)
-                mins.append(lo)
-                maxs.append(hi)
-        self.steps, self.values, self.mins, self.maxs = steps, values, mins, maxs
 
     def resample(self, buckets: int, first: Optional[float] = None,
                  last: Optional[float] = None) -> list[Optional[tuple[float, float, float]]]:
@@ -131,8 +133,8 @@ class Series:
     def smoothed(self, window_fraction: float = 0.02) -> "Series":
         """A copy with an EMA over the values (window ~2% of the points); min/max kept."""
         window = max(1.0, len(self.values) * window_fraction)
-        copy = Series(self.steps, ema(self.values, 2.0 / (window + 1.0)), self.mins, self.maxs, self.capacity)
-        return copy
+        smoother = LossSmoother(beta=1.0 - 2.0 / (window + 1.0))
+        return Series(self.steps, [smoother.update(v) for v in self.values], self.mins, self.maxs, self.capacity)
 
     def trend(self) -> int:
         """+1 rising, -1 falling, 0 flat: the newest tenth of the points against the tenth before it."""
@@ -147,15 +149,6 @@ class Series:
         if abs(b - a) / scale < 0.01:
             return 0
         return 1 if b > a else -1
-
-
-def ema(values: list[float], alpha: float = 0.1) -> list[float]:
-    """Exponential moving average, for the "smoothing on" view of noisy series."""
-    out, current = [], None
-    for v in values:
-        current = v if current is None else current + alpha * (v - current)
-        out.append(current)
-    return out
 
 
 @dataclass

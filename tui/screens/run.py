@@ -5,11 +5,12 @@ model; widgets are refreshed from the model at most every `refresh_interval` sec
 widgets whose values changed repaint). Without a daemon the model comes from the run
 directory (offline mode) and the link keeps retrying quietly in the background, so a daemon
 that comes back, or one started with `r`, is picked up by itself.
+
+What each key does is `RunActions` (tui/screens/run_actions.py); the dashboard view is its own
+widget (tui/widgets/dashboard.py).
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,7 +18,7 @@ from typing import Optional
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
@@ -26,40 +27,18 @@ from textual.worker import Worker, WorkerState
 
 from trainer import runs
 from tui import fmt, messages
-from tui.client import DaemonLink, NotConnected
-from tui.model import ACTIVE_STATES, RESUMABLE_STATES, RunModel, Series
+from tui.link import DashboardLink, NotConnected
+from tui.model import ACTIVE_STATES, RunModel
 from tui.offline import load_run_dir
-from tui.screens.dialogs import ConfirmScreen, SummaryScreen
-from tui.widgets.charts import LineChart, MetricTile
+from tui.screens.dialogs import SummaryScreen
+from tui.screens.run_actions import RunActions, resume_command
+from tui.widgets.dashboard import Dashboard
 from tui.widgets.detail import DetailView
-from tui.widgets.feeds import EventList, FeedTail, LogTail
+from tui.widgets.feeds import EventList, LogTail
 from tui.widgets.header import AlertBar, AlertInfo, HeaderInfo, RunHeader
-from tui.widgets.system import SystemPanel, disk_is_low
-from tui.widgets.timeline import PhaseTimeline, spans_from_plan
-
-VIEWS = ("dashboard", "detail", "events")
-
-# (label, series name, where the current value comes from, value format)
-TILES = (
-    ("train loss", "train_loss_smooth", "progress", fmt.metric),
-    ("val loss", "val_loss", "eval", fmt.metric),
-    ("accuracy", "val_accuracy", "eval", fmt.metric),
-    ("F1 macro", "val_f1_macro", "eval", fmt.metric),
-    ("AUC", "val_auc_roc", "eval", fmt.metric),
-    ("LR", "lr", "progress", fmt.metric),
-    ("samples/s", "samples_per_s", "progress", fmt.metric),
-    ("grad norm", "grad_norm", "progress", fmt.metric),
-    ("data wait", "data_share", "progress", fmt.percent),
-)
-OPTIONAL_TILES = {"val_auc_roc"}  # shown only when the run reports them
 
 
-def resume_command(run_dir: Path) -> list[str]:
-    """The command `r` runs: `longhaul resume RUN_DIR` with this interpreter."""
-    return [sys.executable, "-m", "trainer.cli", "resume", str(run_dir)]
-
-
-class RunScreen(Screen):
+class RunScreen(RunActions, Screen):
     """Dashboard of one run, live from its daemon or offline from its directory."""
 
     BINDINGS = [
@@ -91,7 +70,7 @@ class RunScreen(Screen):
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.model = RunModel(name=self.run_dir.name, run_dir=self.run_dir)
-        self.link = DaemonLink(self.run_dir, self.post_message, retry_max=link_retry_max)
+        self.link = DashboardLink(self.run_dir, self.post_message, retry_max=link_retry_max)
         self.resume_argv = resume_argv or resume_command(self.run_dir)
         self.pending: dict[int, str] = {}
         self.disconnect: Optional[messages.Disconnected] = None
@@ -100,9 +79,6 @@ class RunScreen(Screen):
         self._refresh_pending = False
         self._last_refresh = 0.0
         self._repaint_timer: Optional[Timer] = None
-        self._plan_key: object = None
-        self._lr_series: Optional[Series] = None
-        self._smooth_cache: tuple[tuple, Optional[Series]] = ((), None)
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -110,24 +86,13 @@ class RunScreen(Screen):
         yield AlertBar(id="alerts")
         with TabbedContent(initial="dashboard", id="views"):
             with TabPane("1 Dashboard", id="dashboard"):
-                yield PhaseTimeline(id="timeline")
-                with Horizontal(id="dash-middle"):
-                    with Vertical(id="dash-metrics"):
-                        for label, key, _, value_format in TILES:
-                            yield MetricTile(label, key, value_format=value_format, id=f"tile-{key}")
-                    with Vertical(id="dash-side"):
-                        yield SystemPanel(id="system")
-                        yield LineChart(id="lr-chart", value_format=fmt.metric)
-                with Horizontal(id="dash-bottom"):
-                    yield FeedTail("events", self.clock, id="dash-events")
-                    yield FeedTail("logs", self.clock, id="dash-log")
+                yield Dashboard(self.clock, id="dashboard-view")
             # The other views are built when first shown: a smaller DOM at start attaches faster.
             yield TabPane("2 Detail", id="detail")
             yield TabPane("3 Events & log", id="events")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#lr-chart", LineChart).envelope = False
         try:
             state = runs.effective_state(self.run_dir) if (self.run_dir / runs.STATE_FILE).exists() else "unknown"
         except runs.StateFileError:
@@ -281,37 +246,7 @@ class RunScreen(Screen):
         self._load_offline_once()
         self._request_refresh()
 
-    # ------------------------------------------------------------------ actions
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        live = self.link_state == "live"
-        if action in ("pause", "checkpoint", "stop"):
-            return True if live and self.model.state in ACTIVE_STATES else None if live else False
-        if action == "resume_run":
-            return not live and self.model.state in RESUMABLE_STATES
-        if action == "summary":
-            return bool(self.model.summary)
-        if action == "chart_option":
-            return self.query_one("#views", TabbedContent).active == "detail"
-        return True
-
-    async def action_pause(self) -> None:
-        await self._send("resume" if self.model.state == "paused" else "pause")
-
-    async def action_checkpoint(self) -> None:
-        await self._send("checkpoint")
-
-    def action_stop(self) -> None:
-        question = (f"Stop run {self.model.name}?\n\nThe trainer finishes its current step, writes a final "
-                    f"checkpoint and exits; `longhaul resume {self.model.name}` continues it later.")
-
-        async def answered(yes: bool | None) -> None:
-            if yes:
-                await self._send("stop")
-            else:
-                self._set_action("stop cancelled", "info")
-
-        self.app.push_screen(ConfirmScreen(question, yes_label="Stop"), answered)
-
+    # ------------------------------------------------------------------ requests (keys: RunActions)
     async def _send(self, action: str) -> None:
         try:
             request_id = await self.link.request(action)
@@ -320,56 +255,6 @@ class RunScreen(Screen):
             return
         self.pending[request_id] = action
         self._set_action(f"{action}: sent…", "info")
-
-    def action_resume_run(self) -> None:
-        self._set_action(f"resume: running {' '.join(self.resume_argv[-2:])}…", "info")
-        self.resume_run()
-
-    @work(thread=True, exclusive=True, group="resume", name="resume-run")
-    def resume_run(self) -> None:
-        """Run `longhaul resume` and, when it worked, connect to the new daemon at once."""
-        try:
-            done = subprocess.run(self.resume_argv, capture_output=True, text=True, timeout=120,
-                                  stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.app.call_from_thread(self._set_action, f"resume failed: {exc}", "error")
-            return
-        if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-            self.app.call_from_thread(self._set_action, f"resume failed (exit {done.returncode}): {lines[-1]}", "error")
-            return
-        self.app.call_from_thread(self._resumed)
-
-    def _resumed(self) -> None:
-        self._set_action("✓ resume: daemon started", "info")
-        if self.link_state != "live":  # the link may have found the new daemon already
-            self.link_state = "connecting"
-            self.link.retry_now()
-
-    def action_back(self) -> None:
-        """Back to the run picker, when the run was opened from it."""
-        if len(self.app.screen_stack) > 2:
-            self.app.pop_screen()
-
-    def action_summary(self) -> None:
-        if self.model.summary:
-            self.app.push_screen(SummaryScreen(self.model.name, self.model.summary))
-
-    def action_view(self, view: str) -> None:
-        self.query_one("#views", TabbedContent).active = view
-        self._request_refresh()
-
-    def action_next_view(self) -> None:
-        tabs = self.query_one("#views", TabbedContent)
-        tabs.active = VIEWS[(VIEWS.index(tabs.active) + 1) % len(VIEWS)] if tabs.active in VIEWS else VIEWS[0]
-        self._request_refresh()
-
-    def action_chart_option(self, option: str) -> None:
-        if not self.query("#detail-chart"):
-            return
-        chart = self.query_one("#detail-chart", LineChart)
-        setattr(chart, option, not getattr(chart, option))
-        self._request_refresh()
 
     @on(TabbedContent.TabActivated)
     async def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
@@ -431,84 +316,16 @@ class RunScreen(Screen):
         """Push the model into every widget (widgets repaint only what changed)."""
         model = self.model
         self.query_one(RunHeader).info = HeaderInfo.from_model(model, self.link_state, self.clock)
-        self.query_one(AlertBar).info = self._alert_info()
+        self.query_one(AlertBar).info = AlertInfo.from_model(model, self.link_state, self.disconnect,
+                                                             self.action_status, self.clock)
         active = self.query_one("#views", TabbedContent).active
         if active == "dashboard":
-            self._refresh_dashboard()
+            self.query_one(Dashboard).show(model, live=self.link_state == "live")
         elif active == "detail" and self.query(DetailView):
             self._refresh_detail()
         elif active == "events" and self.query("#all-events"):
             for feed in (self.query_one("#all-events", EventList), self.query_one("#all-log", LogTail)):
                 feed.sync(model)
-
-    def _refresh_dashboard(self) -> None:
-        model = self.model
-        timeline = self.query_one(PhaseTimeline)
-        if self._plan_key is not model.plan:
-            self._plan_key = model.plan
-            timeline.spans = spans_from_plan(model.plan)
-            curve = (model.plan or {}).get("lr_curve") or []
-            self._lr_series = Series([p[0] for p in curve], [p[1] for p in curve]) if curve else None
-        timeline.step = model.step
-        timeline.total_steps = model.total_steps
-        timeline.eta_labels, timeline.eta_times = self._phase_etas(timeline)
-        lr_chart = self.query_one("#lr-chart", LineChart)
-        lr_chart.set_series(self._lr_series)
-        lr_chart.x_range = (0.0, float(max(model.total_steps - 1, 1)))
-        lr_chart.marker = float(model.step)
-        lr_now = ((model.progress or {}).get("metrics") or {}).get("lr")
-        if lr_now is None and "lr" in model.series:
-            lr_now = model.series["lr"].last
-        lr_chart.title = "planned LR" + (f", now {fmt.metric(lr_now)}" if lr_now is not None else "")
-        system = self.query_one(SystemPanel)
-        system.max_rows = 10 if self.has_class("-tall") else 5
-        system.system = model.system
-        for tile in self.query(MetricTile):
-            self._refresh_tile(tile)
-        self.query_one("#dash-events", FeedTail).sync(model)
-        self.query_one("#dash-log", FeedTail).sync(model)
-
-    def _refresh_tile(self, tile: MetricTile) -> None:
-        model = self.model
-        series = model.series.get(tile.key)
-        if tile.key == "train_loss_smooth" and series is None and "train_loss" in model.series:
-            series = self._smoothed(model.series["train_loss"])
-        source = next(src for _, key, src, _ in TILES if key == tile.key)
-        if source == "progress":
-            metrics = (model.progress or {}).get("metrics") or {}
-            value = metrics.get(tile.key, series.last if series is not None else None)
-        else:
-            value = (model.eval_last or {}).get(tile.key, series.last if series is not None else None)
-            best = (model.eval_best or {}).get(tile.key)
-            tile.note = f"best {fmt.metric(best)}" if tile.key == model.monitor and best is not None else ""
-        tile.display = tile.key not in OPTIONAL_TILES or series is not None or value is not None
-        tile.value = value
-        tile.trend = series.trend() if series is not None else 0
-        tile.set_series(series)
-
-    def _smoothed(self, series: Series) -> Series:
-        key = (id(series), len(series), series.last_step)
-        if self._smooth_cache[0] != key:
-            self._smooth_cache = (key, series.smoothed())
-        return self._smooth_cache[1]
-
-    def _phase_etas(self, timeline: PhaseTimeline) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        progress = self.model.progress or {}
-        etas = progress.get("phase_etas") or []
-        live = self.model.state in ACTIVE_STATES and self.link_state == "live"
-        labels, times = [], []
-        for i, span in enumerate(timeline.spans):
-            eta = etas[i] if i < len(etas) else None
-            if self.model.step >= span.end_step or (eta == 0 and self.model.step >= span.start_step):
-                labels.append("done")
-                times.append("")
-            elif eta is None or not live:
-                labels.append("")
-                times.append("")
-            else:
-                labels.append(fmt.duration(eta))
-                times.append(self.clock.eta_time(eta))
-        return tuple(labels), tuple(times)
 
     def _refresh_detail(self) -> None:
         view = self.query_one(DetailView)
@@ -516,30 +333,3 @@ class RunScreen(Screen):
         series = self.model.series.get(view.metric) if view.metric else None
         view.chart.marker = None
         view.show(series, self.model.step)
-
-    def _alert_info(self) -> AlertInfo:
-        model = self.model
-        connection = ""
-        if self.link_state == "retrying" and self.disconnect is not None:
-            d = self.disconnect
-            connection = f"disconnected ({d.reason}), retrying in {d.retry_in:.0f}s (attempt {d.attempt})"
-        elif self.link_state == "connecting":
-            connection = "connecting to the daemon…"
-        elif self.link_state == "offline":
-            if model.state in RESUMABLE_STATES:
-                connection = f"offline: run {model.state.upper()}, no daemon; press r to resume"
-            else:
-                connection = f"offline: run {model.state.upper()}, no daemon (read from the run directory)"
-        alerts = model.alerts
-        text, level = self.action_status
-        alert, alert_level, more = "", "warning", 0
-        if model.system and disk_is_low(model.system):
-            alert = f"disk space LOW: {fmt.size(model.system.get('disk_free'))} free under the run directory"
-            more = len(alerts)
-        elif alerts:
-            newest = alerts[-1]
-            alert = f"{self.clock.at(newest.get('time'))} {newest.get('kind')}: {newest.get('message', '')}"
-            alert_level = newest.get("level", "warning")
-            more = len(alerts) - 1
-        return AlertInfo(connection=connection, action=text, action_level=level, alert=alert,
-                         alert_level=alert_level, more_alerts=more)

@@ -1,4 +1,5 @@
-"""Line chart (braille) for the detail view and the planned-LR panel, and one-line metric tiles."""
+"""Chart widgets: the braille line chart of the detail view and the planned-LR panel, and one-line
+metric tiles with a sparkline. The drawing itself is `tui.braille`."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -7,7 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tui import chart, fmt
+from tui import braille, fmt
 from tui.model import Series
 
 ARROWS = {1: "↑", -1: "↓", 0: "→"}
@@ -120,15 +121,15 @@ class LineChart(SeriesView, Widget):
         columns = data.resample(plot_width * 2, first, last)
         note = ""
         if self.log_scale:
-            logged = chart.log_transform(columns)
+            logged = braille.log_transform(columns)
             if logged is None:
                 note = " (log scale needs values > 0: linear)"
             else:
                 columns = logged
         use_log = self.log_scale and not note
-        lo, hi = chart.value_range(columns, self.envelope)
+        lo, hi = braille.value_range(columns, self.envelope)
         marker_col = self._marker_column(self.marker, plot_width)
-        cells = chart.braille_plot(columns, plot_height, lo, hi, marker_col, self.envelope)
+        cells = braille.plot(columns, plot_height, lo, hi, marker_col, self.envelope)
         styles = {kind: self.get_component_rich_style(f"chart--{kind}") for kind in ("line", "envelope", "marker", "axis")}
         unlog = (lambda v: 10 ** v) if use_log else (lambda v: v)
         y_labels = {0: self.value_format(unlog(hi)), plot_height - 1: self.value_format(unlog(lo))}
@@ -143,7 +144,7 @@ class LineChart(SeriesView, Widget):
                 line.append(ch, styles.get(kind) if kind else None)
             lines.append(line)
         if height >= 2:
-            axis = chart.axis_labels(first, last, plot_width, step_label)
+            axis = braille.axis_labels(first, last, plot_width, step_label)
             if marker_col is not None and axis[marker_col] == " ":
                 axis = axis[:marker_col] + "▲" + axis[marker_col + 1:]
             lines.append(Text(" " * gutter + axis, style=styles["axis"]))
@@ -203,7 +204,7 @@ class MetricTile(SeriesView, Widget):
         return [c[0] for c in self.series.resample(width) if c is not None]
 
     def _spark(self, width: int) -> str:
-        return chart.spark(self._points(width))
+        return braille.spark(self._points(width))
 
     def _spark_rows(self, width: int, rows: int) -> list[str]:
         """A sparkline `rows` tall: each column's level split over the rows (bottom row fills first)."""
@@ -218,6 +219,6 @@ class MetricTile(SeriesView, Widget):
             chars = []
             for level in levels:
                 in_row = level - r * 8
-                chars.append(" " if in_row <= 0 else "█" if in_row >= 8 else chart.SPARK_CHARS[in_row - 1])
+                chars.append(" " if in_row <= 0 else "█" if in_row >= 8 else braille.SPARK_CHARS[in_row - 1])
             out.append("".join(chars))
         return out

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
 from tui import fmt
-from tui.model import RunModel
+from tui.model import ACTIVE_STATES, RESUMABLE_STATES, RunModel
+from tui.widgets.system import disk_is_low
+
+if TYPE_CHECKING:
+    from tui.messages import Disconnected
 
 # State words are always written out; the colour only repeats what the word says.
 STATE_STYLES = {
@@ -52,7 +56,7 @@ class HeaderInfo:
         eta = progress.get("eta")
         if model.state == "finished":
             eta_text = "ETA done"
-        elif eta is None or model.state not in ("running", "starting", "paused", "stopping"):
+        elif eta is None or model.state not in ACTIVE_STATES:
             eta_text = "ETA –"
         else:
             eta_text = f"ETA {fmt.duration(eta)} → {clock.eta_time(eta)}"
@@ -106,6 +110,38 @@ class AlertInfo:
     alert: str = ""
     alert_level: str = "warning"
     more_alerts: int = 0
+
+    @classmethod
+    def from_model(cls, model: RunModel, link: str, disconnect: Optional[Disconnected],
+                   action: tuple[str, str], clock: fmt.Clock) -> "AlertInfo":
+        """The bar for `model`, the link state, the last disconnect and the last action's (text, level)."""
+        alerts = model.alerts
+        alert, alert_level, more = "", "warning", 0
+        if model.system and disk_is_low(model.system):
+            alert = f"disk space LOW: {fmt.size(model.system.get('disk_free'))} free under the run directory"
+            more = len(alerts)
+        elif alerts:
+            newest = alerts[-1]
+            alert = f"{clock.at(newest.get('time'))} {newest.get('kind')}: {newest.get('message', '')}"
+            alert_level = newest.get("level", "warning")
+            more = len(alerts) - 1
+        text, level = action
+        return cls(connection=connection_text(model, link, disconnect), action=text, action_level=level,
+                   alert=alert, alert_level=alert_level, more_alerts=more)
+
+
+def connection_text(model: RunModel, link: str, disconnect: Optional[Disconnected]) -> str:
+    """What the alert bar says about the daemon link ("" while live)."""
+    if link == "retrying" and disconnect is not None:
+        d = disconnect
+        return f"disconnected ({d.reason}), retrying in {d.retry_in:.0f}s (attempt {d.attempt})"
+    if link == "connecting":
+        return "connecting to the daemon…"
+    if link == "offline":
+        if model.state in RESUMABLE_STATES:
+            return f"offline: run {model.state.upper()}, no daemon; press r to resume"
+        return f"offline: run {model.state.upper()}, no daemon (read from the run directory)"
+    return ""
 
 
 LEVEL_TAGS = {"info": ("INFO", ""), "warning": ("WARN", "bold yellow"), "error": ("ERROR", "bold red")}

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tui import chart, fmt
+from tui import braille, fmt
 
 LOW_DISK_FRACTION = 0.10
 LOW_DISK_BYTES = 5 * 1024**3
@@ -91,7 +91,7 @@ class SystemPanel(Widget):
         """Five short lines: all cores as one glyph each, then memory, process, disk."""
         cores = [float(c) for c in s.get("cpu_percent") or ()]
         mean = sum(cores) / len(cores) if cores else 0.0
-        cpu = Text.assemble("cpu ", (chart.spark(cores, 0.0, 100.0)[:16], self.get_component_rich_style("system--bar")),
+        cpu = Text.assemble("cpu ", (braille.spark(cores, 0.0, 100.0)[:16], self.get_component_rich_style("system--bar")),
                             f" {mean:.0f}% avg of {len(cores)}")
         temp = f"  temp {s['cpu_temp']:.0f}°C" if s.get("cpu_temp") is not None else ""
         return [cpu,

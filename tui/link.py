@@ -1,6 +1,6 @@
 """The TUI's link to a run's daemon: one asyncio task that connects, reads frames, posts messages.
 
-`DaemonLink.run()` is started as a single named Textual worker by the run screen. It keeps the
+`DashboardLink.run()` is started as a single named Textual worker by the run screen. It keeps the
 connection alive for as long as the screen exists: when the daemon is not there (not started yet,
 restarting, the run ended) it retries with exponential backoff, posting `Disconnected` each
 time, and a fresh `Connected` (with a new snapshot) when it gets through again. Frames are
@@ -55,7 +55,7 @@ def describe(exc: BaseException) -> str:
             return f"{type(exc).__name__}: {exc}"
 
 
-class DaemonLink:
+class DashboardLink:
     """Connection state machine for one run's socket.
 
     `post` delivers messages to the screen (its `post_message`). `retry_min`/`retry_max` bound

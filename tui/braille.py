@@ -1,8 +1,9 @@
-"""Character-cell line charts: braille dots for the line, a shaded envelope, a marker column.
+"""Character-cell charts drawn as text: braille line plots (`plot`) and block sparklines (`spark`).
 
-Pure functions (no Textual), so they are easy to test and cheap to call. A chart cell is a
-(character, kind) pair; kinds are "line", "envelope", "marker" and "" (empty), and the widgets
-map them to styles. The line (braille), the envelope (░) and the marker (│) use different glyphs,
+The drawing under the chart widgets of `tui.widgets.charts`: pure functions (no Textual), so
+they are easy to test and cheap to call. A plot has braille dots for the line, a shaded envelope
+and a marker column. A chart cell is a (character, kind) pair; kinds are "line", "envelope",
+"marker" and "" (empty), and the widgets map them to styles. The line (braille), the envelope (░) and the marker (│) use different glyphs,
 so the chart reads without colour.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def value_range(columns: Sequence[Column], envelope: bool) -> tuple[float, float
     return lo, hi
 
 
-def braille_plot(columns: Sequence[Column], height: int, y_lo: float, y_hi: float,
+def plot(columns: Sequence[Column], height: int, y_lo: float, y_hi: float,
                  marker_column: Optional[int] = None, envelope: bool = False) -> list[list[Cell]]:
     """Rows (top first) of `len(columns) // 2` cells drawing one value per dot column.
 

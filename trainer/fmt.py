@@ -1,0 +1,32 @@
+"""Plain-text formatting shared by the CLI, the foreground console and the TUI.
+
+Stdlib only: the TUI imports it, so it must never pull in torch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+MISSING = "–"
+"""What a value that is not known (yet) reads as."""
+
+
+def duration(seconds: Optional[float]) -> str:
+    """Compact duration: `45s`, `12m05s`, `3h07m`, `2d04h`; `–` when unknown.
+
+    Two units at most: an ETA of hours does not need its seconds, and the text fits the narrow
+    columns of `longhaul ls` and of the dashboard.
+    """
+    if seconds is None or not math.isfinite(seconds):
+        return MISSING
+    seconds = max(0, int(round(seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

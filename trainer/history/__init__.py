@@ -1,0 +1,37 @@
+"""Metric history: an append-only msgpack file of records, and bounded downsampled series of it.
+
+One module per concern:
+
+- :mod:`~trainer.history.records`: the file format (HistoryWriter, read_history, truncate_history,
+  check_record); record shapes in docs/ARCHITECTURE.md, "History records".
+- :mod:`~trainer.history.smoothing`: the EMA of the train loss (LossSmoother, vectorised ema).
+- :mod:`~trainer.history.downsample`: Downsampler, at most ``max_points`` buckets per series,
+  each keeping the mean, min and max of the raw points it stands for.
+- :mod:`~trainer.history.series`: SeriesSet, every metric of a run plus the last and best eval.
+- :mod:`~trainer.history.layout` and :mod:`~trainer.history.load`: load_series, which builds a
+  SeriesSet from a big file quickly by reading runs of identically laid-out train records with
+  numpy instead of decoding each map in Python.
+- :mod:`~trainer.history.cache`: load_summary through ``series-cache.msgpack``.
+- :mod:`~trainer.history.export`: export_rows / write_export (``longhaul export``).
+
+Imported by the TUI: stdlib and msgpack at import time; numpy only inside the bulk paths.
+"""
+
+from trainer.history.cache import SERIES_CACHE, SeriesSummary, load_summary
+from trainer.history.downsample import DEFAULT_MAX_POINTS, Downsampler
+from trainer.history.export import EXPORT_LEADING, ExportReport, export_rows, write_export
+from trainer.history.load import load_series
+from trainer.history.records import (
+    EVAL, META_KEYS, TRAIN, HistoryError, HistoryReader, HistoryWriter, check_record, eval_series_name,
+    read_history, truncate_history,
+)
+from trainer.history.series import SMOOTH_KEY, SeriesSet
+from trainer.history.smoothing import DEFAULT_SMOOTHING, LossSmoother, ema
+
+__all__ = [
+    "DEFAULT_MAX_POINTS", "DEFAULT_SMOOTHING", "EVAL", "EXPORT_LEADING", "META_KEYS", "SERIES_CACHE",
+    "SMOOTH_KEY", "TRAIN", "Downsampler", "ExportReport", "HistoryError", "HistoryReader",
+    "HistoryWriter", "LossSmoother", "SeriesSet", "SeriesSummary", "check_record", "ema",
+    "eval_series_name", "export_rows", "load_series", "load_summary", "read_history",
+    "truncate_history", "write_export",
+]

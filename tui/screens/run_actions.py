@@ -1,0 +1,109 @@
+"""What the keys of the run screen do: requests to the daemon, `longhaul resume`, views, chart options.
+
+`RunActions` is a mixin of `RunScreen`, which declares the key bindings and holds what the
+actions act on: `model`, `link`, `link_state`, `resume_argv`, its views, `_send` (a request whose
+ack and completion it tracks), `_set_action` (the feedback line) and `_request_refresh`.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from textual import work
+from textual.widgets import TabbedContent
+
+from tui.model import ACTIVE_STATES, RESUMABLE_STATES
+from tui.screens.dialogs import ConfirmScreen, SummaryScreen
+from tui.widgets.charts import LineChart
+
+VIEWS = ("dashboard", "detail", "events")
+
+
+def resume_command(run_dir: Path) -> list[str]:
+    """The command `r` runs: `longhaul resume RUN_DIR` with this interpreter."""
+    return [sys.executable, "-m", "trainer.cli", "resume", str(run_dir)]
+
+
+class RunActions:
+    """The `action_*` methods of `RunScreen` and which of them are available (`check_action`)."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        live = self.link_state == "live"
+        if action in ("pause", "checkpoint", "stop"):
+            return True if live and self.model.state in ACTIVE_STATES else None if live else False
+        if action == "resume_run":
+            return not live and self.model.state in RESUMABLE_STATES
+        if action == "summary":
+            return bool(self.model.summary)
+        if action == "chart_option":
+            return self.query_one("#views", TabbedContent).active == "detail"
+        return True
+
+    async def action_pause(self) -> None:
+        await self._send("resume" if self.model.state == "paused" else "pause")
+
+    async def action_checkpoint(self) -> None:
+        await self._send("checkpoint")
+
+    def action_stop(self) -> None:
+        question = (f"Stop run {self.model.name}?\n\nThe trainer finishes its current step, writes a final "
+                    f"checkpoint and exits; `longhaul resume {self.model.name}` continues it later.")
+
+        async def answered(yes: bool | None) -> None:
+            if yes:
+                await self._send("stop")
+            else:
+                self._set_action("stop cancelled", "info")
+
+        self.app.push_screen(ConfirmScreen(question, yes_label="Stop"), answered)
+
+    def action_resume_run(self) -> None:
+        self._set_action(f"resume: running {' '.join(self.resume_argv[-2:])}…", "info")
+        self.resume_run()
+
+    @work(thread=True, exclusive=True, group="resume", name="resume-run")
+    def resume_run(self) -> None:
+        """Run `longhaul resume` and, when it worked, connect to the new daemon at once."""
+        try:
+            done = subprocess.run(self.resume_argv, capture_output=True, text=True, timeout=120,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.app.call_from_thread(self._set_action, f"resume failed: {exc}", "error")
+            return
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+            self.app.call_from_thread(self._set_action, f"resume failed (exit {done.returncode}): {lines[-1]}", "error")
+            return
+        self.app.call_from_thread(self._resumed)
+
+    def _resumed(self) -> None:
+        self._set_action("✓ resume: daemon started", "info")
+        if self.link_state != "live":  # the link may have found the new daemon already
+            self.link_state = "connecting"
+            self.link.retry_now()
+
+    def action_back(self) -> None:
+        """Back to the run picker, when the run was opened from it."""
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+
+    def action_summary(self) -> None:
+        if self.model.summary:
+            self.app.push_screen(SummaryScreen(self.model.name, self.model.summary))
+
+    def action_view(self, view: str) -> None:
+        self.query_one("#views", TabbedContent).active = view
+        self._request_refresh()
+
+    def action_next_view(self) -> None:
+        tabs = self.query_one("#views", TabbedContent)
+        tabs.active = VIEWS[(VIEWS.index(tabs.active) + 1) % len(VIEWS)] if tabs.active in VIEWS else VIEWS[0]
+        self._request_refresh()
+
+    def action_chart_option(self, option: str) -> None:
+        if not self.query("#detail-chart"):
+            return
+        chart = self.query_one("#detail-chart", LineChart)
+        setattr(chart, option, not getattr(chart, option))
+        self._request_refresh()
