@@ -134,6 +134,36 @@ def test_constructors_build_valid_messages():
         p.event("alert", "fatal", "x")
 
 
+def test_fast_path_constructors_skip_validation_only_when_asked():
+    unchecked = p.event("alert", "fatal", "x", check=False)  # the receiver validates it
+    assert unchecked["type"] == "event" and unchecked["level"] == "fatal"
+    assert p.progress(step=1, check=False) == {"type": "progress", "step": 1}
+    assert p.log(1, "stdin", "x", at=1.0, check=False)["stream"] == "stdin"
+    assert p.record({"kind": "train"}, check=False)["record"] == {"kind": "train"}
+    assert p.plan({}, {}, check=False) == {"type": "plan", "plan": {}, "config": {}}
+    with pytest.raises(ProtocolError, match="record.record"):
+        p.record({"kind": "train"})
+
+
+def test_request_id_of_names_the_request_an_event_completes():
+    assert p.request_id_of({"kind": "request", "data": {"id": 7, "outcome": "done"}}) == 7
+    assert p.request_id_of({"type": "event", "kind": "state", "data": {"state": "paused", "request_id": 8}}) == 8
+    assert p.request_id_of({"kind": "checkpoint", "data": {"request_id": 9}}) is None  # caused, not completed
+    assert p.request_id_of({"kind": "state", "data": {"state": "running"}}) is None
+    assert p.request_id_of({"kind": "request", "data": {"id": "7"}}) is None
+    assert p.request_id_of({"kind": "request"}) is None
+    assert p.request_key("request") == "id" and p.request_key("checkpoint") == "request_id"
+
+
+def test_payload_length_reads_the_header_and_enforces_the_limit():
+    data = p.encode(p.ping(), 100)
+    assert p.payload_length(data, 100) == len(data) - p.HEADER_SIZE
+    assert p.payload_length(b"xx" + data, 100, offset=2) == len(data) - p.HEADER_SIZE
+    with pytest.raises(ProtocolError) as info:
+        p.payload_length(struct.pack(">I", 101), 100)
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("payload, code", [
     (b"\xc1", ErrorCode.BAD_FRAME),                           # reserved byte: not msgpack

@@ -37,11 +37,6 @@ HEADER_SIZE = _HEADER.size
 ACTIONS = ("pause", "resume", "checkpoint", "stop")
 LEVELS = ("info", "warning", "error")
 STREAMS = ("stdout", "stderr")
-EVENT_KINDS = (
-    "state", "checkpoint", "checkpoint_failed", "eval", "phase", "lr", "early_stopping", "resume",
-    "crash", "restart", "alert", "finished", "request",
-)
-"""Event kinds the daemon and engine emit. Receivers must accept kinds they do not know."""
 
 
 # ----------------------------------------------------------------------------- errors
@@ -56,7 +51,6 @@ class ErrorCode:
     BAD_FIELD = "bad_field"                # a required field is missing or has the wrong type
     NOT_HELLO = "not_hello"                # the first client frame was not a hello
     FORBIDDEN = "forbidden"                # another user's connection, or too many clients
-    SLOW_CLIENT = "slow_client"            # the client did not keep up with events (best effort)
     INTERNAL = "internal"                  # the daemon failed while serving this connection
 
 
@@ -298,9 +292,16 @@ def validate(msg: Any, accept: Optional[Iterable[str]] = None) -> dict:
     return msg
 
 
-def message(msg_type: str, /, **fields: Any) -> dict:
-    """Build a validated message of type ``msg_type`` (raises ProtocolError if a field is wrong)."""
-    return validate({"type": msg_type, **fields})
+def message(msg_type: str, /, *, check: bool = True, **fields: Any) -> dict:
+    """Build a message of type ``msg_type``, validated (raises ProtocolError if a field is wrong).
+
+    ``check=False`` is the fast path, for frames sent per step or per line: the daemon's own
+    events and log lines, progress it relays, and everything the worker sends (the daemon
+    validates the worker's frames on receipt, so a bad one is reported there, not raised in the
+    middle of a training step).
+    """
+    msg = {"type": msg_type, **fields}
+    return validate(msg) if check else msg
 
 
 # ----------------------------------------------------------------------------- constructors
@@ -328,23 +329,23 @@ def error(code: str, text: str) -> dict:
     return message("error", code=code, message=text)
 
 
-def progress(**fields: Any) -> dict:
+def progress(*, check: bool = True, **fields: Any) -> dict:
     """A progress message; ``fields`` are those of MESSAGES["progress"]."""
-    return message("progress", **fields)
+    return message("progress", check=check, **fields)
 
 
 def event(kind: str, level: str, text: str, data: Optional[dict] = None, *,
-          seq: Optional[int] = None, at: Optional[float] = None) -> dict:
+          seq: Optional[int] = None, at: Optional[float] = None, check: bool = True) -> dict:
     """An event; ``seq`` is left out when None (the worker's events: the daemon numbers them)."""
     msg = {"time": time.time() if at is None else at, "kind": kind, "level": level,
            "message": text, "data": dict(data or {})}
     if seq is not None:
         msg["seq"] = seq
-    return message("event", **msg)
+    return message("event", check=check, **msg)
 
 
-def log(seq: int, stream: str, line: str, at: Optional[float] = None) -> dict:
-    return message("log", seq=seq, time=time.time() if at is None else at, stream=stream, line=line)
+def log(seq: int, stream: str, line: str, at: Optional[float] = None, *, check: bool = True) -> dict:
+    return message("log", check=check, seq=seq, time=time.time() if at is None else at, stream=stream, line=line)
 
 
 def system(**fields: Any) -> dict:
@@ -356,16 +357,37 @@ def ack(id: int, ok: bool, text: str = "") -> dict:
     return message("ack", id=id, ok=ok, message=text)
 
 
-def plan(plan_dict: dict, config: dict) -> dict:
-    return message("plan", plan=plan_dict, config=config)
+def plan(plan_dict: dict, config: dict, *, check: bool = True) -> dict:
+    return message("plan", check=check, plan=plan_dict, config=config)
 
 
-def record(history_record: dict) -> dict:
-    return message("record", record=history_record)
+def record(history_record: dict, *, check: bool = True) -> dict:
+    return message("record", check=check, record=history_record)
 
 
 def control(id: int, action: str) -> dict:
     return message("control", id=id, action=action)
+
+
+def request_key(kind: str) -> str:
+    """The ``data`` field by which an event of ``kind`` names a request: ``id`` in a ``request``
+    event (a request's outcome), ``request_id`` in any other event a request caused."""
+    return "id" if kind == "request" else "request_id"
+
+
+def request_id_of(event: Mapping[str, Any]) -> Optional[int]:
+    """The id of the request that ``event`` (an event frame or body) completes, else None.
+
+    A request is completed by its ``request`` event, or, for pause and resume, by the ``state``
+    event the trainer answers with. Other events may name the request that caused them (a
+    checkpoint it asked for) without completing it. A stop is also over when the run reaches a
+    final state; that rule is the waiting client's (it knows which action it sent).
+    """
+    kind = event.get("kind")
+    if kind not in ("request", "state"):
+        return None
+    value = (event.get("data") or {}).get(request_key(kind))
+    return value if isinstance(value, int) else None
 
 
 def check_hello(msg: dict) -> None:
@@ -397,9 +419,13 @@ def encode(msg: dict, limit: int) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-def _check_length(length: int, limit: int) -> None:
+def payload_length(header: bytes | bytearray, limit: int, offset: int = 0) -> int:
+    """The payload length announced by the frame header at ``offset`` of ``header``; raises
+    ProtocolError (frame_too_large) when it is over ``limit``, before any payload is read."""
+    (length,) = _HEADER.unpack_from(header, offset)
     if length > limit:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes announced, limit is {limit}")
+    return length
 
 
 def decode_payload(payload: bytes | bytearray, accept: Optional[Iterable[str]] = None) -> dict:
@@ -442,8 +468,7 @@ class FrameDecoder:
         pos = 0
         try:
             while len(self._buf) - pos >= HEADER_SIZE:
-                (length,) = _HEADER.unpack_from(self._buf, pos)
-                _check_length(length, self.limit)
+                length = payload_length(self._buf, self.limit, pos)
                 end = pos + HEADER_SIZE + length
                 if len(self._buf) < end:
                     break
@@ -461,9 +486,7 @@ class FrameDecoder:
 # ----------------------------------------------------------------------------- asyncio helpers
 async def read_frame(reader: asyncio.StreamReader, limit: int, accept: Optional[Iterable[str]] = None) -> dict:
     """Read one frame. Raises ProtocolError, or asyncio.IncompleteReadError at end of stream."""
-    header = await reader.readexactly(HEADER_SIZE)
-    (length,) = _HEADER.unpack(header)
-    _check_length(length, limit)
+    length = payload_length(await reader.readexactly(HEADER_SIZE), limit)
     return decode_payload(await reader.readexactly(length), accept)
 
 
@@ -489,8 +512,7 @@ def recv_frame(sock: socket.socket, limit: int, timeout: Optional[float] = None,
     deadline = None if timeout is None else time.monotonic() + timeout
     previous = sock.gettimeout()
     try:
-        (length,) = _HEADER.unpack(_recv_exactly(sock, HEADER_SIZE, deadline))
-        _check_length(length, limit)
+        length = payload_length(_recv_exactly(sock, HEADER_SIZE, deadline), limit)
         return decode_payload(_recv_exactly(sock, length, deadline), accept)
     finally:
         sock.settimeout(previous)
