@@ -15,7 +15,7 @@ import pytest
 
 from daemon_helpers import (Launcher, RawClient, is_final_state, make_run, read_events, short_runtime_dir,
                             wait_exit, wait_for)
-from trainer import client, daemon, runs
+from trainer import control, daemon, runs
 
 
 @pytest.fixture
@@ -311,32 +311,32 @@ def test_requests_ack_then_completion(env):
     assert events[0]["data"] == {"state": "paused", "request_id": 77}
     assert events[1]["data"] == {"id": 77, "action": "pause", "outcome": "done"}
     wait_for(lambda: runs.status(run_dir)["state"] == "paused", 5, "state.json to say paused")
-    ack, done = client.request(run_dir, "pause", timeout=5)
+    ack, done = control.request(run_dir, "pause", timeout=5)
     assert ack["ok"] is False and ack["message"] == "already paused" and done is None
-    ack, done = client.request(run_dir, "checkpoint", timeout=10)  # works while paused
+    ack, done = control.request(run_dir, "checkpoint", timeout=10)  # works while paused
     assert ack["ok"] and done["kind"] == "request" and done["data"]["outcome"] == "done"
     wait_for(lambda: "last_checkpoint" in runs.StateFile(run_dir).read(), 5, "last_checkpoint in state.json")
     assert runs.StateFile(run_dir).read()["last_checkpoint"]["path"].endswith("fake_ckpt")
-    ack, done = client.request(run_dir, "resume", timeout=5)
+    ack, done = control.request(run_dir, "resume", timeout=5)
     assert ack["ok"] and done["data"]["state"] == "running"
-    ack, _ = client.request(run_dir, "resume", timeout=5)
+    ack, _ = control.request(run_dir, "resume", timeout=5)
     assert not ack["ok"] and ack["message"].startswith("not paused")
-    ack, done = client.request(run_dir, "stop", timeout=20)
+    ack, done = control.request(run_dir, "stop", timeout=20)
     assert ack["ok"] and done["kind"] in ("request", "state")
     wait_exit(pid, 20)
     info = runs.status(run_dir)
     assert info["state"] == "stopped"
     assert runs.StateFile(run_dir).read()["stop_reason"] == "request"
-    with pytest.raises(client.NoDaemon, match="no running daemon"):
-        client.request(run_dir, "pause")
-    assert client.fetch_snapshot(run_dir) is None
+    with pytest.raises(control.NoDaemon, match="no running daemon"):
+        control.request(run_dir, "pause")
+    assert control.fetch_snapshot(run_dir) is None
 
 
 def test_follow_logs_streams_lines(env):
     root, launcher = env
     run_dir = make_run(root, "logs", fake={"steps": 60, "step_time": 0.02})
     launcher.start(run_dir)
-    lines = list(client.follow_logs(run_dir))
+    lines = list(control.follow_logs(run_dir))
     assert lines and lines[-1].startswith("step 60 ")
     numbers = [int(line.split()[1]) for line in lines if line.startswith("step ")]
     assert numbers == list(range(numbers[0], 61))
@@ -393,9 +393,9 @@ def test_stop_during_restart_backoff(env):
                        daemon_cfg={"max_restarts": 5, "backoff_seconds": 30.0, "backoff_max_seconds": 30.0})
     pid = launcher.start(run_dir)
     wait_for(lambda: any(e["kind"] == "restart" for e in read_events(run_dir)), 20, "restart event")
-    ack, done = client.request(run_dir, "pause", timeout=5)
+    ack, done = control.request(run_dir, "pause", timeout=5)
     assert not ack["ok"] and ack["message"].startswith("no trainer is running")
-    ack, done = client.request(run_dir, "stop", timeout=10)
+    ack, done = control.request(run_dir, "stop", timeout=10)
     assert ack["ok"] and ack["message"] == "restart cancelled"
     wait_exit(pid, 10)
     assert runs.status(run_dir)["state"] == "stopped"
@@ -453,7 +453,7 @@ def test_killed_daemon_leaves_an_interrupted_run_and_no_orphan(env):
     assert runs.socket_path(run_dir).exists()
     pid2 = launcher.start(run_dir)
     assert pid2 != pid and runs.effective_state(run_dir) in ("starting", "running")
-    assert client.request(run_dir, "stop", timeout=20)[0]["ok"]
+    assert control.request(run_dir, "stop", timeout=20)[0]["ok"]
     wait_exit(pid2, 20)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from daemon_helpers import RawClient, is_final_state, read_events, short_runtime_dir, wait_exit, wait_for
-from trainer import client, daemon, runs
+from trainer import control, daemon, runs
 from trainer.config import dump_config, load_config
 
 TINY = """
@@ -80,14 +80,14 @@ def test_pause_stop_and_resume_with_the_real_engine(env):
     pid = daemon.launch_daemon(run_dir)
     started.append(pid)
     wait_for(lambda: runs.StateFile(run_dir).read().get("state") == "running", 60, "the engine to start")
-    ack, done = client.request(run_dir, "pause", timeout=30)
+    ack, done = control.request(run_dir, "pause", timeout=30)
     assert ack["ok"] and done["data"].get("state") == "paused"
-    snapshot = client.fetch_snapshot(run_dir)
+    snapshot = control.fetch_snapshot(run_dir)
     assert snapshot["state"] == "paused" and snapshot["plan"]["total_steps"] == 1600
     assert snapshot["config"]["classes"] and snapshot["config"]["model"] == "mfcc_mlp"
-    ack, done = client.request(run_dir, "checkpoint", timeout=30)
+    ack, done = control.request(run_dir, "checkpoint", timeout=30)
     assert ack["ok"] and done["data"]["outcome"] == "done"
-    ack, done = client.request(run_dir, "stop", timeout=60)
+    ack, done = control.request(run_dir, "stop", timeout=60)
     assert ack["ok"] and done is not None
     wait_exit(pid, 30)
     state = runs.StateFile(run_dir).read()
@@ -100,7 +100,7 @@ def test_pause_stop_and_resume_with_the_real_engine(env):
     wait_for(lambda: any(e["kind"] == "resume" for e in read_events(run_dir)), 60, "resume event")
     resumed = [e for e in read_events(run_dir) if e["kind"] == "resume"][-1]
     assert resumed["data"]["step"] == stopped_at
-    ack, _ = client.request(run_dir, "stop", timeout=60)
+    ack, _ = control.request(run_dir, "stop", timeout=60)
     assert ack["ok"]
     wait_exit(pid, 30)
     assert runs.status(run_dir)["state"] == "stopped"

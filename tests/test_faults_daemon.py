@@ -16,7 +16,7 @@ import threading
 
 from daemon_helpers import FAKE_WORKER, RawClient, is_final_state, make_run, wait_exit, wait_for
 from test_daemon import env  # noqa: F401  (fixture: a runs root and a Launcher)
-from trainer import client, console, daemon, eventlog, runs
+from trainer import control, console, daemon, eventlog, runs
 
 TORN = '{"seq": 7, "time": 1.0, "kind": "alert", "lev'
 
@@ -162,7 +162,7 @@ def test_full_disk_mid_run_keeps_the_relay_and_state_json_becomes_true(env, tmpf
     c.recv_until(lambda m: m["type"] == "log")
     c.recv_until(lambda m: m["type"] == "log")  # still relayed after the failure
     # a transition while the disk is full: state.json cannot follow yet
-    ack, done = client.request(run_dir, "pause", timeout=10)
+    ack, done = control.request(run_dir, "pause", timeout=10)
     assert ack["ok"] and done["data"]["state"] == "paused"
     assert daemon_state(run_dir)["state"] == "running"  # stale while the disk is full
     filler.unlink()
@@ -170,9 +170,9 @@ def test_full_disk_mid_run_keeps_the_relay_and_state_json_becomes_true(env, tmpf
     assert daemon_state(run_dir)["pause_reason"] == "request"
     c.recv_until(lambda m: m["type"] == "event" and m["kind"] == "alert" and m["data"].get("what") == "write_resumed"
                  and m["data"]["file"] == "events.jsonl")
-    client.request(run_dir, "resume", timeout=10)
+    control.request(run_dir, "resume", timeout=10)
     c.recv_until(lambda m: m["type"] == "log")
-    ack, _ = client.request(run_dir, "stop", timeout=20)
+    ack, _ = control.request(run_dir, "stop", timeout=20)
     assert ack["ok"]
     wait_exit(pid, 20)
     assert daemon_state(run_dir)["state"] == "stopped"
@@ -198,13 +198,13 @@ def test_trainer_pause_for_a_full_disk_is_a_real_state_and_resume_is_forwarded(e
     wait_for(lambda: daemon_state(run_dir).get("state") == "paused", 10, "state.json to say paused")
     assert daemon_state(run_dir)["pause_reason"] == "disk_full"
     assert runs.status(run_dir)["state"] == "paused"
-    ack, done = client.request(run_dir, "resume", timeout=10)
+    ack, done = control.request(run_dir, "resume", timeout=10)
     assert ack["ok"], "a resume while paused for the disk must reach the trainer"
     assert done["kind"] == "request" and done["data"]["outcome"] == "failed" and "still full" in done["message"]
     filler.unlink()
     wait_for(lambda: daemon_state(run_dir).get("state") == "running", 10, "running again")
     assert daemon_state(run_dir)["pause_reason"] is None
-    client.request(run_dir, "stop", timeout=20)
+    control.request(run_dir, "stop", timeout=20)
     wait_exit(pid, 20)
 
 
@@ -213,7 +213,7 @@ def test_refused_stop_goes_back_to_running_and_a_second_stop_works(env):
     run_dir = make_run(root, "refuse", fake={"steps": 10**6, "step_time": 0.01, "fail_checkpoints": 1})
     pid = launcher.start(run_dir, settings={"stop_timeout": 1.0, "state_write_interval": 0.1})
     wait_for(lambda: daemon_state(run_dir).get("state") == "running", 10, "running")
-    ack, done = client.request(run_dir, "stop", timeout=20)
+    ack, done = control.request(run_dir, "stop", timeout=20)
     assert ack["ok"] and done["kind"] == "request"
     assert done["data"]["outcome"] == "failed" and done["data"]["action"] == "stop"
     wait_for(lambda: daemon_state(run_dir).get("state") == "running", 10, "state.json back to running")
@@ -221,7 +221,7 @@ def test_refused_stop_goes_back_to_running_and_a_second_stop_works(env):
     # the stop's timeout (1 s) was cancelled: the trainer trains on well past it
     step = daemon_state(run_dir).get("step") or 0
     wait_for(lambda: (daemon_state(run_dir).get("step") or 0) > step + 200, 20, "training to go on")
-    ack, done = client.request(run_dir, "stop", timeout=20)
+    ack, done = control.request(run_dir, "stop", timeout=20)
     assert ack["ok"] and done["data"]["outcome"] == "done"
     wait_exit(pid, 20)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]

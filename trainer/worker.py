@@ -54,8 +54,8 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-class DaemonLink:
-    """Worker end of the daemon channel. All methods are thread-safe and never block on I/O."""
+class WorkerLink:
+    """The worker's end of its channel to the daemon. All methods are thread-safe and never block on I/O."""
 
     def __init__(self, sock: socket.socket, controls: queue.SimpleQueue,
                  on_lost: Optional[Callable[[], None]] = None):
@@ -74,7 +74,7 @@ class DaemonLink:
         self._sender = threading.Thread(target=self._send_loop, name="daemon-sender", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="daemon-reader", daemon=True)
 
-    def start(self) -> "DaemonLink":
+    def start(self) -> "WorkerLink":
         self._sender.start()
         self._reader.start()
         return self
@@ -93,7 +93,7 @@ class DaemonLink:
             elif self._progress is not None:
                 # Progress that happened before this event goes out before it (the last
                 # progress before "finished" must not arrive after it).
-                self._ordered.append({"type": "progress", **self._progress})
+                self._ordered.append(protocol.progress(**self._progress, check=False))
                 self._progress = None
             self._ordered.append(msg)
             self._cond.notify()
@@ -130,7 +130,7 @@ class DaemonLink:
                 if msg["type"] == "record":
                     self._records_queued -= 1
             else:
-                msg = {"type": "progress", **self._progress}
+                msg = protocol.progress(**self._progress, check=False)
                 self._progress = None
             self._busy = True
             return msg
@@ -179,23 +179,24 @@ class DaemonLink:
 
 
 class LinkPublisher:
-    """The engine's publisher in daemon mode: everything goes to the daemon link."""
+    """The engine's publisher in daemon mode: everything goes to the daemon link. Frames are not
+    validated here: the daemon validates them on receipt and reports a bad one, so the engine is
+    never interrupted by a field it got wrong."""
 
-    def __init__(self, link: DaemonLink):
+    def __init__(self, link: WorkerLink):
         self.link = link
 
     def progress(self, body: dict) -> None:
         self.link.send_progress(plain(body))
 
     def event(self, kind: str, level: str, message: str, **data: Any) -> None:
-        self.link.send({"type": "event", "time": time.time(), "kind": kind, "level": level,
-                        "message": str(message), "data": plain(data)})
+        self.link.send(protocol.event(kind, level, str(message), plain(data), check=False))
 
     def record(self, record: dict) -> None:
-        self.link.send({"type": "record", "record": plain(record)})
+        self.link.send(protocol.record(plain(record), check=False))
 
     def plan(self, body: dict) -> None:
-        self.link.send({"type": "plan", "plan": plain(body["plan"]), "config": plain(body["config"])})
+        self.link.send(protocol.plan(plain(body["plan"]), plain(body["config"]), check=False))
 
 
 class OutputFallback:
@@ -280,7 +281,7 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
     sock = socket.socket(fileno=args.control_fd)
     sock.setblocking(True)
     controls: queue.SimpleQueue = queue.SimpleQueue()
-    link = DaemonLink(sock, controls, on_lost=fallback.redirect).start()
+    link = WorkerLink(sock, controls, on_lost=fallback.redirect).start()
     publisher = LinkPublisher(link)
 
     def on_term(signum, frame):

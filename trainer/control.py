@@ -1,8 +1,8 @@
-"""Blocking client helpers for the CLI: one request, one snapshot, a log tail.
+"""The CLI's blocking side of a run's daemon: one request (pause, resume, checkpoint, stop), one
+snapshot, a log tail.
 
-The TUI has its own asyncio link (tui/client.py); these helpers are for commands that connect,
-do one thing and exit. They speak the protocol of docs/PROTOCOL.md over the run's Unix socket.
-No torch here.
+The TUI has its own asyncio link; these helpers are for commands that connect, do one thing and
+exit. They speak the protocol of docs/PROTOCOL.md over the run's Unix socket. No torch here.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typing import Iterator, Optional
 from trainer import protocol, runs
 
 CONNECT_TIMEOUT = 5.0
-FINAL_STATES = ("stopped", "finished", "failed")
 
 
 class ClientError(Exception):
@@ -74,13 +73,12 @@ class Connection:
 
 
 def completes(event: dict, request_id: int, action: str) -> bool:
-    """Whether an event frame/body is the completion of request `request_id` (`action`)."""
-    kind, data = event.get("kind"), event.get("data") or {}
-    if kind == "request" and data.get("id") == request_id:
+    """Whether an event frame/body is the completion of request `request_id` (`action`): the one
+    the protocol names, or for a stop, the run reaching a final state by any way."""
+    if protocol.request_id_of(event) == request_id:
         return True
-    if kind == "state" and data.get("request_id") == request_id:
-        return True
-    return action == "stop" and kind == "state" and data.get("state") in FINAL_STATES
+    state = (event.get("data") or {}).get("state")
+    return action == "stop" and event.get("kind") == "state" and state in runs.FINAL_STATES
 
 
 def request(run_dir: Path, action: str, timeout: float = 300.0) -> tuple[dict, Optional[dict]]:
