@@ -16,6 +16,7 @@ import pytest
 from daemon_helpers import (Launcher, RawClient, is_final_state, make_run, read_events, short_runtime_dir,
                             wait_exit, wait_for)
 from trainer import control, daemon, runs
+from trainer.daemon import hub
 
 
 @pytest.fixture
@@ -253,11 +254,11 @@ def test_bad_frames_close_only_that_connection(env):
 
 
 def test_foreign_uid_is_refused():
-    assert daemon.peer_refusal(1000, 1000) is None
-    assert "uid 1001 refused" in daemon.peer_refusal(1001, 1000)
+    assert hub.peer_refusal(1000, 1000) is None
+    assert "uid 1001 refused" in hub.peer_refusal(1001, 1000)
     a, b = socket.socketpair()
     try:
-        assert daemon.peer_uid(a) == os.getuid()
+        assert hub.peer_uid(a) == os.getuid()
     finally:
         a.close()
         b.close()
@@ -511,7 +512,7 @@ class FakeWriter:
 
 
 def test_client_that_keeps_up_gets_every_frame_written_at_once_in_order():
-    conn = daemon.ClientConn(1, None, FakeWriter(), daemon.Settings(max_backlog=1000))
+    conn = hub.ClientConn(1, None, FakeWriter(), daemon.Settings(max_backlog=1000))
     conn.push_latest("progress", b"p1")
     conn.push(b"log1")
     conn.push(b"event1", after_latest=True)
@@ -523,7 +524,7 @@ def test_backed_up_client_queue_coalesces_orders_and_bounds():
     import asyncio
 
     async def scenario():
-        conn = daemon.ClientConn(1, None, FakeWriter(), daemon.Settings(max_backlog=1000))
+        conn = hub.ClientConn(1, None, FakeWriter(), daemon.Settings(max_backlog=1000))
         conn.writer.transport.buffered = 101  # over the transport's high-water mark
         conn.push_latest("progress", b"p1")
         conn.push_latest("progress", b"p2")  # latest wins

@@ -1,0 +1,270 @@
+"""The Daemon: one run's hub, supervisor, requests and journal, wired on one asyncio loop.
+
+The daemon decides what the worker's frames mean for the run (its state, its events, its
+snapshot); each part does the rest: `hub` the clients, `supervisor` the worker process,
+`requests` the request -> ack -> completion path, `journal` the run directory.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from trainer import protocol, runs
+from trainer.daemon.hub import ClientConn, Hub, peer_uid
+from trainer.daemon.journal import Journal
+from trainer.daemon.ownership import RunLock
+from trainer.daemon.requests import Requests
+from trainer.daemon.settings import Settings
+from trainer.daemon.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Owns one run directory while it trains. `await Daemon(run_dir).run()` -> exit code."""
+
+    def __init__(self, run_dir: Path, worker_argv: Optional[list[str]] = None,
+                 settings: Optional[Settings] = None,
+                 peer_uid_fn: Callable[[socket.socket], int] = peer_uid, owner_uid: Optional[int] = None):
+        self.run_dir = Path(run_dir).absolute()
+        self.name = self.run_dir.name
+        self.settings = settings or Settings()
+        self.cfg = None
+        self.state: Optional[str] = None
+        self.progress: Optional[dict] = None
+        self.system: Optional[dict] = None
+        self.last_checkpoint_failed = False
+        self._last_progress_write = 0.0
+        self._tasks: set[asyncio.Task] = set()
+        self.lock = RunLock(self.run_dir)
+        self.journal = Journal(self.run_dir, alert=lambda level, text, data: self.emit("alert", level, text, data))
+        self.requests = Requests(emit=self.emit)
+        self.hub = Hub(self.settings, welcome=self._welcome, on_request=self._on_request,
+                       peer_uid_fn=peer_uid_fn, owner_uid=owner_uid)
+        self.supervisor = Supervisor(self.run_dir, worker_argv or [sys.executable, "-m", "trainer.worker"],
+                                     self.settings, self.requests, host=self, spawn=self._spawn)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, install_signals: bool = False) -> int:
+        """Serve the run until it finishes, stops or fails. Returns the process exit code
+        (0 finished/stopped, 1 failed). Raises DaemonError when the run is owned elsewhere."""
+        self.lock.acquire()
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.shutdown, f"signal {sig.name}")
+        try:
+            return await self._run()
+        finally:
+            await self._close()
+
+    async def _run(self) -> int:
+        self.journal.open()
+        self._spawn(self.journal.retry_writes(self.settings.write_retry_interval))
+        pid = os.getpid()
+        self.set_state("starting", f"daemon started (pid {pid})", data={"pid": pid}, pid=pid,
+                       socket=str(self.lock.socket_file), stop_reason=None, name=self.name)
+        try:
+            from trainer.config import load_config
+
+            self.cfg = load_config(self.run_dir / runs.CONFIG_FILE, check_paths=False, check_model=False)
+        except Exception as exc:  # ConfigError or unreadable file: nothing to supervise
+            self.set_state("failed", f"cannot load the run's config: {exc}", level="error")
+            return 1
+        await self.journal.load_history(self.cfg.eval.monitor_rule)
+        self.journal.load_plan()
+        await self.hub.listen(self.lock.socket_file)
+        sampler = self._spawn(self._sample_system())
+        final = await self.supervisor.supervise(self.cfg.daemon)
+        sampler.cancel()
+        await self.hub.linger()
+        await self.journal.prime_series_cache()
+        return 0 if final in ("finished", "stopped") else 1
+
+    def shutdown(self, reason: str = "shutdown") -> None:
+        """Stop the run (signal handler; also callable from tests via call_soon_threadsafe)."""
+        self.supervisor.shutdown(reason)
+
+    async def _close(self) -> None:
+        self.hub.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.hub.remove_socket()
+        await self.journal.close()
+        self.lock.release()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("daemon task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------ state and events
+    def set_state(self, state: str, message: Optional[str] = None, level: str = "info",
+                  data: Optional[dict] = None, at: Optional[float] = None, **fields: Any) -> None:
+        """Enter `state`: a `state` event (file + clients) and a state.json write. A repeated
+        state is not a transition and is ignored."""
+        data = {**(data or {}), "state": state}
+        # Why the run is paused (a request, or the trainer's own pause on a full disk), for
+        # `status` and clients; cleared by any other state.
+        fields["pause_reason"] = (data.get("reason") or "request") if state == "paused" else None
+        if state == "running" and state != self.state:
+            # the trainer runs: this start lived, so the count of deaths at start is over
+            fields = {"launch_failures": 0, "launch_error": None, **fields}
+        if state == self.state:
+            if state == "paused" or len(fields) > 1:
+                self.journal.write_state(**fields)
+            return
+        if state == "stopped" and self.last_checkpoint_failed:
+            level = "warning"
+            message = (f"{message or state}; the last checkpoint failed, so a resume starts from the "
+                       "checkpoint before it")
+            data["checkpoint_failed"] = True
+        self.state = state
+        self.emit("state", level, message or state, data, at=at)
+        progress = runs.progress_fields(self.progress) if self.progress else {}
+        self.journal.write_state(**progress, state=state, **fields)
+        if state in runs.FINAL_STATES:
+            self.journal.sync()
+
+    def emit(self, kind: str, level: str, message: str, data: dict, at: Optional[float] = None) -> dict:
+        """Number an event, append it to events.jsonl and send it to every client. A full
+        disk never stops an event: the journal holds it in memory and clients get it at once."""
+        level = level if level in protocol.LEVELS else "info"
+        body = self.journal.add_event(kind, level, message, data, at=at)
+        self.hub.broadcast(protocol.event(kind, level, message, data, seq=body["seq"], at=body["time"], check=False))
+        self.journal.note_events_written()
+        return body
+
+    # ------------------------------------------------------------------ clients
+    def snapshot(self) -> dict:
+        """What a new client needs to draw everything before the live stream starts."""
+        series = self.journal.series
+        return {
+            "state": self.state or "starting",
+            "config": self._config_summary(),
+            "plan": (self.journal.plan_body or {}).get("plan") or {},
+            "progress": self.progress,
+            "series": series.snapshot_series() if series is not None else {},
+            "eval": series.eval_summary() if series is not None else {"last": None, "best": None},
+            "events": list(self.journal.events),
+            "logs": list(self.journal.logs),
+            "system": self.system,
+        }
+
+    def _config_summary(self) -> dict:
+        summary = self.cfg.summary()
+        if self.journal.plan_body:
+            summary.update(self.journal.plan_body.get("config") or {})
+        return summary
+
+    def _welcome(self) -> dict:
+        run = {"name": self.name, "dir": str(self.run_dir), "daemon_pid": os.getpid()}
+        return protocol.welcome(run, self.snapshot())
+
+    def _on_request(self, conn: ClientConn, request_id: int, action: str) -> None:
+        self.requests.handle(conn, request_id, action, self.state, self.supervisor)
+
+    async def _sample_system(self) -> None:
+        from trainer.sysmon import SystemSampler
+
+        sampler = SystemSampler(self.run_dir, lambda: self.supervisor.pid)
+        reported = False
+        while True:
+            try:
+                body = await asyncio.to_thread(sampler.sample)
+                msg = protocol.system(**body)
+            except Exception as exc:  # skip this sample; say so once, not every interval
+                if not reported:
+                    log.warning("system sample skipped (%s); later ones are skipped silently", exc)
+                    reported = True
+            else:
+                self.system = body
+                self.hub.broadcast(msg, coalesce=True)
+            await asyncio.sleep(self.cfg.daemon.system_interval)
+
+    # ------------------------------------------------------------------ what the worker says
+    def worker_starting(self) -> None:
+        self.journal.series_stale = True
+
+    def worker_exited(self) -> None:
+        if self.progress is not None:
+            self.journal.write_state(**runs.progress_fields(self.progress))
+
+    def on_worker_output(self, stream: str, lines: list[str]) -> None:
+        for line in lines:
+            body = self.journal.add_log(stream, line)
+            self.hub.broadcast(protocol.log(body["seq"], stream, line, at=body["time"], check=False))
+        self.journal.write_log(lines)
+
+    async def on_worker_frame(self, msg: dict) -> None:
+        match msg["type"]:
+            case "progress":
+                self._on_progress(msg)
+            case "event":
+                self._on_worker_event(msg)
+            case "record":
+                await self.journal.feed_record(msg["record"])
+            case "plan":
+                self.journal.plan_body = {"plan": msg["plan"], "config": msg["config"]}
+                # clients that attached before the trainer laid out its plan need it too
+                self.hub.broadcast(protocol.plan(msg["plan"], msg["config"]), coalesce=True)
+            case "ack":
+                if not msg["ok"]:
+                    self.requests.refused_by_trainer(msg)
+
+    def _on_progress(self, msg: dict) -> None:
+        self.progress = {k: v for k, v in msg.items() if k != "type"}
+        if self.state == "starting":
+            self.set_state("running", "training")
+        self.hub.send_progress(msg)
+        now = time.monotonic()
+        if now - self._last_progress_write >= self.settings.state_write_interval:
+            self._last_progress_write = now
+            self.journal.write_state(**runs.progress_fields(self.progress))
+
+    def _on_worker_event(self, msg: dict) -> None:
+        kind, level, text, at = msg["kind"], msg["level"], msg["message"], msg["time"]
+        data = dict(msg["data"])
+        completed = self.requests.relabel(kind, data)
+        if kind == "state":
+            self._on_worker_state(data, text, level, at, completed)
+            return
+        if kind == "request" and completed is not None and completed.action == "stop" \
+                and data.get("outcome") == "failed":
+            self.supervisor.stop_failed(text)
+        if kind == "checkpoint_failed":
+            self.last_checkpoint_failed = True
+        if kind == "checkpoint":
+            self.supervisor.checkpointed = True
+            self.last_checkpoint_failed = False
+            self.journal.write_state(last_checkpoint={"time": at, "step": data.get("step"), "path": data.get("path")})
+        self.emit(kind, level, text, data, at=at)
+        if kind == "checkpoint":  # the events up to a checkpoint must survive a power cut
+            self.journal.sync()
+
+    def _on_worker_state(self, data: dict, text: str, level: str, at: float, completed) -> None:
+        state = data.get("state")
+        if state not in runs.RUN_STATES or state == "interrupted":
+            self.emit("alert", "warning", f"trainer reported unknown state {state!r}", {"what": "state"})
+            return
+        self.supervisor.last_state = state
+        if not (self.state == "stopping" and state in ("running", "paused")):  # keep showing the stop
+            self.set_state(state, text, level=level, data=data, at=at)
+        if completed is not None:  # the engine answers pause/resume with a state event only
+            self.emit("request", "info", f"{completed.action}: done ({state})",
+                      {"id": completed.client_id, "action": completed.action, "outcome": "done"})

@@ -1,0 +1,142 @@
+"""Starting a run's daemon (for `longhaul start/resume`) and the daemon process's entry point.
+
+    longhaul start/resume -> launch_daemon(run_dir) -> python -m trainer.daemon RUN_DIR -> main()
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from trainer import eventlog, runs
+from trainer.daemon.core import Daemon
+from trainer.daemon.ownership import DaemonError, wait_for_exiting_daemon
+from trainer.daemon.settings import Settings
+from trainer.daemon.supervisor import child_env, describe_exit
+
+log = logging.getLogger(__name__)
+
+
+def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: float = 30.0,
+                  settings: Optional[dict] = None) -> int:
+    """Start the daemon of `run_dir` in a new session and return its pid once it is alive.
+
+    The daemon's stdout/stderr go to RUN_DIR/daemon.log. Waits at most `wait` seconds for its
+    first sign of life (state.json names its pid and it is starting/running with its socket
+    listening, or the trainer reported progress) or of death (it exited, or state.json says
+    failed). Raises DaemonError if the run already has a live daemon, or when the daemon dies
+    at start, with the cause (the failed state's message, the tail of daemon.log); each such
+    death adds one to state.json's `launch_failures` (the daemon resets it once its trainer
+    runs: only the daemon writes state.json while it lives), which is
+    how `resume --all` at boot stops retrying a run that cannot start.
+    A daemon still starting after `wait` seconds is left running and its pid returned.
+    `worker_script` replaces `-m trainer.worker` (tests use a fake trainer); `settings`
+    overrides fields of `Settings` (tests shrink timeouts and bounds).
+    """
+    run_dir = Path(run_dir).absolute()
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise DaemonError(f"{run_dir} has no {runs.CONFIG_FILE}: not a run directory")
+    current = runs.read_state(run_dir)  # a damaged state.json is rebuilt, not a dead end
+    if runs.effective_state(run_dir, current) in runs.LIVE_STATES:
+        raise DaemonError(f"run {run_dir.name} is already {current.get('state')} (daemon pid {current.get('pid')})")
+    runs.socket_path(run_dir)  # fail here, in the user's terminal, if no socket directory is safe
+    wait_for_exiting_daemon(run_dir)
+    argv = [sys.executable, "-m", "trainer.daemon", str(run_dir)]
+    if worker_script is not None:
+        argv += ["--worker-script", str(Path(worker_script).absolute())]
+    if settings:
+        argv += ["--settings", json.dumps(settings)]
+    log_path = run_dir / "daemon.log"
+    with open(log_path, "ab") as log_fh:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, env=child_env(), cwd=str(run_dir))
+    failure = _first_sign(proc, run_dir, wait)
+    if failure is not None:
+        _count_launch_failure(run_dir, failure)
+        tail = "".join(f"\n    {line}" for line in runs.tail_lines(log_path, 15))
+        raise DaemonError(f"the daemon of {run_dir.name} died at start: {failure}"
+                          + (f"\n  {log_path} ends with:{tail}" if tail else ""))
+    return proc.pid
+
+
+def _first_sign(proc: subprocess.Popen, run_dir: Path, wait: float) -> Optional[str]:
+    """Poll until the daemon shows life (None) or death (the cause, a sentence); None also when
+    `wait` runs out with the daemon still starting."""
+    deadline = time.monotonic() + wait
+    last_step = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return _death_cause(proc, run_dir)
+        try:
+            state = runs.StateFile(run_dir).read()
+        except runs.StateFileError:
+            state = {}
+        if state.get("pid") == proc.pid:
+            if state.get("state") == "failed":
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                return _death_cause(proc, run_dir)
+            listening = isinstance(state.get("socket"), str) and os.path.exists(state["socket"])
+            if state.get("state") in ("starting", "running") and listening:
+                return None
+            if last_step is not None and state.get("step") != last_step:
+                return None  # the trainer reported progress
+            last_step = state.get("step")
+        time.sleep(0.02)
+    return None
+
+
+def _death_cause(proc: subprocess.Popen, run_dir: Path) -> str:
+    """Why a daemon died at start: its last `failed` state message, else its exit status."""
+    code = proc.poll()
+    if code is None:
+        exit_text = "it is exiting"
+    elif code < 0:
+        exit_text = describe_exit(code)[2].replace("trainer", "daemon", 1)
+    else:
+        exit_text = f"exit code {code}"
+    states = [e for e in eventlog.read_tail(run_dir / "events.jsonl", 20) if e.get("kind") == "state"]
+    if states and (states[-1].get("data") or {}).get("state") == "failed":
+        return f"{states[-1].get('message')} ({exit_text})"
+    return exit_text
+
+
+def _count_launch_failure(run_dir: Path, cause: str) -> None:
+    try:
+        state = runs.read_state(run_dir)
+        count = state.get("launch_failures") if isinstance(state.get("launch_failures"), int) else 0
+        runs.StateFile(run_dir).update(launch_failures=count + 1, launch_error=cause[:2000])
+    except (OSError, runs.RunError) as exc:
+        log.warning("cannot record the launch failure in %s: %s", run_dir / runs.STATE_FILE, exc)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.daemon",
+                                     description="longhaul run daemon (started by `longhaul start`)")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--worker-script", type=Path,
+                        help="run this Python script as the worker instead of trainer.worker (tests)")
+    parser.add_argument("--settings", type=json.loads, default={},
+                        help="JSON object overriding daemon tunables (see Settings), e.g. '{\"max_backlog\": 1048576}'")
+    args = parser.parse_args(argv)
+    runs.apply_umask()  # run data is private (LONGHAUL_UMASK relaxes it); the worker inherits it
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s daemon[%(process)d]: %(message)s")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no terminal; be explicit anyway
+    worker_argv = [sys.executable, str(args.worker_script)] if args.worker_script else None
+    try:
+        daemon = Daemon(args.run_dir, worker_argv, Settings(**args.settings))
+        return asyncio.run(daemon.run(install_signals=True))
+    except (DaemonError, runs.RuntimeDirError) as exc:
+        log.error("%s", exc)
+        return 3

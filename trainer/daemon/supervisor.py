@@ -1,0 +1,329 @@
+"""The worker child: its start, environment and output, the crash/backoff/give-up policy, and
+the stop sequence.
+
+    python -m trainer.worker RUN_DIR --control-fd N
+
+The worker runs the engine and sends progress, events, history records and its plan over a
+socketpair (same framing as clients); its stdout/stderr become train.log and `log` frames. A
+crash is reported and the worker restarted with exponential backoff (it resumes from its last
+checkpoint by itself) up to `daemon.max_restarts` consecutive crashes; then the run is `failed`.
+A stop (a request, SIGTERM/SIGINT) asks the worker to checkpoint and exit, and terminates it if
+it takes too long. A stop whose final checkpoint failed (the trainer answers `request` outcome
+"failed" and trains on) puts the run back in the trainer's real state; a later stop tries again.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+from trainer import protocol
+from trainer.daemon.journal import MAX_LOG_LINE, clean_line
+from trainer.daemon.requests import Pending, Requests
+from trainer.daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+STDERR_TAIL = 40
+
+
+def child_env() -> dict:
+    """The environment of a process the daemon side starts (the daemon, its worker): this
+    checkout first on PYTHONPATH, so `python -m trainer...` runs this code whatever the cwd."""
+    env = dict(os.environ)
+    paths = [str(PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def describe_exit(returncode: int) -> tuple[Optional[int], Optional[str], str]:
+    """(signal number, signal name, human sentence) for a worker's return code."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        text = f"trainer killed by {name}"
+        if -returncode == signal.SIGKILL:
+            text += " (possibly out of memory: check `dmesg` or `journalctl -k` for the OOM killer)"
+        return -returncode, name, text
+    return None, None, f"trainer exited with code {returncode}"
+
+
+class Host(Protocol):
+    """What the supervisor tells the daemon it works for."""
+
+    def set_state(self, state: str, message: Optional[str] = None, level: str = "info", **fields) -> None: ...
+
+    def emit(self, kind: str, level: str, message: str, data: dict) -> dict: ...
+
+    def worker_starting(self) -> None: ...
+
+    async def on_worker_frame(self, msg: dict) -> None: ...
+
+    def on_worker_output(self, stream: str, lines: list[str]) -> None: ...
+
+    def worker_exited(self) -> None: ...
+
+
+class Supervisor:
+    """Runs the worker until the run ends. `spawn(coro)` starts a task the daemon cancels at exit."""
+
+    def __init__(self, run_dir: Path, argv: list[str], settings: Settings, requests: Requests, host: Host,
+                 spawn: Callable[..., asyncio.Task]):
+        self.run_dir = run_dir
+        self.argv = argv
+        self.settings = settings
+        self.requests = requests
+        self.host = host
+        self.spawn = spawn
+        self.proc: Optional[asyncio.subprocess.Process] = None
+        self.writer: Optional[asyncio.StreamWriter] = None
+        # what the current worker said about itself (the daemon notes its state and checkpoints)
+        self.last_state: Optional[str] = None
+        self.checkpointed = False
+        self.traceback: Optional[str] = None
+        self.stderr_tail: collections.deque = collections.deque(maxlen=STDERR_TAIL)
+        self.restart_pending = False
+        self.shutting_down = False
+        self.stop_reason: Optional[str] = None
+        self.stop_event = asyncio.Event()
+        self._stop_timer: Optional[asyncio.Task] = None
+
+    @property
+    def running(self) -> bool:
+        """A worker is up and its channel open: requests can go to it."""
+        return self.proc is not None and self.writer is not None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc is not None else None
+
+    # ------------------------------------------------------------------ stopping
+    def shutdown(self, reason: str) -> None:
+        """Stop the run (SIGTERM/SIGINT, or the daemon's owner)."""
+        if self.shutting_down:
+            log.warning("%s: already stopping", reason)
+            return
+        log.info("%s: stopping the run", reason)
+        self.shutting_down = True
+        self.stop_reason = reason
+        if self.running:
+            self.begin_stop(Pending(None, 0, "stop"), reason)
+        self.stop_event.set()
+
+    def cancel_restart(self) -> None:
+        """A stop request while a restart is pending: no restart."""
+        self.stop_reason = "request"
+        self.stop_event.set()
+
+    def begin_stop(self, pending: Pending, reason: str) -> None:
+        """The stop sequence: ask the worker to checkpoint and stop; terminate it if it takes too long."""
+        self.stop_reason = reason
+        self.forward(pending)
+        text = "stop requested" if reason == "request" else reason
+        self.host.set_state("stopping", f"{text}: checkpointing and stopping", stop_reason=reason)
+        self._cancel_stop_timer()
+        self._stop_timer = self.spawn(self._enforce_stop_timeout(self.proc))
+
+    def forward(self, pending: Pending) -> None:
+        """Send a request to the worker under the daemon's id for it."""
+        worker_id = self.requests.register(pending)
+        try:
+            self.writer.write(protocol.encode(protocol.control(worker_id, pending.action), protocol.MAX_CLIENT_FRAME))
+        except (ConnectionError, OSError) as exc:  # the exit handler reports the worker's end
+            log.warning("cannot forward %s to the worker: %s", pending.action, exc)
+
+    def stop_failed(self, text: str) -> None:
+        """The trainer could not write its final checkpoint and kept training instead of
+        stopping: show the state it is really in, and let a later stop try again. A daemon that
+        is shutting down must still end: it terminates the worker, whose own stop ends the run
+        with or without a checkpoint (the final state then says the checkpoint failed)."""
+        self._cancel_stop_timer()
+        if self.shutting_down:
+            log.warning("the trainer refused to stop (%s): terminating it", text)
+            if self.proc is not None:
+                _signal(self.proc, signal.SIGTERM)
+                self._stop_timer = self.spawn(self._enforce_stop_timeout(self.proc))
+            return
+        self.stop_reason = None
+        state = self.last_state if self.last_state in ("running", "paused") else "running"
+        self.host.set_state(state, f"stop failed, training goes on: {text}", level="warning", stop_reason=None)
+
+    def _cancel_stop_timer(self) -> None:
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+            self._stop_timer = None
+
+    async def _enforce_stop_timeout(self, proc: asyncio.subprocess.Process) -> None:
+        try:
+            await asyncio.wait_for(proc.wait(), self.settings.stop_timeout)
+        except TimeoutError:
+            log.error("worker did not stop within %.0f s: terminating it", self.settings.stop_timeout)
+            _signal(proc, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.settings.kill_timeout)
+            except TimeoutError:
+                _signal(proc, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ the policy
+    async def supervise(self, daemon_cfg) -> str:
+        """Run the worker until the run ends; returns the final state (`daemon_cfg`: the run's
+        `daemon` config section: restarts and backoff)."""
+        crashes = 0
+        while True:
+            if self.stop_event.is_set():  # stopped before the first worker started
+                self.host.set_state("stopped", f"{self.stop_reason}: stopped before training started",
+                                    stop_reason=self.stop_reason)
+                return "stopped"
+            returncode = await self._run_worker()
+            # "failed" from a clean exit: the trainer decided (e.g. no best checkpoint); no restart
+            if returncode == 0 and self.last_state in ("finished", "stopped", "failed"):
+                final = self.last_state
+                self.requests.finish(final)
+                self.host.set_state(final, stop_reason=self.stop_reason if final == "stopped" else None)
+                return final
+            self._report_crash(returncode)
+            if self.shutting_down or self.stop_reason == "request":
+                self.requests.finish("stopped")
+                self.host.set_state("stopped", "stopped (the trainer did not exit cleanly)", level="warning",
+                                    stop_reason=self.stop_reason)
+                return "stopped"
+            self.requests.finish("failed")
+            # A crash after the worker made durable progress starts a new count: a rare crash
+            # in a weeks-long run should not use up the budget of a crash loop.
+            crashes = 1 if self.checkpointed else crashes + 1
+            if crashes > daemon_cfg.max_restarts:
+                self.host.set_state("failed", f"giving up after {crashes - 1} restart(s): the trainer keeps "
+                                    "crashing (see train.log)", level="error")
+                return "failed"
+            if await self._wait_to_restart(crashes, daemon_cfg):
+                self.host.set_state("stopped", "stopped while waiting to restart", stop_reason=self.stop_reason)
+                return "stopped"
+
+    async def _wait_to_restart(self, crashes: int, daemon_cfg) -> bool:
+        """The backoff before restart number `crashes`; True if a stop came meanwhile."""
+        delay = min(daemon_cfg.backoff_seconds * 2 ** (crashes - 1), daemon_cfg.backoff_max_seconds)
+        self.host.emit("restart", "warning", f"restarting the trainer in {delay:.0f} s (attempt {crashes} of "
+                       f"{daemon_cfg.max_restarts})", {"attempt": crashes, "delay": delay,
+                                                       "max_restarts": daemon_cfg.max_restarts})
+        self.host.set_state("starting", f"restarting after a crash in {delay:.0f} s")
+        self.restart_pending = True
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), delay)
+        except TimeoutError:
+            pass
+        self.restart_pending = False
+        return self.stop_event.is_set()
+
+    def _report_crash(self, returncode: Optional[int]) -> None:
+        signum = signame = None
+        if returncode is None:
+            text = "trainer could not be started"
+        elif returncode == 0:
+            text = "trainer exited with code 0 without reporting finished or stopped"
+        else:
+            signum, signame, text = describe_exit(returncode)
+        trace = self.traceback or "\n".join(self.stderr_tail)
+        if self.traceback:
+            last = self.traceback.strip().splitlines()[-1:]
+            text += f": {last[0]}" if last else ""
+        self.host.emit("crash", "error", text, {"returncode": returncode, "signal": signum, "signal_name": signame,
+                                                "traceback": trace})
+
+    # ------------------------------------------------------------------ one worker
+    async def _run_worker(self) -> Optional[int]:
+        """Start the worker, relay it until it exits, return its exit code (None: no start)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [*self.argv, str(self.run_dir), "--control-fd", str(child.fileno())]
+        self.last_state = None
+        self.traceback = None
+        self.checkpointed = False
+        self.host.worker_starting()
+        self.stderr_tail.clear()
+        env = {**child_env(), "PYTHONUNBUFFERED": "1"}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(child.fileno(),), env=env, cwd=str(self.run_dir))
+        except OSError as exc:
+            parent.close()
+            self.stderr_tail.append(f"cannot start {argv[0]}: {exc}")
+            return None
+        finally:
+            child.close()
+        log.info("worker started (pid %d)", proc.pid)
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        self.proc, self.writer = proc, writer
+        if self.shutting_down:  # the signal came while the worker was being started
+            self.begin_stop(Pending(None, 0, "stop"), self.stop_reason)
+        relays = [asyncio.create_task(self._pump_output(proc.stdout, "stdout")),
+                  asyncio.create_task(self._pump_output(proc.stderr, "stderr")),
+                  asyncio.create_task(self._read_worker(reader, proc))]
+        returncode = await proc.wait()
+        log.info("worker %d exited with %d", proc.pid, returncode)
+        self.proc, self.writer = None, None  # requests from now on are refused
+        # Drain what the worker sent before exiting; children it left behind may hold the
+        # pipes open, hence the timeout.
+        _done, late = await asyncio.wait(relays, timeout=5.0)
+        for task in late:
+            task.cancel()
+        writer.close()
+        self.host.worker_exited()
+        return returncode
+
+    async def _read_worker(self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process) -> None:
+        while True:
+            try:
+                msg = await protocol.read_frame(reader, protocol.MAX_SERVER_FRAME, protocol.WORKER_TO_DAEMON)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            except protocol.ProtocolError as exc:
+                self.host.emit("alert", "error", f"the trainer sent a bad frame ({exc}); restarting it",
+                               {"what": "worker_protocol"})
+                _signal(proc, signal.SIGTERM)
+                return
+            if msg["type"] == "event" and msg["kind"] == "crash":
+                # reported once, with the exit code, when the worker has exited
+                self.traceback = msg["data"].get("traceback") or msg["message"]
+                continue
+            try:
+                await self.host.on_worker_frame(msg)
+            except Exception:
+                log.exception("failed to handle a %s frame from the worker", msg.get("type"))
+
+    async def _pump_output(self, stream: asyncio.StreamReader, name: str) -> None:
+        """Worker stdout/stderr -> log lines, line by line."""
+        pending = b""
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                if pending:
+                    self._relay_output(name, [pending])
+                return
+            pending += chunk
+            *raws, pending = pending.split(b"\n")
+            if len(pending) > MAX_LOG_LINE:
+                raws.append(pending)
+                pending = b""
+            self._relay_output(name, raws)
+
+    def _relay_output(self, name: str, raws: list[bytes]) -> None:
+        lines = [clean_line(raw) for raw in raws]
+        if name == "stderr":
+            self.stderr_tail.extend(lines)
+        self.host.on_worker_output(name, lines)
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
