@@ -25,7 +25,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, OptionList, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from trainer import runs
+from trainer import protocol, runs
 from tui import fmt, messages
 from tui.link import DashboardLink, NotConnected
 from tui.model import ACTIVE_STATES, RunModel
@@ -195,7 +195,7 @@ class RunScreen(RunActions, Screen):
     def _confirm_request(self, event: dict) -> None:
         """Turn the event that completes one of our requests into "✓ done" feedback."""
         data = event.get("data") or {}
-        request_id = data.get("id") if event.get("kind") == "request" else data.get("request_id")
+        request_id = protocol.request_id_of(event)
         if request_id is None or request_id not in self.pending:
             return
         action = self.pending.pop(request_id)
