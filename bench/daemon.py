@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from trainer import daemon, protocol, runs  # noqa: E402
+from trainer import daemon, protocol  # noqa: E402
+from trainer.run.locate import create_run_dir  # noqa: E402
+from trainer.run.sockets import socket_path  # noqa: E402
 
 FAKE_WORKER = ROOT / "tests" / "fake_worker.py"
 
@@ -45,14 +47,14 @@ def first_frame(steps: int, repeats: int) -> dict:
     from history_load import write_history
 
     root = Path(tempfile.mkdtemp(prefix="lh-bench-attach-"))
-    run_dir = runs.create_run_dir(root, "big")
+    run_dir = create_run_dir(root, "big")
     write_history(str(run_dir / "history.msgpack"), steps, eval_every=1000)
     (run_dir / "config.yaml").write_text(json.dumps({"name": "big"}))
     (run_dir / "fake_ckpt").write_text(str(steps))
     (run_dir / "fake.json").write_text(json.dumps({"steps": steps * 2, "step_time": 0.05, "steps_per_epoch": 5000}))
     started = time.perf_counter()
     pid = daemon.launch_daemon(run_dir, worker_script=FAKE_WORKER, wait=30.0)
-    path = runs.socket_path(run_dir)
+    path = socket_path(run_dir)
     while not path.exists():
         time.sleep(0.01)
     ready = time.perf_counter() - started

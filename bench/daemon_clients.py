@@ -26,7 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer import daemon, history, protocol, runs  # noqa: E402
+from trainer import daemon, history, protocol  # noqa: E402
+from trainer.run.liveness import pid_alive  # noqa: E402
+from trainer.run.locate import create_run_dir  # noqa: E402
+from trainer.run.sockets import socket_path  # noqa: E402
+from trainer.run.state import StateFile  # noqa: E402
 
 FAKE_WORKER = ROOT / "tests" / "fake_worker.py"
 
@@ -75,7 +79,7 @@ def steps_per_second(run_dir: Path) -> tuple[float, int]:
 
 
 def make_run(root: Path, name: str, args) -> Path:
-    run_dir = runs.create_run_dir(root, name)
+    run_dir = create_run_dir(root, name)
     if args.config:
         from trainer.config import dump_config, load_config
 
@@ -92,7 +96,7 @@ def scenario(root: Path, name: str, readers: int, stuck: int, args) -> dict:
     run_dir = make_run(root, name, args)
     worker = None if args.config else FAKE_WORKER
     pid = daemon.launch_daemon(run_dir, worker_script=worker, wait=5.0)
-    path = runs.socket_path(run_dir)
+    path = socket_path(run_dir)
     deadline = time.monotonic() + 30
     while not path.exists():
         if time.monotonic() > deadline:
@@ -101,10 +105,10 @@ def scenario(root: Path, name: str, readers: int, stuck: int, args) -> dict:
     clients = [Reader(path) for _ in range(readers)] + [Reader(path, read=False) for _ in range(stuck)]
     for client in clients:
         client.start()
-    while runs.pid_alive(pid):
+    while pid_alive(pid):
         time.sleep(0.1)
     rate, records = steps_per_second(run_dir)
-    state = runs.StateFile(run_dir).read().get("state")
+    state = StateFile(run_dir).read().get("state")
     result = {"steps_per_s": round(rate, 2), "train_records": records, "state": state,
               "frames_per_reader": [c.frames for c in clients if c.read]}
     if stuck:

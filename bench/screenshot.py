@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import tui_fakes  # noqa: E402
 from tui_fakes import DaemonThread, wait_for  # noqa: E402
 
-from trainer import runs  # noqa: E402
+from trainer.run.sockets import socket_path  # noqa: E402
 from tui import fmt  # noqa: E402
 from tui.app import LonghaulApp  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="lh")
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "longhaul-screenshot-owner"])
     run_dir = tui_fakes.write_run_dir(workdir / tui_fakes.RUN_NAME, state="running", pid=owner.pid)
-    daemon = DaemonThread(runs.socket_path(run_dir), run_dir).start()
+    daemon = DaemonThread(socket_path(run_dir), run_dir).start()
     try:
         svg = asyncio.run(screenshot(run_dir, (width, height), args.view))
     finally:

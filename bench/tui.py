@@ -174,11 +174,11 @@ def run_child(*args: str, env: dict) -> dict:
 
 
 def bench_cpu_headless(root: Path, env: dict, size: str, seconds: float) -> dict:
-    from trainer import runs
+    from trainer.run.sockets import socket_path
 
     owner = owner_process()
     run_dir = make_run(root, "idle-headless", 2000, "running", owner.pid)
-    daemon = start_daemon(runs.socket_path(run_dir), run_dir, "--progress-hz", "2", "--system-hz", "0.5")
+    daemon = start_daemon(socket_path(run_dir), run_dir, "--progress-hz", "2", "--system-hz", "0.5")
     try:
         result = run_child("--child-headless", str(run_dir), size, "3", str(seconds), env=env)
     finally:
@@ -194,11 +194,11 @@ def bench_cpu_pty(root: Path, env: dict, size: str, seconds: float, warmup: floa
     import pty
     import termios
 
-    from trainer import runs
+    from trainer.run.sockets import socket_path
 
     owner = owner_process()
     run_dir = make_run(root, "idle-pty", 2000, "running", owner.pid)
-    daemon = start_daemon(runs.socket_path(run_dir), run_dir, "--progress-hz", "2", "--system-hz", "0.5")
+    daemon = start_daemon(socket_path(run_dir), run_dir, "--progress-hz", "2", "--system-hz", "0.5")
     width, height = (int(v) for v in size.split("x"))
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
@@ -245,7 +245,7 @@ def bench_cpu_pty(root: Path, env: dict, size: str, seconds: float, warmup: floa
 
 
 def bench_dashboard(root: Path, env: dict, steps: int) -> dict:
-    from trainer import runs
+    from trainer.run.sockets import socket_path
 
     results = {}
     from trainer.history import SERIES_CACHE
@@ -261,7 +261,7 @@ def bench_dashboard(root: Path, env: dict, steps: int) -> dict:
                              key=lambda r: r["dashboard_s"])
     owner = owner_process()
     live_dir = make_run(root, "big-live", steps, "running", owner.pid)
-    daemon = start_daemon(runs.socket_path(live_dir), live_dir, "--history", str(live_dir / "history.msgpack"), str(steps))
+    daemon = start_daemon(socket_path(live_dir), live_dir, "--history", str(live_dir / "history.msgpack"), str(steps))
     try:
         results["snapshot"] = min((run_child("--child-dashboard", str(live_dir), "snapshot", env=env) for _ in range(3)),
                                   key=lambda r: r["dashboard_s"])

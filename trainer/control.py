@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from trainer import protocol, runs
+from trainer import protocol
+from trainer.run.sockets import find_socket
+from trainer.run.state import FINAL_STATES, effective_state
 
 CONNECT_TIMEOUT = 5.0
 
@@ -30,8 +32,8 @@ class Connection:
 
     def __init__(self, run_dir: Path, client: str = "longhaul-cli", timeout: float = CONNECT_TIMEOUT):
         self.run_dir = Path(run_dir)
-        path = runs.find_socket(self.run_dir)
-        state = runs.effective_state(self.run_dir)
+        path = find_socket(self.run_dir)
+        state = effective_state(self.run_dir)
         if path is None:
             raise NoDaemon(f"run {self.run_dir.name} has no running daemon (state: {state})")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -78,7 +80,7 @@ def completes(event: dict, request_id: int, action: str) -> bool:
     if protocol.request_id_of(event) == request_id:
         return True
     state = (event.get("data") or {}).get("state")
-    return action == "stop" and event.get("kind") == "state" and state in runs.FINAL_STATES
+    return action == "stop" and event.get("kind") == "state" and state in FINAL_STATES
 
 
 def request(run_dir: Path, action: str, timeout: float = 300.0) -> tuple[dict, Optional[dict]]:

@@ -13,7 +13,9 @@ from typing import Callable, Optional
 from textual.app import App
 from textual.binding import Binding
 
-from trainer import runs
+
+from trainer.run.errors import RunNotFound
+from trainer.run.locate import resolve_run, runs_root
 from tui import fmt
 from tui.screens.dialogs import HelpScreen
 from tui.screens.picker import PickerScreen
@@ -45,7 +47,7 @@ class LonghaulApp(App[int]):
                  resume_command: Optional[Callable[[Path], list[str]]] = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.root = Path(root) if root is not None else runs.runs_root()
+        self.root = Path(root) if root is not None else runs_root()
         self.clock = clock or fmt.Clock()
         self.refresh_interval = refresh_interval
         self.picker_interval = picker_interval
@@ -84,8 +86,8 @@ def run_attach(run: Optional[str] = None, root: Optional[Path] = None) -> int:
     run_dir = None
     if run is not None:
         try:
-            run_dir = runs.resolve_run(run, root)
-        except runs.RunNotFound as exc:
+            run_dir = resolve_run(run, root)
+        except RunNotFound as exc:
             print(f"longhaul attach: {exc}", file=sys.stderr)
             return 2
     app = LonghaulApp(run_dir, root)

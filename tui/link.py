@@ -15,7 +15,9 @@ from typing import Callable, Optional
 
 from textual.message import Message
 
-from trainer import protocol, runs
+from trainer import protocol
+from trainer.run.errors import RuntimeDirError
+from trainer.run.sockets import find_socket, socket_path
 from tui import messages
 
 CLIENT_NAME = "longhaul-tui"
@@ -47,7 +49,7 @@ def describe(exc: BaseException) -> str:
             return "daemon did not answer in time"
         case protocol.ProtocolError():
             return f"protocol error from daemon: {exc}"
-        case runs.RuntimeDirError():
+        case RuntimeDirError():
             return str(exc)
         case LinkRefused():
             return f"daemon refused us: {exc.message}"
@@ -84,7 +86,7 @@ class DashboardLink:
         """Where the daemon listens: the usual runtime-dir path, or the one it recorded in state.json."""
         if self._socket_path is not None:
             return self._socket_path
-        return runs.find_socket(self.run_dir) or runs.socket_path(self.run_dir)
+        return find_socket(self.run_dir) or socket_path(self.run_dir)
 
     def retry_now(self) -> None:
         """Cut the current backoff short (e.g. right after `longhaul resume` started a daemon)."""
@@ -109,7 +111,7 @@ class DashboardLink:
                     return
                 reason = describe(exc)
             except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError,
-                    protocol.ProtocolError, runs.RuntimeDirError) as exc:
+                    protocol.ProtocolError, RuntimeDirError) as exc:
                 reason = describe(exc)
             finally:
                 await self._close()

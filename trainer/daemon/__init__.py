@@ -4,7 +4,7 @@
 
 One asyncio loop does everything; each concern is one module:
 
-- `hub`: clients on the run's Unix socket (`runs.socket_path`): peer check, handshake, welcome
+- `hub`: clients on the run's Unix socket (`trainer.run.sockets.socket_path`): peer check, handshake, welcome
   snapshot, per-client queues (progress/system coalesced, events and logs in order), broadcast,
   the progress rate limit; a client that falls behind is dropped, never waited for.
 - `supervisor`: the worker child (`python -m trainer.worker RUN_DIR --control-fd N`): its start,

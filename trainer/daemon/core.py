@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from trainer import protocol, runs
+from trainer import protocol
 from trainer.daemon.hub import ClientConn, Hub, peer_uid
 from trainer.daemon.journal import Journal
 from trainer.daemon.ownership import RunLock
 from trainer.daemon.requests import Requests
 from trainer.daemon.settings import Settings
 from trainer.daemon.supervisor import Supervisor
+from trainer.run.rundir import RunDir
+from trainer.run.state import FINAL_STATES, RUN_STATES, progress_fields
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +76,11 @@ class Daemon:
         try:
             from trainer.config import load_config
 
-            self.cfg = load_config(self.run_dir / runs.CONFIG_FILE, check_paths=False, check_model=False)
+            self.cfg = load_config(RunDir(self.run_dir).config, check_paths=False, check_model=False)
         except Exception as exc:  # ConfigError or unreadable file: nothing to supervise
             self.set_state("failed", f"cannot load the run's config: {exc}", level="error")
             return 1
         await self.journal.load_history(self.cfg.eval.monitor_rule)
-        self.journal.load_plan()
         await self.hub.listen(self.lock.socket_file)
         sampler = self._spawn(self._sample_system())
         final = await self.supervisor.supervise(self.cfg.daemon)
@@ -136,9 +137,9 @@ class Daemon:
             data["checkpoint_failed"] = True
         self.state = state
         self.emit("state", level, message or state, data, at=at)
-        progress = runs.progress_fields(self.progress) if self.progress else {}
+        progress = progress_fields(self.progress) if self.progress else {}
         self.journal.write_state(**progress, state=state, **fields)
-        if state in runs.FINAL_STATES:
+        if state in FINAL_STATES:
             self.journal.sync()
 
     def emit(self, kind: str, level: str, message: str, data: dict, at: Optional[float] = None) -> dict:
@@ -203,7 +204,7 @@ class Daemon:
 
     def worker_exited(self) -> None:
         if self.progress is not None:
-            self.journal.write_state(**runs.progress_fields(self.progress))
+            self.journal.write_state(**progress_fields(self.progress))
 
     def on_worker_output(self, stream: str, lines: list[str]) -> None:
         for line in lines:
@@ -235,7 +236,7 @@ class Daemon:
         now = time.monotonic()
         if now - self._last_progress_write >= self.settings.state_write_interval:
             self._last_progress_write = now
-            self.journal.write_state(**runs.progress_fields(self.progress))
+            self.journal.write_state(**progress_fields(self.progress))
 
     def _on_worker_event(self, msg: dict) -> None:
         kind, level, text, at = msg["kind"], msg["level"], msg["message"], msg["time"]
@@ -259,7 +260,7 @@ class Daemon:
 
     def _on_worker_state(self, data: dict, text: str, level: str, at: float, completed) -> None:
         state = data.get("state")
-        if state not in runs.RUN_STATES or state == "interrupted":
+        if state not in RUN_STATES or state == "interrupted":
             self.emit("alert", "warning", f"trainer reported unknown state {state!r}", {"what": "state"})
             return
         self.supervisor.last_state = state

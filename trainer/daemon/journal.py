@@ -1,11 +1,13 @@
 """What the daemon writes and reads of its run directory.
 
-- Writes: every event to events.jsonl (`eventlog.EventLog`), the worker's output to train.log,
-  state.json (`runs.StateFile`) merged from an I/O thread, never on the loop; events.jsonl,
+- Writes: every event to events.jsonl (`trainer.run.events.EventLog`), the worker's output to
+  train.log, state.json (`trainer.run.state.StateFile`) merged from an I/O thread, never on the loop; events.jsonl,
   train.log and daemon.log are fsynced at each relayed checkpoint, final state and exit: a power
   cut does not take back the events that led up to the checkpoint a resume starts from.
-- Reads, for snapshots: the recent events and log lines, plan.json and the history's series
-  (reloaded when a restarted worker has cut history.msgpack back to its checkpoint).
+- Reads, for snapshots: at start-up the run directory's own snapshot
+  (`trainer.run.snapshot.snapshot_from_run_dir`: recent events and log lines, plan.json), and the
+  history's series (reloaded when a restarted worker has cut history.msgpack back to its
+  checkpoint).
 - A full disk never stops the daemon: events are held in memory and retried, train.log lines
   are counted as lost, state.json fields stay pending until a write succeeds; each file's
   failure and recovery is said once (daemon.log and an `alert` event).
@@ -16,7 +18,6 @@ import asyncio
 import collections
 import concurrent.futures
 import errno
-import json
 import logging
 import os
 import sys
@@ -24,13 +25,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from trainer import eventlog, protocol, runs
-from trainer.protocol import ProtocolError
+from trainer.run.events import RECENT_EVENTS, EventLog
+from trainer.run.linefile import AppendFile
+from trainer.run.rundir import RunDir
+from trainer.run.snapshot import snapshot_from_run_dir
+from trainer.run.state import StateFile
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVENTS = 200
-SNAPSHOT_LOGS = 200
+SNAPSHOT_EVENTS = RECENT_EVENTS
 MAX_LOG_LINE = 4096
 
 
@@ -50,32 +53,32 @@ class Journal:
 
     def __init__(self, run_dir: Path, alert: Callable[[str, str, dict], Any]):
         self.run_dir = run_dir
+        self.files = RunDir(run_dir)
         self.alert = alert
-        self.state_file = runs.StateFile(run_dir)
+        self.state_file = StateFile(run_dir)
         self.events: collections.deque = collections.deque(maxlen=SNAPSHOT_EVENTS)
-        self.logs: collections.deque = collections.deque(maxlen=SNAPSHOT_LOGS)
+        self.logs: collections.deque = collections.deque(maxlen=SNAPSHOT_EVENTS)
         self.log_seq = 0
         self.plan_body: Optional[dict] = None
         self.series = None
         self.series_stale = False
         """A (re)started worker cuts history.msgpack back to its checkpoint: reload before its first record."""
         self.monitor = None
-        self.eventlog: Optional[eventlog.EventLog] = None
-        self.train_log: Optional[eventlog.AppendFile] = None
+        self.eventlog: Optional[EventLog] = None
+        self.train_log: Optional[AppendFile] = None
         self._daemon_log_fd: Optional[int] = None
         self._unwritable: set[str] = set()  # run files that cannot be written now (said once)
-        self._state_pending: dict = {}  # state.json fields a failed write still owes (I/O thread)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="daemon-io")
         self._io_futures: list[concurrent.futures.Future] = []
 
     # ------------------------------------------------------------------ open and close
     def open(self) -> None:
-        """Load the recent events and log lines, open the journals (EventLog continues the seq)."""
+        """Load the recent events, log lines and plan, open the journals (EventLog continues the seq)."""
         self._loop = asyncio.get_running_loop()
         self._load_recent()
-        self.eventlog = eventlog.EventLog(self.run_dir / "events.jsonl").open()
-        self.train_log = eventlog.AppendFile(self.run_dir / "train.log").open()
+        self.eventlog = EventLog(self.files.events).open()
+        self.train_log = AppendFile(self.files.train_log).open()
         self._daemon_log_fd = self._find_daemon_log()
 
     async def close(self) -> None:
@@ -93,24 +96,22 @@ class Journal:
     def _find_daemon_log(self) -> Optional[int]:
         """fd 2 when it is this run's daemon.log (a launched daemon), so it is fsynced too."""
         try:
-            ours, log_file = os.fstat(2), os.stat(self.run_dir / "daemon.log")
+            ours, log_file = os.fstat(2), os.stat(self.files.daemon_log)
         except OSError:
             return None
         return 2 if (ours.st_dev, ours.st_ino) == (log_file.st_dev, log_file.st_ino) else None
 
     def _load_recent(self) -> None:
-        for body in eventlog.read_tail(self.run_dir / "events.jsonl", SNAPSHOT_EVENTS):
-            body.pop("type", None)
-            try:
-                protocol.validate({"type": "event", **body})
-            except ProtocolError:
-                continue
-            self.events.append(body)
-        log_path = self.run_dir / "train.log"
-        mtime = log_path.stat().st_mtime if log_path.exists() else time.time()
-        for line in runs.tail_lines(log_path, SNAPSHOT_LOGS):
-            self.log_seq += 1
-            self.logs.append({"seq": self.log_seq, "time": mtime, "stream": "stdout", "line": clean_line(line.encode())})
+        """What the run directory holds before the worker reports: the snapshot an offline reader
+        gets (its problem alerts, which are not in events.jsonl and carry no seq, left out)."""
+        snapshot = snapshot_from_run_dir(self.run_dir, with_series=False)
+        self.events.extend(body for body in snapshot["events"] if "seq" in body)
+        for body in snapshot["logs"]:
+            body["line"] = clean_line(body["line"].encode())
+            self.logs.append(body)
+        self.log_seq = len(snapshot["logs"])
+        if snapshot["plan"]:
+            self.plan_body = {"plan": snapshot["plan"], "config": snapshot["config"]}
 
     # ------------------------------------------------------------------ events and log lines
     def add_event(self, kind: str, level: str, message: str, data: dict, at: Optional[float] = None) -> dict:
@@ -122,7 +123,7 @@ class Journal:
 
     def note_events_written(self) -> None:
         error = self.eventlog.error
-        self.note_write("events.jsonl", error, lost=0 if error else self.eventlog.file.take_lost())
+        self.note_write(self.files.events.name, error, lost=0 if error else self.eventlog.file.take_lost())
 
     def add_log(self, stream: str, line: str) -> dict:
         """Number a log line of the worker for clients; returns its body."""
@@ -137,7 +138,7 @@ class Journal:
         if not lines or self.train_log is None:
             return
         self.train_log.append(lines)
-        self.note_write("train.log", self.train_log.error,
+        self.note_write(self.files.train_log.name, self.train_log.error,
                         lost=0 if self.train_log.error else self.train_log.take_lost())
 
     # ------------------------------------------------------------------ state.json and syncs
@@ -149,19 +150,12 @@ class Journal:
     def _write_state_now(self, fields: dict) -> None:
         """In the I/O thread. A write that fails (a full disk) keeps the wanted fields pending:
         the next write or the retry timer writes them, so state.json ends up true."""
-        wanted = {**self._state_pending, **fields}
-        if not wanted:
-            return
-        try:
-            self.state_file.update(**wanted)
-        except OSError as exc:
-            if not self._state_pending:  # the first failure: say it once
-                self._loop.call_soon_threadsafe(self.note_write, runs.STATE_FILE, exc)
-            self._state_pending = wanted
-            return
-        if self._state_pending:
-            self._state_pending = {}
-            self._loop.call_soon_threadsafe(self.note_write, runs.STATE_FILE, None)
+        was_pending = bool(self.state_file.pending)
+        error = self.state_file.write(**fields)
+        if error is not None and not was_pending:  # the first failure: say it once
+            self._loop.call_soon_threadsafe(self.note_write, self.files.state.name, error)
+        elif error is None and was_pending:
+            self._loop.call_soon_threadsafe(self.note_write, self.files.state.name, None)
 
     async def retry_writes(self, interval: float) -> None:
         """While the disk is full: retry the held events and the pending state.json fields."""
@@ -170,7 +164,7 @@ class Journal:
             if self.eventlog.held:
                 self.eventlog.retry()
                 self.note_events_written()
-            if self._state_pending:
+            if self.state_file.pending:
                 self.write_state()
 
     def note_write(self, name: str, error: Optional[OSError], lost: int = 0) -> None:
@@ -182,9 +176,9 @@ class Journal:
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)
             why = error.strerror or str(error)
             self._unwritable.add(name)
-            consequence = {"events.jsonl": "events are kept in memory until it can be written again",
-                           "train.log": "the trainer's output is not being logged (lines are counted)",
-                           runs.STATE_FILE: "it is retried until it can be written"}.get(name, "")
+            consequence = {self.files.events.name: "events are kept in memory until it can be written again",
+                           self.files.train_log.name: "the trainer's output is not being logged (lines are counted)",
+                           self.files.state.name: "it is retried until it can be written"}.get(name, "")
             text = f"cannot write {self.run_dir / name}: {why}; {consequence}"
             log.error("%s", text)
             self.alert("error", text, {"what": "disk_full" if full else "write_failed", "file": name,
@@ -202,7 +196,7 @@ class Journal:
         self._io_futures.append(self._io.submit(self._sync_now))
 
     def _sync_now(self) -> None:
-        for name, fh in (("events.jsonl", self.eventlog), ("train.log", self.train_log)):
+        for name, fh in ((self.files.events.name, self.eventlog), (self.files.train_log.name, self.train_log)):
             if fh is None:
                 continue
             try:
@@ -214,27 +208,15 @@ class Journal:
                 sys.stderr.flush()
                 os.fsync(self._daemon_log_fd)
             except (OSError, ValueError) as exc:
-                log.warning("cannot fsync daemon.log: %s", exc)
+                log.warning("cannot fsync %s: %s", self.files.daemon_log, exc)
 
     # ------------------------------------------------------------------ plan and history
-    def load_plan(self) -> None:
-        path = self.run_dir / "plan.json"
-        try:
-            body = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring %s: %s", path, exc)
-            return
-        if isinstance(body, dict) and isinstance(body.get("plan"), dict):
-            self.plan_body = {"plan": body["plan"], "config": body.get("config") or {}}
-
     async def load_history(self, monitor) -> None:
         """The series of history.msgpack, for snapshots (`monitor`: the run's eval.monitor_rule)."""
         from trainer.history import SeriesSet, load_series
 
         self.monitor = monitor
-        path = self.run_dir / "history.msgpack"
+        path = self.files.history
         try:
             self.series = await asyncio.to_thread(load_series, path, monitor)
         except Exception as exc:  # a damaged history must not keep the run from training
@@ -256,7 +238,7 @@ class Journal:
         to it later does not re-read a history of millions of steps (history.load_summary)."""
         from trainer.history import load_summary
 
-        path = self.run_dir / "history.msgpack"
+        path = self.files.history
         try:
             await asyncio.to_thread(load_summary, path, self.monitor)
         except Exception as exc:  # only a cache: the next reader builds it

@@ -16,11 +16,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from trainer import eventlog, runs
 from trainer.daemon.core import Daemon
 from trainer.daemon.ownership import DaemonError, wait_for_exiting_daemon
 from trainer.daemon.settings import Settings
 from trainer.daemon.supervisor import child_env, describe_exit
+from trainer.run.errors import RunError, RuntimeDirError, StateFileError
+from trainer.run.events import read_tail
+from trainer.run.linefile import tail_lines
+from trainer.run.rundir import RunDir, apply_umask
+from trainer.run.sockets import socket_path
+from trainer.run.state import LIVE_STATES, StateFile, effective_state, read_state
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +47,27 @@ def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: flo
     overrides fields of `Settings` (tests shrink timeouts and bounds).
     """
     run_dir = Path(run_dir).absolute()
-    if not (run_dir / runs.CONFIG_FILE).is_file():
-        raise DaemonError(f"{run_dir} has no {runs.CONFIG_FILE}: not a run directory")
-    current = runs.read_state(run_dir)  # a damaged state.json is rebuilt, not a dead end
-    if runs.effective_state(run_dir, current) in runs.LIVE_STATES:
+    files = RunDir(run_dir)
+    if not files.config.is_file():
+        raise DaemonError(f"{run_dir} has no {files.config.name}: not a run directory")
+    current = read_state(run_dir)  # a damaged state.json is rebuilt, not a dead end
+    if effective_state(run_dir, current) in LIVE_STATES:
         raise DaemonError(f"run {run_dir.name} is already {current.get('state')} (daemon pid {current.get('pid')})")
-    runs.socket_path(run_dir)  # fail here, in the user's terminal, if no socket directory is safe
+    socket_path(run_dir)  # fail here, in the user's terminal, if no socket directory is safe
     wait_for_exiting_daemon(run_dir)
     argv = [sys.executable, "-m", "trainer.daemon", str(run_dir)]
     if worker_script is not None:
         argv += ["--worker-script", str(Path(worker_script).absolute())]
     if settings:
         argv += ["--settings", json.dumps(settings)]
-    log_path = run_dir / "daemon.log"
+    log_path = files.daemon_log
     with open(log_path, "ab") as log_fh:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, env=child_env(), cwd=str(run_dir))
     failure = _first_sign(proc, run_dir, wait)
     if failure is not None:
         _count_launch_failure(run_dir, failure)
-        tail = "".join(f"\n    {line}" for line in runs.tail_lines(log_path, 15))
+        tail = "".join(f"\n    {line}" for line in tail_lines(log_path, 15))
         raise DaemonError(f"the daemon of {run_dir.name} died at start: {failure}"
                           + (f"\n  {log_path} ends with:{tail}" if tail else ""))
     return proc.pid
@@ -76,8 +82,8 @@ def _first_sign(proc: subprocess.Popen, run_dir: Path, wait: float) -> Optional[
         if proc.poll() is not None:
             return _death_cause(proc, run_dir)
         try:
-            state = runs.StateFile(run_dir).read()
-        except runs.StateFileError:
+            state = StateFile(run_dir).read()
+        except StateFileError:
             state = {}
         if state.get("pid") == proc.pid:
             if state.get("state") == "failed":
@@ -105,7 +111,7 @@ def _death_cause(proc: subprocess.Popen, run_dir: Path) -> str:
         exit_text = describe_exit(code)[2].replace("trainer", "daemon", 1)
     else:
         exit_text = f"exit code {code}"
-    states = [e for e in eventlog.read_tail(run_dir / "events.jsonl", 20) if e.get("kind") == "state"]
+    states = [e for e in read_tail(RunDir(run_dir).events, 20) if e.get("kind") == "state"]
     if states and (states[-1].get("data") or {}).get("state") == "failed":
         return f"{states[-1].get('message')} ({exit_text})"
     return exit_text
@@ -113,11 +119,11 @@ def _death_cause(proc: subprocess.Popen, run_dir: Path) -> str:
 
 def _count_launch_failure(run_dir: Path, cause: str) -> None:
     try:
-        state = runs.read_state(run_dir)
+        state = read_state(run_dir)
         count = state.get("launch_failures") if isinstance(state.get("launch_failures"), int) else 0
-        runs.StateFile(run_dir).update(launch_failures=count + 1, launch_error=cause[:2000])
-    except (OSError, runs.RunError) as exc:
-        log.warning("cannot record the launch failure in %s: %s", run_dir / runs.STATE_FILE, exc)
+        StateFile(run_dir).update(launch_failures=count + 1, launch_error=cause[:2000])
+    except (OSError, RunError) as exc:
+        log.warning("cannot record the launch failure in %s: %s", RunDir(run_dir).state, exc)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -129,7 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--settings", type=json.loads, default={},
                         help="JSON object overriding daemon tunables (see Settings), e.g. '{\"max_backlog\": 1048576}'")
     args = parser.parse_args(argv)
-    runs.apply_umask()  # run data is private (LONGHAUL_UMASK relaxes it); the worker inherits it
+    apply_umask()  # run data is private (LONGHAUL_UMASK relaxes it); the worker inherits it
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s daemon[%(process)d]: %(message)s")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no terminal; be explicit anyway
@@ -137,6 +143,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         daemon = Daemon(args.run_dir, worker_argv, Settings(**args.settings))
         return asyncio.run(daemon.run(install_signals=True))
-    except (DaemonError, runs.RuntimeDirError) as exc:
+    except (DaemonError, RuntimeDirError) as exc:
         log.error("%s", exc)
         return 3

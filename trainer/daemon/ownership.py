@@ -12,14 +12,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from trainer import runs
+from trainer.run.errors import RunError
+from trainer.run.rundir import RunDir
+from trainer.run.sockets import socket_path
+from trainer.run.state import StateFile
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".daemon.lock"
 
-
-class DaemonError(runs.RunError):
+class DaemonError(RunError):
     """The daemon cannot start (run owned by another daemon, launch failed, ...)."""
 
 
@@ -33,16 +34,16 @@ class RunLock:
 
     def acquire(self) -> Path:
         """Take the run's lock and its socket path, or raise DaemonError if another daemon has them."""
-        fh = open(self.run_dir / LOCK_FILE, "a+")
+        fh = open(RunDir(self.run_dir).daemon_lock, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            pid = runs.StateFile(self.run_dir).read().get("pid")
+            pid = StateFile(self.run_dir).read().get("pid")
             raise DaemonError(f"run {self.run_dir.name} is already owned by a live daemon (pid {pid})") from None
         self._fh = fh
         try:
-            self.socket_file = _claim_socket(runs.socket_path(self.run_dir))
+            self.socket_file = _claim_socket(socket_path(self.run_dir))
         except BaseException:
             self.release()
             raise
@@ -76,16 +77,17 @@ def wait_for_exiting_daemon(run_dir: Path, timeout: float = 30.0) -> None:
     (it flushes clients and caches the series): `stop` then `resume` must wait for it rather
     than fail with "already owned"."""
     deadline = time.monotonic() + timeout
-    if not (run_dir / LOCK_FILE).exists():
+    files = RunDir(run_dir)
+    if not files.daemon_lock.exists():
         return  # no daemon has ever run here
-    with open(run_dir / LOCK_FILE, "a+") as fh:
+    with open(files.daemon_lock, "a+") as fh:
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise DaemonError(f"the daemon of {run_dir.name} is still exiting after {timeout:.0f} s "
-                                      f"(see {run_dir / 'daemon.log'})") from None
+                                      f"(see {files.daemon_log})") from None
                 time.sleep(0.05)
                 continue
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -25,7 +25,10 @@ from textual.timer import Timer
 from textual.widgets import Footer, OptionList, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from trainer import protocol, runs
+from trainer import protocol
+from trainer.run.errors import StateFileError
+from trainer.run.rundir import RunDir
+from trainer.run.state import effective_state
 from tui import fmt, messages
 from tui.link import DashboardLink, NotConnected
 from tui.model import ACTIVE_STATES, RunModel
@@ -94,8 +97,8 @@ class RunScreen(RunActions, Screen):
 
     def on_mount(self) -> None:
         try:
-            state = runs.effective_state(self.run_dir) if (self.run_dir / runs.STATE_FILE).exists() else "unknown"
-        except runs.StateFileError:
+            state = effective_state(self.run_dir) if RunDir(self.run_dir).state.exists() else "unknown"
+        except StateFileError:
             state = "unknown"  # the offline reader reports what is wrong with the file
         if state not in ACTIVE_STATES:
             self.link_state = "offline"
@@ -230,8 +233,8 @@ class RunScreen(RunActions, Screen):
     def check_offline(self) -> None:
         """After losing the daemon: is the run over (offline) or coming back (keep retrying)?"""
         try:
-            state = runs.effective_state(self.run_dir)
-        except runs.StateFileError:
+            state = effective_state(self.run_dir)
+        except StateFileError:
             state = "unknown"
         self.app.call_from_thread(self._state_checked, state)
 
