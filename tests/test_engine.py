@@ -171,15 +171,15 @@ def test_failed_checkpoints_alert_but_training_goes_on(tmp_path, monkeypatch):
 def test_each_checkpoint_holds_its_steps_state_even_when_the_writer_copies_late(tmp_path, monkeypatch):
     """The writer copies weights and optimizer state while the next step runs; the engine's fence
     before the optimizer step must keep that step from changing them first."""
-    from trainer import checkpoint
+    from trainer.checkpoint import capture
 
-    real_run = checkpoint._DeferredCopies.run
+    real_run = capture._DeferredCopies.run
 
     def late_run(self):
         time.sleep(0.3)  # longer than a tiny step: without the fence the next update lands first
         real_run(self)
 
-    monkeypatch.setattr(checkpoint._DeferredCopies, "run", late_run)
+    monkeypatch.setattr(capture._DeferredCopies, "run", late_run)
     cfg = tiny_cfg(**{"checkpoint.interval_seconds": 3600, "checkpoint.keep_last": 100})
     trainer = Trainer(cfg, tmp_path)
     expected = {}
