@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import checkpoint
+from trainer.checkpoint import capture
+from trainer.checkpoint import store as store_module
 from trainer.checkpoint import CheckpointError, CheckpointStore, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,11 +88,11 @@ def test_roundtrip_layout_and_manifest(ckpt_dir):
     assert meta["step"] == 7 and meta["history_offset"] == 123 and isinstance(meta["time"], float)
     assert sorted(p.name for p in result.path.iterdir()) == ["MANIFEST.json", "meta.json", "state.pt"]
     manifest = json.loads((result.path / "MANIFEST.json").read_text())
-    assert manifest["format"] == checkpoint.FORMAT_VERSION and manifest["step"] == 7
+    assert manifest["format"] == store_module.FORMAT_VERSION and manifest["step"] == 7
     assert set(manifest["files"]) == {"state.pt", "meta.json"}
     for name, entry in manifest["files"].items():
         assert entry["size"] == (result.path / name).stat().st_size
-        assert entry["sha256"] == checkpoint._sha256_of(result.path / name)
+        assert entry["sha256"] == store_module._sha256_of(result.path / name)
     assert result.bytes == sum(p.stat().st_size for p in result.path.iterdir())
 
 
@@ -293,14 +294,14 @@ def test_retention_removes_invalid_older_and_keeps_invalid_newer(ckpt_dir):
 
 def test_retention_removes_nothing_when_a_checkpoint_cannot_be_read(ckpt_dir, monkeypatch, caplog):
     save_steps(ckpt_dir, [1, 2], keep_last=5)
-    real = checkpoint._sha256_of
+    real = store_module._sha256_of
 
     def unreadable(path):
         if path.parent.name == "step-0000000001":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(checkpoint, "_sha256_of", unreadable)
+    monkeypatch.setattr(store_module, "_sha256_of", unreadable)
     caplog.set_level(logging.WARNING, logger="trainer.checkpoint")
     save_steps(ckpt_dir, [3], keep_last=1)  # a fresh store has to hash step 1 again
     assert step_dirs(ckpt_dir) == [f"step-{s:010d}" for s in (1, 2, 3)]
@@ -312,8 +313,8 @@ def test_retention_removes_nothing_when_a_checkpoint_cannot_be_read(ckpt_dir, mo
 
 def test_disk_full_refusal_keeps_earlier_checkpoints(ckpt_dir, monkeypatch):
     save_steps(ckpt_dir, [1])
-    usage = checkpoint.shutil.disk_usage(ckpt_dir)
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=600 * 2**20))
+    usage = store_module.shutil.disk_usage(ckpt_dir)
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda p: usage._replace(free=600 * 2**20))
     with open_store(ckpt_dir, min_free_mb=600) as store:
         with pytest.raises(CheckpointError, match=r"not enough disk space .* step 2 .*min_free_mb=600"):
             store.save(make_state(2), {"step": 2})
@@ -328,7 +329,7 @@ def test_failure_during_write_cleans_up(ckpt_dir, monkeypatch):
         f.write(b"x" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.torch, "save", no_space)
+    monkeypatch.setattr(store_module.torch, "save", no_space)
     results = []
     with open_store(ckpt_dir, on_done=results.append) as store:
         with pytest.raises(CheckpointError, match="step 2 .*No space left"):
@@ -361,7 +362,7 @@ def test_save_async_waits_for_the_write_in_flight(ckpt_dir, monkeypatch):
         time.sleep(0.3)
         real_save(obj, f)
 
-    monkeypatch.setattr(checkpoint.torch, "save", slow_save)
+    monkeypatch.setattr(store_module.torch, "save", slow_save)
     results = []
     with open_store(ckpt_dir, on_done=results.append) as store:
         store.save_async(make_state(1), {"step": 1})
@@ -529,14 +530,14 @@ def test_next_snapshot_reuses_the_written_buffers_and_copies_the_new_values(ckpt
 
 def test_stable_tensors_are_copied_by_the_writer_and_fence_waits_for_that(ckpt_dir, monkeypatch):
     gate, deferred = threading.Event(), []
-    real_run = checkpoint._DeferredCopies.run
+    real_run = capture._DeferredCopies.run
 
     def gated_run(self):
         deferred.append(len(self.pairs))
         gate.wait(10)
         real_run(self)
 
-    monkeypatch.setattr(checkpoint._DeferredCopies, "run", gated_run)
+    monkeypatch.setattr(capture._DeferredCopies, "run", gated_run)
     weight = torch.nn.Parameter(torch.ones(1000))
     running_mean = torch.zeros(3)
     exp_avg = torch.full((1000,), 2.0)
@@ -594,13 +595,13 @@ def test_writer_thread_lowers_its_priority_after_copying(ckpt_dir, monkeypatch):
     if not sys.platform.startswith("linux"):
         pytest.skip("per-thread nice values are a Linux feature")
     nice = []
-    real_write = checkpoint._write_file
+    real_write = store_module._write_file
 
     def spy(path, write):
         nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return real_write(path, write)
 
-    monkeypatch.setattr(checkpoint, "_write_file", spy)
+    monkeypatch.setattr(store_module, "_write_file", spy)
     base = os.getpriority(os.PRIO_PROCESS, 0)
     with open_store(ckpt_dir, writer_nice=5) as store:
         store.save_async({"t": torch.ones(2)}, {"step": 1})

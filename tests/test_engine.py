@@ -18,7 +18,8 @@ import yaml
 
 from trainer.config import RunConfig, load_config
 from trainer.checkpoint import CheckpointError, CheckpointStore
-from trainer.engine import NullPublisher, Trainer, class_weights, eval_weights, focal_loss
+from trainer.checkpoint.policy import eval_weights
+from trainer.engine import NullPublisher, Trainer, class_weights, focal_loss
 from trainer.history import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,27 +172,28 @@ def test_failed_checkpoints_alert_but_training_goes_on(tmp_path, monkeypatch):
 def test_each_checkpoint_holds_its_steps_state_even_when_the_writer_copies_late(tmp_path, monkeypatch):
     """The writer copies weights and optimizer state while the next step runs; the engine's fence
     before the optimizer step must keep that step from changing them first."""
-    from trainer import checkpoint
+    from trainer.checkpoint import capture
 
-    real_run = checkpoint._DeferredCopies.run
+    real_run = capture._DeferredCopies.run
 
     def late_run(self):
         time.sleep(0.3)  # longer than a tiny step: without the fence the next update lands first
         real_run(self)
 
-    monkeypatch.setattr(checkpoint._DeferredCopies, "run", late_run)
+    monkeypatch.setattr(capture._DeferredCopies, "run", late_run)
     cfg = tiny_cfg(**{"checkpoint.interval_seconds": 3600, "checkpoint.keep_last": 100})
     trainer = Trainer(cfg, tmp_path)
+    trainer.setup()
     expected = {}
-    real_checkpoint = trainer.checkpoint
+    real_checkpoint = trainer.checkpoints.checkpoint
 
     def recording_checkpoint(*args, **kwargs):
         state = trainer.checkpoint_state()
         expected[trainer.state.step] = {key: copy.deepcopy(state[key]) for key in ("model", "optimizer", "ema")}
         real_checkpoint(*args, **kwargs)
 
-    trainer.checkpoint = recording_checkpoint
-    assert trainer.run() == "finished"
+    trainer.checkpoints.checkpoint = recording_checkpoint
+    assert trainer.train() == "finished"
     store = CheckpointStore(tmp_path / "ckpt", readonly=True)
     infos = store.list_valid()
     assert [i.step for i in infos] == sorted(expected) and len(infos) >= 4

@@ -168,20 +168,20 @@ def test_a_resume_with_no_valid_checkpoint_says_so_and_keeps_the_old_history(tmp
     aside = list(tmp_path.glob("history.before-restart-*.msgpack"))
     assert len(aside) == 1 and aside[0].read_bytes() == old_history and aside[0].name in message
     assert (tmp_path / "history.msgpack").stat().st_size == 0
-    trainer.store.close()
+    trainer.checkpoints.store.close()
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over_loudly(tmp_path):
     trainer = Trainer(mlp_cfg(), tmp_path)
     trainer.setup()
     trainer.write_record({"kind": "train", "step": 1, "train_loss": 1.0})
-    trainer.store.close()
+    trainer.checkpoints.store.close()
     recorder = Recorder()
     again = Trainer(mlp_cfg(), tmp_path, recorder)
     again.setup()
     (level, message, data), = recorder.of("alert", what="starting_over")
     assert data["reason"] == "no_checkpoint" and "no checkpoint was found" in message
-    again.store.close()
+    again.checkpoints.store.close()
 
 
 # ----------------------------------------------------------------------------- item 6: history gaps
@@ -213,7 +213,7 @@ def test_a_history_gap_found_on_resume_is_alerted_and_training_goes_on(tmp_path,
     # cut back to the whole records: new rows follow them instead of hiding behind the damage
     assert path.stat().st_size == reader.valid_length == trainer.history.tell()
     assert len(kept) < len(records)
-    trainer.store.close()
+    trainer.checkpoints.store.close()
 
 
 def test_an_intact_history_resumes_without_an_alert(tmp_path):
@@ -222,7 +222,7 @@ def test_an_intact_history_resumes_without_an_alert(tmp_path):
     trainer = Trainer(mlp_cfg(max_steps=6, **{"checkpoint.interval_seconds": 3600}), tmp_path, recorder)
     trainer.setup()
     assert not recorder.of("alert")
-    trainer.store.close()
+    trainer.checkpoints.store.close()
 
 
 def test_export_of_a_torn_history_warns_and_exits_1(tmp_path, capsys):
@@ -269,7 +269,7 @@ def test_resume_refuses_a_config_that_does_not_match_the_checkpoint(tmp_path):
     other = Trainer(mlp_cfg(max_steps=9, **{"checkpoint.interval_seconds": 3600}), tmp_path)
     with pytest.raises(CheckpointError, match="config.yaml does not match the checkpoint"):
         other.setup()
-    other.store.close()
+    other.checkpoints.store.close()
 
 
 def test_checkpoints_without_a_config_hash_still_load(tmp_path):
@@ -280,7 +280,7 @@ def test_checkpoints_without_a_config_hash_still_load(tmp_path):
     resumed = Trainer(mlp_cfg(max_steps=9, **{"checkpoint.interval_seconds": 3600}), tmp_path)
     resumed.setup()
     assert resumed.resumed and resumed.state.step == 6
-    resumed.store.close()
+    resumed.checkpoints.store.close()
 
 
 def test_plan_json_is_written_atomically_and_fsynced(tmp_path, monkeypatch):
@@ -292,7 +292,7 @@ def test_plan_json_is_written_atomically_and_fsynced(tmp_path, monkeypatch):
     trainer = Trainer(mlp_cfg(max_steps=1), tmp_path)
     trainer.setup()
     assert written == ["plan.json"] and json.loads((tmp_path / "plan.json").read_text())["plan"]["total_steps"] == 1
-    trainer.store.close()
+    trainer.checkpoints.store.close()
 
 
 # ----------------------------------------------------------------------------- item 2: full disk
@@ -355,7 +355,7 @@ def test_a_stop_while_paused_for_disk_is_refused_then_works_once_space_is_back(t
     level, message, refused = recorder.wait_for("request", id=7)
     assert refused["outcome"] == "failed" and message.startswith(f"stop refused: checkpoint at step {step} failed")
     assert "free space and stop again" in message
-    assert thread.is_alive() and trainer.state.step == step and trainer.disk_full is not None
+    assert thread.is_alive() and trainer.state.step == step and trainer.disk.full is not None
 
     filled["filler"].unlink()
     recorder.wait_for("state", state="running", reason="disk_space_back")

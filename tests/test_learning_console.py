@@ -69,10 +69,10 @@ def test_evaluations_of_a_frozen_random_backbone_do_not_use_up_patience(tmp_path
     trainer.setup()   # 48 examples / 8 = 6 steps per epoch: "head" is steps 1-18
     for step, f1 in ((6, 0.4), (12, 0.3), (18, 0.3)):
         trainer.state.step = step
-        trainer._after_eval({"val_f1_macro": f1})
+        trainer.evaluation.judge({"val_f1_macro": f1})
     assert trainer.state.evals_since_best == 0 and not trainer.state.stopped_early
     trainer.state.step = 24   # "full" trains the backbone: now a flat evaluation counts
-    trainer._after_eval({"val_f1_macro": 0.3})
+    trainer.evaluation.judge({"val_f1_macro": 0.3})
     assert trainer.state.evals_since_best == 1 and trainer.state.stopped_early
 
 
@@ -84,7 +84,7 @@ def test_with_pretrained_weights_the_head_phase_counts(tmp_path):
     trainer.cfg.model.pretrained = "weights.pt"   # as if loaded: a frozen trained backbone can improve
     for step, f1 in ((6, 0.4), (12, 0.3)):
         trainer.state.step = step
-        trainer._after_eval({"val_f1_macro": f1})
+        trainer.evaluation.judge({"val_f1_macro": f1})
     assert trainer.state.stopped_early
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from trainer import engine
+from trainer import evaluation
 from trainer.config import ConfigError, RunConfig, load_config
 from trainer.engine import NullPublisher, Trainer
 from trainer.history import read_history
@@ -104,7 +104,7 @@ def set_up(run_dir, **overrides) -> Events:
     run_dir.mkdir()
     trainer = Trainer(small_cfg(**overrides), run_dir, events := Events())
     trainer.setup()
-    trainer.store.close()
+    trainer.checkpoints.store.close()
     trainer.history.close()
     return events
 
@@ -165,7 +165,7 @@ def test_run_that_never_had_a_best_checkpoint_ends_failed(tmp_path, monkeypatch)
         metrics.pop("val_accuracy")  # e.g. an AUC that is None on every validation set
         return metrics
 
-    monkeypatch.setattr(engine, "classification_metrics", without_monitor)
+    monkeypatch.setattr(evaluation, "classification_metrics", without_monitor)
     trainer, result, _, events = run(tmp_path)
     assert result == "failed"
     [(level, message, data)] = events.alerts("no_best")
@@ -179,7 +179,7 @@ def test_foreground_train_exits_non_zero_without_a_best_checkpoint(tmp_path, mon
     from trainer import cli
 
     monkeypatch.setenv("LONGHAUL_STATE_DIR", str(tmp_path / "state"))  # the run registry
-    monkeypatch.setattr(engine, "classification_metrics",
+    monkeypatch.setattr(evaluation, "classification_metrics",
                         lambda *a, **kw: {k: v for k, v in classification_metrics(*a, **kw).items()
                                           if k != "val_accuracy"})
     path = tmp_path / "run.yaml"

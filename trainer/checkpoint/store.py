@@ -10,7 +10,8 @@ Layout inside the store directory (``RUN/ckpt/``)::
 
 Write protocol (what makes a checkpoint survive kill -9 and power loss):
 
-1. check free space (estimated size + ``min_free_mb``), refuse with CheckpointError otherwise;
+1. check free space (estimated size + ``min_free_mb``), refuse with DiskFullError otherwise
+   (before anything is copied or written: ``save_async`` refuses in the caller's thread);
 2. write every file into ``.tmp-step-N-<token>/`` and fsync it, then write and fsync the manifest;
 3. fsync the temp directory, rename it to ``step-N`` and fsync the store directory.
 
@@ -23,7 +24,6 @@ store puts it back if the crash came before the new one was in place, and delete
 """
 from __future__ import annotations
 
-import copy
 import errno
 import fcntl
 import hashlib
@@ -38,11 +38,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
-import numpy as np
 import torch
 
+from trainer.checkpoint.capture import Snapshotter, _DeferredCopies, estimate_bytes
+from trainer.checkpoint.errors import CheckpointError, DiskFullError, full_disk_error
 from trainer.monitor import Monitor, usable
 from trainer.runs import fsync_dir
 
@@ -57,37 +58,6 @@ TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 _STEP_DIR = re.compile(r"^step-(\d{10})$")
 _HASH_CHUNK = 1 << 20
-# torch.save adds zip headers, a pickle of the structure and 64-byte alignment per tensor.
-_OVERHEAD_PER_TENSOR = 1024
-_OVERHEAD_FIXED = 1 << 20
-
-
-class CheckpointError(Exception):
-    """A checkpoint could not be written, or a verified checkpoint could not be loaded."""
-
-
-class DiskFullError(CheckpointError):
-    """A checkpoint did not fit: too little free space before the write (the estimate plus
-    ``min_free_mb``), or ENOSPC/EDQUOT during it. ``free`` and ``needed`` are bytes (``needed``
-    is None when the write itself ran out of space)."""
-
-    def __init__(self, message: str, free: int, needed: Optional[int] = None):
-        super().__init__(message)
-        self.free = free
-        self.needed = needed
-
-
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True for a DiskFullError or an OSError (also as the cause of another error) meaning the
-    file system has no space left (ENOSPC) or the user's quota is used up (EDQUOT)."""
-    while exc is not None:
-        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS):
-            return True
-        exc = exc.__cause__
-    return False
 
 
 @dataclass(frozen=True)
@@ -123,143 +93,6 @@ class CheckpointInfo:
 def step_dir_name(step: int) -> str:
     """Directory name of the checkpoint of ``step``."""
     return f"step-{step:010d}"
-
-
-# CPU dtypes that numpy can copy (see _copy_tensor)
-_NUMPY_DTYPES = {torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128,
-                 torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool}
-
-
-def snapshot(state: Any) -> Any:
-    """Detached in-memory copy of ``state``, safe to write while training mutates the original.
-
-    Tensors are detached and copied with their strides (a tensor that appears twice, e.g. tied
-    weights, stays one tensor in the copy); dicts, lists and tuples are rebuilt around the copies;
-    anything else is deep-copied. Distinct views of one storage become independent tensors.
-    """
-    return _copy(state, {})
-
-
-def _numpy_copyable(t: torch.Tensor) -> bool:
-    return (t.is_cpu and t.layout == torch.strided and t.dtype in _NUMPY_DTYPES
-            and not t.is_conj() and not t.is_neg())
-
-
-def _copy_tensor(t: torch.Tensor, into: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """A detached copy of ``t``, made with a plain single-threaded memcpy where possible, into
-    ``into`` when that buffer has the same shape, dtype and strides.
-
-    ``Tensor.clone`` runs an OpenMP parallel region per tensor; on a busy small box (training
-    threads, other processes) those regions stall: tf_efficientnetv2_s + AdamW (232 MiB, ~1500
-    tensors) took 0.6-1.5 s to clone on a loaded 2-core machine against 0.04-0.06 s through numpy.
-    Copying into a reused buffer also skips the page faults of fresh memory.
-    """
-    t = t.detach()
-    if _numpy_copyable(t):
-        if _fits(into, t):
-            np.copyto(into.numpy(), t.numpy())
-            return into
-        return torch.from_numpy(t.numpy().copy(order="K"))  # order K keeps e.g. channels_last
-    return t.clone()
-
-
-def _fits(buffer: Optional[torch.Tensor], t: torch.Tensor) -> bool:
-    return (buffer is not None and buffer.shape == t.shape and buffer.dtype == t.dtype
-            and buffer.stride() == t.stride())
-
-
-def _dense(t: torch.Tensor) -> bool:
-    """True if ``t`` covers its memory without gaps or overlaps in a layout numpy can mirror."""
-    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-
-
-class _DeferredCopies:
-    """Copies of *stable* tensors that the writer thread makes after the loop has moved on.
-
-    Training only changes parameters, optimizer state and EMA weights in the optimizer step (and
-    the EMA update after it), so those need not be copied while the loop waits: the snapshot gets
-    an empty buffer for each, the writer thread fills the buffers while the next step's forward and
-    backward run, and the loop calls ``CheckpointStore.fence()`` before its next optimizer step.
-    This is CheckFreq's snapshot pipelining (Mohan et al., FAST '21). Stable tensors are matched
-    by data pointer, because ``state_dict()`` hands out detached aliases, not the parameters.
-    """
-
-    def __init__(self, stable: Iterable[torch.Tensor]):
-        self.stable = {t.data_ptr() for t in stable}
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.done = threading.Event()
-        self.error: Optional[BaseException] = None
-
-    def take(self, t: torch.Tensor, into: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """A buffer to be filled later with ``t``, or None if ``t`` must be copied now."""
-        # cheapest test first: this runs for every tensor of the state while the loop waits
-        if t.data_ptr() not in self.stable or not _numpy_copyable(t) or not _dense(t):
-            return None
-        t = t.detach()
-        if not _fits(into, t):
-            into = torch.from_numpy(np.empty_like(t.numpy(), order="K"))
-        self.pairs.append((t, into))
-        return into
-
-    def run(self) -> None:
-        try:
-            for source, target in self.pairs:
-                np.copyto(target.numpy(), source.numpy())
-        except BaseException as e:  # surfaces as a failed checkpoint; the fence must still open
-            self.error = e
-        finally:
-            self.pairs = []  # drop the references to live tensors
-            self.done.set()
-
-
-def _copy(obj: Any, memo: dict, reuse: Optional[Iterator[torch.Tensor]] = None,
-          later: Optional[_DeferredCopies] = None) -> Any:
-    if isinstance(obj, torch.Tensor):
-        key = id(obj)
-        if key not in memo:
-            into = next(reuse, None) if reuse is not None else None
-            deferred = later.take(obj, into) if later is not None else None
-            memo[key] = deferred if deferred is not None else _copy_tensor(obj, into)
-        return memo[key]
-    if isinstance(obj, dict):
-        out = copy.copy(obj)  # keeps dict subclasses (OrderedDict, defaultdict) as they are
-        for k, v in obj.items():
-            out[k] = _copy(v, memo, reuse, later)
-        return out
-    if isinstance(obj, list):
-        return [_copy(v, memo, reuse, later) for v in obj]
-    if isinstance(obj, tuple):
-        items = [_copy(v, memo, reuse, later) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
-    return copy.deepcopy(obj, memo)
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in ``obj`` (dicts, lists and tuples), in the order ``_copy`` meets them."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _tensors(value)
-
-
-def _tensors_in_order(obj: Any) -> list[torch.Tensor]:
-    """The distinct tensors of ``obj`` in the order ``_copy`` meets them."""
-    return list({id(t): t for t in _tensors(obj)}.values())
-
-
-def estimate_bytes(state: Any) -> int:
-    """Rough size of ``torch.save(state)``: tensor storages plus a fixed allowance per tensor."""
-    storages: dict[tuple[int, int], int] = {}
-    n_tensors = 0
-    for tensor in _tensors(state):
-        n_tensors += 1
-        storage = tensor.untyped_storage()
-        storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
-    return sum(storages.values()) + n_tensors * _OVERHEAD_PER_TENSOR + _OVERHEAD_FIXED
 
 
 class _HashingWriter:
@@ -398,8 +231,9 @@ class CheckpointStore:
     valid one. It never removes the newest valid checkpoint and removes nothing at all when a
     directory or file cannot be read.
 
-    ``on_done(result: SaveResult)`` is called once per save attempt, synchronous or not, from the
-    thread that did the write; it must be thread-safe and quick. ``writer_nice`` is how much the
+    ``on_done(result: SaveResult)`` is called once per save that passed the free-space check
+    (a refusal is raised by ``save``/``save_async`` itself), synchronous or not, from the thread
+    that did the write; it must be thread-safe and quick. ``writer_nice`` is how much the
     background writer lowers its CPU priority once it holds its own copy of the state.
     """
 
@@ -431,8 +265,7 @@ class CheckpointStore:
         """(path, reason) of every checkpoint the last load_latest()/list_valid() skipped."""
         self._lock = threading.RLock()  # scans, renames and removals in this directory
         self._thread: Optional[threading.Thread] = None
-        self._staging: Optional[_DeferredCopies] = None  # deferred copies of the write in flight
-        self._spare: Optional[list[torch.Tensor]] = None  # buffers of the last written snapshot
+        self._snapshots = Snapshotter()
         self._pending_error: Optional[BaseException] = None
         self._verified: dict[str, tuple] = {}  # dir name -> file fingerprint already hashed
         self._logged: set[tuple[str, str]] = set()
@@ -441,57 +274,14 @@ class CheckpointStore:
             if not self.ckpt_dir.is_dir():
                 self.ckpt_dir.mkdir(parents=True)
                 fsync_dir(self.ckpt_dir.parent)  # the first checkpoint must not lose its parent
-            self._take_dir_lock(lock_timeout)
+            self._lock_fd = _lock_directory(self.ckpt_dir, lock_timeout)
             try:
-                self._clean_stale()
+                _clean_stale(self.ckpt_dir)
             except BaseException:
                 self.close()
                 raise
 
     # -- opening and closing -------------------------------------------------------------------
-
-    def _take_dir_lock(self, timeout: float) -> None:
-        # Waiting a little covers a supervisor that starts the next trainer while the kernel is
-        # still tearing the killed one down.
-        fd = os.open(self.ckpt_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EACCES, errno.EAGAIN):
-                    os.close(fd)
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                    os.close(fd)
-                    raise CheckpointError(
-                        f"checkpoint directory {self.ckpt_dir} is in use by another process "
-                        f"(pid {holder}; waited {timeout:g} s)"
-                    ) from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
-    def _clean_stale(self) -> None:
-        """Delete unfinished writes/removals; resolve a replacement interrupted half-way."""
-        for entry in sorted(os.scandir(self.ckpt_dir), key=lambda e: e.name):
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            path = Path(entry.path)
-            if entry.name.startswith(TMP_PREFIX):
-                log.info("removing unfinished checkpoint write %s", path)
-                _remove_leftover(path)
-            elif entry.name.startswith(OLD_PREFIX):
-                final = self.ckpt_dir / entry.name[len(OLD_PREFIX):]
-                if final.exists():
-                    _remove_leftover(path)
-                else:
-                    log.warning("restoring %s: its replacement never landed", final)
-                    os.rename(path, final)
-        fsync_dir(self.ckpt_dir)
 
     def close(self) -> None:
         """Wait for a write in flight and release the directory lock (errors go to on_done)."""
@@ -519,8 +309,9 @@ class CheckpointStore:
         of ``save_async``.
         """
         meta = self._prepare(meta)
-        job = _Job(state, meta, self._join_in_flight(), None, before_commit, after_commit)
-        result = self._write_and_report(job)
+        waited = self._join_in_flight()
+        self.check_free_space(meta["step"], state)
+        result = self._write_and_report(_Job(state, meta, waited, None, before_commit, after_commit))
         if result.error is not None:
             raise result.error
         return result
@@ -531,11 +322,13 @@ class CheckpointStore:
         """Snapshot ``state`` in memory and write the snapshot in a background thread.
 
         At most one write is in flight: if one is, this first waits for it (reported as
-        ``waited_s``). The copy reuses the buffers of the previous written snapshot where shapes
-        match. Tensors of ``state`` that share memory with a tensor in ``stable`` are copied by
-        the writer thread instead, as soon as it starts: the caller must not modify them until
-        ``fence()`` returns (see ``_DeferredCopies``). The thread then lowers its CPU priority
-        by ``writer_nice`` for the write itself.
+        ``waited_s``). Then the free space is checked: a checkpoint that does not fit raises
+        DiskFullError here, before anything is copied. The copy reuses the buffers of the
+        previous written snapshot where shapes match. Tensors of ``state`` that share memory
+        with a tensor in ``stable`` are copied by the writer thread instead, as soon as it
+        starts: the caller must not modify them until ``fence()`` returns (see
+        ``capture._DeferredCopies``). The thread then lowers its CPU priority by
+        ``writer_nice`` for the write itself.
 
         ``before_commit()`` runs in the writer before the checkpoint is renamed into place (e.g.
         to fsync a file the checkpoint points into); raising fails the checkpoint.
@@ -545,25 +338,17 @@ class CheckpointStore:
         """
         meta = self._prepare(meta)
         waited = self._join_in_flight()
-        later = _DeferredCopies(stable)
-        spare, self._spare = self._spare, None
-        snap = _copy(state, {}, iter(spare) if spare else None, later)
-        self._staging = later
-        thread = threading.Thread(target=self._write_in_background,
-                                  args=(_Job(snap, meta, waited, later, before_commit, after_commit),),
-                                  name=f"checkpoint-step-{meta['step']}")
-        self._thread = thread
-        thread.start()
+        self.check_free_space(meta["step"], state)
+        snap, later = self._snapshots.take(state, stable)
+        job = _Job(snap, meta, waited, later, before_commit, after_commit)
+        self._thread = threading.Thread(target=self._write_in_background, args=(job,),
+                                        name=f"checkpoint-step-{meta['step']}")
+        self._thread.start()
 
     def fence(self) -> float:
         """Block until the write in flight holds its own copy of the ``stable`` tensors passed to
         ``save_async``; return the seconds waited. Call it before modifying any of them."""
-        later = self._staging
-        if later is None or later.done.is_set():
-            return 0.0
-        started = time.perf_counter()
-        later.done.wait()
-        return time.perf_counter() - started
+        return self._snapshots.fence()
 
     def wait(self) -> None:
         """Block until no write is in flight; raise the first background failure not yet raised."""
@@ -571,6 +356,24 @@ class CheckpointStore:
         error, self._pending_error = self._pending_error, None
         if error is not None:
             raise error
+
+    def check_free_space(self, step: int, state: Any) -> int:
+        """The estimated size of a checkpoint of ``state``; DiskFullError if the free space is
+        below it plus ``min_free_mb``."""
+        estimate = estimate_bytes(state)
+        free, needed = shutil.disk_usage(self.ckpt_dir).free, self.space_needed(estimate)
+        if free < needed:
+            raise DiskFullError(
+                f"not enough disk space for checkpoint step {step} in {self.ckpt_dir}: "
+                f"{free / 2**20:.0f} MiB free, need about {estimate / 2**20:.0f} MiB "
+                f"plus min_free_mb={self.min_free_mb:g}",
+                free=free, needed=needed,
+            )
+        return estimate
+
+    def space_needed(self, estimate: int) -> int:
+        """Bytes that must be free before writing a checkpoint of ``estimate`` bytes."""
+        return estimate + int(self.min_free_mb * 2**20)
 
     def _prepare(self, meta: dict) -> dict:
         if self.readonly:
@@ -584,14 +387,15 @@ class CheckpointStore:
         if thread is None:
             return 0.0
         thread.join()
-        self._thread = self._staging = None
+        self._thread = None
+        self._snapshots.settled()
         return time.perf_counter() - started
 
     def _write_in_background(self, job: "_Job") -> None:
         job.later.run()
         _lower_thread_priority(self.writer_nice)
         result = self._write_and_report(job)
-        self._spare = _tensors_in_order(job.state)  # written: the next snapshot may copy into them
+        self._snapshots.written(job.state)
         if result.error is not None and self._pending_error is None:
             self._pending_error = result.error
 
@@ -618,9 +422,7 @@ class CheckpointStore:
         step = meta["step"]
         name = step_dir_name(step)
         tmp = self.ckpt_dir / f"{TMP_PREFIX}{name}-{secrets.token_hex(4)}"
-        estimate = estimate_bytes(state)
         try:
-            self._check_free_space(step, estimate)
             tmp.mkdir()
             meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode()
             files = {
@@ -634,55 +436,16 @@ class CheckpointStore:
             if before_commit is not None:
                 before_commit()
             with self._lock:
-                final = self._install(tmp, name)
-                self._verified[name] = self._fingerprint(final)
+                final = _install(self.ckpt_dir, tmp, name)
+                self._verified[name] = _fingerprint(final)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, CheckpointError) or not isinstance(e, Exception):
                 raise
             message = f"writing checkpoint step {step} in {self.ckpt_dir} failed: {e}"
-            # the estimate was short, or something else filled the disk; torch.save reports a
-            # full disk as a RuntimeError ("unexpected pos"), hence the look at the free space
-            free = shutil.disk_usage(self.ckpt_dir).free
-            if is_disk_full(e) or free < self.space_needed(estimate):
-                raise DiskFullError(message, free=free, needed=self.space_needed(estimate)) from e
-            raise CheckpointError(message) from e
+            needed = self.space_needed(estimate_bytes(state))
+            raise full_disk_error(e, message, self.ckpt_dir, needed) or CheckpointError(message) from e
         return final, sum(f["size"] for f in files.values()) + len(manifest_bytes)
-
-    def _check_free_space(self, step: int, estimate: int) -> None:
-        free = shutil.disk_usage(self.ckpt_dir).free
-        reserve = int(self.min_free_mb * 2**20)
-        if free < estimate + reserve:
-            raise DiskFullError(
-                f"not enough disk space for checkpoint step {step} in {self.ckpt_dir}: "
-                f"{free / 2**20:.0f} MiB free, need about {estimate / 2**20:.0f} MiB "
-                f"plus min_free_mb={self.min_free_mb:g}",
-                free=free, needed=estimate + reserve,
-            )
-
-    def space_needed(self, estimate: int) -> int:
-        """Bytes that must be free before writing a checkpoint of ``estimate`` bytes."""
-        return estimate + int(self.min_free_mb * 2**20)
-
-    def _install(self, tmp: Path, name: str) -> Path:
-        """Rename the finished temp dir to ``name``, moving an existing one aside first."""
-        final = self.ckpt_dir / name
-        old = self.ckpt_dir / f"{OLD_PREFIX}{name}"
-        if final.exists():
-            if old.exists():  # only possible after a failed cleanup; final is the newer one
-                shutil.rmtree(old)
-            os.rename(final, old)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                os.rename(old, final)  # keep the previous checkpoint visible
-                raise
-            fsync_dir(self.ckpt_dir)
-            _remove_leftover(old)  # the new one is in place: failing here must not fail the save
-        else:
-            os.rename(tmp, final)
-            fsync_dir(self.ckpt_dir)
-        return final
 
     # -- finding and loading -------------------------------------------------------------------
 
@@ -756,55 +519,24 @@ class CheckpointStore:
         Damage (missing or mismatching files, bad JSON) is a reason; other OSErrors propagate so
         that callers which delete things can refuse to act on a directory they cannot read.
         """
-        try:
-            manifest = json.loads((path / MANIFEST_FILE).read_bytes())
-        except FileNotFoundError:
-            return None, f"no {MANIFEST_FILE} (the write did not finish)"
-        except ValueError as e:
-            return None, f"{MANIFEST_FILE} is not valid JSON: {e}"
-        problem = _manifest_problem(manifest, step)
+        manifest, problem = _read_manifest(path, step)
         if problem:
             return None, problem
-        fingerprint = self._fingerprint(path)
+        fingerprint = _fingerprint(path)
         if not (use_cache and fingerprint is not None and self._verified.get(path.name) == fingerprint):
-            for fname, expected in manifest["files"].items():
-                try:
-                    size = (path / fname).stat().st_size
-                    if size != expected["size"]:
-                        return None, f"{fname} has {size} bytes, manifest says {expected['size']}"
-                    if _sha256_of(path / fname) != expected["sha256"]:
-                        return None, f"{fname} sha256 does not match the manifest"
-                except FileNotFoundError:
-                    return None, f"{fname} is missing"
+            problem = _files_problem(path, manifest)
+            if problem:
+                return None, problem
             self._verified[path.name] = fingerprint
-        try:
-            meta = json.loads((path / META_FILE).read_bytes())
-        except ValueError as e:
-            return None, f"{META_FILE} is not valid JSON: {e}"
-        if not isinstance(meta, dict):
-            return None, f"{META_FILE} is not a JSON object"
-        return CheckpointInfo(step, path, meta), None
-
-    @staticmethod
-    def _fingerprint(path: Path) -> Optional[tuple]:
-        """Identity of a checkpoint's files (name, inode, size, mtime); None if one is missing."""
-        try:
-            stats = [(e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)]
-        except FileNotFoundError:
-            return None
-        return tuple(sorted(stats))
+        meta, problem = _read_meta(path)
+        return (None, problem) if problem else (CheckpointInfo(step, path, meta), None)
 
     # -- retention -------------------------------------------------------------------------------
 
     def _apply_retention(self) -> None:
-        """Remove checkpoints no rule keeps; any listing/reading failure removes nothing.
-
-        Kept: the newest ``keep_last`` valid ones (always including the newest valid one), the
-        best by ``meta["metric"]`` (direction ``meta["mode"]``, "max" or "min") if ``keep_best``,
-        and the last ``phase_end`` checkpoint of each phase if ``keep_phase_ends``. Invalid
-        (damaged) checkpoints older than the newest valid one are removed too; invalid ones newer
-        than it are left for inspection until a newer valid checkpoint exists.
-        """
+        """Remove checkpoints no rule keeps (see the class docstring and ``_kept``); any
+        listing/reading failure removes nothing. Invalid checkpoints newer than the newest valid
+        one are left for inspection until a newer valid checkpoint exists."""
         with self._lock:
             try:
                 entries = []
@@ -819,7 +551,7 @@ class CheckpointStore:
             valid = [info for _, _, info in entries if info is not None]
             if not valid:
                 return
-            keep = self._kept(valid)
+            keep = _kept(valid, self.keep_last, self.keep_best, self.keep_phase_ends)
             newest_valid = valid[-1].step
             for step, path, info in entries:
                 if path in keep or (info is None and step > newest_valid):
@@ -831,20 +563,137 @@ class CheckpointStore:
                 except OSError as e:
                     log.warning("retention could not remove %s: %s", path, e)
 
-    def _kept(self, valid: list[CheckpointInfo]) -> set[Path]:
-        keep = {info.path for info in valid[-self.keep_last:]}
-        keep.add(valid[-1].path)
-        if self.keep_best:
-            best = _best(valid)
-            if best is not None:
-                keep.add(best.path)
-        if self.keep_phase_ends:
-            last_of_phase: dict[Any, CheckpointInfo] = {}
-            for info in valid:  # ascending, so later ones overwrite earlier ones
-                if info.meta.get("phase_end") is True:
-                    last_of_phase[info.meta.get("phase")] = info
-            keep.update(info.path for info in last_of_phase.values())
-        return keep
+
+def _lock_directory(ckpt_dir: Path, timeout: float) -> int:
+    """The fd of ``ckpt_dir/.lock``, exclusively locked and holding our pid (see CheckpointStore)."""
+    # Waiting a little covers a supervisor that starts the next trainer while the kernel is
+    # still tearing the killed one down.
+    fd = os.open(ckpt_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise CheckpointError(
+                    f"checkpoint directory {ckpt_dir} is in use by another process "
+                    f"(pid {holder}; waited {timeout:g} s)"
+                ) from None
+            time.sleep(0.1)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _clean_stale(ckpt_dir: Path) -> None:
+    """Delete unfinished writes/removals; resolve a replacement interrupted half-way."""
+    for entry in sorted(os.scandir(ckpt_dir), key=lambda e: e.name):
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        if entry.name.startswith(TMP_PREFIX):
+            log.info("removing unfinished checkpoint write %s", path)
+            _remove_leftover(path)
+        elif entry.name.startswith(OLD_PREFIX):
+            final = ckpt_dir / entry.name[len(OLD_PREFIX):]
+            if final.exists():
+                _remove_leftover(path)
+            else:
+                log.warning("restoring %s: its replacement never landed", final)
+                os.rename(path, final)
+    fsync_dir(ckpt_dir)
+
+
+def _install(ckpt_dir: Path, tmp: Path, name: str) -> Path:
+    """Rename the finished temp dir to ``name``, moving an existing one aside first."""
+    final = ckpt_dir / name
+    old = ckpt_dir / f"{OLD_PREFIX}{name}"
+    if final.exists():
+        if old.exists():  # only possible after a failed cleanup; final is the newer one
+            shutil.rmtree(old)
+        os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            os.rename(old, final)  # keep the previous checkpoint visible
+            raise
+        fsync_dir(ckpt_dir)
+        _remove_leftover(old)  # the new one is in place: failing here must not fail the save
+    else:
+        os.rename(tmp, final)
+        fsync_dir(ckpt_dir)
+    return final
+
+
+def _fingerprint(path: Path) -> Optional[tuple]:
+    """Identity of a checkpoint's files (name, inode, size, mtime); None if one is missing."""
+    try:
+        stats = [(e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)]
+    except FileNotFoundError:
+        return None
+    return tuple(sorted(stats))
+
+
+def _read_manifest(path: Path, step: int) -> tuple[Optional[dict], Optional[str]]:
+    """(manifest, None) of checkpoint ``path``, or (None, what is wrong with it)."""
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_bytes())
+    except FileNotFoundError:
+        return None, f"no {MANIFEST_FILE} (the write did not finish)"
+    except ValueError as e:
+        return None, f"{MANIFEST_FILE} is not valid JSON: {e}"
+    problem = _manifest_problem(manifest, step)
+    return (None, problem) if problem else (manifest, None)
+
+
+def _read_meta(path: Path) -> tuple[Optional[dict], Optional[str]]:
+    """(meta, None) of checkpoint ``path`` (its files verified), or (None, what is wrong with it)."""
+    try:
+        meta = json.loads((path / META_FILE).read_bytes())
+    except ValueError as e:
+        return None, f"{META_FILE} is not valid JSON: {e}"
+    if not isinstance(meta, dict):
+        return None, f"{META_FILE} is not a JSON object"
+    return meta, None
+
+
+def _files_problem(path: Path, manifest: dict) -> Optional[str]:
+    """What is wrong with the files of checkpoint ``path`` against its manifest (size, sha256), or None."""
+    for fname, expected in manifest["files"].items():
+        try:
+            size = (path / fname).stat().st_size
+            if size != expected["size"]:
+                return f"{fname} has {size} bytes, manifest says {expected['size']}"
+            if _sha256_of(path / fname) != expected["sha256"]:
+                return f"{fname} sha256 does not match the manifest"
+        except FileNotFoundError:
+            return f"{fname} is missing"
+    return None
+
+
+def _kept(valid: list[CheckpointInfo], keep_last: int, keep_best: bool, keep_phase_ends: bool) -> set[Path]:
+    """The checkpoints the retention rules keep: the newest ``keep_last`` valid ones (always the
+    newest valid one), the best by ``meta["metric"]`` if ``keep_best``, and the last
+    ``phase_end`` checkpoint of each phase if ``keep_phase_ends``."""
+    keep = {info.path for info in valid[-keep_last:]}
+    keep.add(valid[-1].path)
+    if keep_best:
+        best = _best(valid)
+        if best is not None:
+            keep.add(best.path)
+    if keep_phase_ends:
+        last_of_phase: dict[Any, CheckpointInfo] = {}
+        for info in valid:  # ascending, so later ones overwrite earlier ones
+            if info.meta.get("phase_end") is True:
+                last_of_phase[info.meta.get("phase")] = info
+        keep.update(info.path for info in last_of_phase.values())
+    return keep
 
 
 def _best(valid: list[CheckpointInfo]) -> Optional[CheckpointInfo]:

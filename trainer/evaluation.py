@@ -1,0 +1,143 @@
+"""Evaluation and what follows from it: which weights (raw or EMA) the run follows, the best
+evaluation, early stopping and the plateau LR cut.
+
+Its state (best metric and step, patience used, plateau scale) lives in the trainer's
+`LoopState`, so it is checkpointed with everything else; "better" is `cfg.eval.monitor_rule`
+(trainer/monitor.py), the one definition the rest of the project uses too.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.data import make_loader
+from trainer.metrics import TRAIN_MONITOR, classification_metrics
+
+
+class Evaluation:
+    """Evaluates the model (and its EMA) on the validation set and applies the consequences to
+    `state`: best evaluation (then `on_best()`, which writes best.pt), early stopping, plateau."""
+
+    def __init__(self, cfg, data, plan, state, model: torch.nn.Module, ema, channels_last: bool,
+                 smoother, event: Callable[..., None], train_mode: Callable[[], None],
+                 on_best: Callable[[], None]):
+        self.cfg, self.data, self.plan, self.state = cfg, data, plan, state
+        self.model, self.ema, self.channels_last = model, ema, channels_last
+        self.smoother = smoother  # the train-loss monitor reads its smoothed value
+        self.event, self.train_mode, self.on_best = event, train_mode, on_best
+
+    def evaluate(self) -> tuple[dict, dict]:
+        """(metrics, history record) of an evaluation at the current step.
+
+        With EMA on, both the EMA and (eval.ema.evaluate_raw) the raw weights are evaluated and
+        the better eval.monitor value is followed (a tie or a missing value goes to the EMA):
+        its metrics are the record's val_* keys, `eval_weights` names it, val_ema_* and
+        val_raw_* keep both sets' scalars (val_ema_accuracy, val_raw_loss, ...)."""
+        if self.ema is None:
+            metrics, extra = self._evaluate_model(self.model), {}
+        else:
+            sets = {"ema": self._evaluate_model(self.ema.module)}
+            if self.cfg.eval.ema.evaluate_raw:
+                sets["raw"] = self._evaluate_model(self.model)
+            chosen = self._pick_weights(sets)
+            metrics = sets[chosen]
+            # val_ema_* / val_raw_*: inside the val_ namespace history series and export use
+            extra = {f"val_{name}_{k.removeprefix('val_')}": v for name, m in sets.items() for k, v in m.items()
+                     if k.startswith("val_") and isinstance(v, (int, float))}
+            extra["eval_weights"] = chosen
+        state = self.state
+        record = {"kind": "eval", "step": state.step, "epoch": state.epoch,
+                  "phase": self.plan.phase_at(state.step - 1).index, "time": time.time(), **metrics, **extra}
+        return metrics, record
+
+    def _pick_weights(self, sets: dict) -> str:
+        """"raw" when its monitor value is strictly better than the EMA's, else "ema"."""
+        ema, raw = (sets.get(name, {}).get(self.cfg.eval.monitor) for name in ("ema", "raw"))
+        return "raw" if self.cfg.eval.monitor_rule.exact().better(raw, ema) else "ema"
+
+    @torch.no_grad()
+    def _evaluate_model(self, model: torch.nn.Module) -> dict:
+        model.eval()
+        cfg = self.cfg
+        loader = make_loader(self.data.val, cfg.eval.batch_size or 2 * cfg.optim.batch_size,
+                             sampler=None, num_workers=cfg.data.num_workers)
+        probs, labels, loss_sum = [], [], 0.0
+        with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
+            batches = iter(loader)
+        for x, y in batches:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            probs.append(logits.softmax(dim=1).numpy())
+            labels.append(y.numpy())
+        self.train_mode()
+        y_true = np.concatenate(labels)
+        metrics = classification_metrics(y_true, np.concatenate(probs), list(self.data.classes),
+                                          loss=loss_sum / max(len(y_true), 1))
+        if cfg.eval.monitor == TRAIN_MONITOR:
+            metrics[TRAIN_MONITOR] = self.smoother.value
+        return metrics
+
+    def judge(self, metrics: dict, weights: Optional[str] = None) -> None:
+        """Apply an evaluation: last/best evaluation, best.pt, plateau, early stopping; `weights`
+        is the set it followed ("ema"/"raw"), None without EMA."""
+        state, ev = self.state, self.cfg.eval
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        state.last_eval = dict(scalars, step=state.step, epoch=state.epoch)
+        if weights is not None:
+            state.last_eval["eval_weights"] = weights
+        value = metrics.get(ev.monitor)
+        improved = ev.monitor_rule.better(value, state.best_metric)
+        counts = self._phase_can_improve()
+        if improved:
+            state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+            state.best_eval = dict(state.last_eval)
+            self.on_best()
+        else:
+            state.evals_since_best += counts
+        self._update_plateau(value if counts else None)
+        self._announce(scalars, weights, improved)
+        if ev.early_stopping.patience is not None and not improved and counts:
+            self._count_patience()
+
+    def _announce(self, scalars: dict, weights: Optional[str], improved: bool) -> None:
+        state = self.state
+        summary = ", ".join(f"{k.removeprefix('val_')} {scalars[k]:.4f}" for k in
+                            ("val_loss", "val_accuracy", "val_f1_macro", "val_auc_roc") if scalars.get(k) is not None)
+        which = f" ({weights} weights)" if weights is not None else ""
+        extra: dict[str, Any] = {"eval_weights": weights} if weights is not None else {}
+        self.event("eval", "info", f"epoch {state.epoch + 1} eval{which}: {summary}" + (" (best)" if improved else ""),
+                   step=state.step, epoch=state.epoch, metrics=scalars, improved=improved, **extra)
+
+    def _count_patience(self) -> None:
+        state, ev = self.state, self.cfg.eval
+        left = ev.early_stopping.patience - state.evals_since_best
+        self.event("early_stopping", "warning" if left <= 1 else "info",
+                   f"no improvement of {ev.monitor} for {state.evals_since_best} evals ({max(left, 0)} left)",
+                   patience_left=max(left, 0), best=state.best_metric)
+        if left <= 0:
+            state.stopped_early = True
+
+    def _phase_can_improve(self) -> bool:
+        """False in a phase that trains only the classifier on a backbone that is frozen and was
+        never trained (trainable 0 without model.pretrained; config_warnings names it): its
+        evaluations use up neither early-stopping nor plateau patience."""
+        return self.plan.phase_at(self.state.step - 1).trainable > 0.0 or bool(self.cfg.model.pretrained)
+
+    def _update_plateau(self, value: Optional[float]) -> None:
+        if self.cfg.schedule.name != "plateau" or value is None:
+            return
+        s, p = self.state, self.cfg.schedule.plateau
+        if self.cfg.eval.monitor_rule.better(value, s.plateau_best):
+            s.plateau_best, s.plateau_bad = value, 0
+            return
+        s.plateau_bad += 1
+        if s.plateau_bad > p.patience:
+            s.plateau_scale *= p.factor
+            s.plateau_bad = 0
+            self.event("lr", "info", f"plateau: LR scaled to x{s.plateau_scale:.4g}", scale=s.plateau_scale)

@@ -1,0 +1,107 @@
+"""Resuming a run from its newest valid checkpoint: the config must be the one it was written
+with, history.msgpack is cut back to the checkpoint's offset (no gaps, no duplicates), and a run
+with nothing to resume from starts over loudly, keeping its old history aside."""
+from __future__ import annotations
+
+import os
+import time
+
+from trainer.checkpoint.errors import CheckpointError
+from trainer.history import read_history, truncate_history
+from trainer.runs import fsync_dir
+
+
+def resume(trainer) -> bool:
+    """Load the newest valid checkpoint into `trainer` (a Trainer being set up); False when there
+    is none and training starts at step 0."""
+    store = trainer.checkpoints.store
+    loaded = store.load_latest()
+    for path, reason in store.rejected:
+        trainer.event("alert", "warning", f"rejected checkpoint {path}: {reason}", what="bad_checkpoint", path=str(path))
+    if loaded is None:
+        _start_over(trainer)
+        return False
+    ckpt, meta = loaded
+    _check_config_hash(trainer, meta)
+    trainer.restore(ckpt)
+    threads = trainer.cfg.threads
+    if ckpt.get("threads") != threads:
+        trainer.event("alert", "warning", f"checkpoint was written with {ckpt.get('threads')} threads, running with "
+                      f"{threads}: results will not be bit-identical", what="threads")
+    offset = _cut_history(trainer, ckpt["history_offset"])
+    trainer.history.reopen()
+    trainer.checkpoints.saved_at = (trainer.state.step, offset)
+    trainer.event("resume", "info", f"resumed from step {trainer.state.step} ({meta.get('path', '')})",
+                  step=trainer.state.step, epoch=trainer.state.epoch)
+    return True
+
+
+def _check_config_hash(trainer, meta: dict) -> None:
+    """Refuse to train on top of a checkpoint written under another config (an emptied or
+    edited config.yaml would silently train another plan). Older checkpoints have no hash."""
+    written_with, ours = meta.get("config_sha256"), trainer.config_hash
+    if written_with is not None and written_with != ours:
+        raise CheckpointError(
+            f"config.yaml does not match the checkpoint: {trainer.run_dir / 'config.yaml'} (sha256 "
+            f"{ours[:12]}) is not the config that checkpoint {meta.get('path', '')} step "
+            f"{meta.get('step')} was written with (sha256 {written_with[:12]}); restore the run's "
+            "config.yaml, or start a new run for the new config")
+
+
+def _start_over(trainer) -> None:
+    """No valid checkpoint: training starts at step 0. If the run had progress (a history,
+    rejected checkpoints) say so loudly and keep the old history aside, never truncate it."""
+    run_dir, history = trainer.run_dir, trainer.history
+    path = run_dir / "history.msgpack"
+    size = path.stat().st_size if path.exists() else 0
+    rejected = trainer.checkpoints.store.rejected
+    if size == 0 and not rejected:
+        return  # a new run
+    why = (f"all {len(rejected)} checkpoint(s) were rejected: "
+           + "; ".join(f"{p.name}: {r}" for p, r in rejected)) if rejected else "no checkpoint was found"
+    kept = ""
+    if size:
+        aside = run_dir / f"history.before-restart-{int(time.time())}.msgpack"
+        history.close()
+        os.replace(path, aside)
+        fsync_dir(run_dir)
+        history.reopen()
+        kept = f"; the old history ({size} bytes) was kept as {aside.name}"
+    trainer.event("alert", "error", f"starting over from step 0: {why}{kept}", what="starting_over",
+                  reason="all_rejected" if rejected else "no_checkpoint", history_bytes=size,
+                  rejected=[[str(p), r] for p, r in rejected])
+
+
+def _cut_history(trainer, offset: int) -> int:
+    """Cut history.msgpack back to the checkpoint's `offset`; return where it ends now.
+
+    If the file is shorter than `offset` or a record before it is torn or undecodable (damage
+    on disk, a power cut), it is cut after its last whole record instead and an alert names what
+    was lost: training goes on, the rows between are gone. (history.truncate_history alone
+    handles a short file, not a damaged record before the offset, and names no lost steps.)"""
+    path = trainer.run_dir / "history.msgpack"
+    reader = read_history(path)
+    last_step = None
+    try:
+        for record in reader:
+            if reader.valid_length > offset:
+                break
+            last_step = record["step"]
+    except Exception as exc:  # e.g. the file is missing although the checkpoint recorded bytes
+        reader.valid_length, reader.problem = 0, str(exc)
+    good = min(reader.valid_length, offset)
+    if good == offset:
+        return truncate_history(path, offset)
+    size = path.stat().st_size if path.exists() else 0
+    if path.exists():
+        truncate_history(path, good)
+    first_lost = (last_step or 0) + 1
+    step = trainer.state.step
+    problem = f"it has {size} bytes" if size < offset else f"{reader.problem or 'a damaged record'}"
+    trainer.event("alert", "warning",
+                  f"history gap: {path.name} should hold {offset} bytes up to the checkpoint at step "
+                  f"{step}, but {problem}; whole records end at byte {good}. The rows of "
+                  f"steps {first_lost}-{step} are lost (the file is cut there); training goes on",
+                  what="history_gap", path=str(path), expected_bytes=offset, file_bytes=size,
+                  valid_bytes=good, lost_steps=[first_lost, step])
+    return good
