@@ -248,12 +248,12 @@ def bench_dashboard(root: Path, env: dict, steps: int) -> dict:
     from trainer.run.sockets import socket_path
 
     results = {}
-    from trainer.history import SERIES_CACHE
+    from trainer.run.rundir import RunDir
 
     offline_dir = make_run(root, "big-offline", steps, "stopped", None)
     cold = []
     for _ in range(3):  # no series cache: the history is downsampled (and the cache written)
-        (offline_dir / SERIES_CACHE).unlink(missing_ok=True)
+        RunDir(offline_dir).series_cache.unlink(missing_ok=True)
         cold.append(run_child("--child-dashboard", str(offline_dir), "offline", env=env))
     results["offline_uncached"] = min(cold, key=lambda r: r["dashboard_s"])
     # what a finished or stopped run looks like: its daemon left the cache at exit

@@ -284,11 +284,11 @@ def test_checkpoints_without_a_config_hash_still_load(tmp_path):
 
 
 def test_plan_json_is_written_atomically_and_fsynced(tmp_path, monkeypatch):
-    from trainer import engine
+    from trainer.run import plan
 
     written = []
-    real = engine.atomic_write_json
-    monkeypatch.setattr(engine, "atomic_write_json", lambda path, obj: (written.append(Path(path).name), real(path, obj)))
+    real = plan.atomic_write_json
+    monkeypatch.setattr(plan, "atomic_write_json", lambda path, obj: (written.append(Path(path).name), real(path, obj)))
     trainer = Trainer(mlp_cfg(max_steps=1), tmp_path)
     trainer.setup()
     assert written == ["plan.json"] and json.loads((tmp_path / "plan.json").read_text())["plan"]["total_steps"] == 1

@@ -18,6 +18,7 @@ from trainer.history import cache as history_cache
 from trainer.history import load as history_load
 from trainer.history import Downsampler, HistoryError, HistoryWriter, SeriesSet
 from trainer.monitor import Monitor
+from trainer.run.rundir import RunDir
 
 
 def train(step, loss=0.5, **extra):
@@ -392,7 +393,7 @@ def test_load_summary_builds_once_then_reads_the_cache(tmp_path, monkeypatch):
     write(path, [train(s, loss=1.0 / s) for s in range(1, 3000)] + [evaluation(3000, f1=0.7)])
     first = h.load_summary(path)
     assert first == _summary_of_load_series(path) and first.last_eval["val_f1_macro"] == 0.7
-    assert (tmp_path / h.SERIES_CACHE).exists()
+    assert RunDir(tmp_path).series_cache.exists()
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("rebuilt although the cache is valid")
@@ -420,10 +421,10 @@ def test_load_summary_rebuilds_when_the_history_or_the_monitor_changed(tmp_path)
 def test_a_damaged_or_foreign_cache_is_ignored_and_replaced(tmp_path, cache_bytes):
     path = tmp_path / "history.msgpack"
     write(path, [train(s) for s in range(1, 20)])
-    (tmp_path / h.SERIES_CACHE).write_bytes(cache_bytes)
+    RunDir(tmp_path).series_cache.write_bytes(cache_bytes)
     assert h.load_summary(path) == _summary_of_load_series(path)
     assert h.load_summary(path) == _summary_of_load_series(path)  # now from the rewritten cache
-    assert (tmp_path / h.SERIES_CACHE).read_bytes() != cache_bytes
+    assert RunDir(tmp_path).series_cache.read_bytes() != cache_bytes
 
 
 def test_load_summary_without_a_writable_directory_or_history(tmp_path, monkeypatch):

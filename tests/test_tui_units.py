@@ -15,6 +15,7 @@ from tui import braille, fmt  # noqa: E402
 from tui.model import RunModel, Series  # noqa: E402
 from trainer.run.events import read_events  # noqa: E402
 from trainer.run.linefile import tail_lines  # noqa: E402
+from trainer.run.rundir import RunDir  # noqa: E402
 from tui.offline import load_run_dir  # noqa: E402
 from tui.widgets.timeline import allocate, phase_weight, spans_from_plan  # noqa: E402
 
@@ -186,7 +187,7 @@ def test_offline_reader_downsamples_the_history_once(tmp_path, monkeypatch):
 
     run_dir = tui_fakes.write_run_dir(tmp_path / "r", state="finished", steps=500)
     first = load_run_dir(run_dir)
-    assert first.series and (run_dir / history.SERIES_CACHE).exists()
+    assert first.series and RunDir(run_dir).series_cache.exists()
     monkeypatch.setattr(history, "load_series", lambda *a, **k: pytest.fail("history re-read"))
     again = load_run_dir(run_dir)
     assert again.series.keys() == first.series.keys()

@@ -42,7 +42,8 @@ from trainer.evaluation import Evaluation
 from trainer.history import HistoryWriter, LossSmoother
 from trainer.metrics import monitor_problem
 from trainer.resume import resume
-from trainer.runs import atomic_write_json
+from trainer.run.plan import write_plan
+from trainer.run.rundir import RunDir
 from trainer.schedule import EtaModel, Plan
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class Trainer:
                  controls: Optional[queue.SimpleQueue] = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.files = RunDir(self.run_dir)
         self.publisher = publisher or NullPublisher()
         self.state = LoopState()
         self.smoother = LossSmoother()  # the same smoothing the TUI's series use
@@ -184,7 +186,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.data = build_datasets(cfg, frozen=self.run_dir / "data_auto.json")  # keeps what `auto` became
+        self.data = build_datasets(cfg, frozen=self.files.data_auto)  # keeps what `auto` became
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
                        what="bad_data", count=len(self.data.skipped))
@@ -197,7 +199,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model)
         self.ema = make_ema(cfg, self.model)
         self.loss_weight = class_weights(cfg.loss.class_weights, self.data.class_counts["train"])
-        self.history = HistoryWriter(self.run_dir / "history.msgpack")
+        self.history = HistoryWriter(self.files.history)
         self.checkpoints.open_store()
         self.step_fn = torch.compile(self.model) if cfg.model.compile else None
         self.resumed = resume(self)
@@ -217,12 +219,11 @@ class Trainer:
         improve, so no best.pt, early stopping on nothing, plateau cuts for nothing."""
         problem = monitor_problem(self.cfg.eval.monitor, len(self.classes))
         if problem:
-            raise ConfigError(str(self.run_dir / "config.yaml"), [("eval.monitor", problem)])
+            raise ConfigError(str(self.files.config), [("eval.monitor", problem)])
 
     def _write_plan(self) -> None:
-        body = {"plan": self.plan.to_dict(), "config": self.config_summary()}
-        atomic_write_json(self.run_dir / "plan.json", body)  # fsync'd with its directory: offline readers need it whole
-        self.publisher.plan(body)
+        # fsync'd with its directory: offline readers need it whole
+        self.publisher.plan(write_plan(self.run_dir, self.plan.to_dict(), self.config_summary()))
 
     def config_summary(self) -> dict:
         return {**self.cfg.summary(), "classes": list(self.classes), "n_train": len(self.data.train),

@@ -8,7 +8,7 @@ import time
 
 from trainer.checkpoint.errors import CheckpointError
 from trainer.history import read_history, truncate_history
-from trainer.runs import fsync_dir
+from trainer.run.rundir import fsync_dir
 
 
 def resume(trainer) -> bool:
@@ -40,19 +40,20 @@ def _check_config_hash(trainer, meta: dict) -> None:
     """Refuse to train on top of a checkpoint written under another config (an emptied or
     edited config.yaml would silently train another plan). Older checkpoints have no hash."""
     written_with, ours = meta.get("config_sha256"), trainer.config_hash
+    config = trainer.files.config
     if written_with is not None and written_with != ours:
         raise CheckpointError(
-            f"config.yaml does not match the checkpoint: {trainer.run_dir / 'config.yaml'} (sha256 "
+            f"{config.name} does not match the checkpoint: {config} (sha256 "
             f"{ours[:12]}) is not the config that checkpoint {meta.get('path', '')} step "
             f"{meta.get('step')} was written with (sha256 {written_with[:12]}); restore the run's "
-            "config.yaml, or start a new run for the new config")
+            f"{config.name}, or start a new run for the new config")
 
 
 def _start_over(trainer) -> None:
     """No valid checkpoint: training starts at step 0. If the run had progress (a history,
     rejected checkpoints) say so loudly and keep the old history aside, never truncate it."""
     run_dir, history = trainer.run_dir, trainer.history
-    path = run_dir / "history.msgpack"
+    path = trainer.files.history
     size = path.stat().st_size if path.exists() else 0
     rejected = trainer.checkpoints.store.rejected
     if size == 0 and not rejected:
@@ -61,7 +62,7 @@ def _start_over(trainer) -> None:
            + "; ".join(f"{p.name}: {r}" for p, r in rejected)) if rejected else "no checkpoint was found"
     kept = ""
     if size:
-        aside = run_dir / f"history.before-restart-{int(time.time())}.msgpack"
+        aside = trainer.files.history_aside(time.time())
         history.close()
         os.replace(path, aside)
         fsync_dir(run_dir)
@@ -79,7 +80,7 @@ def _cut_history(trainer, offset: int) -> int:
     on disk, a power cut), it is cut after its last whole record instead and an alert names what
     was lost: training goes on, the rows between are gone. (history.truncate_history alone
     handles a short file, not a damaged record before the offset, and names no lost steps.)"""
-    path = trainer.run_dir / "history.msgpack"
+    path = trainer.files.history
     reader = read_history(path)
     last_step = None
     try:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from trainer import protocol
+from trainer.run.rundir import RunDir, apply_umask
 
 log = logging.getLogger("trainer.worker")
 
@@ -270,8 +271,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_trainer_factory) -> int:
     """Run one trainer under the daemon; returns the process exit code."""
     args = parse_args(argv)
-    os.umask(int(os.environ.get("LONGHAUL_UMASK") or "077", 8))  # private run data, as runs.private_umask
-    fallback = OutputFallback(args.run_dir / "train.log")
+    apply_umask()  # private run data (the daemon that started us checked LONGHAUL_UMASK)
+    files = RunDir(args.run_dir)
+    fallback = OutputFallback(files.train_log)
     sys.stdout = SafeStream(sys.stdout, fallback)
     sys.stderr = SafeStream(sys.stderr, fallback)
     # The trainer's own log lines are ordinary output; stderr is left for tracebacks and warnings
@@ -295,7 +297,7 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
     try:
         from trainer.config import load_config
 
-        cfg = load_config(args.run_dir / "config.yaml", check_model=False)
+        cfg = load_config(files.config, check_model=False)
         trainer = trainer_factory(cfg, args.run_dir, publisher, controls)
         result = trainer.run()
     except BaseException as exc:  # includes KeyboardInterrupt/SystemExit: always report

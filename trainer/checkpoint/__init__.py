@@ -11,8 +11,8 @@ The names below are the package's public surface (``from trainer.checkpoint impo
 from trainer.checkpoint.capture import estimate_bytes, snapshot
 from trainer.checkpoint.errors import DISK_FULL_ERRNOS, CheckpointError, DiskFullError, is_disk_full
 from trainer.checkpoint.store import (FORMAT_VERSION, LOCK_FILE, MANIFEST_FILE, META_FILE, OLD_PREFIX, STATE_FILE,
-                                      TMP_PREFIX, CheckpointInfo, CheckpointStore, SaveResult, step_dir_name)
+                                      TMP_PREFIX, CheckpointInfo, CheckpointStore, SaveResult)
 
 __all__ = ["CheckpointError", "CheckpointInfo", "CheckpointStore", "DISK_FULL_ERRNOS", "DiskFullError",
            "FORMAT_VERSION", "LOCK_FILE", "MANIFEST_FILE", "META_FILE", "OLD_PREFIX", "STATE_FILE",
-           "SaveResult", "TMP_PREFIX", "estimate_bytes", "is_disk_full", "snapshot", "step_dir_name"]
+           "SaveResult", "TMP_PREFIX", "estimate_bytes", "is_disk_full", "snapshot"]

@@ -20,7 +20,7 @@ from trainer.checkpoint.capture import estimate_bytes
 from trainer.checkpoint.errors import CheckpointError, DiskFullError, full_disk_error, is_disk_full
 from trainer.checkpoint.store import CheckpointStore, SaveResult
 from trainer.config import RunConfig, dump_config, resolved_dict
-from trainer.runs import fsync_dir
+from trainer.run.rundir import RunDir, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class CheckpointPolicy:
         self.trainer = trainer
         self.cfg = cfg
         self.run_dir = run_dir
+        self.files = RunDir(run_dir)
         self.store: Optional[CheckpointStore] = None  # opened by open_store (it takes the directory's lock)
         self.last_time = time.monotonic()
         self.pending_stall: Optional[float] = None  # loop stall of the checkpoint being written
@@ -84,7 +85,7 @@ class CheckpointPolicy:
 
     def open_store(self) -> None:
         c = self.cfg.checkpoint
-        self.store = CheckpointStore(self.run_dir / "ckpt", keep_last=c.keep_last, keep_best=c.keep_best,
+        self.store = CheckpointStore(self.files.checkpoints, keep_last=c.keep_last, keep_best=c.keep_best,
                                      keep_phase_ends=c.keep_phase_ends, min_free_mb=c.min_free_mb,
                                      writer_nice=c.writer_nice, on_done=self._done)
 
@@ -208,10 +209,10 @@ class CheckpointPolicy:
         try:
             best_from = (trainer.state.best_eval or {}).get("eval_weights", "ema")
             model = trainer.ema.module if trainer.ema is not None and best_from == "ema" else trainer.model
-            self._write_weights(model.state_dict(), trainer.state.step, "best.pt")
+            self._write_weights(model.state_dict(), trainer.state.step, self.files.best_weights)
             self.best_unsaved = False
         except (OSError, RuntimeError) as exc:
-            full = full_disk_error(exc, f"writing best.pt failed: {exc}", self.run_dir, trainer.disk.space_needed())
+            full = full_disk_error(exc, f"writing {self.files.best_weights.name} failed: {exc}", self.run_dir, trainer.disk.space_needed())
             if full is None:
                 raise
             self.best_unsaved = True
@@ -220,11 +221,11 @@ class CheckpointPolicy:
     def _write_last_weights(self, snap: dict, result: SaveResult) -> None:
         """last.pt from the checkpoint just written; runs in the checkpoint writer thread."""
         try:
-            self._write_weights(eval_weights(snap), result.step, "last.pt")
+            self._write_weights(eval_weights(snap), result.step, self.files.last_weights)
         except Exception as exc:  # the checkpoint itself is safe; last.pt is a convenience copy
             self.trainer.event("alert", "warning", f"could not write last.pt: {exc}", what="last_weights",
                                error=str(exc))
 
-    def _write_weights(self, weights: dict, step: int, name: str) -> None:
+    def _write_weights(self, weights: dict, step: int, path: Path) -> None:
         atomic_torch_save({"model": weights, "classes": list(self.trainer.classes),
-                           "config": resolved_dict(self.cfg), "step": step}, self.run_dir / name)
+                           "config": resolved_dict(self.cfg), "step": step}, path)

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -45,7 +44,7 @@ import torch
 from trainer.checkpoint.capture import Snapshotter, _DeferredCopies, estimate_bytes
 from trainer.checkpoint.errors import CheckpointError, DiskFullError, full_disk_error
 from trainer.monitor import Monitor, usable
-from trainer.runs import fsync_dir
+from trainer.run.rundir import checkpoint_dir_name, checkpoint_step, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,6 @@ MANIFEST_FILE = "MANIFEST.json"
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
-_STEP_DIR = re.compile(r"^step-(\d{10})$")
 _HASH_CHUNK = 1 << 20
 
 
@@ -88,11 +86,6 @@ class CheckpointInfo:
     step: int
     path: Path
     meta: dict
-
-
-def step_dir_name(step: int) -> str:
-    """Directory name of the checkpoint of ``step``."""
-    return f"step-{step:010d}"
 
 
 class _HashingWriter:
@@ -409,7 +402,7 @@ class CheckpointStore:
             result = SaveResult(step, path, nbytes, time.perf_counter() - started, job.waited, meta=job.meta)
         except CheckpointError as e:
             log.error("%s", e)
-            result = SaveResult(step, self.ckpt_dir / step_dir_name(step), waited_s=job.waited, error=e,
+            result = SaveResult(step, self.ckpt_dir / checkpoint_dir_name(step), waited_s=job.waited, error=e,
                                 meta=job.meta)
         if result.ok:
             self._apply_retention()
@@ -420,7 +413,7 @@ class CheckpointStore:
     def _write(self, state: dict, meta: dict, before_commit: Optional[Callable[[], None]] = None) -> tuple[Path, int]:
         """Write one checkpoint with the protocol in the module docstring; return (path, bytes)."""
         step = meta["step"]
-        name = step_dir_name(step)
+        name = checkpoint_dir_name(step)
         tmp = self.ckpt_dir / f"{TMP_PREFIX}{name}-{secrets.token_hex(4)}"
         try:
             tmp.mkdir()
@@ -492,9 +485,9 @@ class CheckpointStore:
         """(step, path) of every ``step-N`` directory, ascending. OSError if listing fails."""
         found = []
         for entry in os.scandir(self.ckpt_dir):
-            match = _STEP_DIR.match(entry.name)
-            if match and entry.is_dir(follow_symlinks=False):
-                found.append((int(match.group(1)), Path(entry.path)))
+            step = checkpoint_step(entry.name)
+            if step is not None and entry.is_dir(follow_symlinks=False):
+                found.append((step, Path(entry.path)))
         return sorted(found)
 
     def _verify_reporting(self, step: int, path: Path, use_cache: bool):

@@ -23,8 +23,6 @@ from typing import Optional
 import numpy as np
 import soundfile
 
-from trainer.run.rundir import RunDir
-
 from .decode import AudioFile, InlineWaveform
 
 AUTO = "auto"

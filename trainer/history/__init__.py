@@ -17,7 +17,7 @@ One module per concern:
 Imported by the TUI: stdlib and msgpack at import time; numpy only inside the bulk paths.
 """
 
-from trainer.history.cache import SERIES_CACHE, SeriesSummary, load_summary
+from trainer.history.cache import SeriesSummary, load_summary
 from trainer.history.downsample import DEFAULT_MAX_POINTS, Downsampler
 from trainer.history.export import EXPORT_LEADING, ExportReport, export_rows, write_export
 from trainer.history.load import load_series
@@ -29,7 +29,7 @@ from trainer.history.series import SMOOTH_KEY, SeriesSet
 from trainer.history.smoothing import DEFAULT_SMOOTHING, LossSmoother, ema
 
 __all__ = [
-    "DEFAULT_MAX_POINTS", "DEFAULT_SMOOTHING", "EVAL", "EXPORT_LEADING", "META_KEYS", "SERIES_CACHE",
+    "DEFAULT_MAX_POINTS", "DEFAULT_SMOOTHING", "EVAL", "EXPORT_LEADING", "META_KEYS",
     "SMOOTH_KEY", "TRAIN", "Downsampler", "ExportReport", "HistoryError", "HistoryReader",
     "HistoryWriter", "LossSmoother", "SeriesSet", "SeriesSummary", "check_record", "ema",
     "eval_series_name", "export_rows", "load_series", "load_summary", "read_history",

@@ -12,8 +12,8 @@ from trainer.history.downsample import DEFAULT_MAX_POINTS
 from trainer.history.load import load_series
 from trainer.history.smoothing import DEFAULT_SMOOTHING
 from trainer.monitor import Monitor
+from trainer.run.rundir import RunDir
 
-SERIES_CACHE = "series-cache.msgpack"
 _SERIES_CACHE_VERSION = 2  # 2: the key holds min_delta
 
 
@@ -39,7 +39,7 @@ def load_summary(path: str | os.PathLike, monitor: Monitor = Monitor(), max_poin
     key = _summary_key(path, monitor, max_points, smoothing)
     if key is None:  # no history yet
         return SeriesSummary({}, None, None)
-    cache = os.path.join(os.path.dirname(path), SERIES_CACHE)
+    cache = os.fspath(RunDir(os.path.dirname(path)).series_cache)
     cached = _read_summary_cache(cache, key)
     if cached is not None:
         return cached
