@@ -3,11 +3,22 @@ the user's home: LONGHAUL_STATE_DIR is an environment variable, so daemons, work
 subprocesses the test starts use the same one. `longhaul` entry points set the process umask
 (private run data); it is restored after each test so tests do not leak it into each other.
 
-`tmpfs` (tests/tmpfs.py) is every test's fixture for a disk that really fills up; `speech_tools`
-that of the tests that speak their own words (bench/speech_data.py)."""
+The shared fixtures:
+  tmpfs          a disk that really fills up (tests/tmpfs.py)
+  speech_tools   espeak-ng and sox, for the tests that speak their own words (bench/speech_data.py)
+  runtime_dir    a short private XDG_RUNTIME_DIR, where daemons put their sockets
+  live_process   the pid of a live process that looks like longhaul (what a running run's
+                 state.json points at)
+  launcher       starts daemons on the fake worker (tests/daemon_helpers.py), kills them after
+  live_run       a running run directory with a fake daemon on its socket (tests/tui_fakes.py)
+
+Helpers that are not fixtures live in modules named for them: tests/configs.py (run configs),
+tests/daemon_helpers.py, tests/longhaul_cli.py, tests/tui_fakes.py, tests/pilot.py."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,3 +47,49 @@ def speech_tools():
         pytest.fail(f"{missing} not installed in CI (.ci/run installs espeak-ng and sox)")
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (apt-get install espeak-ng sox)")
+
+
+@pytest.fixture
+def runtime_dir(monkeypatch) -> Path:
+    """XDG_RUNTIME_DIR set to a new private directory with a short path (a socket path must fit
+    in sun_path's 108 bytes; pytest's tmp_path is longer), removed after the test."""
+    from daemon_helpers import short_runtime_dir
+
+    path = Path(short_runtime_dir())
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def live_process() -> int:
+    """The pid of a live process whose command line says longhaul (like a daemon or `longhaul
+    train`): a run whose state.json names it counts as alive."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "longhaul-test"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def launcher():
+    """A daemon launcher on the fake worker; whatever it started is killed after the test."""
+    from daemon_helpers import Launcher
+
+    launcher = Launcher()
+    yield launcher
+    launcher.cleanup()
+
+
+@pytest.fixture
+def live_run(tmp_path, runtime_dir, live_process):
+    """(run_dir, daemon): a running run directory as the trainer leaves it, whose state.json
+    names a live process, and a fake daemon (a `tui_fakes.DaemonThread`) serving the recorded
+    stream on its socket."""
+    import tui_fakes
+    from trainer import runs
+
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
+    daemon = tui_fakes.DaemonThread(runs.socket_path(run_dir), run_dir).start()
+    yield run_dir, daemon
+    daemon.close()

@@ -1,12 +1,9 @@
 """Pilot tests of the TUI against a fake daemon (tests/tui_fakes.py) and run directories on disk."""
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tui_fakes  # noqa: E402
 from tui_fakes import DaemonThread, wait_for  # noqa: E402
+from pilot import async_test, make_app  # noqa: E402
 
 from trainer import runs  # noqa: E402
 from tui import fmt, messages  # noqa: E402
@@ -26,46 +24,6 @@ from tui.widgets.header import AlertBar, RunHeader  # noqa: E402
 from tui.widgets.timeline import PhaseTimeline  # noqa: E402
 
 SIZE = (120, 40)
-
-
-def async_test(fn):
-    """Run an async test function in a fresh event loop (no pytest asyncio plugin needed)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-    return wrapper
-
-
-@pytest.fixture
-def runtime_dir(monkeypatch):
-    """A short private XDG_RUNTIME_DIR (socket paths must fit in sun_path)."""
-    path = tempfile.mkdtemp(prefix="lh")
-    monkeypatch.setenv("XDG_RUNTIME_DIR", path)
-    yield Path(path)
-
-
-@pytest.fixture
-def owner_pid():
-    """A live process whose command line says longhaul: what a running run's state.json points at."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "longhaul-test-owner"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
-
-
-@pytest.fixture
-def live_run(tmp_path, runtime_dir, owner_pid):
-    """A running run directory and a fake daemon serving the recorded stream on its socket."""
-    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner_pid)
-    daemon = DaemonThread(runs.socket_path(run_dir), run_dir).start()
-    yield run_dir, daemon
-    daemon.close()
-
-
-def make_app(run_dir, **options) -> LonghaulApp:
-    options.setdefault("refresh_interval", 0.0)
-    options.setdefault("link_retry_max", 0.2)
-    return LonghaulApp(run_dir, run_dir.parent if run_dir else None, clock=fmt.frozen_clock(tui_fakes.T0), **options)
 
 
 def screen(app) -> RunScreen:
@@ -109,8 +67,8 @@ async def test_attach_shows_the_snapshot_and_live_frames(live_run):
 
 
 @async_test
-async def test_plan_sent_after_attach_fills_the_timeline(tmp_path, runtime_dir, owner_pid):
-    run_dir = tui_fakes.write_run_dir(tmp_path / "late-plan", state="running", pid=owner_pid)
+async def test_plan_sent_after_attach_fills_the_timeline(tmp_path, runtime_dir, live_process):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "late-plan", state="running", pid=live_process)
     frames = tui_fakes.read_stream()
     plan, config = frames[0]["snapshot"]["plan"], frames[0]["snapshot"]["config"]
     frames[0]["snapshot"]["plan"] = {}
@@ -175,8 +133,8 @@ async def test_stop_asks_for_confirmation_first(live_run):
 
 
 @async_test
-async def test_refused_request_shows_the_error(tmp_path, runtime_dir, owner_pid):
-    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner_pid)
+async def test_refused_request_shows_the_error(tmp_path, runtime_dir, live_process):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
     daemon = DaemonThread(runs.socket_path(run_dir), run_dir, refuse=True).start()
     try:
         app = make_app(run_dir)
@@ -221,8 +179,8 @@ async def test_reconnects_after_the_daemon_restarts(live_run):
 
 
 @async_test
-async def test_version_mismatch_is_reported_and_not_retried(tmp_path, runtime_dir, owner_pid):
-    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner_pid)
+async def test_version_mismatch_is_reported_and_not_retried(tmp_path, runtime_dir, live_process):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
     refusal = ("version_mismatch", "client speaks protocol version 1, this daemon speaks 2")
     daemon = DaemonThread(runs.socket_path(run_dir), run_dir, hello_error=refusal).start()
     try:
@@ -309,8 +267,8 @@ async def test_resume_failure_is_reported(tmp_path, runtime_dir):
 
 
 @async_test
-async def test_finished_event_shows_the_summary(tmp_path, runtime_dir, owner_pid):
-    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner_pid)
+async def test_finished_event_shows_the_summary(tmp_path, runtime_dir, live_process):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
     frames = tui_fakes.read_stream()
     finished = tui_fakes.event(900, tui_fakes.T0, "finished", "info", "finished at step 18750",
                                best={"step": 17500, "val_f1_macro": 0.91, "val_loss": 0.3},
@@ -335,8 +293,8 @@ async def test_finished_event_shows_the_summary(tmp_path, runtime_dir, owner_pid
 
 
 @async_test
-async def test_picker_lists_runs_and_enter_attaches(tmp_path, runtime_dir, owner_pid):
-    tui_fakes.write_run_dir(tmp_path / "alpha", state="running", pid=owner_pid)
+async def test_picker_lists_runs_and_enter_attaches(tmp_path, runtime_dir, live_process):
+    tui_fakes.write_run_dir(tmp_path / "alpha", state="running", pid=live_process)
     tui_fakes.write_run_dir(tmp_path / "beta", state="stopped", steps=2500)
     tui_fakes.write_run_dir(tmp_path / "gamma", state="finished", steps=6000, finished=True)
     app = LonghaulApp(None, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), picker_interval=0.2, link_retry_max=0.2)

@@ -7,9 +7,7 @@ screen depends on when or where the test runs. Update after an intended change w
 """
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,32 +15,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tui_fakes  # noqa: E402
-from tui_fakes import DaemonThread, wait_for  # noqa: E402
+from tui_fakes import wait_for  # noqa: E402
+from pilot import make_app  # noqa: E402
 
-from trainer import runs  # noqa: E402
 from tui import fmt  # noqa: E402
 from tui.app import LonghaulApp  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 
 SIZES = [(80, 24), (160, 48)]
 LIVE_STEP = tui_fakes.SNAPSHOT_STEP + 4
-
-
-@pytest.fixture
-def live_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="lh"))
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "longhaul-test-owner"])
-    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=owner.pid)
-    daemon = DaemonThread(runs.socket_path(run_dir), run_dir).start()
-    yield run_dir
-    daemon.close()
-    owner.kill()
-    owner.wait()
-
-
-def live_app(run_dir: Path) -> LonghaulApp:
-    return LonghaulApp(run_dir, run_dir.parent, clock=fmt.frozen_clock(tui_fakes.T0), refresh_interval=0.0,
-                       link_retry_max=0.2)
 
 
 async def settled(pilot) -> None:
@@ -86,7 +67,7 @@ def test_picker(snap_compare, size):
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_dashboard(snap_compare, live_run, size):
-    assert snap_compare(live_app(live_run), terminal_size=size, run_before=settled)
+    assert snap_compare(make_app(live_run[0]), terminal_size=size, run_before=settled)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -96,11 +77,10 @@ def test_detail_view(snap_compare, live_run, size):
         await pilot.press("2", "down", "down")  # val_loss
         await pilot.pause(0.2)
 
-    assert snap_compare(live_app(live_run), terminal_size=size, run_before=detail)
+    assert snap_compare(make_app(live_run[0]), terminal_size=size, run_before=detail)
 
 
-def test_offline_dashboard(snap_compare, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="lh"))
+def test_offline_dashboard(snap_compare, tmp_path, runtime_dir):
     run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=None)  # -> interrupted
     app = LonghaulApp(run_dir, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), refresh_interval=0.0)
 
