@@ -13,19 +13,16 @@ import time
 
 import pytest
 
-from daemon_helpers import (Launcher, RawClient, is_final_state, make_run, read_events, short_runtime_dir,
-                            wait_exit, wait_for)
+from daemon_helpers import RawClient, is_final_state, make_run, read_events, wait_exit, wait_for
 from trainer import control, daemon, runs
 from trainer.daemon import hub
 from trainer.run.rundir import RunDir
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", short_runtime_dir())
-    launcher = Launcher()
-    yield tmp_path / "runs", launcher
-    launcher.cleanup()
+def env(tmp_path, runtime_dir, launcher):
+    """A runs root and a Launcher (conftest.py) that kills every daemon started."""
+    return tmp_path / "runs", launcher
 
 
 def connect(run_dir) -> RawClient:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon_helpers import RawClient, is_final_state, read_events, short_runtime_dir, wait_exit, wait_for
+from daemon_helpers import RawClient, is_final_state, read_events, wait_exit, wait_for
 from trainer import control, daemon, runs
 from trainer.config import dump_config, load_config
 
@@ -27,8 +27,7 @@ daemon: {system_interval: 0.5, backoff_seconds: 0.5}
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", short_runtime_dir())
+def env(tmp_path, runtime_dir):
     started: list[int] = []
     yield tmp_path, started
     for pid in started:  # only if a test failed half-way

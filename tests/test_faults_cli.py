@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import FAKE_WORKER, FAST_SETTINGS, Launcher, make_run, short_runtime_dir, wait_exit, wait_for
+from daemon_helpers import FAKE_WORKER, FAST_SETTINGS, make_run, short_runtime_dir, wait_exit, wait_for
 from trainer import cli, daemon, history
 from trainer.run import liveness, locate, registry, rundir, sockets, state as run_state, status as run_status
 
@@ -27,13 +27,11 @@ TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, runtime_dir, launcher):
     """A runs root, a short private XDG_RUNTIME_DIR, and `longhaul start/resume` on the fake
     worker; every daemon started is killed at the end."""
     root = tmp_path / "runs"
     monkeypatch.setenv("LONGHAUL_ROOT", str(root))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", short_runtime_dir())
-    launcher = Launcher()
     real_launch = daemon.launch_daemon
 
     def launch(run_dir, worker_script=FAKE_WORKER, wait=30.0, settings=None):
@@ -42,8 +40,7 @@ def env(tmp_path, monkeypatch):
                            settings={**FAST_SETTINGS, **(settings or {})})
 
     monkeypatch.setattr(daemon, "launch_daemon", launch)
-    yield root
-    launcher.cleanup()
+    return root
 
 
 def fake_config(tmp_path: Path, name: str = "fake", fake: dict | None = None) -> Path:

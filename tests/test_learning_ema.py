@@ -211,23 +211,18 @@ sys.exit(worker.main(trainer_factory=NoBestTrainer))
 '''
 
 
-def test_daemon_ends_failed_without_restarting_a_trainer_that_failed_cleanly(tmp_path, monkeypatch):
-    from daemon_helpers import FAST_SETTINGS, Launcher, make_run, read_events, short_runtime_dir, wait_for
+def test_daemon_ends_failed_without_restarting_a_trainer_that_failed_cleanly(tmp_path, runtime_dir, launcher):
+    from daemon_helpers import FAST_SETTINGS, make_run, read_events, wait_for
 
     from trainer import daemon, runs
 
-    monkeypatch.setenv("XDG_RUNTIME_DIR", short_runtime_dir())
     run_dir = make_run(tmp_path / "runs", "nobest")
     script = tmp_path / "no_best_worker.py"
     script.write_text(FAILING_WORKER)
-    launcher = Launcher()
     launcher.run_dirs.append(run_dir)
-    try:
-        pid = daemon.launch_daemon(run_dir, worker_script=script, settings=FAST_SETTINGS)
-        wait_for(lambda: runs.StateFile(run_dir).read().get("state") in runs.FINAL_STATES, 30, "a final state")
-        wait_for(lambda: not runs.is_longhaul_process(pid), 30, "the daemon's exit")
-    finally:
-        launcher.cleanup()
+    pid = daemon.launch_daemon(run_dir, worker_script=script, settings=FAST_SETTINGS)
+    wait_for(lambda: runs.StateFile(run_dir).read().get("state") in runs.FINAL_STATES, 30, "a final state")
+    wait_for(lambda: not runs.is_longhaul_process(pid), 30, "the daemon's exit")
     assert runs.StateFile(run_dir).read()["state"] == "failed"
     assert (run_dir / "starts").read_text().count("start") == 1  # a decision, not a crash: no restart
     kinds = [event["kind"] for event in read_events(run_dir)]

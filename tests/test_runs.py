@@ -5,8 +5,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,15 +18,6 @@ def root(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
     (tmp_path / "xdg").mkdir(mode=0o700)
     return tmp_path / "runs"
-
-
-@pytest.fixture
-def live_process():
-    """A live process whose argv says longhaul (like a daemon or `longhaul train`)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "longhaul-test"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture
@@ -228,9 +217,8 @@ def test_find_socket_falls_back_to_the_recorded_path(tmp_path, monkeypatch):
     assert sockets.find_socket(run_dir) == usual
 
 
-def test_socket_name_is_cut_by_bytes_and_long_runtime_dirs_fall_back(tmp_path, monkeypatch):
-    short = Path(tempfile.mkdtemp(prefix="lh-", dir="/tmp"))  # pytest's tmp_path is long
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short))
+def test_socket_name_is_cut_by_bytes_and_long_runtime_dirs_fall_back(tmp_path, monkeypatch, runtime_dir):
+    short = runtime_dir  # pytest's tmp_path is long
     emoji = sockets.socket_path(tmp_path / ("\N{GRINNING FACE}" * 30))
     assert emoji.parent == short / "longhaul" and len(emoji.name.encode()) == 40 + len("-12345678.sock")
     assert emoji.name.startswith("\N{GRINNING FACE}" * 10 + "-")  # whole characters only
