@@ -12,7 +12,7 @@ The shared fixtures:
   launcher       starts daemons on the fake worker (tests/daemon_helpers.py), kills them after
   live_run       a running run directory with a fake daemon on its socket (tests/tui_fakes.py)
 
-Helpers that are not fixtures live in modules named for them: tests/configs.py (run configs),
+Helpers that are not fixtures live in modules named for them: tests/run_configs.py (run configs),
 tests/daemon_helpers.py, tests/longhaul_cli.py, tests/tui_fakes.py, tests/pilot.py."""
 from __future__ import annotations
 

@@ -10,25 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.audio_folders import write_audio_folders
+from tests.run_configs import MFCC_TINY
+
 from trainer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "name": "clitiny", "seed": 1, "threads": 1,
-    "data": {"source": "synthetic", "duration": 0.5, "sample_rate": 8000,
-             "synthetic": {"classes": 3, "train_per_class": 16, "val_per_class": 4}},
-    "features": {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 13},
-    "model": {"name": "mfcc_mlp"},
-    "optim": {"batch_size": 8},
-    "phases": [{"name": "only", "epochs": 2}],
-}
-
-
 @pytest.fixture
 def config(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(MFCC_TINY))
     return path
 
 
@@ -81,27 +73,10 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
     assert str(path) in err and "optim.lr" in err and "phases.0.epochs" in err
 
 
-def write_audio_folders(root: Path, per_class: int) -> Path:
-    """root/{train,val}/{bird,insect}/ with `per_class` half-second noise clips at 8 kHz, and one
-    corrupt file in train/bird (returned)."""
-    import numpy as np
-    import soundfile as sf
-
-    for split in ("train", "val"):
-        for label in ("bird", "insect"):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                sf.write(folder / f"{i}.wav", np.random.default_rng(i).normal(size=4000) * 0.1, 8000)
-    bad = root / "train" / "bird" / "broken.wav"
-    bad.write_bytes(b"RIFF\x00\x00garbage")
-    return bad
-
-
 def test_check_data_reports_and_fails_on_corrupt_files(tmp_path, capsys):
     write_audio_folders(tmp_path / "audio", per_class=3)
-    cfg = dict(TINY, data={"source": "audio_folder", "root": str(tmp_path / "audio"), "sample_rate": 8000,
-                           "duration": 0.5})
+    cfg = dict(MFCC_TINY, data={"source": "audio_folder", "root": str(tmp_path / "audio"), "sample_rate": 8000,
+                                "duration": 0.5})
     path = tmp_path / "folder.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["check-data", str(path)]) == 1
@@ -138,8 +113,8 @@ def test_train_on_bad_data_prints_the_report_once(tmp_path, capsys):
         (tmp_path / "data" / cls).mkdir(parents=True)
         soundfile.write(str(tmp_path / "data" / cls / "ok.wav"), np.full(4000, 0.1, np.float32), 8000)
     (tmp_path / "data" / "bird" / "broken.wav").write_bytes(b"\x00" * 64)
-    cfg = {**TINY, "data": {"source": "audio_folder", "root": str(tmp_path / "data"), "sample_rate": 8000,
-                            "duration": 0.5, "val_fraction": 0.5}}
+    cfg = {**MFCC_TINY, "data": {"source": "audio_folder", "root": str(tmp_path / "data"), "sample_rate": 8000,
+                                 "duration": 0.5, "val_fraction": 0.5}}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2

@@ -2,29 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from daemon_helpers import RawClient, is_final_state, read_events, wait_exit, wait_for
+from tests.run_configs import DAEMON_TINY, changed
 from trainer import control, daemon, runs
 from trainer.config import dump_config, load_config
-
-TINY = """
-name: tiny
-seed: 0
-threads: 1
-data:
-  source: synthetic
-  sample_rate: 8000
-  duration: 0.25
-  synthetic: {classes: 2, train_per_class: 16, val_per_class: 4}
-features: {kind: mfcc, n_mfcc: 13, n_mels: 20, n_fft: 256, hop_length: 128}
-model: {name: mfcc_mlp, options: {hidden: [16]}}
-optim: {batch_size: 8}
-phases:
-  - {name: train, epochs: %(epochs)d}
-checkpoint: {interval_seconds: 3600}
-daemon: {system_interval: 0.5, backoff_seconds: 0.5}
-"""
-
 
 @pytest.fixture
 def env(tmp_path, runtime_dir):
@@ -40,7 +23,7 @@ def env(tmp_path, runtime_dir):
 
 def new_run(tmp_path, name: str, epochs: int):
     source = tmp_path / f"{name}.yaml"
-    source.write_text(TINY % {"epochs": epochs})
+    source.write_text(yaml.safe_dump(changed(DAEMON_TINY, phases=[{"name": "train", "epochs": epochs}])))
     cfg = load_config(source)
     run_dir = runs.create_run_dir(tmp_path / "runs", name)
     (run_dir / "config.yaml").write_text(dump_config(cfg))

@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+from tests.run_configs import MFCC_MLP, RESNET_TINY, changed, run_config
+
 from trainer.config import RunConfig, load_config
 from trainer.checkpoint import CheckpointError, CheckpointStore
 from trainer.checkpoint.policy import eval_weights
@@ -24,33 +26,8 @@ from trainer.history import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "name": "tiny",
-    "seed": 7,
-    "threads": 1,
-    "data": {"source": "synthetic", "duration": 0.5, "sample_rate": 8000,
-             "synthetic": {"classes": 4, "train_per_class": 12, "val_per_class": 4}},
-    "features": {"kind": "mel", "n_fft": 256, "hop_length": 128, "n_mels": 32},
-    "augment": {"spec_augment": {"freq_mask": 4, "time_mask": 4}, "mixup": {"alpha": 0.4, "prob": 0.5}},
-    "model": {"name": "resnet18", "drop_rate": 0.3},
-    "optim": {"batch_size": 8, "accum_steps": 2, "lr": 0.003, "grad_clip": 5.0},
-    "schedule": {"name": "cosine", "warmup_epochs": 1},
-    "phases": [{"name": "head", "epochs": 2, "trainable": 0.0},
-               {"name": "full", "epochs": 2, "trainable": 1.0, "lr_mult": 0.5}],
-    "eval": {"ema": {"enabled": True, "decay": 0.9}},
-    "checkpoint": {"interval_seconds": 0.3, "keep_last": 2, "min_free_mb": 1},
-}
-
-
-def tiny_cfg(**overrides) -> RunConfig:
-    raw = json.loads(json.dumps(TINY))
-    for key, value in overrides.items():
-        node = raw
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return RunConfig.model_validate(raw)
+def tiny_cfg(**changes) -> RunConfig:
+    return run_config(RESNET_TINY, **changes)
 
 
 class EventRecorder(NullPublisher):
@@ -285,9 +262,7 @@ def _wait_for_progress(proc, run_dir: Path, more_steps: int, timeout: float = 30
 
 @pytest.mark.slow
 def test_sigkill_at_random_instants_then_resume_is_bit_identical(tmp_path):
-    raw = json.loads(json.dumps(TINY))
-    raw["model"] = {"name": "mfcc_mlp", "drop_rate": 0.3}
-    raw["features"] = {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 20}
+    raw = changed(RESNET_TINY, **MFCC_MLP)
     raw["data"]["synthetic"].update(train_per_class=48, val_per_class=8)
     # ~500 steps: a kill's random delay (up to 0.4 s, ~60 steps on a quiet box) must not reach
     # the end of the run before the third kill

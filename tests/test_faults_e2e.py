@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.test_resume_daemon import CONFIG, ROOT, cli, status, wait_until
+from tests.run_configs import POWERCUT
+from tests.daemon_helpers import wait_for
+from tests.longhaul_cli import cli, cli_env, status
 from trainer.history import read_history
 
 # Slow enough per run that the disk fills while it trains (~1,000 steps), small checkpoints.
-RUN = {**CONFIG, "name": "diskfull",
+RUN = {**POWERCUT, "name": "diskfull",
        "phases": [{"name": "a", "epochs": 60}, {"name": "b", "epochs": 60, "lr_mult": 0.5}],
        "checkpoint": {"interval_seconds": 0.5, "keep_last": 2, "min_free_mb": 2}}
 
@@ -35,22 +36,20 @@ def _train_steps(run_dir: Path) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_full_disk_pauses_refuses_the_stop_and_resumes_by_itself(tmpfs, tmp_path):
+def test_a_full_disk_pauses_refuses_the_stop_and_resumes_by_itself(tmpfs, tmp_path, runtime_dir):
     fs = tmpfs(24)
-    runtime = Path(tempfile.mkdtemp(prefix="lh", dir="/tmp"))
-    env = dict(os.environ, LONGHAUL_ROOT=str(fs.path / "runs"), XDG_RUNTIME_DIR=str(runtime),
-               PYTHONPATH=str(ROOT))
+    env = cli_env(fs.path / "runs", runtime_dir)
     source = tmp_path / "diskfull.yaml"
     source.write_text(yaml.safe_dump(RUN))
     run_dir = fs.path / "runs" / "diskfull"
     try:
         cli(env, "start", str(source))
-        wait_until(lambda: list(run_dir.glob("ckpt/step-*")) and status(env, "diskfull")["state"] == "running",
-                   180, "a first checkpoint")
+        wait_for(lambda: list(run_dir.glob("ckpt/step-*")) and status(env, "diskfull")["state"] == "running",
+                 180, "a first checkpoint")
         # Leave less than checkpoint.min_free_mb: the engine pauses before anything fails to write,
         # so the daemon still has room to record the pause in state.json.
         filler = fs.fill(leave_kb=512)
-        paused = wait_until(lambda: (s := status(env, "diskfull"))["state"] == "paused" and s, 60, "the disk pause")
+        paused = wait_for(lambda: (s := status(env, "diskfull"))["state"] == "paused" and s, 60, "the disk pause")
         assert paused["pause_reason"] == "disk_full"
         assert "disk is full" in cli(env, "status", "diskfull").stdout
         alerts = [e for e in _events(run_dir) if e["kind"] == "alert" and e["data"].get("what") == "disk_full"]
@@ -62,14 +61,14 @@ def test_a_full_disk_pauses_refuses_the_stop_and_resumes_by_itself(tmpfs, tmp_pa
         assert status(env, "diskfull")["state"] == "paused"  # not stopped, nothing lost
 
         filler.unlink()
-        wait_until(lambda: status(env, "diskfull")["state"] == "running", 60, "the run to resume by itself")
+        wait_for(lambda: status(env, "diskfull")["state"] == "running", 60, "the run to resume by itself")
         stopped = cli(env, "stop", "diskfull", "--timeout", "120")
         assert "stopped at step" in stopped.stdout
-        wait_until(lambda: status(env, "diskfull")["state"] == "stopped", 60, "state stopped")
+        wait_for(lambda: status(env, "diskfull")["state"] == "stopped", 60, "state stopped")
         at_stop = status(env, "diskfull")["step"]
 
         cli(env, "resume", "diskfull")
-        wait_until(lambda: status(env, "diskfull")["state"] == "finished", 300, "the run to finish")
+        wait_for(lambda: status(env, "diskfull")["state"] == "finished", 300, "the run to finish")
     finally:
         pid = json.loads((run_dir / "state.json").read_text()).get("pid") if (run_dir / "state.json").exists() else None
         if isinstance(pid, int) and status(env, "diskfull")["state"] not in ("finished", "stopped"):

@@ -13,18 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_engine import tiny_cfg
+from tests.run_configs import MFCC_MLP, RESNET_TINY, run_config
 from trainer import cli
 from trainer.checkpoint import CheckpointError, CheckpointStore
 from trainer.engine import NullPublisher, Trainer
 from trainer.history import read_history
 
-MLP = {"model": {"name": "mfcc_mlp", "drop_rate": 0.3},
-       "features": {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 20}}
-
 
 def mlp_cfg(**overrides):
-    return tiny_cfg(**MLP, **overrides)
+    return run_config(RESNET_TINY, **MFCC_MLP, **overrides)
 
 
 class Recorder(NullPublisher):

@@ -1,6 +1,5 @@
 """Issue 9, builds 2 and 5: phases that cannot improve, per-phase warm-up, and the console
 (warnings once, smoothed samples/s, progress of the data check, export rows with a kind)."""
-import copy
 import io
 import os
 import subprocess
@@ -10,21 +9,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_cli import TINY as CLI_TINY, write_audio_folders
+from tests.audio_folders import write_audio_folders
+from tests.run_configs import MFCC_TINY, changed
 from trainer.config import RunConfig, config_warnings
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# test_cli's tiny synthetic MFCC run, with a frozen head phase and a short patience
-TINY = {**CLI_TINY, "name": "lc", "seed": 3,
+# the CLI's tiny synthetic MFCC run, with a frozen head phase and a short patience
+TINY = {**MFCC_TINY, "name": "lc", "seed": 3,
         "phases": [{"name": "head", "epochs": 3, "trainable": 0.0}, {"name": "full", "epochs": 2}],
         "eval": {"monitor": "val_f1_macro", "early_stopping": {"patience": 1}}}
 
 
 def tiny(**changes) -> dict:
-    raw = copy.deepcopy(TINY)
-    raw.update(changes)
-    return raw
+    return changed(TINY, **changes)
 
 
 # ----------------------------------------------------------------------------- build 2: phases

@@ -1,11 +1,12 @@
 """EMA that is right from the first evaluation, evaluation of EMA and raw weights following the
 better one, the ema_slow warning, eval.monitor checked against the class count, and a run that
 never had a best checkpoint ending failed (issue 9, builds 1 and 3). Tiny in-process runs."""
-import json
 
 import pytest
 import torch
 import yaml
+
+from tests.run_configs import changed, run_config
 
 from trainer import evaluation
 from trainer.config import ConfigError, RunConfig, load_config
@@ -30,14 +31,7 @@ SMALL = {
 
 
 def small_cfg(**overrides) -> RunConfig:
-    raw = json.loads(json.dumps(SMALL))
-    for key, value in overrides.items():
-        node = raw
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return RunConfig.model_validate(raw)
+    return run_config(SMALL, **overrides)
 
 
 class Events(NullPublisher):
@@ -121,8 +115,7 @@ def test_slow_ema_warns_at_start_with_the_numbers(tmp_path):
 
 
 def test_monitor_for_two_classes_only_fails_at_config_time_when_classes_are_known(tmp_path):
-    raw = json.loads(json.dumps(SMALL))
-    raw["eval"]["monitor"] = "val_auc_roc"
+    raw = changed(SMALL, **{"eval.monitor": "val_auc_roc"})
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError) as info:

@@ -155,7 +155,7 @@ def kill_process_group(pgid: int) -> None:
     """SIGKILL the daemon's whole process group and wait until no member can write any more."""
     import psutil
 
-    from tests.test_resume_daemon import wait_until
+    from tests.daemon_helpers import wait_for
 
     os.killpg(pgid, signal.SIGKILL)
 
@@ -168,7 +168,7 @@ def kill_process_group(pgid: int) -> None:
                 pass
         return True
 
-    wait_until(all_dead, 30, f"process group {pgid} to die")
+    wait_for(all_dead, 30, f"process group {pgid} to die")
 
 
 def stop_our_daemon(run_dir: Path) -> None:
@@ -278,7 +278,9 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
     run must end bit-identical to an uninterrupted one."""
     import torch
 
-    from tests.test_resume_daemon import CONFIG, ROOT, cli, logged_steps, status, wait_until
+    from tests.run_configs import POWERCUT
+    from tests.daemon_helpers import wait_for
+    from tests.longhaul_cli import ROOT, cli, logged_steps, status
 
     disk = tmp_path / "disk-0"
     (disk / "runs").mkdir(parents=True)   # the runs root exists (and is durable) before the run
@@ -297,7 +299,7 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
     source = tmp_path / "powercut.yaml"
     # Long enough in steps that a cut's random delay (up to 0.3 s, ~50 steps on a quiet box)
     # never reaches the end of the run before the last cut.
-    source.write_text(yaml.safe_dump({**CONFIG, "phases": [{"name": "a", "epochs": 60},
+    source.write_text(yaml.safe_dump({**POWERCUT, "phases": [{"name": "a", "epochs": 60},
                                                             {"name": "b", "epochs": 60, "lr_mult": 0.5}]}))
     run_dir = mount.mountpoint / "runs" / "powercut"
     reference = None
@@ -313,8 +315,8 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
         rng = random.Random(8)
         for cut in range(1, CUTS + 1):
             target = logged_steps(run_dir) + rng.randint(2, 7)
-            wait_until(lambda: logged_steps(run_dir) >= target and written_state(run_dir).get("state") == "running",
-                       150, "training progress")
+            wait_for(lambda: logged_steps(run_dir) >= target and written_state(run_dir).get("state") == "running",
+                     150, "training progress")
             time.sleep(rng.uniform(0.0, 0.3))
             current = written_state(run_dir)
             assert current.get("state") == "running", f"cut {cut}: the run is {current.get('state')}; lengthen it"
@@ -333,7 +335,7 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
             assert status(env, "powercut")["state"] == "interrupted"
             cli(env, "resume", "powercut")
 
-        wait_until(lambda: written_state(run_dir).get("state") == "finished", 240, "the run to finish")
+        wait_for(lambda: written_state(run_dir).get("state") == "finished", 240, "the run to finish")
         assert status(env, "powercut")["state"] == "finished"
         assert reference.wait(timeout=600) == 0, f"the reference run failed: {(tmp_path / 'reference.log').read_text()}"
         losses = lambda d: [(r["step"], r["train_loss"]) for r in read_history(d / "history.msgpack")

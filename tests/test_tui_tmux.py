@@ -15,12 +15,14 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from daemon_helpers import wait_for
+from tests.longhaul_cli import cli_env
+from tests.run_configs import DAEMON_TINY, changed
 from trainer import runs
 
 pytestmark = [pytest.mark.slow,
@@ -28,26 +30,10 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("tmux") is None and not os.environ.get("CI"),
                                  reason="tmux is not installed")]
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = """
-name: e2e
-seed: 0
-threads: 1
-data:
-  source: synthetic
-  sample_rate: 8000
-  duration: 0.25
-  synthetic: {classes: 2, train_per_class: 200, val_per_class: 8}
-features: {kind: mfcc, n_mfcc: 13, n_mels: 20, n_fft: 256, hop_length: 128}
-model: {name: mfcc_mlp, options: {hidden: [16]}}
-optim: {batch_size: 8}
-phases:
-  - {name: warmup, epochs: 1}
-  - {name: main, epochs: 100000}
-eval: {every_epochs: 5}
-checkpoint: {interval_seconds: 3600}
-daemon: {system_interval: 1.0}
-"""
+# DAEMON_TINY trained for days: the run is still going whenever the test looks.
+CONFIG = changed(DAEMON_TINY, name="e2e", phases=[{"name": "warmup", "epochs": 1}, {"name": "main", "epochs": 100000}],
+                 eval={"every_epochs": 5}, daemon={"system_interval": 1.0},
+                 **{"data.synthetic.train_per_class": 200, "data.synthetic.val_per_class": 8})
 STEP = re.compile(r"step ([\d,]+)/([\d,]+)")
 RANGE = re.compile(r"steps ([\d,]+)–([\d,]+) in (\d+) points")
 POLL = 0.25  # seconds between looks at the screen or state.json
@@ -93,13 +79,11 @@ def state(run_dir: Path) -> dict:
     return runs.status(run_dir)
 
 
-def test_attach_detach_reattach_in_a_real_terminal(tmp_path, monkeypatch):
-    runtime = tempfile.mkdtemp(prefix="lh")
-    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)  # runs.status here looks for the same socket
-    env = dict(os.environ, LONGHAUL_ROOT=str(tmp_path / "runs"), XDG_RUNTIME_DIR=runtime,
-               PYTHONPATH=str(REPO), TERM="xterm-256color")
+def test_attach_detach_reattach_in_a_real_terminal(tmp_path, runtime_dir):
+    # runtime_dir is also this process's XDG_RUNTIME_DIR: runs.status here looks for the same socket
+    env = cli_env(tmp_path / "runs", runtime_dir, TERM="xterm-256color")
     config = tmp_path / "e2e.yaml"
-    config.write_text(CONFIG)
+    config.write_text(yaml.safe_dump(CONFIG))
     longhaul = [sys.executable, "-m", "trainer.cli"]
     out = subprocess.run([*longhaul, "start", str(config)], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -143,4 +127,3 @@ def test_attach_detach_reattach_in_a_real_terminal(tmp_path, monkeypatch):
     final = wait_for(lambda: state(run_dir)["state"] in runs.FINAL_STATES and state(run_dir), 60,
                      "the run to stop", POLL)
     assert final["state"] == "stopped"
-    shutil.rmtree(runtime, ignore_errors=True)
