@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import FAKE_WORKER, FAST_SETTINGS, make_run, short_runtime_dir, wait_exit, wait_for
+from daemon_helpers import (FAKE_WORKER, FAST_SETTINGS, fake_run_config, make_run, short_runtime_dir, wait_exit,
+                            wait_for)
 from trainer import cli, daemon, history
 from trainer.run import liveness, locate, registry, rundir, sockets, state as run_state, status as run_status
 
@@ -44,11 +45,10 @@ def env(tmp_path, monkeypatch, runtime_dir, launcher):
 
 
 def fake_config(tmp_path: Path, name: str = "fake", fake: dict | None = None) -> Path:
-    """A config `longhaul start` accepts (JSON is YAML), and the fake worker's script beside it
-    is copied in by `start_fake`."""
+    """A config `longhaul start` accepts, and the fake worker's script beside it is copied in
+    by `start_fake`."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps({"name": name, "daemon": {"backoff_seconds": 0.1, "max_restarts": 2,
-                                                          "system_interval": 0.5}}))
+    path.write_text(fake_run_config(name, max_restarts=2))
     return path
 
 
