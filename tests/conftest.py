@@ -87,9 +87,9 @@ def live_run(tmp_path, runtime_dir, live_process):
     names a live process, and a fake daemon (a `tui_fakes.DaemonThread`) serving the recorded
     stream on its socket."""
     import tui_fakes
-    from trainer import runs
+    from trainer.run.sockets import socket_path
 
     run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
-    daemon = tui_fakes.DaemonThread(runs.socket_path(run_dir), run_dir).start()
+    daemon = tui_fakes.DaemonThread(socket_path(run_dir), run_dir).start()
     yield run_dir, daemon
     daemon.close()
