@@ -1,4 +1,4 @@
-"""Every test runs against its own empty run registry (trainer.registry), never the real one in
+"""Every test runs against its own empty run registry (trainer.run.registry), never the real one in
 the user's home: LONGHAUL_STATE_DIR is an environment variable, so daemons, workers and CLI
 subprocesses the test starts use the same one. `longhaul` entry points set the process umask
 (private run data); it is restored after each test so tests do not leak it into each other.
@@ -12,8 +12,14 @@ The shared fixtures:
   launcher       starts daemons on the fake worker (tests/daemon_helpers.py), kills them after
   live_run       a running run directory with a fake daemon on its socket (tests/tui_fakes.py)
 
-Helpers that are not fixtures live in modules named for them: tests/run_configs.py (run configs),
-tests/daemon_helpers.py, tests/longhaul_cli.py, tests/tui_fakes.py, tests/pilot.py."""
+Helpers that are not fixtures live in modules named for what they help with:
+  run_configs.py     the tiny real runs (RunConfig dicts) and changed() to vary them
+  daemon_helpers.py  daemons on the fake worker (fake_worker.py), a raw protocol client, wait_for
+  longhaul_cli.py    `longhaul` in a subprocess, for end-to-end runs
+  tui_fakes.py       a recorded daemon stream, a fake daemon replaying it, run directories
+  pilot.py           the TUI app under Pilot on a frozen clock, async tests
+  audio_folders.py   audio class folders on disk
+  tmpfs.py, powercut.py  disks that fill up, and that lose what was not fsynced at a power cut"""
 from __future__ import annotations
 
 import os

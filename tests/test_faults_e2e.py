@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.run_configs import POWERCUT
 from tests.daemon_helpers import wait_for
 from tests.longhaul_cli import cli, cli_env, status
+from tests.run_configs import POWERCUT
 from trainer.history import read_history
 
 # Slow enough per run that the disk fills while it trains (~1,000 steps), small checkpoints.

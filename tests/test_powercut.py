@@ -278,9 +278,9 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
     run must end bit-identical to an uninterrupted one."""
     import torch
 
-    from tests.run_configs import POWERCUT
     from tests.daemon_helpers import wait_for
     from tests.longhaul_cli import ROOT, cli, logged_steps, status
+    from tests.run_configs import POWERCUT
 
     disk = tmp_path / "disk-0"
     (disk / "runs").mkdir(parents=True)   # the runs root exists (and is durable) before the run
@@ -300,7 +300,7 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
     # Long enough in steps that a cut's random delay (up to 0.3 s, ~50 steps on a quiet box)
     # never reaches the end of the run before the last cut.
     source.write_text(yaml.safe_dump({**POWERCUT, "phases": [{"name": "a", "epochs": 60},
-                                                            {"name": "b", "epochs": 60, "lr_mult": 0.5}]}))
+                                                              {"name": "b", "epochs": 60, "lr_mult": 0.5}]}))
     run_dir = mount.mountpoint / "runs" / "powercut"
     reference = None
     try:

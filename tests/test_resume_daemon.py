@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from tests.run_configs import POWERCUT
 from tests.daemon_helpers import wait_for
 from tests.longhaul_cli import cli, cli_env, logged_steps, status
+from tests.run_configs import POWERCUT
 
 from trainer.history import read_history
 
@@ -25,7 +25,7 @@ def test_power_cut_through_the_daemon_resumes_bit_identical(tmp_path, runtime_di
     # ~700 steps: a kill's random delay (up to 0.3 s, ~50 steps on a quiet box) must not reach
     # the end of the run before the third kill
     config.write_text(yaml.safe_dump({**POWERCUT, "phases": [{"name": "a", "epochs": 40},
-                                                            {"name": "b", "epochs": 40, "lr_mult": 0.5}]}))
+                                                              {"name": "b", "epochs": 40, "lr_mult": 0.5}]}))
 
     cli(env, "train", str(config), "--run-dir", str(tmp_path / "reference"), "--quiet")
 
