@@ -39,7 +39,7 @@ def alert_text(app) -> str:
     return str(app.screen.query_one(AlertBar).render())
 
 
-def is_live(app, step: int = tui_fakes.SNAPSHOT_STEP + 4) -> bool:
+def is_live(app, step: int = tui_fakes.LIVE_STEP) -> bool:
     return isinstance(app.screen, RunScreen) and app.screen.link_state == "live" and app.screen.model.step == step
 
 

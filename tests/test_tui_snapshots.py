@@ -23,7 +23,6 @@ from tui.app import LonghaulApp  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 
 SIZES = [(80, 24), (160, 48)]
-LIVE_STEP = tui_fakes.SNAPSHOT_STEP + 4
 
 
 async def settled(pilot) -> None:
@@ -32,7 +31,7 @@ async def settled(pilot) -> None:
 
     def done() -> bool:
         screen = app.screen
-        return (isinstance(screen, RunScreen) and screen.link_state == "live" and screen.model.step == LIVE_STEP
+        return (isinstance(screen, RunScreen) and screen.link_state == "live" and screen.model.step == tui_fakes.LIVE_STEP
                 and screen.model.logs_total == 11 and not screen._refresh_pending)
 
     await wait_for(pilot, done, what="the recorded stream to be shown")

@@ -33,6 +33,8 @@ RUN_NAME = "demo-b0"
 CLASSES = ["tone", "chirp", "noise", "clicks", "am", "fm", "harmonic", "pulse"]
 STEPS_PER_EPOCH = 1250
 SNAPSHOT_STEP = 6_000
+LIVE_STEPS = 4  # progress frames recorded after the snapshot, one step each
+LIVE_STEP = SNAPSHOT_STEP + LIVE_STEPS  # the step a client shows once the whole recording is in
 SECONDS_PER_STEP = 1.6
 
 
@@ -162,7 +164,7 @@ def build_stream(run_dir: str = "/runs/demo-b0") -> list[dict]:
         item.pop("type", None)
     frames = [protocol.welcome({"name": RUN_NAME, "dir": run_dir, "daemon_pid": 4242}, snapshot)]
     smooth = series.smoother
-    for i in range(1, 5):
+    for i in range(1, LIVE_STEPS + 1):
         step = SNAPSHOT_STEP + i
         record = train_record(plan, step, rng)
         live = {k: record[k] for k in ("train_loss", "lr", "grad_norm", "samples_per_s", "data_share")}
