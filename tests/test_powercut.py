@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.daemon_helpers import wait_for
+from tests.longhaul_cli import ROOT, cli, logged_steps, status
 from tests.powercut import mount_or_skip
+from tests.run_configs import POWERCUT
 from trainer.history import read_history
 
 
@@ -155,8 +158,6 @@ def kill_process_group(pgid: int) -> None:
     """SIGKILL the daemon's whole process group and wait until no member can write any more."""
     import psutil
 
-    from tests.daemon_helpers import wait_for
-
     os.killpg(pgid, signal.SIGKILL)
 
     def all_dead() -> bool:
@@ -277,10 +278,6 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
     instants; after each cut nothing a resume reads may be empty, torn or stale, and the resumed
     run must end bit-identical to an uninterrupted one."""
     import torch
-
-    from tests.daemon_helpers import wait_for
-    from tests.longhaul_cli import ROOT, cli, logged_steps, status
-    from tests.run_configs import POWERCUT
 
     disk = tmp_path / "disk-0"
     (disk / "runs").mkdir(parents=True)   # the runs root exists (and is durable) before the run
