@@ -19,7 +19,12 @@ from typing import Callable, Optional
 
 import msgpack
 
-from trainer import daemon, runs
+from trainer import daemon
+from trainer.run.errors import RunError
+from trainer.run.liveness import is_longhaul_process, pid_alive, process_cmdline
+from trainer.run.locate import create_run_dir
+from trainer.run.sockets import socket_path
+from trainer.run.state import FINAL_STATES, StateFile
 
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_worker.py"
 
@@ -41,7 +46,7 @@ def fake_run_config(name: str, **daemon_cfg) -> str:
 
 def make_run(root: Path, name: str = "run", fake: Optional[dict] = None, daemon_cfg: Optional[dict] = None) -> Path:
     """A run directory whose config the daemon accepts, scripted for tests/fake_worker.py."""
-    run_dir = runs.create_run_dir(root, name)
+    run_dir = create_run_dir(root, name)
     daemon_cfg = {"backoff_max_seconds": 1.0, "max_restarts": 3, **(daemon_cfg or {})}
     (run_dir / "config.yaml").write_text(fake_run_config(name, **daemon_cfg))
     (run_dir / "fake.json").write_text(json.dumps(fake or {}))
@@ -58,15 +63,15 @@ class Launcher:
         pid = daemon.launch_daemon(run_dir, worker_script=FAKE_WORKER, settings={**FAST_SETTINGS, **(settings or {})})
         self.run_dirs.append(run_dir)
         if wait_socket:
-            wait_for(lambda: runs.socket_path(run_dir).exists(), 10, f"socket of {run_dir.name}")
+            wait_for(lambda: socket_path(run_dir).exists(), 10, f"socket of {run_dir.name}")
         return pid
 
     def cleanup(self) -> None:
         for run_dir in self.run_dirs:
             pids = []
             try:
-                pid = runs.StateFile(run_dir).read().get("pid")
-            except (OSError, runs.RunError):  # a test may have damaged it on purpose
+                pid = StateFile(run_dir).read().get("pid")
+            except (OSError, RunError):  # a test may have damaged it on purpose
                 pid = None
             if pid:
                 pids.append(pid)
@@ -74,7 +79,7 @@ class Launcher:
             if runs_file.exists():
                 pids += [int(p) for p in runs_file.read_text().split()]
             for pid in pids:
-                if runs.is_longhaul_process(pid) or _is_fake_worker(pid):
+                if is_longhaul_process(pid) or _is_fake_worker(pid):
                     _kill_with_its_group(pid)
 
 
@@ -92,7 +97,7 @@ def _kill_with_its_group(pid: int) -> None:
 
 
 def _is_fake_worker(pid: int) -> bool:
-    return runs.pid_alive(pid) and any("fake_worker" in a for a in runs.process_cmdline(pid))
+    return pid_alive(pid) and any("fake_worker" in a for a in process_cmdline(pid))
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
@@ -108,7 +113,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
 
 
 def wait_exit(pid: int, timeout: float) -> None:
-    wait_for(lambda: not runs.pid_alive(pid), timeout, f"process {pid} to exit")
+    wait_for(lambda: not pid_alive(pid), timeout, f"process {pid} to exit")
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -182,4 +187,4 @@ class RawClient:
 
 
 def is_final_state(msg: dict) -> bool:
-    return msg.get("type") == "event" and msg["kind"] == "state" and msg["data"]["state"] in runs.FINAL_STATES
+    return msg.get("type") == "event" and msg["kind"] == "state" and msg["data"]["state"] in FINAL_STATES

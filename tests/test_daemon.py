@@ -14,9 +14,13 @@ import time
 import pytest
 
 from daemon_helpers import RawClient, is_final_state, make_run, read_events, wait_exit, wait_for
-from trainer import control, daemon, runs
+from trainer import daemon, remote
 from trainer.daemon import hub
+from trainer.run.liveness import pid_alive
 from trainer.run.rundir import RunDir
+from trainer.run.sockets import socket_path
+from trainer.run.state import StateFile, effective_state
+from trainer.run.status import status
 
 
 @pytest.fixture
@@ -26,11 +30,11 @@ def env(tmp_path, runtime_dir, launcher):
 
 
 def connect(run_dir) -> RawClient:
-    return RawClient(runs.socket_path(run_dir))
+    return RawClient(socket_path(run_dir))
 
 
 def daemon_pid(run_dir) -> int:
-    return runs.StateFile(run_dir).read()["pid"]
+    return StateFile(run_dir).read()["pid"]
 
 
 # ----------------------------------------------------------------------------- handshake
@@ -62,9 +66,9 @@ def test_welcome_snapshot_then_live_stream(env):
     after = c.read_to_end()  # the daemon exits after the run; the final state is the last event
     assert all(m["type"] in ("progress", "system") for m in after), after
     wait_exit(pid, 10)
-    info = runs.status(run_dir)
+    info = status(run_dir)
     assert info["state"] == "finished" and info["step"] == 150 and info["socket"] is None
-    assert not runs.socket_path(run_dir).exists()
+    assert not socket_path(run_dir).exists()
     # a new client of a finished run's next daemon would see the history: check the files
     states = [e["data"]["state"] for e in read_events(run_dir) if e["kind"] == "state"]
     assert states == ["starting", "running", "finished"]
@@ -248,7 +252,7 @@ def test_bad_frames_close_only_that_connection(env):
     good.send({"type": "ping"})
     msgs = good.recv_until(lambda m: m["type"] == "pong")
     assert any(m["type"] == "progress" for m in msgs)
-    assert runs.effective_state(run_dir) == "running"
+    assert effective_state(run_dir) == "running"
 
 
 def test_foreign_uid_is_refused():
@@ -278,7 +282,7 @@ def test_foreign_uid_connection_is_closed(env, tmp_path):
     thread = threading.Thread(target=lambda: result.setdefault("code", loop.run_until_complete(d.run())))
     thread.start()
     try:
-        wait_for(lambda: runs.socket_path(run_dir).exists(), 10, "socket")
+        wait_for(lambda: socket_path(run_dir).exists(), 10, "socket")
         c = connect(run_dir)
         try:
             c.send({"type": "hello", "version": 1, "client": "intruder"})
@@ -292,7 +296,7 @@ def test_foreign_uid_connection_is_closed(env, tmp_path):
         loop.call_soon_threadsafe(d.shutdown, "test over")
         thread.join(30)
     assert result["code"] == 0
-    assert runs.StateFile(run_dir).read()["state"] == "stopped"
+    assert StateFile(run_dir).read()["state"] == "stopped"
 
 
 # ----------------------------------------------------------------------------- requests
@@ -300,7 +304,7 @@ def test_requests_ack_then_completion(env):
     root, launcher = env
     run_dir = make_run(root, "req", fake={"steps": 100000, "step_time": 0.01})
     pid = launcher.start(run_dir)
-    wait_for(lambda: runs.StateFile(run_dir).read().get("state") == "running", 10, "running")
+    wait_for(lambda: StateFile(run_dir).read().get("state") == "running", 10, "running")
     # raw: the ack comes first, then the completing state event names our id
     c = connect(run_dir)
     c.hello()
@@ -312,33 +316,33 @@ def test_requests_ack_then_completion(env):
     assert [e["kind"] for e in events] == ["state", "request"]  # other events (eval, ...) may interleave
     assert events[0]["data"] == {"state": "paused", "request_id": 77}
     assert events[1]["data"] == {"id": 77, "action": "pause", "outcome": "done"}
-    wait_for(lambda: runs.status(run_dir)["state"] == "paused", 5, "state.json to say paused")
-    ack, done = control.request(run_dir, "pause", timeout=5)
+    wait_for(lambda: status(run_dir)["state"] == "paused", 5, "state.json to say paused")
+    ack, done = remote.request(run_dir, "pause", timeout=5)
     assert ack["ok"] is False and ack["message"] == "already paused" and done is None
-    ack, done = control.request(run_dir, "checkpoint", timeout=10)  # works while paused
+    ack, done = remote.request(run_dir, "checkpoint", timeout=10)  # works while paused
     assert ack["ok"] and done["kind"] == "request" and done["data"]["outcome"] == "done"
-    wait_for(lambda: "last_checkpoint" in runs.StateFile(run_dir).read(), 5, "last_checkpoint in state.json")
-    assert runs.StateFile(run_dir).read()["last_checkpoint"]["path"].endswith("fake_ckpt")
-    ack, done = control.request(run_dir, "resume", timeout=5)
+    wait_for(lambda: "last_checkpoint" in StateFile(run_dir).read(), 5, "last_checkpoint in state.json")
+    assert StateFile(run_dir).read()["last_checkpoint"]["path"].endswith("fake_ckpt")
+    ack, done = remote.request(run_dir, "resume", timeout=5)
     assert ack["ok"] and done["data"]["state"] == "running"
-    ack, _ = control.request(run_dir, "resume", timeout=5)
+    ack, _ = remote.request(run_dir, "resume", timeout=5)
     assert not ack["ok"] and ack["message"].startswith("not paused")
-    ack, done = control.request(run_dir, "stop", timeout=20)
+    ack, done = remote.request(run_dir, "stop", timeout=20)
     assert ack["ok"] and done["kind"] in ("request", "state")
     wait_exit(pid, 20)
-    info = runs.status(run_dir)
+    info = status(run_dir)
     assert info["state"] == "stopped"
-    assert runs.StateFile(run_dir).read()["stop_reason"] == "request"
-    with pytest.raises(control.NoDaemon, match="no running daemon"):
-        control.request(run_dir, "pause")
-    assert control.fetch_snapshot(run_dir) is None
+    assert StateFile(run_dir).read()["stop_reason"] == "request"
+    with pytest.raises(remote.NoDaemon, match="no running daemon"):
+        remote.request(run_dir, "pause")
+    assert remote.fetch_snapshot(run_dir) is None
 
 
 def test_follow_logs_streams_lines(env):
     root, launcher = env
     run_dir = make_run(root, "logs", fake={"steps": 60, "step_time": 0.02})
     launcher.start(run_dir)
-    lines = list(control.follow_logs(run_dir))
+    lines = list(remote.follow_logs(run_dir))
     assert lines and lines[-1].startswith("step 60 ")
     numbers = [int(line.split()[1]) for line in lines if line.startswith("step ")]
     assert numbers == list(range(numbers[0], 61))
@@ -367,7 +371,7 @@ def test_crash_restart_with_backoff_then_failed(env):
     assert "giving up after 2 restart(s)" in final["message"]
     assert len((run_dir / "fake_runs").read_text().split()) == 3
     wait_exit(pid, 10)
-    assert runs.status(run_dir)["state"] == "failed"
+    assert status(run_dir)["state"] == "failed"
     assert "Traceback" in (run_dir / "train.log").read_text()
 
 
@@ -386,7 +390,7 @@ def test_sigkilled_worker_is_restarted_and_resumes(env):
     assert resumed["data"]["step"] == 10  # the fake resumes from its last checkpoint
     assert [e["data"]["state"] for e in events if e["kind"] == "state"] == [
         "starting", "running", "starting", "running", "finished"]
-    assert runs.status(run_dir)["state"] == "finished"
+    assert status(run_dir)["state"] == "finished"
 
 
 def test_stop_during_restart_backoff(env):
@@ -395,12 +399,12 @@ def test_stop_during_restart_backoff(env):
                        daemon_cfg={"max_restarts": 5, "backoff_seconds": 30.0, "backoff_max_seconds": 30.0})
     pid = launcher.start(run_dir)
     wait_for(lambda: any(e["kind"] == "restart" for e in read_events(run_dir)), 20, "restart event")
-    ack, done = control.request(run_dir, "pause", timeout=5)
+    ack, done = remote.request(run_dir, "pause", timeout=5)
     assert not ack["ok"] and ack["message"].startswith("no trainer is running")
-    ack, done = control.request(run_dir, "stop", timeout=10)
+    ack, done = remote.request(run_dir, "stop", timeout=10)
     assert ack["ok"] and ack["message"] == "restart cancelled"
     wait_exit(pid, 10)
-    assert runs.status(run_dir)["state"] == "stopped"
+    assert status(run_dir)["state"] == "stopped"
     crash = next(e for e in read_events(run_dir) if e["kind"] == "crash")
     assert crash["data"]["returncode"] == 3 and crash["message"] == "trainer exited with code 3"
 
@@ -409,7 +413,7 @@ def test_sigterm_stops_the_run(env):
     root, launcher = env
     run_dir = make_run(root, "term", fake={"steps": 100000, "step_time": 0.01})
     pid = launcher.start(run_dir, settings={"state_write_interval": 0.1})
-    wait_for(lambda: (runs.StateFile(run_dir).read().get("step") or 0) > 5, 10, "progress in state.json")
+    wait_for(lambda: (StateFile(run_dir).read().get("step") or 0) > 5, 10, "progress in state.json")
     c = connect(run_dir)
     c.hello()
     os.kill(pid, signal.SIGTERM)
@@ -417,12 +421,12 @@ def test_sigterm_stops_the_run(env):
     states = [m["data"]["state"] for m in msgs if m["type"] == "event" and m["kind"] == "state"]
     assert states == ["stopping", "stopped"]
     wait_exit(pid, 20)
-    state = runs.StateFile(run_dir).read()
+    state = StateFile(run_dir).read()
     assert state["state"] == "stopped" and state["stop_reason"] == "signal SIGTERM"
-    assert runs.status(run_dir)["state"] == "stopped"
-    assert not runs.socket_path(run_dir).exists()
+    assert status(run_dir)["state"] == "stopped"
+    assert not socket_path(run_dir).exists()
     worker_pid = int((run_dir / "fake_runs").read_text().split()[-1])
-    assert not runs.pid_alive(worker_pid)
+    assert not pid_alive(worker_pid)
     assert int((run_dir / "fake_ckpt").read_text()) >= 5  # the worker checkpointed on its way out
 
 
@@ -430,7 +434,7 @@ def test_worker_that_ignores_stop_is_terminated(env):
     root, launcher = env
     run_dir = make_run(root, "deaf", fake={"steps": 100000, "step_time": 0.01, "ignore_controls": True})
     pid = launcher.start(run_dir, settings={"stop_timeout": 0.5, "kill_timeout": 0.5})
-    wait_for(lambda: runs.StateFile(run_dir).read().get("state") == "running", 10, "running")
+    wait_for(lambda: StateFile(run_dir).read().get("state") == "running", 10, "running")
     os.kill(pid, signal.SIGTERM)
     wait_exit(pid, 20)
     events = read_events(run_dir)
@@ -443,19 +447,19 @@ def test_killed_daemon_leaves_an_interrupted_run_and_no_orphan(env):
     root, launcher = env
     run_dir = make_run(root, "orphan", fake={"steps": 100000, "step_time": 0.01})
     pid = launcher.start(run_dir)
-    wait_for(lambda: (run_dir / "fake_runs").exists() and runs.StateFile(run_dir).read().get("state") == "running",
+    wait_for(lambda: (run_dir / "fake_runs").exists() and StateFile(run_dir).read().get("state") == "running",
              10, "worker running")
     worker_pid = int((run_dir / "fake_runs").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
     wait_exit(pid, 5)
     wait_exit(worker_pid, 10)  # the worker saw the channel close, checkpointed and stopped
     assert (run_dir / "fake_ckpt").exists()
-    assert runs.status(run_dir)["state"] == "interrupted"
+    assert status(run_dir)["state"] == "interrupted"
     # the stale socket does not keep a new daemon from taking the run
-    assert runs.socket_path(run_dir).exists()
+    assert socket_path(run_dir).exists()
     pid2 = launcher.start(run_dir)
-    assert pid2 != pid and runs.effective_state(run_dir) in ("starting", "running")
-    assert control.request(run_dir, "stop", timeout=20)[0]["ok"]
+    assert pid2 != pid and effective_state(run_dir) in ("starting", "running")
+    assert remote.request(run_dir, "stop", timeout=20)[0]["ok"]
     wait_exit(pid2, 20)
 
 
@@ -469,7 +473,7 @@ def test_second_daemon_is_refused(env):
 
     with pytest.raises(daemon.DaemonError, match="already owned by a live daemon"):
         asyncio.run(daemon.Daemon(run_dir).run())
-    assert runs.StateFile(run_dir).read()["pid"] == pid
+    assert StateFile(run_dir).read()["pid"] == pid
     os.kill(pid, signal.SIGTERM)
     wait_exit(pid, 20)
 
@@ -482,7 +486,7 @@ def test_bad_config_fails_the_run(env):
         launcher.start(run_dir, wait_socket=False)
     events = read_events(run_dir)
     assert events[-1]["data"]["state"] == "failed" and "optim.lr" in events[-1]["message"]
-    assert runs.status(run_dir)["state"] == "failed"
+    assert status(run_dir)["state"] == "failed"
 
 
 # ----------------------------------------------------------------------------- client queues

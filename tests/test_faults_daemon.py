@@ -16,7 +16,14 @@ import threading
 
 from daemon_helpers import FAKE_WORKER, RawClient, is_final_state, make_run, wait_exit, wait_for
 from test_daemon import env  # noqa: F401  (fixture: a runs root and a Launcher)
-from trainer import control, console, daemon, eventlog, runs
+from trainer import console, daemon, remote
+from trainer.run import linefile
+from trainer.run.events import EventLog, last_seq, read_tail
+from trainer.run.linefile import AppendFile, tail_lines
+from trainer.run.rundir import RunDir
+from trainer.run.sockets import socket_path
+from trainer.run.state import StateFile
+from trainer.run.status import status
 
 TORN = '{"seq": 7, "time": 1.0, "kind": "alert", "lev'
 
@@ -34,25 +41,25 @@ def events_after_torn(path) -> list[dict]:
 
 
 def daemon_state(run_dir) -> dict:
-    return runs.StateFile(run_dir).read()
+    return StateFile(run_dir).read()
 
 
 # ----------------------------------------------------------------------------- readers and writer
 def test_readers_skip_a_torn_last_line(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_text('{"seq": 5, "time": 1.0}\n{"seq": 6, "time": 2.0}\n' + TORN)
-    assert runs.tail_lines(path, 5) == ['{"seq": 5, "time": 1.0}', '{"seq": 6, "time": 2.0}']
-    assert runs.last_event_seq(tmp_path) == 6
-    assert [e["seq"] for e in eventlog.read_tail(path, 10)] == [5, 6]
+    assert tail_lines(path, 5) == ['{"seq": 5, "time": 1.0}', '{"seq": 6, "time": 2.0}']
+    assert last_seq(RunDir(tmp_path).events) == 6
+    assert [e["seq"] for e in read_tail(path, 10)] == [5, 6]
     log = tmp_path / "train.log"
     log.write_text("line 1\nunfinished text line")  # a text log's last line is kept
-    assert runs.tail_lines(log, 5) == ["line 1", "unfinished text line"]
+    assert tail_lines(log, 5) == ["line 1", "unfinished text line"]
 
 
 def test_event_log_starts_on_a_fresh_line_after_a_torn_one(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_text('{"seq": 6, "time": 2.0, "kind": "state", "level": "info", "message": "x", "data": {}}\n' + TORN)
-    log = eventlog.EventLog(path).open()
+    log = EventLog(path).open()
     body = log.add("state", "info", "starting", {"state": "starting"})
     log.close()
     assert body["seq"] == 7
@@ -61,7 +68,7 @@ def test_event_log_starts_on_a_fresh_line_after_a_torn_one(tmp_path):
 
 def test_short_write_is_cut_back_and_held_lines_are_written_later(tmp_path, monkeypatch):
     path = tmp_path / "events.jsonl"
-    log = eventlog.EventLog(path, keep=100).open()
+    log = EventLog(path, keep=100).open()
     log.add("alert", "info", "first", {})
     real_write = os.write
     calls = {"n": 0}
@@ -72,13 +79,13 @@ def test_short_write_is_cut_back_and_held_lines_are_written_later(tmp_path, monk
             return real_write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(eventlog.os, "write", failing_write)
+    monkeypatch.setattr(linefile.os, "write", failing_write)
     log.add("alert", "info", "second", {"text": "x" * 100})  # never raises into the caller
     log.add("alert", "info", "third", {})
     assert log.error is not None and log.held == 2
     assert path.read_text().endswith("\n")  # the half line was cut back off
     assert [e["message"] for e in map(json.loads, path.read_text().splitlines())] == ["first"]
-    monkeypatch.setattr(eventlog.os, "write", real_write)
+    monkeypatch.setattr(linefile.os, "write", real_write)
     assert log.retry() and log.error is None and log.held == 0
     log.close()
     assert [e["message"] for e in map(json.loads, path.read_text().splitlines())] == ["first", "second", "third"]
@@ -87,7 +94,7 @@ def test_short_write_is_cut_back_and_held_lines_are_written_later(tmp_path, monk
 def test_append_file_on_a_full_tmpfs_drops_and_counts_then_resumes(tmpfs):
     fs = tmpfs(1)
     path = fs.path / "train.log"
-    out = eventlog.AppendFile(path).open()
+    out = AppendFile(path).open()
     assert out.append(["before"])
     filler = fs.fill()
     assert not out.append(["lost " + "y" * 8000, "lost too"])
@@ -117,7 +124,7 @@ def test_console_publisher_fsyncs_events_at_a_checkpoint_and_survives_a_full_dis
     assert "cannot write" in capsys.readouterr().err
     filler.unlink()
     pub.event("state", "info", "stopped", state="stopped")
-    state = runs.StateFile(run_dir).read()
+    state = StateFile(run_dir).read()
     assert state["state"] == "stopped" and state["pid"] is None and state["pause_reason"] is None
     messages = [json.loads(line)["message"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert messages[-3:] == ["during the full disk", "paused", "stopped"]
@@ -144,7 +151,7 @@ def test_full_disk_mid_run_keeps_the_relay_and_state_json_becomes_true(env, tmpf
         "steps": 10**6, "step_time": 0.01, "log_bytes": 400, "event_every": 20, "write_history": False})
     pid = launcher.start(run_dir, settings={"write_retry_interval": 0.1, "state_write_interval": 0.1})
     wait_for(lambda: daemon_state(run_dir).get("state") == "running", 10, "running")
-    c = RawClient(runs.socket_path(run_dir))
+    c = RawClient(socket_path(run_dir))
     c.hello()
     filler = fs.fill()
     # train.log and events.jsonl fail (once their last page is full): the daemon says so once
@@ -162,7 +169,7 @@ def test_full_disk_mid_run_keeps_the_relay_and_state_json_becomes_true(env, tmpf
     c.recv_until(lambda m: m["type"] == "log")
     c.recv_until(lambda m: m["type"] == "log")  # still relayed after the failure
     # a transition while the disk is full: state.json cannot follow yet
-    ack, done = control.request(run_dir, "pause", timeout=10)
+    ack, done = remote.request(run_dir, "pause", timeout=10)
     assert ack["ok"] and done["data"]["state"] == "paused"
     assert daemon_state(run_dir)["state"] == "running"  # stale while the disk is full
     filler.unlink()
@@ -170,9 +177,9 @@ def test_full_disk_mid_run_keeps_the_relay_and_state_json_becomes_true(env, tmpf
     assert daemon_state(run_dir)["pause_reason"] == "request"
     c.recv_until(lambda m: m["type"] == "event" and m["kind"] == "alert" and m["data"].get("what") == "write_resumed"
                  and m["data"]["file"] == "events.jsonl")
-    control.request(run_dir, "resume", timeout=10)
+    remote.request(run_dir, "resume", timeout=10)
     c.recv_until(lambda m: m["type"] == "log")
-    ack, _ = control.request(run_dir, "stop", timeout=20)
+    ack, _ = remote.request(run_dir, "stop", timeout=20)
     assert ack["ok"]
     wait_exit(pid, 20)
     assert daemon_state(run_dir)["state"] == "stopped"
@@ -197,14 +204,14 @@ def test_trainer_pause_for_a_full_disk_is_a_real_state_and_resume_is_forwarded(e
     filler = fs.fill(leave_kb=512)  # short of the trainer's margin, room for state.json
     wait_for(lambda: daemon_state(run_dir).get("state") == "paused", 10, "state.json to say paused")
     assert daemon_state(run_dir)["pause_reason"] == "disk_full"
-    assert runs.status(run_dir)["state"] == "paused"
-    ack, done = control.request(run_dir, "resume", timeout=10)
+    assert status(run_dir)["state"] == "paused"
+    ack, done = remote.request(run_dir, "resume", timeout=10)
     assert ack["ok"], "a resume while paused for the disk must reach the trainer"
     assert done["kind"] == "request" and done["data"]["outcome"] == "failed" and "still full" in done["message"]
     filler.unlink()
     wait_for(lambda: daemon_state(run_dir).get("state") == "running", 10, "running again")
     assert daemon_state(run_dir)["pause_reason"] is None
-    control.request(run_dir, "stop", timeout=20)
+    remote.request(run_dir, "stop", timeout=20)
     wait_exit(pid, 20)
 
 
@@ -213,7 +220,7 @@ def test_refused_stop_goes_back_to_running_and_a_second_stop_works(env):
     run_dir = make_run(root, "refuse", fake={"steps": 10**6, "step_time": 0.01, "fail_checkpoints": 1})
     pid = launcher.start(run_dir, settings={"stop_timeout": 1.0, "state_write_interval": 0.1})
     wait_for(lambda: daemon_state(run_dir).get("state") == "running", 10, "running")
-    ack, done = control.request(run_dir, "stop", timeout=20)
+    ack, done = remote.request(run_dir, "stop", timeout=20)
     assert ack["ok"] and done["kind"] == "request"
     assert done["data"]["outcome"] == "failed" and done["data"]["action"] == "stop"
     wait_for(lambda: daemon_state(run_dir).get("state") == "running", 10, "state.json back to running")
@@ -221,7 +228,7 @@ def test_refused_stop_goes_back_to_running_and_a_second_stop_works(env):
     # the stop's timeout (1 s) was cancelled: the trainer trains on well past it
     step = daemon_state(run_dir).get("step") or 0
     wait_for(lambda: (daemon_state(run_dir).get("step") or 0) > step + 200, 20, "training to go on")
-    ack, done = control.request(run_dir, "stop", timeout=20)
+    ack, done = remote.request(run_dir, "stop", timeout=20)
     assert ack["ok"] and done["data"]["outcome"] == "done"
     wait_exit(pid, 20)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
@@ -236,7 +243,7 @@ def test_sigterm_with_a_failing_final_checkpoint_ends_stopped_with_a_warning(env
     run_dir = make_run(root, "termfail", fake={"steps": 10**6, "step_time": 0.01, "fail_checkpoints": 99})
     pid = launcher.start(run_dir)  # stop_timeout 20 s: the daemon must not wait for it
     wait_for(lambda: daemon_state(run_dir).get("state") == "running", 10, "running")
-    c = RawClient(runs.socket_path(run_dir))
+    c = RawClient(socket_path(run_dir))
     c.hello()
     os.kill(pid, signal.SIGTERM)
     final = c.recv_until(is_final_state, timeout=10)[-1]

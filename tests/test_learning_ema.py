@@ -207,16 +207,18 @@ sys.exit(worker.main(trainer_factory=NoBestTrainer))
 def test_daemon_ends_failed_without_restarting_a_trainer_that_failed_cleanly(tmp_path, runtime_dir, launcher):
     from daemon_helpers import FAST_SETTINGS, make_run, read_events, wait_for
 
-    from trainer import daemon, runs
+    from trainer import daemon
+    from trainer.run.liveness import is_longhaul_process
+    from trainer.run.state import FINAL_STATES, StateFile
 
     run_dir = make_run(tmp_path / "runs", "nobest")
     script = tmp_path / "no_best_worker.py"
     script.write_text(FAILING_WORKER)
     launcher.run_dirs.append(run_dir)
     pid = daemon.launch_daemon(run_dir, worker_script=script, settings=FAST_SETTINGS)
-    wait_for(lambda: runs.StateFile(run_dir).read().get("state") in runs.FINAL_STATES, 30, "a final state")
-    wait_for(lambda: not runs.is_longhaul_process(pid), 30, "the daemon's exit")
-    assert runs.StateFile(run_dir).read()["state"] == "failed"
+    wait_for(lambda: StateFile(run_dir).read().get("state") in FINAL_STATES, 30, "a final state")
+    wait_for(lambda: not is_longhaul_process(pid), 30, "the daemon's exit")
+    assert StateFile(run_dir).read()["state"] == "failed"
     assert (run_dir / "starts").read_text().count("start") == 1  # a decision, not a crash: no restart
     kinds = [event["kind"] for event in read_events(run_dir)]
     assert "restart" not in kinds and "crash" not in kinds

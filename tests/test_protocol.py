@@ -457,8 +457,8 @@ def test_protocol_doc_example_client_works_against_a_daemon(tmp_path, monkeypatc
     digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
     path = str(runtime / "longhaul" / f"quick-{digest}.sock")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    from trainer import runs
-    assert str(runs.socket_path(run_dir)) == path
+    from trainer.run.sockets import socket_path
+    assert str(socket_path(run_dir)) == path
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
@@ -490,11 +490,3 @@ def test_protocol_doc_example_client_works_against_a_daemon(tmp_path, monkeypatc
     assert "pausing at the next step" in out.stdout
     assert received[0]["type"] == "hello" and received[1] == {"type": "request", "id": 1, "action": "pause"}
     assert len(example.strip().splitlines()) <= 45
-
-
-def test_importing_protocol_and_history_does_not_import_torch_or_textual():
-    code = ("import sys, trainer.protocol, trainer.history; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'textual', 'timm', 'torchaudio')); "
-            "print(bad); sys.exit(1 if bad else 0)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr

@@ -23,7 +23,9 @@ import yaml
 from daemon_helpers import wait_for
 from tests.longhaul_cli import cli_env
 from tests.run_configs import DAEMON_TINY, changed
-from trainer import runs
+from trainer.run.state import FINAL_STATES
+from trainer.run.status import status
+
 
 pytestmark = [pytest.mark.slow,
               # CI installs tmux (.ci/run), so there a missing tmux fails the test instead of hiding it
@@ -76,11 +78,11 @@ class Tmux:
 
 
 def state(run_dir: Path) -> dict:
-    return runs.status(run_dir)
+    return status(run_dir)
 
 
 def test_attach_detach_reattach_in_a_real_terminal(tmp_path, runtime_dir):
-    # runtime_dir is also this process's XDG_RUNTIME_DIR: runs.status here looks for the same socket
+    # runtime_dir is also this process's XDG_RUNTIME_DIR: status here looks for the same socket
     env = cli_env(tmp_path / "runs", runtime_dir, TERM="xterm-256color")
     config = tmp_path / "e2e.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
@@ -124,6 +126,6 @@ def test_attach_detach_reattach_in_a_real_terminal(tmp_path, runtime_dir):
     finally:
         tmux.close()
         subprocess.run([*longhaul, "stop", "e2e", "--timeout", "60"], capture_output=True, env=env, timeout=90)
-    final = wait_for(lambda: state(run_dir)["state"] in runs.FINAL_STATES and state(run_dir), 60,
+    final = wait_for(lambda: state(run_dir)["state"] in FINAL_STATES and state(run_dir), 60,
                      "the run to stop", POLL)
     assert final["state"] == "stopped"

@@ -315,10 +315,10 @@ def cmd_ls(args) -> int:
 
 
 def cmd_control(args) -> int:
-    from trainer import control
+    from trainer import remote
 
     run_dir = resolve_run(args.run, runs_root_arg(args))
-    ack, done = control.request(run_dir, args.command, timeout=args.timeout)
+    ack, done = remote.request(run_dir, args.command, timeout=args.timeout)
     if not ack.get("ok"):
         print(f"{args.command} refused: {ack.get('message')}", file=sys.stderr)
         return 1
@@ -400,7 +400,7 @@ def resume_all(root: Path) -> int:
 
 
 def cmd_logs(args) -> int:
-    from trainer import control
+    from trainer import remote
 
     run_dir = resolve_run(args.run, runs_root_arg(args))
     path = RunDir(run_dir).train_log
@@ -410,7 +410,7 @@ def cmd_logs(args) -> int:
     if not args.follow:
         return 0
     try:
-        for line in control.follow_logs(run_dir):
+        for line in remote.follow_logs(run_dir):
             print(line, flush=True)
     except KeyboardInterrupt:
         pass
@@ -494,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
                ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
-               ("trainer.control", "ClientError"), ("trainer.service", "ServiceError")]
+               ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
