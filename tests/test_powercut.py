@@ -185,12 +185,19 @@ def stop_our_daemon(run_dir: Path) -> None:
         pass
 
 
-def written_state(run_dir: Path) -> dict:
-    """state.json as written (cheaper than `longhaul status`, which the test calls once per cut)."""
-    try:
-        return json.loads((run_dir / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def written_state(run_dir: Path, tries: int = 20) -> dict:
+    """state.json as written (cheaper than `longhaul status`, which the test calls once per cut).
+
+    A read racing the daemon's atomic replace can fail on the power-cut file system (libfuse
+    opens by path and, with hard_remove, the old node is gone once the rename lands), which
+    a real file system never does: such a read is tried again. {} when there is no readable file."""
+    for attempt in range(tries):
+        try:
+            return json.loads((run_dir / "state.json").read_text())
+        except (OSError, ValueError):
+            if attempt + 1 < tries:
+                time.sleep(0.05)
+    return {}
 
 
 def json_lines(path: Path) -> tuple[list[str], list[str]]:
