@@ -30,7 +30,8 @@ def _modules(package: str) -> list[str]:
 
 TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("trainer.daemon")
               + ["trainer.protocol", "trainer.schedule", "trainer.config", "trainer.monitor", "trainer.fmt",
-                 "trainer.sysmon", "trainer.remote", "trainer.console", "trainer.service", "trainer.cli"])
+                 "trainer.sysmon", "trainer.remote", "trainer.console", "trainer.service", "trainer.cli",
+                 "trainer.posthoc", "trainer.posthoc.commands"])
 TUI = _modules("tui") + _modules("tui.screens") + _modules("tui.widgets")
 
 

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 FILES = {"config": "config.yaml", "plan": "plan.json", "data_auto": "data_auto.json", "state": "state.json",
          "history": "history.msgpack", "series_cache": "series-cache.msgpack", "events": "events.jsonl",
          "train_log": "train.log", "daemon_log": "daemon.log", "daemon_lock": ".daemon.lock",
-         "checkpoints": "ckpt", "best_weights": "best.pt", "last_weights": "last.pt"}
+         "checkpoints": "ckpt", "best_weights": "best.pt", "last_weights": "last.pt",
+         "calibration": "calibration.json", "evaluation": "evaluation.json", "report": "report.html"}
 
 
 # ----------------------------------------------------------------------------- RunDir

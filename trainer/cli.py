@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from trainer.fmt import duration
+from trainer.posthoc import commands as posthoc_commands
 from trainer.run import registry
 from trainer.run.errors import RunError, RunExists
 from trainer.run.locate import create_run_dir, resolve_run, runs_root
@@ -476,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_cmd("logs", cmd_logs, "show the trainer log")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
+    posthoc_commands.register(sub, run_cmd)
     p = sub.add_parser("ls", help="list runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ls)
@@ -494,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
                ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
-               ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError")]
+               ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError"),
+               ("trainer.posthoc.classifier", "ClassifierError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

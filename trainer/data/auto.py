@@ -70,6 +70,19 @@ def resolve(cfg, train_items, frozen: Optional[Path] = None):
     return _fit_f_max(cfg, values), values
 
 
+def apply_frozen(cfg, frozen: Path):
+    """`cfg` with the `auto` values a run kept in `frozen` (its RunDir.data_auto), without looking
+    at the data again: how a finished run's preprocessing is rebuilt for evaluation, prediction
+    and export. ValueError when the run has `auto` settings and the file is missing or damaged."""
+    if not wanted(cfg):
+        return cfg
+    values = _read_frozen(frozen)
+    if values is None:
+        raise ValueError(f"{frozen}: missing or damaged, so the sample rate / clip length that `auto` chose for "
+                         "this run is unknown (it is written when the run first builds its data)")
+    return _fit_f_max(_with_values(cfg, values.sample_rate, values.duration), values)
+
+
 def _fit_f_max(cfg, values: AutoValues):
     """An auto rate can put features.f_max above Nyquist, which no one could foresee in the
     config: cut it to sample_rate/2 and say so (a fixed rate keeps it a config error)."""

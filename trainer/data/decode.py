@@ -65,6 +65,11 @@ class Decoder:
     # ------------------------------------------------------------------------- audio
     def waveform(self, samples: np.ndarray, rate: int) -> Decoded:
         """(frames,) or (frames, channels) samples at `rate` -> mono, resampled, padded/trimmed."""
+        return Decoded(self.fit_length(self.mono(samples, rate)), duration=len(samples) / rate, rate=rate)
+
+    def mono(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        """(frames,) or (frames, channels) samples at `rate` -> mono at the run's rate, whole
+        (prediction cuts a long recording into windows of n_samples)."""
         if samples.size == 0:
             raise BadItem("no audio samples")
         finite = np.isfinite(samples)
@@ -75,7 +80,7 @@ class Decoder:
         mono = np.ascontiguousarray(mono, dtype=np.float32)
         if rate != self.sample_rate:
             mono = AF.resample(torch.from_numpy(mono), rate, self.sample_rate).numpy()
-        return Decoded(self.fit_length(mono), duration=len(samples) / rate, rate=rate)
+        return mono
 
     def fit_length(self, wave: np.ndarray) -> np.ndarray:
         """Pad with zeros at the end or cut the end so that len == n_samples."""
@@ -85,24 +90,23 @@ class Decoder:
         return out
 
     def read_audio(self, path: Path) -> Decoded:
-        try:
-            samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        except (RuntimeError, OSError, ValueError, TypeError) as exc:
-            # libsndfile's own text ("Format not recognised.") without the path we already give
-            raise BadItem(f"cannot decode audio: {getattr(exc, 'error_string', None) or exc}") from None
-        return self.waveform(samples, rate)
+        return self.waveform(*read_samples(path))
 
     # ------------------------------------------------------------------------- images
     def read_image(self, path: Path) -> Decoded:
         try:
             with Image.open(path) as img:
                 img.load()
-                size = img.size
-                img = _to_mode(img, self.image_channels)
-                img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-                pixels = np.asarray(img, dtype=np.uint8)
+                return self.image(img)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise BadItem(f"cannot decode image: {exc}") from None
+
+    def image(self, img: Image.Image) -> Decoded:
+        """A loaded image -> the run's channels and size, (C, H, W) uint8."""
+        size = img.size
+        img = _to_mode(img, self.image_channels)
+        img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(img, dtype=np.uint8)
         chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         return Decoded(np.ascontiguousarray(chw), size=size)
 
@@ -112,6 +116,16 @@ class Decoder:
                                   sample_rate=self.sample_rate, duration=self.n_samples / self.sample_rate,
                                   snr_db=self.synthetic_snr_db)
         return Decoded(wave, duration=len(wave) / self.sample_rate, rate=self.sample_rate)
+
+
+def read_samples(path: Path) -> tuple[np.ndarray, int]:
+    """(samples (frames, channels) float32, rate) of an audio file; BadItem when it cannot be decoded."""
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, ValueError, TypeError) as exc:
+        # libsndfile's own text ("Format not recognised.") without the path we already give
+        raise BadItem(f"cannot decode audio: {getattr(exc, 'error_string', None) or exc}") from None
+    return samples, rate
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:

@@ -53,6 +53,12 @@ class RunDir:
         """Model weights of the best evaluation."""
         self.last_weights = self.path / "last.pt"
         """Model weights at the end of the run."""
+        self.calibration = self.path / "calibration.json"
+        """The temperature fitted on the validation split (`longhaul evaluate`), used by predict and export."""
+        self.evaluation = self.path / "evaluation.json"
+        """The latest `longhaul evaluate` result per split and weights (trainer.posthoc.evaluate)."""
+        self.report = self.path / "report.html"
+        """`longhaul report`: the run in one self-contained HTML page."""
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -64,6 +70,11 @@ class RunDir:
     def history_aside(self, at: float) -> Path:
         """Where the history is moved when the run starts over at unix time `at` (never truncated)."""
         return self.path / f"history.before-restart-{int(at)}.msgpack"
+
+    def predictions(self, split: str, weights: str) -> Path:
+        """Labels and probabilities of the latest evaluation of `split` with `weights` (npz), for
+        the report's curves."""
+        return self.path / f"predictions-{split}-{weights}.npz"
 
     def checkpoint(self, step: int) -> Path:
         """The checkpoint directory of `step`."""
