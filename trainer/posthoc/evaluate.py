@@ -13,8 +13,7 @@ must be laid out like the training data) and the run's model (Classifier.logits)
 
 Results: evaluation.json (`{"version": 1, "results": {"<split>/<weights>": RESULT}}`, the other
 entries kept), predictions-<split>-<weights>.npz (labels, logits, classes, tta_probs), a text
-table, or RESULT as one JSON object with --json. `after_run` is the evaluation a finished run
-gets automatically (trainer.worker, trainer.console).
+table, or RESULT as one JSON object with --json. trainer.posthoc.after runs it when a run finishes.
 """
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -245,49 +244,6 @@ def per_class_table(per_class: dict) -> list[str]:
     for name, row in per_class.items():
         cells = [f"{row['support']:>11}"] + [f"{'-' if row[c] is None else format(row[c], '.3f'):>11}" for c in cols[1:]]
         out.append(f"  {name:<{width}} " + " ".join(cells))
-    return out
-
-
-# ----------------------------------------------------------------------------- end of a run
-def after_run(run_dir, event: Callable[..., None]) -> Optional[dict]:
-    """What a finished run gets: its test split evaluated with best.pt (when it has one), then the
-    report (trainer.posthoc.report.write_report, when this build has it). Never raises: a failure
-    becomes an `alert` event; the result becomes an `evaluation` event. `event(kind, level,
-    message, **data)` is the publisher's."""
-    result = None
-    try:
-        result = evaluate_run(run_dir, "test", "best")
-        event("evaluation", "info", summary_line(result), **summary(result))
-    except NoSplit:
-        pass  # no test data: nothing to evaluate automatically
-    except Exception as exc:  # noqa: BLE001 - the run is over and must stay finished
-        event("alert", "error", f"evaluation after the run failed: {type(exc).__name__}: {exc}",
-              what="evaluation_failed")
-    write_report_after(run_dir, event)
-    return result
-
-
-def write_report_after(run_dir, event: Callable[..., None]) -> None:
-    try:
-        from trainer.posthoc.report import write_report
-    except ImportError as exc:
-        event("alert", "warning", f"no report written: trainer.posthoc.report is missing from this build ({exc})",
-              what="report_missing")
-        return
-    try:
-        path = write_report(run_dir)
-        event("report", "info", f"report written: {path}", path=str(path))
-    except Exception as exc:  # noqa: BLE001
-        event("alert", "error", f"writing the report failed: {type(exc).__name__}: {exc}", what="report_failed")
-
-
-def summary(result: dict) -> dict:
-    """The short form of RESULT that events and `status --json` carry."""
-    keys = ("split", "weights", "step", "n", "accuracy", "f1_macro", "f1_weighted", "auc_roc_macro", "auc_pr_macro",
-            "temperature", "ece_before", "ece_after", "ci", "ci_level", "time")
-    out = {key: result.get(key) for key in keys}
-    if result.get("tta"):
-        out["tta"] = {k: result["tta"][k] for k in ("accuracy", "f1_macro", "auc_roc_macro", "ece_after")}
     return out
 
 
