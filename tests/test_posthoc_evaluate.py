@@ -330,3 +330,12 @@ def test_data_evaluates_another_folder_laid_out_like_the_training_data(tmp_path,
     with pytest.raises(ClassifierError, match="folder not found"):
         from trainer.posthoc.evaluate import evaluate_run
         evaluate_run(run_dir, data=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("module", ["trainer.posthoc.after", "trainer.posthoc.calibration"])
+def test_end_of_run_and_calibration_modules_are_torch_free(module):
+    """The worker's fake trainers and `status` pay nothing for a run without test data."""
+    from tests.test_layering import _heavy_imports
+
+    proc = _heavy_imports(module, ("torch", "textual"))
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
