@@ -174,14 +174,12 @@ def test_a_finished_run_with_test_data_was_evaluated_automatically(finished):
     doc = json.loads(files.evaluation.read_text())
     assert doc["version"] == 1 and set(doc["results"]) == {"test/best"}
     events = [json.loads(line) for line in files.events.read_text().splitlines()]
-    kinds = [(e["kind"], e["data"].get("what")) for e in events]
-    at = kinds.index(("state", None)) if ("state", None) in kinds else 0
-    assert ("evaluation", "evaluation") in kinds
-    assert [e for e in events if e["kind"] == "state"][-1]["data"]["state"] == "finished"
-    assert kinds.index(("evaluation", "evaluation")) > at
-    report = [e for e in events if e["data"].get("what") in ("report_missing", "report_failed")] + \
-        [e for e in events if e["kind"] == "report"]
-    assert len(report) == 1  # the report was written, or its absence said
+    finished_at = next(e["seq"] for e in events if e["kind"] == "state" and e["data"]["state"] == "finished")
+    evaluated = [e for e in events if e["kind"] == "evaluation" and e["data"].get("what") == "evaluation"]
+    assert len(evaluated) == 1 and evaluated[0]["seq"] > finished_at  # after the run was finished
+    assert evaluated[0]["data"]["split"] == "test" and evaluated[0]["data"]["ci"]["accuracy"]
+    reported = [e for e in events if e["kind"] == "report" or e["data"].get("what") in ("report_missing", "report_failed")]
+    assert len(reported) == 1  # the report was written, or why not was said
     from trainer.run.status import status
     summary = status(finished)["evaluation"]
     assert summary["split"] == "test" and summary["n"] == 12 and summary["ci"]["accuracy"][0] <= summary["accuracy"]
