@@ -52,18 +52,28 @@ def main(args, run_dir) -> int:
     if not args.json:
         print(describe(clf, args.tta), file=sys.stderr)
     exts = IMAGE_EXTS if clf.image else AUDIO_EXTS
+    try:
+        failed = _run(clf, find_files(args.paths, exts), args.tta, out)
+    except BrokenPipeError:  # `longhaul predict ... | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    return 1 if failed else 0
+
+
+def _run(clf: Classifier, files: Iterator[tuple[str, Optional[str]]], tta: bool, out: "Output") -> int:
+    """Predict every file, printing as each chunk is done; the number that failed."""
     done = failed = 0
-    for chunk in _chunks(find_files(args.paths, exts), FILES_PER_BATCH):
-        for path, result in predict_files(clf, chunk, args.tta):
+    for chunk in _chunks(files, FILES_PER_BATCH):
+        for path, result in predict_files(clf, chunk, tta):
             done += 1
             if isinstance(result, Prediction):
                 out.prediction(result)
             else:
                 failed += 1
                 out.error(path, result)
-    if not args.json:
+    if not out.as_json:
         print(f"{done - failed} predicted, {failed} failed", file=sys.stderr)
-    return 1 if failed else 0
+    return failed
 
 
 def describe(clf: Classifier, tta: bool) -> str:
