@@ -104,7 +104,8 @@ def _evaluation(rd: RunDir, classes: list[str], splits=("test",), tta: bool = Tr
     for i, split in enumerate(splits):
         labels, logits = _predictions(len(classes), seed=i)
         results[f"{split}/best"] = _result(split, "best", labels, logits, classes, T0 + 9000 + i, tta)
-        np.savez(rd.predictions(split, "best"), labels=labels, logits=logits, classes=np.array(classes))
+        extra = {"tta_probs": figs.softmax(logits * 0.9, 2.0)} if tta else {}
+        np.savez(rd.predictions(split, "best"), labels=labels, logits=logits, classes=np.array(classes), **extra)
     atomic_write_json(rd.evaluation, {"version": 1, "results": results})
     atomic_write_json(rd.calibration, {"weights": {"best": {"temperature": 2.0, "step": STEPS, "split": "val",
                                                             "nll_before": 1.1, "nll_after": 0.7}}})
@@ -168,6 +169,14 @@ def test_report_has_every_section_with_its_images(tmp_path, classes):
     assert "Traceback: &lt;boom&gt; &amp; more" in events
     assert "&lt;b&gt;not markup&lt;/b&gt;" in sections["Config"]
     assert "1 – 30" in sections["Time per phase"] and "31 – 60" in sections["Time per phase"]
+
+
+def test_report_of_many_classes(tmp_path):
+    classes = [f"class {i}" for i in range(20)]
+    rd = make_run(tmp_path, classes)
+    sections = _sections(report.write_report(rd.path).read_text())
+    assert "Dashed: with test-time augmentation" in sections["ROC and PR curves"]
+    assert [len(_images(sections[h])) for h in ("Confusion matrix", "ROC and PR curves", "Calibration")] == [1, 1, 1]
 
 
 def test_report_without_an_evaluation_says_so(tmp_path):

@@ -205,6 +205,8 @@ def _load_predictions(data: RunData) -> None:
     if labels.ndim != 1 or logits.shape != (len(labels), len(classes)) or len(classes) < 2:
         raise ValueError(f"{path}: expected labels (N,), logits (N, C) and classes (C,) with C >= 2,"
                          f" found {labels.shape}, {logits.shape}, {len(classes)} classes")
+    if tta is not None and tta.shape != logits.shape:
+        raise ValueError(f"{path}: tta_probs has the shape {tta.shape}, the logits {logits.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise ValueError(f"{path}: labels outside 0..{len(classes) - 1}")
     n = result.get("n")
@@ -348,7 +350,7 @@ def _overview(data: RunData) -> str:
 @section("curves", "Training curves")
 def _curves_section(data: RunData) -> str:
     if data.series is None or not data.series.series:
-        return note("No training history yet (history.msgpack is missing or empty).")
+        return note(f"No training history yet ({data.rundir.history.name} is missing or empty).")
     series = {name: ds.to_dict() for name, ds in data.series.series.items()}
     phases = [(int(p.get("start_step", 0)), str(p.get("name", p.get("index"))))
               for p in (data.plan or {}).get("phases", []) if isinstance(p, dict)]
@@ -474,9 +476,10 @@ def _roc_pr_section(data: RunData) -> str:
     p = data.predictions
     probs = figs.softmax(p["logits"], temperature)
     what = "its positive class" if len(p["classes"]) == 2 else "each class against the rest"
+    tta = " Dashed: with test-time augmentation." if p["tta_probs"] is not None else ""
     return (f"<p>{html.escape(data.result_key)}, {what}, from the calibrated probabilities "
-            f"(T = {temperature:.4g}) of {len(p['labels']):,} examples.</p>"
-            + figs.roc_pr_figure(p["labels"], probs, p["classes"]))
+            f"(T = {temperature:.4g}) of {len(p['labels']):,} examples.{tta}</p>"
+            + figs.roc_pr_figure(p["labels"], probs, p["classes"], p["tta_probs"]))
 
 
 @section("calibration", "Calibration")
@@ -488,7 +491,7 @@ def _calibration_section(data: RunData) -> str:
         parts.append("<p>Temperature scaling fitted on the validation split (calibration.json):</p>"
                      + table(["weights", "temperature", "step", "fitted on", "NLL before", "NLL after"], rows))
     else:
-        parts.append(note("No calibration yet (calibration.json is missing): `longhaul evaluate` fits it."))
+        parts.append(note(f"No calibration yet ({data.rundir.calibration.name} is missing): `longhaul evaluate` fits it."))
     missing, temperature = _probabilities(data)
     if data.result is not None:
         r = data.result
@@ -546,7 +549,7 @@ def _events_section(data: RunData) -> str:
 
 def _checkpoint_summary(checkpoints: list[dict]) -> str:
     if not checkpoints:
-        return note("No checkpoint events (events.jsonl is missing or has none).")
+        return note("No checkpoint events (the run has no event log, or none in it).")
     stalls = [s for s in (_number((e.get("data") or {}).get("stall_s")) for e in checkpoints) if s is not None]
     writes = [s for s in (_number((e.get("data") or {}).get("write_s")) for e in checkpoints) if s is not None]
     text = f"{len(checkpoints):,} checkpoints"
@@ -585,7 +588,7 @@ def _config_section(data: RunData) -> str:
     try:
         text = data.rundir.config.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return note("config.yaml is missing.")
+        return note(f"{data.rundir.config.name} is missing.")
     except OSError as exc:
         return note(f"{data.rundir.config} cannot be read: {exc.strerror or exc}")
     return f"<p>The run's resolved config ({html.escape(str(data.rundir.config))}):</p><pre>{html.escape(text)}</pre>"

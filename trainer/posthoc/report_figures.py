@@ -19,6 +19,8 @@ from trainer.run.errors import RunError
 RELIABILITY_BINS = 15
 #: Cells of a confusion matrix are annotated with their numbers up to this many classes.
 ANNOTATE_CLASSES = 15
+#: Past this many classes the ROC and PR curves get no legend entry each (the mean area instead).
+LEGEND_CLASSES = 12
 
 
 class ReportError(RunError):
@@ -165,7 +167,7 @@ def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str
     counts = np.asarray(confusion, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         rows = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
-    size = max(4.0, 0.45 * len(classes) + 2.5)
+    size = min(max(4.0, 0.45 * len(classes) + 2.5), 14.0)
     fig, axes = figure(2 * size + 1, size, 1, 2)
     for ax, matrix, title, fmt in ((axes[0, 0], counts, "counts", "{:.0f}"),
                                    (axes[0, 1], rows, "row-normalised", "{:.2f}")):
@@ -185,21 +187,36 @@ def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str
     return embed(fig, "confusion matrix")
 
 
-def roc_pr_figure(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> str:
+def roc_pr_figure(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                  tta: Optional[np.ndarray] = None) -> str:
     """ROC and precision-recall curves, one-vs-rest per class (a binary run: its positive class,
-    the second), with each curve's area in the legend."""
-    shown = [1] if len(classes) == 2 else range(len(classes))
+    the second), each curve's area in the legend; `tta` probabilities dashed beside them. Past
+    LEGEND_CLASSES classes the curves are thin and the legend gives the mean area."""
+    shown = [1] if len(classes) == 2 else list(range(len(classes)))
+    many = len(shown) > LEGEND_CLASSES
     fig, axes = figure(11, 4.6, 1, 2)
     roc, pr = axes[0, 0], axes[0, 1]
+    areas: dict[str, list[float]] = {"AUC": [], "AP": []}
     for k in shown:
         positive = labels == k
-        fpr, tpr, auc = roc_curve(positive, probs[:, k])
-        recall, precision, ap = pr_curve(positive, probs[:, k])
-        roc.plot(fpr, tpr, linewidth=1.3, label=f"{classes[k]} (AUC {_area(auc)})")
-        pr.step(recall, precision, where="post", linewidth=1.3, label=f"{classes[k]} (AP {_area(ap)})")
-        if len(classes) == 2:
-            pr.axhline(positive.mean(), color="grey", linestyle="--", linewidth=1, label="chance")
+        for scores, suffix, style in ((probs, "", "-"), (tta, " TTA", "--")):
+            if scores is None:
+                continue
+            fpr, tpr, auc = roc_curve(positive, scores[:, k])
+            recall, precision, ap = pr_curve(positive, scores[:, k])
+            if not suffix:
+                areas["AUC"].append(auc)
+                areas["AP"].append(ap)
+            width, color = (0.6, "tab:blue" if not suffix else "tab:orange") if many else (1.3, f"C{k % 10}")
+            roc.plot(fpr, tpr, style, color=color, linewidth=width, label=None if many else f"{classes[k]}{suffix} (AUC {_area(auc)})")
+            pr.step(recall, precision, style, where="post", color=color, linewidth=width,
+                    label=None if many else f"{classes[k]}{suffix} (AP {_area(ap)})")
+    if len(classes) == 2:
+        pr.axhline((labels == 1).mean(), color="grey", linestyle="--", linewidth=1, label="chance")
     roc.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
+    if many:
+        for ax, key in ((roc, "AUC"), (pr, "AP")):
+            ax.plot([], [], color="tab:blue", label=f"{len(shown)} classes, mean {key} {_area(float(np.nanmean(areas[key])))}")
     for ax, title, x, y in ((roc, "ROC", "false positive rate (1 - specificity)", "true positive rate (sensitivity)"),
                             (pr, "Precision-recall", "recall (sensitivity)", "precision (PPV)")):
         ax.set_title(title, fontsize=10)
