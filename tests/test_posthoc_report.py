@@ -9,7 +9,6 @@ checked against scikit-learn and hand-worked values.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import subprocess
 import sys
