@@ -32,20 +32,24 @@ def has_test_split(run_dir) -> bool:
 def after_run(run_dir, event: Event) -> Optional[dict]:
     """Evaluate the finished run's test split (when it has one) and write its report; returns
     the evaluation's RESULT (None when there was none)."""
+    result = None
     try:
-        if not has_test_split(run_dir):
-            return None
-        from trainer.posthoc.evaluate import evaluate_run, summary_line
-        from trainer.run.status import result_summary
-
-        event("evaluation", "info", "evaluating the test split with best.pt", what="evaluation_started")
-        result = evaluate_run(run_dir, "test", "best")
-        event("evaluation", "info", summary_line(result), what="evaluation", **result_summary(result))
+        if has_test_split(run_dir):
+            result = _evaluate_test(run_dir, event)
     except Exception as exc:  # noqa: BLE001 - the run is over and stays finished
         event("alert", "error", f"evaluation after the run failed: {type(exc).__name__}: {exc}",
               what="evaluation_failed")
-        result = None
     write_report(run_dir, event)
+    return result
+
+
+def _evaluate_test(run_dir, event: Event) -> dict:
+    from trainer.posthoc.evaluate import evaluate_run, summary_line
+    from trainer.run.status import result_summary
+
+    event("evaluation", "info", "evaluating the test split with best.pt", what="evaluation_started")
+    result = evaluate_run(run_dir, "test", "best")
+    event("evaluation", "info", summary_line(result), what="evaluation", **result_summary(result))
     return result
 
 
@@ -54,9 +58,11 @@ def write_report(run_dir, event: Event) -> None:
     when it does not)."""
     try:
         from trainer.posthoc.report import write_report as write
-    except ImportError as exc:
-        event("alert", "warning", f"no report written: trainer.posthoc.report is not in this build ({exc})",
-              what="report_missing")
+        from trainer.posthoc.report_figures import require_matplotlib
+
+        require_matplotlib()
+    except Exception as exc:  # noqa: BLE001 - matplotlib is an optional extra: say so, no error
+        event("alert", "warning", f"no report written: {exc}", what="report_missing")
         return
     try:
         path = write(run_dir)

@@ -6,7 +6,9 @@
 Temperature scaling divides the logits by one scalar T > 0 before the softmax; the predicted
 class never changes, only how confident the probabilities are. T is fitted by minimising the
 mean negative log-likelihood of the validation split over log T (a bounded scalar minimiser,
-scipy's Brent method on log T in [-4, 4], i.e. T in [0.018, 55]).
+scipy's Brent method on log T in [-4, 4], i.e. T in [0.018, 55]). On a validation split the
+model classifies without a single error the NLL falls without end as T -> 0: it says nothing about
+how sure to be (the fit would push every probability to 0 or 1), so T stays 1 there.
 
 ECE (expected calibration error): the top-class confidences are put in 15 equal-width bins over
 [0, 1]; ECE = sum over bins of (bin size / N) * |accuracy in bin - mean confidence in bin|, MCE
@@ -50,6 +52,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     logits, labels = _checked(logits, labels)
+    if (logits.argmax(axis=1) == labels).all():
+        return 1.0  # no error to learn from (module docstring)
     result = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=LOG_T_BOUNDS,
                              method="bounded", options={"xatol": 1e-5})
     best = float(math.exp(result.x))
