@@ -17,6 +17,7 @@ import numpy as np
 
 from trainer.history import Downsampler, LossSmoother
 from trainer.monitor import Monitor
+from trainer.run.evaluation import headline_result
 
 # Progress metrics that become series as progress frames arrive.
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
@@ -168,6 +169,11 @@ class RunModel:
     logs: deque = field(default_factory=lambda: deque(maxlen=MAX_LOGS))
     system: Optional[dict] = None
     summary: Optional[dict] = None
+    evaluation: Optional[dict] = None
+    """evaluation.json (`trainer.run.evaluation`; None without one): the run screen reads the file
+    itself when it changes, live or offline; a snapshot never carries it."""
+    evaluation_error: Optional[str] = None
+    """What is wrong with a damaged or unreadable evaluation.json (None when fine or absent)."""
     daemon_pid: Optional[int] = None
     last_checkpoint: Optional[dict] = None
     generation: int = 0
@@ -198,6 +204,26 @@ class RunModel:
     @property
     def total_steps(self) -> int:
         return int((self.progress or {}).get("total_steps") or (self.plan or {}).get("total_steps") or 0)
+
+    @property
+    def best_step(self) -> Optional[int]:
+        """Step of the best evaluation during training (what best.pt holds): the final summary's,
+        else the best evaluation seen."""
+        for best in ((self.summary or {}).get("best"), self.eval_best):
+            step = best.get("step") if isinstance(best, dict) else None
+            if isinstance(step, int):
+                return step
+        return None
+
+    @property
+    def evaluation_result(self) -> Optional[dict]:
+        """The stored evaluation a summary shows (the newest on the test split), or None."""
+        return headline_result(self.evaluation)
+
+    @property
+    def has_summary(self) -> bool:
+        """Whether there is a final summary to show: the run finished, or it was evaluated."""
+        return bool(self.summary) or self.evaluation_result is not None
 
     @property
     def alerts(self) -> list[dict]:

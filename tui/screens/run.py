@@ -4,7 +4,10 @@ It owns the run's `RunModel` and the daemon link worker. Messages from the link 
 model; widgets are refreshed from the model at most every `refresh_interval` seconds (and only
 widgets whose values changed repaint). Without a daemon the model comes from the run
 directory (offline mode) and the link keeps retrying quietly in the background, so a daemon
-that comes back, or one started with `r`, is picked up by itself.
+that comes back, or one started with `r`, is picked up by itself. Live or offline, the stored
+evaluation (evaluation.json) is read from the run directory by the screen itself: checked every
+`EVALUATION_INTERVAL` seconds (and after every batch of events) with one stat, read only when
+it changed.
 
 What each key does is `RunActions` (tui/screens/run_actions.py); the dashboard view is its own
 widget (tui/widgets/dashboard.py).
@@ -27,6 +30,7 @@ from textual.worker import Worker, WorkerState
 
 from trainer import protocol
 from trainer.run.errors import StateFileError
+from trainer.run.evaluation import EvaluationWatch
 from trainer.run.rundir import RunDir
 from trainer.run.state import effective_state
 from tui import fmt, messages
@@ -37,6 +41,7 @@ from tui.screens.dialogs import SummaryScreen
 from tui.screens.run_actions import RunActions, resume_command
 from tui.widgets.dashboard import Dashboard
 from tui.widgets.detail import DetailView
+from tui.widgets.evaluation import evaluation_options, option_result
 from tui.widgets.feeds import EventList, LogTail
 from tui.widgets.header import AlertBar, AlertInfo, HeaderInfo, RunHeader
 
@@ -50,6 +55,7 @@ class RunScreen(RunActions, Screen):
         Binding("s", "stop", "Stop"),
         Binding("r", "resume_run", "Resume run"),
         Binding("f", "summary", "Summary"),
+        Binding("t", "per_class", "Per class", show=False),
         Binding("escape", "back", "Runs", show=False),
         Binding("tab", "next_view", "View", priority=True),
         Binding("1", "view('dashboard')", "Dashboard", show=False),
@@ -60,6 +66,9 @@ class RunScreen(RunActions, Screen):
         Binding("l", "chart_option('log_scale')", "Log", show=False),
         Binding("e", "chart_option('envelope')", "Envelope", show=False),
     ]
+
+    EVALUATION_INTERVAL = 2.0
+    """Seconds between two checks of evaluation.json (a stat each)."""
 
     link_state: reactive[str] = reactive("connecting")
     """`connecting` (first attempt), `live`, `retrying` (lost the daemon, expects it back) or `offline`."""
@@ -82,6 +91,8 @@ class RunScreen(RunActions, Screen):
         self._refresh_pending = False
         self._last_refresh = 0.0
         self._repaint_timer: Optional[Timer] = None
+        self.evaluation_watch = EvaluationWatch(self.run_dir)
+        self._evaluation_reading = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -105,6 +116,8 @@ class RunScreen(RunActions, Screen):
             self._load_offline_once()
         self.run_worker(self.link.run(), name="daemon-link", group="daemon-link", exclusive=True,
                         exit_on_error=False)
+        self.check_evaluation()
+        self.set_interval(self.EVALUATION_INTERVAL, self.check_evaluation, name="evaluation")
         self._request_refresh()
 
     @on(Worker.StateChanged)
@@ -180,7 +193,8 @@ class RunScreen(RunActions, Screen):
             self.model.apply_event(event)
             self._confirm_request(event)
             if event.get("kind") == "finished":
-                self.app.push_screen(SummaryScreen(self.model.name, self.model.summary or {}))
+                self.app.push_screen(self.summary_screen())
+        self.check_evaluation()  # an evaluation at the end of the run may have just been written
         self._request_refresh()
 
     @on(messages.AckReceived)
@@ -225,6 +239,7 @@ class RunScreen(RunActions, Screen):
         if self.link_state == "live":
             return  # a snapshot arrived meanwhile and is newer
         model.generation = self.model.generation + 1
+        model.evaluation, model.evaluation_error = self.evaluation_watch.value, self.evaluation_watch.error
         self.model = model
         self.loaded = True
         self._request_refresh(urgent=True)
@@ -248,6 +263,36 @@ class RunScreen(RunActions, Screen):
         self.link_state = "offline"
         self._load_offline_once()
         self._request_refresh()
+
+    # ------------------------------------------------------------------ evaluation.json
+    def check_evaluation(self) -> None:
+        """Read evaluation.json again (in a thread) if it changed since the last read."""
+        if not self._evaluation_reading and self.evaluation_watch.changed():
+            self._evaluation_reading = True
+            self.read_evaluation()
+
+    @work(thread=True, group="evaluation", name="read-evaluation")
+    def read_evaluation(self) -> None:
+        changed = self.evaluation_watch.poll()
+        self.app.call_from_thread(self._evaluation_read, changed)
+
+    def _evaluation_read(self, changed: bool) -> None:
+        self._evaluation_reading = False
+        if not changed:
+            return
+        watch, model = self.evaluation_watch, self.model
+        model.evaluation, model.evaluation_error = watch.value, watch.error
+        if watch.error:
+            self._set_action(f"evaluation not shown: {watch.error}", "warning")
+        if isinstance(self.app.screen, SummaryScreen):
+            self.app.screen.set_evaluation(model.evaluation, model.best_step)
+        self.refresh_bindings()  # the summary may have become available
+        self._request_refresh()
+
+    def summary_screen(self) -> SummaryScreen:
+        """The final summary of the model as it is now."""
+        return SummaryScreen(self.model.name, self.model.summary or {}, self.model.evaluation,
+                             best_step=self.model.best_step, clock=self.clock)
 
     # ------------------------------------------------------------------ requests (keys: RunActions)
     async def _send(self, action: str) -> None:
@@ -324,7 +369,7 @@ class RunScreen(RunActions, Screen):
         active = self.query_one("#views", TabbedContent).active
         if active == "dashboard":
             self.query_one(Dashboard).show(model, live=self.link_state == "live")
-        elif active == "detail" and self.query(DetailView):
+        elif active == "detail" and self.query("#detail-chart"):  # the view is built (composed)
             self._refresh_detail()
         elif active == "events" and self.query("#all-events"):
             for feed in (self.query_one("#all-events", EventList), self.query_one("#all-log", LogTail)):
@@ -332,7 +377,10 @@ class RunScreen(RunActions, Screen):
 
     def _refresh_detail(self) -> None:
         view = self.query_one(DetailView)
-        view.set_names(list(self.model.series))
+        view.set_names(list(self.model.series), evaluation_options(self.model.evaluation))
+        if view.shows_evaluation:
+            view.show_per_class(*option_result(self.model.evaluation, view.metric), clock=self.clock)
+            return
         series = self.model.series.get(view.metric) if view.metric else None
         view.chart.marker = None
         view.show(series, self.model.step)
