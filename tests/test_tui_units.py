@@ -289,8 +289,8 @@ def test_evaluation_options_and_their_results():
     evaluation = {"results": {"test/best": tui_fakes.evaluation_result(at=1.0),
                               "val/last": tui_fakes.evaluation_result("val", "last", at=2.0, tta=False)}}
     options = ev.evaluation_options(evaluation)
-    assert options == [("eval:val/last", "▤ val/last per class"), ("eval:test/best", "▤ test/best per class"),
-                       ("eval:test/best:tta", "▤ test/best TTA")]
+    assert options == [("eval:val/last", "▤ val/last"), ("eval:test/best", "▤ test/best"),
+                       ("eval:test/best:tta", "▤ test/best +TTA")]
     assert ev.option_result(evaluation, "eval:test/best:tta") == (evaluation["results"]["test/best"], True)
     assert ev.option_result(evaluation, "eval:val/last")[1] is False
     assert ev.option_result(evaluation, "eval:gone/best") == (None, False)

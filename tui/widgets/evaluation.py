@@ -23,7 +23,8 @@ CALIBRATION = (("ECE", "ece"), ("MCE", "mce"), ("Brier", "brier"), ("NLL", "nll"
 """(label, field prefix): `<prefix>_before` and `<prefix>_after` the temperature."""
 PER_CLASS = (("sens.", "sensitivity"), ("spec.", "specificity"), ("PPV", "ppv"), ("NPV", "npv"),
              ("AUC-ROC", "auc_roc"), ("AUC-PR", "auc_pr"), ("F1", "f1"))
-"""(column, field) of the per-class table, after the class and its support."""
+"""(column, field) of the per-class table, after the class (its support, `n`, comes last: on a
+narrow screen the columns that do not fit are the least needed)."""
 OPTION_PREFIX = "eval:"
 """Detail-view option ids of per-class tables: `eval:<split>/<weights>` (`…:tta` with TTA)."""
 
@@ -94,21 +95,21 @@ def calibration_text(result: dict) -> Text:
 
 
 def per_class_rows(per_class: dict, classes: Optional[list] = None) -> list[tuple[str, ...]]:
-    """(class, support, sensitivity, specificity, PPV, NPV, AUC-ROC, AUC-PR, F1) per class, in
+    """(class, sensitivity, specificity, PPV, NPV, AUC-ROC, AUC-PR, F1, support) per class, in
     the run's class order."""
     names = [c for c in (classes or []) if c in per_class] + sorted(set(per_class) - set(classes or []))
     rows = []
     for name in names:
         values = per_class[name] if isinstance(per_class[name], dict) else {}
-        rows.append((str(name), fmt.count(values.get("support")),
-                     *(fmt.score(values.get(key)) for _, key in PER_CLASS)))
+        rows.append((str(name), *(fmt.score(values.get(key)) for _, key in PER_CLASS),
+                     fmt.count(values.get("support"))))
     return rows
 
 
 def fill_per_class_table(table: DataTable, per_class: dict, classes: Optional[list] = None) -> None:
     """Replace `table`'s columns and rows with the per-class table."""
     table.clear(columns=True)
-    table.add_columns("class", "n", *(label for label, _ in PER_CLASS))
+    table.add_columns("class", *(label for label, _ in PER_CLASS), "n")
     table.add_rows(per_class_rows(per_class, classes))
 
 
@@ -116,9 +117,9 @@ def evaluation_options(evaluation: Optional[dict]) -> list[tuple[str, str]]:
     """(option id, label) of the detail view's per-class tables, the newest result first."""
     options = []
     for key, result in results_newest_first(evaluation):
-        options.append((f"{OPTION_PREFIX}{key}", f"▤ {key} per class"))
+        options.append((f"{OPTION_PREFIX}{key}", f"▤ {key}"))
         if isinstance(result.get("tta"), dict) and isinstance(result["tta"].get("per_class"), dict):
-            options.append((f"{OPTION_PREFIX}{key}:tta", f"▤ {key} TTA"))
+            options.append((f"{OPTION_PREFIX}{key}:tta", f"▤ {key} +TTA"))
     return options
 
 
