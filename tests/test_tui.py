@@ -374,7 +374,9 @@ def table_rows(table) -> list[list[str]]:
 
 
 @async_test
-async def test_summary_shows_the_test_evaluation_and_the_detail_view_its_per_class_table(tmp_path, runtime_dir):
+async def test_summary_shows_the_test_evaluation_and_the_detail_view_its_per_class_table(
+        tmp_path, runtime_dir, monkeypatch):
+    monkeypatch.setattr(RunScreen, "EVALUATION_INTERVAL", 0.05)  # checked often: still read once
     run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="finished", finished=True)
     tui_fakes.write_evaluation(run_dir, tui_fakes.evaluation_result("val", at=tui_fakes.T0 - 60),
                                tui_fakes.evaluation_result("test", at=tui_fakes.T0 - 120))
@@ -418,6 +420,7 @@ async def test_summary_shows_the_test_evaluation_and_the_detail_view_its_per_cla
         await pilot.press("up", "up")  # back to a metric: the chart again
         await pilot.pause(0.1)
         assert app.screen.query_one("#detail-chart").display and not table.display
+        assert screen(app).evaluation_watch.reads == 1  # one read per change of the file, not per check
 
 
 @async_test
@@ -428,16 +431,19 @@ async def test_an_evaluation_written_after_the_finished_event_fills_the_open_sum
     finished = tui_fakes.event(900, tui_fakes.T0, "finished", "info", "finished at step 18750",
                                best={"step": 17500, "val_f1_macro": 0.91}, last={"step": 18750, "val_f1_macro": 0.9},
                                classes=tui_fakes.CLASSES, confusion=tui_fakes.confusion())
-    daemon = DaemonThread(socket_path(run_dir), run_dir, frames=tui_fakes.read_stream() + [finished]).start()
+    started = tui_fakes.event(901, tui_fakes.T0, "evaluation", "info", "evaluating the test split with best.pt",
+                              what="evaluation_started")  # trainer.posthoc.after
+    daemon = DaemonThread(socket_path(run_dir), run_dir, frames=tui_fakes.read_stream() + [finished, started]).start()
     try:
         app = make_app(run_dir)
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: isinstance(app.screen, SummaryScreen)
-                           and app.screen.query("#summary-confusion"), what="the summary")
-            assert not app.screen.query("#summary-evaluation")  # nothing stored yet: nothing new shown
+                           and app.screen.query("#summary-evaluating"), what="the summary, evaluation under way")
+            assert not app.screen.query("#summary-evaluation")  # nothing stored yet
             assert "predicted; last eval" in str(app.screen.query("Static")[-1].render())
             tui_fakes.write_evaluation(run_dir, tui_fakes.evaluation_result(step=6000, tta=False))
             await wait_for(pilot, lambda: app.screen.query("#summary-evaluation"), what="the evaluation")
+            assert not app.screen.query("#summary-evaluating")
             assert [c.label.plain for c in app.screen.query_one("#summary-evaluation").columns.values()] == [
                 "metric", "value", "95% interval"]
             # best.pt moved on to step 17,500 after the evaluation of step 6,000: said so

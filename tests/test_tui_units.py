@@ -307,3 +307,13 @@ def test_model_summary_is_there_for_a_finished_or_an_evaluated_run():
     assert model.best_step == 100
     model.summary = {"best": {"step": 200}}
     assert model.best_step == 200
+
+
+def test_model_knows_an_evaluation_is_under_way():
+    model = RunModel()
+    model.apply_event({"seq": 1, "time": 0, "kind": "evaluation", "level": "info", "message": "",
+                       "data": {"what": "evaluation_started"}})
+    assert model.evaluating
+    model.apply_event({"seq": 2, "time": 0, "kind": "alert", "level": "error", "message": "",
+                       "data": {"what": "evaluation_failed"}})
+    assert not model.evaluating

@@ -23,6 +23,8 @@ from trainer.run.evaluation import headline_result
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
 ACTIVE_STATES = ("starting", "running", "paused", "stopping")
 RESUMABLE_STATES = ("interrupted", "stopped", "failed")
+EVALUATION_EVENTS = ("evaluation_started", "evaluation", "evaluation_failed")
+"""`data.what` of the events that start and end the evaluation after a run (trainer.posthoc.after)."""
 MAX_EVENTS = 500
 MAX_LOGS = 500
 
@@ -174,6 +176,9 @@ class RunModel:
     itself when it changes, live or offline; a snapshot never carries it."""
     evaluation_error: Optional[str] = None
     """What is wrong with a damaged or unreadable evaluation.json (None when fine or absent)."""
+    evaluating: bool = False
+    """The newest evaluation event says one started and none says it ended (the evaluation of the
+    test split that follows a finished run: trainer.posthoc.after)."""
     daemon_pid: Optional[int] = None
     last_checkpoint: Optional[dict] = None
     generation: int = 0
@@ -261,6 +266,7 @@ class RunModel:
         self.logs.clear()
         self.events_total = self.logs_total = 0
         self.summary = None
+        self.evaluating = False
         for event in events:
             self._remember_event(event)
         for log in logs:
@@ -315,6 +321,8 @@ class RunModel:
             self.last_checkpoint = {"time": event.get("time"), "step": data.get("step"), "path": data.get("path")}
         elif event.get("kind") == "finished":
             self.summary = data
+        if data.get("what") in EVALUATION_EVENTS:
+            self.evaluating = data["what"] == "evaluation_started"
         return True
 
     def _apply_eval(self, data: dict) -> None:

@@ -124,19 +124,24 @@ class SummaryScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,enter,f", "dismiss", "Close")]
 
     def __init__(self, run_name: str, summary: dict, evaluation: Optional[dict] = None, *,
-                 best_step: Optional[int] = None, clock: Optional[fmt.Clock] = None) -> None:
+                 best_step: Optional[int] = None, clock: Optional[fmt.Clock] = None,
+                 evaluating: bool = False) -> None:
         super().__init__()
         self.run_name = run_name
         self.summary = summary
         self.evaluation = evaluation
         self.best_step = best_step
         self.clock = clock
+        self.evaluating = evaluating
+        """An evaluation is under way (says so while there is none to show yet)."""
 
-    def set_evaluation(self, evaluation: Optional[dict], best_step: Optional[int] = None) -> None:
+    def set_evaluation(self, evaluation: Optional[dict], best_step: Optional[int] = None,
+                       evaluating: bool = False) -> None:
         """Show a new evaluation (one written while the summary is open: the automatic evaluation
         at the end of a run comes after the `finished` event)."""
-        if evaluation != self.evaluation or best_step != self.best_step:
-            self.evaluation, self.best_step = evaluation, best_step
+        new = (evaluation, best_step, evaluating)
+        if new != (self.evaluation, self.best_step, self.evaluating):
+            self.evaluation, self.best_step, self.evaluating = new
             self.refresh(recompose=True)
 
     def compose(self) -> ComposeResult:
@@ -147,6 +152,8 @@ class SummaryScreen(ModalScreen[None]):
             yield Static(Text.assemble(title, self.run_name, "  (esc closes)"))
             if result is not None:
                 yield from self._evaluation(result)
+            elif self.evaluating:
+                yield Static("Evaluating the test split… (shown here when done)", id="summary-evaluating")
             if self.summary:
                 if result is not None:
                     yield Static("Validation during training")

@@ -195,6 +195,7 @@ class RunScreen(RunActions, Screen):
             if event.get("kind") == "finished":
                 self.app.push_screen(self.summary_screen())
         self.check_evaluation()  # an evaluation at the end of the run may have just been written
+        self._update_summary()
         self._request_refresh()
 
     @on(messages.AckReceived)
@@ -284,15 +285,23 @@ class RunScreen(RunActions, Screen):
         model.evaluation, model.evaluation_error = watch.value, watch.error
         if watch.error:
             self._set_action(f"evaluation not shown: {watch.error}", "warning")
-        if isinstance(self.app.screen, SummaryScreen):
-            self.app.screen.set_evaluation(model.evaluation, model.best_step)
+        self._update_summary()
         self.refresh_bindings()  # the summary may have become available
         self._request_refresh()
 
     def summary_screen(self) -> SummaryScreen:
         """The final summary of the model as it is now."""
         return SummaryScreen(self.model.name, self.model.summary or {}, self.model.evaluation,
-                             best_step=self.model.best_step, clock=self.clock)
+                             best_step=self.model.best_step, clock=self.clock, evaluating=self._evaluating)
+
+    @property
+    def _evaluating(self) -> bool:
+        return self.model.evaluating and self.link_state == "live"
+
+    def _update_summary(self) -> None:
+        """The open summary shows the model's evaluation as it is now."""
+        if isinstance(self.app.screen, SummaryScreen):
+            self.app.screen.set_evaluation(self.model.evaluation, self.model.best_step, self._evaluating)
 
     # ------------------------------------------------------------------ requests (keys: RunActions)
     async def _send(self, action: str) -> None:
