@@ -408,10 +408,10 @@ async def test_summary_shows_the_test_evaluation_and_the_detail_view_its_per_cla
         table = app.screen.query_one("#detail-table")
         assert table.display and not app.screen.query_one("#detail-chart").display
         assert [c.label.plain for c in table.columns.values()] == [
-            "class", "sens.", "spec.", "PPV", "NPV", "AUC-ROC", "AUC-PR", "F1", "n"]
+            "class", "sens.", "spec.", "PPV", "NPV", "AUC-ROC", "n", "AUC-PR", "F1"]
         rows = table_rows(table)
-        assert rows[0] == ["tone", "0.880", "0.980", "0.900", "0.985", "0.970", "0.910", "0.890", "60"]
-        assert rows[-1][0] == "pulse" and rows[-1][6] == "–"
+        assert rows[0] == ["tone", "0.880", "0.980", "0.900", "0.985", "0.970", "60", "0.910", "0.890"]
+        assert rows[-1][0] == "pulse" and rows[-1][7] == "–"
         assert "val split" in str(app.screen.query_one("#detail-stats").render())
         await pilot.press("down")  # val/best with TTA
         await pilot.pause(0.1)

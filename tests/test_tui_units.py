@@ -275,6 +275,8 @@ def test_evaluation_text_of_a_result():
     assert str(ev.calibration_text(result)) == ("Calibration: temperature 1.43 · ECE 0.081 → 0.023 · MCE 0.210 → 0.095"
                                                 " · Brier 0.201 → 0.187 · NLL 0.452 → 0.382")
     assert str(ev.calibration_text({"temperature": None})) == "Calibration: temperature –"
+    assert str(ev.calibration_text({"temperature": 0.5, "calibration_split": "val"})) == (
+        "Calibration: temperature 0.5000 (fitted on val)")
     rows = ev.per_class_rows(result["per_class"], ["fm", "tone"])  # the run's class order first
     assert [r[0] for r in rows][:3] == ["fm", "tone", "am"]
     assert ev.result_title(result, fmt.frozen_clock(0)) == "test split · best weights (step 6,000) · n 508 · 2026-01-01 00:00"

@@ -22,9 +22,9 @@ TTA_FIELDS = ("accuracy", "f1_macro", "auc_roc_macro")
 CALIBRATION = (("ECE", "ece"), ("MCE", "mce"), ("Brier", "brier"), ("NLL", "nll"))
 """(label, field prefix): `<prefix>_before` and `<prefix>_after` the temperature."""
 PER_CLASS = (("sens.", "sensitivity"), ("spec.", "specificity"), ("PPV", "ppv"), ("NPV", "npv"),
-             ("AUC-ROC", "auc_roc"), ("AUC-PR", "auc_pr"), ("F1", "f1"))
-"""(column, field) of the per-class table, after the class (its support, `n`, comes last: on a
-narrow screen the columns that do not fit are the least needed)."""
+             ("AUC-ROC", "auc_roc"), ("n", "support"), ("AUC-PR", "auc_pr"), ("F1", "f1"))
+"""(column, field) of the per-class table, after the class: the clinical columns and the support
+first, so that on a narrow screen the columns cut off are the least needed."""
 OPTION_PREFIX = "eval:"
 """Detail-view option ids of per-class tables: `eval:<split>/<weights>` (`…:tta` with TTA)."""
 
@@ -82,6 +82,8 @@ def calibration_text(result: dict) -> Text:
     """`Calibration: temperature 1.43 · ECE 0.081 → 0.023 · MCE … · Brier … · NLL …`."""
     temperature = result.get("temperature")
     text = Text.assemble(("Calibration: ", "bold"), f"temperature {fmt.metric(temperature)}")
+    if result.get("calibration_split"):
+        text.append(f" (fitted on {result['calibration_split']})")
     for label, prefix in CALIBRATION:
         before, after = result.get(f"{prefix}_before"), result.get(f"{prefix}_after")
         if before is None and after is None:
@@ -95,21 +97,21 @@ def calibration_text(result: dict) -> Text:
 
 
 def per_class_rows(per_class: dict, classes: Optional[list] = None) -> list[tuple[str, ...]]:
-    """(class, sensitivity, specificity, PPV, NPV, AUC-ROC, AUC-PR, F1, support) per class, in
+    """(class, sensitivity, specificity, PPV, NPV, AUC-ROC, support, AUC-PR, F1) per class, in
     the run's class order."""
     names = [c for c in (classes or []) if c in per_class] + sorted(set(per_class) - set(classes or []))
     rows = []
     for name in names:
         values = per_class[name] if isinstance(per_class[name], dict) else {}
-        rows.append((str(name), *(fmt.score(values.get(key)) for _, key in PER_CLASS),
-                     fmt.count(values.get("support"))))
+        rows.append((str(name), *(fmt.count(values.get(key)) if key == "support" else fmt.score(values.get(key))
+                                  for _, key in PER_CLASS)))
     return rows
 
 
 def fill_per_class_table(table: DataTable, per_class: dict, classes: Optional[list] = None) -> None:
     """Replace `table`'s columns and rows with the per-class table."""
     table.clear(columns=True)
-    table.add_columns("class", *(label for label, _ in PER_CLASS), "n")
+    table.add_columns("class", *(label for label, _ in PER_CLASS))
     table.add_rows(per_class_rows(per_class, classes))
 
 
