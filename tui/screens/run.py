@@ -9,8 +9,9 @@ evaluation (evaluation.json) is read from the run directory by the screen itself
 `EVALUATION_INTERVAL` seconds (and after every batch of events) with one stat, read only when
 it changed.
 
-What each key does is `RunActions` (tui/screens/run_actions.py); the dashboard view is its own
-widget (tui/widgets/dashboard.py).
+What each key does is `RunActions` (tui/screens/run_actions.py), following evaluation.json is
+`RunEvaluation` (tui/screens/run_evaluation.py); the dashboard view is its own widget
+(tui/widgets/dashboard.py).
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from tui import fmt, messages
 from tui.link import DashboardLink, NotConnected
 from tui.model import ACTIVE_STATES, RunModel
 from tui.offline import load_run_dir
-from tui.screens.dialogs import SummaryScreen
 from tui.screens.run_actions import RunActions, resume_command
+from tui.screens.run_evaluation import RunEvaluation
 from tui.widgets.dashboard import Dashboard
 from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options, option_result
@@ -46,7 +47,7 @@ from tui.widgets.feeds import EventList, LogTail
 from tui.widgets.header import AlertBar, AlertInfo, HeaderInfo, RunHeader
 
 
-class RunScreen(RunActions, Screen):
+class RunScreen(RunEvaluation, RunActions, Screen):
     """Dashboard of one run, live from its daemon or offline from its directory."""
 
     BINDINGS = [
@@ -66,9 +67,6 @@ class RunScreen(RunActions, Screen):
         Binding("l", "chart_option('log_scale')", "Log", show=False),
         Binding("e", "chart_option('envelope')", "Envelope", show=False),
     ]
-
-    EVALUATION_INTERVAL = 2.0
-    """Seconds between two checks of evaluation.json (a stat each)."""
 
     link_state: reactive[str] = reactive("connecting")
     """`connecting` (first attempt), `live`, `retrying` (lost the daemon, expects it back) or `offline`."""
@@ -92,7 +90,6 @@ class RunScreen(RunActions, Screen):
         self._last_refresh = 0.0
         self._repaint_timer: Optional[Timer] = None
         self.evaluation_watch = EvaluationWatch(self.run_dir)
-        self._evaluation_reading = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -264,44 +261,6 @@ class RunScreen(RunActions, Screen):
         self.link_state = "offline"
         self._load_offline_once()
         self._request_refresh()
-
-    # ------------------------------------------------------------------ evaluation.json
-    def check_evaluation(self) -> None:
-        """Read evaluation.json again (in a thread) if it changed since the last read."""
-        if not self._evaluation_reading and self.evaluation_watch.changed():
-            self._evaluation_reading = True
-            self.read_evaluation()
-
-    @work(thread=True, group="evaluation", name="read-evaluation")
-    def read_evaluation(self) -> None:
-        changed = self.evaluation_watch.poll()
-        self.app.call_from_thread(self._evaluation_read, changed)
-
-    def _evaluation_read(self, changed: bool) -> None:
-        self._evaluation_reading = False
-        if not changed:
-            return
-        watch, model = self.evaluation_watch, self.model
-        model.evaluation, model.evaluation_error = watch.value, watch.error
-        if watch.error:
-            self._set_action(f"evaluation not shown: {watch.error}", "warning")
-        self._update_summary()
-        self.refresh_bindings()  # the summary may have become available
-        self._request_refresh()
-
-    def summary_screen(self) -> SummaryScreen:
-        """The final summary of the model as it is now."""
-        return SummaryScreen(self.model.name, self.model.summary or {}, self.model.evaluation,
-                             best_step=self.model.best_step, clock=self.clock, evaluating=self._evaluating)
-
-    @property
-    def _evaluating(self) -> bool:
-        return self.model.evaluating and self.link_state == "live"
-
-    def _update_summary(self) -> None:
-        """The open summary shows the model's evaluation as it is now."""
-        if isinstance(self.app.screen, SummaryScreen):
-            self.app.screen.set_evaluation(self.model.evaluation, self.model.best_step, self._evaluating)
 
     # ------------------------------------------------------------------ requests (keys: RunActions)
     async def _send(self, action: str) -> None:
