@@ -366,3 +366,98 @@ def test_run_attach_names_the_runs_that_exist(tmp_path, capsys):
     assert run_attach("nope", tmp_path) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "alpha" in err
+
+
+# ----------------------------------------------------------------------------- the stored evaluation
+def table_rows(table) -> list[list[str]]:
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+@async_test
+async def test_summary_shows_the_test_evaluation_and_the_detail_view_its_per_class_table(
+        tmp_path, runtime_dir, monkeypatch):
+    monkeypatch.setattr(RunScreen, "EVALUATION_INTERVAL", 0.05)  # checked often: still read once
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="finished", finished=True)
+    tui_fakes.write_evaluation(run_dir, tui_fakes.evaluation_result("val", at=tui_fakes.T0 - 60),
+                               tui_fakes.evaluation_result("test", at=tui_fakes.T0 - 120))
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: screen(app).loaded and screen(app).model.evaluation, what="the evaluation")
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(app.screen, SummaryScreen), what="the summary")
+        title = str(app.screen.query_one("#summary-evaluation-title").render())
+        assert "test split · best weights (step 6,000) · n" in title  # the test result, though val is newer
+        rows = table_rows(app.screen.query_one("#summary-evaluation"))
+        assert rows[0] == ["accuracy", "0.871", "0.842–0.899", "0.880"]
+        assert rows[1] == ["F1 macro", "0.863", "0.831–0.892", "0.875"]
+        assert rows[2] == ["AUC-ROC macro", "0.951", "0.938–0.963", "0.957"]
+        assert [c.label.plain for c in app.screen.query_one("#summary-evaluation").columns.values()][2:] == [
+            "95% interval", "with TTA ×6"]
+        calibration = str(app.screen.query_one("#summary-calibration").render())
+        assert "temperature 1.43" in calibration and "ECE 0.081 → 0.023" in calibration
+        assert "NLL 0.452 → 0.382" in calibration and "ECE with TTA 0.020" in calibration
+        assert app.screen.query_one("#summary-confusion").row_count == len(tui_fakes.CLASSES)
+        assert app.screen.query("#summary-metrics")  # training's validation metrics stay
+        assert not app.screen.query("#summary-stale")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the summary to close")
+        await pilot.press("t")  # the per-class table of the newest evaluation (val)
+        await wait_for(pilot, lambda: app.screen.query("#detail-table") and app.screen.query_one(
+            "#detail-table").row_count == len(tui_fakes.CLASSES), what="the per-class table")
+        await pilot.pause(0.1)
+        table = app.screen.query_one("#detail-table")
+        assert table.display and not app.screen.query_one("#detail-chart").display
+        assert [c.label.plain for c in table.columns.values()] == [
+            "class", "sens.", "spec.", "PPV", "NPV", "AUC-ROC", "n", "AUC-PR", "F1"]
+        rows = table_rows(table)
+        assert rows[0] == ["tone", "0.880", "0.980", "0.900", "0.985", "0.970", "60", "0.910", "0.890"]
+        assert rows[-1][0] == "pulse" and rows[-1][7] == "–"
+        assert "val split" in str(app.screen.query_one("#detail-stats").render())
+        await pilot.press("down")  # val/best with TTA
+        await pilot.pause(0.1)
+        assert "with TTA" in str(app.screen.query_one("#detail-stats").render())
+        assert table_rows(table)[0][1] == "0.890"
+        await pilot.press("up", "up")  # back to a metric: the chart again
+        await pilot.pause(0.1)
+        assert app.screen.query_one("#detail-chart").display and not table.display
+        assert screen(app).evaluation_watch.reads == 1  # one read per change of the file, not per check
+
+
+@async_test
+async def test_an_evaluation_written_after_the_finished_event_fills_the_open_summary(
+        tmp_path, runtime_dir, live_process, monkeypatch):
+    monkeypatch.setattr(RunScreen, "EVALUATION_INTERVAL", 0.1)
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
+    finished = tui_fakes.event(900, tui_fakes.T0, "finished", "info", "finished at step 18750",
+                               best={"step": 17500, "val_f1_macro": 0.91}, last={"step": 18750, "val_f1_macro": 0.9},
+                               classes=tui_fakes.CLASSES, confusion=tui_fakes.confusion())
+    started = tui_fakes.event(901, tui_fakes.T0, "evaluation", "info", "evaluating the test split with best.pt",
+                              what="evaluation_started")  # trainer.posthoc.after
+    daemon = DaemonThread(socket_path(run_dir), run_dir, frames=tui_fakes.read_stream() + [finished, started]).start()
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, SummaryScreen)
+                           and app.screen.query("#summary-evaluating"), what="the summary, evaluation under way")
+            assert not app.screen.query("#summary-evaluation")  # nothing stored yet
+            assert "predicted; last eval" in str(app.screen.query("Static")[-1].render())
+            tui_fakes.write_evaluation(run_dir, tui_fakes.evaluation_result(step=6000, tta=False))
+            await wait_for(pilot, lambda: app.screen.query("#summary-evaluation"), what="the evaluation")
+            assert not app.screen.query("#summary-evaluating")
+            assert [c.label.plain for c in app.screen.query_one("#summary-evaluation").columns.values()] == [
+                "metric", "value", "95% interval"]
+            # best.pt moved on to step 17,500 after the evaluation of step 6,000: said so
+            assert "best.pt is now from step 17,500" in str(app.screen.query_one("#summary-stale").render())
+    finally:
+        daemon.close()
+
+
+@async_test
+async def test_a_damaged_evaluation_is_reported_and_the_rest_still_shows(tmp_path, runtime_dir):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped")
+    (run_dir / "evaluation.json").write_text("{not json")
+    app = make_app(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "evaluation not shown" in alert_text(app), what="the problem")
+        assert "evaluation.json: not JSON" in alert_text(app)
+        assert app.screen.check_action("summary", ()) is False and app.screen.check_action("per_class", ()) is False

@@ -89,3 +89,36 @@ def test_offline_dashboard(snap_compare, tmp_path, runtime_dir):
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=loaded)
+
+
+def evaluated_app(tmp_path) -> LonghaulApp:
+    """A finished 3-class run (offline) with a stored test evaluation (TTA included)."""
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="finished", finished=True)
+    tui_fakes.write_evaluation(run_dir, tui_fakes.evaluation_result(classes=["normal", "benign", "malignant"]))
+    return LonghaulApp(run_dir, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), refresh_interval=0.0)
+
+
+async def evaluation_loaded(pilot) -> None:
+    await wait_for(pilot, lambda: pilot.app.screen.loaded and pilot.app.screen.model.evaluation
+                   and not pilot.app.screen._refresh_pending, what="the run directory and its evaluation")
+
+
+def test_summary_with_evaluation(snap_compare, tmp_path, runtime_dir):
+    async def summary(pilot):
+        await evaluation_loaded(pilot)
+        await pilot.press("f")
+        await wait_for(pilot, lambda: pilot.app.screen.query("#summary-confusion"), what="the summary")
+        await pilot.pause(0.2)
+
+    assert snap_compare(evaluated_app(tmp_path), terminal_size=(100, 40), run_before=summary)
+
+
+def test_per_class_table(snap_compare, tmp_path, runtime_dir):
+    async def per_class(pilot):
+        await evaluation_loaded(pilot)
+        await pilot.press("t")
+        await wait_for(pilot, lambda: pilot.app.screen.query("#detail-table")
+                       and pilot.app.screen.query_one("#detail-table").row_count == 3, what="the table")
+        await pilot.pause(0.2)
+
+    assert snap_compare(evaluated_app(tmp_path), terminal_size=(80, 24), run_before=per_class)

@@ -213,3 +213,109 @@ def test_offline_reader_rebuilds_a_damaged_state_file(tmp_path):
     model = load_run_dir(run_dir)
     assert model.state != "unknown"
     assert any(e["kind"] == "alert" and "state.json was damaged" in e["message"] for e in model.events)
+
+
+# ----------------------------------------------------------------------------- evaluation.json
+def test_read_evaluation_missing_damaged_and_foreign_results(tmp_path):
+    from trainer.run.evaluation import read_evaluation
+
+    assert read_evaluation(tmp_path) is None  # a run never evaluated
+    path = RunDir(tmp_path).evaluation
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"evaluation.json: expected a JSON object"):
+        read_evaluation(tmp_path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=r"evaluation.json: not JSON"):
+        read_evaluation(tmp_path)
+    path.write_text(json.dumps({"version": 1, "results": {"test/best": {"n": 3}, "junk": 7}}))
+    assert read_evaluation(tmp_path)["results"] == {"test/best": {"n": 3}}
+
+
+def test_headline_is_the_newest_test_result_of_the_runs_own_data():
+    from trainer.run.evaluation import headline_result, results_newest_first
+
+    def result(split, at, data=None):
+        return {"split": split, "weights": "best", "time": at, "data": data}
+
+    evaluation = {"results": {"test/best": result("test", 10), "val/best": result("val", 30),
+                              "test/last": result("test", 20), "other/best": result("test", 40, data="/new")}}
+    assert [k for k, _ in results_newest_first(evaluation)] == ["other/best", "val/best", "test/last", "test/best"]
+    assert headline_result(evaluation)["time"] == 20
+    assert headline_result({"results": {"val/best": result("val", 1)}})["split"] == "val"
+    assert headline_result(None) is None and headline_result({"results": {}}) is None
+
+
+def test_evaluation_watch_reads_once_per_change(tmp_path):
+    from trainer.run.evaluation import EvaluationWatch
+
+    watch = EvaluationWatch(tmp_path)
+    assert not watch.poll() and watch.value is None and watch.reads == 0  # no file: nothing read
+    tui_fakes.write_evaluation(tmp_path)
+    assert watch.changed() and watch.poll() and watch.reads == 1
+    assert watch.value["results"]["test/best"]["accuracy"] == 0.8712
+    for _ in range(5):
+        assert not watch.poll()  # unchanged: a stat each, no read
+    assert watch.reads == 1
+    tui_fakes.write_evaluation(tmp_path, tui_fakes.evaluation_result("val"))  # atomic replace
+    assert watch.poll() and watch.reads == 2 and list(watch.value["results"]) == ["val/best"]
+    RunDir(tmp_path).evaluation.write_text("{")
+    assert watch.poll() and watch.value is None and "not JSON" in watch.error
+    RunDir(tmp_path).evaluation.unlink()
+    assert watch.poll() and watch.value is None and watch.error is None
+
+
+def test_evaluation_text_of_a_result():
+    from tui.widgets import evaluation as ev
+
+    result = tui_fakes.evaluation_result(tta=False)
+    assert ev.headline_rows(result)[:3] == [("accuracy", "0.871", "0.842–0.899"), ("F1 macro", "0.863", "0.831–0.892"),
+                                            ("AUC-ROC macro", "0.951", "0.938–0.963")]
+    assert ev.headline_rows(result)[3:] == [("F1 weighted", "0.866", "–"), ("AUC-PR macro", "0.880", "–")]
+    assert ev.headline_columns(result) == ["metric", "value", "95% interval"]
+    assert str(ev.calibration_text(result)) == ("Calibration: temperature 1.43 · ECE 0.081 → 0.023 · MCE 0.210 → 0.095"
+                                                " · Brier 0.201 → 0.187 · NLL 0.452 → 0.382")
+    assert str(ev.calibration_text({"temperature": None})) == "Calibration: temperature –"
+    assert str(ev.calibration_text({"temperature": 0.5, "calibration_split": "val"})) == (
+        "Calibration: temperature 0.5000 (fitted on val)")
+    rows = ev.per_class_rows(result["per_class"], ["fm", "tone"])  # the run's class order first
+    assert [r[0] for r in rows][:3] == ["fm", "tone", "am"]
+    assert ev.result_title(result, fmt.frozen_clock(0)) == "test split · best weights (step 6,000) · n 508 · 2026-01-01 00:00"
+    assert ev.stale_note(result, 6000) is None and ev.stale_note(result, 7000).startswith("best.pt is now from step 7,000")
+    assert ev.stale_note(dict(result, weights="last"), 7000) is None
+    assert ev.headline_rows({}) == [(label, "–", "–") for label, _ in ev.HEADLINE]  # fields are optional
+
+
+def test_evaluation_options_and_their_results():
+    from tui.widgets import evaluation as ev
+
+    evaluation = {"results": {"test/best": tui_fakes.evaluation_result(at=1.0),
+                              "val/last": tui_fakes.evaluation_result("val", "last", at=2.0, tta=False)}}
+    options = ev.evaluation_options(evaluation)
+    assert options == [("eval:val/last", "▤ val/last"), ("eval:test/best", "▤ test/best"),
+                       ("eval:test/best:tta", "▤ test/best +TTA")]
+    assert ev.option_result(evaluation, "eval:test/best:tta") == (evaluation["results"]["test/best"], True)
+    assert ev.option_result(evaluation, "eval:val/last")[1] is False
+    assert ev.option_result(evaluation, "eval:gone/best") == (None, False)
+    assert ev.option_result(evaluation, "val_loss") == (None, False)
+    assert ev.evaluation_options(None) == []
+
+
+def test_model_summary_is_there_for_a_finished_or_an_evaluated_run():
+    model = RunModel()
+    assert not model.has_summary and model.best_step is None
+    model.evaluation = {"results": {"val/best": {"split": "val"}}}
+    assert model.has_summary and model.evaluation_result == {"split": "val"}
+    model.eval_best = {"step": 100}
+    assert model.best_step == 100
+    model.summary = {"best": {"step": 200}}
+    assert model.best_step == 200
+
+
+def test_model_knows_an_evaluation_is_under_way():
+    model = RunModel()
+    model.apply_event({"seq": 1, "time": 0, "kind": "evaluation", "level": "info", "message": "",
+                       "data": {"what": "evaluation_started"}})
+    assert model.evaluating
+    model.apply_event({"seq": 2, "time": 0, "kind": "alert", "level": "error", "message": "",
+                       "data": {"what": "evaluation_failed"}})
+    assert not model.evaluating

@@ -345,6 +345,41 @@ def write_run_dir(run_dir: Path, *, state: str = "stopped", steps: int = SNAPSHO
     return run_dir
 
 
+def evaluation_result(split: str = "test", weights: str = "best", step: int = SNAPSHOT_STEP, at: float = T0,
+                      tta: bool = True, classes: list[str] = CLASSES) -> dict:
+    """One RESULT of evaluation.json in issue 11's shared format, with fixed values."""
+    per_class = {name: {"precision": 0.9 - 0.01 * i, "recall": 0.88 - 0.01 * i, "f1": 0.89 - 0.01 * i,
+                        "sensitivity": 0.88 - 0.01 * i, "specificity": 0.98 - 0.001 * i,
+                        "ppv": 0.9 - 0.01 * i, "npv": 0.985 - 0.001 * i, "auc_roc": 0.97 - 0.005 * i,
+                        "auc_pr": 0.91 - 0.01 * i, "support": 60 + i} for i, name in enumerate(classes)}
+    per_class[classes[-1]]["auc_pr"] = None  # a metric the writer could not compute
+    result = {"split": split, "weights": weights, "step": step, "data": None, "time": at,
+              "n": sum(c["support"] for c in per_class.values()), "classes": list(classes),
+              "accuracy": 0.8712, "f1_macro": 0.8634, "f1_weighted": 0.8655, "auc_roc_macro": 0.9512,
+              "auc_pr_macro": 0.8801, "per_class": per_class, "confusion": confusion(len(classes)),
+              "ci": {"accuracy": [0.8421, 0.8987], "f1_macro": [0.8312, 0.8916], "auc_roc_macro": [0.9377, 0.9634]},
+              "ci_level": 0.95, "bootstrap": 1000, "temperature": 1.4321,
+              "ece_before": 0.0812, "ece_after": 0.0231, "mce_before": 0.2104, "mce_after": 0.0952,
+              "brier_before": 0.2011, "brier_after": 0.1874, "nll_before": 0.4521, "nll_after": 0.3817,
+              "tta": None}
+    if tta:
+        result["tta"] = {"transforms": ["original", "hflip", "vflip", "rotate+5", "rotate-5", "brightness+5"],
+                         "accuracy": 0.8801, "f1_macro": 0.8745, "auc_roc_macro": 0.9566,
+                         "per_class": {name: dict(v, sensitivity=v["sensitivity"] + 0.01) for name, v in per_class.items()},
+                         "ece_after": 0.0199}
+    return result
+
+
+def write_evaluation(run_dir: Path, *results: dict) -> Path:
+    """evaluation.json with `results` (default: one test/best result), written atomically."""
+    from trainer.run.rundir import RunDir, atomic_write_json
+
+    results = results or (evaluation_result(),)
+    path = RunDir(run_dir).evaluation
+    atomic_write_json(path, {"version": 1, "results": {f"{r['split']}/{r['weights']}": r for r in results}})
+    return path
+
+
 def write_big_history(path: Path, steps: int, eval_every: int = STEPS_PER_EPOCH) -> None:
     """A history file of `steps` train records (plus evals), written fast with one packer."""
     plan = demo_plan(steps_per_epoch=max(1, steps // 15))

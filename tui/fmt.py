@@ -69,6 +69,21 @@ def metric(value: Optional[float]) -> str:
     return f"{value:.0f}"
 
 
+def score(value: Optional[float]) -> str:
+    """A score in [0, 1] (accuracy, F1, AUC, ECE, ...) with a fixed 3 decimals, so a column of
+    them lines up: `0.912`, `1.000`."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return MISSING
+    return f"{value:.3f}" if math.isfinite(value) else str(value)
+
+
+def interval(bounds) -> str:
+    """A confidence interval `[lo, hi]` as `0.889–0.934`; MISSING when there is none."""
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or MISSING in map(score, bounds):
+        return MISSING
+    return f"{score(bounds[0])}–{score(bounds[1])}"
+
+
 def percent(fraction: Optional[float]) -> str:
     """`0.123` -> `12.3%`."""
     return MISSING if fraction is None else f"{100 * fraction:.1f}%"

@@ -17,11 +17,14 @@ import numpy as np
 
 from trainer.history import Downsampler, LossSmoother
 from trainer.monitor import Monitor
+from trainer.run.evaluation import headline_result
 
 # Progress metrics that become series as progress frames arrive.
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
 ACTIVE_STATES = ("starting", "running", "paused", "stopping")
 RESUMABLE_STATES = ("interrupted", "stopped", "failed")
+EVALUATION_EVENTS = ("evaluation_started", "evaluation", "evaluation_failed")
+"""`data.what` of the events that start and end the evaluation after a run (trainer.posthoc.after)."""
 MAX_EVENTS = 500
 MAX_LOGS = 500
 
@@ -168,6 +171,14 @@ class RunModel:
     logs: deque = field(default_factory=lambda: deque(maxlen=MAX_LOGS))
     system: Optional[dict] = None
     summary: Optional[dict] = None
+    evaluation: Optional[dict] = None
+    """evaluation.json (`trainer.run.evaluation`; None without one): the run screen reads the file
+    itself when it changes, live or offline; a snapshot never carries it."""
+    evaluation_error: Optional[str] = None
+    """What is wrong with a damaged or unreadable evaluation.json (None when fine or absent)."""
+    evaluating: bool = False
+    """The newest evaluation event says one started and none says it ended (the evaluation of the
+    test split that follows a finished run: trainer.posthoc.after)."""
     daemon_pid: Optional[int] = None
     last_checkpoint: Optional[dict] = None
     generation: int = 0
@@ -198,6 +209,26 @@ class RunModel:
     @property
     def total_steps(self) -> int:
         return int((self.progress or {}).get("total_steps") or (self.plan or {}).get("total_steps") or 0)
+
+    @property
+    def best_step(self) -> Optional[int]:
+        """Step of the best evaluation during training (what best.pt holds): the final summary's,
+        else the best evaluation seen."""
+        for best in ((self.summary or {}).get("best"), self.eval_best):
+            step = best.get("step") if isinstance(best, dict) else None
+            if isinstance(step, int):
+                return step
+        return None
+
+    @property
+    def evaluation_result(self) -> Optional[dict]:
+        """The stored evaluation a summary shows (the newest on the test split), or None."""
+        return headline_result(self.evaluation)
+
+    @property
+    def has_summary(self) -> bool:
+        """Whether there is a final summary to show: the run finished, or it was evaluated."""
+        return bool(self.summary) or self.evaluation_result is not None
 
     @property
     def alerts(self) -> list[dict]:
@@ -235,6 +266,7 @@ class RunModel:
         self.logs.clear()
         self.events_total = self.logs_total = 0
         self.summary = None
+        self.evaluating = False
         for event in events:
             self._remember_event(event)
         for log in logs:
@@ -289,6 +321,8 @@ class RunModel:
             self.last_checkpoint = {"time": event.get("time"), "step": data.get("step"), "path": data.get("path")}
         elif event.get("kind") == "finished":
             self.summary = data
+        if data.get("what") in EVALUATION_EVENTS:
+            self.evaluating = data["what"] == "evaluation_started"
         return True
 
     def _apply_eval(self, data: dict) -> None:

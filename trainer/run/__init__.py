@@ -11,6 +11,8 @@ the daemon, the trainer, the CLI and the TUI. Import the module you need:
               (`read_tail`, `read_events`, `last_seq`, `parse_event`).
 - `linefile`  torn-line-safe append-only line files (`AppendFile`) and `tail_lines`.
 - `plan`      plan.json: `read_plan`, `write_plan`, `planned_steps`.
+- `evaluation` evaluation.json read torch-free: `read_evaluation`, `headline_result`,
+              `results_newest_first`, `EvaluationWatch` (read again only when the file changed).
 - `snapshot`  `snapshot_from_run_dir`: the protocol snapshot of a run from its files.
 - `status`    `status` (`longhaul status --json`), `list_runs`, `missing_status`.
 - `locate`    runs root, run names, `resolve_run`, `create_run_dir`.

@@ -1,4 +1,4 @@
-"""Modal dialogs: confirm a stop, key help, the final summary of a finished run."""
+"""Modal dialogs: confirm a stop, key help, the final summary of a finished (or evaluated) run."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,7 +10,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Static
 
+from trainer.run.evaluation import headline_result
 from tui import fmt
+from tui.widgets.evaluation import calibration_text, headline_columns, headline_rows, result_title, stale_note
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -57,13 +59,14 @@ HELP_TEXT = """\
   c        write a checkpoint now
   s        stop the run (asks first; a final checkpoint is written)
   r        resume a stopped, interrupted or failed run (offline only)
-  f        final summary (finished runs)
+  f        final summary (finished or evaluated runs: test metrics, calibration)
+  t        per-class table of the latest evaluation (detail view)
   1 2 3    dashboard / metric detail / events and log
   tab      next view
   ?        this help
 
 [b]Detail view[/b]
-  ↑ ↓      pick the metric
+  ↑ ↓      pick the metric, or (last in the list) an evaluation's per-class table
   m        smoothing on/off      l  log scale on/off
   e        min/max envelope on/off (░ where one point stands for many)
 
@@ -104,7 +107,9 @@ def summary_rows(best: Optional[dict], last: Optional[dict]) -> list[tuple[str, 
 
 
 class SummaryScreen(ModalScreen[None]):
-    """Best and last metrics and the confusion matrix of a finished run."""
+    """The final summary of a run: its stored evaluation (test metrics with their intervals,
+    calibration; `tui.widgets.evaluation`) when there is one, then the best and last validation
+    metrics of training and a confusion matrix (the evaluation's, else the last validation's)."""
 
     DEFAULT_CSS = """
     SummaryScreen { align: center middle; }
@@ -113,26 +118,66 @@ class SummaryScreen(ModalScreen[None]):
         border: thick $success; background: $surface; padding: 0 1;
     }
     SummaryScreen DataTable { height: auto; margin-bottom: 1; }
+    SummaryScreen #summary-calibration { margin-bottom: 1; }
+    SummaryScreen #summary-stale { color: $warning; }
     """
     BINDINGS = [Binding("escape,enter,f", "dismiss", "Close")]
 
-    def __init__(self, run_name: str, summary: dict) -> None:
+    def __init__(self, run_name: str, summary: dict, evaluation: Optional[dict] = None, *,
+                 best_step: Optional[int] = None, clock: Optional[fmt.Clock] = None,
+                 evaluating: bool = False) -> None:
         super().__init__()
         self.run_name = run_name
         self.summary = summary
+        self.evaluation = evaluation
+        self.best_step = best_step
+        self.clock = clock
+        self.evaluating = evaluating
+        """An evaluation is under way (says so while there is none to show yet)."""
+
+    def set_evaluation(self, evaluation: Optional[dict], best_step: Optional[int] = None,
+                       evaluating: bool = False) -> None:
+        """Show a new evaluation (one written while the summary is open: the automatic evaluation
+        at the end of a run comes after the `finished` event)."""
+        new = (evaluation, best_step, evaluating)
+        if new != (self.evaluation, self.best_step, self.evaluating):
+            self.evaluation, self.best_step, self.evaluating = new
+            self.refresh(recompose=True)
 
     def compose(self) -> ComposeResult:
         best, last = self.summary.get("best"), self.summary.get("last")
+        result = headline_result(self.evaluation)
         with VerticalScroll():
-            yield Static(Text.assemble(("Run finished: ", "bold"), self.run_name, "  (esc closes)"))
-            metrics = DataTable(id="summary-metrics", cursor_type="none", zebra_stripes=True)
-            metrics.add_columns("metric", "best eval", "last eval")
-            metrics.add_rows(summary_rows(best, last))
-            yield metrics
-            confusion = self.summary.get("confusion")
-            if confusion:
-                yield Static("Confusion matrix (rows: true class, columns: predicted; last eval)")
-                yield self._confusion_table(confusion, self.summary.get("classes") or [])
+            title = ("Run finished: ", "bold") if self.summary else ("Run ", "bold")
+            yield Static(Text.assemble(title, self.run_name, "  (esc closes)"))
+            if result is not None:
+                yield from self._evaluation(result)
+            elif self.evaluating:
+                yield Static("Evaluating the test split… (shown here when done)", id="summary-evaluating")
+            if self.summary:
+                if result is not None:
+                    yield Static("Validation during training")
+                metrics = DataTable(id="summary-metrics", cursor_type="none", zebra_stripes=True)
+                metrics.add_columns("metric", "best eval", "last eval")
+                metrics.add_rows(summary_rows(best, last))
+                yield metrics
+            source = result if (result or {}).get("confusion") else self.summary
+            if source.get("confusion"):
+                where = "the evaluation above" if source is result else "last eval"
+                yield Static(f"Confusion matrix (rows: true class, columns: predicted; {where})")
+                yield self._confusion_table(source["confusion"], source.get("classes") or [])
+
+    def _evaluation(self, result: dict) -> ComposeResult:
+        yield Static(Text.assemble(("Evaluation: ", "bold"), result_title(result, self.clock)),
+                     id="summary-evaluation-title")
+        note = stale_note(result, self.best_step)
+        if note:
+            yield Static(note, id="summary-stale")
+        table = DataTable(id="summary-evaluation", cursor_type="none", zebra_stripes=True)
+        table.add_columns(*headline_columns(result))
+        table.add_rows(headline_rows(result))
+        yield table
+        yield Static(calibration_text(result), id="summary-calibration")
 
     @staticmethod
     def _confusion_table(confusion: list[list[int]], classes: list[str]) -> DataTable:

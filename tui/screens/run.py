@@ -4,10 +4,14 @@ It owns the run's `RunModel` and the daemon link worker. Messages from the link 
 model; widgets are refreshed from the model at most every `refresh_interval` seconds (and only
 widgets whose values changed repaint). Without a daemon the model comes from the run
 directory (offline mode) and the link keeps retrying quietly in the background, so a daemon
-that comes back, or one started with `r`, is picked up by itself.
+that comes back, or one started with `r`, is picked up by itself. Live or offline, the stored
+evaluation (evaluation.json) is read from the run directory by the screen itself: checked every
+`EVALUATION_INTERVAL` seconds (and after every batch of events) with one stat, read only when
+it changed.
 
-What each key does is `RunActions` (tui/screens/run_actions.py); the dashboard view is its own
-widget (tui/widgets/dashboard.py).
+What each key does is `RunActions` (tui/screens/run_actions.py), following evaluation.json is
+`RunEvaluation` (tui/screens/run_evaluation.py); the dashboard view is its own widget
+(tui/widgets/dashboard.py).
 """
 from __future__ import annotations
 
@@ -27,21 +31,23 @@ from textual.worker import Worker, WorkerState
 
 from trainer import protocol
 from trainer.run.errors import StateFileError
+from trainer.run.evaluation import EvaluationWatch
 from trainer.run.rundir import RunDir
 from trainer.run.state import effective_state
 from tui import fmt, messages
 from tui.link import DashboardLink, NotConnected
 from tui.model import ACTIVE_STATES, RunModel
 from tui.offline import load_run_dir
-from tui.screens.dialogs import SummaryScreen
 from tui.screens.run_actions import RunActions, resume_command
+from tui.screens.run_evaluation import RunEvaluation
 from tui.widgets.dashboard import Dashboard
 from tui.widgets.detail import DetailView
+from tui.widgets.evaluation import evaluation_options, option_result
 from tui.widgets.feeds import EventList, LogTail
 from tui.widgets.header import AlertBar, AlertInfo, HeaderInfo, RunHeader
 
 
-class RunScreen(RunActions, Screen):
+class RunScreen(RunEvaluation, RunActions, Screen):
     """Dashboard of one run, live from its daemon or offline from its directory."""
 
     BINDINGS = [
@@ -50,6 +56,7 @@ class RunScreen(RunActions, Screen):
         Binding("s", "stop", "Stop"),
         Binding("r", "resume_run", "Resume run"),
         Binding("f", "summary", "Summary"),
+        Binding("t", "per_class", "Per class", show=False),
         Binding("escape", "back", "Runs", show=False),
         Binding("tab", "next_view", "View", priority=True),
         Binding("1", "view('dashboard')", "Dashboard", show=False),
@@ -82,6 +89,7 @@ class RunScreen(RunActions, Screen):
         self._refresh_pending = False
         self._last_refresh = 0.0
         self._repaint_timer: Optional[Timer] = None
+        self.evaluation_watch = EvaluationWatch(self.run_dir)
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -105,6 +113,8 @@ class RunScreen(RunActions, Screen):
             self._load_offline_once()
         self.run_worker(self.link.run(), name="daemon-link", group="daemon-link", exclusive=True,
                         exit_on_error=False)
+        self.check_evaluation()
+        self.set_interval(self.EVALUATION_INTERVAL, self.check_evaluation, name="evaluation")
         self._request_refresh()
 
     @on(Worker.StateChanged)
@@ -180,7 +190,9 @@ class RunScreen(RunActions, Screen):
             self.model.apply_event(event)
             self._confirm_request(event)
             if event.get("kind") == "finished":
-                self.app.push_screen(SummaryScreen(self.model.name, self.model.summary or {}))
+                self.app.push_screen(self.summary_screen())
+        self.check_evaluation()  # an evaluation at the end of the run may have just been written
+        self._update_summary()
         self._request_refresh()
 
     @on(messages.AckReceived)
@@ -225,6 +237,7 @@ class RunScreen(RunActions, Screen):
         if self.link_state == "live":
             return  # a snapshot arrived meanwhile and is newer
         model.generation = self.model.generation + 1
+        model.evaluation, model.evaluation_error = self.evaluation_watch.value, self.evaluation_watch.error
         self.model = model
         self.loaded = True
         self._request_refresh(urgent=True)
@@ -324,7 +337,7 @@ class RunScreen(RunActions, Screen):
         active = self.query_one("#views", TabbedContent).active
         if active == "dashboard":
             self.query_one(Dashboard).show(model, live=self.link_state == "live")
-        elif active == "detail" and self.query(DetailView):
+        elif active == "detail" and self.query("#detail-chart"):  # the view is built (composed)
             self._refresh_detail()
         elif active == "events" and self.query("#all-events"):
             for feed in (self.query_one("#all-events", EventList), self.query_one("#all-log", LogTail)):
@@ -332,7 +345,10 @@ class RunScreen(RunActions, Screen):
 
     def _refresh_detail(self) -> None:
         view = self.query_one(DetailView)
-        view.set_names(list(self.model.series))
+        view.set_names(list(self.model.series), evaluation_options(self.model.evaluation))
+        if view.shows_evaluation:
+            view.show_per_class(*option_result(self.model.evaluation, view.metric), clock=self.clock)
+            return
         series = self.model.series.get(view.metric) if view.metric else None
         view.chart.marker = None
         view.show(series, self.model.step)

@@ -2,7 +2,8 @@
 
 `RunActions` is a mixin of `RunScreen`, which declares the key bindings and holds what the
 actions act on: `model`, `link`, `link_state`, `resume_argv`, its views, `_send` (a request whose
-ack and completion it tracks), `_set_action` (the feedback line) and `_request_refresh`.
+ack and completion it tracks), `_set_action` (the feedback line), `_request_refresh`,
+`_build_view` and `summary_screen`.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from textual import work
 from textual.widgets import TabbedContent
 
 from tui.model import ACTIVE_STATES, RESUMABLE_STATES
-from tui.screens.dialogs import ConfirmScreen, SummaryScreen
+from tui.screens.dialogs import ConfirmScreen
 from tui.widgets.charts import LineChart
+from tui.widgets.detail import DetailView
+from tui.widgets.evaluation import evaluation_options
 
 VIEWS = ("dashboard", "detail", "events")
 
@@ -35,7 +38,9 @@ class RunActions:
         if action == "resume_run":
             return not live and self.model.state in RESUMABLE_STATES
         if action == "summary":
-            return bool(self.model.summary)
+            return self.model.has_summary
+        if action == "per_class":
+            return bool(self.model.evaluation_result)
         if action == "chart_option":
             return self.query_one("#views", TabbedContent).active == "detail"
         return True
@@ -89,8 +94,21 @@ class RunActions:
             self.app.pop_screen()
 
     def action_summary(self) -> None:
-        if self.model.summary:
-            self.app.push_screen(SummaryScreen(self.model.name, self.model.summary))
+        if self.model.has_summary:
+            self.app.push_screen(self.summary_screen())
+
+    async def action_per_class(self) -> None:
+        """The detail view with the per-class table of the newest evaluation."""
+        options = evaluation_options(self.model.evaluation)
+        if not options:
+            return
+        tabs = self.query_one("#views", TabbedContent)
+        await self._build_view(tabs.get_pane("detail"))
+        view = self.query_one(DetailView)
+        view.set_names(list(self.model.series), options)
+        view.select(options[0][0])
+        tabs.active = "detail"
+        self._request_refresh()
 
     def action_view(self, view: str) -> None:
         self.query_one("#views", TabbedContent).active = view
