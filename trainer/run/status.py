@@ -3,14 +3,13 @@ needed): `status(run_dir)`, `list_runs(root)`. No torch.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 from trainer.run import registry
+from trainer.run.evaluation import headline_result, read_evaluation
 from trainer.run.locate import run_names, runs_root, safe_is_run_dir
-from trainer.run.rundir import RunDir
 from trainer.run.sockets import find_socket
 from trainer.run.state import LIVE_STATES, effective_state, read_state
 
@@ -85,16 +84,17 @@ def result_summary(result: dict) -> dict:
 
 
 def evaluation_summary(run_dir: Path) -> Optional[dict]:
-    """The latest result in the run's evaluation.json (by time), summarised; None without one."""
+    """The headline result of the run's evaluation.json (the one the TUI's summary shows: the
+    newest on the test split of the run's own data, else the newest), summarised; None without
+    one or when the file is damaged."""
     try:
-        doc = json.loads(RunDir(run_dir).evaluation.read_text())
-        results = [r for r in doc["results"].values() if isinstance(r, dict)]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        evaluation = read_evaluation(run_dir)
+    except (OSError, ValueError):
         return None
-    if not results:
+    headline = headline_result(evaluation)
+    if headline is None:
         return None
-    latest = max(results, key=lambda r: r.get("time") if isinstance(r.get("time"), (int, float)) else 0)
-    return {**result_summary(latest), "results": len(results)}
+    return {**result_summary(headline), "results": len(evaluation["results"])}
 
 
 def list_runs(root: Optional[Path] = None) -> list[dict]:
