@@ -32,8 +32,8 @@ def require_matplotlib():
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ReportError("the report draws its figures with matplotlib, which is not installed:"
-                          " install longhaul[report] (pip install 'longhaul[report]')") from None
+        raise ReportError("the report draws its figures with matplotlib, a dependency of longhaul that is"
+                          " not installed here: pip install matplotlib") from None
     return Figure
 
 
