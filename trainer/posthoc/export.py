@@ -160,7 +160,9 @@ def write_model(module: torch.nn.Module, clf: Classifier, fmt: str, path: Path, 
 def load_exported(fmt: str, path: Path, clf: Classifier):
     """The exported file as a function: float32 batch -> (probs, logits) numpy arrays."""
     if fmt == "torchscript":
-        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded = torch.jit.load(str(path), map_location="cpu").eval()
 
         def run_script(x: np.ndarray):
             with torch.no_grad():
