@@ -106,9 +106,13 @@ class Exported(nn.Module):
         self.preprocess = Preprocess(clf.extractor)
         self.model = clf.model.eval()
         self.temperature = float(clf.temperature)
+        self.channels_last = bool(clf.channels_last)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(self.preprocess(x)).float()
+        features = self.preprocess(x)
+        if self.channels_last:  # the layout of the weights, as the Classifier runs them (ONNX ignores it)
+            features = features.contiguous(memory_format=torch.channels_last)
+        logits = self.model(features).float()
         return torch.softmax(logits / self.temperature, dim=-1), logits
 
 
