@@ -238,3 +238,13 @@ def test_command_line_default_out_folder(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "parity: 64 examples" in done.stdout
     assert (RunDir(run).export_dir("onnx") / "model.onnx").is_file()
+
+
+def test_run_whose_data_is_gone_is_said(tmp_path, capsys):
+    raw = changed(RESNET_TINY, data={"source": "image_folder", "root": str(tmp_path / "gone"), "image_size": 16},
+                  features={"kind": "image"}, augment={})
+    run = make_run(tmp_path / "run", raw, ["a", "b"])
+    assert export.main(args("onnx", tmp_path / "out"), run) == 2
+    err = capsys.readouterr().err
+    assert "parity check" in err and "dataset folder not found" in err and str(tmp_path / "gone") in err
+    assert not (tmp_path / "out").exists()

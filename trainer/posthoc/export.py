@@ -19,7 +19,7 @@ Without the `export` extra (onnx, onnxruntime) the ONNX format exits 2 naming it
 """
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import sys
 import time
@@ -33,7 +33,7 @@ from trainer.data.decode import BadItem
 from trainer.data.sources import scan
 from trainer.posthoc import export_graph
 from trainer.posthoc.classifier import Classifier, ClassifierError, load_classifier
-from trainer.run.rundir import RunDir, atomic_write_bytes, atomic_write_json
+from trainer.run.rundir import RunDir, atomic_write_bytes, atomic_write_json, fsync_dir
 
 TOLERANCE = 1e-4
 MIN_EXAMPLES = 64
@@ -111,7 +111,8 @@ def parity_examples(clf: Classifier, count: int = MIN_EXAMPLES) -> tuple[list[np
         bases += loaded
         used.append(f"{split} {len(loaded)}")
     if not bases:
-        raise ExportError(f"no example of the run's data ({found.location}) could be read for the parity check")
+        why = f": {found.problems[0].path}: {found.problems[0].reason}" if found.problems else ""
+        raise ExportError(f"no example of the run's data ({found.location}) could be read for the parity check{why}")
     return bases, ", ".join(used)
 
 
@@ -133,6 +134,7 @@ def export(clf: Classifier, fmt: str, out: Path, bases: list[np.ndarray], where:
     tmp.mkdir(parents=True)
     try:
         write_model(module, clf, fmt, tmp / MODEL_FILES[fmt], bases)
+        _fsync(tmp / MODEL_FILES[fmt])
         result = parity(clf, load_exported(fmt, tmp / MODEL_FILES[fmt], clf), bases, where)
         if result["passed"]:
             atomic_write_json(tmp / SPEC_FILE, spec(clf, fmt, result))
@@ -195,6 +197,11 @@ def parity(clf: Classifier, run, bases: list[np.ndarray], where: str, batch_size
             "passed": bool(np.isfinite(diff) and diff <= TOLERANCE)}
 
 
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def _replace(tmp: Path, out: Path) -> None:
     """Rename the finished folder to `out`; an earlier export there is removed once it is in place."""
     old = None
@@ -202,6 +209,7 @@ def _replace(tmp: Path, out: Path) -> None:
         old = out.parent / f".{out.name}.old-{time.time_ns()}"
         out.rename(old)
     tmp.rename(out)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
