@@ -248,3 +248,14 @@ def test_run_whose_data_is_gone_is_said(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "parity check" in err and "dataset folder not found" in err and str(tmp_path / "gone") in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes", [
+    {"model": {"name": "cnn1d_attention"}, "features": {"kind": "waveform"}},  # attention: no fused op in ONNX
+    {"model": {"name": "mfcc_mlp", "options": {"context": 5}}},  # frame-level MLP
+])
+def test_other_models_export(tmp_path, changes):
+    run = make_run(tmp_path / "run", changed(MFCC_RUN, augment={}, **changes), ["a", "b", "c", "d"])
+    assert export.main(args("onnx", tmp_path / "out"), run) == 0
+    doc = json.loads((tmp_path / "out" / "preprocessing.json").read_text())
+    assert doc["parity"]["passed"] and doc["model"] == changes["model"]["name"]

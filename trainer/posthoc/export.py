@@ -147,16 +147,28 @@ def export(clf: Classifier, fmt: str, out: Path, bases: list[np.ndarray], where:
 
 def write_model(module: torch.nn.Module, clf: Classifier, fmt: str, path: Path, bases: list[np.ndarray]) -> None:
     example = export_graph.example_batch(clf, bases[:2])
-    name = export_graph.input_name(clf)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notices
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
-            return
-        batch = {0: "batch"}
+        else:
+            _onnx_export(module, example, export_graph.input_name(clf), path)
+
+
+def _onnx_export(module: torch.nn.Module, example: torch.Tensor, name: str, path: Path) -> None:
+    """The TorchScript-based exporter (dynamo=False): about a second, where the dynamo exporter
+    takes 5-10 s for an EfficientNet, and it handles every model longhaul builds at opset 17.
+    nn.MultiheadAttention's inference fast path is turned off meanwhile: its fused op has no
+    ONNX form (the ordinary path computes the same)."""
+    batch = {0: "batch"}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
         torch.onnx.export(module, (example,), str(path), input_names=[name], output_names=["probs", "logits"],
                           dynamic_axes={name: batch, "probs": batch, "logits": batch}, opset_version=OPSET,
                           dynamo=False, do_constant_folding=True)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def load_exported(fmt: str, path: Path, clf: Classifier):
