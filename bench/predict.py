@@ -2,14 +2,19 @@
 
 What is timed is what `longhaul export-model` writes: the run's model *with its preprocessing in
 the graph* (trainer/posthoc/export_graph.py), base examples -> calibrated probabilities. Eager is
-that same module in PyTorch (as the Classifier runs it: channels_last weights), TorchScript is its
+that same module in PyTorch (channels_last, as the Classifier runs the model); `classifier` is the
+Classifier's own path (torchaudio features one example at a time, then the model: what `longhaul
+predict` runs), for reference; TorchScript is its
 trace (`--format torchscript`, plus a frozen variant: torch.jit.freeze + optimize_for_inference,
 which folds BatchNorm into the convolutions), ONNX is `--format onnx` run by ONNX Runtime
 (graph optimisation level ALL). Models (random weights, 8 / 3 classes):
 - quickstart: efficientnet_b0 on 1x64x63 log-mel, input one 1 s window at 16 kHz;
 - v2s: tf_efficientnetv2_s on a 3 x SIZE x SIZE image (default 224).
 For each: latency p50/p95 of one example (batch 1) and throughput at batch 32 (examples/s,
-from the median batch time), and the speed-up of each exported form over eager.
+from the median batch time), and the speed-up of each exported form over eager and over the
+Classifier. The STFT is a DFT convolution in the graph (exact, exportable): for the quickstart
+shape it costs about as much as efficientnet_b0 itself, in every form (ONNX's own STFT op measured
+no faster in ONNX Runtime 1.32).
 --profile adds, per model, the share of time per operator kind in eager (torch.profiler) and in
 ONNX Runtime (its profiler), batch 32: where the time goes when the speed-up is small.
 
@@ -84,7 +89,9 @@ def runners(clf: Classifier, folder: Path, threads: int) -> dict:
             with torch.no_grad():
                 return fn(torch.from_numpy(x))[0].numpy()
         return run
-    return {"eager": torch_runner(module), "torchscript": torch_runner(traced),
+    def classifier_path(x):  # what `longhaul predict` runs: torchaudio features one by one, then the model
+        return clf.probabilities(clf.logits(torch.stack([clf.inputs(b) for b in x]))).numpy()
+    return {"eager": torch_runner(module), "classifier": classifier_path, "torchscript": torch_runner(traced),
             "torchscript_frozen": torch_runner(frozen), "onnxruntime": lambda x: session.run(["probs"], {name: x})[0]}
 
 
@@ -124,9 +131,10 @@ def measure(clf: Classifier, threads: int, latency_reps: int, batch_reps: int) -
                             "max_abs_diff": float(np.abs(run(batch) - ref).max())}
             print(f"{clf.cfg.name:10} {name:18} p50 {result[name]['p50_ms']:8.2f} ms  p95 "
                   f"{result[name]['p95_ms']:8.2f} ms  batch 32: {result[name]['batch32_per_s']:8.1f}/s", flush=True)
-    eager = result["eager"]["batch32_per_s"]
-    result["speedup_vs_eager"] = {name: round(r["batch32_per_s"] / eager, 2) for name, r in result.items()
-                                  if name != "eager"}
+    for base in ("eager", "classifier"):
+        rate = result[base]["batch32_per_s"]
+        result[f"speedup_vs_{base}"] = {name: round(result[name]["batch32_per_s"] / rate, 2)
+                                        for name in ("torchscript", "torchscript_frozen", "onnxruntime")}
     return result
 
 
