@@ -148,6 +148,11 @@ def test_torchscript_export_and_its_reference_script(mfcc_run, tmp_path):
     wav = tmp_path / "long.wav"  # 2.6 s stereo at 22.05 kHz: mono, resampling, three windows
     soundfile.write(wav, np.random.default_rng(2).standard_normal((57330, 2)).astype(np.float32) * 0.2, 22050)
     _check_reference_script(out / "run_torchscript.py", wav, load_classifier(mfcc_run))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    done = subprocess.run([sys.executable, str(out / "run_torchscript.py"), str(bad), str(wav)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"error: {bad}" in done.stderr and str(wav) in done.stdout
 
 
 def test_mel_onnx_export_and_reference_script_on_a_recording(tmp_path):
