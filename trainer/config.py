@@ -11,6 +11,7 @@ timm (model names) import it lazily inside `check_model_name`.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -98,6 +99,61 @@ class AugmentConfig(Section):
     """Random stretch of the mel axis of mel/MFCC features by a factor in [1 - w, 1 + w] (0.1:
     +-10%; training only; 0: off). Moves every formant and harmonic together, as a longer or
     shorter vocal tract, a bigger or smaller bird does: vocal tract length perturbation."""
+
+
+# Test-time augmentation: the names of the transforms and their defaults by kind of input.
+# trainer/posthoc/tta.py applies them; the grammar is here so that a config is checked without torch.
+TTA_IMAGE_DEFAULT = ["original", "hflip", "vflip", "rotate+5", "rotate-5", "brightness+5%", "brightness-5%",
+                     "contrast+5%", "contrast-5%"]
+TTA_AUDIO_DEFAULT = ["original", "shift+10%", "shift-10%", "shift+20%", "shift-20%"]
+TTA_IMAGE_OPS = ("hflip", "vflip", "rotate", "brightness", "contrast")
+TTA_AUDIO_OPS = ("shift",)
+_TTA_NAME = re.compile(r"(original|hflip|vflip)|(rotate)([+-]\d+(?:\.\d+)?)|(brightness|contrast|shift)([+-]\d+(?:\.\d+)?)%")
+
+
+def parse_tta(name: str) -> tuple[str, float]:
+    """A transform name -> (operation, amount): 'rotate-5' -> ('rotate', -5.0) degrees,
+    'brightness+5%' -> ('brightness', 0.05), 'shift-10%' -> ('shift', -0.1), 'hflip' -> ('hflip', 0.0).
+    ValueError naming the accepted forms otherwise."""
+    match = _TTA_NAME.fullmatch(str(name))
+    if not match:
+        raise ValueError(f"unknown transform {name!r}: expected original, hflip, vflip, rotate+D / rotate-D "
+                         "(degrees), brightness+P% / contrast+P% (images), shift+P% / shift-P% (audio)")
+    plain, rotate, degrees, scaled, percent = match.groups()
+    if plain:
+        return plain, 0.0
+    if rotate:
+        return rotate, float(degrees)
+    amount = float(percent) / 100.0
+    if scaled == "shift" and abs(amount) >= 1.0:
+        raise ValueError(f"{name!r}: a shift must be less than the whole window (under 100%)")
+    if scaled != "shift" and amount <= -1.0:
+        raise ValueError(f"{name!r}: {scaled} cannot go down by 100% or more")
+    return scaled, amount
+
+
+class TtaConfig(Section):
+    transforms: Optional[list[str]] = None
+    """Test-time augmentation of `longhaul evaluate --tta` and `longhaul predict --tta`: the
+    transforms each example is classified under, whose calibrated probabilities are averaged.
+    Images: original, hflip, vflip, rotate+D / rotate-D (degrees, + is counter-clockwise),
+    brightness+P% / brightness-P%, contrast+P% / contrast-P%; audio: original, shift+P% / shift-P%
+    (the window moved later / earlier by P% of its length, the gap filled with silence). null: the
+    defaults of the run's kind, images original, hflip, vflip, rotate+-5, brightness+-5%,
+    contrast+-5%; audio original, shift+-10%, shift+-20%."""
+
+    @field_validator("transforms")
+    @classmethod
+    def _known(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("an empty list: give at least one transform (original), or null for the defaults")
+        for name in value:
+            parse_tta(name)
+        if len(set(value)) != len(value):
+            raise ValueError(f"a transform is listed twice: {value}")
+        return value
 
 
 class FeaturesConfig(Section):
@@ -393,6 +449,8 @@ class RunConfig(Section):
     """Checkpointing and retention."""
     daemon: DaemonConfig = DaemonConfig()
     """Daemon supervision (longhaul start)."""
+    tta: TtaConfig = TtaConfig()
+    """Test-time augmentation (after the run: evaluate --tta, predict --tta)."""
 
     # Paths in the config are relative to the config file; `base_dir` is set by load_config.
     _base_dir: Path = Path(".")
@@ -514,8 +572,22 @@ def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> 
         problem = check_model_name(cfg.model.name)
         if problem:
             problems.append(("model.name", problem))
-    problems += _plan_problems(cfg)
+    problems += _plan_problems(cfg) + _tta_problems(cfg)
     return problems
+
+
+def _tta_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Transforms of the other kind of input (a flip of audio, a shift of an image)."""
+    if cfg.tta.transforms is None:
+        return []
+    image = cfg.features.kind == "image"
+    wrong = [name for name in cfg.tta.transforms
+             if parse_tta(name)[0] in (TTA_AUDIO_OPS if image else TTA_IMAGE_OPS)]
+    if not wrong:
+        return []
+    takes = "original, hflip, vflip, rotate, brightness, contrast" if image else "original, shift"
+    return [("tta.transforms", f"{', '.join(wrong)} cannot apply to {'images' if image else 'audio'} "
+                               f"(features.kind {cfg.features.kind!r} takes {takes})")]
 
 
 def _plan_problems(cfg: RunConfig) -> list[tuple[str, str]]:

@@ -204,6 +204,19 @@ class ConsolePublisher:
                                **({"pid": None} if final else {}))
             if final:
                 self.sync()
+            if data["state"] == "finished":  # the engine's last event: every checkpoint is written
+                self.after_run()
+
+    def after_run(self) -> None:
+        """The finished run's test evaluation and report (trainer.posthoc.after), once; failures
+        become alert events and the run stays finished."""
+        if getattr(self, "_after_run_done", False):
+            return
+        self._after_run_done = True
+        from trainer.posthoc.after import after_run
+
+        after_run(self.run_dir, self.event)
+        self.sync()
 
     def record(self, record: dict) -> None:
         pass  # the engine writes history.msgpack itself

@@ -134,3 +134,136 @@ def _checked(y_true, probs, classes) -> tuple[np.ndarray, np.ndarray, list[str]]
     if bad.size:
         raise ValueError(f"y_true holds class index {int(bad[0])}, outside 0..{len(classes) - 1}")
     return y_true, probs, classes
+
+
+# ----------------------------------------------------------------------------- any number of classes
+#: The metrics of `longhaul evaluate` that get bootstrap intervals.
+CI_METRICS = ("accuracy", "f1_macro", "auc_roc_macro")
+
+
+def evaluation_metrics(y_true, probs, classes: Sequence[str]) -> dict:
+    """The metric set of `longhaul evaluate` for any number K >= 2 of classes.
+
+    Returns ``n``, ``classes``, ``accuracy``, ``f1_macro``, ``f1_weighted``, ``auc_roc_macro``,
+    ``auc_pr_macro``, ``per_class`` ({class: {precision, recall, f1, sensitivity, specificity,
+    ppv, npv, auc_roc, auc_pr, support}}) and ``confusion`` (rows = true class).
+
+    Each class is read one-vs-rest: sensitivity = TP/(TP+FN) (its recall), specificity =
+    TN/(TN+FP), PPV = TP/(TP+FP) (its precision), NPV = TN/(TN+FN); a zero denominator gives
+    0.0. auc_roc is roc_auc_score and auc_pr average_precision_score of ``probs[:, k]`` against
+    ``y_true == k``; both are None for a class absent from ``y_true`` (or the only one present).
+    The macro AUCs are the mean over the classes that have one (None when none has).
+    f1_macro/f1_weighted follow scikit-learn, as the engine's val_f1_macro does: over the
+    classes that occur in ``y_true`` or in the predictions.
+    """
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    y_true, probs, classes = _checked(y_true, probs, classes)
+    y_pred = probs.argmax(axis=1)
+    k = len(classes)
+    confusion = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+    per_class, roc, pr = {}, [], []
+    for c, name in enumerate(classes):
+        positive = y_true == c
+        ranked = 0 < positive.sum() < len(y_true)
+        auc_roc = float(roc_auc_score(positive, probs[:, c])) if ranked else None
+        auc_pr = float(average_precision_score(positive, probs[:, c])) if ranked else None
+        if ranked:
+            roc.append(auc_roc)
+            pr.append(auc_pr)
+        per_class[name] = {**_one_vs_rest(confusion, c), "auc_roc": auc_roc, "auc_pr": auc_pr}
+    return {
+        "n": int(len(y_true)),
+        "classes": classes,
+        "accuracy": float((y_pred == y_true).mean()),
+        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0.0)),
+        "f1_weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0.0)),
+        "auc_roc_macro": float(np.mean(roc)) if roc else None,
+        "auc_pr_macro": float(np.mean(pr)) if pr else None,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def _one_vs_rest(confusion: np.ndarray, c: int) -> dict:
+    """Precision, recall, F1 and the clinical rates of class `c` from the confusion matrix."""
+    tp = int(confusion[c, c])
+    fn = int(confusion[c].sum()) - tp
+    fp = int(confusion[:, c].sum()) - tp
+    tn = int(confusion.sum()) - tp - fn - fp
+    ratio = lambda a, b: float(a / b) if b else 0.0  # noqa: E731
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {"precision": precision, "recall": recall, "f1": ratio(2 * precision * recall, precision + recall),
+            "sensitivity": recall, "specificity": ratio(tn, tn + fp), "ppv": precision, "npv": ratio(tn, tn + fn),
+            "support": tp + fn}
+
+
+def bootstrap_intervals(y_true, probs, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap intervals {metric: [lo, hi]} of CI_METRICS (None where a metric is
+    undefined on the data).
+
+    Stratified: each resample draws, within every class, as many examples (with replacement) as
+    that class has, so every resample has the class counts of the data and the one-vs-rest AUCs
+    are defined in each of them. Seeded (`seed`), so the same predictions give the same
+    intervals. The metrics are computed vectorised over the resamples, by the definitions of
+    `evaluation_metrics` (AUC by the Mann-Whitney rank statistic with ties averaged).
+    """
+    y_true, probs, classes = _checked(y_true, probs, list(range(np.asarray(probs).shape[1])))
+    rng = np.random.default_rng(seed)
+    index = np.empty((n_boot, len(y_true)), dtype=np.int64)
+    start = 0
+    for c in np.unique(y_true):
+        members = np.flatnonzero(y_true == c)
+        index[:, start:start + len(members)] = members[rng.integers(0, len(members), (n_boot, len(members)))]
+        start += len(members)
+    values = {name: [] for name in CI_METRICS}
+    for first in range(0, n_boot, BOOT_CHUNK):  # bounded memory: (chunk, N, K) at a time
+        rows = index[first:first + BOOT_CHUNK]
+        y, p = y_true[rows], probs[rows]
+        pred = p.argmax(axis=2)
+        values["accuracy"].append((pred == y).mean(axis=1))
+        values["f1_macro"].append(_f1_macro(y, pred, len(classes)))
+        values["auc_roc_macro"].append(_auc_macro(y, p))
+    alpha = (1.0 - level) / 2.0
+    out = {}
+    for name, chunks in values.items():
+        vals = np.concatenate(chunks)
+        vals = vals[np.isfinite(vals)]
+        out[name] = [float(np.quantile(vals, alpha)), float(np.quantile(vals, 1.0 - alpha))] if vals.size else None
+    return out
+
+
+#: Bootstrap resamples computed at once.
+BOOT_CHUNK = 50
+
+
+def _f1_macro(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """scikit-learn's f1_score(average="macro") of each row of (B, N) labels and predictions:
+    over the classes in that row's y or pred."""
+    b = y.shape[0]
+    flat = (np.arange(b)[:, None] * k * k + y * k + pred).ravel()
+    confusion = np.bincount(flat, minlength=b * k * k).reshape(b, k, k)
+    tp = np.diagonal(confusion, axis1=1, axis2=2).astype(np.float64)
+    denom = (confusion.sum(axis=2) + confusion.sum(axis=1)).astype(np.float64)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = denom > 0
+    return f1.sum(axis=1) / present.sum(axis=1)
+
+
+def _auc_macro(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Mean one-vs-rest AUC-ROC of each row of (B, N) labels and (B, N, K) scores, over the
+    classes with positives and negatives in that row (NaN when none has)."""
+    from scipy.stats import rankdata
+
+    total = np.zeros(y.shape[0])
+    count = np.zeros(y.shape[0])
+    for c in range(probs.shape[2]):
+        positive = y == c
+        n_pos = positive.sum(axis=1).astype(np.float64)
+        n_neg = y.shape[1] - n_pos
+        ranks = rankdata(probs[:, :, c], axis=1)
+        ok = (n_pos > 0) & (n_neg > 0)
+        auc = ((ranks * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / np.where(ok, n_pos * n_neg, 1.0)
+        total += np.where(ok, auc, 0.0)
+        count += ok
+    return np.divide(total, count, out=np.full_like(total, np.nan), where=count > 0)

@@ -12,7 +12,8 @@ Runs `engine.Trainer` on RUN_DIR/config.yaml and talks to the daemon over the so
   the run checkpoints and ends instead of training unsupervised.
 
 Exit code 0 = finished or stopped (the last `state` event says which); 1 = crash, after a `crash`
-event carrying the traceback.
+event carrying the traceback. A finished run is then evaluated on its test split and gets its
+report (trainer.posthoc.after) before the worker exits.
 """
 from __future__ import annotations
 
@@ -310,6 +311,10 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
     # The engine announces its final state itself; repeat it so the daemon never has to guess
     # (the daemon ignores a state it is already in).
     publisher.event("state", "info", result, state=result)
+    if result == "finished":  # test evaluation and report; failures are alerts, the run stays finished
+        from trainer.posthoc.after import after_run
+
+        after_run(args.run_dir, publisher.event)
     if link.dropped_records:
         log.warning("%d history records were not streamed live (daemon was not reading)", link.dropped_records)
     link.close(timeout=10.0)

@@ -5,6 +5,7 @@ calibration temperature. What evaluate, predict, export and the Python API share
     clf = load_classifier("checkpoints/birds")          # best.pt; "last" for last.pt
     clf.predict("recording.wav").label                  # a path, a waveform or an image array
     clf.predict_batch(["a.wav", "b.wav"])
+    clf.predict("scan.png", tta=True)                   # averaged over the run's TTA transforms
 
 An image is one example. A recording is cut into consecutive windows of the run's clip length
 (`data.duration`; the last one padded with silence, as training pads short clips); each window is
@@ -29,6 +30,7 @@ from trainer.data.auto import apply_frozen
 from trainer.data.decode import Decoder, read_samples
 from trainer.data.features import FeatureExtractor
 from trainer.data.sources import AUDIO_EXTS, IMAGE_EXTS
+from trainer.posthoc import tta as tta_module
 from trainer.run.rundir import RunDir
 
 WEIGHTS = ("best", "last")
@@ -50,14 +52,28 @@ class Prediction:
     """Every class's probability, in the run's class order."""
     windows: list[dict[str, float]] = field(default_factory=list)
     """Per-window probabilities of a recording longer than one window (empty otherwise)."""
+    window_seconds: float = 0.0
+    """Length of one window of a recording (window i covers i * window_seconds onwards)."""
 
     def to_dict(self, top_k: Optional[int] = None) -> dict:
-        """The JSON line of `longhaul predict --json`: path, label, prob, the top-k probs."""
-        ranked = sorted(self.probs.items(), key=lambda kv: -kv[1])[:top_k]
-        out = {"path": self.source, "label": self.label, "prob": self.prob, "probs": dict(ranked)}
+        """The JSON line of `longhaul predict --json`: path, label, prob, the top-k probs and, for
+        a recording of several windows, each window's start and end (seconds), label, prob, probs."""
+        out = {"path": self.source, "label": self.label, "prob": self.prob, "probs": _top(self.probs, top_k)}
         if self.windows:
-            out["windows"] = self.windows
+            out["windows"] = [self.window(i, top_k) for i in range(len(self.windows))]
         return out
+
+    def window(self, index: int, top_k: Optional[int] = None) -> dict:
+        """Window `index` of a recording: start, end (seconds), label, prob, top-k probs."""
+        probs = self.windows[index]
+        label = max(probs, key=probs.get)
+        start = index * self.window_seconds
+        return {"start": round(start, 6), "end": round(start + self.window_seconds, 6), "label": label,
+                "prob": probs[label], "probs": _top(probs, top_k)}
+
+
+def _top(probs: dict[str, float], top_k: Optional[int]) -> dict[str, float]:
+    return dict(sorted(probs.items(), key=lambda kv: -kv[1])[:top_k])
 
 
 class Classifier:
@@ -125,16 +141,19 @@ class Classifier:
         return [self.decoder.fit_length(wave[i * size:(i + 1) * size]) for i in range(count)]
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, source: Source) -> Prediction:
-        """The prediction of one file or array (BadItem / ValueError when it cannot be read)."""
-        return self.predict_batch([source])[0]
+    def predict(self, source: Source, tta: bool = False) -> Prediction:
+        """The prediction of one file or array (BadItem / ValueError when it cannot be read);
+        with `tta`, averaged over the run's test-time augmentations (trainer.posthoc.tta)."""
+        return self.predict_batch([source], tta=tta)[0]
 
-    def predict_batch(self, sources: Sequence[Source], batch_size: int = 32) -> list[Prediction]:
+    def predict_batch(self, sources: Sequence[Source], batch_size: int = 32, tta: bool = False) -> list[Prediction]:
         """Predictions of several sources, their windows run through the model in batches."""
-        windows = [self.windows(source) for source in sources]
-        flat = [base for group in windows for base in group]
-        probs = torch.cat([self.probabilities(self.logits(torch.stack([self.inputs(b) for b in flat[i:i + batch_size]])))
-                           for i in range(0, len(flat), batch_size)]) if flat else torch.empty(0)
+        return self.predict_windows(sources, [self.windows(source) for source in sources], batch_size, tta)
+
+    def predict_windows(self, sources: Sequence[Source], windows: Sequence[list[np.ndarray]], batch_size: int = 32,
+                        tta: bool = False) -> list[Prediction]:
+        """Predictions of sources already cut into their windows (`windows(source)` of each)."""
+        probs = self.base_probabilities([base for group in windows for base in group], batch_size, tta=tta)
         out, start = [], 0
         for source, group in zip(sources, windows):
             part = probs[start:start + len(group)]
@@ -142,13 +161,25 @@ class Classifier:
             out.append(self._prediction(source, part))
         return out
 
+    def base_probabilities(self, bases: Sequence[np.ndarray], batch_size: int = 32, calibrated: bool = True,
+                           tta: bool = False) -> torch.Tensor:
+        """(N, C) probabilities of base examples (`windows`), in batches; with `tta`, the mean
+        over the run's test-time augmentations."""
+        if tta:
+            return tta_module.tta_probabilities(self, bases, batch_size, calibrated)
+        if not bases:
+            return torch.empty(0, len(self.classes))
+        return torch.cat([self.probabilities(self.logits(torch.stack([self.inputs(b) for b in bases[i:i + batch_size]])),
+                                             calibrated) for i in range(0, len(bases), batch_size)])
+
     def _prediction(self, source: Source, window_probs: torch.Tensor) -> Prediction:
         mean = window_probs.mean(dim=0)
         best = int(mean.argmax())
         name = "<array>" if isinstance(source, np.ndarray) else str(source)
         as_dict = lambda row: {c: float(p) for c, p in zip(self.classes, row.tolist())}  # noqa: E731
         windows = [as_dict(row) for row in window_probs] if len(window_probs) > 1 else []
-        return Prediction(name, self.classes[best], float(mean[best]), as_dict(mean), windows)
+        seconds = 0.0 if self.image else self.decoder.n_samples / self.decoder.sample_rate
+        return Prediction(name, self.classes[best], float(mean[best]), as_dict(mean), windows, seconds)
 
 
 # ----------------------------------------------------------------------------- loading
