@@ -76,6 +76,10 @@ class RunDir:
         the report's curves."""
         return self.path / f"predictions-{split}-{weights}.npz"
 
+    def export_dir(self, fmt: str) -> Path:
+        """Default folder of `longhaul export-model --format fmt` (onnx, torchscript)."""
+        return self.path / f"export-{fmt}"
+
     def checkpoint(self, step: int) -> Path:
         """The checkpoint directory of `step`."""
         return self.checkpoints / checkpoint_dir_name(step)
