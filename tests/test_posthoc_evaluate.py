@@ -132,11 +132,16 @@ def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model():
     assert calibration.nll(over[val], labels[val], t) <= calibration.nll(over[val], labels[val])
 
 
-def test_a_perfectly_separated_validation_split_keeps_the_temperature_at_1():
-    """Its NLL falls all the way to the bound: no evidence for sharpening (T would be 0.018)."""
+def test_a_validation_split_without_errors_sets_the_confidence_to_laplaces_accuracy():
+    """Its NLL falls without end as T -> 0; instead the mean confidence is made (n+1)/(n+2),
+    which softens an over-confident model and sharpens an under-confident one."""
     labels = np.arange(12) % 3
-    logits = np.eye(3)[labels] * 4.0
-    assert calibration.fit_temperature(logits, labels) == 1.0
+    for scale in (4.0, 1.0):  # confidence 0.96 and 0.58 at T = 1, both all correct
+        logits = np.eye(3)[labels] * scale
+        t = calibration.fit_temperature(logits, labels)
+        confidence = calibration.softmax(logits, t).max(axis=1).mean()
+        assert confidence == pytest.approx(13 / 14, abs=1e-5)
+        assert (t > 1.0) if scale == 4.0 else (t < 1.0)
 
 
 def test_fit_temperature_refuses_bad_logits():

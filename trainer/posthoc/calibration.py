@@ -7,8 +7,11 @@ Temperature scaling divides the logits by one scalar T > 0 before the softmax; t
 class never changes, only how confident the probabilities are. T is fitted by minimising the
 mean negative log-likelihood of the validation split over log T (a bounded scalar minimiser,
 scipy's Brent method on log T in [-4, 4], i.e. T in [0.018, 55]). On a validation split the
-model classifies without a single error the NLL falls without end as T -> 0: it says nothing about
-how sure to be (the fit would push every probability to 0 or 1), so T stays 1 there.
+model classifies without a single error the NLL falls without end as T -> 0 (every probability
+pushed to 0 or 1). There T is chosen instead so that the mean top-class confidence equals the
+accuracy such a split supports, Laplace's (n + 1) / (n + 2): 300 of 300 right -> 0.9967. (A model
+trained with label smoothing and mixup is under-confident: on the speech bench, ECE 0.213 with
+T = 1, which a perfect validation split must still be able to correct.)
 
 ECE (expected calibration error): the top-class confidences are put in 15 equal-width bins over
 [0, 1]; ECE = sum over bins of (bin size / N) * |accuracy in bin - mean confidence in bin|, MCE
@@ -53,12 +56,26 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     logits, labels = _checked(logits, labels)
     if (logits.argmax(axis=1) == labels).all():
-        return 1.0  # no error to learn from (module docstring)
+        return _match_confidence(logits, (len(labels) + 1) / (len(labels) + 2))
     result = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=LOG_T_BOUNDS,
                              method="bounded", options={"xatol": 1e-5})
     best = float(math.exp(result.x))
     # the minimiser never returns worse than no scaling at all
     return best if nll(logits, labels, best) <= nll(logits, labels, 1.0) else 1.0
+
+
+def _match_confidence(logits: np.ndarray, target: float) -> float:
+    """The T whose mean top-class confidence is `target` (it falls as T grows); a bound of
+    LOG_T_BOUNDS when even that one cannot reach it."""
+    from scipy.optimize import brentq
+
+    gap = lambda log_t: float(softmax(logits, math.exp(log_t)).max(axis=1).mean()) - target  # noqa: E731
+    low, high = LOG_T_BOUNDS
+    if gap(low) <= 0:
+        return math.exp(low)
+    if gap(high) >= 0:
+        return math.exp(high)
+    return float(math.exp(brentq(gap, low, high, xtol=1e-6)))
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
