@@ -22,6 +22,7 @@ Only numpy and scipy: the logits come in as arrays.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Optional
@@ -151,8 +152,6 @@ def save_fit(files: RunDir, weights: str, record: dict) -> None:
 
 
 def _read(files: RunDir) -> dict:
-    import json
-
     try:
         doc = json.loads(files.calibration.read_text())
     except (OSError, ValueError):

@@ -14,7 +14,6 @@ than one window is exactly the example training and evaluation saw.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from trainer.data.auto import apply_frozen
 from trainer.data.decode import Decoder, read_samples
 from trainer.data.features import FeatureExtractor
 from trainer.data.sources import AUDIO_EXTS, IMAGE_EXTS
+from trainer.posthoc import calibration
 from trainer.posthoc import tta as tta_module
 from trainer.run.rundir import RunDir
 
@@ -218,12 +218,5 @@ def load_classifier(run_dir: str | Path, weights: str = "best", calibrated: bool
 def saved_temperature(files: RunDir, weights: str, step: Optional[int]) -> float:
     """The temperature calibration.json holds for these weights at this step; 1.0 when there is
     none or it was fitted for other weights (a later best.pt is not calibrated by an older fit)."""
-    try:
-        doc = json.loads(files.calibration.read_text())
-    except (OSError, ValueError):
-        return 1.0
-    fit = (doc.get("weights") or {}).get(weights) if isinstance(doc, dict) else None
-    if not isinstance(fit, dict) or fit.get("step") != step:
-        return 1.0
-    value = fit.get("temperature")
-    return float(value) if isinstance(value, (int, float)) and value > 0 else 1.0
+    fit = calibration.saved_fit(files, weights, step)
+    return float(fit["temperature"]) if fit is not None else 1.0
