@@ -102,16 +102,21 @@ def calibration_errors(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BI
     labels = np.asarray(labels)
     table = reliability(probs, labels, bins)
     n = len(labels)
-    gaps = [(c, abs(a - f)) for c, a, f in zip(table["count"], table["accuracy"], table["confidence"]) if c]
     onehot = np.zeros_like(probs)
     onehot[np.arange(n), labels] = 1.0
     true_prob = np.clip(probs[np.arange(n), labels], 1e-12, 1.0)
     return {
-        "ece": float(sum(c / n * gap for c, gap in gaps)),
-        "mce": float(max(gap for _, gap in gaps)),
+        "ece": expected_error(table),
+        "mce": float(max(abs(a - f) for c, a, f in zip(table["count"], table["accuracy"], table["confidence"]) if c)),
         "brier": float(np.mean(((probs - onehot) ** 2).sum(axis=1))),
         "nll": float(np.mean(-np.log(true_prob))),
     }
+
+
+def expected_error(table: dict) -> float:
+    """ECE of a `reliability` table: the bins' gaps between accuracy and confidence, weighted by size."""
+    n = sum(table["count"])
+    return float(sum(c / n * abs(a - f) for c, a, f in zip(table["count"], table["accuracy"], table["confidence"]) if c))
 
 
 def _checked(logits, labels) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ import torch
 from trainer import metrics
 from trainer.posthoc import calibration
 from trainer.posthoc.classifier import Classifier, ClassifierError, load_classifier
+from trainer.run.evaluation import read_evaluation
 from trainer.run.rundir import RunDir, atomic_write_bytes, atomic_write_json
 
 BOOTSTRAP = 1000
@@ -71,16 +72,25 @@ def data_config(cfg, data: Optional[str]):
     return cfg.model_copy(update={"data": cfg.data.model_copy(update=changes)})
 
 
-def build_split(clf: Classifier, files: RunDir, split: str, data: Optional[str] = None):
-    """The EvalDataset of `split` from the run's data (or `data`), checked against the run's
-    classes. NoSplit when the data has no such split."""
+def build_bundle(clf: Classifier, files: RunDir, data: Optional[str] = None):
+    """The run's datasets (or those of `data`), checked against the run's classes. Built once
+    per evaluation: it decodes every example of every split."""
     from trainer.data import build_datasets
 
     bundle = build_datasets(data_config(clf.cfg, data), frozen=files.data_auto)
-    where = f"--data {data}" if data else "the run's data"
     if list(bundle.classes) != list(clf.classes):
-        raise EvaluationError(f"{where} is not laid out like the training data: its classes are "
+        raise EvaluationError(f"{_where(data)} is not laid out like the training data: its classes are "
                               f"{bundle.classes}, the model's are {clf.classes}")
+    return bundle
+
+
+def _where(data: Optional[str]) -> str:
+    return f"--data {data}" if data else "the run's data"
+
+
+def split_of(clf: Classifier, bundle, split: str, data: Optional[str] = None):
+    """The EvalDataset of `split` in `bundle`; NoSplit when the data has no such split."""
+    where = _where(data)
     dataset = bundle.test if split == "test" else bundle.val
     if dataset is None or len(dataset) == 0:
         hint = "a test/ folder beside train/" if clf.cfg.data.source.endswith("folder") else \
@@ -108,14 +118,16 @@ def bases(dataset) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- calibration
-def temperature_fit(clf: Classifier, files: RunDir, val: Optional[SplitData]) -> dict:
+def temperature_fit(clf: Classifier, files: RunDir, val: Optional[SplitData], own_bundle=None) -> dict:
     """calibration.json's entry for the classifier's weights: the saved one when it was fitted
-    at this step, else fitted on the run's validation split (`val`, or built here) and saved."""
+    at this step, else fitted on the run's validation split (`val`, else taken from the run's
+    own datasets `own_bundle`, built here when not given) and saved."""
     saved = calibration.saved_fit(files, clf.weights, clf.step)
     if saved is not None:
         return saved
     if val is None:
-        val = split_logits(clf, build_split(clf, files, "val"))
+        bundle = own_bundle if own_bundle is not None else build_bundle(clf, files)
+        val = split_logits(clf, split_of(clf, bundle, "val"))
     record = calibration.fit_record(val.logits, val.labels, clf.step, "val")
     calibration.save_fit(files, clf.weights, record)
     return record
@@ -131,9 +143,10 @@ def evaluate_run(run_dir, split: str = "test", weights: str = "best", data: Opti
     files = RunDir(run_dir)
     tta_module = _tta_module() if tta else None
     clf = load_classifier(run_dir, weights, calibrated=False)
-    evaluated = split_logits(clf, build_split(clf, files, split, data))
+    bundle = build_bundle(clf, files, data)
+    evaluated = split_logits(clf, split_of(clf, bundle, split, data))
     own_val = evaluated if split == "val" and data is None else None
-    fit = temperature_fit(clf, files, own_val)
+    fit = temperature_fit(clf, files, own_val, bundle if data is None else None)
     clf.temperature = float(fit["temperature"])
     result = result_of(clf, evaluated, fit, split, data, n_boot)
     tta_probs = None
@@ -186,14 +199,13 @@ def store(files: RunDir, result: dict, data: SplitData, classes: list[str], tta_
 
 
 def read_evaluations(files: RunDir) -> dict:
-    """evaluation.json, or an empty one when it is missing or unreadable."""
+    """evaluation.json (trainer.run.evaluation's reading), or an empty one when it is missing or
+    unreadable."""
     try:
-        doc = json.loads(files.evaluation.read_text())
+        doc = read_evaluation(files.path)
     except (OSError, ValueError):
         doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
-        return {"version": VERSION, "results": {}}
-    return doc
+    return doc if doc is not None else {"version": VERSION, "results": {}}
 
 
 # ----------------------------------------------------------------------------- the command

@@ -13,10 +13,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from trainer.posthoc import calibration
 from trainer.run.errors import RunError
 
 #: Bins of the reliability diagram and of its ECE: 15 equal-width bins of the top probability.
-RELIABILITY_BINS = 15
+RELIABILITY_BINS = calibration.ECE_BINS
 #: Cells of a confusion matrix are annotated with their numbers up to this many classes.
 ANNOTATE_CLASSES = 15
 #: Past this many classes the ROC and PR curves get no legend entry each (the mean area instead).
@@ -56,12 +57,7 @@ def embed(fig, alt: str) -> str:
 
 
 # ----------------------------------------------------------------------------- numpy curves
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of `logits / temperature`, in float64."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+softmax = calibration.softmax  # the report draws what evaluate measured
 
 
 def _ranked(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,18 +92,12 @@ def pr_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = RELIABILITY_BINS) -> dict:
-    """Reliability bins of the top probability: {count, confidence, accuracy} per bin (NaN where
-    empty) and the expected calibration error `ece` over `bins` equal-width bins (lo, hi]."""
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    count = np.bincount(which, minlength=bins).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(which, weights=confidence, minlength=bins) / count
-        accuracy = np.bincount(which, weights=correct, minlength=bins) / count
-    filled = count > 0
-    ece = float(np.sum(count[filled] * np.abs(accuracy[filled] - mean_conf[filled])) / max(len(labels), 1))
-    return {"count": count, "confidence": mean_conf, "accuracy": accuracy, "ece": ece}
+    """calibration.reliability's bins of the top probability as arrays (NaN where a bin is empty)
+    and their ECE: the same bins and ECE as `longhaul evaluate` stores."""
+    table = calibration.reliability(probs, labels, bins)
+    as_array = lambda values: np.array([np.nan if v is None else v for v in values], dtype=np.float64)  # noqa: E731
+    return {"count": np.asarray(table["count"], dtype=np.float64), "confidence": as_array(table["confidence"]),
+            "accuracy": as_array(table["accuracy"]), "ece": calibration.expected_error(table)}
 
 
 # ----------------------------------------------------------------------------- figures
