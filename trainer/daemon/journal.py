@@ -70,7 +70,6 @@ class Journal:
         self._unwritable: set[str] = set()  # run files that cannot be written now (said once)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="daemon-io")
-        self._io_futures: list[concurrent.futures.Future] = []
 
     # ------------------------------------------------------------------ open and close
     def open(self) -> None:
@@ -144,8 +143,7 @@ class Journal:
     # ------------------------------------------------------------------ state.json and syncs
     def write_state(self, **fields: Any) -> None:
         """Merge fields into state.json from the I/O thread (in submission order)."""
-        self._io_futures = [f for f in self._io_futures if not f.done()]
-        self._io_futures.append(self._io.submit(self._write_state_now, fields))
+        self._io.submit(self._write_state_now, fields)
 
     def _write_state_now(self, fields: dict) -> None:
         """In the I/O thread. A write that fails (a full disk) keeps the wanted fields pending:
@@ -192,8 +190,7 @@ class Journal:
     def sync(self) -> None:
         """fsync events.jsonl, train.log and daemon.log in the I/O thread: after a checkpoint,
         a final state or the daemon's exit, a power cut must not take back what led up to it."""
-        self._io_futures = [f for f in self._io_futures if not f.done()]
-        self._io_futures.append(self._io.submit(self._sync_now))
+        self._io.submit(self._sync_now)
 
     def _sync_now(self) -> None:
         for name, fh in ((self.files.events.name, self.eventlog), (self.files.train_log.name, self.train_log)):

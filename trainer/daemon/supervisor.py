@@ -27,6 +27,7 @@ from trainer import protocol
 from trainer.daemon.journal import MAX_LOG_LINE, clean_line
 from trainer.daemon.requests import Pending, Requests
 from trainer.daemon.settings import Settings
+from trainer.run.state import FINAL_STATES
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class Supervisor:
                 return "stopped"
             returncode = await self._run_worker()
             # "failed" from a clean exit: the trainer decided (e.g. no best checkpoint); no restart
-            if returncode == 0 and self.last_state in ("finished", "stopped", "failed"):
+            if returncode == 0 and self.last_state in FINAL_STATES:
                 final = self.last_state
                 self.requests.finish(final)
                 self.host.set_state(final, stop_reason=self.stop_reason if final == "stopped" else None)

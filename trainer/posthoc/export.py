@@ -194,10 +194,10 @@ def load_exported(fmt: str, path: Path, clf: Classifier):
 def parity(clf: Classifier, run, bases: list[np.ndarray], where: str, batch_size: int = 32) -> dict:
     """Largest absolute differences between the Classifier and the exported file on `bases`
     (one example alone, then batches: the batch axis is dynamic)."""
-    ref = export_graph.reference_probs(clf, bases)
     with torch.no_grad():
-        ref_logits = torch.cat([clf.logits(torch.stack([clf.inputs(b) for b in bases[i:i + batch_size]]))
-                                for i in range(0, len(bases), batch_size)]).numpy()
+        logits_ref = torch.cat([clf.logits(torch.stack([clf.inputs(b) for b in bases[i:i + batch_size]]))
+                                for i in range(0, len(bases), batch_size)])
+    ref, ref_logits = clf.probabilities(logits_ref).numpy(), logits_ref.numpy()  # the model run once
     x = export_graph.example_batch(clf, bases).numpy()
     single = run(x[:1])
     outs = [run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]

@@ -127,9 +127,7 @@ def example_batch(clf, bases: list[np.ndarray]) -> torch.Tensor:
 
 def reference_probs(clf, bases: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
     """The Classifier's own (calibrated) probabilities of base examples: what parity compares with."""
-    out = [clf.probabilities(clf.logits(torch.stack([clf.inputs(b) for b in bases[i:i + batch_size]])))
-           for i in range(0, len(bases), batch_size)]
-    return torch.cat(out).numpy()
+    return clf.base_probabilities(bases, batch_size).numpy()
 
 
 def describe_graph(extractor) -> dict:
