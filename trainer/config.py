@@ -53,6 +53,38 @@ class SyntheticConfig(Section):
     """Signal-to-noise ratio of the background noise mixed into every example, in dB."""
 
 
+class VariantsConfig(Section):
+    count: int = Field(0, ge=0, le=64)
+    """Pre-augmented variants made of each training example when the store is prepared (0: off).
+    Training draws the original or one of the variants from (seed, epoch, index); the cheap online
+    augmentations (SpecAugment, Mixup, ...) follow as usual. Needs data.store."""
+    pitch_semitones: float = Field(0.0, ge=0.0, le=12.0)
+    """Pitch shift of each variant, uniform in +-pitch_semitones semitones (0: off)."""
+    time_stretch: float = Field(0.0, ge=0.0, lt=0.5)
+    """Tempo change of each variant by a factor in [1 - s, 1 + s] without changing the pitch (0: off)."""
+    noise_dir: Optional[str] = None
+    """Folder of background recordings (wav/flac/ogg, searched recursively) mixed into each variant
+    (relative paths are relative to the config file; null: no noise)."""
+    noise_snr_db: tuple[float, float] = (5.0, 20.0)
+    """Signal-to-noise ratio of the mixed-in noise, uniform in [low, high] dB."""
+    gain_db: float = Field(0.0, ge=0.0)
+    """Gain of each variant, uniform in +-gain_db dB (0: off)."""
+    seed: int = 0
+    """Seed of the variants' random draws (a property of the store, not of a run)."""
+
+
+class WindowsConfig(Section):
+    enabled: bool = False
+    """Long recordings: keep up to max_seconds of each recording in the store (instead of the first
+    data.duration seconds); training takes a window of data.duration seconds from anywhere in it,
+    drawn from (seed, epoch, index); evaluation cuts fixed windows and averages their probabilities
+    per recording. Needs data.store."""
+    max_seconds: float = Field(60.0, gt=0.0)
+    """The longest stretch of a recording kept in the store (the start of it), in seconds."""
+    eval_hop: Optional[float] = Field(None, gt=0.0)
+    """Seconds between the starts of evaluation windows (null: data.duration, windows side by side)."""
+
+
 class SpecAugmentConfig(Section):
     freq_mask: float = Field(0, ge=0)
     """Maximum width of each frequency mask: below 1 a fraction of the mel bins / MFCC
@@ -95,6 +127,14 @@ class AugmentConfig(Section):
     length (0.1: +-10%); the gap is filled with the example's quietest frame, i.e. silence
     (training only; 0: off). Words and calls do not start at the same moment in every recording,
     and a model that never saw them moved learns where they start."""
+    vflip: bool = False
+    """Random vertical flip for image data (training only)."""
+    rotate_deg: float = Field(0.0, ge=0.0, le=45.0)
+    """Random rotation of images by up to +-rotate_deg degrees (training only; 0: off)."""
+    brightness: float = Field(0.0, ge=0.0, lt=1.0)
+    """Random brightness factor of images in [1 - b, 1 + b] (training only; 0: off)."""
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    """Random contrast factor of images in [1 - c, 1 + c] around the image's mean (training only; 0: off)."""
     freq_warp: float = Field(0.0, ge=0.0, le=0.3)
     """Random stretch of the mel axis of mel/MFCC features by a factor in [1 - w, 1 + w] (0.1:
     +-10%; training only; 0: off). Moves every formant and harmonic together, as a longer or
@@ -210,7 +250,25 @@ class DataConfig(Section):
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes. On a 2-core box 0 is usually fastest; results do not depend on it."""
     cache: bool = True
-    """Keep decoded, un-augmented features in memory after first use."""
+    """Keep decoded, un-augmented features in memory after first use (without data.store)."""
+    store: Optional[str] = None
+    """On-disk feature store (a directory; relative paths are relative to the config file). When
+    set, `longhaul prepare` (or the first `train`/`start`) decodes the data once, in parallel, into
+    it, and training reads examples from it instead of decoding or holding them in memory."""
+    store_dtype: Literal["float16", "float32"] = "float16"
+    """Number format of stored spectrograms and waveforms (images are always uint8)."""
+    prepare_workers: Optional[int] = Field(None, ge=1)
+    """Worker processes of `longhaul prepare` (null: one per core)."""
+    max_per_class: Optional[int] = Field(None, ge=1)
+    """At most this many training examples per class: a deterministic subset drawn from `seed`
+    (null: no cap). Validation and test splits are never cut."""
+    balanced_sampler: bool = False
+    """Draw each epoch's training examples class-balanced (each class equally likely; deterministic
+    from seed and epoch) instead of a plain permutation."""
+    variants: VariantsConfig = VariantsConfig()
+    """Pre-augmented variants of the training examples, made once by `longhaul prepare`."""
+    windows: WindowsConfig = WindowsConfig()
+    """Training on windows of long recordings (needs data.store)."""
     synthetic: SyntheticConfig = SyntheticConfig()
     """Settings of the built-in synthetic audio dataset (source: synthetic)."""
 
@@ -572,7 +630,31 @@ def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> 
         problem = check_model_name(cfg.model.name)
         if problem:
             problems.append(("model.name", problem))
-    problems += _plan_problems(cfg) + _tta_problems(cfg)
+    problems += _plan_problems(cfg) + _tta_problems(cfg) + _store_problems(cfg, check_paths)
+    return problems
+
+
+def _store_problems(cfg: RunConfig, check_paths: bool) -> list[tuple[str, str]]:
+    """Settings that only a feature store can honour, and store settings that cannot work."""
+    data = cfg.data
+    problems = []
+    if data.store is None:
+        if data.variants.count:
+            problems.append(("data.variants.count", "pre-augmented variants are made in a feature store: set data.store"))
+        if data.windows.enabled:
+            problems.append(("data.windows.enabled", "windows of long recordings are read from a feature store: "
+                                                     "set data.store"))
+    elif data.source == "synthetic" and (data.variants.count or data.windows.enabled):
+        problems.append(("data.source", "variants and windows need recordings (synthetic data has none)"))
+    low, high = data.variants.noise_snr_db
+    if low > high:
+        problems.append(("data.variants.noise_snr_db", f"expected [low, high] with low <= high, found {[low, high]}"))
+    noise = data.variants.noise_dir
+    if noise and check_paths and not cfg.resolve_path(noise).is_dir():
+        problems.append(("data.variants.noise_dir", f"folder not found: {cfg.resolve_path(noise)}"))
+    if data.windows.enabled and data.duration != "auto" and data.windows.max_seconds < data.duration:
+        problems.append(("data.windows.max_seconds", f"must be >= data.duration ({data.duration:g} s), "
+                                                     f"found {data.windows.max_seconds:g}"))
     return problems
 
 
