@@ -318,3 +318,23 @@ def test_an_unwritable_store_is_a_clear_error(tmp_path):
     (tmp_path / "ro").mkdir(mode=0o500)
     with pytest.raises(StoreError, match="cannot write the feature store"):
         StorePaths(tmp_path / "ro" / "store").make_dirs()
+
+
+def test_shard_rows_locate_each_entry(tmp_path):
+    written = write_store(tmp_path / "s", items={"train": 9}, variants=1, shard_items=9)
+    key = written.manifest["splits"]["train"]["shards"][0]
+    spans = layout.shard_rows(layout.read_shard_outcomes(written.paths, key))
+    entries = np.load(written.paths.resolve(written.manifest["splits"]["train"]["entries"]))
+    assert [span for item in spans for span in item] == [(int(e["row"]), int(e["rows"])) for e in entries]
+    assert layout.shard_rows([{"ok": False, "problem": "x"}, {"ok": True, "rows": [3, 4]}]) == [None, [(0, 3), (3, 4)]]
+
+
+def test_a_store_pickles_for_a_spawned_process(tmp_path):
+    import pickle
+
+    written = write_store(tmp_path / "s", items={"train": 8}, variants=1)
+    sp = FeatureStore.open(tmp_path / "s").split("train")
+    sp.rows(0)
+    copy = pickle.loads(pickle.dumps(sp))
+    assert copy.store.files is not sp.store.files and copy.store.files.open_count == 0
+    np.testing.assert_array_equal(copy.raw(7, 1), written.raw["train"][7][1].astype(np.float16))

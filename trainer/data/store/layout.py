@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -307,6 +308,22 @@ def write_shard(paths: StorePaths, key: str, split: str, variants: int, blocks: 
     return sidecar
 
 
+def shard_rows(outcomes: Sequence[dict]) -> list[Optional[list[tuple[int, int]]]]:
+    """Where each item's entries are in its shard: per outcome, None for a bad item, else
+    [(first row, rows)] for variants 0..V (rows are stored in item order, variant by variant)."""
+    out, row = [], 0
+    for outcome in outcomes:
+        if not outcome.get("ok"):
+            out.append(None)
+            continue
+        spans = []
+        for count in outcome["rows"]:
+            spans.append((row, int(count)))
+            row += int(count)
+        out.append(spans)
+    return out
+
+
 def read_shard_outcomes(paths: StorePaths, key: str) -> Optional[list[dict]]:
     """The outcomes of a complete shard (its .npy exists and its .json is whole), else None: a
     shard that is not complete is computed again."""
@@ -397,7 +414,6 @@ def make_manifest(*, fp: str, recipe_dict: dict, kind: str, row_shape: Sequence[
                   created: Optional[float] = None) -> dict:
     """The manifest's fields in one place. `splits[name]`: {"shards", "items", "variants",
     "entries", "names", "counts", "bad"}."""
-    import time
     return {"format": FORMAT, "fingerprint": fp, "recipe": recipe_dict, "recipe_id": recipe_id(recipe_dict),
             "kind": row_kind(kind), "row_shape": [int(s) for s in row_shape],
             "dtype": str(stored_dtype(recipe_dict)), "classes": list(classes),

@@ -50,6 +50,9 @@ class ShardFiles:
         self._headers: dict[str, ShardHeader] = {}
         self._lock, self._pid = threading.Lock(), os.getpid()
 
+    def __reduce__(self):  # a copy in another process opens its own descriptors
+        return (ShardFiles, (self.paths, self.dtype, self.row_size, self.capacity))
+
     @property
     def open_count(self) -> int:
         return len(self._fds)
@@ -140,6 +143,9 @@ class FeatureStore:
         self.files = ShardFiles(paths, self.dtype, int(np.prod(self.row_shape)))
         self._splits: dict[str, StoreSplit] = {}
 
+    def __reduce__(self):  # the same store (this manifest) in a spawned process, without open files
+        return (FeatureStore, (self.paths, self.manifest))
+
     @classmethod
     def open(cls, store_dir: str | os.PathLike) -> "FeatureStore":
         paths = StorePaths(store_dir)
@@ -201,6 +207,9 @@ class StoreSplit:
             raise StoreError(f"{path}: an entry points at a shard the manifest does not list; {PREPARE_HINT}")
         return entries
 
+    def __reduce__(self):
+        return (_split_of, (self.store, self.name))
+
     def __len__(self) -> int:
         return self._items
 
@@ -242,3 +251,7 @@ class StoreSplit:
     def raw(self, item: int, variant: int = 0, start: int = 0, count: Optional[int] = None) -> np.ndarray:
         """rows() as raw features: (C, F, count) spectra, (1, count) waveforms, (C, H, W) images."""
         return from_rows(self.rows(item, variant, start, count), self.store.kind, self.store.row_shape)
+
+
+def _split_of(store: FeatureStore, name: str) -> StoreSplit:
+    return store.split(name)
