@@ -338,3 +338,22 @@ def test_a_store_pickles_for_a_spawned_process(tmp_path):
     copy = pickle.loads(pickle.dumps(sp))
     assert copy.store.files is not sp.store.files and copy.store.files.open_count == 0
     np.testing.assert_array_equal(copy.raw(7, 1), written.raw["train"][7][1].astype(np.float16))
+
+
+def test_recipe_changes_name_the_settings():
+    from trainer.data.store import recipe_changes
+
+    old = layout.recipe(run_config(RESNET_TINY))
+    new = layout.recipe(run_config(RESNET_TINY, **{"features.n_mels": 64, "features.f_max": 3000.0}))
+    assert recipe_changes(old, new) == ["features.f_max null -> 3000.0", "features.n_mels 32 -> 64"]
+    assert recipe_changes(old, json.loads(json.dumps(old))) == []  # what a manifest reads back is the same
+
+
+def test_names_with_odd_characters_survive(tmp_path):
+    paths = StorePaths(tmp_path / "s")
+    paths.make_dirs()
+    names = ["a\x0cb.wav", "c\u2028d.wav", "caf\u00e9.wav", os.fsdecode(b"bad\xff.wav"), ""]
+    rel = layout.write_entries(paths, "f" * 64, "val", np.zeros(5, layout.ENTRIES_DTYPE), names)
+    assert layout.read_names(paths.resolve(rel["names"])) == names
+    with pytest.raises(StoreError, match="line break"):
+        layout.write_entries(paths, "f" * 64, "val", np.zeros(1, layout.ENTRIES_DTYPE), ["a\nb"])

@@ -26,7 +26,7 @@ import numpy as np
 
 from trainer.run.rundir import fsync_dir
 
-from .changes import describe_change, summary  # noqa: F401  (re-exported: a store's identity in a run)
+from .changes import describe_change, recipe_changes, summary  # noqa: F401  (re-exported: a store's identity in a run)
 
 FORMAT = 1
 SHARD_TARGET = 256  # a shard ends after an item whose path hashes to 0 modulo this: ~256 items
@@ -356,6 +356,16 @@ def write_entries(paths: StorePaths, fp: str, split: str, entries: np.ndarray, n
     text = "".join(f"{n}\n" for n in names).encode("utf-8", "surrogateescape")
     durable_write(names_path, lambda fh: fh.write(text))
     return {"entries": paths.relative(entries_path), "names": paths.relative(names_path)}
+
+
+def read_names(path: Path) -> list[str]:
+    """A split's names file as written by write_entries (one name a line; only "\n" ends a line:
+    str.splitlines would also cut at form feeds and other separators a file name may hold)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read a split's names: {exc.strerror}; {PREPARE_HINT}") from None
+    return text.split("\n")[:-1] if text else []
 
 
 def fingerprint(recipe_id_: str, classes: Sequence[str], splits: dict[str, tuple[Sequence[str], np.ndarray]]) -> str:

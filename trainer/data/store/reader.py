@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .layout import ENTRIES_DTYPE, PREPARE_HINT, StoreError, StorePaths, from_rows, read_manifest
+from .layout import ENTRIES_DTYPE, PREPARE_HINT, StoreError, StorePaths, from_rows, read_manifest, read_names
 
 OPEN_SHARDS = 64  # open shard descriptors kept at most
 
@@ -218,12 +218,7 @@ class StoreSplit:
 
     def names(self) -> list[str]:
         """The source name (path) of each item, read from disk each call (training never keeps them)."""
-        try:
-            text = self._names_path.read_bytes().decode("utf-8", "surrogateescape")
-        except OSError as exc:
-            raise StoreError(f"{self._names_path}: cannot read the names of split {self.name!r}: "
-                             f"{exc.strerror}; {PREPARE_HINT}") from None
-        names = text.split("\n")[:-1] if text else []
+        names = read_names(self._names_path)
         if len(names) != self._items:
             raise StoreError(f"{self._names_path}: {len(names)} names for {self._items} items; {PREPARE_HINT}")
         return names
