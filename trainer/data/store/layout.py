@@ -324,10 +324,58 @@ def shard_rows(outcomes: Sequence[dict]) -> list[Optional[list[tuple[int, int]]]
     return out
 
 
+@dataclass(frozen=True)
+class ShardHeader:
+    """Where a shard's rows start and how they are laid out (parsed once per shard)."""
+
+    offset: int
+    rows: int
+    row_size: int
+    dtype: np.dtype
+
+    @property
+    def row_bytes(self) -> int:
+        return self.row_size * self.dtype.itemsize
+
+
+def read_shard_header(path: Path, fd: int) -> ShardHeader:
+    """The header of an open shard .npy, checked against the file's size: StoreError naming the
+    shard when it is damaged or truncated."""
+    buf = io.BytesIO(os.pread(fd, 4096, 0))
+    try:
+        version = np.lib.format.read_magic(buf)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(buf)
+    except (ValueError, EOFError, SyntaxError) as exc:
+        raise StoreError(f"{path}: the shard's header is damaged ({exc}); {PREPARE_HINT}") from None
+    if fortran or len(shape) != 2:
+        raise StoreError(f"{path}: the shard holds {shape} rows, not a 2-D C-order array; {PREPARE_HINT}")
+    header = ShardHeader(offset=buf.tell(), rows=shape[0], row_size=shape[1], dtype=dtype)
+    expected, actual = header.offset + header.rows * header.row_bytes, os.fstat(fd).st_size
+    if actual != expected:
+        raise StoreError(f"{path}: the shard is truncated or damaged ({actual:,} bytes, expected "
+                         f"{expected:,}); {PREPARE_HINT}")
+    return header
+
+
+def _shard_whole(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        read_shard_header(path, fd)
+        return True
+    except StoreError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def read_shard_outcomes(paths: StorePaths, key: str) -> Optional[list[dict]]:
-    """The outcomes of a complete shard (its .npy exists and its .json is whole), else None: a
-    shard that is not complete is computed again."""
-    if not paths.shard_npy(key).is_file():
+    """The outcomes of a complete shard (its .npy exists, its header matches its size, and its
+    .json is whole), else None: a shard that is not complete is computed again."""
+    if not _shard_whole(paths.shard_npy(key)):
         return None
     try:
         sidecar = json.loads(paths.shard_json(key).read_text())

@@ -12,33 +12,18 @@ worker) reads through the descriptors it inherited. numpy + stdlib only: no torc
 """
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .layout import ENTRIES_DTYPE, PREPARE_HINT, StoreError, StorePaths, from_rows, read_manifest, read_names
+from .layout import (ENTRIES_DTYPE, PREPARE_HINT, ShardHeader, StoreError, StorePaths, from_rows, read_manifest,
+                     read_names, read_shard_header)
 
 OPEN_SHARDS = 64  # open shard descriptors kept at most
-
-
-@dataclass(frozen=True)
-class ShardHeader:
-    """Where a shard's rows start and how they are laid out (parsed once per shard)."""
-
-    offset: int
-    rows: int
-    row_size: int
-    dtype: np.dtype
-
-    @property
-    def row_bytes(self) -> int:
-        return self.row_size * self.dtype.itemsize
 
 
 class ShardFiles:
@@ -100,26 +85,10 @@ class ShardFiles:
         return fd, header
 
     def _parse(self, path: Path, fd: int) -> ShardHeader:
-        head = os.pread(fd, 4096, 0)
-        buf = io.BytesIO(head)
-        try:
-            version = np.lib.format.read_magic(buf)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(buf)
-        except (ValueError, EOFError, SyntaxError) as exc:
-            raise StoreError(f"{path}: the shard's header is damaged ({exc}); {PREPARE_HINT}") from None
-        if fortran or len(shape) != 2:
-            raise StoreError(f"{path}: the shard holds {shape} rows, not a 2-D C-order array; {PREPARE_HINT}")
-        rows, row_size = shape
-        if rows and (dtype != self.dtype or row_size != self.row_size):
-            raise StoreError(f"{path}: the shard holds {shape} {dtype} rows, the manifest says "
-                             f"(N, {self.row_size}) {self.dtype}; {PREPARE_HINT}")
-        header = ShardHeader(offset=buf.tell(), rows=rows, row_size=row_size, dtype=dtype)
-        expected = header.offset + rows * header.row_bytes
-        actual = os.fstat(fd).st_size
-        if actual != expected:
-            raise StoreError(f"{path}: the shard is truncated or damaged ({actual:,} bytes, expected "
-                             f"{expected:,}); {PREPARE_HINT}")
+        header = read_shard_header(path, fd)
+        if header.rows and (header.dtype != self.dtype or header.row_size != self.row_size):
+            raise StoreError(f"{path}: the shard holds rows of {header.row_size} {header.dtype}, the manifest "
+                             f"says {self.row_size} {self.dtype}; {PREPARE_HINT}")
         return header
 
     def close(self) -> None:
