@@ -406,3 +406,22 @@ def test_a_power_cut_at_any_write_leaves_a_whole_store_or_none(tmp_path, monkeyp
                 for v, raw in enumerate(variants):
                     np.testing.assert_array_equal(store.split(split).raw(item, v), raw.astype(np.float16))
     assert FeatureStore.open(survivors[-1] / "s").fingerprint == written.manifest["fingerprint"]
+
+
+def test_store_file_names_are_spelled_only_by_layout():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    owner = root / "trainer" / "data" / "store" / "layout.py"
+    names = {"index.sqlite", "prepare.lock", "manifest.json"}
+    spelled = {}
+    for path in sorted((root / "trainer" / "data").rglob("*.py")):
+        constants = [node.value for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+        hits = [c for c in constants if c.strip("/") in names]
+        if path == owner:
+            assert sorted(hits) == sorted(names)
+        elif hits:
+            spelled[path.relative_to(root).as_posix()] = hits
+    assert spelled == {}
