@@ -514,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
                ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
                ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError"),
-               ("trainer.posthoc.classifier", "ClassifierError")]
+               ("trainer.posthoc.classifier", "ClassifierError"),
+               ("trainer.data.store.layout", "StoreError"), ("trainer.data.index", "DataIndexError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

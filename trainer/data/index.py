@@ -98,14 +98,21 @@ class DataIndex:
             self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            with self._transaction():
-                self._prepare_schema()
+            if not self._schema_current():  # only then the write lock: a reader never waits on a writer
+                with self._transaction():
+                    self._prepare_schema()
+
+    def _schema_current(self) -> bool:
+        db = self._db
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            return False
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        return row is not None and row[0] == str(SCHEMA_VERSION)
 
     def _prepare_schema(self) -> None:
         db = self._db
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is not None and row[0] == str(SCHEMA_VERSION):
+        if self._schema_current():  # another process made it while this one waited for the lock
             return
         # Another version's rows may mean other things: the index starts over (a re-check).
         db.execute("DROP TABLE IF EXISTS files")
