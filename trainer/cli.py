@@ -514,8 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
                ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
                ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError"),
-               ("trainer.posthoc.classifier", "ClassifierError"),
-               ("trainer.data.store.layout", "StoreError"), ("trainer.data.index", "DataIndexError")]
+               ("trainer.posthoc.classifier", "ClassifierError"), ("trainer.data.store.layout", "StoreError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

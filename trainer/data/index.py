@@ -11,7 +11,7 @@ another schema version is rebuilt empty rather than migrated.
 
 WAL journal: one process (prepare, check-data) writes while others read. synchronous=NORMAL: a
 power cut may lose the last transactions (the files are then decoded again), never corrupt the
-database. stdlib only (no torch): prepare's main process and the CLI use it.
+database. No torch (stdlib and the store's layout): prepare's main process and the CLI use it.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from .store.layout import StoreError
+
 SCHEMA_VERSION = 1
 # A writer in another process holds the database for at most one transaction (one batch of
 # records): waiting this long for it is waiting, anything longer is a stuck process.
@@ -29,8 +31,9 @@ BUSY_TIMEOUT_S = 60.0
 STATUSES = ("ok", "bad")
 
 
-class DataIndexError(Exception):
-    """The index database cannot be opened, read or written; the message names the file."""
+class DataIndexError(StoreError):
+    """The index database cannot be opened, read or written; the message names the file. A
+    StoreError: the index is one of the store's files (StorePaths.index)."""
 
 
 @dataclass(frozen=True)
