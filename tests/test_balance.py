@@ -178,3 +178,56 @@ def test_engine_epoch_batches_follow_the_balanced_order():
     seen = [int(i) for group in epoch_batches(cfg, Labelled(), plan, LoopState()) for x, _, _ in group for i in x]
     expected = balanced_order(Labelled.labels, 24, cfg.seed, 0)[:len(seen)].tolist()
     assert seen == expected and len(seen) >= 16
+
+
+class _StopAfter:
+    """A publisher that asks the run to stop once it logged `steps` train records (a resume
+    then starts mid-epoch)."""
+
+    def __init__(self, controls, steps: int):
+        from trainer.engine import NullPublisher
+
+        self.controls, self.steps, self.sent = controls, steps, False
+        self._null = NullPublisher()
+
+    def record(self, record: dict) -> None:
+        if record.get("kind") == "train" and record["step"] >= self.steps and not self.sent:
+            self.sent = True
+            self.controls.put((1, "stop"))
+
+    def __getattr__(self, name):
+        return getattr(self._null, name)
+
+
+def test_balanced_run_stopped_mid_epoch_resumes_bit_identically(tmp_path):
+    import queue
+
+    import torch
+
+    from tests.run_configs import MFCC_MLP, RESNET_TINY, changed, run_config
+    from trainer.engine import Trainer
+    from trainer.history import read_history
+
+    raw = changed(RESNET_TINY, **MFCC_MLP)
+    raw["data"]["synthetic"].update(classes=3, train_per_class=20)
+    raw["data"]["balanced_sampler"] = True
+    raw["data"]["max_per_class"] = 16  # 48 examples: 3 steps of 16 per epoch, 12 in all
+    raw["checkpoint"]["interval_seconds"] = 3600
+    cfg = run_config(raw)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir()
+    cut.mkdir()
+    assert Trainer(cfg, whole).run() == "finished"
+    controls = queue.SimpleQueue()
+    assert Trainer(cfg, cut, _StopAfter(controls, 1), controls).run() == "stopped"
+
+    def losses(run):
+        return {r["step"]: r["train_loss"] for r in read_history(run / "history.msgpack") if r["kind"] == "train"}
+
+    assert max(losses(cut)) % 3 != 0  # stopped inside an epoch
+    assert Trainer(cfg, cut).run() == "finished"
+
+    assert losses(cut) == losses(tmp_path / "whole") and len(losses(cut)) > 2
+    want = torch.load(tmp_path / "whole" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    got = torch.load(cut / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert all(torch.equal(got[k], want[k]) for k in want)
