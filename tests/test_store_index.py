@@ -83,6 +83,15 @@ def test_lookup_needs_the_same_size_and_mtime(tmp_path):
         assert again.lookup("/a.wav", 11, 5).status == "bad"
 
 
+def test_recording_what_is_known_changes_nothing(tmp_path):
+    with DataIndex(tmp_path / "index.sqlite") as index:
+        index.record([rec("/a.wav", duration=1.0, checked=100.0)])
+        index.record([rec("/a.wav", duration=1.0, checked=200.0)])  # prepare re-recording a reused shard
+        assert index.lookup("/a.wav", 10, 5).checked == 100.0
+        index.record([rec("/a.wav", duration=2.0, checked=300.0)])
+        assert (index.lookup("/a.wav", 10, 5).duration, index.lookup("/a.wav", 10, 5).checked) == (2.0, 300.0)
+
+
 def test_record_is_one_transaction(tmp_path):
     with DataIndex(tmp_path / "index.sqlite") as index:
         with pytest.raises(ValueError, match="status must be one of"):

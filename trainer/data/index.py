@@ -18,7 +18,8 @@ from __future__ import annotations
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -66,6 +67,7 @@ class FileRecord:
 
 
 _COLUMNS = tuple(f.name for f in fields(FileRecord))
+_as_row = attrgetter(*_COLUMNS)  # dataclasses.astuple deep-copies: 10x slower on a million records
 _CREATE_FILES = f"""CREATE TABLE files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     split TEXT NOT NULL, label TEXT NOT NULL,
@@ -73,7 +75,12 @@ _CREATE_FILES = f"""CREATE TABLE files (
     duration REAL, sample_rate INTEGER, width INTEGER, height INTEGER, checked REAL NOT NULL
 ) WITHOUT ROWID"""
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM files"
-_UPSERT = f"INSERT OR REPLACE INTO files ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+# A row that says what the table already says is left alone (no page written, `checked` kept):
+# prepare records the outcomes of every shard it reuses, most of them known already.
+_SAME = " AND ".join(f"files.{c} IS excluded.{c}" for c in _COLUMNS if c not in ("path", "checked"))
+_UPSERT = (f"INSERT INTO files ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+           f"ON CONFLICT (path) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])} "
+           f"WHERE NOT ({_SAME})")
 
 
 class DataIndex:
@@ -148,13 +155,14 @@ class DataIndex:
 
     # ------------------------------------------------------------------------- writing
     def record(self, records: Iterable[FileRecord]) -> int:
-        """Add or replace the records of these files, all in one transaction; returns how many."""
+        """Add or replace the records of these files, all in one transaction; returns how many.
+        A record equal to the stored one (but for `checked`) changes nothing."""
         now = time.time()
         rows = []
         for rec in records:
             if rec.status not in STATUSES:
                 raise ValueError(f"{rec.path}: status must be one of {STATUSES}, got {rec.status!r}")
-            row = astuple(rec)
+            row = _as_row(rec)
             rows.append(row if rec.checked is not None else row[:-1] + (now,))
         with self._guard("write"), self._transaction():
             self._connection().executemany(_UPSERT, rows)
