@@ -228,3 +228,21 @@ def test_json_items_are_indexed_by_file_and_position(tmp_path, decodes):
     with DataIndex(tmp_path / "store" / "index.sqlite") as index:
         assert sorted(r.path for r in index.records()) == sorted(
             [f"{tmp_path / 'items.json'}#0", f"{tmp_path / 'items.json'}#1", f"{tmp_path / 'val.json'}#0"])
+
+
+def test_image_sizes_come_from_the_index(tmp_path, decodes):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, size in (("cat", (40, 30)), ("dog", (20, 50))):
+            (tmp_path / "img" / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", size, (i * 40, 10, 10)).save(tmp_path / "img" / split / label / f"{i}.png")
+    cfg = RunConfig.model_validate({"data": {"source": "image_folder", "root": str(tmp_path / "img"), "image_size": 16,
+                                             "store": str(tmp_path / "store")},
+                                    "features": {"kind": "image"}})
+    first = check_data(cfg)
+    decodes.clear()
+    second = check_data(cfg)
+    assert decodes == [] and first.ok and second.ok
+    assert sorted(second.stats["train"].sizes) == sorted(first.stats["train"].sizes) == [(20, 50)] * 2 + [(40, 30)] * 2
