@@ -246,3 +246,12 @@ def test_image_sizes_come_from_the_index(tmp_path, decodes):
     second = check_data(cfg)
     assert decodes == [] and first.ok and second.ok
     assert sorted(second.stats["train"].sizes) == sorted(first.stats["train"].sizes) == [(20, 50)] * 2 + [(40, 30)] * 2
+
+
+def test_file_names_that_are_not_utf8_round_trip(tmp_path):
+    odd = os.fsdecode(b"/data/bird/caf\xe9.wav")  # Latin-1 bytes: surrogate-escaped in Python
+    with DataIndex(tmp_path / "index.sqlite") as index:
+        index.record([FileRecord(odd, 1, 2, "train", os.fsdecode(b"b\xffrd"), "bad", problem=f"{odd}: broken")])
+        found = index.lookup(odd, 1, 2)
+        assert found.path == odd and [r.path for r in index.records()] == [odd]
+        assert found.label == "b\ufffdrd" and found.problem.endswith(": broken")
