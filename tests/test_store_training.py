@@ -208,6 +208,27 @@ def test_preparing_report_rate_limit():
     assert sent[-1]["finished"] and sent[-1]["eta"] == 0.0
 
 
+def test_daemon_relays_preparing_and_keeps_it_for_new_clients(tmp_path, runtime_dir, launcher):
+    from tests.daemon_helpers import RawClient, is_final_state, make_run
+    from trainer.run.sockets import socket_path
+
+    run_dir = make_run(tmp_path / "runs", "prep", fake={"steps": 20, "preparing_items": 200, "preparing_step": 0.1})
+    launcher.start(run_dir)
+    client = RawClient(socket_path(run_dir))
+    first = client.hello()["snapshot"]
+    frames = client.recv_until(lambda m: m["type"] == "preparing" and m["done"] >= 50)
+    late = RawClient(socket_path(run_dir)).hello()["snapshot"]   # a client attaching mid-way
+    assert late["state"] == "starting" and late["preparing"]["total"] == 200 and late["preparing"]["done"] >= 50
+    assert first["preparing"] is None or first["preparing"]["total"] == 200
+    rest = client.recv_until(lambda m: m["type"] == "progress")
+    assert RawClient(socket_path(run_dir)).hello()["snapshot"]["preparing"] is None   # training started
+    preparing = [m for m in frames + rest if m["type"] == "preparing"]
+    assert preparing[-1]["finished"] and preparing[-1]["done"] == 200
+    seen = [("event", e["kind"]) for e in first["events"]] + [(m["type"], m.get("kind")) for m in frames + rest]
+    assert seen.index(("event", "preparing")) < seen.index(("preparing", None))
+    client.recv_until(is_final_state)
+
+
 # ----------------------------------------------------------------------------- resume
 def stopped_run(tmp_path, cfg, stop_at=4):
     controls = queue.SimpleQueue()
