@@ -353,3 +353,29 @@ def test_sigkill_then_resume_from_the_store_is_bit_identical(tmp_path):
     a = torch.load(reference / "last.pt", weights_only=False)["model"]
     b = torch.load(victim / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- the TUI
+def test_tui_shows_the_preparing_data_phase():
+    from datetime import timezone
+
+    from tui.fmt import Clock
+    from tui.model import RunModel
+    from tui.widgets.header import HeaderInfo
+    from tui.widgets.timeline import preparing_view
+
+    body = {"done": 1200, "total": 4800, "rate": 340.4, "eta": 10.6, "elapsed": 3.5, "time": 0.0,
+            "store": "/s", "finished": False}
+    model = RunModel(name="big", state="starting")
+    model.load_snapshot({"state": "starting", "preparing": body})
+    clock = Clock(now=lambda: 0.0, tz=timezone.utc)
+    info = HeaderInfo.from_model(model, "live", clock)
+    assert (info.phase, info.step, info.epoch) == ("preparing data", "files 1,200/4,800 25.0%", "340 files/s")
+    assert info.eta.startswith("ETA 10s") or info.eta.startswith("ETA 11s")
+    fraction, label = preparing_view(model.preparing)
+    assert fraction == 0.25 and label.startswith("preparing data: 1,200/4,800 files  340 files/s  ETA")
+    model.apply_preparing({**body, "done": 4800, "finished": True})
+    assert model.preparing is None and preparing_view(model.preparing) is None
+    model.apply_preparing(body)
+    model.apply_progress({"step": 1, "total_steps": 10, "metrics": {}})
+    assert model.preparing is None and HeaderInfo.from_model(model, "live", clock).phase != "preparing data"
