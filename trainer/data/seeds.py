@@ -19,6 +19,7 @@ AUGMENT = 2
 MIXUP = 3
 VAL_SPLIT = 4
 SYNTHETIC = 5
+BALANCE = 8  # the class-balanced epoch order (balance.balanced_order)
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:
