@@ -19,6 +19,8 @@ AUGMENT = 2
 MIXUP = 3
 VAL_SPLIT = 4
 SYNTHETIC = 5
+# 6, 7 and 8 are kept for the store's variant pick, window start and balanced order (issue 12).
+VARIANT_MAKE = 9  # the draws of a pre-augmented variant, made when the store is prepared
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:
