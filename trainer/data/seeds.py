@@ -19,7 +19,9 @@ AUGMENT = 2
 MIXUP = 3
 VAL_SPLIT = 4
 SYNTHETIC = 5
+# 6 and 7 are kept for the store's variant pick and window start (issue 12).
 BALANCE = 8  # the class-balanced epoch order (balance.balanced_order)
+VARIANT_MAKE = 9  # the draws of a pre-augmented variant, made when the store is prepared
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:
