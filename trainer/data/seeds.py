@@ -19,6 +19,7 @@ AUGMENT = 2
 MIXUP = 3
 VAL_SPLIT = 4
 SYNTHETIC = 5
+WINDOW = 7  # the training window of a long recording (trainer.data.windows)
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:
