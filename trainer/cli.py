@@ -454,6 +454,21 @@ def cmd_install_service(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+PREPARE_HELP = ("decode the data once, in parallel, into the config's feature store (data.store); "
+                "its path is the last line of output")
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    def workers(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+        return int(text)
+
+    p.add_argument("--workers", type=workers, metavar="N",
+                   help="worker processes (default: data.prepare_workers, else one per core)")
+    p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longhaul", description="Long CPU training runs that survive logout, "
                                      "kill -9 and power cuts.")
@@ -475,11 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_cmd("start", cmd_start, "start a detached training daemon")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
-    p = config_cmd("prepare", cmd_prepare, "decode the data once, in parallel, into the config's feature store "
-                   "(data.store); the store's path is the last line of output", run_dir=False)
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes (default: data.prepare_workers, "
-                   "else one per core)")
-    p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
+    prepare_arguments(config_cmd("prepare", cmd_prepare, PREPARE_HELP, run_dir=False))
 
     def run_cmd(name, func, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text)
