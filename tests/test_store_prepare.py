@@ -264,3 +264,76 @@ def test_sigkill_in_the_middle_then_again_equals_a_clean_prepare(tmp_path, small
     a = FeatureStore.open(tmp_path / "store").split("train")
     b = FeatureStore.open(tmp_path / "clean").split("train")
     assert all(np.array_equal(a.rows(i), b.rows(i)) for i in range(len(a)))
+
+
+def test_variants_and_windows_of_long_recordings(tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for label, freq in (("bird", 900.0), ("insect", 2500.0)):
+            (data / split / label).mkdir(parents=True)
+            for i, seconds in enumerate((0.3, 1.2, 3.0)):  # shorter than a window, between, longer than kept
+                t = np.arange(int(seconds * 16000)) / 16000
+                sf.write(data / split / label / f"{i}.wav", np.sin(2 * np.pi * (freq + 50 * i) * t) * 0.3, 16000)
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    sf.write(noise / "hum.wav", np.random.default_rng(0).normal(size=8000) * 0.05, RATE)
+    cfg = config(tmp_path, **{"data.windows": {"enabled": True, "max_seconds": 2.0},
+                              "data.variants": {"count": 2, "gain_db": 6.0, "pitch_semitones": 1.0,
+                                                "noise_dir": str(noise)}})
+    result = prepare(cfg, workers=1)
+    assert result.items == 12 and result.bad == []
+    store = FeatureStore.open(tmp_path / "store")
+    train, val = store.split("train"), store.split("val")
+    assert train.variants == 2 and val.variants == 0
+    frames = {0: 4000 // 128 + 1, 1: 9600 // 128 + 1, 2: 16000 // 128 + 1}  # padded to a window, whole, cut
+    for i, name in enumerate(train.names()):
+        want = frames[int(Path(name).stem)]
+        assert [train.length(i, v) for v in range(3)] == [want] * 3
+        assert not np.array_equal(train.rows(i, 0), train.rows(i, 1))
+    assert [val.length(i) for i in range(len(val))] == [frames[int(Path(n).stem)] for n in val.names()]
+    stats = json.loads((tmp_path / "store" / "manifest.json").read_text())["stats"]["train"]
+    assert stats["padded"] == 2 and stats["trimmed"] == 2 and stats["rates"] == {"16000": 6}
+
+
+def test_images_are_stored_at_the_training_size(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, shade in (("plain", 40), ("bright", 220)):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (37 + i, 20), (shade, shade, i)).save(tmp_path / "data" / split / label / f"{i}.png")
+    cfg = config(tmp_path, **{"data.source": "image_folder", "data.image_size": 16,
+                              "features": {"kind": "image"}})
+    prepare(cfg, workers=1)
+    store = FeatureStore.open(tmp_path / "store")
+    assert store.row_shape == (3, 16, 16) and store.dtype == np.uint8
+    image = store.split("train").raw(0)
+    assert image.shape == (3, 16, 16) and image.dtype == np.uint8
+
+
+def test_progress_line_rate_and_eta():
+    import io
+
+    from trainer.console import PrepareProgressLine
+
+    now = [0.0]
+    log = io.StringIO()
+    line = PrepareProgressLine(log, log_interval=5.0, clock=lambda: now[0])
+    for done in range(1001):
+        now[0] = done * 0.01  # 100 files/s
+        line(done, 1000)
+    assert log.getvalue().splitlines() == [
+        "preparing data: 500/1000 files, 100.0 files/s, ETA 5s",
+        "preparing data: 1000/1000 files, 100.0 files/s, took 10s"]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    line = PrepareProgressLine(tty, interval=0.5, clock=lambda: now[0])
+    for done in range(101):
+        now[0] = done * 0.01
+        line(done, 100)
+    assert tty.getvalue().count("\r") == 2 and tty.getvalue().endswith("took 1s\n")
