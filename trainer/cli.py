@@ -185,6 +185,28 @@ def cmd_check_data(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_prepare(args) -> int:
+    """Build or bring up to date the config's feature store; its path is the last line of stdout."""
+    from trainer.console import PrepareProgressLine
+    from trainer.data.store.prepare import prepare, resolve_auto
+
+    cfg = _load(args, check_model=False)
+    _print_config_warnings(cfg, args)
+    try:
+        result = prepare(resolve_auto(cfg), workers=args.workers, progress=PrepareProgressLine(),
+                         wait=not args.no_wait)
+    except KeyboardInterrupt:
+        print("\nlonghaul prepare: interrupted; the finished shards are kept: run it again to go on",
+              file=sys.stderr)
+        return 130
+    report = result.report
+    if report is not None and report.problems:
+        print(report.to_text())
+    print(result.describe())
+    print(result.store_dir)
+    return 0 if report is None or report.usable else 1
+
+
 def cmd_status(args) -> int:
     run_dir = resolve_run(args.run, runs_root_arg(args))
     info = run_status(run_dir)
@@ -452,6 +474,21 @@ def _add_accept_data_change(sub) -> None:
                  "written: training goes on, but not bit-exactly")
 
 
+PREPARE_HELP = ("decode the data once, in parallel, into the config's feature store (data.store); "
+                "its path is the last line of output")
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    def workers(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+        return int(text)
+
+    p.add_argument("--workers", type=workers, metavar="N",
+                   help="worker processes (default: data.prepare_workers, else one per core)")
+    p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longhaul", description="Long CPU training runs that survive logout, "
                                      "kill -9 and power cuts.")
@@ -473,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_cmd("start", cmd_start, "start a detached training daemon")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
+    prepare_arguments(config_cmd("prepare", cmd_prepare, PREPARE_HELP, run_dir=False))
 
     def run_cmd(name, func, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -518,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
                ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
                ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError"),
-               ("trainer.posthoc.classifier", "ClassifierError")]
+               ("trainer.posthoc.classifier", "ClassifierError"), ("trainer.data.store.layout", "StoreError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
