@@ -466,12 +466,14 @@ def cmd_install_service(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def _add_accept_data_change(sub) -> None:
+def _add_accept_data_change(parser: argparse.ArgumentParser, sub) -> argparse.ArgumentParser:
+    """`parser` with --accept-data-change on train, start and resume (store_setup.ACCEPT_ENV)."""
     for name in ("train", "start", "resume"):
         sub.choices[name].add_argument(
             "--accept-data-change", action="store_true",
             help="resume even if the feature store (data.store) changed since the run's checkpoints were "
                  "written: training goes on, but not bit-exactly")
+    return parser
 
 
 PREPARE_HELP = ("decode the data once, in parallel, into the config's feature store (data.store); "
@@ -548,8 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-docs", help="print the config reference (docs/CONFIG.md)")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_config_docs)
-    _add_accept_data_change(sub)
-    return parser
+    return _add_accept_data_change(parser, sub)
 
 
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.
