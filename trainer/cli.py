@@ -163,7 +163,7 @@ def cmd_train(args) -> int:
     publisher.started()
     try:
         with DECODING.watch(DecodeProgressLine()):  # only the set-up decodes up front
-            final = Trainer(cfg, run_dir, publisher, controls).run()
+            final = Trainer(cfg, run_dir, publisher, controls, accept_data_change=args.accept_data_change).run()
     except BaseException as exc:
         publisher.failed(exc)
         raise
@@ -183,6 +183,28 @@ def cmd_check_data(args) -> int:
         report = check_data(cfg)
     print(report.to_text())
     return 0 if report.ok else 1
+
+
+def cmd_prepare(args) -> int:
+    """Build or bring up to date the config's feature store; its path is the last line of stdout."""
+    from trainer.console import PrepareProgressLine
+    from trainer.data.store.prepare import prepare, resolve_auto
+
+    cfg = _load(args, check_model=False)
+    _print_config_warnings(cfg, args)
+    try:
+        result = prepare(resolve_auto(cfg), workers=args.workers, progress=PrepareProgressLine(),
+                         wait=not args.no_wait)
+    except KeyboardInterrupt:
+        print("\nlonghaul prepare: interrupted; the finished shards are kept: run it again to go on",
+              file=sys.stderr)
+        return 130
+    report = result.report
+    if report is not None and report.problems:
+        print(report.to_text())
+    print(result.describe())
+    print(result.store_dir)
+    return 0 if report is None or report.usable else 1
 
 
 def cmd_status(args) -> int:
@@ -272,6 +294,7 @@ def cmd_start(args) -> int:
     _print_config_warnings(cfg, args)
     run_dir, created = _run_dir_for(args, cfg, "start")
     registry.register(run_dir)
+    _pass_accept_data_change(args)
     try:
         write_config(run_dir, cfg)
         pid = daemon.launch_daemon(run_dir)
@@ -352,6 +375,7 @@ def cmd_resume(args) -> int:
     from trainer import daemon
 
     root = runs_root_arg(args)
+    _pass_accept_data_change(args)
     if args.all:
         return resume_all(root)
     if not args.run:
@@ -369,6 +393,16 @@ def cmd_resume(args) -> int:
     pid = daemon.launch_daemon(run_dir)
     print(f"resumed {run_dir.name} (daemon pid {pid}); attach: longhaul attach {address(run_dir)}")
     return 0
+
+
+def _pass_accept_data_change(args) -> None:
+    """--accept-data-change reaches the trainer through the environment the daemon and its
+    workers inherit (store_setup.ACCEPT_ENV). It holds for that daemon's life: the first worker
+    records the new store in data_store.json, so a restart after it sees no change to accept."""
+    if getattr(args, "accept_data_change", False):
+        from trainer.store_setup import ACCEPT_ENV
+
+        os.environ[ACCEPT_ENV] = "1"
 
 
 def resume_all(root: Path) -> int:
@@ -432,6 +466,31 @@ def cmd_install_service(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _add_accept_data_change(parser: argparse.ArgumentParser, sub) -> argparse.ArgumentParser:
+    """`parser` with --accept-data-change on train, start and resume (store_setup.ACCEPT_ENV)."""
+    for name in ("train", "start", "resume"):
+        sub.choices[name].add_argument(
+            "--accept-data-change", action="store_true",
+            help="resume even if the feature store (data.store) changed since the run's checkpoints were "
+                 "written: training goes on, but not bit-exactly")
+    return parser
+
+
+PREPARE_HELP = ("decode the data once, in parallel, into the config's feature store (data.store); "
+                "its path is the last line of output")
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    def workers(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+        return int(text)
+
+    p.add_argument("--workers", type=workers, metavar="N",
+                   help="worker processes (default: data.prepare_workers, else one per core)")
+    p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longhaul", description="Long CPU training runs that survive logout, "
                                      "kill -9 and power cuts.")
@@ -453,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_cmd("start", cmd_start, "start a detached training daemon")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
+    prepare_arguments(config_cmd("prepare", cmd_prepare, PREPARE_HELP, run_dir=False))
 
     def run_cmd(name, func, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -490,14 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-docs", help="print the config reference (docs/CONFIG.md)")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_config_docs)
-    return parser
+    return _add_accept_data_change(parser, sub)
 
 
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
                ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
                ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError"),
-               ("trainer.posthoc.classifier", "ClassifierError")]
+               ("trainer.posthoc.classifier", "ClassifierError"), ("trainer.data.store.layout", "StoreError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

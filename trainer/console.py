@@ -111,6 +111,61 @@ class DecodeProgressLine:
         self.stream.flush()
 
 
+def preparing_line(body: dict) -> str:
+    """"preparing data: 1200/7200 files | 340 files/s | ETA 17s" (a `preparing` body)."""
+    parts = [f"preparing data: {body['done']}/{body['total']} files"]
+    if body.get("rate"):
+        parts.append(f"{body['rate']:.0f} files/s")
+    if body.get("finished"):
+        parts.append(f"done in {duration(body['elapsed'])}")
+    elif body.get("eta") is not None:
+        parts.append(f"ETA {duration(body['eta'])}")
+    return " | ".join(parts)
+
+
+class PrepareProgressLine:
+    """"preparing data: 1200/7200 files, 85 files/s, ETA 1m10s" on stderr while `longhaul prepare`
+    computes the store. On a terminal one line rewritten in place about every `interval` seconds; in
+    a log (not a terminal) a new line every `log_interval` seconds. The rate is over the whole pass
+    (workers finish items in bursts, so a short window would jump)."""
+
+    def __init__(self, stream: Any = None, interval: float = 0.5, log_interval: float = 5.0,
+                 clock=time.monotonic):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval if self.tty else log_interval
+        self.clock = clock
+        self.started: Optional[float] = None
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self.started is None:
+            self.started = self.last = now
+        if done >= total:
+            if self.shown or not self.tty:
+                self._write(self.text(done, total, now), end="\n")
+        elif now - self.last >= self.interval:
+            self.last = now
+            self._write(self.text(done, total, now), end="" if self.tty else "\n")
+
+    def text(self, done: int, total: int, now: float) -> str:
+        elapsed = now - (self.started if self.started is not None else now)
+        parts = [f"preparing data: {done}/{total} files"]
+        if done and elapsed > 0:
+            rate = done / elapsed
+            parts.append(f"{rate:.1f} files/s")
+            parts.append(f"ETA {duration((total - done) / rate)}" if done < total else f"took {duration(elapsed)}")
+        return ", ".join(parts)
+
+    def _write(self, text: str, end: str) -> None:
+        self.shown = True
+        start = "\r\x1b[K" if self.tty else ""
+        self.stream.write(f"{start}{text}{end}")
+        self.stream.flush()
+
+
 def progress_line(body: dict, samples_per_s: Optional[float] = None) -> str:
     """One compact line: step, epoch, phase, loss, LR, throughput (smoothed when given), ETA."""
     m = body.get("metrics") or {}
@@ -147,6 +202,8 @@ class ConsolePublisher:
         self.events = EventLog(self.files.events).open()  # continues the seq
         self.reported: set[Path] = set()  # files whose write failure was already printed
         self.rate = RateSmoother()
+        self.tty = sys.stdout.isatty()
+        self.last_preparing = 0.0
 
     def started(self) -> None:
         self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground")
@@ -217,6 +274,16 @@ class ConsolePublisher:
 
         after_run(self.run_dir, self.event)
         self.sync()
+
+    def preparing(self, body: dict) -> None:
+        """The store being prepared: a line rewritten in place on a terminal, else one every
+        line_interval seconds (and the last one)."""
+        now = time.monotonic()
+        if self.quiet or (not self.tty and not body["finished"] and now - self.last_preparing < self.line_interval):
+            return
+        self.last_preparing = now
+        end = "\n" if body["finished"] or not self.tty else ""
+        print(("\r" if self.tty else "") + preparing_line(body), end=end, flush=True)
 
     def record(self, record: dict) -> None:
         pass  # the engine writes history.msgpack itself

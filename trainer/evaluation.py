@@ -1,6 +1,10 @@
 """Evaluation and what follows from it: which weights (raw or EMA) the run follows, the best
 evaluation, early stopping and the plateau LR cut.
 
+With data.windows, the validation split is one item per (recording, window): the metrics are
+those of the recordings (their windows' probabilities averaged), the per-window ones beside them
+as val_window_* (trainer.data.windows.windowed_metrics).
+
 Its state (best metric and step, patience used, plateau scale) lives in the trainer's
 `LoopState`, so it is checkpointed with everything else; "better" is `cfg.eval.monitor_rule`
 (trainer/monitor.py), the one definition the rest of the project uses too.
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import make_loader
+from trainer.data.windows import is_windowed, windowed_metrics
 from trainer.metrics import TRAIN_MONITOR, classification_metrics
 
 
@@ -77,8 +82,12 @@ class Evaluation:
             labels.append(y.numpy())
         self.train_mode()
         y_true = np.concatenate(labels)
-        metrics = classification_metrics(y_true, np.concatenate(probs), list(self.data.classes),
-                                          loss=loss_sum / max(len(y_true), 1))
+        if is_windowed(self.data.val):  # per recording as the headline, per window beside it
+            metrics = windowed_metrics(np.concatenate(probs), loss_sum / max(len(y_true), 1), self.data.val,
+                                       list(self.data.classes))
+        else:
+            metrics = classification_metrics(y_true, np.concatenate(probs), list(self.data.classes),
+                                              loss=loss_sum / max(len(y_true), 1))
         if cfg.eval.monitor == TRAIN_MONITOR:
             metrics[TRAIN_MONITOR] = self.smoother.value
         return metrics

@@ -1,0 +1,211 @@
+"""Windows of long recordings (trainer/data/windows.py): training windows anywhere in a recording,
+fixed evaluation windows that cover it, per-recording aggregation, and the engine's evaluation of
+a windowed split."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.run_configs import MFCC_TINY, RESNET_TINY, run_config
+from trainer.data import windows
+from trainer.data.decode import Decoder
+from trainer.data.features import FeatureExtractor
+
+AUDIO = {"data.source": "audio_folder", "data.root": "/nonexistent", "data.store": "/nonexistent/store",
+         "data.windows": {"enabled": True, "max_seconds": 4.0}}
+
+
+def windows_config(base=RESNET_TINY, **changes):
+    return run_config(base, **{**AUDIO, **changes})
+
+
+class FakeSplit:
+    """A StoreSplit's reading interface over in-memory raw features (C, F, T) or (1, T)."""
+
+    def __init__(self, raws: list[np.ndarray], labels: list[int]):
+        self.raws = raws
+        self.labels = np.asarray(labels, dtype=np.int32)
+        self.variants = 0
+        self.reads: list[tuple[int, int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    def names(self) -> list[str]:
+        return [f"rec{i}.wav" for i in range(len(self.raws))]
+
+    def length(self, item: int, variant: int = 0) -> int:
+        return self.raws[item].shape[-1]
+
+    def raw(self, item: int, variant: int = 0, start: int = 0, count=None) -> np.ndarray:
+        count = self.length(item) - start if count is None else count
+        assert 0 <= start and start + count <= self.length(item), "read past the end of the entry"
+        self.reads.append((item, start, count))
+        return self.raws[item][..., start:start + count].astype(np.float16)
+
+
+# ----------------------------------------------------------------------------- training windows
+def test_train_start_is_deterministic_and_covers_the_recording():
+    length, window = 40, 10
+    starts = [windows.train_start(length, window, 7, epoch, index) for epoch in range(20) for index in range(50)]
+    assert starts == [windows.train_start(length, window, 7, epoch, index) for epoch in range(20) for index in range(50)]
+    assert min(starts) == 0 and max(starts) == length - window  # both ends reachable
+    assert set(starts) == set(range(length - window + 1))       # every start is drawn
+    counts = np.bincount(starts)
+    assert counts.min() > 0.5 * counts.mean()                    # roughly uniform
+    # a function of (seed, epoch, index): another seed or epoch draws differently
+    assert starts[:50] != [windows.train_start(length, window, 8, 0, i) for i in range(50)]
+    assert starts[:50] != starts[50:100]
+
+
+def test_train_start_of_a_recording_no_longer_than_a_window_is_zero():
+    assert windows.train_start(10, 10, 0, 0, 0) == 0
+    assert windows.train_start(3, 10, 5, 2, 9) == 0
+
+
+# ----------------------------------------------------------------------------- evaluation windows
+@pytest.mark.parametrize("length,window,hop", [(100, 10, 10), (101, 10, 10), (97, 10, 3), (10, 10, 5),
+                                               (11, 10, 10), (250, 64, 32), (5, 10, 10)])
+def test_eval_starts_cover_every_row(length, window, hop):
+    starts = windows.eval_starts(length, window, hop)
+    covered = np.zeros(max(length, window), bool)
+    for s in starts:
+        covered[s:s + window] = True
+    assert covered[:length].all()
+    assert starts == sorted(set(starts)) and starts[0] == 0
+    assert all(b - a <= hop for a, b in zip(starts, starts[1:]))
+    assert starts[-1] == max(length - window, 0)  # the last window ends at the end
+    assert starts == windows.eval_starts(length, window, hop)
+
+
+def test_eval_starts_with_a_hop_that_lands_on_the_end_add_nothing():
+    assert windows.eval_starts(30, 10, 10) == [0, 10, 20]
+    assert windows.eval_starts(31, 10, 10) == [0, 10, 20, 21]
+    with pytest.raises(ValueError, match="hop"):
+        windows.eval_starts(30, 10, 0)
+
+
+# ----------------------------------------------------------------------------- geometry
+@pytest.mark.parametrize("base,changes", [(RESNET_TINY, {}), (MFCC_TINY, {}),
+                                          (RESNET_TINY, {"data.duration": 0.73}),
+                                          (MFCC_TINY, {"features": {"kind": "waveform"}, "model": {"name": "cnn1d"}})])
+def test_window_rows_are_the_frames_of_one_clip(base, changes):
+    cfg = windows_config(base, **changes)
+    n_samples = Decoder.from_config(cfg).n_samples
+    raw = FeatureExtractor(cfg).raw(np.zeros(n_samples, np.float32))
+    assert windows.window_rows(cfg) == raw.shape[-1]
+
+
+def test_windows_hop_follows_eval_hop():
+    cfg = windows_config(**{"data.windows": {"enabled": True, "max_seconds": 4.0, "eval_hop": 0.25}})
+    geometry = windows.Windows.from_config(cfg)
+    assert geometry.rows == 0.5 * 8000 // 128 + 1 and geometry.row_samples == 128
+    assert geometry.hop == round(0.25 * 8000 / 128)
+    side_by_side = windows.Windows.from_config(windows_config())
+    assert side_by_side.hop == round(0.5 * 8000 / 128)  # null: data.duration
+
+
+def test_store_wave_keeps_the_start_and_pads_to_one_window():
+    cfg = windows_config()
+    decoder = Decoder.from_config(cfg)
+    long = np.arange(10 * 8000, dtype=np.float32)
+    kept = windows.store_wave(long, decoder, cfg.data.windows)
+    assert kept.dtype == np.float32 and len(kept) == 4 * 8000 and np.array_equal(kept, long[:4 * 8000])
+    short = np.ones(1000, np.float32)
+    padded = windows.store_wave(short, decoder, cfg.data.windows)
+    assert len(padded) == decoder.n_samples and padded[:1000].all() and not padded[1000:].any()
+
+
+def test_sample_starts_are_the_stores_windows_in_samples():
+    cfg = windows_config(**{"data.windows": {"enabled": True, "max_seconds": 4.0, "eval_hop": 0.3}})
+    geometry = windows.Windows.from_config(cfg)
+    n = 3 * 8000 + 77
+    frames = FeatureExtractor(cfg).raw(np.zeros(n, np.float32)).shape[-1]
+    starts = windows.sample_starts(n, geometry)
+    assert starts == [s * 128 for s in windows.eval_starts(frames, geometry.rows, geometry.hop)]
+
+
+# ----------------------------------------------------------------------------- aggregation
+def test_a_recording_whose_windows_disagree_takes_the_mean():
+    window_probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7],   # recording 0: windows disagree
+                             [0.6, 0.4]])                           # recording 1: one window
+    recording = np.array([0, 0, 0, 1])
+    probs = windows.recording_probabilities(window_probs, recording, 2)
+    np.testing.assert_allclose(probs, [[1.4 / 3, 1.6 / 3], [0.6, 0.4]])
+    assert probs.argmax(1).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="without windows"):
+        windows.recording_probabilities(window_probs, recording, 3)
+
+
+def test_windowed_metrics_report_recordings_first_and_windows_beside():
+    rng = np.random.default_rng(0)
+    raws = [rng.normal(size=(1, 8, n)).astype(np.float32) for n in (10, 25, 10)]
+    cfg = windows_config()
+    dataset = windows.WindowedEvalDataset(FakeSplit(raws, [1, 0, 1]), FeatureExtractor(cfg),
+                                          windows.Windows(rows=10, hop=10, row_samples=128))
+    assert len(dataset) == 1 + 3 + 1 and dataset.recordings == 3
+    # recording 1 (label 0): two windows say 1, one says 0 strongly -> the mean says 0
+    window_probs = np.array([[0.1, 0.9], [0.95, 0.05], [0.4, 0.6], [0.45, 0.55], [0.2, 0.8]])
+    m = windows.windowed_metrics(window_probs, 0.5, dataset, ["a", "b"])
+    assert m["val_accuracy"] == 1.0 and m["val_window_accuracy"] == pytest.approx(3 / 5)
+    assert m["val_window_loss"] == 0.5 and m["val_windows"] == 5
+    assert m["confusion"] == [[1, 0], [0, 2]]
+    expected_loss = -np.mean(np.log([0.9, (0.95 + 0.4 + 0.45) / 3, 0.8]))
+    assert m["val_loss"] == pytest.approx(expected_loss)
+    assert "val_window_auc_roc" in m and "val_auc_roc" in m
+
+
+def test_windowed_dataset_reads_each_window_from_the_store():
+    cfg = windows_config()
+    extractor = FeatureExtractor(cfg)
+    rows = windows.window_rows(cfg)
+    rng = np.random.default_rng(1)
+    raws = [rng.normal(size=(1, 32, n)).astype(np.float32) for n in (rows, rows + 5, 3 * rows)]
+    split = FakeSplit(raws, [0, 1, 2])
+    geometry = windows.Windows.from_config(cfg)
+    dataset = windows.WindowedEvalDataset(split, extractor, geometry)
+    expected = [(0, 0), (1, 0), (1, 5)] + [(2, s) for s in windows.eval_starts(3 * rows, rows, geometry.hop)]
+    assert list(zip(dataset.recording.tolist(), dataset.start.tolist())) == expected
+    assert dataset.labels == [0, 1, 1] + [2] * (len(expected) - 3)
+    assert dataset.names == ["rec0.wav", "rec1.wav", "rec2.wav"]
+    x, y = dataset[2]
+    raw = torch.from_numpy(raws[1][..., 5:5 + rows].astype(np.float16).astype(np.float32))
+    assert y == 1 and torch.equal(x, extractor.finish(raw))
+    assert x.shape == extractor.output_shape
+
+
+def test_a_recording_shorter_than_a_window_is_refused():
+    split = FakeSplit([np.zeros((1, 4, 3), np.float32)], [0])
+    with pytest.raises(ValueError, match="shorter than one window"):
+        windows.WindowedEvalDataset(split, None, windows.Windows(rows=5, hop=5, row_samples=1))
+
+
+# ----------------------------------------------------------------------------- the engine's evaluation
+class MeanModel(torch.nn.Module):
+    """Logits from the mean of the input: a window's class is fixed by its content."""
+
+    def forward(self, x):
+        m = x.float().flatten(1).mean(1, keepdim=True)
+        return torch.cat([-m, m], dim=1) * 50.0
+
+
+def test_engine_evaluation_reports_recordings_and_windows():
+    from trainer.evaluation import Evaluation
+
+    cfg = windows_config(**{"features.normalize": False})
+    rows = windows.window_rows(cfg)
+    high, low = np.full((1, 32, rows), 1.0, np.float32), np.full((1, 32, rows), -1.0, np.float32)
+    # recording 0 (class 1): high, high, low -> mean says 1; recording 1 (class 0): low only
+    raws = [np.concatenate([high, high, low], axis=-1), low]
+    split = FakeSplit(raws, [1, 0])
+    geometry = windows.Windows(rows=rows, hop=rows, row_samples=128)
+    data = SimpleNamespace(val=windows.WindowedEvalDataset(split, FeatureExtractor(cfg), geometry), classes=["a", "b"])
+    ev = Evaluation(cfg, data, plan=None, state=None, model=MeanModel(), ema=None, channels_last=False,
+                    smoother=None, event=None, train_mode=lambda: None, on_best=lambda: None)
+    metrics = ev._evaluate_model(ev.model)
+    assert metrics["val_accuracy"] == 1.0
+    assert metrics["val_window_accuracy"] == pytest.approx(3 / 4)
+    assert metrics["val_windows"] == 4 and metrics["confusion"] == [[1, 0], [0, 1]]
