@@ -162,3 +162,10 @@ def test_image_settings_on_audio_say_they_have_no_effect():
         assert any(w.startswith(f"augment.{key} has no effect") for w in warnings), key
     image = image_config(vflip=True, rotate_deg=5, brightness=0.1, contrast=0.1)
     assert not [w for w in no_effect_warnings(image) if "vflip" in w or "rotate" in w]
+
+
+def test_variants_of_images_say_they_have_no_effect():
+    image = run_config(RESNET_TINY, features={"kind": "image"},
+                       **{"data.source": "image_folder", "data.root": "/nowhere", "data.store": "/s",
+                          "data.variants.count": 2})
+    assert any(w.startswith("data.variants.count has no effect on images") for w in no_effect_warnings(image))

@@ -201,6 +201,8 @@ def no_effect_warnings(cfg) -> list[str]:
         *(f"augment.{key} has no effect: it changes images only" for key in ("rotate_deg", "brightness", "contrast")
           if getattr(aug, key) > 0 and kind != "image"),
         "augment.gain_db has no effect on images" if aug.gain_db > 0 and kind == "image" else None,
+        "data.variants.count has no effect on images: variants are made of waveforms (pitch, tempo, noise, gain)"
+        if cfg.data.variants.count and kind == "image" else None,
         "augment.gain_db has (almost) no effect with features.normalize: true, which removes the level"
         if aug.gain_db > 0 and kind in ("mel", "waveform") and cfg.features.normalize else None,
         "augment.time_shift has no effect on images" if aug.time_shift > 0 and kind == "image" else None,
