@@ -209,3 +209,49 @@ def test_engine_evaluation_reports_recordings_and_windows():
     assert metrics["val_accuracy"] == 1.0
     assert metrics["val_window_accuracy"] == pytest.approx(3 / 4)
     assert metrics["val_windows"] == 4 and metrics["confusion"] == [[1, 0], [0, 1]]
+
+
+# ----------------------------------------------------------------------------- stored vs clip features
+def _recording_with_quiet_stretches(rate: int, seconds: float) -> np.ndarray:
+    """Tone bursts over a background ~100 dB below them: a window of background alone is far
+    quieter than the recording's loudest frame (what top_db is relative to)."""
+    rng = np.random.default_rng(3)
+    n = int(rate * seconds)
+    wave = rng.normal(size=n).astype(np.float32) * 1e-5
+    t = np.arange(rate // 4) / rate
+    for at in (0.3, 1.9, 2.2):
+        i = int(at * rate)
+        wave[i:i + len(t)] += np.sin(2 * np.pi * 900 * t).astype(np.float32)
+    return wave
+
+
+def test_cropped_features_match_a_clip_of_the_window():
+    """A window cut from the store's whole-recording spectrogram against the spectrogram of the
+    same stretch of waveform (what predict computes). Frames within n_fft/2 of a window's edges
+    differ (the clip's STFT reflects its edges); the rest matches because the store keeps spectra
+    without the top_db floor and each window gets its own. Flooring the whole recording instead
+    (extractor.raw of it) puts quiet windows ~10 dB off on average."""
+    cfg = windows_config(**{"data.duration": 0.5, "features.top_db": 80.0})
+    extractor, decoder = FeatureExtractor(cfg), Decoder.from_config(cfg)
+    geometry = windows.Windows.from_config(cfg)
+    wave = _recording_with_quiet_stretches(8000, 3.0)
+    stored = windows.store_features(extractor, [wave])[0].half()  # a float16 store
+    floored_whole = extractor.raw(wave)
+    edge = cfg.features.n_fft // 2 // cfg.features.hop_length + 1
+    ours, theirs = [], []
+    split = FakeSplit([stored.float().numpy()], [0])
+    for start in windows.eval_starts(stored.shape[-1], geometry.rows, geometry.hop):
+        clip = extractor.raw(decoder.fit_length(wave[start * geometry.row_samples:]))
+        window = windows.read_window(split, 0, 0, start, geometry.rows, "mel", 80.0)
+        old = floored_whole[..., start:start + geometry.rows]
+        ours.append(float((window - clip)[..., edge:-edge].abs().mean()))
+        theirs.append(float((old - clip)[..., edge:-edge].abs().mean()))
+    print(f"window vs clip, mean |dB| inside the edges: stored {max(ours):.3f}, floored whole {max(theirs):.2f}")
+    assert max(ours) < 0.5 and max(theirs) > 5.0
+
+
+def test_window_floor_is_the_clip_floor_and_idempotent():
+    x = torch.tensor([[[-100.0, -30.0, 10.0], [0.0, -75.0, -50.0]]])
+    floored = windows.window_floor(x, 80.0)
+    assert floored.min() == -70.0 and torch.equal(windows.window_floor(floored, 80.0), floored)
+    assert torch.equal(windows.window_floor(x, None), x)
