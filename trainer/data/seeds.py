@@ -19,7 +19,8 @@ AUGMENT = 2
 MIXUP = 3
 VAL_SPLIT = 4
 SYNTHETIC = 5
-WINDOW = 7  # the training window of a long recording (trainer.data.windows)
+VARIANT = 6   # which pre-augmented variant of an example an epoch reads (data.variants)
+WINDOW = 7    # where the training window of a long recording starts (data.windows)
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:
