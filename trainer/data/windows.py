@@ -232,3 +232,18 @@ def windowed_metrics(window_probs: np.ndarray, window_loss: float, dataset: Wind
 
 def is_windowed(dataset: Optional[object]) -> bool:
     return isinstance(dataset, WindowedEvalDataset)
+
+
+def evaluation_view(dataset, cfg, data_config=None):
+    """What evaluation reads of a validation/test dataset: with data.windows on and a split read
+    from a store (an EvalDataset over StoredExamples), its (recording, window) items; otherwise
+    `dataset` itself. `data_config`: the DataConfig with `auto` values resolved (DataBundle's)."""
+    if dataset is None or is_windowed(dataset) or not cfg.data.windows.enabled:
+        return dataset
+    examples = getattr(dataset, "examples", None)
+    split = getattr(examples, "split", None)
+    if split is None or examples.extractor.kind == "image":
+        return dataset
+    if data_config is not None:
+        cfg = cfg.model_copy(update={"data": data_config})
+    return WindowedEvalDataset.of_run(split, examples.extractor, cfg)

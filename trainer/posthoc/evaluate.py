@@ -106,7 +106,7 @@ def split_of(clf: Classifier, bundle, split: str, data: Optional[str] = None):
         hint = "a test/ folder beside train/" if clf.cfg.data.source.endswith("folder") else \
             "data.test (or data.synthetic.test_per_class)"
         raise NoSplit(f"{where} has no {split} split (it needs {hint}); evaluate --split val instead")
-    return dataset
+    return windows.evaluation_view(dataset, clf.cfg, getattr(bundle, "data_config", None))
 
 
 @torch.no_grad()
