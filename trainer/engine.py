@@ -147,7 +147,8 @@ def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState):
     phase = plan.phase_at(state.step)
     per_step = phase.samples_per_step
     sampler = EpochSampler(n=len(train_set), seed=cfg.seed, epoch=state.epoch, start=state.epoch_step * per_step,
-                           length=phase.steps_per_epoch * per_step)
+                           length=phase.steps_per_epoch * per_step,
+                           labels=train_set.labels if cfg.data.balanced_sampler else None)
     loader = make_loader(train_set, phase.batch_size, sampler=sampler, num_workers=cfg.data.num_workers)
     with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
         micro = iter(loader)

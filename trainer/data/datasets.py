@@ -243,16 +243,7 @@ def _decode_split(items: list[Item], decoder: Decoder, extractor: Optional[Featu
             pending.append(decoded.base)
             if len(pending) == FEATURE_CHUNK:
                 flush()
-        if decoded.duration is not None:
-            stats.durations.append(decoded.duration)
-            samples = round(decoded.duration * decoder.sample_rate)
-            stats.padded += samples < decoder.n_samples
-            stats.trimmed += samples > decoder.n_samples
-            if decoded.duration < SHORT_CLIP_SHARE * decoder.n_samples / decoder.sample_rate:
-                stats.short.append((item.name, decoded.duration))
-            stats.sample_rates[decoded.rate] = stats.sample_rates.get(decoded.rate, 0) + 1
-        if decoded.size is not None:
-            stats.sizes.append(decoded.size)
+        stats.count(item.name, decoded.duration, decoded.rate, decoded.size, decoder.sample_rate, decoder.n_samples)
     if extractor is not None:
         flush()
     if cache is not None and len(kept) < len(cache):
