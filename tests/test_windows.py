@@ -255,3 +255,79 @@ def test_window_floor_is_the_clip_floor_and_idempotent():
     floored = windows.window_floor(x, 80.0)
     assert floored.min() == -70.0 and torch.equal(windows.window_floor(floored, 80.0), floored)
     assert torch.equal(windows.window_floor(x, None), x)
+
+
+# ----------------------------------------------------------------------------- a real windows-mode run
+def _write_long_recordings(root, per_class: dict) -> None:
+    """root/<split>/<class>/*.wav: recordings of 0.3 to 3 s at 8 kHz; 'tone' holds a 1 kHz tone
+    in noise, 'noise' noise alone (so the model has something to learn)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(5)
+    for split, count in per_class.items():
+        for label in ("noise", "tone"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                n = int(rng.uniform(0.3, 3.0) * 8000)
+                wave = rng.normal(size=n) * 0.05
+                if label == "tone":
+                    wave += 0.3 * np.sin(2 * np.pi * 1000 * np.arange(n) / 8000)
+                sf.write(folder / f"{i}.wav", wave.astype(np.float32), 8000)
+
+
+@pytest.fixture(scope="module")
+def windows_run(tmp_path_factory):
+    """A finished run on a windows-mode store of long recordings (prepared by `train`), evaluated
+    on its test split when it finished."""
+    import yaml
+
+    from trainer import cli
+
+    tmp = tmp_path_factory.mktemp("windows")
+    _write_long_recordings(tmp / "data", {"train": 6, "val": 3, "test": 3})
+    raw = {**MFCC_TINY, "name": "wintiny",
+           "data": {"source": "audio_folder", "root": "data", "store": "store", "duration": 0.5, "sample_rate": 8000,
+                    "prepare_workers": 1, "windows": {"enabled": True, "max_seconds": 2.0, "eval_hop": 0.25}},
+           "optim": {"batch_size": 4}}
+    (tmp / "run.yaml").write_text(yaml.safe_dump(raw))
+    assert cli.main(["train", str(tmp / "run.yaml"), "--run-dir", str(tmp / "run"), "--quiet"]) == 0
+    return tmp / "run", run_config(raw)
+
+
+def test_a_windows_run_reports_recordings_and_windows(windows_run):
+    from trainer.history import read_history
+
+    run_dir, cfg = windows_run
+    evals = [r for r in read_history(run_dir / "history.msgpack") if r["kind"] == "eval"]
+    assert evals, "no evaluation recorded"
+    geometry = windows.Windows.from_config(cfg)
+    for record in evals:
+        assert 0.0 <= record["val_accuracy"] <= 1.0 and 0.0 <= record["val_window_accuracy"] <= 1.0
+        assert record["val_window_loss"] > 0 and record["val_loss"] > 0
+        # 6 val recordings, each at least one window; more windows than recordings (0.25 s hop)
+        assert record["val_windows"] > 6 and geometry.hop == 16
+
+
+def test_evaluate_writes_recordings_and_windows(windows_run):
+    import json
+
+    from trainer.run.rundir import RunDir
+
+    run_dir, _ = windows_run
+    files = RunDir(run_dir)
+    result = json.loads(files.evaluation.read_text())["results"]["test/best"]
+    assert result["n"] == 6 and sum(result["confusion"][0]) + sum(result["confusion"][1]) == 6
+    section = result["windows"]
+    assert section["n_recordings"] == 6 and section["n_windows"] > 6
+    assert section["window_seconds"] == 0.5 and section["hop_seconds"] == pytest.approx(0.256)
+    assert 0.0 <= section["accuracy"] <= 1.0
+    saved = np.load(files.predictions("test", "best"))
+    assert saved["labels"].shape == (6,) and saved["logits"].shape == (6, 2)
+    assert saved["window_logits"].shape == (section["n_windows"], 2)
+    assert np.bincount(saved["window_recording"]).min() >= 1
+    # the per-recording logits give back the mean of the windows' probabilities
+    from trainer.posthoc import calibration
+
+    mean = windows.recording_probabilities(calibration.softmax(saved["window_logits"]), saved["window_recording"], 6)
+    np.testing.assert_allclose(calibration.softmax(saved["logits"]), mean, atol=1e-5)
