@@ -331,3 +331,43 @@ def test_evaluate_writes_recordings_and_windows(windows_run):
 
     mean = windows.recording_probabilities(calibration.softmax(saved["window_logits"]), saved["window_recording"], 6)
     np.testing.assert_allclose(calibration.softmax(saved["logits"]), mean, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- predict takes the same windows
+def test_predict_cuts_the_windows_evaluation_takes():
+    from trainer.posthoc.classifier import Classifier
+
+    cfg = windows_config(**{"data.windows": {"enabled": True, "max_seconds": 4.0, "eval_hop": 0.25}})
+    clf = Classifier(cfg, MeanModel(), ["a", "b"])
+    wave = np.random.default_rng(0).normal(size=int(1.3 * 8000)).astype(np.float32)
+    cut = clf.windows(wave)
+    geometry = windows.Windows.from_config(cfg)
+    starts = windows.sample_starts(len(wave), geometry)
+    assert len(cut) == len(starts) and all(len(w) == clf.decoder.n_samples for w in cut)
+    for base, start in zip(cut, starts):
+        assert np.array_equal(base, clf.decoder.fit_length(wave[start:start + clf.decoder.n_samples]))
+    # the store's frames of the same recording: one window per evaluation start, the last one ending at the end
+    frames = FeatureExtractor(cfg).raw(wave).shape[-1]
+    assert [s // 128 for s in starts] == windows.eval_starts(frames, geometry.rows, geometry.hop)
+    assert starts[-1] // 128 + geometry.rows == frames
+    prediction = clf.predict(wave)
+    assert len(prediction.windows) == len(starts)
+    assert [prediction.window(i)["start"] for i in range(len(starts))] == [round(s / 8000, 6) for s in starts]
+
+
+def test_predict_without_windows_mode_is_unchanged():
+    from trainer.posthoc.classifier import Classifier
+
+    clf = Classifier(run_config(RESNET_TINY), MeanModel(), ["a", "b"])
+    wave = np.ones(int(1.3 * 8000), np.float32)
+    cut = clf.windows(wave)
+    assert len(cut) == 3 and not hasattr(cut, "starts") and cut[2][:2400].all() and not cut[2][2400:].any()
+
+
+@pytest.mark.parametrize("row_samples,window_rows,hop_rows", [(128, 32, 16), (128, 32, 32), (1, 4000, 1000), (256, 63, 7)])
+def test_the_exported_script_cuts_the_same_windows(row_samples, window_rows, hop_rows):
+    from trainer.posthoc import run_onnx
+
+    geometry = windows.Windows(rows=window_rows, hop=hop_rows, row_samples=row_samples)
+    for n in (1, 100, 3999, 4000, 4001, 8000, 12345, 40000):
+        assert run_onnx.window_starts(n, row_samples, window_rows, hop_rows) == windows.sample_starts(n, geometry)
