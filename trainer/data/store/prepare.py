@@ -299,15 +299,13 @@ def _entries(tasks: list[ShardTask], outcomes: dict) -> tuple[np.ndarray, list[s
     names: list[str] = []
     bad: list[Problem] = []
     for shard, task in enumerate(tasks):
-        row = 0
-        for item, out in zip(task.items, outcomes[task.key]):
-            if not out.get("ok"):
+        found = outcomes[task.key]
+        for item, out, spans in zip(task.items, found, layout.shard_rows(found)):
+            if spans is None:
                 bad.append(item.problem(out.get("problem") or "cannot be read"))
                 continue
             names.append(item.name)
-            for count in out["rows"]:
-                rows.append((item.label, shard, row, count))
-                row += count
+            rows += [(item.label, shard, first, count) for first, count in spans]
     entries = np.array(rows, dtype=layout.ENTRIES_DTYPE)
     return entries, names, bad, sum(len(t.items) for t in tasks)
 
