@@ -347,3 +347,22 @@ def test_progress_line_rate_and_eta():
         now[0] = done * 0.01
         line(done, 100)
     assert tty.getvalue().count("\r") == 2 and tty.getvalue().endswith("took 1s\n")
+
+
+def test_the_run_directory_copy_of_a_config_names_the_same_store(tmp_path):
+    import yaml
+
+    from trainer.config import load_config
+
+    for folder in ("conf", "noise", "data"):
+        (tmp_path / folder).mkdir()
+    path = tmp_path / "conf" / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"source": "audio_folder", "root": "../data", "store": "../store",
+                                             "variants": {"count": 1, "noise_dir": "../noise"}},
+                                    "model": {"name": "resnet18"}}))
+    cfg = load_config(path, check_model=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(dump_config(cfg))
+    copy = load_config(tmp_path / "run" / "config.yaml", check_model=False)
+    assert copy.resolve_path(copy.data.store) == (tmp_path / "store").resolve() == cfg.resolve_path(cfg.data.store).resolve()
+    assert copy.resolve_path(copy.data.variants.noise_dir) == (tmp_path / "noise").resolve()
