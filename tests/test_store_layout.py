@@ -100,7 +100,10 @@ def test_a_shard_is_complete_only_with_its_npy(tmp_path):
     layout.write_shard(paths, "k1", "train", 0, blocks, outcomes, np.float16)
     got = layout.read_shard_outcomes(paths, "k1")
     assert got[0]["rows"] == [4] and got[1] == outcomes[1]
-    paths.shard_npy("k1").unlink()  # killed between the .json and the .npy
+    npy = paths.shard_npy("k1")
+    os.truncate(npy, npy.stat().st_size - 1)  # damaged: computed again
+    assert layout.read_shard_outcomes(paths, "k1") is None
+    npy.unlink()  # killed between the .json and the .npy
     assert layout.read_shard_outcomes(paths, "k1") is None
     paths.shard_json("k2").write_text("{")
     paths.shard_npy("k2").write_bytes(b"")
@@ -157,6 +160,15 @@ def test_a_truncated_shard_names_the_shard(tmp_path):
     sp.rows(0)  # the first shard is whole
     with pytest.raises(StoreError, match=f"{key}.npy: the shard is truncated.*longhaul prepare"):
         sp.rows(7)
+
+
+def test_a_shard_of_other_rows_names_the_shard(tmp_path):
+    written = write_store(tmp_path / "s", items={"train": 4}, shard_items=2)
+    key = written.manifest["splits"]["train"]["shards"][1]
+    ok = [{"path": "a", "size": 0, "mtime_ns": 0, "ok": True}] * 2
+    layout.write_shard(written.paths, key, "train", 0, [np.zeros((3, 8))] * 2, ok, np.float32)
+    with pytest.raises(StoreError, match=f"{key}.npy: the shard holds rows of 8 float32, the manifest says 8 float16"):
+        FeatureStore.open(tmp_path / "s").split("train").rows(3)
 
 
 def test_a_missing_shard_names_the_shard(tmp_path):
@@ -318,3 +330,98 @@ def test_an_unwritable_store_is_a_clear_error(tmp_path):
     (tmp_path / "ro").mkdir(mode=0o500)
     with pytest.raises(StoreError, match="cannot write the feature store"):
         StorePaths(tmp_path / "ro" / "store").make_dirs()
+
+
+def test_shard_rows_locate_each_entry(tmp_path):
+    written = write_store(tmp_path / "s", items={"train": 9}, variants=1, shard_items=9)
+    key = written.manifest["splits"]["train"]["shards"][0]
+    spans = layout.shard_rows(layout.read_shard_outcomes(written.paths, key))
+    entries = np.load(written.paths.resolve(written.manifest["splits"]["train"]["entries"]))
+    assert [span for item in spans for span in item] == [(int(e["row"]), int(e["rows"])) for e in entries]
+    assert layout.shard_rows([{"ok": False, "problem": "x"}, {"ok": True, "rows": [3, 4]}]) == [None, [(0, 3), (3, 4)]]
+
+
+def test_a_store_pickles_for_a_spawned_process(tmp_path):
+    import pickle
+
+    written = write_store(tmp_path / "s", items={"train": 8}, variants=1)
+    sp = FeatureStore.open(tmp_path / "s").split("train")
+    sp.rows(0)
+    copy = pickle.loads(pickle.dumps(sp))
+    assert copy.store.files is not sp.store.files and copy.store.files.open_count == 0
+    np.testing.assert_array_equal(copy.raw(7, 1), written.raw["train"][7][1].astype(np.float16))
+
+
+def test_recipe_changes_name_the_settings():
+    from trainer.data.store import recipe_changes
+
+    old = layout.recipe(run_config(RESNET_TINY))
+    new = layout.recipe(run_config(RESNET_TINY, **{"features.n_mels": 64, "features.f_max": 3000.0}))
+    assert recipe_changes(old, new) == ["features.f_max null -> 3000.0", "features.n_mels 32 -> 64"]
+    assert recipe_changes(old, json.loads(json.dumps(old))) == []  # what a manifest reads back is the same
+
+
+def test_names_with_odd_characters_survive(tmp_path):
+    paths = StorePaths(tmp_path / "s")
+    paths.make_dirs()
+    names = ["a\x0cb.wav", "c\u2028d.wav", "caf\u00e9.wav", os.fsdecode(b"bad\xff.wav"), ""]
+    rel = layout.write_entries(paths, "f" * 64, "val", np.zeros(5, layout.ENTRIES_DTYPE), names)
+    assert layout.read_names(paths.resolve(rel["names"])) == names
+    with pytest.raises(StoreError, match="line break"):
+        layout.write_entries(paths, "f" * 64, "val", np.zeros(1, layout.ENTRIES_DTYPE), ["a\nb"])
+
+
+def test_a_power_cut_at_any_write_leaves_a_whole_store_or_none(tmp_path, monkeypatch):
+    """Power cut (tests/powercut.py) after every rename and every durable write of a store being
+    written: what survives is no store (no manifest) or the whole store, and every shard that
+    looks complete is whole."""
+    from tests.powercut import mount_or_skip
+
+    (tmp_path / "live").mkdir()
+    mount = mount_or_skip(tmp_path / "live", tmp_path / "mnt", tmp_path / "fs.log")
+    survivors = []
+
+    def cut():
+        survivors.append(mount.cut(tmp_path / f"cut-{len(survivors)}"))
+    real_replace, real_write = os.replace, layout.durable_write
+    monkeypatch.setattr(os, "replace", lambda a, b: (real_replace(a, b), cut()))
+    monkeypatch.setattr(layout, "durable_write", lambda path, write: (real_write(path, write), cut()))
+    try:
+        written = write_store(mount.mountpoint / "s", items={"train": 6, "val": 2}, variants=1, shard_items=3)
+    finally:
+        monkeypatch.undo()
+        mount.unmount()
+    assert len(survivors) == 2 * (3 * 2 + 2 * 2 + 1)  # shards (.json, .npy), splits (entries, names), manifest
+    for survivor in survivors:
+        paths = StorePaths(survivor / "s")
+        for npy in paths.shards.glob("*.npy") if paths.shards.is_dir() else []:
+            assert layout.read_shard_outcomes(paths, npy.stem) is not None, survivor
+        if not paths.manifest.exists():
+            with pytest.raises(StoreError, match="manifest.json missing"):
+                FeatureStore.open(paths.root)
+            continue
+        store = FeatureStore.open(paths.root)
+        for split, raws in written.raw.items():
+            for item, variants in enumerate(raws):
+                for v, raw in enumerate(variants):
+                    np.testing.assert_array_equal(store.split(split).raw(item, v), raw.astype(np.float16))
+    assert FeatureStore.open(survivors[-1] / "s").fingerprint == written.manifest["fingerprint"]
+
+
+def test_store_file_names_are_spelled_only_by_layout():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    owner = root / "trainer" / "data" / "store" / "layout.py"
+    names = {"index.sqlite", "prepare.lock", "manifest.json"}
+    spelled = {}
+    for path in sorted((root / "trainer" / "data").rglob("*.py")):
+        constants = [node.value for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+        hits = [c for c in constants if c.strip("/") in names]
+        if path == owner:
+            assert sorted(hits) == sorted(names)
+        elif hits:
+            spelled[path.relative_to(root).as_posix()] = hits
+    assert spelled == {}
