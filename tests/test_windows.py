@@ -381,3 +381,21 @@ def test_evaluate_with_tta_on_windows_says_why_not(windows_run):
 
     with pytest.raises(EvaluationError, match="--tta: .*features, not the waveforms"):
         evaluate_run(windows_run[0], "test", tta=True, n_boot=10)
+
+
+@pytest.mark.xfail(reason="needs H4: StoredExamples.raw(index, epoch) to read training windows with "
+                          "windows.read_window (the per-window top_db floor; the store keeps spectra unfloored)",
+                   strict=False)
+def test_training_reads_a_window_as_evaluation_and_predict_do():
+    from trainer.data.stored import StoredExamples
+
+    cfg = windows_config(**{"features.top_db": 80.0})
+    rows = windows.window_rows(cfg)
+    quiet = np.full((1, 32, 3 * rows), -100.0, np.float32)
+    quiet[..., :rows // 2] = 20.0  # one loud stretch: the rest lies 120 dB under it
+    split = FakeSplit([quiet], [0])
+    examples = StoredExamples(split, FeatureExtractor(cfg), cfg.seed, rows)
+    for epoch in range(4):
+        start = windows.train_start(3 * rows, rows, cfg.seed, epoch, 0)
+        expected = windows.read_window(split, 0, 0, start, rows, "mel", 80.0)
+        assert torch.equal(examples.raw(0, epoch), expected)
