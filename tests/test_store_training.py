@@ -171,12 +171,13 @@ def test_fresh_start_prepares_the_missing_store_visibly(tmp_path, fake_prepare, 
     from trainer.console import ConsolePublisher
 
     cfg = store_cfg(tmp_path, max_steps=2)
-    publisher = ConsolePublisher(rd(tmp_path, "run"), "run", line_interval=0.0)
+    publisher = ConsolePublisher(rd(tmp_path, "run"), "run")
     assert Trainer(cfg, tmp_path / "run", publisher).run() == "finished"
     assert fake_prepare.prepared == 1
-    out = capsys.readouterr().out
-    assert "preparing data: feature store" in out and "is missing" in out
-    assert "preparing data: 64/64 files" in out and "data prepared: 64 items" in out
+    captured = capsys.readouterr()
+    assert "preparing data: feature store" in captured.out and "is missing" in captured.out
+    assert "data prepared: 64 items" in captured.out
+    assert "preparing data: 64/64 files" in captured.err   # H2's PrepareProgressLine, as `longhaul prepare`
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert [e["data"]["status"] for e in events if e["kind"] == "preparing"] == ["missing", "done"]
     # a second fresh run finds the store current: nothing prepared
