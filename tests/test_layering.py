@@ -35,7 +35,7 @@ TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("
                  "trainer.posthoc", "trainer.posthoc.commands", "trainer.posthoc.after", "trainer.posthoc.calibration",
                  "trainer.posthoc.report", "trainer.posthoc.report_figures",
                  "trainer.data.store", "trainer.data.store.layout", "trainer.data.store.reader",
-                 "trainer.data.store.changes"])
+                 "trainer.data.store.changes", "trainer.data.index"])
 TUI = _modules("tui") + _modules("tui.screens") + _modules("tui.widgets")
 
 

@@ -166,6 +166,13 @@ def build_datasets(cfg, frozen=None) -> DataBundle:
 def check_data(cfg) -> DataReport:
     """Decode every example of the configured data and report counts, statistics and problems."""
     cfg, auto_values, found = _resolve_auto(cfg, None)
+    if cfg.data.store is not None:  # outcomes come from the store's index; only new files are decoded
+        from .indexed import IndexedCheck
+
+        with IndexedCheck.open(cfg, found.classes) as check:
+            report, _ = _examine(cfg, keep_features=False, found=found, auto_values=auto_values, check_split=check)
+        report.index = check.describe()
+        return report
     report, _ = _examine(cfg, keep_features=False, found=found, auto_values=auto_values)
     return report
 
@@ -180,7 +187,9 @@ def _resolve_auto(cfg, frozen):
 
 
 # ----------------------------------------------------------------------------- the pass
-def _examine(cfg, keep_features: bool, found=None, auto_values=None) -> tuple[DataReport, dict[str, Examples]]:
+def _examine(cfg, keep_features: bool, found=None, auto_values=None,
+             check_split=None) -> tuple[DataReport, dict[str, Examples]]:
+    """The decode pass; `check_split` (indexed.IndexedCheck) replaces it when nothing is kept."""
     found = found if found is not None else scan(cfg)
     decoder = Decoder.from_config(cfg)
     settings = _settings_problems(cfg, decoder)
@@ -190,7 +199,8 @@ def _examine(cfg, keep_features: bool, found=None, auto_values=None) -> tuple[Da
         problems=found.problems + settings, warnings=found.warnings + no_effect_warnings(cfg),
         target=decoder.describe(cfg.features.kind == "image")
         + (f" -> {extractor.describe()}" if extractor else ""),
-        skip_bad_files=cfg.data.skip_bad_files, derived=auto_values.lines if auto_values else [])
+        skip_bad_files=cfg.data.skip_bad_files, derived=auto_values.lines if auto_values else [],
+        before_cap=found.before_cap, balanced_sampler=cfg.data.balanced_sampler)
     if extractor is not None:
         report.warnings += mask_warnings(cfg, extractor.output_shape)
     examples: dict[str, Examples] = {}
@@ -200,6 +210,8 @@ def _examine(cfg, keep_features: bool, found=None, auto_values=None) -> tuple[Da
         cache_features = keep_features and extractor is not None
         if synthetic and not cache_features:
             kept, cache = items, None
+        elif check_split is not None and not cache_features:
+            kept, cache, report.stats[split] = check_split(split, items, decoder, report.problems)
         else:
             kept, cache, report.stats[split] = _decode_split(
                 items, decoder, extractor if cache_features else None, report.problems)

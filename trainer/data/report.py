@@ -99,6 +99,9 @@ class DataReport:
     """Training examples found per class before data.max_per_class (None: no cap)."""
     balanced_sampler: bool = False
     """data.balanced_sampler: the report shows each class's expected draws per epoch."""
+    index: str = ""
+    """Where the files' outcomes came from when data.store is set (the index, and how many
+    files it knew against how many were decoded)."""
 
     @property
     def errors(self) -> list[tuple[str, str]]:
@@ -135,6 +138,8 @@ class DataReport:
     def to_text(self) -> str:
         """A human-readable report: counts, statistics, warnings, bad files and the verdict."""
         lines = [f"Data: {self.source} ({self.location})"]
+        if self.index:
+            lines.append(f"Index: {self.index}")
         if self.target:
             lines.append(f"Every example becomes: {self.target}")
         lines += [f"  {line}" for line in self.derived]

@@ -13,12 +13,17 @@ rows of those, one contiguous read.
   recording's probabilities are the mean of its windows' (`recording_probabilities`), as predict
   does (trainer.posthoc.classifier cuts with the same `Windows`).
 
-Features of a window cut from the whole recording's spectrogram differ slightly from those of the
-same stretch of waveform on its own: the STFT of a lone clip reflects its edges (the first and
-last n_fft/2 samples), and AmplitudeToDB's top_db floor is relative to the loudest frame of the
-whole recording instead of the window's. See `tests/test_windows.py::test_cropped_features` for
-the size of it; training, evaluation and the store all use the cropped form, predict the
-waveform form (it reads files, not the store).
+Features of a window cut from the whole recording's spectrogram against those of the same
+stretch of waveform on its own (what predict computes: it reads files, not the store):
+- the STFT of a lone clip reflects its edges, so the frames within n_fft/2 samples of a window's
+  edges differ (0.5 dB on average on a 60 s recording at 22050 Hz, n_fft 1024, hop 256, 5 s
+  windows: 3 of 431 frames at each edge); the rest is the same;
+- AmplitudeToDB's top_db floor is relative to an example's loudest value. Floored over the whole
+  recording, a window far quieter than the recording's loudest moment loses what a clip of it
+  keeps: 11.6 dB mean difference inside the windows (0.18 of the normalised features' std) on a
+  recording whose background lies 100 dB under its loudest burst. So the store keeps spectra
+  unfloored (`store_features`) and every window read gets the floor of its own maximum
+  (`window_floor`, in `read_window`): then 0.003 std, and only frames near the edges differ.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
 from torch.utils.data import Dataset
 
 from trainer.metrics import classification_metrics
@@ -79,6 +85,40 @@ def store_wave(mono: np.ndarray, decoder, wcfg) -> np.ndarray:
     return np.ascontiguousarray(wave)
 
 
+@torch.no_grad()
+def store_features(extractor, waves: Sequence[np.ndarray]) -> torch.Tensor:
+    """Raw features of whole recordings (`store_wave`s of equal length) for the store in windows
+    mode: extractor.raw_batch, except that spectra are kept without the top_db floor. The floor
+    is relative to an example's loudest frame; applied here it would be the whole recording's,
+    and a quiet window would lose what a clip of it keeps (up to 30 dB on a recording with
+    quiet stretches, see tests/test_windows.py). `window_floor` applies it to each window read."""
+    if extractor.kind not in SPECTRAL:
+        return extractor.raw_batch(list(waves))
+    batch = torch.from_numpy(np.stack(waves).astype(np.float32, copy=False)).unsqueeze(1)  # (N, 1, T)
+    to_db = extractor.to_db
+    return AF.amplitude_to_DB(extractor.mel(batch), to_db.multiplier, to_db.amin, to_db.db_multiplier,
+                              None).contiguous()  # (N, 1, n_mels, frames)
+
+
+def window_floor(x: torch.Tensor, top_db: Optional[float]) -> torch.Tensor:
+    """The top_db floor of AmplitudeToDB on one window (C, F, T) of stored spectra, relative to
+    the window's own loudest value as for a clip on its own. Idempotent, so it is also right
+    on features that were floored already (relative to a louder maximum)."""
+    if top_db is None:
+        return x
+    return torch.maximum(x, x.amax() - top_db)
+
+
+def read_window(split, item: int, variant: int, start: int, rows: int, kind: str,
+                top_db: Optional[float]) -> torch.Tensor:
+    """Raw features (float32) of the window of `rows` rows from `start` of a stored recording
+    (a StoreSplit entry), as a clip of that stretch has them: spectra get the top_db floor of the
+    window (`window_floor`). What training (with `train_start`) and evaluation feed `finish`."""
+    raw = split.raw(item, variant, start, rows)
+    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+    return window_floor(x, top_db) if kind in SPECTRAL else x
+
+
 def train_start(length: int, window: int, seed: int, epoch: int, index: int) -> int:
     """First row of the training window of example `index` in `epoch`: uniform over
     [0, length - window], a pure function of (seed, epoch, index); 0 when length <= window."""
@@ -116,10 +156,11 @@ class WindowedEvalDataset(Dataset):
     window), never augmented. `recording[k]` is the recording of item k (indices grouped, in order);
     `labels` are per item, `recording_labels` per recording."""
 
-    def __init__(self, split, extractor, windows: Windows):
+    def __init__(self, split, extractor, windows: Windows, top_db: Optional[float] = None):
         self.split = split  # StoreSplit (trainer.data.store.reader): rows read on demand
         self.extractor = extractor
         self.windows = windows
+        self.top_db = top_db  # features.top_db, applied per window (window_floor)
         lengths = [split.length(i) for i in range(len(split))]
         starts = [eval_starts(n, windows.rows, windows.hop) for n in lengths]
         short = [i for i, n in enumerate(lengths) if n < windows.rows]
@@ -129,7 +170,12 @@ class WindowedEvalDataset(Dataset):
         self.recording = np.repeat(np.arange(len(lengths), dtype=np.int64), [len(s) for s in starts])
         self.start = np.asarray([s for group in starts for s in group], dtype=np.int64)
         self.recording_labels = np.asarray(split.labels, dtype=np.int64)
-        self.labels = self.recording_labels[self.recording].tolist()
+        self.labels = self.recording_labels[self.recording]  # an array: one int per window
+
+    @classmethod
+    def of_run(cls, split, extractor, cfg) -> "WindowedEvalDataset":
+        """The evaluation windows of `split` for the run `cfg` (data.windows.enabled)."""
+        return cls(split, extractor, Windows.from_config(cfg), cfg.features.top_db)
 
     @property
     def recordings(self) -> int:
@@ -145,9 +191,8 @@ class WindowedEvalDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         item, start = int(self.recording[index]), int(self.start[index])
-        raw = self.split.raw(item, 0, start, self.windows.rows)
-        x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-        return self.extractor.finish(x), self.labels[index]
+        x = read_window(self.split, item, 0, start, self.windows.rows, self.extractor.kind, self.top_db)
+        return self.extractor.finish(x), int(self.labels[index])
 
 
 def recording_probabilities(window_probs: np.ndarray, recording: np.ndarray, recordings: int) -> np.ndarray:
@@ -192,3 +237,18 @@ def windowed_metrics(window_probs: np.ndarray, window_loss: float, dataset: Wind
 
 def is_windowed(dataset: Optional[object]) -> bool:
     return isinstance(dataset, WindowedEvalDataset)
+
+
+def evaluation_view(dataset, cfg, data_config=None):
+    """What evaluation reads of a validation/test dataset: with data.windows on and a split read
+    from a store (an EvalDataset over StoredExamples), its (recording, window) items; otherwise
+    `dataset` itself. `data_config`: the DataConfig with `auto` values resolved (DataBundle's)."""
+    if dataset is None or is_windowed(dataset) or not cfg.data.windows.enabled:
+        return dataset
+    examples = getattr(dataset, "examples", None)
+    split = getattr(examples, "split", None)
+    if split is None or examples.extractor.kind == "image":
+        return dataset
+    if data_config is not None:
+        cfg = cfg.model_copy(update={"data": data_config})
+    return WindowedEvalDataset.of_run(split, examples.extractor, cfg)

@@ -12,11 +12,11 @@ import importlib
 import sys
 import types
 
-from .changes import describe_change, summary
+from .changes import describe_change, recipe_changes, summary
 from .layout import ItemKey, StoreError, StorePaths
 from .reader import FeatureStore, StoreSplit
 
-__all__ = ["FeatureStore", "ItemKey", "StoreError", "StorePaths", "StoreSplit", "describe_change", "prepare",
+__all__ = ["FeatureStore", "ItemKey", "StoreError", "StorePaths", "StoreSplit", "describe_change", "prepare", "recipe_changes",
            "store_status", "summary"]
 
 

@@ -27,7 +27,7 @@ def describe_change(old: dict, new: dict) -> list[str]:
     """What changed from store summary `old` to `new`, one line per change ([] when the same)."""
     if old.get("fingerprint") == new.get("fingerprint"):
         return []
-    lines = _recipe_changes(old.get("recipe", {}), new.get("recipe", {}))
+    lines = [f"recipe: {line}" for line in recipe_changes(old.get("recipe", {}), new.get("recipe", {}))]
     lines += _class_changes(old.get("classes", []), new.get("classes", []))
     old_splits, new_splits = old.get("splits", {}), new.get("splits", {})
     for split in sorted(set(old_splits) | set(new_splits), key=_split_order):
@@ -45,16 +45,17 @@ def _split_order(split: str) -> tuple[int, str]:
     return order.get(split, 3), split
 
 
-def _recipe_changes(old: dict, new: dict) -> list[str]:
+def recipe_changes(old: dict, new: dict) -> list[str]:
+    """'features.n_mels 64 -> 128' for each setting of two recipes (layout.recipe) that differs."""
     lines = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, "(unset)"), new.get(key, "(unset)")
         if before == after:
             continue
         if key.endswith("noise_files"):
-            lines.append("recipe: the files in data.variants.noise_dir changed")
+            lines.append("the files in data.variants.noise_dir changed")
         else:
-            lines.append(f"recipe: {key} {_show(before)} -> {_show(after)}")
+            lines.append(f"{key} {_show(before)} -> {_show(after)}")
     return lines
 
 

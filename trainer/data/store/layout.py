@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 
 from trainer.run.rundir import fsync_dir
 
-from .changes import describe_change, summary  # noqa: F401  (re-exported: a store's identity in a run)
+from .changes import describe_change, recipe_changes, summary  # noqa: F401  (re-exported: a store's identity in a run)
 
 FORMAT = 1
 SHARD_TARGET = 256  # a shard ends after an item whose path hashes to 0 modulo this: ~256 items
@@ -307,10 +308,74 @@ def write_shard(paths: StorePaths, key: str, split: str, variants: int, blocks: 
     return sidecar
 
 
+def shard_rows(outcomes: Sequence[dict]) -> list[Optional[list[tuple[int, int]]]]:
+    """Where each item's entries are in its shard: per outcome, None for a bad item, else
+    [(first row, rows)] for variants 0..V (rows are stored in item order, variant by variant)."""
+    out, row = [], 0
+    for outcome in outcomes:
+        if not outcome.get("ok"):
+            out.append(None)
+            continue
+        spans = []
+        for count in outcome["rows"]:
+            spans.append((row, int(count)))
+            row += int(count)
+        out.append(spans)
+    return out
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """Where a shard's rows start and how they are laid out (parsed once per shard)."""
+
+    offset: int
+    rows: int
+    row_size: int
+    dtype: np.dtype
+
+    @property
+    def row_bytes(self) -> int:
+        return self.row_size * self.dtype.itemsize
+
+
+def read_shard_header(path: Path, fd: int) -> ShardHeader:
+    """The header of an open shard .npy, checked against the file's size: StoreError naming the
+    shard when it is damaged or truncated."""
+    buf = io.BytesIO(os.pread(fd, 4096, 0))
+    try:
+        version = np.lib.format.read_magic(buf)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(buf)
+    except (ValueError, EOFError, SyntaxError) as exc:
+        raise StoreError(f"{path}: the shard's header is damaged ({exc}); {PREPARE_HINT}") from None
+    if fortran or len(shape) != 2:
+        raise StoreError(f"{path}: the shard holds {shape} rows, not a 2-D C-order array; {PREPARE_HINT}")
+    header = ShardHeader(offset=buf.tell(), rows=shape[0], row_size=shape[1], dtype=dtype)
+    expected, actual = header.offset + header.rows * header.row_bytes, os.fstat(fd).st_size
+    if actual != expected:
+        raise StoreError(f"{path}: the shard is truncated or damaged ({actual:,} bytes, expected "
+                         f"{expected:,}); {PREPARE_HINT}")
+    return header
+
+
+def _shard_whole(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        read_shard_header(path, fd)
+        return True
+    except StoreError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def read_shard_outcomes(paths: StorePaths, key: str) -> Optional[list[dict]]:
-    """The outcomes of a complete shard (its .npy exists and its .json is whole), else None: a
-    shard that is not complete is computed again."""
-    if not paths.shard_npy(key).is_file():
+    """The outcomes of a complete shard (its .npy exists, its header matches its size, and its
+    .json is whole), else None: a shard that is not complete is computed again."""
+    if not _shard_whole(paths.shard_npy(key)):
         return None
     try:
         sidecar = json.loads(paths.shard_json(key).read_text())
@@ -339,6 +404,16 @@ def write_entries(paths: StorePaths, fp: str, split: str, entries: np.ndarray, n
     text = "".join(f"{n}\n" for n in names).encode("utf-8", "surrogateescape")
     durable_write(names_path, lambda fh: fh.write(text))
     return {"entries": paths.relative(entries_path), "names": paths.relative(names_path)}
+
+
+def read_names(path: Path) -> list[str]:
+    """A split's names file as written by write_entries (one name a line; only "\n" ends a line:
+    str.splitlines would also cut at form feeds and other separators a file name may hold)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read a split's names: {exc.strerror}; {PREPARE_HINT}") from None
+    return text.split("\n")[:-1] if text else []
 
 
 def fingerprint(recipe_id_: str, classes: Sequence[str], splits: dict[str, tuple[Sequence[str], np.ndarray]]) -> str:
@@ -397,7 +472,6 @@ def make_manifest(*, fp: str, recipe_dict: dict, kind: str, row_shape: Sequence[
                   created: Optional[float] = None) -> dict:
     """The manifest's fields in one place. `splits[name]`: {"shards", "items", "variants",
     "entries", "names", "counts", "bad"}."""
-    import time
     return {"format": FORMAT, "fingerprint": fp, "recipe": recipe_dict, "recipe_id": recipe_id(recipe_dict),
             "kind": row_kind(kind), "row_shape": [int(s) for s in row_shape],
             "dtype": str(stored_dtype(recipe_dict)), "classes": list(classes),

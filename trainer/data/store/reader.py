@@ -12,33 +12,18 @@ worker) reads through the descriptors it inherited. numpy + stdlib only: no torc
 """
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .layout import ENTRIES_DTYPE, PREPARE_HINT, StoreError, StorePaths, from_rows, read_manifest
+from .layout import (ENTRIES_DTYPE, PREPARE_HINT, ShardHeader, StoreError, StorePaths, from_rows, read_manifest,
+                     read_names, read_shard_header)
 
 OPEN_SHARDS = 64  # open shard descriptors kept at most
-
-
-@dataclass(frozen=True)
-class ShardHeader:
-    """Where a shard's rows start and how they are laid out (parsed once per shard)."""
-
-    offset: int
-    rows: int
-    row_size: int
-    dtype: np.dtype
-
-    @property
-    def row_bytes(self) -> int:
-        return self.row_size * self.dtype.itemsize
 
 
 class ShardFiles:
@@ -49,6 +34,9 @@ class ShardFiles:
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._headers: dict[str, ShardHeader] = {}
         self._lock, self._pid = threading.Lock(), os.getpid()
+
+    def __reduce__(self):  # a copy in another process opens its own descriptors
+        return (ShardFiles, (self.paths, self.dtype, self.row_size, self.capacity))
 
     @property
     def open_count(self) -> int:
@@ -97,26 +85,10 @@ class ShardFiles:
         return fd, header
 
     def _parse(self, path: Path, fd: int) -> ShardHeader:
-        head = os.pread(fd, 4096, 0)
-        buf = io.BytesIO(head)
-        try:
-            version = np.lib.format.read_magic(buf)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(buf)
-        except (ValueError, EOFError, SyntaxError) as exc:
-            raise StoreError(f"{path}: the shard's header is damaged ({exc}); {PREPARE_HINT}") from None
-        if fortran or len(shape) != 2:
-            raise StoreError(f"{path}: the shard holds {shape} rows, not a 2-D C-order array; {PREPARE_HINT}")
-        rows, row_size = shape
-        if rows and (dtype != self.dtype or row_size != self.row_size):
-            raise StoreError(f"{path}: the shard holds {shape} {dtype} rows, the manifest says "
-                             f"(N, {self.row_size}) {self.dtype}; {PREPARE_HINT}")
-        header = ShardHeader(offset=buf.tell(), rows=rows, row_size=row_size, dtype=dtype)
-        expected = header.offset + rows * header.row_bytes
-        actual = os.fstat(fd).st_size
-        if actual != expected:
-            raise StoreError(f"{path}: the shard is truncated or damaged ({actual:,} bytes, expected "
-                             f"{expected:,}); {PREPARE_HINT}")
+        header = read_shard_header(path, fd)
+        if header.rows and (header.dtype != self.dtype or header.row_size != self.row_size):
+            raise StoreError(f"{path}: the shard holds rows of {header.row_size} {header.dtype}, the manifest "
+                             f"says {self.row_size} {self.dtype}; {PREPARE_HINT}")
         return header
 
     def close(self) -> None:
@@ -139,6 +111,9 @@ class FeatureStore:
         self.dtype = np.dtype(manifest["dtype"])
         self.files = ShardFiles(paths, self.dtype, int(np.prod(self.row_shape)))
         self._splits: dict[str, StoreSplit] = {}
+
+    def __reduce__(self):  # the same store (this manifest) in a spawned process, without open files
+        return (FeatureStore, (self.paths, self.manifest))
 
     @classmethod
     def open(cls, store_dir: str | os.PathLike) -> "FeatureStore":
@@ -201,6 +176,9 @@ class StoreSplit:
             raise StoreError(f"{path}: an entry points at a shard the manifest does not list; {PREPARE_HINT}")
         return entries
 
+    def __reduce__(self):
+        return (_split_of, (self.store, self.name))
+
     def __len__(self) -> int:
         return self._items
 
@@ -209,12 +187,7 @@ class StoreSplit:
 
     def names(self) -> list[str]:
         """The source name (path) of each item, read from disk each call (training never keeps them)."""
-        try:
-            text = self._names_path.read_bytes().decode("utf-8", "surrogateescape")
-        except OSError as exc:
-            raise StoreError(f"{self._names_path}: cannot read the names of split {self.name!r}: "
-                             f"{exc.strerror}; {PREPARE_HINT}") from None
-        names = text.split("\n")[:-1] if text else []
+        names = read_names(self._names_path)
         if len(names) != self._items:
             raise StoreError(f"{self._names_path}: {len(names)} names for {self._items} items; {PREPARE_HINT}")
         return names
@@ -242,3 +215,7 @@ class StoreSplit:
     def raw(self, item: int, variant: int = 0, start: int = 0, count: Optional[int] = None) -> np.ndarray:
         """rows() as raw features: (C, F, count) spectra, (1, count) waveforms, (C, H, W) images."""
         return from_rows(self.rows(item, variant, start, count), self.store.kind, self.store.row_shape)
+
+
+def _split_of(store: FeatureStore, name: str) -> StoreSplit:
+    return store.split(name)
