@@ -119,6 +119,33 @@ def test_variant_is_drawn_from_seed_epoch_index(tmp_path):
     assert np.array_equal(disk.raw(4).numpy(), base)                 # evaluation: the original
 
 
+def test_training_window_is_drawn_from_seed_epoch_index():
+    from trainer.data import windows
+
+    class Split:   # a StoreSplit of one recording of 40 rows per variant
+        variants, labels = 1, [2]
+
+        def __init__(self):
+            self.reads = []
+
+        def length(self, item, variant=0):
+            return 40
+
+        def raw(self, item, variant=0, start=0, count=None):
+            self.reads.append((item, variant, start, count))
+            return np.zeros((1, count), dtype=np.float16)
+
+    split = Split()
+    examples = stored.StoredExamples(split, extractor=None, seed=3, window=8)
+    for epoch in range(5):
+        x = examples.raw(0, epoch)
+        assert x.shape == (1, 8) and x.dtype == torch.float32
+        assert split.reads[-1] == (0, examples.variant(0, epoch), windows.train_start(40, 8, 3, epoch, 0), 8)
+    assert len({r[2] for r in split.reads}) > 1                  # windows from anywhere in the recording
+    examples.raw(0)
+    assert split.reads[-1] == (0, 0, 0, 8)                        # outside training: the first window
+
+
 def test_store_for_other_settings_is_refused(tmp_path):
     write_store(store_cfg(tmp_path))
     other = store_cfg(tmp_path, **{"features.n_mels": 24})
