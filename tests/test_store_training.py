@@ -232,6 +232,32 @@ def test_preparing_reports_are_protocol_frames(tmp_path, fake_prepare, monkeypat
     assert kinds.index("preparing") < kinds.index("phase")
 
 
+def test_a_stop_while_preparing_ends_the_run_stopped_and_a_restart_goes_on(tmp_path, monkeypatch):
+    from trainer import store_setup
+    from trainer.data.store import FeatureStore, StoreError
+
+    monkeypatch.setattr(store_setup, "PREPARING_INTERVAL", 0.0)
+    cfg = store_cfg(tmp_path, max_steps=2, **{"data.prepare_workers": 1})
+    controls = queue.SimpleQueue()
+
+    class StopWhilePreparing(Recorder):
+        def preparing(self, body):
+            super().preparing(body)
+            controls.put((5, "checkpoint"))      # stays queued for training
+            controls.put((7, "stop"))
+
+    recorder = StopWhilePreparing()
+    run = rd(tmp_path, "run")
+    assert Trainer(cfg, run, recorder, controls).run() == "stopped"
+    assert ("request", 7, "done") in [(k, d.get("id"), d.get("outcome")) for k, _, _, d in recorder.events]
+    assert recorder.events[-1][3] == {"state": "stopped"}
+    assert not recorder.preparing_bodies[-1]["finished"]
+    assert controls.get_nowait() == (5, "checkpoint")            # other requests wait for training
+    with pytest.raises(StoreError):
+        FeatureStore.open(tmp_path / "store")                    # never half-made: no manifest
+    assert Trainer(cfg, run, Recorder()).run() == "finished"     # the next start prepares and trains
+
+
 def test_preparing_report_rate_limit():
     from trainer.store_setup import PreparingReport
 
