@@ -354,8 +354,9 @@ def test_accept_flag_reaches_the_worker_through_the_environment(monkeypatch):
     assert child_env()[store_setup.ACCEPT_ENV] == "1"   # what the daemon gives its worker
 
 
-def test_stop_and_resume_is_bit_identical_to_one_run(tmp_path, fake_prepare):
-    cfg = store_cfg(tmp_path)
+@pytest.mark.parametrize("balanced", [False, True])
+def test_stop_and_resume_is_bit_identical_to_one_run(tmp_path, fake_prepare, balanced):
+    cfg = store_cfg(tmp_path, **{"data.balanced_sampler": balanced})
     whole = rd(tmp_path, "whole")
     assert Trainer(cfg, whole).run() == "finished"
     run = stopped_run(tmp_path, cfg, stop_at=5)
