@@ -516,3 +516,24 @@ def test_daemon_resume_on_a_changed_store_needs_the_flag(tmp_path, runtime_dir):
     alerts = [e for e in _events(run_dir) if e["kind"] == "alert" and e["data"].get("what") == "data_changed"]
     assert len(alerts) == 1 and "bit-exact resume is lost" in alerts[0]["message"]
     assert json.loads(RunDir(run_dir).data_store.read_text())["splits"]["train"]["items"] == 150
+
+
+def test_audio_folder_with_variants_and_a_bad_file_trains_and_resumes_exactly(tmp_path):
+    from tests.audio_folders import write_audio_folders
+
+    bad = write_audio_folders(tmp_path / "audio", per_class=12)
+    raw = changed(RAW, **{"data": {"source": "audio_folder", "root": str(tmp_path / "audio"), "sample_rate": 8000,
+                                   "duration": 0.5, "skip_bad_files": True, "store": str(tmp_path / "store"),
+                                   "store_dtype": "float32", "prepare_workers": 1,
+                                   "variants": {"count": 2, "gain_db": 6.0}},
+                          "phases": [{"name": "only", "epochs": 8}], "schedule": {"name": "cosine"}})
+    cfg = run_config(raw)
+    whole = Recorder()
+    assert Trainer(cfg, rd(tmp_path, "whole"), whole).run() == "finished"
+    assert [d["count"] for k, _, _, d in whole.events if k == "alert" and d.get("what") == "bad_data"] == [1]
+    recorded = json.loads(RunDir(tmp_path / "whole").data_store.read_text())
+    assert recorded["splits"]["train"] == {**recorded["splits"]["train"], "items": 24, "variants": 2}
+    run = stopped_run(tmp_path, cfg, stop_at=3)
+    assert Trainer(cfg, run).run() == "finished"
+    assert losses(run) == losses(tmp_path / "whole")
+    assert str(bad) not in build_datasets(cfg).train.names
