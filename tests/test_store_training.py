@@ -317,6 +317,16 @@ def test_resume_neither_prepares_nor_scans_nor_decodes(tmp_path, fake_prepare, m
     assert calls == [] and fake_prepare.status_calls == status_calls and fake_prepare.prepared == 1
 
 
+def test_resume_without_the_record_warns_and_never_prepares(tmp_path, fake_prepare):
+    cfg = store_cfg(tmp_path)
+    run = stopped_run(tmp_path, cfg)
+    RunDir(run).data_store.unlink()
+    recorder = Recorder()
+    assert Trainer(cfg, run, recorder).run() == "finished"
+    assert [d["what"] for k, _, _, d in recorder.events if k == "alert"] == ["data_unrecorded"]
+    assert fake_prepare.prepared == 1 and RunDir(run).data_store.exists()
+
+
 def test_resume_against_a_changed_store_is_refused_then_accepted(tmp_path, fake_prepare):
     cfg = store_cfg(tmp_path)
     run = stopped_run(tmp_path, cfg)

@@ -51,13 +51,17 @@ def run_data(trainer):
 
     cfg, auto_values = stored.resolve_auto(cfg, files.data_auto)
     recorded = read_recorded(files.data_store)
-    resuming = recorded is not None and files.newest_checkpoint() is not None
+    resuming = files.newest_checkpoint() is not None
     if not resuming:
         ensure_prepared(trainer, cfg)
     store = stored.open_store(cfg)
-    if resuming:
+    if resuming and recorded is not None:
         check_unchanged(trainer, recorded, store)
     elif recorded is None or recorded.get("fingerprint") != store.fingerprint:
+        if resuming:  # data_store.json deleted under the run: nothing to compare with
+            trainer.event("alert", "warning", f"{files.data_store.name} is missing or damaged, so whether the feature store "
+                          "changed since the checkpoints were written is unknown: recording the current one",
+                          what="data_unrecorded")
         record(files.data_store, store)
     return stored.build_from_store(cfg, auto_values, store=store)
 
