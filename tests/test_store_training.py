@@ -547,3 +547,27 @@ def test_audio_folder_with_variants_and_a_bad_file_trains_and_resumes_exactly(tm
     assert Trainer(cfg, run).run() == "finished"
     assert losses(run) == losses(tmp_path / "whole")
     assert str(bad) not in build_datasets(cfg).train.names
+
+
+def test_image_store_gives_the_in_ram_examples_with_the_new_augmentations(tmp_path):
+    from PIL import Image
+
+    from trainer.data.store.prepare import prepare
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / "img" / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / label / f"{i}.png")
+    cfg = run_config({"data": {"source": "image_folder", "root": str(tmp_path / "img"), "image_size": 16,
+                               "store": str(tmp_path / "store"), "prepare_workers": 1},
+                      "features": {"kind": "image"},
+                      "augment": {"hflip": True, "vflip": True, "rotate_deg": 10, "brightness": 0.2, "contrast": 0.2}})
+    prepare(cfg, workers=1)
+    ram, disk = build_datasets(in_ram_cfg(cfg)), build_datasets(cfg)
+    for i in range(len(ram.train)):
+        assert disk.train.examples.raw(i).dtype == torch.uint8
+        assert torch.equal(disk.train.examples.raw(i), ram.train.examples.raw(i))
+        assert torch.equal(disk.train[(3, i)][0], ram.train[(3, i)][0])
