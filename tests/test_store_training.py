@@ -186,6 +186,14 @@ def test_train_prepares_with_the_real_prepare_and_equals_in_ram(tmp_path):
     assert [e[3]["status"] for e in recorder.events if e[0] == "preparing"] == ["missing", "done"]
 
 
+def test_loader_workers_read_the_store_after_fork(tmp_path, fake_prepare):
+    cfg = store_cfg(tmp_path, max_steps=4, **{"data.num_workers": 2})
+    write_store(cfg)
+    assert Trainer(cfg, rd(tmp_path, "workers")).run() == "finished"
+    assert Trainer(in_ram_cfg(cfg), rd(tmp_path, "ram")).run() == "finished"
+    assert losses(tmp_path / "workers") == losses(tmp_path / "ram")
+
+
 def test_training_from_float16_store_is_close(tmp_path, fake_prepare):
     cfg = store_cfg(tmp_path, dtype="float16", max_steps=5)
     write_store(cfg)
