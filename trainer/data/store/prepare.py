@@ -64,9 +64,9 @@ def store_status(cfg) -> tuple[str, str]:
     if not paths.manifest.exists():
         return "missing", f"{paths.root}: no feature store yet (run `longhaul prepare`)"
     manifest = read_manifest_or_none(paths)
-    reason = staleness(make_plan(cfg), manifest)
     if manifest is None:
         return "stale", f"{paths.manifest} is damaged: the store is prepared again"
+    reason = staleness(make_plan(cfg), manifest)
     if reason:
         return "stale", reason
     return "current", f"{sum(s['items'] for s in manifest['splits'].values()):,} examples in {paths.root}"
