@@ -163,14 +163,20 @@ def test_bad_files_are_recorded_with_their_reason(tmp_path, capsys):
 
 
 def test_a_second_prepare_waits_or_refuses(tmp_path, capsys):
+    from trainer import cli
+
     write_clips(tmp_path / "data", 2)
     cfg = config(tmp_path)
     (tmp_path / "store").mkdir()
+    (tmp_path / "prep.yaml").write_text(dump_config(cfg))
     paths = StorePaths(tmp_path / "store")
     results = []
     with prepare_lock(paths, wait=False):
         with pytest.raises(StoreError, match=rf"another prepare \(pid {os.getpid()}\) is writing this store"):
             prepare(cfg, workers=1, wait=False)
+        assert cli.main(["prepare", str(tmp_path / "prep.yaml"), "--no-wait"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"longhaul prepare: {tmp_path / 'store'}: another prepare (pid {os.getpid()})")
         waiter = threading.Thread(target=lambda: results.append(prepare(cfg, workers=1)))
         waiter.start()
         deadline = time.monotonic() + 30
