@@ -232,9 +232,12 @@ def test_a_worker_killed_names_its_shard(tmp_path, small_shards):
     write_clips(tmp_path / "data", 8)
     cfg = config(tmp_path)
 
+    killed = []
+
     def kill_worker(done, total):
-        if done == 6:
-            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+        if done >= 6 and not killed:
+            killed.append(multiprocessing.active_children()[0].pid)
+            os.kill(killed[0], signal.SIGKILL)
 
     with pytest.raises(StoreError, match=r"worker \(pid \d+\) was killed by SIGKILL while computing shard \w+"):
         prepare(cfg, workers=1, progress=kill_worker)

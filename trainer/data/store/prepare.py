@@ -209,9 +209,9 @@ def _compute(cfg, plan: Plan, todo: list[ShardTask], outcomes: dict, index, work
     total = sum(len(task.items) for task in todo)
     done = 0
 
-    def on_item() -> None:
+    def on_items(count: int) -> None:
         nonlocal done
-        done += 1
+        done += count
         if progress:
             progress(done, total)
 
@@ -223,7 +223,7 @@ def _compute(cfg, plan: Plan, todo: list[ShardTask], outcomes: dict, index, work
         progress(0, total)
     count = min(workers or cfg.data.prepare_workers or os.cpu_count() or 1, len(todo))
     with ShardPool(cfg, str(plan.paths.root), count) as pool:
-        pool.run(todo, on_item, on_done)
+        pool.run(todo, on_items, on_done)
 
 
 def _open_index(paths: StorePaths):
