@@ -246,3 +246,25 @@ def test_image_sizes_come_from_the_index(tmp_path, decodes):
     second = check_data(cfg)
     assert decodes == [] and first.ok and second.ok
     assert sorted(second.stats["train"].sizes) == sorted(first.stats["train"].sizes) == [(20, 50)] * 2 + [(40, 30)] * 2
+
+
+def test_file_names_that_are_not_utf8_round_trip(tmp_path):
+    odd = os.fsdecode(b"/data/bird/caf\xe9.wav")  # Latin-1 bytes: surrogate-escaped in Python
+    with DataIndex(tmp_path / "index.sqlite") as index:
+        index.record([FileRecord(odd, 1, 2, "train", os.fsdecode(b"b\xffrd"), "bad", problem=f"{odd}: broken")])
+        found = index.lookup(odd, 1, 2)
+        assert found.path == odd and [r.path for r in index.records()] == [odd]
+        assert found.label == "b\ufffdrd" and found.problem.endswith(": broken")
+
+
+def test_check_after_prepare_decodes_nothing(folder, tmp_path, decodes):
+    from trainer.data.store import prepare
+
+    cfg = store_cfg(folder, tmp_path / "store", skip_bad_files=True)
+    prepare(cfg, workers=1)  # its worker decodes; the main process records every outcome
+    decodes.clear()
+    report = check_data(cfg)
+    assert decodes == [] and "11 file(s) known and unchanged, 0 decoded" in report.index
+    broken = str(folder / "train" / "bird" / "broken.wav")
+    assert "cannot decode audio" in dict(report.errors)[broken]
+    assert report.counts == {"train": [3, 3], "val": [2, 2]}
