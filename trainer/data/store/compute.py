@@ -3,7 +3,9 @@
 A bad item (zero bytes, truncated, not audio) becomes an outcome with its reason and the shard
 goes on; only a shard that cannot be written (full disk) fails, with layout's StoreError.
 Features are computed several examples at a time (FeatureExtractor.raw_batch) while their
-lengths agree: far fewer parallel regions than one call per example.
+lengths agree: far fewer parallel regions than one call per example. A batch holds at most
+BATCH clips' worth of samples, so that whole recordings (data.windows) do not make a batch of
+64 minute-long spectrograms at once.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ..decode import BadItem, Decoder, read_samples
 from ..features import FeatureExtractor
 from . import layout
 
-# Examples whose features are computed in one raw_batch call.
+# At most this many clips of data.duration (or images) go into one raw_batch call.
 BATCH = 64
 
 
@@ -31,6 +33,7 @@ class ShardMaker:
         self.kind = cfg.features.kind
         self.dtype = np.dtype(np.uint8 if self.kind == "image" else cfg.data.store_dtype)
         self.windows = cfg.data.windows if cfg.data.windows.enabled else None
+        self.batch_size = BATCH * (1 if self.kind == "image" else self.decoder.n_samples)
         self._noise = None  # NoiseBank, loaded with the first variant made in this process
 
     def make(self, task, step: Callable[[], None]) -> list[dict]:
@@ -45,19 +48,20 @@ class ShardMaker:
             except BadItem as exc:
                 outcome.update(ok=False, problem=str(exc))
             else:
-                if pending and (len(pending) + len(bases) > BATCH or pending[0].shape != bases[0].shape):
+                if pending and not self._fits(pending, bases):
                     blocks += self._rows(pending)
                 pending += bases
-                outcome.update(ok=True, rows=len(bases), **facts)
+                outcome.update(ok=True, **facts)
             outcomes.append(outcome)
             step()
         blocks += self._rows(pending)
-        lengths = iter(len(block) for block in blocks)
-        for outcome in outcomes:
-            if outcome["ok"]:  # the count of its blocks -> the rows of each (variant 0 first)
-                outcome["rows"] = [next(lengths) for _ in range(outcome["rows"])]
-        layout.write_shard(self.paths, task.key, task.split, task.variants, blocks, outcomes, self.dtype)
-        return outcomes
+        sidecar = layout.write_shard(self.paths, task.key, task.split, task.variants, blocks, outcomes, self.dtype)
+        return sidecar["items"]  # with each ok item's rows per variant
+
+    def _fits(self, pending: list[np.ndarray], bases: list[np.ndarray]) -> bool:
+        """Whether `bases` can join the pending batch: same shape, and not too big together."""
+        size = sum(1 if self.kind == "image" else len(b) for b in pending + bases)
+        return pending[0].shape == bases[0].shape and size <= self.batch_size
 
     # ------------------------------------------------------------------------- one item
     def _bases(self, item, variants: int) -> tuple[list[np.ndarray], dict]:
