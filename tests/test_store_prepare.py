@@ -375,3 +375,22 @@ def test_the_run_directory_copy_of_a_config_names_the_same_store(tmp_path):
     copy = load_config(tmp_path / "run" / "config.yaml", check_model=False)
     assert copy.resolve_path(copy.data.store) == (tmp_path / "store").resolve() == cfg.resolve_path(cfg.data.store).resolve()
     assert copy.resolve_path(copy.data.variants.noise_dir) == (tmp_path / "noise").resolve()
+
+
+@pytest.mark.slow
+def test_two_prepares_at_once_one_waits_and_the_store_is_whole(tmp_path):
+    write_clips(tmp_path / "data", 10)
+    path = tmp_path / "prep.yaml"
+    path.write_text(dump_config(config(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "trainer.cli", "prepare", str(path), "--workers", "1"]
+    procs = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    assert sum("waiting for another prepare" in err for _, err in outs) <= 1
+    assert all(out.splitlines()[-1] == str(tmp_path / "store") for out, _ in outs)
+    said = sorted(out.splitlines()[-2] for out, _ in outs)  # one computed, the other found it done
+    assert said[0].startswith("store prepared in") and said[1].startswith("store up to date: 20 examples")
+    split = FeatureStore.open(tmp_path / "store").split("train")
+    assert len(split) == 20 and all(split.length(i) == 32 for i in range(len(split)))
