@@ -391,6 +391,6 @@ def test_two_prepares_at_once_one_waits_and_the_store_is_whole(tmp_path):
     assert sum("waiting for another prepare" in err for _, err in outs) <= 1
     assert all(out.splitlines()[-1] == str(tmp_path / "store") for out, _ in outs)
     said = sorted(out.splitlines()[-2] for out, _ in outs)  # one computed, the other found it done
-    assert said[0].startswith("store prepared in") and said[1].startswith("store up to date: 20 examples")
+    assert said[0].startswith("store prepared in") and said[1].startswith("store up to date: 40 examples")
     split = FeatureStore.open(tmp_path / "store").split("train")
     assert len(split) == 20 and all(split.length(i) == 32 for i in range(len(split)))
