@@ -100,7 +100,10 @@ class ShardPool:
         busy.pop(slot, None)
         if waiting:
             busy[slot] = waiting.pop()
-            self.conns[slot].send(busy[slot])
+            try:
+                self.conns[slot].send(busy[slot])
+            except OSError:  # it died since its last message
+                self._died(slot, busy[slot])
 
     def _receive(self, slot: int, busy: dict[int, ShardTask], on_items, on_done) -> bool:
         """Handle one message of `slot`; True when its shard is finished."""
