@@ -80,7 +80,7 @@ class ShardMaker:
             raise BadItem(f"cannot decode: {type(exc).__name__}: {exc}") from None
         bases = [base]
         if variants:
-            from .. import variants as made  # H5's module: only stores with variants need it
+            from .. import variants as made  # imported only by stores with variants
 
             if self._noise is None:
                 self._noise = made.NoiseBank.from_config(self.cfg)
@@ -90,7 +90,7 @@ class ShardMaker:
 
     def _recording(self, item) -> tuple[np.ndarray, dict]:
         """Windows mode: the whole recording, cut to windows.max_seconds by windows.store_wave."""
-        from .. import windows  # H6's module: only stores of long recordings need it
+        from .. import windows  # imported only by stores of long recordings
 
         if hasattr(item, "samples"):
             samples, rate = item.samples, item.rate
