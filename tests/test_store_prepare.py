@@ -394,3 +394,26 @@ def test_two_prepares_at_once_one_waits_and_the_store_is_whole(tmp_path):
     assert said[0].startswith("store prepared in") and said[1].startswith("store up to date: 40 examples")
     split = FeatureStore.open(tmp_path / "store").split("train")
     assert len(split) == 20 and all(split.length(i) == 32 for i in range(len(split)))
+
+
+def test_json_waveforms_and_auto_settings(tmp_path, capsys):
+    from trainer import cli
+
+    rng = np.random.default_rng(0)
+    doc = {"fs": RATE, "labels": ["ok", "ng", "ok", "ng"],
+           "waveforms": [list(rng.normal(size=3000 + 500 * i) * 0.1) for i in range(4)]}
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.json").write_text(json.dumps(doc))
+    cfg = config(tmp_path, **{"data.source": "json_waveforms", "data.root": None, "data.sample_rate": "auto",
+                              "data.duration": "auto", "data.train": str(tmp_path / "train.json"),
+                              "data.val": str(tmp_path / "val.json")})
+    (tmp_path / "prep.yaml").write_text(dump_config(cfg))
+    assert cli.main(["prepare", str(tmp_path / "prep.yaml"), "--workers", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / "store")
+    store = FeatureStore.open(tmp_path / "store")
+    assert store.recipe["data.sample_rate"] == RATE and store.recipe["data.duration"] == 0.6  # 95th pct of 0.375..0.5625 s, rounded up
+    train = store.split("train")
+    assert train.names() == [f"{tmp_path / 'train.json'} (item {i})" for i in range(4)]
+    assert list(train.labels) == [1, 0, 1, 0]  # classes sorted: ng, ok
+    shard = json.loads(next((tmp_path / "store" / "shards").glob("*.json")).read_text())
+    assert shard["items"][3]["path"].endswith("train.json#3") or shard["items"][3]["path"].endswith("val.json#3")
