@@ -346,6 +346,13 @@ def test_progress_line_rate_and_eta():
         "preparing data: 500/1000 files, 100.0 files/s, ETA 5s",
         "preparing data: 1000/1000 files, 100.0 files/s, took 10s"]
 
+    log = io.StringIO()  # workers take 4 s to start: that is not the rate the ETA goes by
+    line = PrepareProgressLine(log, log_interval=5.0, clock=lambda: now[0])
+    for t, done in ((0.0, 0), (4.0, 10), (5.0, 20)):
+        now[0] = t
+        line(done, 100)
+    assert log.getvalue() == "preparing data: 20/100 files, 10.0 files/s, ETA 8s\n"
+
     class Terminal(io.StringIO):
         def isatty(self):
             return True
