@@ -424,3 +424,30 @@ def test_json_waveforms_and_auto_settings(tmp_path, capsys):
     assert list(train.labels) == [1, 0, 1, 0]  # classes sorted: ng, ok
     shard = json.loads(next((tmp_path / "store" / "shards").glob("*.json")).read_text())
     assert shard["items"][3]["path"].endswith("train.json#3") or shard["items"][3]["path"].endswith("val.json#3")
+
+
+@pytest.mark.slow
+def test_train_reads_the_store_longhaul_prepare_made(tmp_path, capsys):
+    """The config names its data (through a symlink) and its store relative to itself; the run
+    directory's copy names them resolved: train must find the same store current and prepare nothing."""
+    from trainer import cli
+
+    write_clips(tmp_path / "data", 8)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "run.yaml"
+    path.write_text(json.dumps({
+        "name": "fromstore", "threads": 1, "seed": 2,
+        "data": {"source": "audio_folder", "root": "../link", "store": "../store", "sample_rate": RATE,
+                 "duration": 0.5},
+        "features": {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 13},
+        "model": {"name": "mfcc_mlp"}, "optim": {"batch_size": 8}, "phases": [{"name": "only", "epochs": 1}]}))
+    assert cli.main(["prepare", str(path), "--workers", "1"]) == 0
+    prepared = FeatureStore.open(tmp_path / "store").fingerprint
+    capsys.readouterr()
+    assert cli.main(["--root", str(tmp_path / "runs"), "train", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "preparing data" not in out
+    recorded = json.loads((tmp_path / "runs" / "fromstore" / "data_store.json").read_text())
+    assert recorded["fingerprint"] == prepared
+    assert not (tmp_path / "runs" / "fromstore" / "store").exists()
