@@ -136,7 +136,8 @@ def test_training_window_is_drawn_from_seed_epoch_index():
             return np.zeros((1, count), dtype=np.float16)
 
     split = Split()
-    examples = stored.StoredExamples(split, extractor=None, seed=3, window=8)
+    waveform = types.SimpleNamespace(kind="waveform", top_db=None)  # (1, T) rows, no dB floor
+    examples = stored.StoredExamples(split, extractor=waveform, seed=3, window=8)
     for epoch in range(5):
         x = examples.raw(0, epoch)
         assert x.shape == (1, 8) and x.dtype == torch.float32
@@ -151,7 +152,7 @@ def test_store_for_other_settings_is_refused(tmp_path):
     other = store_cfg(tmp_path, **{"features.n_mels": 24})
     from trainer.data.store import StoreError
 
-    with pytest.raises(StoreError, match=r"store was prepared for other settings: features.n_mels: 32 -> 24"):
+    with pytest.raises(StoreError, match=r"store was prepared for other settings: features.n_mels 32 -> 24"):
         build_datasets(other)
 
 

@@ -383,9 +383,6 @@ def test_evaluate_with_tta_on_windows_says_why_not(windows_run):
         evaluate_run(windows_run[0], "test", tta=True, n_boot=10)
 
 
-@pytest.mark.xfail(reason="needs H4: StoredExamples.raw(index, epoch) to read training windows with "
-                          "windows.read_window (the per-window top_db floor; the store keeps spectra unfloored)",
-                   strict=False)
 def test_training_reads_a_window_as_evaluation_and_predict_do():
     from trainer.data.stored import StoredExamples
 

@@ -33,6 +33,7 @@ class FeatureExtractor:
         feats, data = cfg.features, cfg.data
         self.kind = feats.kind
         self.normalize = feats.normalize
+        self.top_db = feats.top_db
         self.n_samples = int(round(data.duration * data.sample_rate))
         self.image_channels = data.image_channels
         self.image_size = data.image_size

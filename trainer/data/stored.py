@@ -58,12 +58,14 @@ class StoredExamples:
         """Un-augmented, un-normalised features of example `index` (float32; images uint8).
         `epoch` is given by training only: it picks the variant and the window."""
         variant = self.variant(index, epoch)
-        start, count = 0, self.window
-        if self.window is not None and epoch is not None:
-            from . import windows  # H6's module: only windows mode needs it
+        if self.window is not None:
+            from . import windows  # only windows mode needs it
 
-            start = windows.train_start(self.split.length(index, variant), self.window, self.seed, epoch, index)
-        rows = self.split.raw(index, variant, start, count)
+            start = 0 if epoch is None else windows.train_start(
+                self.split.length(index, variant), self.window, self.seed, epoch, index)
+            return windows.read_window(self.split, index, variant, start, self.window, self.extractor.kind,
+                                       self.extractor.top_db)  # each window floored at its own maximum
+        rows = self.split.raw(index, variant)
         tensor = torch.from_numpy(np.ascontiguousarray(rows))
         return tensor if tensor.dtype == torch.uint8 else tensor.to(torch.float32)
 
@@ -94,7 +96,7 @@ def store_dir(cfg):
 def open_store(cfg):
     """The store of `cfg` (concrete `auto` values), refusing one prepared for other settings:
     StoreError "store was prepared for other settings: ..." (the engine prepares it again)."""
-    from .store import FeatureStore, StoreError, layout
+    from .store import FeatureStore, StoreError, layout, recipe_changes
 
     store = FeatureStore.open(store_dir(cfg))
     wanted = layout.recipe(cfg)
@@ -103,18 +105,6 @@ def open_store(cfg):
         raise StoreError(f"{store_dir(cfg)}: store was prepared for other settings: "
                          + "; ".join(recipe_changes(store.recipe, wanted)))
     return store
-
-
-def recipe_changes(old: dict, new: dict) -> list[str]:
-    """'key: stored -> wanted' for each recipe entry that differs (nested keys dotted)."""
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += [f"{key}.{line}" for line in recipe_changes(a, b)]
-        elif a != b:
-            changes.append(f"{key}: {a!r} -> {b!r}")
-    return changes
 
 
 def store_report(cfg, store, auto_values=None) -> DataReport:
