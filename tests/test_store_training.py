@@ -527,7 +527,8 @@ def test_daemon_resume_on_a_changed_store_needs_the_flag(tmp_path, runtime_dir):
     cli(env, "resume", "powercut")
     wait_for(lambda: status(env, "powercut")["state"] == "failed", 120, "the refused resume to fail")
     crashes = [e for e in _events(run_dir) if e["kind"] == "crash"]
-    assert crashes and all("--accept-data-change" in e["message"] for e in crashes)   # the last line: what to do
+    assert len(crashes) == 1 and "--accept-data-change" in crashes[0]["message"]   # no restart: it cannot help
+    assert crashes[0]["data"]["user_error"]
     assert all("the feature store changed" in e["data"]["traceback"] and "144 -> 150 examples" in e["data"]["traceback"]
                for e in crashes)
     cli(env, "resume", "powercut", "--accept-data-change")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from trainer import protocol
+from trainer.run.errors import USER_ERROR_EXIT
 from trainer.run.rundir import RunDir, apply_umask
 
 log = logging.getLogger("trainer.worker")
@@ -274,6 +275,15 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def user_errors() -> tuple[type, ...]:
+    """Errors in what the user gave (config, data, store) that no restart can fix."""
+    from trainer.config import ConfigError
+    from trainer.data.report import DataError
+    from trainer.data.store import StoreError
+
+    return ConfigError, DataError, StoreError
+
+
 def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_trainer_factory) -> int:
     """Run one trainer under the daemon; returns the process exit code."""
     args = parse_args(argv)
@@ -310,9 +320,11 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
         text = traceback.format_exc()
         sys.stderr.write(text)
         sys.stderr.flush()
-        publisher.event("crash", "error", f"trainer crashed: {type(exc).__name__}: {exc}", traceback=text)
+        user_error = isinstance(exc, user_errors())
+        what = "cannot train" if user_error else f"trainer crashed: {type(exc).__name__}"
+        publisher.event("crash", "error", f"{what}: {exc}", traceback=text, user_error=user_error)
         link.close(timeout=5.0)
-        return 1
+        return USER_ERROR_EXIT if user_error else 1
     # The engine announces its final state itself; repeat it so the daemon never has to guess
     # (the daemon ignores a state it is already in).
     publisher.event("state", "info", result, state=result)

@@ -27,6 +27,7 @@ from trainer import protocol
 from trainer.daemon.journal import MAX_LOG_LINE, clean_line
 from trainer.daemon.requests import Pending, Requests
 from trainer.daemon.settings import Settings
+from trainer.run.errors import USER_ERROR_EXIT
 from trainer.run.state import FINAL_STATES
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,10 @@ class Supervisor:
                                     stop_reason=self.stop_reason)
                 return "stopped"
             self.requests.finish("failed")
+            if returncode == USER_ERROR_EXIT:
+                self.host.set_state("failed", "the trainer stopped on an error in the config or the data; a restart "
+                                    "cannot fix it (see the crash event or train.log)", level="error")
+                return "failed"
             # A crash after the worker made durable progress starts a new count: a rare crash
             # in a weeks-long run should not use up the budget of a crash loop.
             crashes = 1 if self.checkpointed else crashes + 1
@@ -236,8 +241,11 @@ class Supervisor:
         if self.traceback:
             last = self.traceback.strip().splitlines()[-1:]
             text += f": {last[0]}" if last else ""
+        user_error = returncode == USER_ERROR_EXIT
+        if user_error:
+            text = "cannot train" + text[text.index(":"):] if ":" in text else "cannot train: error in the config or data"
         self.host.emit("crash", "error", text, {"returncode": returncode, "signal": signum, "signal_name": signame,
-                                                "traceback": trace})
+                                                "traceback": trace, "user_error": user_error})
 
     # ------------------------------------------------------------------ one worker
     async def _run_worker(self) -> Optional[int]:

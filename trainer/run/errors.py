@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 
+# Exit status of a worker that stopped on the user's error (data the config refutes, a changed
+# feature store, a config that cannot train): a restart would meet the same error, so the daemon
+# marks the run failed at once instead of spending its restarts on it.
+USER_ERROR_EXIT = 78  # sysexits.h EX_CONFIG
+
+
 class RunError(Exception):
     """Base of the run layer's errors: a message meant for the user, no traceback needed."""
 
