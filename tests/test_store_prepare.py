@@ -451,3 +451,27 @@ def test_train_reads_the_store_longhaul_prepare_made(tmp_path, capsys):
     recorded = json.loads((tmp_path / "runs" / "fromstore" / "data_store.json").read_text())
     assert recorded["fingerprint"] == prepared
     assert not (tmp_path / "runs" / "fromstore" / "store").exists()
+
+
+def test_a_reprepare_keeps_the_files_a_reading_run_uses(tmp_path, small_shards):
+    """A training run that opened the store before a re-prepare keeps reading its shards: the
+    prepare leaves the old files while the store is held for reading, and removes them once not."""
+    write_clips(tmp_path / "data", 6)
+    cfg = config(tmp_path)
+    prepare(cfg, workers=1)
+    reader = FeatureStore.open(tmp_path / "store")
+    train = reader.split("train")
+    before = [train.raw(i) for i in range(len(train))]
+    old = shard_files(tmp_path / "store")
+    sf.write(tmp_path / "data" / "train" / "bird" / "003.wav", np.zeros(2000), RATE)
+    second = prepare(cfg, workers=1)
+    assert second.old_files_kept and "previous version's files were kept" in second.describe()
+    assert old <= shard_files(tmp_path / "store")
+    reader.files.close()  # drop the open descriptors: every old shard must still be there by name
+    assert all(np.array_equal(train.raw(i), x) for i, x in enumerate(before))
+    reader.close()
+    sf.write(tmp_path / "data" / "train" / "bird" / "005.wav", np.zeros(2000), RATE)
+    third = prepare(cfg, workers=1)
+    assert not third.old_files_kept
+    now = shard_files(tmp_path / "store")
+    assert len(old - now) == 2 and len(now - old) == 2  # both replaced shards gone, nothing else

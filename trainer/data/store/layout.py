@@ -13,6 +13,7 @@ window of a long recording is one contiguous read. numpy + stdlib only: no torch
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -50,6 +51,7 @@ class StorePaths:
         self.root = Path(store_dir)
         self.index = self.root / "index.sqlite"
         self.lock = self.root / "prepare.lock"
+        self.readers = self.root / "readers.lock"
         self.manifest = self.root / "manifest.json"
         self.shards = self.root / "shards"
         self.splits = self.root / "splits"
@@ -490,10 +492,37 @@ def referenced(paths: StorePaths, manifest: dict) -> set[Path]:
     return keep
 
 
-def remove_unreferenced(paths: StorePaths, manifest: dict) -> tuple[int, int]:
+def hold_for_reading(paths: StorePaths) -> Optional[int]:
+    """A shared lock on the store's readers.lock, held while the returned descriptor is open (a
+    FeatureStore keeps it for its life; forked DataLoader workers share it). While anyone holds it,
+    a prepare leaves the files of older manifests in place: a training run that opened the store
+    before a re-prepare keeps reading the shards it knows. None on a store that cannot be written
+    (nothing can remove files there either)."""
+    try:
+        fd = os.open(paths.readers, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def remove_unreferenced(paths: StorePaths, manifest: dict) -> Optional[tuple[int, int]]:
     """Delete shard and split files (and leftover temp files) the manifest does not use; call only
-    after the new manifest is in place, holding the prepare lock. Returns (files, bytes) removed."""
-    keep = referenced(paths, manifest)
+    after the new manifest is in place, holding the prepare lock. Returns (files, bytes) removed,
+    or None when a reader holds the store (hold_for_reading): then nothing is removed, and the
+    next prepare that finds no reader removes it."""
+    fd = os.open(paths.readers, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        return _remove_files(paths, referenced(paths, manifest))
+    finally:
+        os.close(fd)
+
+
+def _remove_files(paths: StorePaths, keep: set) -> tuple[int, int]:
     files = size = 0
     for folder in (paths.shards, paths.splits):
         if not folder.is_dir():

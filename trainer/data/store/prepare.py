@@ -47,12 +47,16 @@ class PrepareResult:
     bytes: int = 0
     seconds: float = 0.0
     report: Optional[DataReport] = None
+    old_files_kept: bool = False
+    """A run was reading the store: the files of the older manifest were left for the next prepare."""
 
     def describe(self) -> str:
         size = f"{self.bytes / 2 ** 30:.2f} GiB" if self.bytes >= 2 ** 30 else f"{self.bytes / 2 ** 20:.1f} MiB"
         if self.up_to_date:
             return f"store up to date: {self.items:,} examples, {size}, {self.store_dir}"
         bad = f", {len(self.bad)} bad file(s) left out" if self.bad else ""
+        if self.old_files_kept:
+            bad += "; the previous version's files were kept (a run is reading it; the next prepare removes them)"
         return (f"store prepared in {self.seconds:.1f} s: {self.items:,} examples, {size}; "
                 f"{self.computed_shards} shard(s) computed, {self.reused_shards} reused{bad}; {self.store_dir}")
 
@@ -100,8 +104,10 @@ def prepare(cfg, workers: Optional[int] = None, progress: Optional[Progress] = N
             raise _with_free_space(exc, paths) from None
         finally:
             _remove_temp_files(paths)
-        layout.remove_unreferenced(paths, manifest)
-        return _result(plan, manifest, started, up_to_date=False, computed=computed)
+        removed = layout.remove_unreferenced(paths, manifest)
+        result = _result(plan, manifest, started, up_to_date=False, computed=computed)
+        result.old_files_kept = removed is None
+        return result
 
 
 def resolve_auto(cfg):

@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from .layout import (ENTRIES_DTYPE, PREPARE_HINT, ShardHeader, StoreError, StorePaths, from_rows, read_manifest,
-                     read_names, read_shard_header)
+from .layout import (ENTRIES_DTYPE, PREPARE_HINT, ShardHeader, StoreError, StorePaths, from_rows, hold_for_reading,
+                     read_manifest, read_names, read_shard_header)
 
 OPEN_SHARDS = 64  # open shard descriptors kept at most
 
@@ -111,6 +111,7 @@ class FeatureStore:
         self.dtype = np.dtype(manifest["dtype"])
         self.files = ShardFiles(paths, self.dtype, int(np.prod(self.row_shape)))
         self._splits: dict[str, StoreSplit] = {}
+        self.reading = hold_for_reading(paths)  # a re-prepare keeps our shards while this is open
 
     def __reduce__(self):  # the same store (this manifest) in a spawned process, without open files
         return (FeatureStore, (self.paths, self.manifest))
@@ -118,7 +119,12 @@ class FeatureStore:
     @classmethod
     def open(cls, store_dir: str | os.PathLike) -> "FeatureStore":
         paths = StorePaths(store_dir)
-        return cls(paths, read_manifest(paths))
+        reading = hold_for_reading(paths)  # before the manifest: a prepare then keeps what it names
+        try:
+            return cls(paths, read_manifest(paths))
+        finally:
+            if reading is not None:
+                os.close(reading)  # the store holds its own from now on
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.paths.root)!r}, fingerprint={self.fingerprint[:12]})"
@@ -140,6 +146,17 @@ class FeatureStore:
 
     def close(self) -> None:
         self.files.close()
+        if self.reading is not None:
+            os.close(self.reading)
+            self.reading = None
+
+    def __del__(self) -> None:
+        reading = getattr(self, "reading", None)
+        if reading is not None:
+            try:
+                os.close(reading)
+            except OSError:
+                pass
 
     def __enter__(self) -> "FeatureStore":
         return self
