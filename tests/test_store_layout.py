@@ -306,7 +306,7 @@ def test_remove_unreferenced_keeps_what_the_manifest_uses(tmp_path):
     files, size = layout.remove_unreferenced(new.paths, new.manifest)
     assert files == 4 * 2 + 2 + 1 and size > 0  # old shards (.npy + .json), old entries + names, the temp
     remaining = {p for p in new.paths.root.rglob("*") if p.is_file()}
-    assert remaining == layout.referenced(new.paths, new.manifest) | {new.paths.manifest}
+    assert remaining == layout.referenced(new.paths, new.manifest) | {new.paths.manifest, new.paths.readers}
     assert old.manifest["fingerprint"] != new.manifest["fingerprint"]
     FeatureStore.open(tmp_path / "s").split("train").rows(19)
 
