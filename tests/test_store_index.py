@@ -268,3 +268,16 @@ def test_check_after_prepare_decodes_nothing(folder, tmp_path, decodes):
     broken = str(folder / "train" / "bird" / "broken.wav")
     assert "cannot decode audio" in dict(report.errors)[broken]
     assert report.counts == {"train": [3, 3], "val": [2, 2]}
+
+
+def test_check_through_a_link_finds_what_prepare_recorded(folder, tmp_path, decodes):
+    """The data reached through a symlink (or '..') is the same files: prepare of one config and
+    check-data of the other share the index records instead of decoding again."""
+    from trainer.data.store import prepare
+
+    prepare(store_cfg(folder, tmp_path / "store", skip_bad_files=True), workers=1)
+    link = tmp_path / "link"
+    link.symlink_to(folder)
+    decodes.clear()
+    report = check_data(store_cfg(link, tmp_path / "store", skip_bad_files=True))
+    assert decodes == [] and "11 file(s) known and unchanged, 0 decoded" in report.index

@@ -113,7 +113,8 @@ def store_report(cfg, store, auto_values=None) -> DataReport:
     report = DataReport(source=cfg.data.source, location=f"feature store {store_dir(cfg)}",
                         classes=list(store.classes), skip_bad_files=cfg.data.skip_bad_files,
                         target=f"stored {store.kind} rows {tuple(store.row_shape)} {store.dtype}",
-                        derived=auto_values.lines if auto_values else [])
+                        derived=auto_values.lines if auto_values else [],
+                        balanced_sampler=cfg.data.balanced_sampler)
     for split, entry in manifest["splits"].items():
         report.counts[split] = [int(c) for c in entry["counts"]]
         report.problems += [Problem(str(path), str(reason)) for path, reason in entry.get("bad", [])]

@@ -60,6 +60,7 @@ def variants_of(cfg, split: str) -> int:
 def make_plan(cfg) -> Plan:
     """Scan the source, stat every file and cut each split into shards. DataError (the report) when
     the source itself is unusable (no folder, an empty split, a setting that cannot work)."""
+    from ..augment import no_effect_warnings
     from ..datasets import _settings_problems
     from ..decode import Decoder
     from ..sources import scan
@@ -67,7 +68,8 @@ def make_plan(cfg) -> Plan:
     found = scan(cfg)
     report = DataReport(source=cfg.data.source, location=found.location, classes=found.classes,
                         problems=found.problems + _settings_problems(cfg, Decoder.from_config(cfg)),
-                        warnings=list(found.warnings), skip_bad_files=cfg.data.skip_bad_files)
+                        warnings=found.warnings + no_effect_warnings(cfg), skip_bad_files=cfg.data.skip_bad_files,
+                        before_cap=found.before_cap, balanced_sampler=cfg.data.balanced_sampler)
     if any(not p.skippable for p in report.problems):
         raise DataError(report)
     for items in found.splits.values():
