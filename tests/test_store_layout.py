@@ -425,3 +425,19 @@ def test_store_file_names_are_spelled_only_by_layout():
         elif hits:
             spelled[path.relative_to(root).as_posix()] = hits
     assert spelled == {}
+
+
+def test_big_items_get_smaller_shards():
+    """A prepare worker holds one shard's rows: 512 px images and long recordings with variants
+    get fewer items per shard, so a shard stays near SHARD_BYTES."""
+    images = {"features.kind": "image", "data.image_channels": 3, "data.image_size": 512}
+    target = layout.shard_target(images, 0)
+    assert target < layout.SHARD_TARGET and target * layout.item_bytes(images) <= layout.SHARD_BYTES
+    clips = {"features.kind": "mel", "data.duration": 5.0, "data.sample_rate": 32000, "data.store_dtype": "float16",
+             "features.hop_length": 320, "features.n_mels": 128}
+    assert layout.item_bytes(clips) == 501 * 128 * 2 and layout.shard_target(clips, 0) == layout.SHARD_TARGET
+    long = {**clips, "data.windows.max_seconds": 120.0}
+    assert layout.shard_target(long, 4) == layout.SHARD_MIN_TARGET
+    keys = [layout.ItemKey(f"x{i}", 0, 0) for i in range(5000)]
+    plan = layout.plan_shards(keys, target)
+    assert max(len(r) for r in plan) <= 4 * target and len(plan) > 5000 / (4 * target)

@@ -49,7 +49,7 @@ def config(tmp_path: Path, store: Path | None = None, **changes):
     return run_config(raw, **changes)
 
 
-def ends_after_odd(path: str) -> bool:
+def ends_after_odd(path: str, target: int = 0) -> bool:
     return Path(path.split("#")[0]).stem[-1:] in "13579"
 
 

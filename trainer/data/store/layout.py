@@ -30,8 +30,12 @@ from trainer.run.rundir import fsync_dir
 from .changes import describe_change, recipe_changes, summary  # noqa: F401  (re-exported: a store's identity in a run)
 
 FORMAT = 1
-SHARD_TARGET = 256  # a shard ends after an item whose path hashes to 0 modulo this: ~256 items
-SHARD_MAX = 1024  # ... or after this many items
+SHARD_TARGET = 256  # a shard ends after an item whose path hashes to 0 modulo its target: ~256 items
+SHARD_MAX = 1024  # ... or after 4 times its target
+# Big items (512 px images, long recordings with variants) get smaller shards: a prepare worker
+# holds one shard's rows before writing it, so its memory stays near this whatever the items.
+SHARD_BYTES = 64 * 2 ** 20
+SHARD_MIN_TARGET = 8
 ENTRIES_DTYPE = np.dtype([("label", "<i4"), ("shard", "<i4"), ("row", "<i8"), ("rows", "<i4")])
 entries_dtype = ENTRIES_DTYPE
 SPECTRAL = ("mel", "mfcc")
@@ -175,13 +179,31 @@ def _digest(obj: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- shards
-def plan_shards(keys: Sequence[ItemKey]) -> list[range]:
+def shard_target(recipe_dict: dict, variants: int) -> int:
+    """Items per shard on average for a recipe: SHARD_TARGET, fewer when an item's rows (all its
+    variants) are big, so that a shard holds about SHARD_BYTES at most."""
+    return max(SHARD_MIN_TARGET, min(SHARD_TARGET, SHARD_BYTES // max(1, item_bytes(recipe_dict) * (1 + variants))))
+
+
+def item_bytes(recipe_dict: dict) -> int:
+    """Bytes of one stored example (a whole recording of data.windows.max_seconds in windows mode)."""
+    if recipe_dict["features.kind"] == "image":
+        return recipe_dict["data.image_channels"] * recipe_dict["data.image_size"] ** 2
+    seconds = recipe_dict.get("data.windows.max_seconds") or recipe_dict["data.duration"]
+    samples = int(seconds * recipe_dict["data.sample_rate"])
+    width = np.dtype(recipe_dict["data.store_dtype"]).itemsize
+    if recipe_dict["features.kind"] == "waveform":
+        return samples * width
+    return (samples // recipe_dict["features.hop_length"] + 1) * recipe_dict["features.n_mels"] * width
+
+
+def plan_shards(keys: Sequence[ItemKey], target: int = SHARD_TARGET) -> list[range]:
     """Items (in scan order) cut into shards at content-defined boundaries, so that adding or
     removing one item changes one shard (two at most), not every later one."""
     shards, start = [], 0
     for i, key in enumerate(keys):
         size = i + 1 - start
-        if size >= SHARD_MAX or _ends_shard(key.path):
+        if size >= min(SHARD_MAX, 4 * target) or _ends_shard(key.path, target):
             shards.append(range(start, i + 1))
             start = i + 1
     if start < len(keys):
@@ -189,8 +211,8 @@ def plan_shards(keys: Sequence[ItemKey]) -> list[range]:
     return shards
 
 
-def _ends_shard(path: str) -> bool:
-    return int(hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % SHARD_TARGET == 0
+def _ends_shard(path: str, target: int = SHARD_TARGET) -> bool:
+    return int(hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % target == 0
 
 
 def shard_key(recipe_id_: str, split: str, variants: int, keys: Iterable[ItemKey]) -> str:

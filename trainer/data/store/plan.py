@@ -83,7 +83,7 @@ def make_plan(cfg) -> Plan:
         plan.shards[split] = [
             ShardTask(split, layout.shard_key(plan.recipe_id, split, variants, [keys[i] for i in span]),
                       variants, [items[i] for i in span], [keys[i] for i in span])
-            for span in layout.plan_shards(keys)]
+            for span in layout.plan_shards(keys, layout.shard_target(recipe, variants))]
     return plan
 
 
