@@ -231,3 +231,12 @@ def test_balanced_run_stopped_mid_epoch_resumes_bit_identically(tmp_path):
     want = torch.load(tmp_path / "whole" / "last.pt", map_location="cpu", weights_only=False)["model"]
     got = torch.load(cut / "last.pt", map_location="cpu", weights_only=False)["model"]
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_balanced_sampler_with_balanced_class_weights_is_a_warning():
+    from trainer.config import RunConfig, config_warnings
+
+    both = RunConfig.model_validate({"data": {"balanced_sampler": True}, "loss": {"class_weights": "balanced"}})
+    assert "corrects the imbalance twice" in dict(config_warnings(both))["loss.class_weights"]
+    one = RunConfig.model_validate({"data": {"balanced_sampler": True}})
+    assert "loss.class_weights" not in dict(config_warnings(one))

@@ -710,6 +710,10 @@ def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
                         f"freezes {1.0 - phase.trainable:.0%} of a random backbone (never trained)")
                 warnings.append((f"phases.{i}.trainable", f"phase {phase.name!r} {what}, because model.pretrained "
                                  "is null; set model.pretrained to a weights file, or trainable: 1.0"))
+    if cfg.data.balanced_sampler and cfg.loss.class_weights == "balanced":
+        warnings.append(("loss.class_weights", "'balanced' with data.balanced_sampler corrects the imbalance twice: "
+                         "the sampler already draws every class equally often, and the weights then favour the "
+                         "rare classes again; keep one of them"))
     return warnings + _mode_against_monitor(cfg) + _unused_data_paths(cfg)
 
 
