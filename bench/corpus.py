@@ -52,6 +52,8 @@ class CorpusError(RuntimeError):
 
 def split_counts(per_class: int) -> dict[str, int]:
     """Files per class of each split: val and test 5% each (at least 1), train the rest."""
+    if per_class < 3:
+        raise ValueError(f"a corpus needs at least 3 files per class (one per split), found {per_class}")
     held = {split: max(1, round(share * per_class)) for split, share in SPLIT_SHARE.items()}
     return {"train": per_class - sum(held.values()), **held}
 
