@@ -32,7 +32,9 @@ TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("
               + ["trainer.protocol", "trainer.schedule", "trainer.config", "trainer.monitor", "trainer.fmt",
                  "trainer.sysmon", "trainer.remote", "trainer.console", "trainer.service", "trainer.cli",
                  "trainer.posthoc", "trainer.posthoc.commands", "trainer.posthoc.after", "trainer.posthoc.calibration",
-                 "trainer.posthoc.report", "trainer.posthoc.report_figures"])
+                 "trainer.posthoc.report", "trainer.posthoc.report_figures",
+                 "trainer.data.store", "trainer.data.store.layout", "trainer.data.store.reader",
+                 "trainer.data.store.changes"])
 TUI = _modules("tui") + _modules("tui.screens") + _modules("tui.widgets")
 
 

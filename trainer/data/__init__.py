@@ -13,12 +13,22 @@ image), synthetic (generated sounds), features (mel / MFCC / waveform / image), 
 flip, SpecAugment, Mixup), sampler (epoch order, loaders), datasets (build_datasets,
 check_data), report (DataReport, DataError), seeds (every random draw has an address).
 """
-from .augment import mixup_batch
-from .datasets import DataBundle, EvalDataset, TrainDataset, build_datasets, check_data
-from .report import DECODING, DataError, DataReport
-from .sampler import EpochSampler, epoch_permutation, make_loader
+import importlib
 
-__all__ = [
-    "DECODING", "DataBundle", "DataError", "DataReport", "EpochSampler", "EvalDataset", "TrainDataset",
-    "build_datasets", "check_data", "epoch_permutation", "make_loader", "mixup_batch",
-]
+# Where each re-exported name lives. Loaded on first use (PEP 562) so that the torch-free parts
+# of the data layer (trainer.data.store: the feature store's format and reader) import without torch.
+_EXPORTS = {
+    "mixup_batch": "augment", "DataBundle": "datasets", "EvalDataset": "datasets", "TrainDataset": "datasets",
+    "build_datasets": "datasets", "check_data": "datasets", "DECODING": "report", "DataError": "report",
+    "DataReport": "report", "EpochSampler": "sampler", "epoch_permutation": "sampler", "make_loader": "sampler",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
