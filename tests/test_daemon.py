@@ -14,7 +14,7 @@ import time
 import pytest
 
 from daemon_helpers import RawClient, is_final_state, make_run, read_events, wait_exit, wait_for
-from trainer import daemon, remote
+from trainer import daemon, protocol, remote
 from trainer.daemon import hub
 from trainer.run.liveness import pid_alive
 from trainer.run.rundir import RunDir
@@ -44,7 +44,7 @@ def test_welcome_snapshot_then_live_stream(env):
     pid = launcher.start(run_dir)
     c = connect(run_dir)
     welcome = c.hello()
-    assert welcome["type"] == "welcome" and welcome["version"] == 1
+    assert welcome["type"] == "welcome" and welcome["version"] == protocol.PROTOCOL_VERSION
     assert welcome["run"] == {"name": "hs", "dir": str(run_dir), "daemon_pid": pid}
     snap = welcome["snapshot"]
     assert set(snap) == {"state", "config", "plan", "progress", "series", "eval", "events", "logs", "system"}
@@ -190,7 +190,7 @@ def test_client_that_never_reads_is_dropped_without_slowing_anyone(env):
         if stuck:
             sleeper = connect(run_dir)
             sleeper.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sleeper.send({"type": "hello", "version": 1, "client": "never-reads"})
+            sleeper.send({"type": "hello", "version": protocol.PROTOCOL_VERSION, "client": "never-reads"})
         msgs = reader.recv_until(is_final_state, timeout=60)
         stats = json.loads(wait_for(lambda: (run_dir / "fake_stats.json").exists() and
                                     (run_dir / "fake_stats.json").read_text(), 10, "fake stats"))
@@ -235,7 +235,7 @@ def test_bad_frames_close_only_that_connection(env):
     assert error_code(lambda c: c.send_raw(b"\x00\x10\x00\x00")) == "frame_too_large"
     assert error_code(lambda c: c.send({"type": "launch_missiles"})) == "unknown_type"
     assert error_code(lambda c: c.send({"type": "request", "id": "x", "action": "stop"})) == "bad_field"
-    assert error_code(lambda c: c.send({"type": "hello", "version": 1, "client": "again"})) == "unexpected_type"
+    assert error_code(lambda c: c.send({"type": "hello", "version": protocol.PROTOCOL_VERSION, "client": "again"})) == "unexpected_type"
     assert error_code(lambda c: c.send_raw(b"\x00\x00\x00\x64" + b"\x80" * 10)) == "bad_frame"  # half-sent
     assert error_code(lambda c: c.send_raw(b"\x00\x00"), hello_first=False) == "not_hello"  # half a header
     assert error_code(lambda c: None, hello_first=False) == "not_hello"  # silent: handshake timeout
@@ -286,7 +286,7 @@ def test_foreign_uid_connection_is_closed(env, tmp_path):
         wait_for(lambda: socket_path(run_dir).exists(), 10, "socket")
         c = connect(run_dir)
         try:
-            c.send({"type": "hello", "version": 1, "client": "intruder"})
+            c.send({"type": "hello", "version": protocol.PROTOCOL_VERSION, "client": "intruder"})
         except BrokenPipeError:
             pass  # the refusal does not wait for the hello: the daemon may have closed already
         reply = c.recv()

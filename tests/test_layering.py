@@ -31,10 +31,11 @@ def _modules(package: str) -> list[str]:
 TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("trainer.daemon")
               + ["trainer.protocol", "trainer.schedule", "trainer.config", "trainer.monitor", "trainer.fmt",
                  "trainer.sysmon", "trainer.remote", "trainer.console", "trainer.service", "trainer.cli",
+                 "trainer.store_setup",
                  "trainer.posthoc", "trainer.posthoc.commands", "trainer.posthoc.after", "trainer.posthoc.calibration",
                  "trainer.posthoc.report", "trainer.posthoc.report_figures",
                  "trainer.data.store", "trainer.data.store.layout", "trainer.data.store.reader",
-                 "trainer.data.store.changes"])
+                 "trainer.data.store.changes", "trainer.data.index"])
 TUI = _modules("tui") + _modules("tui.screens") + _modules("tui.widgets")
 
 

@@ -53,10 +53,10 @@ SNAPSHOT = {
 }
 
 EXAMPLES = {
-    "hello": {"type": "hello", "version": 1, "client": "tui"},
+    "hello": {"type": "hello", "version": p.PROTOCOL_VERSION, "client": "tui"},
     "request": {"type": "request", "id": 4, "action": "checkpoint"},
     "ping": {"type": "ping"},
-    "welcome": {"type": "welcome", "version": 1,
+    "welcome": {"type": "welcome", "version": p.PROTOCOL_VERSION,
                 "run": {"name": "quick", "dir": "/runs/quick", "daemon_pid": 4242}, "snapshot": SNAPSHOT},
     "error": {"type": "error", "code": "version_mismatch", "message": "client speaks 2, daemon 1"},
     "progress": {"type": "progress", **PROGRESS_BODY},
@@ -68,6 +68,8 @@ EXAMPLES = {
     "plan": {"type": "plan", "plan": SNAPSHOT["plan"], "config": {"model": {"name": "resnet18"}}},
     "record": {"type": "record", "record": {"kind": "train", "step": 3, "train_loss": 0.5}},
     "control": {"type": "control", "id": 9, "action": "stop"},
+    "preparing": {"type": "preparing", "done": 1200, "total": 7200, "rate": 340.5, "eta": 17.6, "elapsed": 3.5,
+                  "time": 1700000000.0, "store": "/data/store", "finished": False},
 }
 
 
@@ -234,8 +236,8 @@ def test_check_hello():
     with pytest.raises(ProtocolError) as info:
         p.check_hello(p.request(1, "pause"))
     assert info.value.code == ErrorCode.NOT_HELLO
-    with pytest.raises(ProtocolError, match="version 2") as info:
-        p.check_hello(p.hello("x", version=2))
+    with pytest.raises(ProtocolError, match="version 1") as info:
+        p.check_hello(p.hello("x", version=1))
     assert info.value.code == ErrorCode.VERSION_MISMATCH
 
 

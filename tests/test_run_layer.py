@@ -28,7 +28,8 @@ from tui.offline import load_run_dir  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 # What docs/ARCHITECTURE.md ("Run directory") lists, by RunDir attribute.
-FILES = {"config": "config.yaml", "plan": "plan.json", "data_auto": "data_auto.json", "state": "state.json",
+FILES = {"config": "config.yaml", "plan": "plan.json", "data_auto": "data_auto.json", "data_store": "data_store.json",
+         "state": "state.json",
          "history": "history.msgpack", "series_cache": "series-cache.msgpack", "events": "events.jsonl",
          "train_log": "train.log", "daemon_log": "daemon.log", "daemon_lock": ".daemon.lock",
          "checkpoints": "ckpt", "best_weights": "best.pt", "last_weights": "last.pt",

@@ -163,7 +163,7 @@ def cmd_train(args) -> int:
     publisher.started()
     try:
         with DECODING.watch(DecodeProgressLine()):  # only the set-up decodes up front
-            final = Trainer(cfg, run_dir, publisher, controls).run()
+            final = Trainer(cfg, run_dir, publisher, controls, accept_data_change=args.accept_data_change).run()
     except BaseException as exc:
         publisher.failed(exc)
         raise
@@ -272,6 +272,7 @@ def cmd_start(args) -> int:
     _print_config_warnings(cfg, args)
     run_dir, created = _run_dir_for(args, cfg, "start")
     registry.register(run_dir)
+    _pass_accept_data_change(args)
     try:
         write_config(run_dir, cfg)
         pid = daemon.launch_daemon(run_dir)
@@ -352,6 +353,7 @@ def cmd_resume(args) -> int:
     from trainer import daemon
 
     root = runs_root_arg(args)
+    _pass_accept_data_change(args)
     if args.all:
         return resume_all(root)
     if not args.run:
@@ -369,6 +371,16 @@ def cmd_resume(args) -> int:
     pid = daemon.launch_daemon(run_dir)
     print(f"resumed {run_dir.name} (daemon pid {pid}); attach: longhaul attach {address(run_dir)}")
     return 0
+
+
+def _pass_accept_data_change(args) -> None:
+    """--accept-data-change reaches the trainer through the environment the daemon and its
+    workers inherit (store_setup.ACCEPT_ENV). It holds for that daemon's life: the first worker
+    records the new store in data_store.json, so a restart after it sees no change to accept."""
+    if getattr(args, "accept_data_change", False):
+        from trainer.store_setup import ACCEPT_ENV
+
+        os.environ[ACCEPT_ENV] = "1"
 
 
 def resume_all(root: Path) -> int:
@@ -448,10 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    accept_help = ("resume even if the feature store (data.store) changed since the run's checkpoints "
+                   "were written: training goes on, but not bit-exactly")
     p = config_cmd("train", cmd_train, "train in the foreground")
     p.add_argument("--quiet", action="store_true", help="print only events, no progress lines")
+    p.add_argument("--accept-data-change", action="store_true", help=accept_help)
     p = config_cmd("start", cmd_start, "start a detached training daemon")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
+    p.add_argument("--accept-data-change", action="store_true", help=accept_help)
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
 
     def run_cmd(name, func, help_text):
@@ -473,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "from its last checkpoint")
     p.add_argument("run", nargs="?")
     p.add_argument("--all", action="store_true", help="every interrupted run (what runs at boot)")
+    p.add_argument("--accept-data-change", action="store_true", help=accept_help)
     p.set_defaults(func=cmd_resume)
     p = run_cmd("logs", cmd_logs, "show the trainer log")
     p.add_argument("-f", "--follow", action="store_true")
@@ -497,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
                ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
                ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError"),
-               ("trainer.posthoc.classifier", "ClassifierError")]
+               ("trainer.posthoc.classifier", "ClassifierError"), ("trainer.data.store.layout", "StoreError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

@@ -111,6 +111,18 @@ class DecodeProgressLine:
         self.stream.flush()
 
 
+def preparing_line(body: dict) -> str:
+    """"preparing data: 1200/7200 files | 340 files/s | ETA 17s" (a `preparing` body)."""
+    parts = [f"preparing data: {body['done']}/{body['total']} files"]
+    if body.get("rate"):
+        parts.append(f"{body['rate']:.0f} files/s")
+    if body.get("finished"):
+        parts.append(f"done in {duration(body['elapsed'])}")
+    elif body.get("eta") is not None:
+        parts.append(f"ETA {duration(body['eta'])}")
+    return " | ".join(parts)
+
+
 def progress_line(body: dict, samples_per_s: Optional[float] = None) -> str:
     """One compact line: step, epoch, phase, loss, LR, throughput (smoothed when given), ETA."""
     m = body.get("metrics") or {}
@@ -147,6 +159,8 @@ class ConsolePublisher:
         self.events = EventLog(self.files.events).open()  # continues the seq
         self.reported: set[Path] = set()  # files whose write failure was already printed
         self.rate = RateSmoother()
+        self.tty = sys.stdout.isatty()
+        self.last_preparing = 0.0
 
     def started(self) -> None:
         self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground")
@@ -217,6 +231,16 @@ class ConsolePublisher:
 
         after_run(self.run_dir, self.event)
         self.sync()
+
+    def preparing(self, body: dict) -> None:
+        """The store being prepared: a line rewritten in place on a terminal, else one every
+        line_interval seconds (and the last one)."""
+        now = time.monotonic()
+        if self.quiet or (not self.tty and not body["finished"] and now - self.last_preparing < self.line_interval):
+            return
+        self.last_preparing = now
+        end = "\n" if body["finished"] or not self.tty else ""
+        print(("\r" if self.tty else "") + preparing_line(body), end=end, flush=True)
 
     def record(self, record: dict) -> None:
         pass  # the engine writes history.msgpack itself

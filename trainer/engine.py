@@ -35,7 +35,7 @@ from trainer.checkpoint.errors import DiskFullError, is_disk_full
 from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
 from trainer.config import ConfigError, RunConfig
 from trainer.controls import Controls
-from trainer.data import build_datasets, make_loader, mixup_batch, EpochSampler
+from trainer.data import make_loader, mixup_batch, EpochSampler
 from trainer.disk_space import DiskSpace
 from trainer.ema import make_ema, slow_ema_alert
 from trainer.evaluation import Evaluation
@@ -45,6 +45,7 @@ from trainer.resume import resume
 from trainer.run.plan import write_plan
 from trainer.run.rundir import RunDir
 from trainer.schedule import EtaModel, Plan
+from trainer.store_setup import run_data
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Publisher(Protocol):
     def event(self, kind: str, level: str, message: str, **data: Any) -> None: ...
     def record(self, record: dict) -> None: ...
     def plan(self, body: dict) -> None: ...
+    def preparing(self, body: dict) -> None: ...
 
 
 class NullPublisher:
@@ -69,6 +71,9 @@ class NullPublisher:
         pass
 
     def plan(self, body: dict) -> None:
+        pass
+
+    def preparing(self, body: dict) -> None:
         pass
 
 
@@ -142,7 +147,8 @@ def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState):
     phase = plan.phase_at(state.step)
     per_step = phase.samples_per_step
     sampler = EpochSampler(n=len(train_set), seed=cfg.seed, epoch=state.epoch, start=state.epoch_step * per_step,
-                           length=phase.steps_per_epoch * per_step)
+                           length=phase.steps_per_epoch * per_step,
+                           labels=train_set.labels if cfg.data.balanced_sampler else None)
     loader = make_loader(train_set, phase.batch_size, sampler=sampler, num_workers=cfg.data.num_workers)
     with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
         micro = iter(loader)
@@ -160,11 +166,13 @@ def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState):
 
 class Trainer:
     """Trains one run in `run_dir`, resuming from its newest valid checkpoint if there is one.
-    `controls` is the queue of (request id, action) the daemon or the console puts requests in."""
+    `controls` is the queue of (request id, action) the daemon or the console puts requests in.
+    `accept_data_change`: resume on a feature store other than the recorded one (store_setup)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, publisher: Optional[Publisher] = None,
-                 controls: Optional[queue.SimpleQueue] = None):
+                 controls: Optional[queue.SimpleQueue] = None, accept_data_change: bool = False):
         self.cfg = cfg
+        self.accept_data_change = accept_data_change
         self.run_dir = Path(run_dir)
         self.files = RunDir(self.run_dir)
         self.publisher = publisher or NullPublisher()
@@ -186,7 +194,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.data = build_datasets(cfg, frozen=self.files.data_auto)  # keeps what `auto` became
+        self.data = run_data(self)  # prepares a missing store; a resume checks its fingerprint
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
                        what="bad_data", count=len(self.data.skipped))

@@ -24,7 +24,7 @@ import msgpack
 if TYPE_CHECKING:  # the helpers only call methods of the streams they are given
     import asyncio
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_CLIENT_FRAME = 64 * 1024
 """Largest payload a client may send to the daemon (and the daemon to its worker), in bytes."""
 MAX_SERVER_FRAME = 16 * 1024 * 1024
@@ -228,6 +228,7 @@ BODIES: dict[str, dict[str, Spec]] = {
         "events": ListOf(Body("event")),
         "logs": ListOf(Body("log")),
         "system": Nullable(Body("system")),
+        "preparing": MayBeAbsent(Nullable(Body("preparing"))),
     },
 }
 """Maps nested inside messages (no ``type`` key of their own)."""
@@ -258,6 +259,9 @@ MESSAGES: dict[str, dict[str, Spec]] = {
     },
     "ack": {"id": INT, "ok": BOOL, "message": STR},
     "pong": {},
+    # the feature store being prepared before training starts (coalesced: latest wins)
+    "preparing": {"done": INT, "total": INT, "rate": NUM_OR_NULL, "eta": NUM_OR_NULL, "elapsed": NUM,
+                  "time": NUM, "store": STR, "finished": BOOL},
     # worker <-> daemon
     "plan": {"plan": MAP, "config": MAP},
     "record": {"record": Body("history_record")},
@@ -266,8 +270,9 @@ MESSAGES: dict[str, dict[str, Spec]] = {
 """Every message type: field name -> expected type. Extra fields are allowed and ignored."""
 
 CLIENT_TO_DAEMON = frozenset({"hello", "request", "ping"})
-DAEMON_TO_CLIENT = frozenset({"welcome", "error", "plan", "progress", "event", "log", "system", "ack", "pong"})
-WORKER_TO_DAEMON = frozenset({"plan", "progress", "event", "record", "ack"})
+DAEMON_TO_CLIENT = frozenset({"welcome", "error", "plan", "progress", "preparing", "event", "log", "system", "ack",
+                              "pong"})
+WORKER_TO_DAEMON = frozenset({"plan", "progress", "preparing", "event", "record", "ack"})
 DAEMON_TO_WORKER = frozenset({"control"})
 """Which types each side of each connection may send (the ``accept`` sets of decoders)."""
 
@@ -332,6 +337,11 @@ def error(code: str, text: str) -> dict:
 def progress(*, check: bool = True, **fields: Any) -> dict:
     """A progress message; ``fields`` are those of MESSAGES["progress"]."""
     return message("progress", check=check, **fields)
+
+
+def preparing(*, check: bool = True, **fields: Any) -> dict:
+    """A preparing message; ``fields`` are those of MESSAGES["preparing"]."""
+    return message("preparing", check=check, **fields)
 
 
 def event(kind: str, level: str, text: str, data: Optional[dict] = None, *,

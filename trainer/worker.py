@@ -200,6 +200,10 @@ class LinkPublisher:
     def plan(self, body: dict) -> None:
         self.link.send(protocol.plan(plain(body["plan"]), plain(body["config"]), check=False))
 
+    def preparing(self, body: dict) -> None:
+        # ordered, not coalesced here: the engine already sends at most two a second
+        self.link.send(protocol.preparing(**plain(body), check=False))
+
 
 class OutputFallback:
     """Keeps the worker's prints working when the daemon dies.
@@ -256,8 +260,9 @@ class SafeStream:
 
 def default_trainer_factory(cfg, run_dir: Path, publisher, controls):
     from trainer.engine import Trainer  # torch is imported here, not at module import
+    from trainer.store_setup import accept_from_env
 
-    return Trainer(cfg, run_dir, publisher, controls)
+    return Trainer(cfg, run_dir, publisher, controls, accept_data_change=accept_from_env())
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

@@ -42,6 +42,7 @@ class Daemon:
         self.state: Optional[str] = None
         self.progress: Optional[dict] = None
         self.system: Optional[dict] = None
+        self.preparing: Optional[dict] = None  # the feature store being prepared (before training)
         self.last_checkpoint_failed = False
         self._last_progress_write = 0.0
         self._tasks: set[asyncio.Task] = set()
@@ -165,6 +166,7 @@ class Daemon:
             "events": list(self.journal.events),
             "logs": list(self.journal.logs),
             "system": self.system,
+            "preparing": self.preparing,
         }
 
     def _config_summary(self) -> dict:
@@ -203,6 +205,7 @@ class Daemon:
         self.journal.series_stale = True
 
     def worker_exited(self) -> None:
+        self.preparing = None  # a crash in the middle of preparing: the next worker starts over
         if self.progress is not None:
             self.journal.write_state(**progress_fields(self.progress))
 
@@ -216,6 +219,9 @@ class Daemon:
         match msg["type"]:
             case "progress":
                 self._on_progress(msg)
+            case "preparing":  # a new client needs it too: the snapshot keeps the latest
+                self.preparing = None if msg["finished"] else {k: v for k, v in msg.items() if k != "type"}
+                self.hub.broadcast(msg, coalesce=True)
             case "event":
                 self._on_worker_event(msg)
             case "record":
@@ -230,6 +236,7 @@ class Daemon:
 
     def _on_progress(self, msg: dict) -> None:
         self.progress = {k: v for k, v in msg.items() if k != "type"}
+        self.preparing = None
         if self.state == "starting":
             self.set_state("running", "training")
         self.hub.send_progress(msg)

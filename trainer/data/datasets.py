@@ -44,8 +44,13 @@ class Examples:
     def __len__(self) -> int:
         return len(self.items)
 
-    def raw(self, index: int) -> torch.Tensor:
-        """Un-augmented, un-normalised features of example `index` (do not modify in place)."""
+    @property
+    def names(self) -> list[str]:
+        return [item.name for item in self.items]
+
+    def raw(self, index: int, epoch: Optional[int] = None) -> torch.Tensor:
+        """Un-augmented, un-normalised features of example `index` (do not modify in place).
+        `epoch` (training passes it) matters only to a store's examples (variants, windows)."""
         if self.cache is not None:
             return self.cache[index]
         item = self.items[index]
@@ -68,7 +73,7 @@ class SplitDataset(Dataset):
     @property
     def names(self) -> list[str]:
         """Where each example comes from (file path, JSON item, synthetic index)."""
-        return [item.name for item in self.examples.items]
+        return self.examples.names
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -91,8 +96,8 @@ class TrainDataset(SplitDataset):
             raise TypeError(f"training examples are addressed by (epoch, index), got {key!r}; "
                             "draw them with an EpochSampler") from None
         gen = seeds.torch_generator(seeds.AUGMENT, self.seed, epoch, index)
-        x = augment_example(self.examples.raw(index), self.examples.extractor, self.augment, gen)
-        return x, self.examples.labels[index]
+        x = augment_example(self.examples.raw(index, epoch), self.examples.extractor, self.augment, gen)
+        return x, int(self.examples.labels[index])
 
 
 class EvalDataset(SplitDataset):
@@ -126,13 +131,18 @@ class DataBundle:
 
 
 def build_datasets(cfg, frozen=None) -> DataBundle:
-    """Datasets of the run described by `cfg` (a RunConfig).
+    """Datasets of the run described by `cfg` (a RunConfig); with data.store, read from the
+    store (stored.build_from_store: StoreError when it is missing or made for other settings).
 
     Raises DataError, whose message is the full data report, when the data has problems
     (every one of them is listed), unless they are all bad items and data.skip_bad_files is on.
     `frozen`: the run directory's RunDir.data_auto, which keeps what `auto` settings became for
     every later build of the same run (written on the first).
     """
+    if cfg.data.store is not None:  # read from the store: nothing is scanned or decoded
+        from .stored import build_from_store, resolve_auto
+
+        return build_from_store(*resolve_auto(cfg, frozen))
     cfg, auto_values, found = _resolve_auto(cfg, frozen)
     report, examples = _examine(cfg, keep_features=cfg.data.cache, found=found, auto_values=auto_values)
     if not report.usable:
@@ -156,6 +166,13 @@ def build_datasets(cfg, frozen=None) -> DataBundle:
 def check_data(cfg) -> DataReport:
     """Decode every example of the configured data and report counts, statistics and problems."""
     cfg, auto_values, found = _resolve_auto(cfg, None)
+    if cfg.data.store is not None:  # outcomes come from the store's index; only new files are decoded
+        from .indexed import IndexedCheck
+
+        with IndexedCheck.open(cfg, found.classes) as check:
+            report, _ = _examine(cfg, keep_features=False, found=found, auto_values=auto_values, check_split=check)
+        report.index = check.describe()
+        return report
     report, _ = _examine(cfg, keep_features=False, found=found, auto_values=auto_values)
     return report
 
@@ -170,7 +187,9 @@ def _resolve_auto(cfg, frozen):
 
 
 # ----------------------------------------------------------------------------- the pass
-def _examine(cfg, keep_features: bool, found=None, auto_values=None) -> tuple[DataReport, dict[str, Examples]]:
+def _examine(cfg, keep_features: bool, found=None, auto_values=None,
+             check_split=None) -> tuple[DataReport, dict[str, Examples]]:
+    """The decode pass; `check_split` (indexed.IndexedCheck) replaces it when nothing is kept."""
     found = found if found is not None else scan(cfg)
     decoder = Decoder.from_config(cfg)
     settings = _settings_problems(cfg, decoder)
@@ -180,7 +199,8 @@ def _examine(cfg, keep_features: bool, found=None, auto_values=None) -> tuple[Da
         problems=found.problems + settings, warnings=found.warnings + no_effect_warnings(cfg),
         target=decoder.describe(cfg.features.kind == "image")
         + (f" -> {extractor.describe()}" if extractor else ""),
-        skip_bad_files=cfg.data.skip_bad_files, derived=auto_values.lines if auto_values else [])
+        skip_bad_files=cfg.data.skip_bad_files, derived=auto_values.lines if auto_values else [],
+        before_cap=found.before_cap, balanced_sampler=cfg.data.balanced_sampler)
     if extractor is not None:
         report.warnings += mask_warnings(cfg, extractor.output_shape)
     examples: dict[str, Examples] = {}
@@ -190,6 +210,8 @@ def _examine(cfg, keep_features: bool, found=None, auto_values=None) -> tuple[Da
         cache_features = keep_features and extractor is not None
         if synthetic and not cache_features:
             kept, cache = items, None
+        elif check_split is not None and not cache_features:
+            kept, cache, report.stats[split] = check_split(split, items, decoder, report.problems)
         else:
             kept, cache, report.stats[split] = _decode_split(
                 items, decoder, extractor if cache_features else None, report.problems)
@@ -233,16 +255,7 @@ def _decode_split(items: list[Item], decoder: Decoder, extractor: Optional[Featu
             pending.append(decoded.base)
             if len(pending) == FEATURE_CHUNK:
                 flush()
-        if decoded.duration is not None:
-            stats.durations.append(decoded.duration)
-            samples = round(decoded.duration * decoder.sample_rate)
-            stats.padded += samples < decoder.n_samples
-            stats.trimmed += samples > decoder.n_samples
-            if decoded.duration < SHORT_CLIP_SHARE * decoder.n_samples / decoder.sample_rate:
-                stats.short.append((item.name, decoded.duration))
-            stats.sample_rates[decoded.rate] = stats.sample_rates.get(decoded.rate, 0) + 1
-        if decoded.size is not None:
-            stats.sizes.append(decoded.size)
+        stats.count(item.name, decoded.duration, decoded.rate, decoded.size, decoder.sample_rate, decoder.n_samples)
     if extractor is not None:
         flush()
     if cache is not None and len(kept) < len(cache):

@@ -13,6 +13,8 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
+from .balance import expected_draws
+
 # Longest list of bad items printed by to_text(); the rest are counted. The full list stays in
 # DataReport.errors.
 MAX_LISTED = 100
@@ -60,6 +62,21 @@ class SplitStats:
     short: list[tuple[str, float]] = field(default_factory=list)
     """Audio: (name, seconds) of clips far shorter than data.duration (see SHORT_CLIP_SHARE)."""
 
+    def count(self, name: str, duration: Optional[float], rate: Optional[int],
+              size: Optional[tuple[int, int]], sample_rate: int, n_samples: int) -> None:
+        """One usable example as it was before padding/resizing (a fresh decode or the index).
+        `sample_rate`, `n_samples`: what every example becomes (the Decoder's)."""
+        if duration is not None:
+            self.durations.append(duration)
+            samples = round(duration * sample_rate)
+            self.padded += samples < n_samples
+            self.trimmed += samples > n_samples
+            if duration < SHORT_CLIP_SHARE * n_samples / sample_rate:
+                self.short.append((name, duration))
+            self.sample_rates[rate] = self.sample_rates.get(rate, 0) + 1
+        if size is not None:
+            self.sizes.append(tuple(size))
+
 
 @dataclass
 class DataReport:
@@ -78,6 +95,13 @@ class DataReport:
     skip_bad_files: bool = False
     derived: list[str] = field(default_factory=list)
     """What `auto` settings became and the numbers behind them (data.sample_rate/duration)."""
+    before_cap: Optional[list[int]] = None
+    """Training examples found per class before data.max_per_class (None: no cap)."""
+    balanced_sampler: bool = False
+    """data.balanced_sampler: the report shows each class's expected draws per epoch."""
+    index: str = ""
+    """Where the files' outcomes came from when data.store is set (the index, and how many
+    files it knew against how many were decoded)."""
 
     @property
     def errors(self) -> list[tuple[str, str]]:
@@ -114,6 +138,8 @@ class DataReport:
     def to_text(self) -> str:
         """A human-readable report: counts, statistics, warnings, bad files and the verdict."""
         lines = [f"Data: {self.source} ({self.location})"]
+        if self.index:
+            lines.append(f"Index: {self.index}")
         if self.target:
             lines.append(f"Every example becomes: {self.target}")
         lines += [f"  {line}" for line in self.derived]
@@ -133,18 +159,43 @@ class DataReport:
     def _count_lines(self) -> list[str]:
         if not self.classes:
             return ["Classes: none found"]
-        splits = list(self.counts)
+        columns = self._count_columns()
         width = max(12, max(len(c) for c in self.classes) + 2)
         lines = [f"Classes ({len(self.classes)}), usable examples per split:",
-                 "  " + "class".ljust(width) + "".join(s.rjust(8) for s in splits)]
-        for i, name in enumerate(self.classes):
-            lines.append("  " + name.ljust(width) + "".join(str(self.counts[s][i]).rjust(8) for s in splits))
-        lines.append("  " + "total".ljust(width) + "".join(str(sum(self.counts[s])).rjust(8) for s in splits))
+                 "  " + "class".ljust(width) + "".join(head.rjust(max(8, len(head) + 2)) for head in columns)]
+        for i, name in enumerate(self.classes + ["total"]):
+            lines.append("  " + name.ljust(width) + "".join(
+                values[i].rjust(max(8, len(head) + 2)) for head, values in columns.items()))
+        lines += self._balance_notes()
         ratio = self.imbalance("train")
         if ratio is not None:
             text = "inf (a class has no training examples)" if ratio == float("inf") else f"{ratio:.2f}"
             lines.append(f"Imbalance (largest / smallest training class): {text}")
         return lines
+
+    def _count_columns(self) -> dict[str, list[str]]:
+        """Column heading -> one cell per class and the total: the splits, then what the cap
+        found before it cut, then the balanced sampler's draws per epoch."""
+        columns = {split: [str(c) for c in counts] + [str(sum(counts))] for split, counts in self.counts.items()}
+        if self.before_cap is not None:
+            columns["before cap"] = [str(c) for c in self.before_cap] + [str(sum(self.before_cap))]
+        train = self.counts.get("train")
+        if self.balanced_sampler and train:
+            draws = expected_draws(train, sum(train))
+            columns["drawn/epoch"] = [f"{d:.1f}" if d else "0" for d in draws] + [str(sum(train))]
+        return columns
+
+    def _balance_notes(self) -> list[str]:
+        notes = []
+        if self.before_cap is not None and "train" in self.counts:
+            notes.append(f"data.max_per_class: {sum(self.before_cap)} training examples found, "
+                         f"{sum(self.counts['train'])} kept ('before cap': found per class; validation "
+                         "and test are never cut)")
+        if self.balanced_sampler and self.counts.get("train"):
+            notes.append("data.balanced_sampler: each epoch draws as many examples as the training "
+                         "split holds, the same number from every class ('drawn/epoch'); a class "
+                         "smaller than that repeats its examples")
+        return notes
 
     def _stat_lines(self) -> list[str]:
         lines = []

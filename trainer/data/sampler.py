@@ -1,18 +1,29 @@
 """Epoch order and DataLoaders that make a resumed run see exactly the batches it would have seen."""
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import seeds
+from .balance import balanced_order
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order of the `n` training examples in `epoch`: a function of (seed, epoch) only."""
     return seeds.numpy_rng(seeds.ORDER, seed, epoch).permutation(n)
+
+
+def epoch_order(n: int, seed: int, epoch: int, labels: Optional[Sequence[int]] = None) -> np.ndarray:
+    """The epoch's order: the plain permutation, or with `labels` (data.balanced_sampler) n
+    class-balanced draws. Either is a function of (seed, epoch) only."""
+    if labels is None:
+        return epoch_permutation(n, seed, epoch)
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} examples")
+    return balanced_order(labels, n, seed, epoch)
 
 
 class EpochSampler(Sampler):
@@ -21,19 +32,24 @@ class EpochSampler(Sampler):
     `length` (default n) is where the epoch ends: the engine passes steps_per_epoch * batch_size *
     accum_steps so the incomplete last step is dropped. `start` is how many of those were already
     consumed before a resume (k * batch_size after k micro-batches), so the resumed epoch goes on
-    with exactly the items that were next.
+    with exactly the items that were next. `labels` (the training labels, data.balanced_sampler)
+    makes the order class-balanced (epoch_order).
     """
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, length: Optional[int] = None):
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, length: Optional[int] = None,
+                 labels: Optional[Sequence[int]] = None):
         length = n if length is None else length
         if not 0 <= length <= n:
             raise ValueError(f"epoch length must be in 0..{n} (the dataset size), got {length}")
         if not 0 <= start <= length:
             raise ValueError(f"start must be in 0..{length} (the epoch length), got {start}")
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} examples")
         self.n, self.seed, self.epoch, self.start, self.length = n, seed, epoch, start, length
+        self.labels = labels
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = epoch_permutation(self.n, self.seed, self.epoch)
+        order = epoch_order(self.n, self.seed, self.epoch, self.labels)
         for index in order[self.start:self.length]:
             yield (self.epoch, int(index))
 

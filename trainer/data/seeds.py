@@ -19,6 +19,9 @@ AUGMENT = 2
 MIXUP = 3
 VAL_SPLIT = 4
 SYNTHETIC = 5
+VARIANT = 6   # which pre-augmented variant of an example an epoch reads (data.variants)
+WINDOW = 7    # where the training window of a long recording starts (data.windows)
+BALANCE = 8   # the class-balanced epoch order (balance.balanced_order)
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional, Union
 import numpy as np
 
 from . import seeds, synthetic
+from .balance import cap_per_class
 from .decode import AudioFile, BadItem, ImageFile, InlineWaveform, Item, SyntheticExample
 from .report import Problem
 
@@ -41,13 +42,23 @@ class Scan:
     """Where each split comes from (folder or file), for messages about a whole split."""
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    before_cap: Optional[list[int]] = None
+    """Training examples found per class before data.max_per_class cut them (None: no cap)."""
 
 
 Candidates = dict[str, list[tuple[Item, RawLabel]]]
 
 
 def scan(cfg: "RunConfig") -> Scan:
-    """List and label every example of the configured source (nothing is decoded here)."""
+    """List and label every example of the configured source (nothing is decoded here); then
+    cut the training split to data.max_per_class per class."""
+    result = _scan_source(cfg)
+    if cfg.data.max_per_class is not None and result.splits.get("train"):
+        _cap_train(result, cfg.data.max_per_class, cfg.seed)
+    return result
+
+
+def _scan_source(cfg: "RunConfig") -> Scan:
     source = cfg.data.source
     if source == "synthetic":
         return _scan_synthetic(cfg)
@@ -82,6 +93,18 @@ def _scan_synthetic(cfg: "RunConfig") -> Scan:
                 SyntheticExample(f"synthetic:{split}", f"example {i}", synthetic.label_of(i, syn.classes), split, i)
                 for i in range(per_class * syn.classes)]
     return result
+
+
+def _cap_train(result: Scan, k: int, seed: int) -> None:
+    """At most k training examples per class: a subset chosen by cap_per_class from the seed and
+    the examples' names (files by path, so a renumbered CSV row keeps its rank), in scan order."""
+    items = result.splits["train"]
+    names = [item.where if isinstance(item, (AudioFile, ImageFile)) else item.name for item in items]
+    labels = [item.label for item in items]
+    result.before_cap = [0] * len(result.classes)
+    for label in labels:
+        result.before_cap[label] += 1
+    result.splits["train"] = [items[i] for i in cap_per_class(names, labels, k, seed)]
 
 
 # ----------------------------------------------------------------------------- folders

@@ -33,6 +33,9 @@ class RunDir:
         """{"plan": Plan.to_dict(), "config": config summary}, written when the trainer starts."""
         self.data_auto = self.path / "data_auto.json"
         """What `data.sample_rate: auto` / `data.duration: auto` resolved to."""
+        self.data_store = self.path / "data_store.json"
+        """The feature store the run trains from (data.store): its summary and fingerprint, written
+        when the run first builds its data; a resume refuses a store whose fingerprint differs."""
         self.state = self.path / "state.json"
         """The run's durable status (trainer.run.state.StateFile)."""
         self.history = self.path / "history.msgpack"

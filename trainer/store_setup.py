@@ -1,0 +1,150 @@
+"""The feature store a run trains from (data.store): prepared on a fresh start, held fixed after.
+
+    bundle = run_data(trainer)     # Trainer.setup: the run's DataBundle, with or without a store
+
+A fresh run (no checkpoint yet) asks `store_status`; a store that is missing or stale is
+prepared first, visibly: `publisher.preparing(body)` a few times a second (the console's line,
+the daemon's `preparing` frames the TUI shows as a "preparing data" phase) between two
+`preparing` events. Then the store's summary, fingerprint included, goes to RUN/data_store.json.
+
+Torch-free at import (the CLI reads ACCEPT_ENV); the data layer is imported when a run sets up.
+
+A resumed run (a checkpoint and data_store.json exist) never prepares, scans or decodes: it
+opens the store and compares its fingerprint with the recorded one. A different store changes
+what the next batches are, so the run is refused with what changed, unless the user accepts it
+(`--accept-data-change`, which reaches a daemon's worker as ACCEPT_ENV): then a warning alert
+says that bit-exact resume is lost and data_store.json records the new store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+from trainer.run.rundir import atomic_write_json
+
+ACCEPT_ENV = "LONGHAUL_ACCEPT_DATA_CHANGE"
+"""Set to 1 by `longhaul start/resume --accept-data-change` for the daemon and its workers."""
+PREPARING_INTERVAL = 0.5
+"""Seconds between two `preparing` reports (the first and the last are always sent)."""
+
+
+def accept_from_env() -> bool:
+    return os.environ.get(ACCEPT_ENV, "") not in ("", "0")
+
+
+def run_data(trainer):
+    """The DataBundle of `trainer`'s run: build_datasets without a store, else from the store."""
+    from trainer.data import build_datasets
+
+    cfg, files = trainer.cfg, trainer.files
+    if cfg.data.store is None:
+        return build_datasets(cfg, frozen=files.data_auto)  # keeps what `auto` became
+    from trainer.data import stored
+
+    cfg, auto_values = stored.resolve_auto(cfg, files.data_auto)
+    recorded = read_recorded(files.data_store)
+    resuming = recorded is not None and files.newest_checkpoint() is not None
+    if not resuming:
+        ensure_prepared(trainer, cfg)
+    store = stored.open_store(cfg)
+    if resuming:
+        check_unchanged(trainer, recorded, store)
+    elif recorded is None or recorded.get("fingerprint") != store.fingerprint:
+        record(files.data_store, store)
+    return stored.build_from_store(cfg, auto_values, store=store)
+
+
+def read_recorded(path) -> Optional[dict]:
+    """data_store.json, or None when absent or damaged (then the run records its store anew)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("fingerprint"), str) else None
+
+
+def record(path, store) -> None:
+    from trainer.data.store import layout
+
+    atomic_write_json(path, layout.summary(store.manifest))
+
+
+def check_unchanged(trainer, recorded: dict, store) -> None:
+    """Refuse (DataError) a store other than the one the run's checkpoints were trained on,
+    unless trainer.accept_data_change: then warn and record the new store."""
+    if recorded["fingerprint"] == store.fingerprint:
+        return
+    from trainer.data.store import layout
+
+    from trainer.data.report import DataError
+
+    lines = layout.describe_change(recorded, layout.summary(store.manifest)) or [
+        f"fingerprint {recorded['fingerprint'][:16]} -> {store.fingerprint[:16]}"]
+    if not trainer.accept_data_change:
+        run = trainer.run_dir
+        raise DataError(
+            f"{trainer.cfg.resolve_path(trainer.cfg.data.store)}: the feature store changed since "
+            f"this run's checkpoints were written ({trainer.files.data_store.name}), so a resume would not be "
+            "bit-exact:\n" + "\n".join(f"  - {line}" for line in lines)
+            + f"\nRestore the store, or accept the change: longhaul resume {run} --accept-data-change "
+            "(longhaul train ... --accept-data-change in the foreground)")
+    trainer.event("alert", "warning", "data store changed: bit-exact resume is lost: " + "; ".join(lines),
+                  what="data_changed", changes=lines)
+    record(trainer.files.data_store, store)
+
+
+# ----------------------------------------------------------------------------- preparing
+def ensure_prepared(trainer, cfg) -> None:
+    """Prepare the store of `cfg` (concrete `auto` values) unless it is current, visibly."""
+    from trainer.data.store import prepare, store_status
+
+    status, reason = store_status(cfg)
+    if status == "current":
+        return
+    where = cfg.resolve_path(cfg.data.store)
+    trainer.event("preparing", "info", f"preparing data: feature store {where} is {status} ({reason})",
+                  status=status, reason=reason, store=str(where))
+    report = PreparingReport(getattr(trainer.publisher, "preparing", None), str(where))
+    result = prepare(cfg, progress=report)
+    report.done(result.items)
+    trainer.event("preparing", "info",
+                  f"data prepared: {result.items} items, {result.computed_shards} shards computed, "
+                  f"{result.reused_shards} reused, {len(result.bad)} bad, {result.bytes / 2**20:.1f} MiB "
+                  f"in {result.seconds:.1f} s", status="done", items=result.items,
+                  computed_shards=result.computed_shards, reused_shards=result.reused_shards,
+                  bad=len(result.bad), bytes=result.bytes, seconds=result.seconds, store=str(where))
+
+
+class PreparingReport:
+    """prepare()'s progress(done, total) -> `send(body)` at most every PREPARING_INTERVAL:
+    {done, total, rate (items/s), eta (s), elapsed, time, store, finished}."""
+
+    def __init__(self, send, store: str, clock=time.monotonic):
+        self.send, self.store, self.clock = send, store, clock
+        self.started = clock()
+        self.last: Optional[float] = None
+        self.total = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.total = total
+        now = self.clock()
+        if self.last is not None and now - self.last < PREPARING_INTERVAL and done < total:
+            return
+        self.last = now
+        self._send(done, total, finished=False)
+
+    def done(self, items: int) -> None:
+        self._send(max(items, self.total), max(items, self.total), finished=True)
+
+    def body(self, done: int, total: int, finished: bool) -> dict[str, Any]:
+        elapsed = self.clock() - self.started
+        rate = done / elapsed if elapsed > 0 and done > 0 else None
+        eta = (total - done) / rate if rate else None
+        return {"done": done, "total": total, "rate": rate, "eta": 0.0 if finished else eta,
+                "elapsed": elapsed, "time": time.time(), "store": self.store, "finished": finished}
+
+    def _send(self, done: int, total: int, finished: bool) -> None:
+        if self.send is not None:
+            self.send(self.body(done, total, finished))
