@@ -185,6 +185,28 @@ def cmd_check_data(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_prepare(args) -> int:
+    """Build or bring up to date the config's feature store; its path is the last line of stdout."""
+    from trainer.console import PrepareProgressLine
+    from trainer.data.store.prepare import prepare, resolve_auto
+
+    cfg = _load(args, check_model=False)
+    _print_config_warnings(cfg, args)
+    try:
+        result = prepare(resolve_auto(cfg), workers=args.workers, progress=PrepareProgressLine(),
+                         wait=not args.no_wait)
+    except KeyboardInterrupt:
+        print("\nlonghaul prepare: interrupted; the finished shards are kept: run it again to go on",
+              file=sys.stderr)
+        return 130
+    report = result.report
+    if report is not None and report.problems:
+        print(report.to_text())
+    print(result.describe())
+    print(result.store_dir)
+    return 0 if report is None or report.usable else 1
+
+
 def cmd_status(args) -> int:
     run_dir = resolve_run(args.run, runs_root_arg(args))
     info = run_status(run_dir)
@@ -469,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
     p.add_argument("--accept-data-change", action="store_true", help=accept_help)
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
+    p = config_cmd("prepare", cmd_prepare, "decode the data once, in parallel, into the config's feature store "
+                   "(data.store); the store's path is the last line of output", run_dir=False)
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (default: data.prepare_workers, "
+                   "else one per core)")
+    p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
 
     def run_cmd(name, func, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -123,6 +123,49 @@ def preparing_line(body: dict) -> str:
     return " | ".join(parts)
 
 
+class PrepareProgressLine:
+    """"preparing data: 1200/7200 files, 85 files/s, ETA 1m10s" on stderr while `longhaul prepare`
+    computes the store. On a terminal one line rewritten in place about every `interval` seconds; in
+    a log (not a terminal) a new line every `log_interval` seconds. The rate is over the whole pass
+    (workers finish items in bursts, so a short window would jump)."""
+
+    def __init__(self, stream: Any = None, interval: float = 0.5, log_interval: float = 5.0,
+                 clock=time.monotonic):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval if self.tty else log_interval
+        self.clock = clock
+        self.started: Optional[float] = None
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self.started is None:
+            self.started = self.last = now
+        if done >= total:
+            if self.shown or not self.tty:
+                self._write(self.text(done, total, now), end="\n")
+        elif now - self.last >= self.interval:
+            self.last = now
+            self._write(self.text(done, total, now), end="" if self.tty else "\n")
+
+    def text(self, done: int, total: int, now: float) -> str:
+        elapsed = now - (self.started if self.started is not None else now)
+        parts = [f"preparing data: {done}/{total} files"]
+        if done and elapsed > 0:
+            rate = done / elapsed
+            parts.append(f"{rate:.1f} files/s")
+            parts.append(f"ETA {duration((total - done) / rate)}" if done < total else f"took {duration(elapsed)}")
+        return ", ".join(parts)
+
+    def _write(self, text: str, end: str) -> None:
+        self.shown = True
+        start = "\r\x1b[K" if self.tty else ""
+        self.stream.write(f"{start}{text}{end}")
+        self.stream.flush()
+
+
 def progress_line(body: dict, samples_per_s: Optional[float] = None) -> str:
     """One compact line: step, epoch, phase, loss, LR, throughput (smoothed when given), ETA."""
     m = body.get("metrics") or {}

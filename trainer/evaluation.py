@@ -1,6 +1,10 @@
 """Evaluation and what follows from it: which weights (raw or EMA) the run follows, the best
 evaluation, early stopping and the plateau LR cut.
 
+With data.windows, the validation split is one item per (recording, window): the metrics are
+those of the recordings (their windows' probabilities averaged), the per-window ones beside them
+as val_window_* (trainer.data.windows.windowed_metrics).
+
 Its state (best metric and step, patience used, plateau scale) lives in the trainer's
 `LoopState`, so it is checkpointed with everything else; "better" is `cfg.eval.monitor_rule`
 (trainer/monitor.py), the one definition the rest of the project uses too.
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import make_loader
+from trainer.data.windows import evaluation_view, is_windowed, windowed_metrics
 from trainer.metrics import TRAIN_MONITOR, classification_metrics
 
 
@@ -26,6 +31,8 @@ class Evaluation:
                  smoother, event: Callable[..., None], train_mode: Callable[[], None],
                  on_best: Callable[[], None]):
         self.cfg, self.data, self.plan, self.state = cfg, data, plan, state
+        # data.windows: one item per (recording, window), built once (it reads every length)
+        self.val = evaluation_view(data.val, cfg, getattr(data, "data_config", None))
         self.model, self.ema, self.channels_last = model, ema, channels_last
         self.smoother = smoother  # the train-loss monitor reads its smoothed value
         self.event, self.train_mode, self.on_best = event, train_mode, on_best
@@ -63,7 +70,7 @@ class Evaluation:
     def _evaluate_model(self, model: torch.nn.Module) -> dict:
         model.eval()
         cfg = self.cfg
-        loader = make_loader(self.data.val, cfg.eval.batch_size or 2 * cfg.optim.batch_size,
+        loader = make_loader(self.val, cfg.eval.batch_size or 2 * cfg.optim.batch_size,
                              sampler=None, num_workers=cfg.data.num_workers)
         probs, labels, loss_sum = [], [], 0.0
         with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
@@ -77,8 +84,12 @@ class Evaluation:
             labels.append(y.numpy())
         self.train_mode()
         y_true = np.concatenate(labels)
-        metrics = classification_metrics(y_true, np.concatenate(probs), list(self.data.classes),
-                                          loss=loss_sum / max(len(y_true), 1))
+        if is_windowed(self.val):  # per recording as the headline, per window beside it
+            metrics = windowed_metrics(np.concatenate(probs), loss_sum / max(len(y_true), 1), self.val,
+                                       list(self.data.classes))
+        else:
+            metrics = classification_metrics(y_true, np.concatenate(probs), list(self.data.classes),
+                                              loss=loss_sum / max(len(y_true), 1))
         if cfg.eval.monitor == TRAIN_MONITOR:
             metrics[TRAIN_MONITOR] = self.smoother.value
         return metrics

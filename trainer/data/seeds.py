@@ -21,7 +21,8 @@ VAL_SPLIT = 4
 SYNTHETIC = 5
 VARIANT = 6   # which pre-augmented variant of an example an epoch reads (data.variants)
 WINDOW = 7    # where the training window of a long recording starts (data.windows)
-BALANCE = 8   # the class-balanced epoch order (balance.balanced_order)
+BALANCE = 8  # the class-balanced epoch order (balance.balanced_order)
+VARIANT_MAKE = 9  # the draws of a pre-augmented variant, made when the store is prepared
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:

@@ -10,7 +10,12 @@ calibration temperature. What evaluate, predict, export and the Python API share
 An image is one example. A recording is cut into consecutive windows of the run's clip length
 (`data.duration`; the last one padded with silence, as training pads short clips); each window is
 classified and the recording's probabilities are the mean of its windows'. A recording no longer
-than one window is exactly the example training and evaluation saw.
+than one window is exactly the example training and evaluation saw. A run with data.windows cuts
+the windows its evaluation takes (trainer.data.windows: every data.windows.eval_hop seconds, the
+last one ending at the end of the recording), over the whole recording (the store keeps only
+the first data.windows.max_seconds); each window's features are computed from its own samples,
+which differs from the store's window of the whole recording's spectrogram only in the frames
+within n_fft/2 of its edges.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from trainer.data.auto import apply_frozen
 from trainer.data.decode import Decoder, read_samples
 from trainer.data.features import FeatureExtractor
 from trainer.data.sources import AUDIO_EXTS, IMAGE_EXTS
+from trainer.data.windows import Windows, sample_starts
 from trainer.posthoc import calibration
 from trainer.posthoc import tta as tta_module
 from trainer.run.rundir import RunDir
@@ -53,7 +59,10 @@ class Prediction:
     windows: list[dict[str, float]] = field(default_factory=list)
     """Per-window probabilities of a recording longer than one window (empty otherwise)."""
     window_seconds: float = 0.0
-    """Length of one window of a recording (window i covers i * window_seconds onwards)."""
+    """Length of one window of a recording (window i covers i * window_seconds onwards, unless
+    `window_starts` says otherwise)."""
+    window_starts: list[float] = field(default_factory=list)
+    """Where each window starts (seconds) when the windows are not side by side (data.windows)."""
 
     def to_dict(self, top_k: Optional[int] = None) -> dict:
         """The JSON line of `longhaul predict --json`: path, label, prob, the top-k probs and, for
@@ -67,7 +76,7 @@ class Prediction:
         """Window `index` of a recording: start, end (seconds), label, prob, top-k probs."""
         probs = self.windows[index]
         label = max(probs, key=probs.get)
-        start = index * self.window_seconds
+        start = self.window_starts[index] if self.window_starts else index * self.window_seconds
         return {"start": round(start, 6), "end": round(start + self.window_seconds, 6), "label": label,
                 "prob": probs[label], "probs": _top(probs, top_k)}
 
@@ -92,6 +101,7 @@ class Classifier:
         self.input_shape = self.extractor.output_shape
         self.image = cfg.features.kind == "image"
         self.channels_last = cfg.model.channels_last and len(self.input_shape) == 3
+        self.eval_windows = Windows.from_config(cfg) if cfg.data.windows.enabled and not self.image else None
 
     # ------------------------------------------------------------------ model
     def inputs(self, base: np.ndarray) -> torch.Tensor:
@@ -137,6 +147,10 @@ class Classifier:
 
     def _cut(self, wave: np.ndarray) -> list[np.ndarray]:
         size = self.decoder.n_samples
+        if self.eval_windows is not None:
+            starts = sample_starts(len(wave), self.eval_windows)
+            return WindowCut([self.decoder.fit_length(wave[s:s + size]) for s in starts],
+                             [s / self.decoder.sample_rate for s in starts])
         count = max(1, math.ceil(len(wave) / size))
         return [self.decoder.fit_length(wave[i * size:(i + 1) * size]) for i in range(count)]
 
@@ -158,7 +172,7 @@ class Classifier:
         for source, group in zip(sources, windows):
             part = probs[start:start + len(group)]
             start += len(group)
-            out.append(self._prediction(source, part))
+            out.append(self._prediction(source, part, getattr(group, "starts", None)))
         return out
 
     def base_probabilities(self, bases: Sequence[np.ndarray], batch_size: int = 32, calibrated: bool = True,
@@ -172,14 +186,23 @@ class Classifier:
         return torch.cat([self.probabilities(self.logits(torch.stack([self.inputs(b) for b in bases[i:i + batch_size]])),
                                              calibrated) for i in range(0, len(bases), batch_size)])
 
-    def _prediction(self, source: Source, window_probs: torch.Tensor) -> Prediction:
+    def _prediction(self, source: Source, window_probs: torch.Tensor, starts: Optional[list[float]] = None) -> Prediction:
         mean = window_probs.mean(dim=0)
         best = int(mean.argmax())
         name = "<array>" if isinstance(source, np.ndarray) else str(source)
         as_dict = lambda row: {c: float(p) for c, p in zip(self.classes, row.tolist())}  # noqa: E731
         windows = [as_dict(row) for row in window_probs] if len(window_probs) > 1 else []
         seconds = 0.0 if self.image else self.decoder.n_samples / self.decoder.sample_rate
-        return Prediction(name, self.classes[best], float(mean[best]), as_dict(mean), windows, seconds)
+        return Prediction(name, self.classes[best], float(mean[best]), as_dict(mean), windows, seconds,
+                          list(starts) if starts and windows else [])
+
+
+class WindowCut(list):
+    """The windows of one recording (base examples) with where each starts, in seconds."""
+
+    def __init__(self, bases: list[np.ndarray], starts: list[float]):
+        super().__init__(bases)
+        self.starts = starts
 
 
 # ----------------------------------------------------------------------------- loading

@@ -11,6 +11,15 @@ must be laid out like the training data) and the run's model (Classifier.logits)
   bootstrap 95% intervals (1000 resamples, seed 0) of accuracy, F1 macro and AUC-ROC macro;
 - with --tta, the same metrics of the test-time-augmented probabilities beside the plain ones.
 
+With data.windows (long recordings from a feature store) the split is one item per (recording,
+window): the model gives logits per window, the temperature is fitted on the windows of the
+validation split, and a recording's probabilities are the mean of its windows' (calibrated:
+after; uncalibrated: before), as predict does. RESULT's metrics, intervals and calibration are
+then per recording, and RESULT["windows"] holds n_windows and the per-window accuracy, F1 macro
+and AUC-ROC macro (calibrated windows); the npz is per recording (`logits` = log of the
+uncalibrated mean, so that its softmax gives the recording's probabilities back) with the
+windows beside (window_logits, window_labels, window_recording).
+
 Results: evaluation.json (`{"version": 1, "results": {"<split>/<weights>": RESULT}}`, the other
 entries kept), predictions-<split>-<weights>.npz (labels, logits, classes, tta_probs), a text
 table, or RESULT as one JSON object with --json. trainer.posthoc.after runs it when a run finishes.
@@ -29,6 +38,7 @@ import numpy as np
 import torch
 
 from trainer import metrics
+from trainer.data import windows
 from trainer.posthoc import calibration
 from trainer.posthoc.classifier import Classifier, ClassifierError, load_classifier
 from trainer.run.evaluation import read_evaluation
@@ -96,7 +106,7 @@ def split_of(clf: Classifier, bundle, split: str, data: Optional[str] = None):
         hint = "a test/ folder beside train/" if clf.cfg.data.source.endswith("folder") else \
             "data.test (or data.synthetic.test_per_class)"
         raise NoSplit(f"{where} has no {split} split (it needs {hint}); evaluate --split val instead")
-    return dataset
+    return windows.evaluation_view(dataset, clf.cfg, getattr(bundle, "data_config", None))
 
 
 @torch.no_grad()
@@ -113,6 +123,10 @@ def split_logits(clf: Classifier, dataset, batch_size: int = BATCH) -> SplitData
 
 def bases(dataset) -> list[np.ndarray]:
     """The base examples (decoded window or image) of an EvalDataset, for TTA."""
+    if windows.is_windowed(dataset):
+        raise EvaluationError("--tta: this run evaluates windows of long recordings read from its feature store, "
+                              "which keeps features, not the waveforms the audio transforms shift; evaluate "
+                              "without --tta")
     examples = dataset.examples
     return [item.load(examples.decoder).base for item in examples.items]
 
@@ -158,19 +172,39 @@ def evaluate_run(run_dir, split: str = "test", weights: str = "best", data: Opti
 
 
 def result_of(clf: Classifier, data: SplitData, fit: dict, split: str, path: Optional[str], n_boot: int) -> dict:
-    """RESULT (the shared evaluation.json format) of the split's logits."""
+    """RESULT (the shared evaluation.json format) of the split's logits (per recording, with a
+    "windows" section, when the split is windows of long recordings)."""
     temperature = float(fit["temperature"])
-    before = calibration.calibration_errors(calibration.softmax(data.logits), data.labels)
-    probs = calibration.softmax(data.logits, temperature)
-    after = calibration.calibration_errors(probs, data.labels)
+    labels, uncalibrated, probs = data.labels, calibration.softmax(data.logits), calibration.softmax(data.logits, temperature)
+    windowed = windows.is_windowed(data.dataset)
+    if windowed:
+        window_probs, dataset = probs, data.dataset
+        labels = dataset.recording_labels
+        uncalibrated = windows.recording_probabilities(uncalibrated, dataset.recording, dataset.recordings)
+        probs = windows.recording_probabilities(probs, dataset.recording, dataset.recordings)
+    before = calibration.calibration_errors(uncalibrated, labels)
+    after = calibration.calibration_errors(probs, labels)
     result = {"split": split, "weights": clf.weights, "step": clf.step,
               "data": str(Path(path).expanduser().absolute()) if path else None, "time": time.time()}
-    result.update(metrics.evaluation_metrics(data.labels, probs, clf.classes))
-    result.update(ci=metrics.bootstrap_intervals(data.labels, probs, n_boot, CI_LEVEL), ci_level=CI_LEVEL,
+    result.update(metrics.evaluation_metrics(labels, probs, clf.classes))
+    result.update(ci=metrics.bootstrap_intervals(labels, probs, n_boot, CI_LEVEL), ci_level=CI_LEVEL,
                   bootstrap=n_boot, temperature=temperature, calibration_split=fit.get("split", "val"), tta=None)
     for key in ("ece", "mce", "brier", "nll"):
         result[f"{key}_before"], result[f"{key}_after"] = before[key], after[key]
+    if windowed:
+        result["windows"] = windows_result(clf, data, window_probs)
     return result
+
+
+def windows_result(clf: Classifier, data: SplitData, window_probs: np.ndarray) -> dict:
+    """RESULT's "windows" section: how many windows, their geometry, and the per-window metrics
+    of the calibrated window probabilities."""
+    geometry = data.dataset.windows
+    seconds = lambda rows: rows * geometry.row_samples / clf.decoder.sample_rate  # noqa: E731
+    full = metrics.evaluation_metrics(data.labels, window_probs, clf.classes)
+    return {"n_windows": int(len(data.labels)), "n_recordings": int(data.dataset.recordings),
+            "window_seconds": clf.decoder.n_samples / clf.decoder.sample_rate, "hop_seconds": seconds(geometry.hop),
+            "accuracy": full["accuracy"], "f1_macro": full["f1_macro"], "auc_roc_macro": full["auc_roc_macro"]}
 
 
 def tta_result(names: list[str], probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
@@ -188,6 +222,8 @@ def _tta_module():
 def store(files: RunDir, result: dict, data: SplitData, classes: list[str], tta_probs: Optional[np.ndarray]) -> None:
     """The predictions npz and the result in evaluation.json (both atomic; other entries kept)."""
     arrays = {"labels": data.labels, "logits": data.logits.astype(np.float32), "classes": np.asarray(classes, dtype=str)}
+    if windows.is_windowed(data.dataset):
+        arrays.update(recording_arrays(data))
     if tta_probs is not None:
         arrays["tta_probs"] = np.asarray(tta_probs, dtype=np.float32)
     buffer = io.BytesIO()
@@ -196,6 +232,16 @@ def store(files: RunDir, result: dict, data: SplitData, classes: list[str], tta_
     doc = read_evaluations(files)
     doc["results"][f"{result['split']}/{result['weights']}"] = result
     atomic_write_json(files.evaluation, doc)
+
+
+def recording_arrays(data: SplitData) -> dict:
+    """The npz of a windowed split: per recording (labels; logits whose softmax is the mean of the
+    windows' uncalibrated probabilities) with the windows' own beside them."""
+    dataset = data.dataset
+    probs = windows.recording_probabilities(calibration.softmax(data.logits), dataset.recording, dataset.recordings)
+    return {"labels": dataset.recording_labels, "logits": np.log(np.clip(probs, 1e-30, None)).astype(np.float32),
+            "window_logits": data.logits.astype(np.float32), "window_labels": data.labels,
+            "window_recording": dataset.recording}
 
 
 def read_evaluations(files: RunDir) -> dict:
@@ -238,6 +284,11 @@ def format_result(r: dict) -> str:
     lines += per_class_table(r["per_class"])
     lines += ["", "confusion (rows: true class, columns: predicted, in the order above)"]
     lines += ["  " + " ".join(f"{v:>5}" for v in row) for row in r["confusion"]]
+    if r.get("windows"):
+        w = r["windows"]
+        lines += ["", f"per recording above ({w['n_recordings']} recordings, the mean of their windows' probabilities); "
+                      f"per window ({w['n_windows']} windows of {w['window_seconds']:g} s every {w['hop_seconds']:.3g} s): "
+                      f"accuracy {num(w['accuracy'])}, F1 macro {num(w['f1_macro'])}, AUC-ROC macro {num(w['auc_roc_macro'])}"]
     if r.get("tta"):
         t = r["tta"]
         lines += ["", f"with TTA ({', '.join(t['transforms'])}): accuracy {num(t['accuracy'])}, F1 macro "

@@ -250,6 +250,15 @@ def spec(clf: Classifier, fmt: str, parity_result: dict) -> dict:
                                     "lowpass_filter_width 6, rolloff 0.99",
                         "windows": "consecutive windows of window_samples, the last padded with zeros at the end; "
                                    "a file's probabilities are the mean of its windows'"}
+        if clf.eval_windows is not None:  # data.windows: the windows the run's evaluation takes
+            w = clf.eval_windows
+            doc["audio"]["windows"] = ("windows of window_samples starting at window_starts.row_samples * s for s "
+                                       "in 0, hop_rows, 2 hop_rows, ... up to rows - window_rows, where rows = "
+                                       "n // row_samples + 1 (n samples; rows = n when row_samples is 1), plus one "
+                                       "at rows - window_rows when the hop does not land there (or just 0 when "
+                                       "rows <= window_rows); each padded with zeros at the end to window_samples; "
+                                       "a file's probabilities are the mean of its windows'")
+            doc["audio"]["window_starts"] = {"row_samples": w.row_samples, "window_rows": w.rows, "hop_rows": w.hop}
     return doc
 
 

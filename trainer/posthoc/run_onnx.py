@@ -9,8 +9,9 @@ itself (STFT, mel, dB, normalisation; image scaling and mean/std): see preproces
 This script only does what comes before, exactly as longhaul does it:
 - audio: samples as float32, channels averaged to mono, resampled to the run's rate with
   torchaudio's windowed-sinc resampler (ported below), cut into consecutive windows of the run's
-  clip length, the last one padded with zeros; the file's probabilities are the mean of its
-  windows';
+  clip length, the last one padded with zeros (a run on long recordings: the windows its
+  evaluation takes, preprocessing.json's audio.window_starts); the file's probabilities are the
+  mean of its windows';
 - images: 16-bit grey scaled down to 8 bits, converted to L or RGB, resized with PIL bilinear,
   as float32 (1, C, S, S) pixel values 0..255.
 """
@@ -52,11 +53,26 @@ def audio_windows(path, spec):
     wave = np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32)
     wave = resample(wave, rate, spec["sample_rate"])
     size = spec["window_samples"]
-    out = np.zeros((max(1, math.ceil(len(wave) / size)), size), dtype=np.float32)
-    for i in range(len(out)):
-        part = wave[i * size:(i + 1) * size]
+    if "window_starts" in spec:  # a run on long recordings (data.windows): its evaluation's windows
+        starts = window_starts(len(wave), **spec["window_starts"])
+    else:
+        starts = [i * size for i in range(max(1, math.ceil(len(wave) / size)))]
+    out = np.zeros((len(starts), size), dtype=np.float32)
+    for i, start in enumerate(starts):
+        part = wave[start:start + size]
         out[i, :len(part)] = part
     return out
+
+
+def window_starts(n, row_samples, window_rows, hop_rows):
+    """Sample starts of the windows of n samples (trainer.data.windows.sample_starts)."""
+    rows = n // row_samples + 1 if row_samples > 1 else n
+    if rows <= window_rows:
+        return [0]
+    starts = list(range(0, rows - window_rows + 1, hop_rows))
+    if starts[-1] != rows - window_rows:
+        starts.append(rows - window_rows)
+    return [s * row_samples for s in starts]
 
 
 def image_input(path, spec):

@@ -1,0 +1,106 @@
+"""One shard computed in a prepare worker: decode, variants, raw features, rows, written to disk.
+
+A bad item (zero bytes, truncated, not audio) becomes an outcome with its reason and the shard
+goes on; only a shard that cannot be written (full disk) fails, with layout's StoreError.
+Features are computed several examples at a time (FeatureExtractor.raw_batch) while their
+lengths agree: far fewer parallel regions than one call per example.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..decode import BadItem, Decoder, read_samples
+from ..features import FeatureExtractor
+from . import layout
+
+# Examples whose features are computed in one raw_batch call.
+BATCH = 64
+
+
+class ShardMaker:
+    """What a worker keeps from shard to shard: the run's decoder, features and noise bank."""
+
+    def __init__(self, cfg, store_dir: str):
+        self.cfg = cfg
+        self.paths = layout.StorePaths(store_dir)
+        self.decoder = Decoder.from_config(cfg)
+        self.extractor = FeatureExtractor(cfg)
+        self.kind = cfg.features.kind
+        self.dtype = np.dtype(np.uint8 if self.kind == "image" else cfg.data.store_dtype)
+        self.windows = cfg.data.windows if cfg.data.windows.enabled else None
+        self._noise = None  # NoiseBank, loaded with the first variant made in this process
+
+    def make(self, task, step: Callable[[], None]) -> list[dict]:
+        """Compute and write one shard; returns each item's outcome (the shard's sidecar items)."""
+        outcomes: list[dict] = []
+        blocks: list[np.ndarray] = []
+        pending: list[np.ndarray] = []  # bases of consecutive ok items, waiting for raw_batch
+        for item, key in zip(task.items, task.keys):
+            outcome = {"path": key.path, "size": key.size, "mtime_ns": key.mtime_ns}
+            try:
+                bases, facts = self._bases(item, task.variants)
+            except BadItem as exc:
+                outcome.update(ok=False, problem=str(exc))
+            else:
+                if pending and (len(pending) + len(bases) > BATCH or pending[0].shape != bases[0].shape):
+                    blocks += self._rows(pending)
+                pending += bases
+                outcome.update(ok=True, rows=len(bases), **facts)
+            outcomes.append(outcome)
+            step()
+        blocks += self._rows(pending)
+        lengths = iter(len(block) for block in blocks)
+        for outcome in outcomes:
+            if outcome["ok"]:  # the count of its blocks -> the rows of each (variant 0 first)
+                outcome["rows"] = [next(lengths) for _ in range(outcome["rows"])]
+        layout.write_shard(self.paths, task.key, task.split, task.variants, blocks, outcomes, self.dtype)
+        return outcomes
+
+    # ------------------------------------------------------------------------- one item
+    def _bases(self, item, variants: int) -> tuple[list[np.ndarray], dict]:
+        """The item's base waveform (or image) and its variants; facts for the sidecar."""
+        try:
+            if self.windows is not None and self.kind != "image":
+                base, facts = self._recording(item)
+            else:
+                decoded = item.load(self.decoder)
+                base = decoded.base
+                facts = {"duration": decoded.duration, "rate": decoded.rate,
+                         "wh": list(decoded.size) if decoded.size else None}
+        except BadItem:
+            raise
+        except Exception as exc:  # a file no decoder expected (e.g. a header soundfile misreads)
+            raise BadItem(f"cannot decode: {type(exc).__name__}: {exc}") from None
+        bases = [base]
+        if variants:
+            from .. import variants as made  # H5's module: only stores with variants need it
+
+            if self._noise is None:
+                self._noise = made.NoiseBank.from_config(self.cfg)
+            bases += made.make_variants(base, self.decoder.sample_rate, self.cfg.data.variants,
+                                        self._noise, item.name, variants)
+        return bases, facts
+
+    def _recording(self, item) -> tuple[np.ndarray, dict]:
+        """Windows mode: the whole recording, cut to windows.max_seconds by windows.store_wave."""
+        from .. import windows  # H6's module: only stores of long recordings need it
+
+        if hasattr(item, "samples"):
+            samples, rate = item.samples, item.rate
+        else:
+            samples, rate = read_samples(Path(item.where))
+        mono = self.decoder.mono(samples, rate)
+        wave = windows.store_wave(mono, self.decoder, self.windows)
+        return wave, {"duration": len(samples) / rate, "rate": rate, "wh": None}
+
+    # ------------------------------------------------------------------------- features
+    def _rows(self, pending: list[np.ndarray]) -> list[np.ndarray]:
+        """Rows of each pending base, in the store's dtype; empties `pending`."""
+        if not pending:
+            return []
+        raws = self.extractor.raw_batch(pending).numpy()
+        pending.clear()
+        return [np.ascontiguousarray(layout.to_rows(raw, self.kind), dtype=self.dtype) for raw in raws]
