@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import msgpack
 
 from trainer import daemon
+from trainer.protocol import PROTOCOL_VERSION
 from trainer.run.errors import RunError
 from trainer.run.liveness import is_longhaul_process, pid_alive, process_cmdline
 from trainer.run.locate import create_run_dir
@@ -160,7 +161,7 @@ class RawClient:
         assert isinstance(msg, dict) and isinstance(msg.get("type"), str), msg
         return msg
 
-    def hello(self, version: int = 1, client: str = "raw-test") -> dict:
+    def hello(self, version: int = PROTOCOL_VERSION, client: str = "raw-test") -> dict:
         self.send({"type": "hello", "version": version, "client": client})
         return self.recv()
 

@@ -23,6 +23,9 @@ through the real `trainer.worker.main` (link threads, controls queue, exit codes
     write_history    append records to history.msgpack (default true)
     pause_below_kb   pause ("disk_full") while the run directory's disk has less free space,
                      resume by itself ("disk_space_back") once it has more, like the engine
+    preparing_items  before the plan, "prepare a feature store" of this many items: `preparing`
+                     frames (one per preparing_step seconds, default 0.05, 10 items each) between
+                     two `preparing` events, like the engine's store_setup
 
 Progress is resumed from RUN_DIR/fake_ckpt (the step of the last fake checkpoint), so restarts
 behave like the real engine. Every start appends a line to RUN_DIR/fake_runs; at exit the worker
@@ -69,11 +72,26 @@ class FakeTrainer:
         self.step = int(ckpt.read_text()) if ckpt.exists() else 0
         self.history = history.HistoryWriter(self.run_dir / "history.msgpack")
 
+    def prepare_store(self) -> None:
+        total = int(self.spec.get("preparing_items", 0))
+        if not total:
+            return
+        self.publisher.event("preparing", "info", "preparing data: feature store /s is missing", status="missing")
+        started = time.monotonic()
+        for done in list(range(0, total, 10)) + [total]:
+            elapsed = time.monotonic() - started
+            self.publisher.preparing({"done": done, "total": total, "rate": done / elapsed if done else None,
+                                      "eta": None, "elapsed": elapsed, "time": time.time(), "store": "/s",
+                                      "finished": done == total})
+            time.sleep(float(self.spec.get("preparing_step", 0.05)))
+        self.publisher.event("preparing", "info", f"data prepared: {total} items", status="done")
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> str:
         for i in range(int(self.spec.get("stderr_lines", 0))):
             print(f"fake stderr line {i}", file=sys.stderr, flush=True)
         time.sleep(float(self.spec.get("setup_seconds", 0.0)))  # like building datasets and the model
+        self.prepare_store()
         self.publisher.plan({"plan": {"total_steps": self.steps, "phases": []},
                              "config": {"model": "fake", "source": "synthetic", "features": "mfcc",
                                         "classes": ["a", "b"], "threads": 1, "batch_size": 8,

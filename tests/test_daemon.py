@@ -47,7 +47,8 @@ def test_welcome_snapshot_then_live_stream(env):
     assert welcome["type"] == "welcome" and welcome["version"] == protocol.PROTOCOL_VERSION
     assert welcome["run"] == {"name": "hs", "dir": str(run_dir), "daemon_pid": pid}
     snap = welcome["snapshot"]
-    assert set(snap) == {"state", "config", "plan", "progress", "series", "eval", "events", "logs", "system"}
+    assert set(snap) == {"state", "config", "plan", "progress", "series", "eval", "events", "logs", "system", "preparing"}
+    assert snap["preparing"] is None  # only while a feature store is prepared
     assert snap["state"] in ("starting", "running")
     assert snap["config"]["monitor"] == "val_f1_macro"
     assert snap["events"][0]["kind"] == "state" and snap["events"][0]["data"]["state"] == "starting"
@@ -143,7 +144,7 @@ def test_version_mismatch_gets_error_and_close(env):
     c = connect(run_dir)
     reply = c.hello(version=99)
     assert reply["type"] == "error" and reply["code"] == "version_mismatch"
-    assert "99" in reply["message"] and "1" in reply["message"]
+    assert "99" in reply["message"] and str(protocol.PROTOCOL_VERSION) in reply["message"]
     assert c.recv() is None
     c2 = connect(run_dir)
     c2.send({"type": "ping"})

@@ -466,6 +466,14 @@ def cmd_install_service(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _add_accept_data_change(sub) -> None:
+    for name in ("train", "start", "resume"):
+        sub.choices[name].add_argument(
+            "--accept-data-change", action="store_true",
+            help="resume even if the feature store (data.store) changed since the run's checkpoints were "
+                 "written: training goes on, but not bit-exactly")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longhaul", description="Long CPU training runs that survive logout, "
                                      "kill -9 and power cuts.")
@@ -482,14 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    accept_help = ("resume even if the feature store (data.store) changed since the run's checkpoints "
-                   "were written: training goes on, but not bit-exactly")
     p = config_cmd("train", cmd_train, "train in the foreground")
     p.add_argument("--quiet", action="store_true", help="print only events, no progress lines")
-    p.add_argument("--accept-data-change", action="store_true", help=accept_help)
     p = config_cmd("start", cmd_start, "start a detached training daemon")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
-    p.add_argument("--accept-data-change", action="store_true", help=accept_help)
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
     p = config_cmd("prepare", cmd_prepare, "decode the data once, in parallel, into the config's feature store "
                    "(data.store); the store's path is the last line of output", run_dir=False)
@@ -516,7 +520,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "from its last checkpoint")
     p.add_argument("run", nargs="?")
     p.add_argument("--all", action="store_true", help="every interrupted run (what runs at boot)")
-    p.add_argument("--accept-data-change", action="store_true", help=accept_help)
     p.set_defaults(func=cmd_resume)
     p = run_cmd("logs", cmd_logs, "show the trainer log")
     p.add_argument("-f", "--follow", action="store_true")
@@ -534,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-docs", help="print the config reference (docs/CONFIG.md)")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_config_docs)
+    _add_accept_data_change(sub)
     return parser
 
 

@@ -66,9 +66,9 @@ def read_recorded(path) -> Optional[dict]:
 
 
 def record(path, store) -> None:
-    from trainer.data.store import layout
+    from trainer.data.store import summary
 
-    atomic_write_json(path, layout.summary(store.manifest))
+    atomic_write_json(path, summary(store.manifest))
 
 
 def check_unchanged(trainer, recorded: dict, store) -> None:
@@ -76,11 +76,10 @@ def check_unchanged(trainer, recorded: dict, store) -> None:
     unless trainer.accept_data_change: then warn and record the new store."""
     if recorded["fingerprint"] == store.fingerprint:
         return
-    from trainer.data.store import layout
-
     from trainer.data.report import DataError
+    from trainer.data.store import describe_change, summary
 
-    lines = layout.describe_change(recorded, layout.summary(store.manifest)) or [
+    lines = describe_change(recorded, summary(store.manifest)) or [
         f"fingerprint {recorded['fingerprint'][:16]} -> {store.fingerprint[:16]}"]
     if not trainer.accept_data_change:
         run = trainer.run_dir

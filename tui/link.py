@@ -152,6 +152,8 @@ class DashboardLink:
                     self._deliver(messages.ProgressReceived, frame)
                 case "system":
                     self._deliver(messages.SystemReceived, frame)
+                case "preparing":
+                    self._deliver(messages.PreparingReceived, frame)
                 case "event":
                     self._deliver(messages.EventsReceived, frame)
                 case "log":

@@ -117,6 +117,20 @@ class SystemReceived(MergingMessage):
         return isinstance(message, SystemReceived)
 
 
+class PreparingReceived(MergingMessage):
+    """The newest `preparing` frame: the feature store being prepared (coalesced like progress)."""
+
+    def __init__(self, preparing: dict) -> None:
+        super().__init__()
+        self.preparing = preparing
+
+    def merge(self, frame: dict) -> None:
+        self.preparing = frame
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, PreparingReceived)
+
+
 class EventsReceived(MergingMessage):
     """Event frames in arrival order; never dropped."""
 

@@ -170,6 +170,8 @@ class RunModel:
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     logs: deque = field(default_factory=lambda: deque(maxlen=MAX_LOGS))
     system: Optional[dict] = None
+    preparing: Optional[dict] = None
+    """The latest `preparing` body while the feature store is prepared before training (else None)."""
     summary: Optional[dict] = None
     evaluation: Optional[dict] = None
     """evaluation.json (`trainer.run.evaluation`; None without one): the run screen reads the file
@@ -252,6 +254,7 @@ class RunModel:
         self.eval_last = evals.get("last")
         self.eval_best = evals.get("best")
         self.system = snapshot.get("system")
+        self.preparing = snapshot.get("preparing")
         self.reset_feeds(snapshot.get("events") or (), snapshot.get("logs") or ())
 
     def load_plan(self, frame: dict) -> None:
@@ -276,6 +279,7 @@ class RunModel:
     def apply_progress(self, progress: dict) -> None:
         """A progress frame: new header values and one new point per progress metric."""
         self.progress = progress
+        self.preparing = None  # training started
         self.add_progress_points(progress)
 
     def add_progress_points(self, progress: dict) -> None:
@@ -287,6 +291,9 @@ class RunModel:
         for name in PROGRESS_SERIES:
             if name in metrics:
                 self.series.setdefault(name, Series()).append(step, metrics[name])
+
+    def apply_preparing(self, preparing: dict) -> None:
+        self.preparing = None if preparing.get("finished") else preparing
 
     def apply_system(self, system: dict) -> None:
         self.system = system

@@ -14,6 +14,7 @@ same rows whatever the worker count. Evaluation always reads variant 0 from the 
 """
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import numpy as np
@@ -97,7 +98,8 @@ def open_store(cfg):
 
     store = FeatureStore.open(store_dir(cfg))
     wanted = layout.recipe(cfg)
-    if store.recipe != wanted:
+    if layout.recipe_id(store.recipe) != layout.recipe_id(wanted):  # canonical JSON: a tuple equals a list
+        wanted = json.loads(json.dumps(wanted))
         raise StoreError(f"{store_dir(cfg)}: store was prepared for other settings: "
                          + "; ".join(recipe_changes(store.recipe, wanted)))
     return store

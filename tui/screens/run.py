@@ -170,6 +170,12 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             self.model.eval_best = progress["best_eval"]
         self._request_refresh()
 
+    @on(messages.PreparingReceived)
+    def _preparing(self, message: messages.PreparingReceived) -> None:
+        message.take()
+        self.model.apply_preparing(message.preparing)
+        self._request_refresh()  # repaints are rate-limited: a few a second at most
+
     @on(messages.SystemReceived)
     def _system(self, message: messages.SystemReceived) -> None:
         message.take()

@@ -11,7 +11,7 @@ from tui.model import ACTIVE_STATES, RunModel, Series
 from tui.widgets.charts import LineChart, MetricTile
 from tui.widgets.feeds import FeedTail
 from tui.widgets.system import SystemPanel
-from tui.widgets.timeline import PhaseTimeline, spans_from_plan
+from tui.widgets.timeline import PhaseTimeline, preparing_view, spans_from_plan
 
 # (label, series name, where the current value comes from, value format)
 TILES = (
@@ -65,6 +65,7 @@ class Dashboard(Vertical):
             self._lr_series = Series([p[0] for p in curve], [p[1] for p in curve]) if curve else None
         timeline.step = model.step
         timeline.total_steps = model.total_steps
+        timeline.preparing = preparing_view(model.preparing)
         timeline.eta_labels, timeline.eta_times = self._phase_etas(model, timeline, live)
         lr_chart = self.query_one("#lr-chart", LineChart)
         lr_chart.set_series(self._lr_series)

@@ -39,6 +39,8 @@ class HeaderInfo:
 
     @classmethod
     def from_model(cls, model: RunModel, link: str, clock: fmt.Clock) -> "HeaderInfo":
+        if model.preparing and model.state in ACTIVE_STATES:
+            return cls.preparing(model, link, clock)
         progress = model.progress or {}
         phases = model.phases
         phase_index = progress.get("phase")
@@ -64,6 +66,21 @@ class HeaderInfo:
                    model=str(model.config.get("model") or "?"), phase=phase,
                    step=f"step {fmt.count(step)}/{fmt.count(total)}{pct}", epoch=epoch_text,
                    elapsed=f"elapsed {fmt.duration(progress.get('elapsed'))}", eta=eta_text)
+
+
+    @classmethod
+    def preparing(cls, model: RunModel, link: str, clock: fmt.Clock) -> "HeaderInfo":
+        """The "preparing data" phase before training: files done, files/s, ETA of the store."""
+        body = model.preparing or {}
+        done, total = int(body.get("done") or 0), int(body.get("total") or 0)
+        pct = f" {100 * done / total:.1f}%" if total else ""
+        rate, eta = body.get("rate"), body.get("eta")
+        return cls(name=model.name or "?", state=model.state, link=link,
+                   model=str(model.config.get("model") or "?"), phase="preparing data",
+                   step=f"files {fmt.count(done)}/{fmt.count(total)}{pct}",
+                   epoch="– files/s" if not rate else f"{rate:,.0f} files/s",
+                   elapsed=f"elapsed {fmt.duration(body.get('elapsed'))}",
+                   eta="ETA –" if eta is None else f"ETA {fmt.duration(eta)} → {clock.eta_time(eta)}")
 
 
 class RunHeader(Widget):

@@ -62,6 +62,18 @@ def spans_from_plan(plan: Optional[dict]) -> tuple[PhaseSpan, ...]:
     return tuple(spans)
 
 
+def preparing_view(body: Optional[dict]) -> Optional[tuple[float, str]]:
+    """(fraction done, label) of the feature store being prepared, None when it is not."""
+    if not body:
+        return None
+    done, total = int(body.get("done") or 0), int(body.get("total") or 0)
+    rate, eta = body.get("rate"), body.get("eta")
+    label = f"preparing data: {fmt.count(done)}/{fmt.count(total)} files"
+    label += f"  {rate:,.0f} files/s" if rate else ""
+    label += f"  ETA {fmt.duration(eta)}" if eta is not None else ""
+    return (done / total if total else 0.0), label
+
+
 def allocate(weights: Sequence[float], width: int, minimum: int = 1) -> list[int]:
     """Split `width` cells proportionally to `weights` (largest remainder), each at least `minimum`."""
     n = len(weights)
@@ -102,6 +114,8 @@ class PhaseTimeline(Widget):
     """Per phase: `done`, or time until it ends, e.g. `3h10m`."""
     eta_times: reactive[tuple[str, ...]] = reactive(())
     """Per phase: wall-clock time it ends, e.g. `Wed 14:05` (phase list rows only)."""
+    preparing: reactive[Optional[tuple[float, str]]] = reactive(None)
+    """(fraction, label) while the feature store is prepared before training (preparing_view)."""
 
     def _step_key(self, step: int) -> tuple:
         """What of `step` is visible: done cells per segment, the marker cell, the current phase's percent."""
@@ -130,6 +144,12 @@ class PhaseTimeline(Widget):
 
     def render(self) -> Text:
         width = self.content_region.width or self.size.width
+        if self.preparing is not None and width >= 4:
+            fraction, label = self.preparing
+            done = int(round(min(1.0, max(0.0, fraction)) * width))
+            bar = Text(DONE * done, self.get_component_rich_style("timeline--done"))
+            bar.append(LEFT * (width - done), self.get_component_rich_style("timeline--left"))
+            return Text("\n").join([Text(label[:width], style="bold"), bar])
         if not self.spans or width < 4:
             return Text("phase plan not known yet", style="dim")
         cells = allocate([s.weight for s in self.spans], width, minimum=2)
