@@ -243,7 +243,7 @@ def make(kind: str, root: Path, total: int, classes: int, seed: int = 0, workers
     params = {"format": FORMAT, "kind": kind, "files": total, "classes": classes, "seed": seed,
               "per_split": split_counts(total // classes)}
     if kind == "audio":
-        params.update(rate=RATE, seconds=list(SECONDS))
+        params.update(rate=RATE, clip_seconds=list(SECONDS))
     else:
         params.update(sides=list(IMAGE_SIDES))
     marker = root / MARKER
@@ -262,7 +262,7 @@ def make(kind: str, root: Path, total: int, classes: int, seed: int = 0, workers
             done += count
             if progress:
                 progress(done, n_files)
-    result = {**params, "files_written": n_files, "seconds": round(time.monotonic() - started, 1)}
+    result = {**params, "files_written": n_files, "made_in_s": round(time.monotonic() - started, 1)}
     tmp = marker.with_name(f".{MARKER}.tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, marker)
