@@ -272,9 +272,44 @@ def wait_for_step(run_dir: Path, after: int, proc: Optional[subprocess.Popen] = 
 
 
 def stop_foreground(proc: subprocess.Popen, timeout: float = 300.0) -> int:
-    """SIGINT: the foreground run checkpoints and stops at the next step."""
-    proc.send_signal(signal.SIGINT)
-    return proc.wait(timeout)
+    """SIGINT: the foreground run checkpoints and stops at the next step (killed if it does not)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def foreground_resume(bench: Bench, config: Path, run_dir: Path, name: str, after: int) -> tuple[float, int]:
+    """`longhaul train --run-dir RUN` until a step past `after`, then stopped: (seconds, exit code)."""
+    started = time.monotonic()
+    proc = bench.command(name, "train", str(config), "--run-dir", str(run_dir), "--quiet")
+    try:
+        wait_for_step(run_dir, after, proc)
+        seconds = round(time.monotonic() - started, 2)
+    finally:
+        code = stop_foreground(proc)
+    return seconds, code
+
+
+def daemon_resume(bench: Bench, run_dir: Path) -> dict:
+    """`longhaul resume RUN` (a daemon) until a new step, then `longhaul stop RUN`."""
+    stopped = last_step(run_dir)
+    cli = [sys.executable, "-m", "trainer.cli"]
+    started = time.monotonic()
+    launched = subprocess.run(cli + ["resume", str(run_dir)], cwd=ROOT, env=bench.env, capture_output=True,
+                              text=True, timeout=120)
+    if launched.returncode != 0:
+        raise RuntimeError(f"longhaul resume {run_dir}: {launched.stderr.strip()}")
+    try:
+        wait_for_step(run_dir, stopped)
+        seconds = round(time.monotonic() - started, 2)
+    finally:  # never leave a daemon behind
+        stop = subprocess.run(cli + ["stop", str(run_dir), "--timeout", "300"], cwd=ROOT, env=bench.env,
+                              capture_output=True, text=True, timeout=330)
+    return {"stopped_at_step": stopped, "daemon_s": seconds, "stop_exit": stop.returncode}
 
 
 def resume_times(bench: Bench, config: Path, foreground: bool) -> dict:
@@ -283,30 +318,14 @@ def resume_times(bench: Bench, config: Path, foreground: bool) -> dict:
     run_dir = bench.out / "runs" / "big-resume"
     shutil.rmtree(run_dir, ignore_errors=True)
     log("resume: a run stopped after 3 steps")
-    first = bench.command("big-resume-first", "train", str(config), "--run-dir", str(run_dir), "--quiet")
-    wait_for_step(run_dir, 2, first)
-    result: dict = {"first_exit": stop_foreground(first)}
+    result: dict = {}
+    _, result["first_exit"] = foreground_resume(bench, config, run_dir, "big-resume-first", 2)
     if foreground:
-        stopped = last_step(run_dir)
-        started = time.monotonic()
-        again = bench.command("big-resume-foreground", "train", str(config), "--run-dir", str(run_dir), "--quiet")
-        wait_for_step(run_dir, stopped, again)
-        result["foreground_s"] = round(time.monotonic() - started, 2)
-        result["foreground_exit"] = stop_foreground(again)
+        result["foreground_s"], result["foreground_exit"] = foreground_resume(
+            bench, config, run_dir, "big-resume-foreground", last_step(run_dir))
         log(f"  longhaul train --run-dir: first new step after {result['foreground_s']} s")
-    stopped = last_step(run_dir)
-    result["stopped_at_step"] = stopped
-    started = time.monotonic()
-    launched = subprocess.run([sys.executable, "-m", "trainer.cli", "resume", str(run_dir)], cwd=ROOT,
-                              env=bench.env, capture_output=True, text=True, timeout=120)
-    if launched.returncode != 0:
-        raise RuntimeError(f"longhaul resume {run_dir}: {launched.stderr.strip()}")
-    wait_for_step(run_dir, stopped)
-    result["daemon_s"] = round(time.monotonic() - started, 2)
+    result.update(daemon_resume(bench, run_dir))
     log(f"  longhaul resume: first new step after {result['daemon_s']} s")
-    stop = subprocess.run([sys.executable, "-m", "trainer.cli", "stop", str(run_dir), "--timeout", "300"], cwd=ROOT,
-                          env=bench.env, capture_output=True, text=True, timeout=330)
-    result["stop_exit"] = stop.returncode
     return result
 
 
