@@ -1,9 +1,9 @@
 """A large on-disk corpus for bench/data_scale.py: short WAV files and PNG images, made here.
 
-    python bench/corpus.py audio ROOT [--files 50000] [--classes 50] [--seed 0] [--workers 2]
+    python bench/corpus.py audio ROOT [--files 50000] [--classes 50] [--seed 0] [--workers 2] [--rate 16000]
     python bench/corpus.py images ROOT [--images 5000] [--classes 10] [--seed 0] [--workers 2]
 
-audio writes ROOT/{train,val,test}/<class>/<n>.wav: 16 kHz mono PCM16 clips of 0.5-1.5 s. A class
+audio writes ROOT/{train,val,test}/<class>/<n>.wav: mono PCM16 clips of 0.5-1.5 s (16 kHz, --rate). A class
 is a sound family (tone, rising or falling chirp, band noise, resonant clicks, AM, FM, harmonic
 stack, pulse train, two tones) in one of five frequency bands, with random frequencies, timing,
 level and background noise: 10 x 5 = 50 classes a small model tells apart from a log-mel.
@@ -70,17 +70,17 @@ def class_names(kind: str, classes: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- audio
-def audio_clip(seed: int, split: str, label: int, n: int) -> np.ndarray:
-    """The float32 waveform of file `n` of class `label` in `split` (16 kHz, 0.5-1.5 s)."""
+def audio_clip(seed: int, split: str, label: int, n: int, rate: int = RATE) -> np.ndarray:
+    """The float32 waveform of file `n` of class `label` in `split` (0.5-1.5 s at `rate`)."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], label, n])
-    length = int(rng.uniform(*SECONDS) * RATE)
+    length = int(rng.uniform(*SECONDS) * rate)
     shape, band = SHAPES[label % len(SHAPES)], label // len(SHAPES)
     lo, hi = BAND_EDGES[band], BAND_EDGES[band + 1]
     event_len = int(rng.uniform(0.5, 0.9) * length)
     start = int(rng.integers(0, length - event_len + 1))
-    t = np.arange(event_len) / RATE
-    event = _SOUNDS[shape](rng, t, lo, hi)
-    ramp = min(event_len // 2, int(0.01 * RATE))
+    t = np.arange(event_len) / rate
+    event = _SOUNDS[shape](rng, t, lo, hi, rate)
+    ramp = min(event_len // 2, int(0.01 * rate))
     edge = 0.5 - 0.5 * np.cos(np.pi * np.arange(ramp) / ramp)
     event[:ramp] *= edge
     event[event_len - ramp:] *= edge[::-1]
@@ -103,53 +103,53 @@ def _sweep(rng, t, lo, hi, rising):
     return np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * span)))
 
 
-def _band_noise(rng, t, lo, hi):
+def _band_noise(rng, t, lo, hi, rate):
     spectrum = np.fft.rfft(rng.standard_normal(len(t)))
-    freqs = np.fft.rfftfreq(len(t), 1.0 / RATE)
+    freqs = np.fft.rfftfreq(len(t), 1.0 / rate)
     spectrum[(freqs < lo) | (freqs > hi)] = 0.0
     return np.fft.irfft(spectrum, n=len(t))
 
 
-def _clicks(rng, t, lo, hi):
+def _clicks(rng, t, lo, hi, rate):
     out = np.zeros(len(t))
     for _ in range(int(rng.integers(4, 10))):
-        f, tau = _freq(rng, lo, hi), rng.uniform(0.003, 0.01) * RATE
+        f, tau = _freq(rng, lo, hi), rng.uniform(0.003, 0.01) * rate
         size = min(int(5 * tau), len(t))
         at = int(rng.integers(0, len(t) - size + 1))
         k = np.arange(size)
-        out[at:at + size] += np.sin(2 * np.pi * f * k / RATE) * np.exp(-k / tau)
+        out[at:at + size] += np.sin(2 * np.pi * f * k / rate) * np.exp(-k / tau)
     return out
 
 
-def _pulses(rng, t, lo, hi):
+def _pulses(rng, t, lo, hi, rate):
     rate = rng.uniform(6.0, 16.0)
     gate = (np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi)) > 0.3).astype(float)
     return gate * np.sin(2 * np.pi * _freq(rng, lo, hi) * t)
 
 
-def _fm(rng, t, lo, hi):
+def _fm(rng, t, lo, hi, rate):
     """Vibrato around the band's centre, the deviation a share of the band."""
     rate, deviation = rng.uniform(4.0, 8.0), rng.uniform(0.15, 0.35) * (hi - lo)
     return np.sin(2 * np.pi * np.sqrt(lo * hi) * t + deviation / rate * np.sin(2 * np.pi * rate * t))
 
 
-def _two_tone(rng, t, lo, hi):
+def _two_tone(rng, t, lo, hi, rate):
     f = _freq(rng, lo, hi / 1.5)
     return np.sin(2 * np.pi * f * t) + np.sin(2 * np.pi * 1.5 * f * t)
 
 
-def _harmonic(rng, t, lo, hi):
+def _harmonic(rng, t, lo, hi, rate):
     f0 = _freq(rng, lo, hi)
     return sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 6))
 
 
 _SOUNDS: dict[str, Callable] = {
-    "tone": lambda rng, t, lo, hi: np.sin(2 * np.pi * _freq(rng, lo, hi) * t),
-    "chirp_up": lambda rng, t, lo, hi: _sweep(rng, t, lo, hi, True),
-    "chirp_down": lambda rng, t, lo, hi: _sweep(rng, t, lo, hi, False),
+    "tone": lambda rng, t, lo, hi, rate: np.sin(2 * np.pi * _freq(rng, lo, hi) * t),
+    "chirp_up": lambda rng, t, lo, hi, rate: _sweep(rng, t, lo, hi, True),
+    "chirp_down": lambda rng, t, lo, hi, rate: _sweep(rng, t, lo, hi, False),
     "band_noise": _band_noise,
     "clicks": _clicks,
-    "am": lambda rng, t, lo, hi: (1 + 0.9 * np.sin(2 * np.pi * rng.uniform(3, 12) * t))
+    "am": lambda rng, t, lo, hi, rate: (1 + 0.9 * np.sin(2 * np.pi * rng.uniform(3, 12) * t))
     * np.sin(2 * np.pi * _freq(rng, lo, hi) * t),
     "fm": _fm,
     "harmonic": _harmonic,
@@ -158,11 +158,11 @@ _SOUNDS: dict[str, Callable] = {
 }
 
 
-def _write_wav(path: Path, wave: np.ndarray) -> None:
+def _write_wav(path: Path, wave: np.ndarray, rate: int) -> None:
     import soundfile
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    soundfile.write(str(tmp), wave, RATE, subtype="PCM_16", format="WAV")
+    soundfile.write(str(tmp), wave, rate, subtype="PCM_16", format="WAV")
     os.replace(tmp, path)
 
 
@@ -212,38 +212,38 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- the corpus
 def _make_files(task: tuple) -> int:
     """One worker task: files `ns` of one (split, class); files already there are kept."""
-    kind, root, seed, split, label, name, ns = task
+    kind, root, seed, rate, split, label, name, ns = task
     folder = Path(root) / split / name
     for n in ns:
         path = folder / (f"{n:06d}.wav" if kind == "audio" else f"{n:06d}.png")
         if path.exists():
             continue
         if kind == "audio":
-            _write_wav(path, audio_clip(seed, split, label, n))
+            _write_wav(path, audio_clip(seed, split, label, n, rate), rate)
         else:
             _write_png(path, image_pixels(seed, split, label, n))
     return len(ns)
 
 
-def _tasks(kind: str, root: Path, total: int, classes: int, seed: int) -> list[tuple]:
+def _tasks(kind: str, root: Path, total: int, classes: int, seed: int, rate: int) -> list[tuple]:
     names = class_names(kind, classes)
     tasks = []
     for split, count in split_counts(total // classes).items():
         for label, name in enumerate(names):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for first in range(0, count, TASK_FILES):
-                tasks.append((kind, str(root), seed, split, label, name, range(first, min(count, first + TASK_FILES))))
+                tasks.append((kind, str(root), seed, rate, split, label, name, range(first, min(count, first + TASK_FILES))))
     return tasks
 
 
 def make(kind: str, root: Path, total: int, classes: int, seed: int = 0, workers: int = 2,
-         progress: Optional[Callable[[int, int], None]] = None) -> dict:
+         progress: Optional[Callable[[int, int], None]] = None, rate: int = RATE) -> dict:
     """Make (or finish, or find made) a corpus of `total` files; returns the marker's content."""
     root = Path(root)
     params = {"format": FORMAT, "kind": kind, "files": total, "classes": classes, "seed": seed,
               "per_split": split_counts(total // classes)}
     if kind == "audio":
-        params.update(rate=RATE, clip_seconds=list(SECONDS))
+        params.update(rate=rate, clip_seconds=list(SECONDS))
     else:
         params.update(sides=list(IMAGE_SIDES))
     marker = root / MARKER
@@ -254,7 +254,7 @@ def make(kind: str, root: Path, total: int, classes: int, seed: int = 0, workers
         raise CorpusError(f"{root} holds another corpus ({marker}: {found}); use another folder or delete it")
     root.mkdir(parents=True, exist_ok=True)
     started = _check_params(root / PARAMS, params)
-    tasks = _tasks(kind, root, total, classes, seed)
+    tasks = _tasks(kind, root, total, classes, seed, rate)
     n_files = sum(len(t[-1]) for t in tasks)
     done = 0
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -278,8 +278,8 @@ def _check_params(path: Path, params: dict) -> float:
 
 
 def make_audio(root: Path, files: int = 50000, classes: int = 50, seed: int = 0, workers: int = 2,
-               progress=None) -> dict:
-    return make("audio", root, files, classes, seed, workers, progress)
+               progress=None, rate: int = RATE) -> dict:
+    return make("audio", root, files, classes, seed, workers, progress, rate)
 
 
 def make_images(root: Path, images: int = 5000, classes: int = 10, seed: int = 0, workers: int = 2,
@@ -314,11 +314,12 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", type=int, default=None, help="default: 50 audio, 10 images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rate", type=int, default=RATE, help="audio sample rate (Hz)")
     args = parser.parse_args(argv)
     audio = args.kind == "audio"
     files = args.files or (50000 if audio else 5000)
     classes = args.classes or (50 if audio else 10)
-    result = make(args.kind, args.root, files, classes, args.seed, args.workers, stderr_progress(args.kind))
+    result = make(args.kind, args.root, files, classes, args.seed, args.workers, stderr_progress(args.kind), args.rate)
     print(json.dumps(result))
     return 0
 

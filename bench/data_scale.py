@@ -1,10 +1,11 @@
 """Data at its real scale (issue 12): the feature store against the old decode-everything start.
 
     python bench/data_scale.py [--files 50000] [--images 5000] [--small 5000] [--out DIR]
-                               [--steps 40] [--rounds 2] [--corpus DIR] [--quick]
+                               [--steps 40] [--rounds 2] [--corpus DIR] [--rate 16000] [--quick]
 
 Makes (or reuses) corpora of bench/corpus.py: `--files` WAV files, a `--small` one of the same
-kind, and `--images` PNG images. Then, side by side in one run, every figure of the issue's
+kind, and `--images` PNG images. `--rate 44100` makes the WAV files at 44.1 kHz, as recordings
+often are: every start of the old way (and prepare, once) then resamples them to 16 kHz. Then, side by side in one run, every figure of the issue's
 benchmark, each through the `longhaul` command as a user runs it (children; the runs root,
 registry and runtime directory are private to OUT):
 
@@ -352,13 +353,14 @@ def values_per_example(bench: Bench) -> int:
 
 # ----------------------------------------------------------------------------- the run
 def make_corpora(args, where: Path) -> dict:
-    roots = {"big": where / f"audio-{args.files}", "small": where / f"audio-{args.small}",
+    suffix = "" if args.rate == corpus.RATE else f"-{args.rate}hz"
+    roots = {"big": where / f"audio-{args.files}{suffix}", "small": where / f"audio-{args.small}{suffix}",
              "images": where / f"images-{args.images}"}
     made = {}
     for key, total in (("big", args.files), ("small", args.small)):
         log(f"corpus {roots[key]}: {total} WAV files")
         made[key] = corpus.make_audio(roots[key], total, args.classes, workers=2,
-                                      progress=corpus.stderr_progress(f"audio {total}"))
+                                      progress=corpus.stderr_progress(f"audio {total}"), rate=args.rate)
     if args.images:
         log(f"corpus {roots['images']}: {args.images} PNG images")
         made["images"] = corpus.make_images(roots["images"], args.images, workers=2,
@@ -477,6 +479,8 @@ def main(argv=None) -> int:
     parser.add_argument("--small", type=int, default=5000, help="WAV files of the small corpus (RSS, store vs cache)")
     parser.add_argument("--images", type=int, default=5000, help="PNG images (0: none)")
     parser.add_argument("--classes", type=int, default=50, help="sound classes")
+    parser.add_argument("--rate", type=int, default=corpus.RATE,
+                        help="sample rate of the WAV files (training is at 16 kHz: another rate is resampled)")
     parser.add_argument("--image-size", type=int, default=224, help="data.image_size of the image store")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps of every training run")
     parser.add_argument("--rounds", type=int, default=2, help="cache/store alternations")
