@@ -4,10 +4,10 @@
                                [--steps 40] [--rounds 2] [--corpus DIR] [--rate 16000] [--quick]
 
 Makes (or reuses) corpora of bench/corpus.py: `--files` WAV files, a `--small` one of the same
-kind, and `--images` PNG images. `--rate 44100` makes the WAV files at 44.1 kHz, as recordings
-often are: every start of the old way (and prepare, once) then resamples them to 16 kHz. Then, side by side in one run, every figure of the issue's
-benchmark, each through the `longhaul` command as a user runs it (children; the runs root,
-registry and runtime directory are private to OUT):
+kind, and `--images` PNG images (`--rate 44100`: WAV files at 44.1 kHz, as recordings often
+are, which the old way at every start and prepare once resample to 16 kHz). Then, side by side
+in one run, every figure of the issue's benchmark, each through the `longhaul` command as a user
+runs it (children; the runs root, registry and runtime directory are private to OUT):
 
 - prepare throughput (files/s) of `longhaul prepare --workers 1` and `--workers 2` against the
   old way: one process decoding (trainer.data.decode) and computing log-mels
