@@ -83,6 +83,15 @@ def test_lookup_needs_the_same_size_and_mtime(tmp_path):
         assert again.lookup("/a.wav", 11, 5).status == "bad"
 
 
+def test_recording_what_is_known_changes_nothing(tmp_path):
+    with DataIndex(tmp_path / "index.sqlite") as index:
+        index.record([rec("/a.wav", duration=1.0, checked=100.0)])
+        index.record([rec("/a.wav", duration=1.0, checked=200.0)])  # prepare re-recording a reused shard
+        assert index.lookup("/a.wav", 10, 5).checked == 100.0
+        index.record([rec("/a.wav", duration=2.0, checked=300.0)])
+        assert (index.lookup("/a.wav", 10, 5).duration, index.lookup("/a.wav", 10, 5).checked) == (2.0, 300.0)
+
+
 def test_record_is_one_transaction(tmp_path):
     with DataIndex(tmp_path / "index.sqlite") as index:
         with pytest.raises(ValueError, match="status must be one of"):
@@ -219,3 +228,43 @@ def test_json_items_are_indexed_by_file_and_position(tmp_path, decodes):
     with DataIndex(tmp_path / "store" / "index.sqlite") as index:
         assert sorted(r.path for r in index.records()) == sorted(
             [f"{tmp_path / 'items.json'}#0", f"{tmp_path / 'items.json'}#1", f"{tmp_path / 'val.json'}#0"])
+
+
+def test_image_sizes_come_from_the_index(tmp_path, decodes):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, size in (("cat", (40, 30)), ("dog", (20, 50))):
+            (tmp_path / "img" / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", size, (i * 40, 10, 10)).save(tmp_path / "img" / split / label / f"{i}.png")
+    cfg = RunConfig.model_validate({"data": {"source": "image_folder", "root": str(tmp_path / "img"), "image_size": 16,
+                                             "store": str(tmp_path / "store")},
+                                    "features": {"kind": "image"}})
+    first = check_data(cfg)
+    decodes.clear()
+    second = check_data(cfg)
+    assert decodes == [] and first.ok and second.ok
+    assert sorted(second.stats["train"].sizes) == sorted(first.stats["train"].sizes) == [(20, 50)] * 2 + [(40, 30)] * 2
+
+
+def test_file_names_that_are_not_utf8_round_trip(tmp_path):
+    odd = os.fsdecode(b"/data/bird/caf\xe9.wav")  # Latin-1 bytes: surrogate-escaped in Python
+    with DataIndex(tmp_path / "index.sqlite") as index:
+        index.record([FileRecord(odd, 1, 2, "train", os.fsdecode(b"b\xffrd"), "bad", problem=f"{odd}: broken")])
+        found = index.lookup(odd, 1, 2)
+        assert found.path == odd and [r.path for r in index.records()] == [odd]
+        assert found.label == "b\ufffdrd" and found.problem.endswith(": broken")
+
+
+def test_check_after_prepare_decodes_nothing(folder, tmp_path, decodes):
+    from trainer.data.store import prepare
+
+    cfg = store_cfg(folder, tmp_path / "store", skip_bad_files=True)
+    prepare(cfg, workers=1)  # its worker decodes; the main process records every outcome
+    decodes.clear()
+    report = check_data(cfg)
+    assert decodes == [] and "11 file(s) known and unchanged, 0 decoded" in report.index
+    broken = str(folder / "train" / "bird" / "broken.wav")
+    assert "cannot decode audio" in dict(report.errors)[broken]
+    assert report.counts == {"train": [3, 3], "val": [2, 2]}

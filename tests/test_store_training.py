@@ -149,6 +149,16 @@ def test_training_from_store_equals_training_in_ram(tmp_path, fake_prepare):
     assert recorded["fingerprint"] and recorded["splits"]["train"]["items"] == 48
 
 
+def test_train_prepares_with_the_real_prepare_and_equals_in_ram(tmp_path):
+    cfg = store_cfg(tmp_path, max_steps=3, **{"data.prepare_workers": 1})
+    recorder = Recorder()
+    assert Trainer(cfg, rd(tmp_path, "disk"), recorder).run() == "finished"
+    assert Trainer(in_ram_cfg(cfg), rd(tmp_path, "ram")).run() == "finished"
+    assert losses(tmp_path / "disk") == losses(tmp_path / "ram")
+    assert recorder.preparing_bodies[-1]["finished"] and recorder.preparing_bodies[-1]["total"] == 64
+    assert [e[3]["status"] for e in recorder.events if e[0] == "preparing"] == ["missing", "done"]
+
+
 def test_training_from_float16_store_is_close(tmp_path, fake_prepare):
     cfg = store_cfg(tmp_path, dtype="float16", max_steps=5)
     write_store(cfg)

@@ -466,12 +466,29 @@ def cmd_install_service(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def _add_accept_data_change(sub) -> None:
+def _add_accept_data_change(parser: argparse.ArgumentParser, sub) -> argparse.ArgumentParser:
+    """`parser` with --accept-data-change on train, start and resume (store_setup.ACCEPT_ENV)."""
     for name in ("train", "start", "resume"):
         sub.choices[name].add_argument(
             "--accept-data-change", action="store_true",
             help="resume even if the feature store (data.store) changed since the run's checkpoints were "
                  "written: training goes on, but not bit-exactly")
+    return parser
+
+
+PREPARE_HELP = ("decode the data once, in parallel, into the config's feature store (data.store); "
+                "its path is the last line of output")
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    def workers(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+        return int(text)
+
+    p.add_argument("--workers", type=workers, metavar="N",
+                   help="worker processes (default: data.prepare_workers, else one per core)")
+    p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,11 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_cmd("start", cmd_start, "start a detached training daemon")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
-    p = config_cmd("prepare", cmd_prepare, "decode the data once, in parallel, into the config's feature store "
-                   "(data.store); the store's path is the last line of output", run_dir=False)
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes (default: data.prepare_workers, "
-                   "else one per core)")
-    p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
+    prepare_arguments(config_cmd("prepare", cmd_prepare, PREPARE_HELP, run_dir=False))
 
     def run_cmd(name, func, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -537,8 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-docs", help="print the config reference (docs/CONFIG.md)")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_config_docs)
-    _add_accept_data_change(sub)
-    return parser
+    return _add_accept_data_change(parser, sub)
 
 
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.

@@ -164,7 +164,8 @@ def build_datasets(cfg, frozen=None) -> DataBundle:
 
 
 def check_data(cfg) -> DataReport:
-    """Decode every example of the configured data and report counts, statistics and problems."""
+    """Decode every example of the configured data and report counts, statistics and problems.
+    With data.store, what is known of unchanged files comes from the store's index (indexed.py)."""
     cfg, auto_values, found = _resolve_auto(cfg, None)
     if cfg.data.store is not None:  # outcomes come from the store's index; only new files are decoded
         from .indexed import IndexedCheck

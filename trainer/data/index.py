@@ -15,16 +15,18 @@ database. No torch (stdlib and the store's layout): prepare's main process and t
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from .store.layout import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: paths as file-system bytes
 # A writer in another process holds the database for at most one transaction (one batch of
 # records): waiting this long for it is waiting, anything longer is a stuck process.
 BUSY_TIMEOUT_S = 60.0
@@ -66,14 +68,31 @@ class FileRecord:
 
 
 _COLUMNS = tuple(f.name for f in fields(FileRecord))
+_as_row = attrgetter(*_COLUMNS)  # dataclasses.astuple deep-copies: 10x slower on a million records
+# Paths are stored as the file system's bytes: a name that is not UTF-8 (surrogate-escaped in
+# Python) round-trips exactly, where a TEXT column would refuse it. Other text is made valid.
+_path_key = os.fsencode
+
+
+def _text(value: Optional[str]) -> Optional[str]:
+    return value if value is None else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _from_row(row: tuple) -> FileRecord:
+    return FileRecord(os.fsdecode(row[0]), *row[1:])
 _CREATE_FILES = f"""CREATE TABLE files (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     split TEXT NOT NULL, label TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN {STATUSES!r}), problem TEXT,
     duration REAL, sample_rate INTEGER, width INTEGER, height INTEGER, checked REAL NOT NULL
 ) WITHOUT ROWID"""
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM files"
-_UPSERT = f"INSERT OR REPLACE INTO files ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+# A row that says what the table already says is left alone (no page written, `checked` kept):
+# prepare records the outcomes of every shard it reuses, most of them known already.
+_SAME = " AND ".join(f"files.{c} IS excluded.{c}" for c in _COLUMNS if c not in ("path", "checked"))
+_UPSERT = (f"INSERT INTO files ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+           f"ON CONFLICT (path) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])} "
+           f"WHERE NOT ({_SAME})")
 
 
 class DataIndex:
@@ -126,10 +145,10 @@ class DataIndex:
     def lookup(self, path: str, size: int, mtime_ns: int) -> Optional[FileRecord]:
         """The record of this version of `path`; None when absent or the file changed since."""
         with self._guard("read"):
-            row = self._connection().execute(_SELECT + " WHERE path = ?", (str(path),)).fetchone()
+            row = self._connection().execute(_SELECT + " WHERE path = ?", (_path_key(str(path)),)).fetchone()
         if row is None or row[1] != size or row[2] != mtime_ns:
             return None
-        return FileRecord(*row)
+        return _from_row(row)
 
     def records(self) -> Iterator[FileRecord]:
         """Every record, by path (read in one snapshot: a concurrent writer is not seen)."""
@@ -140,7 +159,7 @@ class DataIndex:
                 if not rows:
                     return
                 for row in rows:
-                    yield FileRecord(*row)
+                    yield _from_row(row)
 
     def __len__(self) -> int:
         with self._guard("read"):
@@ -148,14 +167,16 @@ class DataIndex:
 
     # ------------------------------------------------------------------------- writing
     def record(self, records: Iterable[FileRecord]) -> int:
-        """Add or replace the records of these files, all in one transaction; returns how many."""
+        """Add or replace the records of these files, all in one transaction; returns how many.
+        A record equal to the stored one (but for `checked`) changes nothing."""
         now = time.time()
         rows = []
         for rec in records:
             if rec.status not in STATUSES:
                 raise ValueError(f"{rec.path}: status must be one of {STATUSES}, got {rec.status!r}")
-            row = astuple(rec)
-            rows.append(row if rec.checked is not None else row[:-1] + (now,))
+            path, size, mtime_ns, split, label, status, problem, *measures, checked = _as_row(rec)
+            rows.append((_path_key(str(path)), size, mtime_ns, _text(split), _text(label), status, _text(problem),
+                         *measures, now if checked is None else checked))
         with self._guard("write"), self._transaction():
             self._connection().executemany(_UPSERT, rows)
         return len(rows)
@@ -163,7 +184,7 @@ class DataIndex:
     def forget(self, paths: Iterable[str]) -> None:
         """Remove the records of these paths (files gone from the data)."""
         with self._guard("write"), self._transaction():
-            self._connection().executemany("DELETE FROM files WHERE path = ?", ((str(p),) for p in paths))
+            self._connection().executemany("DELETE FROM files WHERE path = ?", ((_path_key(str(p)),) for p in paths))
 
     def close(self) -> None:
         if self._db is not None:

@@ -6,38 +6,22 @@
 For each scanned item the index is asked about this version of its file (path, size, mtime_ns);
 a known file's outcome (ok with its duration / rate / size, or bad with the reason) comes from
 there, any other file is decoded (no features) and its outcome recorded. So a second check of
-unchanged data decodes nothing, and `longhaul prepare` (which records what its workers found with
-the same keys, `item_key`) leaves nothing for check-data to decode either.
+unchanged data decodes nothing, and `longhaul prepare` (which records what its workers found under
+the same keys, store.plan.item_key) leaves nothing for check-data to decode either.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
-from .decode import BadItem, Decoded, Decoder, InlineWaveform, Item, SyntheticExample
+from .decode import BadItem, Decoded, Decoder, Item, SyntheticExample
 from .index import DataIndex, FileRecord
 from .report import DECODING, Problem, SplitStats
 from .store.layout import ItemKey, StorePaths, StoreError
+from .store.plan import item_key
 
 # Records written per transaction: a check killed half-way keeps all but the last few outcomes,
 # and the WAL never holds more than a moment's work.
 RECORD_BATCH = 256
-
-
-def item_key(item: Item) -> Optional[ItemKey]:
-    """The version of `item` the index and the store know it by (layout.ItemKey): its file's path,
-    "<json path>#<index>" for an example inside a JSON file; None when its file cannot be stat'ed
-    (the decode that follows says why) or it has no file (synthetic examples)."""
-    if isinstance(item, SyntheticExample):
-        return None
-    try:
-        st = os.stat(item.where)
-    except OSError:
-        return None
-    path = item.where
-    if isinstance(item, InlineWaveform):
-        path = f"{item.where}#{item.context.rsplit(' ', 1)[-1]}"  # context is "item <index>"
-    return ItemKey(path, st.st_size, st.st_mtime_ns)
 
 
 def file_record(key: ItemKey, split: str, label: str, decoded: Optional[Decoded] = None,
@@ -105,7 +89,9 @@ class IndexedCheck:
     def _outcome(self, split: str, item: Item, decoder: Decoder) -> FileRecord:
         """The item's record: from the index when its file is unchanged, else from a decode
         (recorded, unless the item has no file to key it by)."""
-        key = item_key(item)
+        key = None if isinstance(item, SyntheticExample) else item_key(item)
+        if key is not None and key.size < 0:  # its file is gone: the decode says so, nothing to record
+            key = None
         if key is not None:
             known = self.index.lookup(key.path, key.size, key.mtime_ns)
             if known is not None:

@@ -1,0 +1,339 @@
+"""`longhaul prepare`: the store built by spawned workers, reused shard by shard, crash-safe, one
+writer at a time, bad files recorded with their reason, clear errors for a store it cannot write.
+
+Each prepare that computes spawns its workers (a torch import each): the tests use one worker and
+a few dozen half-second clips, and make shards small (layout.SHARD_TARGET) to have several."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.run_configs import run_config
+from tests.tmpfs import mount_or_skip
+from trainer.config import dump_config
+from trainer.data.store import FeatureStore, StoreError, StorePaths, layout
+from trainer.data.store.prepare import prepare, prepare_lock, store_status
+
+ROOT = Path(__file__).resolve().parent.parent
+RATE = 8000
+
+
+def write_clips(root: Path, per_class: int, classes=("bird", "insect")) -> None:
+    for split in ("train", "val"):
+        for label in classes:
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                seed = zlib.crc32(f"{split}/{label}/{i}".encode())
+                sf.write(folder / f"{i:03d}.wav", np.random.default_rng(seed).normal(size=4000) * 0.1, RATE)
+
+
+def config(tmp_path: Path, store: Path | None = None, **changes):
+    raw = {"name": "prep", "threads": 1, "seed": 3,
+           "data": {"source": "audio_folder", "root": str(tmp_path / "data"),
+                    "store": str(store or tmp_path / "store"), "sample_rate": RATE, "duration": 0.5},
+           "features": {"kind": "mel", "n_fft": 256, "hop_length": 128, "n_mels": 32},
+           "model": {"name": "resnet18"}}
+    return run_config(raw, **changes)
+
+
+def ends_after_odd(path: str) -> bool:
+    return Path(path.split("#")[0]).stem[-1:] in "13579"
+
+
+@pytest.fixture
+def small_shards(monkeypatch):
+    """Shards of two clips (a shard ends after each odd-numbered file), so that a few dozen files
+    make many shards. Planning runs in the main process: workers are handed their shards."""
+    monkeypatch.setattr(layout, "_ends_shard", ends_after_odd)
+
+
+def shard_files(store: Path) -> set[str]:
+    return {p.name for p in (store / "shards").glob("*.npy")}
+
+
+def test_prepare_then_again_does_nothing(tmp_path, small_shards):
+    write_clips(tmp_path / "data", 6)
+    cfg = config(tmp_path)
+    assert store_status(cfg)[0] == "missing"
+    seen = []
+    first = prepare(cfg, workers=1, progress=lambda done, total: seen.append((done, total)))
+    assert not first.up_to_date and first.computed_shards >= 3 and first.reused_shards == 0
+    assert first.items == 24 and first.bad == [] and first.bytes > 0
+    assert seen[0] == (0, 24) and seen[-1] == (24, 24)
+    manifest = (tmp_path / "store" / "manifest.json").stat().st_mtime_ns
+    assert store_status(cfg) == ("current", f"24 examples in {tmp_path / 'store'}")
+
+    again = prepare(cfg, workers=1, progress=lambda *a: pytest.fail("nothing to compute"))
+    assert again.up_to_date and again.computed_shards == 0 and again.fingerprint == first.fingerprint
+    assert (tmp_path / "store" / "manifest.json").stat().st_mtime_ns == manifest
+    assert again.describe().startswith("store up to date: 24 examples")
+
+    # What is stored is the run's raw features (log-mel), frame-major rows, float16.
+    from trainer.data.decode import Decoder
+    from trainer.data.features import FeatureExtractor
+
+    split = FeatureStore.open(tmp_path / "store").split("train")
+    name = split.names()[5]
+    expected = FeatureExtractor(cfg).raw(Decoder.from_config(cfg).read_audio(Path(name)).base).numpy()
+    assert split.raw(5).dtype == np.float16 and split.raw(5).shape == expected.shape
+    np.testing.assert_allclose(split.raw(5).astype(np.float32), expected, atol=0.07, rtol=2e-3)
+    assert split.labels[5] == (0 if "/bird/" in name else 1)
+
+
+def test_one_changed_file_recomputes_one_shard(tmp_path, small_shards):
+    write_clips(tmp_path / "data", 8)
+    cfg = config(tmp_path)
+    first = prepare(cfg, workers=1)
+    before = shard_files(tmp_path / "store")
+    sf.write(tmp_path / "data" / "train" / "bird" / "003.wav", np.zeros(2000), RATE)
+    state, reason = store_status(cfg)
+    assert state == "stale" and reason.startswith("train: 1 of ")
+
+    second = prepare(cfg, workers=1)
+    assert second.computed_shards == 1 and second.reused_shards == first.computed_shards - 1
+    assert second.fingerprint != first.fingerprint
+    after = shard_files(tmp_path / "store")
+    assert len(after - before) == 1 and len(before - after) == 1  # the old one is gone
+    assert not any(StorePaths.is_temp(p) for p in (tmp_path / "store").rglob("*"))
+
+
+def test_labels_changed_in_a_list_file_make_the_store_stale(tmp_path):
+    write_clips(tmp_path / "data", 3)
+    lists = {}
+    for split in ("train", "val"):
+        lists[split] = [f"{p},{p.parent.name}" for p in sorted((tmp_path / "data" / split).rglob("*.wav"))]
+        (tmp_path / f"{split}.csv").write_text("\n".join(lists[split]) + "\n")
+    cfg = config(tmp_path, **{"data.source": "csv", "data.train": str(tmp_path / "train.csv"),
+                              "data.val": str(tmp_path / "val.csv"), "data.root": None})
+    prepare(cfg, workers=1)
+    assert store_status(cfg)[0] == "current"
+    lists["train"][0] = lists["train"][0].replace(",bird", ",insect")
+    (tmp_path / "train.csv").write_text("\n".join(lists["train"]) + "\n")
+    assert store_status(cfg) == ("stale", "train: labels changed")
+    assert prepare(cfg, workers=1).computed_shards == 0  # the same rows under other labels
+
+
+def test_bad_files_are_recorded_with_their_reason(tmp_path, capsys):
+    from trainer import cli
+    from trainer.data.index import DataIndex
+
+    write_clips(tmp_path / "data", 3)
+    bird = tmp_path / "data" / "train" / "bird"
+    (bird / "empty.wav").write_bytes(b"")
+    (bird / "notes.wav").write_text("these are my field notes, not audio\n" * 20)
+    whole = (bird / "000.wav").read_bytes()
+    (bird / "cut.wav").write_bytes(whole[:30])
+    path = tmp_path / "prep.yaml"
+    path.write_text(dump_config(config(tmp_path)))
+
+    assert cli.main(["prepare", str(path), "--workers", "1"]) == 1  # bad files, skip_bad_files off
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == str(tmp_path / "store")
+    assert any("empty.wav" in line for line in out) and "Result: FAILED: 3 bad item(s)" in "\n".join(out)
+    assert (tmp_path / "store" / "manifest.json").exists()  # written for the good files all the same
+    with DataIndex(tmp_path / "store" / "index.sqlite") as index:
+        bad = {Path(r.path).name: r.problem for r in index.records() if r.status == "bad"}
+        assert len([r for r in index.records() if r.ok]) == 12
+    assert set(bad) == {"empty.wav", "notes.wav", "cut.wav"}
+    assert all(reason.startswith("cannot decode audio") for reason in bad.values()), bad
+    assert FeatureStore.open(tmp_path / "store").split("train").names() == [
+        str(p) for p in sorted(bird.glob("0*.wav")) + sorted((bird.parent / "insect").glob("*.wav"))]
+
+    assert cli.main(["prepare", str(path), "--set", "data.skip_bad_files=true"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("store up to date: 12 examples") and out[-1] == str(tmp_path / "store")
+
+
+def test_a_second_prepare_waits_or_refuses(tmp_path, capsys):
+    write_clips(tmp_path / "data", 2)
+    cfg = config(tmp_path)
+    (tmp_path / "store").mkdir()
+    paths = StorePaths(tmp_path / "store")
+    results = []
+    with prepare_lock(paths, wait=False):
+        with pytest.raises(StoreError, match=rf"another prepare \(pid {os.getpid()}\) is writing this store"):
+            prepare(cfg, workers=1, wait=False)
+        waiter = threading.Thread(target=lambda: results.append(prepare(cfg, workers=1)))
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while "waiting for another prepare" not in capsys.readouterr().err:
+            assert time.monotonic() < deadline and not results
+            time.sleep(0.05)
+        assert not (tmp_path / "store" / "manifest.json").exists()
+    waiter.join(120)
+    assert results and results[0].items == 8
+
+
+def test_a_store_it_cannot_write_is_named(tmp_path):
+    write_clips(tmp_path / "data", 1)
+    with pytest.raises(StoreError, match=f"{tmp_path / 'nowhere'} does not exist"):
+        prepare(config(tmp_path, store=tmp_path / "nowhere" / "store"))
+    fs = mount_or_skip(1)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(fs.path)], check=True, capture_output=True)
+        with pytest.raises(StoreError, match=f"{fs.path / 'store'}.*Read-only file system"):
+            prepare(config(tmp_path, store=fs.path / "store"))
+    finally:
+        fs.unmount()
+
+
+def test_full_disk_keeps_finished_shards_and_no_manifest(tmp_path, small_shards):
+    write_clips(tmp_path / "data", 12)
+    fs = mount_or_skip(4)
+    try:
+        store = fs.path / "store"
+        cfg = config(tmp_path, store=store, **{"data.store_dtype": "float32"})
+        StorePaths(store).make_dirs()
+        fs.fill(leave_kb=140)  # a shard is ~4 items x 33 frames x 32 mels x 4 bytes = 17 KiB
+        with pytest.raises(StoreError, match=r"disk is full.*MiB free on the store's disk"):
+            prepare(cfg, workers=1)
+        assert not (store / "manifest.json").exists()
+        leftovers = [p for p in store.rglob("*") if StorePaths.is_temp(p)]
+        assert leftovers == []
+        finished = shard_files(store)
+        assert finished and all(layout.read_shard_outcomes(StorePaths(store), n[:-4]) for n in finished)
+        (fs.path / ".filler").unlink()
+        result = prepare(cfg, workers=1)
+        assert result.reused_shards == len(finished) and result.computed_shards > 0
+    finally:
+        fs.unmount()
+
+
+def test_a_worker_killed_names_its_shard(tmp_path, small_shards):
+    write_clips(tmp_path / "data", 8)
+    cfg = config(tmp_path)
+
+    def kill_worker(done, total):
+        if done == 6:
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+
+    with pytest.raises(StoreError, match=r"worker \(pid \d+\) was killed by SIGKILL while computing shard \w+"):
+        prepare(cfg, workers=1, progress=kill_worker)
+    finished = shard_files(tmp_path / "store")
+    assert finished and not (tmp_path / "store" / "manifest.json").exists()
+    assert prepare(cfg, workers=1).reused_shards >= len(finished)
+
+
+KILLABLE_CLI = """
+import sys
+from tests.test_store_prepare import ends_after_odd
+from trainer.data.store import layout
+layout._ends_shard = ends_after_odd  # many small shards: the kill lands in the middle
+from trainer import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_middle_then_again_equals_a_clean_prepare(tmp_path, small_shards):
+    write_clips(tmp_path / "data", 60)
+    cfg = config(tmp_path)
+    path = tmp_path / "prep.yaml"
+    path.write_text(dump_config(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_CLI, "prepare", str(path), "--workers", "1"],
+                            env=env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(shard_files(tmp_path / "store")) < 3 and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = shard_files(tmp_path / "store")
+    assert not (tmp_path / "store" / "manifest.json").exists(), "killed too late: make the data bigger"
+
+    resumed = prepare(cfg, workers=1)
+    assert resumed.reused_shards >= len(finished) and resumed.computed_shards > 0
+    assert finished <= shard_files(tmp_path / "store")
+    clean = prepare(config(tmp_path, store=tmp_path / "clean"), workers=1)
+    assert clean.fingerprint == resumed.fingerprint
+    a = FeatureStore.open(tmp_path / "store").split("train")
+    b = FeatureStore.open(tmp_path / "clean").split("train")
+    assert all(np.array_equal(a.rows(i), b.rows(i)) for i in range(len(a)))
+
+
+def test_variants_and_windows_of_long_recordings(tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for label, freq in (("bird", 900.0), ("insect", 2500.0)):
+            (data / split / label).mkdir(parents=True)
+            for i, seconds in enumerate((0.3, 1.2, 3.0)):  # shorter than a window, between, longer than kept
+                t = np.arange(int(seconds * 16000)) / 16000
+                sf.write(data / split / label / f"{i}.wav", np.sin(2 * np.pi * (freq + 50 * i) * t) * 0.3, 16000)
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    sf.write(noise / "hum.wav", np.random.default_rng(0).normal(size=8000) * 0.05, RATE)
+    cfg = config(tmp_path, **{"data.windows": {"enabled": True, "max_seconds": 2.0},
+                              "data.variants": {"count": 2, "gain_db": 6.0, "pitch_semitones": 1.0,
+                                                "noise_dir": str(noise)}})
+    result = prepare(cfg, workers=1)
+    assert result.items == 12 and result.bad == []
+    store = FeatureStore.open(tmp_path / "store")
+    train, val = store.split("train"), store.split("val")
+    assert train.variants == 2 and val.variants == 0
+    frames = {0: 4000 // 128 + 1, 1: 9600 // 128 + 1, 2: 16000 // 128 + 1}  # padded to a window, whole, cut
+    for i, name in enumerate(train.names()):
+        want = frames[int(Path(name).stem)]
+        assert [train.length(i, v) for v in range(3)] == [want] * 3
+        assert not np.array_equal(train.rows(i, 0), train.rows(i, 1))
+    assert [val.length(i) for i in range(len(val))] == [frames[int(Path(n).stem)] for n in val.names()]
+    stats = json.loads((tmp_path / "store" / "manifest.json").read_text())["stats"]["train"]
+    assert stats["padded"] == 2 and stats["trimmed"] == 2 and stats["rates"] == {"16000": 6}
+
+
+def test_images_are_stored_at_the_training_size(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, shade in (("plain", 40), ("bright", 220)):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (37 + i, 20), (shade, shade, i)).save(tmp_path / "data" / split / label / f"{i}.png")
+    cfg = config(tmp_path, **{"data.source": "image_folder", "data.image_size": 16,
+                              "features": {"kind": "image"}})
+    prepare(cfg, workers=1)
+    store = FeatureStore.open(tmp_path / "store")
+    assert store.row_shape == (3, 16, 16) and store.dtype == np.uint8
+    image = store.split("train").raw(0)
+    assert image.shape == (3, 16, 16) and image.dtype == np.uint8
+
+
+def test_progress_line_rate_and_eta():
+    import io
+
+    from trainer.console import PrepareProgressLine
+
+    now = [0.0]
+    log = io.StringIO()
+    line = PrepareProgressLine(log, log_interval=5.0, clock=lambda: now[0])
+    for done in range(1001):
+        now[0] = done * 0.01  # 100 files/s
+        line(done, 1000)
+    assert log.getvalue().splitlines() == [
+        "preparing data: 500/1000 files, 100.0 files/s, ETA 5s",
+        "preparing data: 1000/1000 files, 100.0 files/s, took 10s"]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    line = PrepareProgressLine(tty, interval=0.5, clock=lambda: now[0])
+    for done in range(101):
+        now[0] = done * 0.01
+        line(done, 100)
+    assert tty.getvalue().count("\r") == 2 and tty.getvalue().endswith("took 1s\n")
