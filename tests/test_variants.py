@@ -209,3 +209,8 @@ def test_a_changed_folder_gets_a_new_bank(noise_dir):
     assert bank(noise_dir) is before, "one bank per folder and rate in a process"
     soundfile.write(str(noise_dir / "c.ogg"), np.full(800, 0.1, np.float32), RATE)
     assert len(bank(noise_dir)) == 3
+
+
+def test_only_a_mono_waveform_has_variants():
+    with pytest.raises(ValueError, match=r"mono waveform \(T,\), not of an array of shape \(3, 8, 8\)"):
+        make_variants(np.zeros((3, 8, 8), np.uint8), RATE, vcfg(), None, "img", 1)

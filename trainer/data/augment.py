@@ -1,4 +1,5 @@
-"""Training-time augmentation: gain, time shift, frequency warp, horizontal flip, SpecAugment (per example) and Mixup (per batch).
+"""Training-time augmentation: gain, time shift, frequency warp, image flips, rotation, brightness
+and contrast, SpecAugment (per example) and Mixup (per batch).
 
 Every draw comes from a generator addressed by (seed, epoch, index) or (seed, epoch, step); none
 touches torch's or numpy's global random state. That is why SpecAugment is implemented here
@@ -6,11 +7,16 @@ rather than with torchaudio.transforms.FrequencyMasking/TimeMasking: those draw 
 torch RNG, which would have to be forked around every example and would race with any other
 thread using it. The masks follow torchaudio's `mask_along_axis` rule: width uniform in
 [0, mask_param), start uniform in [0, size - width).
+
+The image functions (rotate_image, scale_brightness, scale_contrast) act on (C, H, W) pixel values
+0..255 of any float dtype; the test-time transforms (trainer/posthoc/tta.py) are these same functions
+rounded back to uint8.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,12 +40,65 @@ def augment_example(raw: torch.Tensor, extractor: FeatureExtractor, augment, gen
         x = time_shift(x, augment.time_shift, extractor.silence_frame(x), gen)
     if augment.freq_warp > 0 and extractor.kind in SPECTRAL:
         x = freq_warp(x, 1.0 + (2.0 * _uniform(gen) - 1.0) * augment.freq_warp)
-    if augment.hflip and extractor.kind == "image" and _uniform(gen) < 0.5:
-        x = torch.flip(x, dims=(-1,))
+    if extractor.kind == "image":
+        x = augment_image(x, augment, gen)
     x = extractor.finish(x)
     if extractor.kind in SPECTRAL:
         x = spec_augment(x, augment.spec_augment, gen)
     return x
+
+
+def augment_image(x: torch.Tensor, augment, gen: torch.Generator) -> torch.Tensor:
+    """Flips, rotation, brightness and contrast of a (C, H, W) float image of 0..255 values.
+
+    The draws come in this fixed order, one per setting that is on and none for a setting that is
+    off, so a config without the newer settings draws exactly what it drew before they existed."""
+    if augment.hflip and _uniform(gen) < 0.5:
+        x = torch.flip(x, dims=(-1,))
+    if augment.vflip and _uniform(gen) < 0.5:
+        x = torch.flip(x, dims=(-2,))
+    if augment.rotate_deg > 0:
+        x = rotate_image(x, (2.0 * _uniform(gen) - 1.0) * augment.rotate_deg, padding="mean")
+    if augment.brightness > 0:
+        x = scale_brightness(x, 1.0 + (2.0 * _uniform(gen) - 1.0) * augment.brightness)
+    if augment.contrast > 0:
+        x = scale_contrast(x, 1.0 + (2.0 * _uniform(gen) - 1.0) * augment.contrast)
+    return x
+
+
+def rotate_image(x: torch.Tensor, degrees: float, padding: str = "mean") -> torch.Tensor:
+    """(C, H, W) float `x` rotated `degrees` counter-clockwise about its centre, bilinear.
+
+    The corners that come in from outside take each channel's mean (`padding="mean"`, training: black
+    corners would be a strong edge that no real image has, and would pull the image's level and
+    contrast down before normalisation, as a zero-filled SpecAugment mask would) or repeat the
+    nearest border pixel (`"border"`, the test-time transform)."""
+    theta = np.deg2rad(degrees)
+    cos, sin = np.cos(theta), np.sin(theta)
+    height, width = x.shape[-2:]
+    # affine_grid maps each output pixel to where it is read in the input, in [-1, 1] coordinates
+    # (x right, y down); scaled by the aspect ratio so that a non-square image turns rigidly.
+    aspect = width / height
+    matrix = torch.tensor([[cos, -sin / aspect, 0.0], [sin * aspect, cos, 0.0]], dtype=x.dtype)
+    grid = F.affine_grid(matrix[None], [1, *x.shape], align_corners=False)
+    if padding == "border":
+        return F.grid_sample(x[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    turned = F.grid_sample((x - mean)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    return turned + mean
+
+
+def scale_brightness(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Pixel values times `factor` (1.05: 5% brighter), saturating at 0 and 255."""
+    return torch.clamp(x * factor, 0.0, 255.0)
+
+
+def scale_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Each pixel's distance from the image's mean grey level (ITU-R 601 luma for RGB, as
+    torchvision's adjust_contrast) times `factor`; the mean level stays; saturates at 0 and 255."""
+    grey = x[0] * 0.299 + x[1] * 0.587 + x[2] * 0.114 if len(x) == 3 else x[0]
+    mean = float(grey.numpy().mean(dtype=np.float64))
+    return torch.clamp(mean + (x - mean) * factor, 0.0, 255.0)
 
 
 def time_shift(x: torch.Tensor, fraction: float, silence: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -138,7 +197,12 @@ def no_effect_warnings(cfg) -> list[str]:
     aug, kind = cfg.augment, cfg.features.kind
     out: list[Optional[str]] = [
         "augment.hflip has no effect: only image features are flipped" if aug.hflip and kind != "image" else None,
+        "augment.vflip has no effect: only image features are flipped" if aug.vflip and kind != "image" else None,
+        *(f"augment.{key} has no effect: it changes images only" for key in ("rotate_deg", "brightness", "contrast")
+          if getattr(aug, key) > 0 and kind != "image"),
         "augment.gain_db has no effect on images" if aug.gain_db > 0 and kind == "image" else None,
+        "data.variants.count has no effect on images: variants are made of waveforms (pitch, tempo, noise, gain)"
+        if cfg.data.variants.count and kind == "image" else None,
         "augment.gain_db has (almost) no effect with features.normalize: true, which removes the level"
         if aug.gain_db > 0 and kind in ("mel", "waveform") and cfg.features.normalize else None,
         "augment.time_shift has no effect on images" if aug.time_shift > 0 and kind == "image" else None,

@@ -171,7 +171,9 @@ def make_variants(wave: np.ndarray, rate: int, vcfg, noise: Optional[NoiseBank],
                   count: int) -> list[np.ndarray]:
     """`count` variants (1..count) of the mono waveform `wave` at `rate` Hz: float32 arrays of
     exactly len(wave) samples. `vcfg` is data.variants; `noise` the bank (None: no noise)."""
-    wave = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
+    if np.ndim(wave) != 1:
+        raise ValueError(f"variants are made of a mono waveform (T,), not of an array of shape {np.shape(wave)}")
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
     return [apply_variant(wave, rate, draw_variant(vcfg, name, v), noise) for v in range(1, count + 1)]
 
 

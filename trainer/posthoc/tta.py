@@ -26,9 +26,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainer.config import TTA_AUDIO_DEFAULT, TTA_AUDIO_OPS, TTA_IMAGE_DEFAULT, TTA_IMAGE_OPS, parse_tta
+from trainer.data.augment import rotate_image, scale_brightness, scale_contrast
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -71,31 +71,21 @@ def rotate(img: np.ndarray, degrees: float) -> np.ndarray:
     """`img` rotated `degrees` counter-clockwise about its centre (bilinear, borders replicated)."""
     if degrees == 0:
         return img.copy()
-    theta = np.deg2rad(degrees)
-    cos, sin = np.cos(theta), np.sin(theta)
-    height, width = img.shape[-2:]
-    # affine_grid maps each output pixel to where it is read in the input, in [-1, 1] coordinates
-    # (x right, y down); scaled by the aspect ratio so that a non-square image turns rigidly.
-    aspect = width / height
-    matrix = torch.tensor([[cos, -sin / aspect, 0.0], [sin * aspect, cos, 0.0]], dtype=torch.float64)
-    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float64))[None]
-    grid = F.affine_grid(matrix[None], list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-    return _to_uint8(out.numpy())
+    return _to_uint8(rotate_image(_pixels(img), degrees, padding="border").numpy())
 
 
 def brightness(img: np.ndarray, amount: float) -> np.ndarray:
     """Pixel values times 1 + amount (0.05: 5% brighter)."""
-    return _to_uint8(img.astype(np.float64) * (1.0 + amount))
+    return _to_uint8(scale_brightness(_pixels(img), 1.0 + amount).numpy())
 
 
 def contrast(img: np.ndarray, amount: float) -> np.ndarray:
-    """Distance from the mean grey level (ITU-R 601 luma for RGB, as torchvision's
-    adjust_contrast) times 1 + amount; the mean level itself stays."""
-    pixels = img.astype(np.float64)
-    grey = pixels[0] * 0.299 + pixels[1] * 0.587 + pixels[2] * 0.114 if len(img) == 3 else pixels[0]
-    mean = grey.mean()
-    return _to_uint8(mean + (pixels - mean) * (1.0 + amount))
+    """Distance from the mean grey level times 1 + amount; the mean level itself stays."""
+    return _to_uint8(scale_contrast(_pixels(img), 1.0 + amount).numpy())
+
+
+def _pixels(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float64))
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
