@@ -156,16 +156,27 @@ def test_bad_files_are_recorded_with_their_reason(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[-2].startswith("store up to date: 12 examples") and out[-1] == str(tmp_path / "store")
 
+    (bird / "notes.wav").unlink()  # gone from the data: gone from the index
+    prepare(config(tmp_path), workers=1)
+    with DataIndex(tmp_path / "store" / "index.sqlite") as index:
+        assert {Path(r.path).name for r in index.records() if r.status == "bad"} == {"empty.wav", "cut.wav"}
+
 
 def test_a_second_prepare_waits_or_refuses(tmp_path, capsys):
+    from trainer import cli
+
     write_clips(tmp_path / "data", 2)
     cfg = config(tmp_path)
     (tmp_path / "store").mkdir()
+    (tmp_path / "prep.yaml").write_text(dump_config(cfg))
     paths = StorePaths(tmp_path / "store")
     results = []
     with prepare_lock(paths, wait=False):
         with pytest.raises(StoreError, match=rf"another prepare \(pid {os.getpid()}\) is writing this store"):
             prepare(cfg, workers=1, wait=False)
+        assert cli.main(["prepare", str(tmp_path / "prep.yaml"), "--no-wait"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"longhaul prepare: {tmp_path / 'store'}: another prepare (pid {os.getpid()})")
         waiter = threading.Thread(target=lambda: results.append(prepare(cfg, workers=1)))
         waiter.start()
         deadline = time.monotonic() + 30
@@ -183,9 +194,14 @@ def test_a_store_it_cannot_write_is_named(tmp_path):
         prepare(config(tmp_path, store=tmp_path / "nowhere" / "store"))
     fs = mount_or_skip(1)
     try:
+        cfg = config(tmp_path, store=fs.path / "store")
+        prepared = prepare(cfg, workers=1)
         subprocess.run(["mount", "-o", "remount,ro", str(fs.path)], check=True, capture_output=True)
-        with pytest.raises(StoreError, match=f"{fs.path / 'store'}.*Read-only file system"):
-            prepare(config(tmp_path, store=fs.path / "store"))
+        again = prepare(cfg)  # a current store on a read-only disk is fine
+        assert again.up_to_date and again.fingerprint == prepared.fingerprint
+        sf.write(tmp_path / "data" / "train" / "bird" / "new.wav", np.zeros(100), RATE)
+        with pytest.raises(StoreError, match=f"{fs.path / 'store'}.*(Read-only file system|not writable)"):
+            prepare(cfg)
     finally:
         fs.unmount()
 
@@ -337,3 +353,22 @@ def test_progress_line_rate_and_eta():
         now[0] = done * 0.01
         line(done, 100)
     assert tty.getvalue().count("\r") == 2 and tty.getvalue().endswith("took 1s\n")
+
+
+def test_the_run_directory_copy_of_a_config_names_the_same_store(tmp_path):
+    import yaml
+
+    from trainer.config import load_config
+
+    for folder in ("conf", "noise", "data"):
+        (tmp_path / folder).mkdir()
+    path = tmp_path / "conf" / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"source": "audio_folder", "root": "../data", "store": "../store",
+                                             "variants": {"count": 1, "noise_dir": "../noise"}},
+                                    "model": {"name": "resnet18"}}))
+    cfg = load_config(path, check_model=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(dump_config(cfg))
+    copy = load_config(tmp_path / "run" / "config.yaml", check_model=False)
+    assert copy.resolve_path(copy.data.store) == (tmp_path / "store").resolve() == cfg.resolve_path(cfg.data.store).resolve()
+    assert copy.resolve_path(copy.data.variants.noise_dir) == (tmp_path / "noise").resolve()

@@ -812,9 +812,12 @@ def load_config(path: str | Path, overrides: list[str] = (), check_paths: bool =
 def resolved_dict(cfg: RunConfig) -> dict:
     """The config as plain data with data paths made absolute (what the run directory stores)."""
     data = cfg.model_dump(mode="json")
-    for key in ("root", "train", "val", "test"):
+    for key in ("root", "train", "val", "test", "store"):
         if data["data"][key]:
             data["data"][key] = str(cfg.resolve_path(data["data"][key]).resolve())
+    noise = data["data"]["variants"]["noise_dir"]
+    if noise:  # the run directory's copy must name the same folders as the config it came from
+        data["data"]["variants"]["noise_dir"] = str(cfg.resolve_path(noise).resolve())
     if data["model"]["pretrained"]:
         data["model"]["pretrained"] = str(cfg.resolve_path(data["model"]["pretrained"]).resolve())
     return data

@@ -101,6 +101,11 @@ class ShardMaker:
         """Rows of each pending base, in the store's dtype; empties `pending`."""
         if not pending:
             return []
-        raws = self.extractor.raw_batch(pending).numpy()
+        if self.windows is not None:  # whole recordings: the top_db floor is each window's, at reading
+            from .. import windows
+
+            raws = windows.store_features(self.extractor, pending).numpy()
+        else:
+            raws = self.extractor.raw_batch(pending).numpy()
         pending.clear()
         return [np.ascontiguousarray(layout.to_rows(raw, self.kind), dtype=self.dtype) for raw in raws]

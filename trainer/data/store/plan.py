@@ -140,8 +140,8 @@ def _label_change(plan: Plan, manifest: dict) -> Optional[str]:
     for split, entry in manifest["splits"].items():
         try:
             entries = np.load(plan.paths.resolve(entry["entries"]), allow_pickle=False)
-            names = plan.paths.resolve(entry["names"]).read_text("utf-8", "surrogateescape").splitlines()
-        except (OSError, ValueError) as exc:
+            names = layout.read_names(plan.paths.resolve(entry["names"]))
+        except (OSError, ValueError, StoreError) as exc:
             return f"{split}: cannot read the store's entries ({exc})"
         labels = {item.name: item.label for task in plan.shards[split] for item in task.items}
         stored = entries["label"][::int(entry["variants"]) + 1]

@@ -64,9 +64,9 @@ def store_status(cfg) -> tuple[str, str]:
     if not paths.manifest.exists():
         return "missing", f"{paths.root}: no feature store yet (run `longhaul prepare`)"
     manifest = read_manifest_or_none(paths)
-    reason = staleness(make_plan(cfg), manifest)
     if manifest is None:
         return "stale", f"{paths.manifest} is damaged: the store is prepared again"
+    reason = staleness(make_plan(cfg), manifest)
     if reason:
         return "stale", reason
     return "current", f"{sum(s['items'] for s in manifest['splits'].values()):,} examples in {paths.root}"
@@ -77,7 +77,15 @@ def prepare(cfg, workers: Optional[int] = None, progress: Optional[Progress] = N
     """Bring the store of `cfg` (concrete sample_rate/duration) up to date; see the module doc."""
     started = time.monotonic()
     paths = StorePaths(store_dir(cfg))
-    _make_store_dir(paths)
+    try:
+        _make_store_dir(paths)
+    except StoreError:
+        # A store others prepared, on a read-only disk, is usable as long as it is current.
+        plan = make_plan(cfg) if paths.manifest.exists() else None
+        old = read_manifest_or_none(paths) if plan else None
+        if old is None or staleness(plan, old) is not None:
+            raise
+        return _result(plan, old, started, up_to_date=True)
     with prepare_lock(paths, wait):
         plan = make_plan(cfg)
         old = read_manifest_or_none(paths)
@@ -190,6 +198,7 @@ def _shards(cfg, plan: Plan, workers: Optional[int], progress: Optional[Progress
         _record(index, plan, [t for tasks in plan.shards.values() for t in tasks if t.key in outcomes], outcomes)
         if todo:
             _compute(cfg, plan, todo, outcomes, index, workers, progress)
+        _forget_gone(index, plan)
     finally:
         if index is not None:
             index.close()
@@ -250,6 +259,19 @@ def _record(index, plan: Plan, tasks: list[ShardTask], outcomes: dict) -> None:
         print(f"warning: {exc}; file outcomes are not recorded in the index", file=sys.stderr, flush=True)
 
 
+def _forget_gone(index, plan: Plan) -> None:
+    """Files no longer in the data leave the index (it describes the dataset as it is)."""
+    if index is None:
+        return
+    from ..index import DataIndexError
+
+    planned = {key.path for tasks in plan.shards.values() for task in tasks for key in task.keys}
+    try:
+        index.forget([record.path for record in index.records() if record.path not in planned])
+    except DataIndexError as exc:
+        print(f"warning: {exc}; files gone from the data stay in the index", file=sys.stderr, flush=True)
+
+
 # ----------------------------------------------------------------------------- entries, manifest
 def _write_store(cfg, plan: Plan, outcomes: dict) -> dict:
     """Each split's entries and names, then the manifest; returns the manifest."""
@@ -277,15 +299,13 @@ def _entries(tasks: list[ShardTask], outcomes: dict) -> tuple[np.ndarray, list[s
     names: list[str] = []
     bad: list[Problem] = []
     for shard, task in enumerate(tasks):
-        row = 0
-        for item, out in zip(task.items, outcomes[task.key]):
-            if not out.get("ok"):
+        found = outcomes[task.key]
+        for item, out, spans in zip(task.items, found, layout.shard_rows(found)):
+            if spans is None:
                 bad.append(item.problem(out.get("problem") or "cannot be read"))
                 continue
             names.append(item.name)
-            for count in out["rows"]:
-                rows.append((item.label, shard, row, count))
-                row += count
+            rows += [(item.label, shard, first, count) for first, count in spans]
     entries = np.array(rows, dtype=layout.ENTRIES_DTYPE)
     return entries, names, bad, sum(len(t.items) for t in tasks)
 
