@@ -389,3 +389,75 @@ def test_tui_shows_the_preparing_data_phase():
     model.apply_preparing(body)
     model.apply_progress({"step": 1, "total_steps": 10, "metrics": {}})
     assert model.preparing is None and HeaderInfo.from_model(model, "live", clock).phase != "preparing data"
+
+
+# ----------------------------------------------------------------------------- through the daemon
+def _daemon_store_config(tmp_path, epochs: int) -> Path:
+    from tests.run_configs import POWERCUT
+
+    raw = changed(POWERCUT, **{"data.store": str(tmp_path / "store"), "data.store_dtype": "float32",
+                               "data.prepare_workers": 1, "daemon.max_restarts": 1})
+    raw["phases"] = [{"name": "a", "epochs": epochs}, {"name": "b", "epochs": epochs, "lr_mult": 0.5}]
+    config = tmp_path / "powercut.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_power_cut_of_a_store_run_through_the_daemon_resumes_bit_identical(tmp_path, runtime_dir):
+    from tests.daemon_helpers import wait_for
+    from tests.longhaul_cli import cli, cli_env, logged_steps, status
+
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    config = _daemon_store_config(tmp_path, epochs=30)
+    # the reference prepares its own copy of the store; the daemon's worker prepares the run's
+    cli(env, "train", str(config), "--run-dir", str(tmp_path / "reference"), "--quiet",
+        "--set", f"data.store={tmp_path / 'reference-store'}")
+    cli(env, "start", str(config))
+    run_dir = tmp_path / "runs" / "powercut"
+    rng = random.Random(8)
+    for kill in range(2):
+        before = logged_steps(run_dir)
+        wait_for(lambda: logged_steps(run_dir) >= before + rng.randint(3, 12), 180, "training progress")
+        time.sleep(rng.uniform(0.0, 0.3))
+        current = status(env, "powercut")
+        assert current["state"] == "running", f"kill {kill + 1}: the run is {current['state']}; lengthen it"
+        os.killpg(current["pid"], signal.SIGKILL)
+        wait_for(lambda: status(env, "powercut")["state"] == "interrupted", 30, "state interrupted")
+        cli(env, "resume", "powercut")
+    wait_for(lambda: status(env, "powercut")["state"] == "finished", 300, "the run to finish")
+    assert [e["data"]["status"] for e in _events(run_dir) if e["kind"] == "preparing"] == ["missing", "done"]
+    assert losses(run_dir) == losses(tmp_path / "reference")
+    a = torch.load(tmp_path / "reference" / "last.pt", weights_only=False)["model"]
+    b = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_daemon_resume_on_a_changed_store_needs_the_flag(tmp_path, runtime_dir):
+    from tests.daemon_helpers import wait_for
+    from tests.longhaul_cli import cli, cli_env, logged_steps, status
+
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    config = _daemon_store_config(tmp_path, epochs=4)
+    cli(env, "start", str(config))
+    run_dir = tmp_path / "runs" / "powercut"
+    wait_for(lambda: logged_steps(run_dir) >= 20, 180, "training progress")
+    cli(env, "stop", "powercut")
+    wait_for(lambda: status(env, "powercut")["state"] == "stopped", 60, "state stopped")
+    cli(env, "prepare", str(config), "--set", "data.synthetic.train_per_class=50")   # the store changes
+    cli(env, "resume", "powercut")
+    wait_for(lambda: status(env, "powercut")["state"] == "failed", 120, "the refused resume to fail")
+    crashes = [e for e in _events(run_dir) if e["kind"] == "crash"]
+    assert crashes and all("--accept-data-change" in e["message"] for e in crashes)   # the last line: what to do
+    assert all("the feature store changed" in e["data"]["traceback"] and "144 -> 150 examples" in e["data"]["traceback"]
+               for e in crashes)
+    cli(env, "resume", "powercut", "--accept-data-change")
+    wait_for(lambda: status(env, "powercut")["state"] == "finished", 300, "the accepted resume to finish")
+    alerts = [e for e in _events(run_dir) if e["kind"] == "alert" and e["data"].get("what") == "data_changed"]
+    assert len(alerts) == 1 and "bit-exact resume is lost" in alerts[0]["message"]
+    assert json.loads(RunDir(run_dir).data_store.read_text())["splits"]["train"]["items"] == 150

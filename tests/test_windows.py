@@ -322,6 +322,9 @@ def test_evaluate_writes_recordings_and_windows(windows_run):
     assert section["n_recordings"] == 6 and section["n_windows"] > 6
     assert section["window_seconds"] == 0.5 and section["hop_seconds"] == pytest.approx(0.256)
     assert 0.0 <= section["accuracy"] <= 1.0
+    from trainer.posthoc.evaluate import format_result
+
+    assert f"per window ({section['n_windows']} windows of 0.5 s every 0.256 s)" in format_result(result)
     saved = np.load(files.predictions("test", "best"))
     assert saved["labels"].shape == (6,) and saved["logits"].shape == (6, 2)
     assert saved["window_logits"].shape == (section["n_windows"], 2)
@@ -371,3 +374,28 @@ def test_the_exported_script_cuts_the_same_windows(row_samples, window_rows, hop
     geometry = windows.Windows(rows=window_rows, hop=hop_rows, row_samples=row_samples)
     for n in (1, 100, 3999, 4000, 4001, 8000, 12345, 40000):
         assert run_onnx.window_starts(n, row_samples, window_rows, hop_rows) == windows.sample_starts(n, geometry)
+
+
+def test_evaluate_with_tta_on_windows_says_why_not(windows_run):
+    from trainer.posthoc.evaluate import EvaluationError, evaluate_run
+
+    with pytest.raises(EvaluationError, match="--tta: .*features, not the waveforms"):
+        evaluate_run(windows_run[0], "test", tta=True, n_boot=10)
+
+
+@pytest.mark.xfail(reason="needs H4: StoredExamples.raw(index, epoch) to read training windows with "
+                          "windows.read_window (the per-window top_db floor; the store keeps spectra unfloored)",
+                   strict=False)
+def test_training_reads_a_window_as_evaluation_and_predict_do():
+    from trainer.data.stored import StoredExamples
+
+    cfg = windows_config(**{"features.top_db": 80.0})
+    rows = windows.window_rows(cfg)
+    quiet = np.full((1, 32, 3 * rows), -100.0, np.float32)
+    quiet[..., :rows // 2] = 20.0  # one loud stretch: the rest lies 120 dB under it
+    split = FakeSplit([quiet], [0])
+    examples = StoredExamples(split, FeatureExtractor(cfg), cfg.seed, rows)
+    for epoch in range(4):
+        start = windows.train_start(3 * rows, rows, cfg.seed, epoch, 0)
+        expected = windows.read_window(split, 0, 0, start, rows, "mel", 80.0)
+        assert torch.equal(examples.raw(0, epoch), expected)

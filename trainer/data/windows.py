@@ -16,8 +16,8 @@ rows of those, one contiguous read.
 Features of a window cut from the whole recording's spectrogram against those of the same
 stretch of waveform on its own (what predict computes: it reads files, not the store):
 - the STFT of a lone clip reflects its edges, so the frames within n_fft/2 samples of a window's
-  edges differ (by 0.5 dB on average on a 60 s recording at 22050 Hz, n_fft 1024, hop 256, 5 s windows: 3 of
-  431 frames at each edge); the rest is the same;
+  edges differ (0.5 dB on average on a 60 s recording at 22050 Hz, n_fft 1024, hop 256, 5 s
+  windows: 3 of 431 frames at each edge); the rest is the same;
 - AmplitudeToDB's top_db floor is relative to an example's loudest value. Floored over the whole
   recording, a window far quieter than the recording's loudest moment loses what a clip of it
   keeps: 11.6 dB mean difference inside the windows (0.18 of the normalised features' std) on a
