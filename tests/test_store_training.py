@@ -119,6 +119,33 @@ def test_variant_is_drawn_from_seed_epoch_index(tmp_path):
     assert np.array_equal(disk.raw(4).numpy(), base)                 # evaluation: the original
 
 
+def test_training_window_is_drawn_from_seed_epoch_index():
+    from trainer.data import windows
+
+    class Split:   # a StoreSplit of one recording of 40 rows per variant
+        variants, labels = 1, [2]
+
+        def __init__(self):
+            self.reads = []
+
+        def length(self, item, variant=0):
+            return 40
+
+        def raw(self, item, variant=0, start=0, count=None):
+            self.reads.append((item, variant, start, count))
+            return np.zeros((1, count), dtype=np.float16)
+
+    split = Split()
+    examples = stored.StoredExamples(split, extractor=None, seed=3, window=8)
+    for epoch in range(5):
+        x = examples.raw(0, epoch)
+        assert x.shape == (1, 8) and x.dtype == torch.float32
+        assert split.reads[-1] == (0, examples.variant(0, epoch), windows.train_start(40, 8, 3, epoch, 0), 8)
+    assert len({r[2] for r in split.reads}) > 1                  # windows from anywhere in the recording
+    examples.raw(0)
+    assert split.reads[-1] == (0, 0, 0, 8)                        # outside training: the first window
+
+
 def test_store_for_other_settings_is_refused(tmp_path):
     write_store(store_cfg(tmp_path))
     other = store_cfg(tmp_path, **{"features.n_mels": 24})
@@ -159,6 +186,14 @@ def test_train_prepares_with_the_real_prepare_and_equals_in_ram(tmp_path):
     assert [e[3]["status"] for e in recorder.events if e[0] == "preparing"] == ["missing", "done"]
 
 
+def test_loader_workers_read_the_store_after_fork(tmp_path, fake_prepare):
+    cfg = store_cfg(tmp_path, max_steps=4, **{"data.num_workers": 2})
+    write_store(cfg)
+    assert Trainer(cfg, rd(tmp_path, "workers")).run() == "finished"
+    assert Trainer(in_ram_cfg(cfg), rd(tmp_path, "ram")).run() == "finished"
+    assert losses(tmp_path / "workers") == losses(tmp_path / "ram")
+
+
 def test_training_from_float16_store_is_close(tmp_path, fake_prepare):
     cfg = store_cfg(tmp_path, dtype="float16", max_steps=5)
     write_store(cfg)
@@ -171,12 +206,13 @@ def test_fresh_start_prepares_the_missing_store_visibly(tmp_path, fake_prepare, 
     from trainer.console import ConsolePublisher
 
     cfg = store_cfg(tmp_path, max_steps=2)
-    publisher = ConsolePublisher(rd(tmp_path, "run"), "run", line_interval=0.0)
+    publisher = ConsolePublisher(rd(tmp_path, "run"), "run")
     assert Trainer(cfg, tmp_path / "run", publisher).run() == "finished"
     assert fake_prepare.prepared == 1
-    out = capsys.readouterr().out
-    assert "preparing data: feature store" in out and "is missing" in out
-    assert "preparing data: 64/64 files" in out and "data prepared: 64 items" in out
+    captured = capsys.readouterr()
+    assert "preparing data: feature store" in captured.out and "is missing" in captured.out
+    assert "data prepared: 64 items" in captured.out
+    assert "preparing data: 64/64 files" in captured.err   # H2's PrepareProgressLine, as `longhaul prepare`
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert [e["data"]["status"] for e in events if e["kind"] == "preparing"] == ["missing", "done"]
     # a second fresh run finds the store current: nothing prepared
@@ -202,6 +238,32 @@ def test_preparing_reports_are_protocol_frames(tmp_path, fake_prepare, monkeypat
         assert decoded == [frame]
     kinds = [e[0] for e in recorder.events]
     assert kinds.index("preparing") < kinds.index("phase")
+
+
+def test_a_stop_while_preparing_ends_the_run_stopped_and_a_restart_goes_on(tmp_path, monkeypatch):
+    from trainer import store_setup
+    from trainer.data.store import FeatureStore, StoreError
+
+    monkeypatch.setattr(store_setup, "PREPARING_INTERVAL", 0.0)
+    cfg = store_cfg(tmp_path, max_steps=2, **{"data.prepare_workers": 1})
+    controls = queue.SimpleQueue()
+
+    class StopWhilePreparing(Recorder):
+        def preparing(self, body):
+            super().preparing(body)
+            controls.put((5, "checkpoint"))      # stays queued for training
+            controls.put((7, "stop"))
+
+    recorder = StopWhilePreparing()
+    run = rd(tmp_path, "run")
+    assert Trainer(cfg, run, recorder, controls).run() == "stopped"
+    assert ("request", 7, "done") in [(k, d.get("id"), d.get("outcome")) for k, _, _, d in recorder.events]
+    assert recorder.events[-1][3] == {"state": "stopped"}
+    assert not recorder.preparing_bodies[-1]["finished"]
+    assert controls.get_nowait() == (5, "checkpoint")            # other requests wait for training
+    with pytest.raises(StoreError):
+        FeatureStore.open(tmp_path / "store")                    # never half-made: no manifest
+    assert Trainer(cfg, run, Recorder()).run() == "finished"     # the next start prepares and trains
 
 
 def test_preparing_report_rate_limit():
@@ -263,6 +325,16 @@ def test_resume_neither_prepares_nor_scans_nor_decodes(tmp_path, fake_prepare, m
     assert calls == [] and fake_prepare.status_calls == status_calls and fake_prepare.prepared == 1
 
 
+def test_resume_without_the_record_warns_and_never_prepares(tmp_path, fake_prepare):
+    cfg = store_cfg(tmp_path)
+    run = stopped_run(tmp_path, cfg)
+    RunDir(run).data_store.unlink()
+    recorder = Recorder()
+    assert Trainer(cfg, run, recorder).run() == "finished"
+    assert [d["what"] for k, _, _, d in recorder.events if k == "alert"] == ["data_unrecorded"]
+    assert fake_prepare.prepared == 1 and RunDir(run).data_store.exists()
+
+
 def test_resume_against_a_changed_store_is_refused_then_accepted(tmp_path, fake_prepare):
     cfg = store_cfg(tmp_path)
     run = stopped_run(tmp_path, cfg)
@@ -300,8 +372,9 @@ def test_accept_flag_reaches_the_worker_through_the_environment(monkeypatch):
     assert child_env()[store_setup.ACCEPT_ENV] == "1"   # what the daemon gives its worker
 
 
-def test_stop_and_resume_is_bit_identical_to_one_run(tmp_path, fake_prepare):
-    cfg = store_cfg(tmp_path)
+@pytest.mark.parametrize("balanced", [False, True])
+def test_stop_and_resume_is_bit_identical_to_one_run(tmp_path, fake_prepare, balanced):
+    cfg = store_cfg(tmp_path, **{"data.balanced_sampler": balanced})
     whole = rd(tmp_path, "whole")
     assert Trainer(cfg, whole).run() == "finished"
     run = stopped_run(tmp_path, cfg, stop_at=5)
@@ -461,3 +534,48 @@ def test_daemon_resume_on_a_changed_store_needs_the_flag(tmp_path, runtime_dir):
     alerts = [e for e in _events(run_dir) if e["kind"] == "alert" and e["data"].get("what") == "data_changed"]
     assert len(alerts) == 1 and "bit-exact resume is lost" in alerts[0]["message"]
     assert json.loads(RunDir(run_dir).data_store.read_text())["splits"]["train"]["items"] == 150
+
+
+def test_audio_folder_with_variants_and_a_bad_file_trains_and_resumes_exactly(tmp_path):
+    from tests.audio_folders import write_audio_folders
+
+    bad = write_audio_folders(tmp_path / "audio", per_class=12)
+    raw = changed(RAW, **{"data": {"source": "audio_folder", "root": str(tmp_path / "audio"), "sample_rate": 8000,
+                                   "duration": 0.5, "skip_bad_files": True, "store": str(tmp_path / "store"),
+                                   "store_dtype": "float32", "prepare_workers": 1,
+                                   "variants": {"count": 2, "gain_db": 6.0}},
+                          "phases": [{"name": "only", "epochs": 8}], "schedule": {"name": "cosine"}})
+    cfg = run_config(raw)
+    whole = Recorder()
+    assert Trainer(cfg, rd(tmp_path, "whole"), whole).run() == "finished"
+    assert [d["count"] for k, _, _, d in whole.events if k == "alert" and d.get("what") == "bad_data"] == [1]
+    recorded = json.loads(RunDir(tmp_path / "whole").data_store.read_text())
+    assert recorded["splits"]["train"] == {**recorded["splits"]["train"], "items": 24, "variants": 2}
+    run = stopped_run(tmp_path, cfg, stop_at=3)
+    assert Trainer(cfg, run).run() == "finished"
+    assert losses(run) == losses(tmp_path / "whole")
+    assert str(bad) not in build_datasets(cfg).train.names
+
+
+def test_image_store_gives_the_in_ram_examples_with_the_new_augmentations(tmp_path):
+    from PIL import Image
+
+    from trainer.data.store.prepare import prepare
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / "img" / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / label / f"{i}.png")
+    cfg = run_config({"data": {"source": "image_folder", "root": str(tmp_path / "img"), "image_size": 16,
+                               "store": str(tmp_path / "store"), "prepare_workers": 1},
+                      "features": {"kind": "image"},
+                      "augment": {"hflip": True, "vflip": True, "rotate_deg": 10, "brightness": 0.2, "contrast": 0.2}})
+    prepare(cfg, workers=1)
+    ram, disk = build_datasets(in_ram_cfg(cfg)), build_datasets(cfg)
+    for i in range(len(ram.train)):
+        assert disk.train.examples.raw(i).dtype == torch.uint8
+        assert torch.equal(disk.train.examples.raw(i), ram.train.examples.raw(i))
+        assert torch.equal(disk.train[(3, i)][0], ram.train[(3, i)][0])

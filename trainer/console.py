@@ -111,18 +111,6 @@ class DecodeProgressLine:
         self.stream.flush()
 
 
-def preparing_line(body: dict) -> str:
-    """"preparing data: 1200/7200 files | 340 files/s | ETA 17s" (a `preparing` body)."""
-    parts = [f"preparing data: {body['done']}/{body['total']} files"]
-    if body.get("rate"):
-        parts.append(f"{body['rate']:.0f} files/s")
-    if body.get("finished"):
-        parts.append(f"done in {duration(body['elapsed'])}")
-    elif body.get("eta") is not None:
-        parts.append(f"ETA {duration(body['eta'])}")
-    return " | ".join(parts)
-
-
 class PrepareProgressLine:
     """"preparing data: 1200/7200 files, 85 files/s, ETA 1m10s" on stderr while `longhaul prepare`
     computes the store. On a terminal one line rewritten in place about every `interval` seconds; in
@@ -202,8 +190,7 @@ class ConsolePublisher:
         self.events = EventLog(self.files.events).open()  # continues the seq
         self.reported: set[Path] = set()  # files whose write failure was already printed
         self.rate = RateSmoother()
-        self.tty = sys.stdout.isatty()
-        self.last_preparing = 0.0
+        self.prepare_line: Optional[PrepareProgressLine] = None
 
     def started(self) -> None:
         self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground")
@@ -276,14 +263,12 @@ class ConsolePublisher:
         self.sync()
 
     def preparing(self, body: dict) -> None:
-        """The store being prepared: a line rewritten in place on a terminal, else one every
-        line_interval seconds (and the last one)."""
-        now = time.monotonic()
-        if self.quiet or (not self.tty and not body["finished"] and now - self.last_preparing < self.line_interval):
+        """The store being prepared before training: the line `longhaul prepare` prints."""
+        if self.quiet:
             return
-        self.last_preparing = now
-        end = "\n" if body["finished"] or not self.tty else ""
-        print(("\r" if self.tty else "") + preparing_line(body), end=end, flush=True)
+        if self.prepare_line is None:
+            self.prepare_line = PrepareProgressLine()
+        self.prepare_line(body["done"], body["total"])
 
     def record(self, record: dict) -> None:
         pass  # the engine writes history.msgpack itself

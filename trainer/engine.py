@@ -45,7 +45,7 @@ from trainer.resume import resume
 from trainer.run.plan import write_plan
 from trainer.run.rundir import RunDir
 from trainer.schedule import EtaModel, Plan
-from trainer.store_setup import run_data
+from trainer.store_setup import PrepareStopped, run_data, stopped_while_preparing
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,10 @@ class Trainer:
     def run(self) -> str:
         """Set up (resuming if a checkpoint exists), then train. Returns "finished", "stopped",
         or "failed" when the plan ended without any best checkpoint (see _fail_without_best)."""
-        self.setup()
+        try:
+            self.setup()
+        except PrepareStopped:  # a stop while the feature store was prepared: nothing trained yet
+            return stopped_while_preparing(self)
         return self.train()
 
     def train(self) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import time
 from typing import Any, Optional
 
@@ -28,6 +29,11 @@ ACCEPT_ENV = "LONGHAUL_ACCEPT_DATA_CHANGE"
 """Set to 1 by `longhaul start/resume --accept-data-change` for the daemon and its workers."""
 PREPARING_INTERVAL = 0.5
 """Seconds between two `preparing` reports (the first and the last are always sent)."""
+
+
+class PrepareStopped(Exception):
+    """A stop was requested while the store was prepared: the run ends `stopped` before training
+    (the shards finished so far are kept; the next start goes on from them)."""
 
 
 def accept_from_env() -> bool:
@@ -45,13 +51,17 @@ def run_data(trainer):
 
     cfg, auto_values = stored.resolve_auto(cfg, files.data_auto)
     recorded = read_recorded(files.data_store)
-    resuming = recorded is not None and files.newest_checkpoint() is not None
+    resuming = files.newest_checkpoint() is not None
     if not resuming:
         ensure_prepared(trainer, cfg)
     store = stored.open_store(cfg)
-    if resuming:
+    if resuming and recorded is not None:
         check_unchanged(trainer, recorded, store)
     elif recorded is None or recorded.get("fingerprint") != store.fingerprint:
+        if resuming:  # data_store.json deleted under the run: nothing to compare with
+            trainer.event("alert", "warning", f"{files.data_store.name} is missing or damaged, so whether the feature store "
+                          "changed since the checkpoints were written is unknown: recording the current one",
+                          what="data_unrecorded")
         record(files.data_store, store)
     return stored.build_from_store(cfg, auto_values, store=store)
 
@@ -105,8 +115,9 @@ def ensure_prepared(trainer, cfg) -> None:
     where = cfg.resolve_path(cfg.data.store)
     trainer.event("preparing", "info", f"preparing data: feature store {where} is {status} ({reason})",
                   status=status, reason=reason, store=str(where))
-    report = PreparingReport(getattr(trainer.publisher, "preparing", None), str(where))
-    result = prepare(cfg, progress=report)
+    report = PreparingReport(getattr(trainer.publisher, "preparing", None), str(where),
+                             stop=lambda: stop_pending(trainer.controls))
+    result = prepare(cfg, progress=report)  # PrepareStopped from `report` ends it: workers killed, lock released
     report.done(result.items)
     trainer.event("preparing", "info",
                   f"data prepared: {result.items} items, {result.computed_shards} shards computed, "
@@ -116,17 +127,46 @@ def ensure_prepared(trainer, cfg) -> None:
                   bad=len(result.bad), bytes=result.bytes, seconds=result.seconds, store=str(where))
 
 
+def stop_pending(controls) -> bool:
+    """Whether a stop is among the requests (Controls) that came while the store was prepared
+    (training applies them only at step boundaries); the others stay queued, in order."""
+    pending = []
+    while True:
+        try:
+            pending.append(controls.requests.get_nowait())
+        except queue.Empty:
+            break
+    for request_id, action in pending:
+        if action == "stop" and controls.stop_requested is None:
+            controls.stop_requested = request_id
+        else:
+            controls.requests.put((request_id, action))
+    return controls.stop_requested is not None
+
+
+def stopped_while_preparing(trainer) -> str:
+    """End a run stopped before training: the stop request answered, state `stopped`."""
+    stop_id = trainer.controls.stop_requested
+    trainer.event("request", "info", "stopped while preparing data (the finished shards are kept)", id=stop_id,
+                  action="stop", outcome="done")
+    trainer.event("state", "info", "stopped", state="stopped")
+    return "stopped"
+
+
 class PreparingReport:
     """prepare()'s progress(done, total) -> `send(body)` at most every PREPARING_INTERVAL:
-    {done, total, rate (items/s), eta (s), elapsed, time, store, finished}."""
+    {done, total, rate (items/s), eta (s), elapsed, time, store, finished}. Raises
+    PrepareStopped when `stop()` says a stop was requested."""
 
-    def __init__(self, send, store: str, clock=time.monotonic):
-        self.send, self.store, self.clock = send, store, clock
+    def __init__(self, send, store: str, clock=time.monotonic, stop=lambda: False):
+        self.send, self.store, self.clock, self.stop = send, store, clock, stop
         self.started = clock()
         self.last: Optional[float] = None
         self.total = 0
 
     def __call__(self, done: int, total: int) -> None:
+        if self.stop():
+            raise PrepareStopped(f"stop requested at {done}/{total} items")
         self.total = total
         now = self.clock()
         if self.last is not None and now - self.last < PREPARING_INTERVAL and done < total:
