@@ -452,6 +452,7 @@ def headline(results: dict) -> dict:
     """The figures the issue asks for, and its targets met or not."""
     prep, tr = results.get("prepare", {}), results.get("training", {})
     svc, rss, resume = tr.get("store_vs_cache", {}), tr.get("rss", {}), tr.get("resume", {})
+    images = prep.get("images", {})
     figures = {
         "old_way_files_per_s": prep.get("old_way", {}).get("files_per_s"),
         "prepare_1_worker_files_per_s": prep.get("workers_1", {}).get("files_per_s"),
@@ -466,6 +467,9 @@ def headline(results: dict) -> dict:
         "resume_s": resume.get("daemon_s"),
         "resume_foreground_s": resume.get("foreground_s"),
         "float16_to_float32_size": tr.get("dtype", {}).get("size_ratio_16_to_32"),
+        "images_old_way_files_per_s": images.get("old_way", {}).get("files_per_s"),
+        "images_prepare_2_workers_files_per_s": images.get("workers_2", {}).get("files_per_s"),
+        "images_store_mb": images.get("workers_2", {}).get("store_mb"),
     }
     targets = {"store_vs_cache_at_least_0.95": None if svc.get("ratio") is None else svc["ratio"] >= 0.95,
                "rss_growth_within_100_mb": None if rss.get("growth_mb") is None else rss["growth_mb"] <= 100,
