@@ -502,7 +502,11 @@ def main(argv=None) -> int:
     bench = Bench(out, args.base, args.steps, args.set)
     results: dict = {"out": str(out), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     try:
-        roots = make_corpora(args, (args.corpus or out / "corpus").absolute())
+        try:
+            roots = make_corpora(args, (args.corpus or out / "corpus").absolute())
+        except corpus.CorpusError as exc:
+            print(f"data_scale: {exc}", file=sys.stderr)
+            return 2
         results["corpus"] = {key: {"root": str(root), **info} for key, (root, info) in roots.items()}
         section(results, "prepare", prepare_section, bench, roots, args)
         section(results, "training", training_section, bench, roots, args)
