@@ -17,6 +17,7 @@ runs it (children; the runs root, registry and runtime directory are private to 
 - training samples/s from the store against the in-RAM cache (data.cache, no store) on the small
   corpus, same config and steps, `--rounds` alternations; the engine's data-loading share of step
   time (history's data_share: seconds waiting for the loader / step time), medians after a warm-up;
+  and the training DataLoader alone (no model: the data path's own samples/s), store against cache;
 - peak RSS (ru_maxrss of the `longhaul train` child) of store-backed runs at the small and the big
   corpus (same steps), and of the in-RAM cache at the big one (the old way, for contrast);
 - time from `longhaul resume` (daemon) and from a foreground `longhaul train` of the stopped run
@@ -52,6 +53,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import corpus  # noqa: E402
 
+LOADER_BATCHES = 300  # batches of the loader-alone measurement
 WARMUP_STEPS = 5  # steps left out of the medians: first batches, allocator, thread pools
 OLD_WAY_CHUNK = 64  # trainer.data.datasets.FEATURE_CHUNK: examples per feature batch at start-up
 PAPER = {"classes": 1500, "per_class": 500, "n_mels": 128, "frames": 313}
@@ -166,17 +168,48 @@ def old_way_loop(config: Path) -> dict:
             "threads": cfg.threads}
 
 
+def loader_loop(config: Path, batches: int) -> dict:
+    """samples/s of the training DataLoader alone (augmentations included, no model): the data
+    path's own cost, which a training step's time on a busy box hides in its noise."""
+    import torch
+
+    from trainer.config import load_config
+    from trainer.data import EpochSampler, build_datasets, make_loader
+
+    cfg = load_config(config, check_model=False)
+    torch.set_num_threads(cfg.threads)
+    bundle = build_datasets(cfg)  # the cache decodes everything here, untimed, as at a start
+    batch = cfg.optim.batch_size
+    n = len(bundle.train)
+    per_epoch = n // batch * batch
+    started, samples, epoch = time.perf_counter(), 0, 0
+    while samples < batches * batch:  # whole epochs of a small set, as training goes through them
+        length = min(per_epoch, batches * batch - samples)
+        loader = make_loader(bundle.train, batch, sampler=EpochSampler(n, cfg.seed, epoch, 0, length),
+                             num_workers=cfg.data.num_workers)
+        for _, y in loader:
+            samples += len(y)
+        epoch += 1
+    seconds = time.perf_counter() - started
+    return {"samples": samples, "seconds": round(seconds, 3), "samples_per_s": round(samples / seconds, 1)}
+
+
+def child_json(bench: "Bench", *args: str) -> dict:
+    """Run this script in a child with `args` (its hidden modes) and read its JSON line."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], cwd=ROOT, env=bench.env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"data_scale.py {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def old_way(bench: "Bench", name: str, config: Path) -> dict:
     """The old way in a child process (this one stays small: a child's ru_maxrss starts from its
     parent's at fork), timed at its wall clock, imports included, as `longhaul prepare` is."""
     log(f"old way {name}: decode + features in one process")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--old-way", str(config)], cwd=ROOT,
-                          env=bench.env, capture_output=True, text=True)
+    result = child_json(bench, "--old-way", str(config))
     wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"old way on {config} failed: {done.stderr.strip()[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     result.update(wall_s=round(wall, 2), files_per_s=round(result["files"] / wall, 1))
     log(f"  {result['files_per_s']} files/s ({result['loop_files_per_s']} in its loop)")
     return result
@@ -242,7 +275,15 @@ def store_vs_cache(bench: Bench, cache_cfg: Path, store_cfg: Path, rounds: int) 
         for kind, config in (("cache", cache_cfg), ("store", store_cfg)):
             runs[kind].append(train(bench, f"small-{kind}-{r}", config))
     rates = {kind: statistics.median(x.get("samples_per_s") or 0.0 for x in got) for kind, got in runs.items()}
-    return {"rounds": rounds, "runs": runs,
+    loader: dict[str, list] = {"cache": [], "store": []}
+    for r in range(rounds):
+        for kind, config in (("cache", cache_cfg), ("store", store_cfg)):
+            log(f"loader alone, {kind}: {LOADER_BATCHES} batches")
+            loader[kind].append(child_json(bench, "--loader", str(config))["samples_per_s"])
+    loader_rates = {kind: statistics.median(got) for kind, got in loader.items()}
+    log(f"  loader samples/s: {loader_rates}")
+    return {"rounds": rounds, "runs": runs, "loader_samples_per_s": loader,
+            "loader_ratio": round(loader_rates["store"] / loader_rates["cache"], 3),
             "cache_samples_per_s": rates["cache"], "store_samples_per_s": rates["store"],
             "ratio": round(rates["store"] / rates["cache"], 3) if rates["cache"] else None,
             "store_data_share": statistics.median(x.get("data_share") or 0.0 for x in runs["store"]),
@@ -461,6 +502,7 @@ def headline(results: dict) -> dict:
         "store_mb": prep.get("workers_2", {}).get("store_mb"),
         "store_vs_cache": svc.get("ratio"),
         "store_data_share": svc.get("store_data_share"),
+        "loader_store_vs_cache": svc.get("loader_ratio"),
         "rss_small_mb": rss.get("small_store", {}).get("peak_rss_mb"),
         "rss_big_mb": rss.get("big_store", {}).get("peak_rss_mb"),
         "rss_big_cache_mb": rss.get("big_cache", {}).get("peak_rss_mb"),
@@ -492,11 +534,12 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus", type=Path, default=None, help="where corpora are made or found (default: OUT/corpus)")
     parser.add_argument("--base", default="quickstart.yaml", help="config of configs/ every run starts from")
     parser.add_argument("--old-way", type=Path, help=argparse.SUPPRESS)  # the child of old_way()
+    parser.add_argument("--loader", type=Path, help=argparse.SUPPRESS)  # the child of store_vs_cache()
     parser.add_argument("--quick", action="store_true", help="leave out 1-worker prepares, float32, big cache run, foreground resume")
     parser.add_argument("--set", action="append", default=[], help="extra config override for every run")
     args = parser.parse_args(argv)
-    if args.old_way:
-        print(json.dumps(old_way_loop(args.old_way)))
+    if args.old_way or args.loader:
+        print(json.dumps(old_way_loop(args.old_way) if args.old_way else loader_loop(args.loader, LOADER_BATCHES)))
         return 0
     out = (args.out or Path(tempfile.mkdtemp(prefix="longhaul-data-scale-"))).absolute()
     bench = Bench(out, args.base, args.steps, args.set)

@@ -107,6 +107,7 @@ def test_data_scale_bench_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert training["resume"]["daemon_s"] > 0 and training["resume"]["stop_exit"] == 0
     figures = result["figures"]
     for key in ("old_way_files_per_s", "prepare_2_workers_files_per_s", "reprepare_s", "store_vs_cache",
+                "loader_store_vs_cache",
                 "rss_small_mb", "rss_big_mb", "resume_s"):
         assert figures[key] is not None, key
     assert result["paper"]["examples"] == 750000
