@@ -232,9 +232,12 @@ def test_a_worker_killed_names_its_shard(tmp_path, small_shards):
     write_clips(tmp_path / "data", 8)
     cfg = config(tmp_path)
 
+    killed = []
+
     def kill_worker(done, total):
-        if done == 6:
-            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+        if done >= 6 and not killed:
+            killed.append(multiprocessing.active_children()[0].pid)
+            os.kill(killed[0], signal.SIGKILL)
 
     with pytest.raises(StoreError, match=r"worker \(pid \d+\) was killed by SIGKILL while computing shard \w+"):
         prepare(cfg, workers=1, progress=kill_worker)
@@ -343,6 +346,13 @@ def test_progress_line_rate_and_eta():
         "preparing data: 500/1000 files, 100.0 files/s, ETA 5s",
         "preparing data: 1000/1000 files, 100.0 files/s, took 10s"]
 
+    log = io.StringIO()  # workers take 4 s to start: that is not the rate the ETA goes by
+    line = PrepareProgressLine(log, log_interval=5.0, clock=lambda: now[0])
+    for t, done in ((0.0, 0), (4.0, 10), (5.0, 20)):
+        now[0] = t
+        line(done, 100)
+    assert log.getvalue() == "preparing data: 20/100 files, 10.0 files/s, ETA 8s\n"
+
     class Terminal(io.StringIO):
         def isatty(self):
             return True
@@ -372,3 +382,72 @@ def test_the_run_directory_copy_of_a_config_names_the_same_store(tmp_path):
     copy = load_config(tmp_path / "run" / "config.yaml", check_model=False)
     assert copy.resolve_path(copy.data.store) == (tmp_path / "store").resolve() == cfg.resolve_path(cfg.data.store).resolve()
     assert copy.resolve_path(copy.data.variants.noise_dir) == (tmp_path / "noise").resolve()
+
+
+@pytest.mark.slow
+def test_two_prepares_at_once_one_waits_and_the_store_is_whole(tmp_path):
+    write_clips(tmp_path / "data", 10)
+    path = tmp_path / "prep.yaml"
+    path.write_text(dump_config(config(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "trainer.cli", "prepare", str(path), "--workers", "1"]
+    procs = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    assert sum("waiting for another prepare" in err for _, err in outs) <= 1
+    assert all(out.splitlines()[-1] == str(tmp_path / "store") for out, _ in outs)
+    said = sorted(out.splitlines()[-2] for out, _ in outs)  # one computed, the other found it done
+    assert said[0].startswith("store prepared in") and said[1].startswith("store up to date: 40 examples")
+    split = FeatureStore.open(tmp_path / "store").split("train")
+    assert len(split) == 20 and all(split.length(i) == 32 for i in range(len(split)))
+
+
+def test_json_waveforms_and_auto_settings(tmp_path, capsys):
+    from trainer import cli
+
+    rng = np.random.default_rng(0)
+    doc = {"fs": RATE, "labels": ["ok", "ng", "ok", "ng"],
+           "waveforms": [list(rng.normal(size=3000 + 500 * i) * 0.1) for i in range(4)]}
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.json").write_text(json.dumps(doc))
+    cfg = config(tmp_path, **{"data.source": "json_waveforms", "data.root": None, "data.sample_rate": "auto",
+                              "data.duration": "auto", "data.train": str(tmp_path / "train.json"),
+                              "data.val": str(tmp_path / "val.json")})
+    (tmp_path / "prep.yaml").write_text(dump_config(cfg))
+    assert cli.main(["prepare", str(tmp_path / "prep.yaml"), "--workers", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / "store")
+    store = FeatureStore.open(tmp_path / "store")
+    assert store.recipe["data.sample_rate"] == RATE and store.recipe["data.duration"] == 0.6  # 95th pct of 0.375..0.5625 s, rounded up
+    train = store.split("train")
+    assert train.names() == [f"{tmp_path / 'train.json'} (item {i})" for i in range(4)]
+    assert list(train.labels) == [1, 0, 1, 0]  # classes sorted: ng, ok
+    shard = json.loads(next((tmp_path / "store" / "shards").glob("*.json")).read_text())
+    assert shard["items"][3]["path"].endswith("train.json#3") or shard["items"][3]["path"].endswith("val.json#3")
+
+
+@pytest.mark.slow
+def test_train_reads_the_store_longhaul_prepare_made(tmp_path, capsys):
+    """The config names its data (through a symlink) and its store relative to itself; the run
+    directory's copy names them resolved: train must find the same store current and prepare nothing."""
+    from trainer import cli
+
+    write_clips(tmp_path / "data", 8)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "run.yaml"
+    path.write_text(json.dumps({
+        "name": "fromstore", "threads": 1, "seed": 2,
+        "data": {"source": "audio_folder", "root": "../link", "store": "../store", "sample_rate": RATE,
+                 "duration": 0.5},
+        "features": {"kind": "mfcc", "n_fft": 256, "hop_length": 128, "n_mels": 32, "n_mfcc": 13},
+        "model": {"name": "mfcc_mlp"}, "optim": {"batch_size": 8}, "phases": [{"name": "only", "epochs": 1}]}))
+    assert cli.main(["prepare", str(path), "--workers", "1"]) == 0
+    prepared = FeatureStore.open(tmp_path / "store").fingerprint
+    capsys.readouterr()
+    assert cli.main(["--root", str(tmp_path / "runs"), "train", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "preparing data" not in out
+    recorded = json.loads((tmp_path / "runs" / "fromstore" / "data_store.json").read_text())
+    assert recorded["fingerprint"] == prepared
+    assert not (tmp_path / "runs" / "fromstore" / "store").exists()

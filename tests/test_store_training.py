@@ -516,7 +516,7 @@ def test_daemon_resume_on_a_changed_store_needs_the_flag(tmp_path, runtime_dir):
     from tests.longhaul_cli import cli, cli_env, logged_steps, status
 
     env = cli_env(tmp_path / "runs", runtime_dir)
-    config = _daemon_store_config(tmp_path, epochs=4)
+    config = _daemon_store_config(tmp_path, epochs=60)   # long: it is stopped twice, never finishes
     cli(env, "start", str(config))
     run_dir = tmp_path / "runs" / "powercut"
     wait_for(lambda: logged_steps(run_dir) >= 20, 180, "training progress")
@@ -530,8 +530,11 @@ def test_daemon_resume_on_a_changed_store_needs_the_flag(tmp_path, runtime_dir):
     assert all("the feature store changed" in e["data"]["traceback"] and "144 -> 150 examples" in e["data"]["traceback"]
                for e in crashes)
     cli(env, "resume", "powercut", "--accept-data-change")
-    wait_for(lambda: status(env, "powercut")["state"] == "finished", 300, "the accepted resume to finish")
-    alerts = [e for e in _events(run_dir) if e["kind"] == "alert" and e["data"].get("what") == "data_changed"]
+    changed_alerts = lambda: [e for e in _events(run_dir) if e["kind"] == "alert" and e["data"].get("what") == "data_changed"]
+    wait_for(lambda: changed_alerts() and status(env, "powercut")["state"] == "running", 120, "the accepted resume")
+    cli(env, "stop", "powercut")
+    wait_for(lambda: status(env, "powercut")["state"] == "stopped", 60, "state stopped")
+    alerts = changed_alerts()
     assert len(alerts) == 1 and "bit-exact resume is lost" in alerts[0]["message"]
     assert json.loads(RunDir(run_dir).data_store.read_text())["splits"]["train"]["items"] == 150
 

@@ -114,8 +114,10 @@ class DecodeProgressLine:
 class PrepareProgressLine:
     """"preparing data: 1200/7200 files, 85 files/s, ETA 1m10s" on stderr while `longhaul prepare`
     computes the store. On a terminal one line rewritten in place about every `interval` seconds; in
-    a log (not a terminal) a new line every `log_interval` seconds. The rate is over the whole pass
-    (workers finish items in bursts, so a short window would jump)."""
+    a log (not a terminal) a new line every `log_interval` seconds. The rate counts from the first
+    items done, not from the start: the workers' start-up (a torch import each) would make the
+    first ETAs several times too long; and over the whole pass rather than a short window, which
+    would jump as workers finish items in bursts."""
 
     def __init__(self, stream: Any = None, interval: float = 0.5, log_interval: float = 5.0,
                  clock=time.monotonic):
@@ -124,6 +126,7 @@ class PrepareProgressLine:
         self.interval = interval if self.tty else log_interval
         self.clock = clock
         self.started: Optional[float] = None
+        self.first: Optional[tuple[float, int]] = None  # (time, done) of the first items done
         self.last = 0.0
         self.shown = False
 
@@ -131,6 +134,8 @@ class PrepareProgressLine:
         now = self.clock()
         if self.started is None:
             self.started = self.last = now
+        if self.first is None and done > 0:
+            self.first = (now, done)
         if done >= total:
             if self.shown or not self.tty:
                 self._write(self.text(done, total, now), end="\n")
@@ -139,12 +144,15 @@ class PrepareProgressLine:
             self._write(self.text(done, total, now), end="" if self.tty else "\n")
 
     def text(self, done: int, total: int, now: float) -> str:
-        elapsed = now - (self.started if self.started is not None else now)
         parts = [f"preparing data: {done}/{total} files"]
-        if done and elapsed > 0:
-            rate = done / elapsed
+        since, before = self.first or (now, done)
+        if now > since and done > before:
+            rate = (done - before) / (now - since)
             parts.append(f"{rate:.1f} files/s")
-            parts.append(f"ETA {duration((total - done) / rate)}" if done < total else f"took {duration(elapsed)}")
+            if done < total:
+                parts.append(f"ETA {duration((total - done) / rate)}")
+        if done >= total and self.started is not None:
+            parts.append(f"took {duration(now - self.started)}")
         return ", ".join(parts)
 
     def _write(self, text: str, end: str) -> None:

@@ -3,7 +3,9 @@
 A bad item (zero bytes, truncated, not audio) becomes an outcome with its reason and the shard
 goes on; only a shard that cannot be written (full disk) fails, with layout's StoreError.
 Features are computed several examples at a time (FeatureExtractor.raw_batch) while their
-lengths agree: far fewer parallel regions than one call per example.
+lengths agree: far fewer parallel regions than one call per example. A batch holds at most
+BATCH clips' worth of samples, so that whole recordings (data.windows) do not make a batch of
+64 minute-long spectrograms at once.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ..decode import BadItem, Decoder, read_samples
 from ..features import FeatureExtractor
 from . import layout
 
-# Examples whose features are computed in one raw_batch call.
+# At most this many clips of data.duration (or images) go into one raw_batch call.
 BATCH = 64
 
 
@@ -31,6 +33,7 @@ class ShardMaker:
         self.kind = cfg.features.kind
         self.dtype = np.dtype(np.uint8 if self.kind == "image" else cfg.data.store_dtype)
         self.windows = cfg.data.windows if cfg.data.windows.enabled else None
+        self.batch_size = BATCH * (1 if self.kind == "image" else self.decoder.n_samples)
         self._noise = None  # NoiseBank, loaded with the first variant made in this process
 
     def make(self, task, step: Callable[[], None]) -> list[dict]:
@@ -45,19 +48,20 @@ class ShardMaker:
             except BadItem as exc:
                 outcome.update(ok=False, problem=str(exc))
             else:
-                if pending and (len(pending) + len(bases) > BATCH or pending[0].shape != bases[0].shape):
+                if pending and not self._fits(pending, bases):
                     blocks += self._rows(pending)
                 pending += bases
-                outcome.update(ok=True, rows=len(bases), **facts)
+                outcome.update(ok=True, **facts)
             outcomes.append(outcome)
             step()
         blocks += self._rows(pending)
-        lengths = iter(len(block) for block in blocks)
-        for outcome in outcomes:
-            if outcome["ok"]:  # the count of its blocks -> the rows of each (variant 0 first)
-                outcome["rows"] = [next(lengths) for _ in range(outcome["rows"])]
-        layout.write_shard(self.paths, task.key, task.split, task.variants, blocks, outcomes, self.dtype)
-        return outcomes
+        sidecar = layout.write_shard(self.paths, task.key, task.split, task.variants, blocks, outcomes, self.dtype)
+        return sidecar["items"]  # with each ok item's rows per variant
+
+    def _fits(self, pending: list[np.ndarray], bases: list[np.ndarray]) -> bool:
+        """Whether `bases` can join the pending batch: same shape, and not too big together."""
+        size = sum(1 if self.kind == "image" else len(b) for b in pending + bases)
+        return pending[0].shape == bases[0].shape and size <= self.batch_size
 
     # ------------------------------------------------------------------------- one item
     def _bases(self, item, variants: int) -> tuple[list[np.ndarray], dict]:
@@ -76,7 +80,7 @@ class ShardMaker:
             raise BadItem(f"cannot decode: {type(exc).__name__}: {exc}") from None
         bases = [base]
         if variants:
-            from .. import variants as made  # H5's module: only stores with variants need it
+            from .. import variants as made  # imported only by stores with variants
 
             if self._noise is None:
                 self._noise = made.NoiseBank.from_config(self.cfg)
@@ -86,7 +90,7 @@ class ShardMaker:
 
     def _recording(self, item) -> tuple[np.ndarray, dict]:
         """Windows mode: the whole recording, cut to windows.max_seconds by windows.store_wave."""
-        from .. import windows  # H6's module: only stores of long recordings need it
+        from .. import windows  # imported only by stores of long recordings
 
         if hasattr(item, "samples"):
             samples, rate = item.samples, item.rate

@@ -5,7 +5,7 @@ copy of a process that ran torch's thread pools can hang. Each worker takes one 
 over its own pipe, so when one dies (SIGKILL, the OOM killer) the main process knows exactly
 which shard it was computing and says so; multiprocessing.Pool would wait for that task forever.
 
-Worker -> main messages: ("item", key) after each item (progress), ("done", key, outcomes) when
+Worker -> main messages: ("items", n) now and then (progress: n more items done), ("done", key, outcomes) when
 the shard is on disk, ("failed", key, message, is_store_error) when it could not be written.
 """
 from __future__ import annotations
@@ -24,6 +24,9 @@ from .layout import StoreError
 
 # How long a closing worker may take to exit before it is killed (it has nothing left to write).
 EXIT_GRACE_S = 5.0
+# A worker tells its progress at most this often (a message per item would wake the main process
+# thousands of times a second on the cores the workers need).
+PROGRESS_EVERY_S = 0.2
 # Workers whose main process is gone (killed with SIGKILL) stop within this many seconds instead
 # of finishing their shard without the prepare lock.
 ORPHAN_CHECK_S = 1.0
@@ -71,9 +74,9 @@ class ShardPool:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(kill=exc_type is not None)
 
-    def run(self, tasks: list[ShardTask], on_item: Callable[[], None],
+    def run(self, tasks: list[ShardTask], on_items: Callable[[int], None],
             on_done: Callable[[ShardTask, list], None]) -> None:
-        """Compute every task; on_item after each item, on_done(task, outcomes) after each shard.
+        """Compute every task; on_items(n) as items get done, on_done(task, outcomes) after each shard.
 
         Raises StoreError naming the shard when a worker dies or cannot write it."""
         waiting = list(reversed(tasks))
@@ -85,11 +88,11 @@ class ShardPool:
             ready = wait([self.conns[slot] for slot in busy] + list(sentinels))
             # Messages first: a worker that finished its shard and then died still delivered it.
             for slot in [self.conns.index(r) for r in ready if r not in sentinels]:
-                if slot in busy and self._receive(slot, busy, on_item, on_done):
+                if slot in busy and self._receive(slot, busy, on_items, on_done):
                     self._give(slot, waiting, busy)
             for slot in [sentinels[r] for r in ready if r in sentinels]:
                 task = busy.get(slot)
-                if self._drain(slot, busy, on_item, on_done):
+                if self._drain(slot, busy, on_items, on_done):
                     task = None
                 self._died(slot, task)
 
@@ -97,16 +100,19 @@ class ShardPool:
         busy.pop(slot, None)
         if waiting:
             busy[slot] = waiting.pop()
-            self.conns[slot].send(busy[slot])
+            try:
+                self.conns[slot].send(busy[slot])
+            except OSError:  # it died since its last message
+                self._died(slot, busy[slot])
 
-    def _receive(self, slot: int, busy: dict[int, ShardTask], on_item, on_done) -> bool:
+    def _receive(self, slot: int, busy: dict[int, ShardTask], on_items, on_done) -> bool:
         """Handle one message of `slot`; True when its shard is finished."""
         try:
             message = self.conns[slot].recv()
         except (EOFError, OSError):
             self._died(slot, busy[slot])
-        if message[0] == "item":
-            on_item()
+        if message[0] == "items":
+            on_items(message[1])
             return False
         task = busy[slot]
         if message[0] == "done":
@@ -117,12 +123,12 @@ class ShardPool:
             raise StoreError(text)
         raise WorkerFailed(f"a prepare worker failed on {task.describe()}:\n{text}")
 
-    def _drain(self, slot: int, busy, on_item, on_done) -> bool:
+    def _drain(self, slot: int, busy, on_items, on_done) -> bool:
         """Messages a worker sent before it exited; True when its shard was finished after all."""
         conn = self.conns[slot]
         while slot in busy and conn.poll(0):
             try:
-                if self._receive(slot, busy, on_item, on_done):
+                if self._receive(slot, busy, on_items, on_done):
                     return True
             except (EOFError, OSError):
                 break
@@ -178,8 +184,17 @@ def serve(conn: Connection, cfg, store_dir: str, parent: int) -> None:
 
 
 def _compute(maker, task: ShardTask, conn: Connection) -> tuple:
+    pending, last = 0, time.monotonic()
+
+    def step() -> None:
+        nonlocal pending, last
+        pending += 1
+        if pending == len(task.items) or time.monotonic() - last >= PROGRESS_EVERY_S:
+            conn.send(("items", pending))
+            pending, last = 0, time.monotonic()
+
     try:
-        outcomes = maker.make(task, lambda: conn.send(("item", task.key)))
+        outcomes = maker.make(task, step)
     except StoreError as exc:
         return ("failed", task.key, str(exc), True)
     except Exception:  # a bug: the main process shows it with the shard it happened on

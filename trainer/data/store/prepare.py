@@ -209,9 +209,9 @@ def _compute(cfg, plan: Plan, todo: list[ShardTask], outcomes: dict, index, work
     total = sum(len(task.items) for task in todo)
     done = 0
 
-    def on_item() -> None:
+    def on_items(count: int) -> None:
         nonlocal done
-        done += 1
+        done += count
         if progress:
             progress(done, total)
 
@@ -223,12 +223,12 @@ def _compute(cfg, plan: Plan, todo: list[ShardTask], outcomes: dict, index, work
         progress(0, total)
     count = min(workers or cfg.data.prepare_workers or os.cpu_count() or 1, len(todo))
     with ShardPool(cfg, str(plan.paths.root), count) as pool:
-        pool.run(todo, on_item, on_done)
+        pool.run(todo, on_items, on_done)
 
 
 def _open_index(paths: StorePaths):
-    """The dataset's index (H3), or None when it cannot be used: it is a cache of outcomes, the
-    shards' sidecars hold them too, so a damaged index does not stop a prepare."""
+    """The dataset's index (trainer.data.index), or None when it cannot be used: it is a cache of
+    outcomes, the shards' sidecars hold them too, so a damaged index does not stop a prepare."""
     from ..index import DataIndex, DataIndexError
 
     try:
@@ -239,7 +239,8 @@ def _open_index(paths: StorePaths):
 
 
 def _record(index, plan: Plan, tasks: list[ShardTask], outcomes: dict) -> None:
-    if index is None or not tasks:
+    """Each file's outcome in the index (synthetic examples have no file to describe)."""
+    if index is None or not tasks or plan.recipe.get("data.source") == "synthetic":
         return
     from ..index import DataIndexError, FileRecord
 
