@@ -82,10 +82,13 @@ class ShardMaker:
         if variants:
             from .. import variants as made  # imported only by stores with variants
 
-            if self._noise is None:
-                self._noise = made.NoiseBank.from_config(self.cfg)
-            bases += made.make_variants(base, self.decoder.sample_rate, self.cfg.data.variants,
-                                        self._noise, item.name, variants)
+            try:
+                if self._noise is None:
+                    self._noise = made.NoiseBank.from_config(self.cfg)
+                bases += made.make_variants(base, self.decoder.sample_rate, self.cfg.data.variants,
+                                            self._noise, item.name, variants)
+            except made.NoiseError as exc:  # a noise file that passed the header check but does not decode
+                raise layout.StoreError(f"data.variants.noise_dir: {exc}") from None
         return bases, facts
 
     def _recording(self, item) -> tuple[np.ndarray, dict]:
