@@ -35,6 +35,7 @@ from trainer.checkpoint.errors import DiskFullError, is_disk_full
 from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
 from trainer.config import ConfigError, RunConfig
 from trainer.controls import Controls
+from trainer.allocator import keep_step_memory
 from trainer.data import make_loader, mixup_batch, EpochSampler
 from trainer.disk_space import DiskSpace
 from trainer.ema import make_ema, slow_ema_alert
@@ -190,6 +191,7 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         cfg = self.cfg
+        keep_step_memory()  # before the first step: activations reused from the heap, not mmapped anew
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
