@@ -35,7 +35,8 @@ TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("
                  "trainer.posthoc", "trainer.posthoc.commands", "trainer.posthoc.after", "trainer.posthoc.calibration",
                  "trainer.posthoc.report", "trainer.posthoc.report_figures",
                  "trainer.data.store", "trainer.data.store.layout", "trainer.data.store.reader",
-                 "trainer.data.store.changes", "trainer.data.index"])
+                 "trainer.data.store.changes", "trainer.data.index",
+                 "trainer.data.seeds", "trainer.data.balance", "trainer.data.report"])
 TUI = _modules("tui") + _modules("tui.screens") + _modules("tui.widgets")
 
 
@@ -50,6 +51,15 @@ def _heavy_imports(module: str, heavy: tuple[str, ...]) -> subprocess.CompletedP
 def test_torch_free_module_imports_neither_torch_nor_textual(module):
     out = _heavy_imports(module, TORCH + ("textual",))
     assert out.returncode == 0, f"{module} imports {out.stdout.strip()} {out.stderr[-800:]}"
+
+
+def test_user_error_types_imports_nothing():
+    """`longhaul ls` must not pay for the data layer because trainer.data's package was imported."""
+    code = ("import sys, trainer.cli, trainer.data; before = set(sys.modules); types = trainer.cli.user_error_types(); "
+            "print(sorted(set(sys.modules) - before)); from trainer.data.report import DataError; "
+            "assert DataError not in types and DataError in trainer.cli.user_error_types()")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-800:]
 
 
 @pytest.mark.parametrize("module", TUI)

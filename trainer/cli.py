@@ -555,16 +555,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.
 USER_ERRORS = [("trainer.config", "ConfigError"), ("trainer.run.errors", "RunError"),
-               ("trainer.data", "DataError"), ("trainer.checkpoint", "CheckpointError"),
+               ("trainer.data.report", "DataError"), ("trainer.checkpoint", "CheckpointError"),
                ("trainer.remote", "ClientError"), ("trainer.service", "ServiceError"),
                ("trainer.posthoc.classifier", "ClassifierError"), ("trainer.data.store.layout", "StoreError")]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """Only modules already imported are consulted, so `longhaul ls` never pays for torch."""
+    """Only modules already imported are consulted, so `longhaul ls` never pays for torch; and
+    only what they hold (`vars`): a getattr would run a package's lazy import (trainer.data's)."""
     types = [FileNotFoundError, PermissionError]
     for module, name in USER_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
+        cls = vars(sys.modules[module]).get(name) if module in sys.modules else None
         if isinstance(cls, type):
             types.append(cls)
     return tuple(types)

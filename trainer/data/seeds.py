@@ -7,8 +7,12 @@ disturbed and the result does not depend on which process or worker does the dra
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 _MASK64 = (1 << 64) - 1
 
@@ -37,5 +41,7 @@ def numpy_rng(tag: int, *parts: int) -> np.random.Generator:
 
 def torch_generator(tag: int, *parts: int) -> torch.Generator:
     """A fresh CPU torch.Generator addressed by (tag, *parts)."""
+    import torch  # here, not above: balance.py and report.py draw with numpy alone and stay torch-free
+
     state = seed_sequence(tag, *parts).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
