@@ -463,6 +463,13 @@ def test_tui_shows_the_preparing_data_phase():
     model.apply_preparing(body)
     model.apply_progress({"step": 1, "total_steps": 10, "metrics": {}})
     assert model.preparing is None and HeaderInfo.from_model(model, "live", clock).phase != "preparing data"
+    for state in ("stopped", "failed"):  # a prepare stopped or failed sends no finished frame
+        model.apply_preparing(body)
+        model.apply_event({"seq": model.events_total + 100, "kind": "state", "data": {"state": state}})
+        assert model.preparing is None and preparing_view(model.preparing) is None, state
+    model.apply_preparing(body)
+    model.apply_event({"seq": model.events_total + 100, "kind": "state", "data": {"state": "starting"}})
+    assert model.preparing == body
 
 
 # ----------------------------------------------------------------------------- through the daemon

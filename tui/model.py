@@ -310,10 +310,13 @@ class RunModel:
         match event.get("kind"):
             case "state" if data.get("state"):
                 self.state = data["state"]
+                if self.state != "starting":  # a prepare that failed or was stopped sends no last frame
+                    self.preparing = None
             case "eval":
                 self._apply_eval(data)
             case "finished":
                 self.state = "finished"
+                self.preparing = None
 
     def _remember_event(self, event: dict) -> bool:
         """Keep `event` (False if it was already seen around a reconnect); note checkpoints and the summary."""
