@@ -102,8 +102,10 @@ def test_one_changed_file_recomputes_one_shard(tmp_path, small_shards):
     state, reason = store_status(cfg)
     assert state == "stale" and reason.startswith("train: 1 of ")
 
-    second = prepare(cfg, workers=1)
+    seen = []
+    second = prepare(cfg, workers=1, progress=lambda done, total: seen.append((done, total)))
     assert second.computed_shards == 1 and second.reused_shards == first.computed_shards - 1
+    assert seen[0] == (30, 32) and seen[-1] == (32, 32)  # the reused shards' items count as done
     assert second.fingerprint != first.fingerprint
     after = shard_files(tmp_path / "store")
     assert len(after - before) == 1 and len(before - after) == 1  # the old one is gone
@@ -352,6 +354,13 @@ def test_progress_line_rate_and_eta():
         now[0] = t
         line(done, 100)
     assert log.getvalue() == "preparing data: 20/100 files, 10.0 files/s, ETA 8s\n"
+
+    log = io.StringIO()  # a prepare that goes on: 60 files of reused shards are done at once
+    line = PrepareProgressLine(log, log_interval=5.0, clock=lambda: now[0])
+    for t, done in ((0.0, 60), (4.0, 70), (5.0, 80)):
+        now[0] = t
+        line(done, 100)
+    assert log.getvalue() == "preparing data: 80/100 files, 10.0 files/s, ETA 2s\n"
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -281,6 +281,19 @@ def test_preparing_report_rate_limit():
     assert sent[-1]["finished"] and sent[-1]["eta"] == 0.0
 
 
+def test_preparing_counts_reused_items_as_done_and_the_rate_from_the_computed_ones():
+    from trainer.store_setup import PreparingReport
+
+    now = [0.0]
+    sent = []
+    report = PreparingReport(sent.append, "/s", clock=lambda: now[0])
+    for t, done in ((1.0, 30), (5.0, 32), (7.0, 36)):  # 30 reused after a 1 s scan; workers start in 4 s
+        now[0] = t
+        report(done, 40)
+    assert [(s["done"], s["total"]) for s in sent] == [(30, 40), (32, 40), (36, 40)]
+    assert sent[-1]["rate"] == 2.0 and sent[-1]["eta"] == 2.0
+
+
 def test_daemon_relays_preparing_and_keeps_it_for_new_clients(tmp_path, runtime_dir, launcher):
     from tests.daemon_helpers import RawClient, is_final_state, make_run
     from trainer.run.sockets import socket_path

@@ -114,10 +114,11 @@ class DecodeProgressLine:
 class PrepareProgressLine:
     """"preparing data: 1200/7200 files, 85 files/s, ETA 1m10s" on stderr while `longhaul prepare`
     computes the store. On a terminal one line rewritten in place about every `interval` seconds; in
-    a log (not a terminal) a new line every `log_interval` seconds. The rate counts from the first
-    items done, not from the start: the workers' start-up (a torch import each) would make the
-    first ETAs several times too long; and over the whole pass rather than a short window, which
-    would jump as workers finish items in bursts."""
+    a log (not a terminal) a new line every `log_interval` seconds. `done` starts at the items of
+    the shards the prepare reuses. The rate counts from the first items computed, not from the
+    start: the workers' start-up (a torch import each) would make the first ETAs several times too
+    long; and over the whole pass rather than a short window, which would jump as workers finish
+    items in bursts."""
 
     def __init__(self, stream: Any = None, interval: float = 0.5, log_interval: float = 5.0,
                  clock=time.monotonic):
@@ -126,15 +127,16 @@ class PrepareProgressLine:
         self.interval = interval if self.tty else log_interval
         self.clock = clock
         self.started: Optional[float] = None
-        self.first: Optional[tuple[float, int]] = None  # (time, done) of the first items done
+        self.start = 0  # items done at the first call: those of reused shards
+        self.first: Optional[tuple[float, int]] = None  # (time, done) of the first items computed
         self.last = 0.0
         self.shown = False
 
     def __call__(self, done: int, total: int) -> None:
         now = self.clock()
-        if self.started is None:
-            self.started = self.last = now
-        if self.first is None and done > 0:
+        if self.started is None:  # `done` starts at the items of the shards the prepare reuses
+            self.started, self.last, self.start = now, now, done
+        if self.first is None and done > self.start:
             self.first = (now, done)
         if done >= total:
             if self.shown or not self.tty:

@@ -156,19 +156,26 @@ def stopped_while_preparing(trainer) -> str:
 class PreparingReport:
     """prepare()'s progress(done, total) -> `send(body)` at most every PREPARING_INTERVAL:
     {done, total, rate (items/s), eta (s), elapsed, time, store, finished}. Raises
-    PrepareStopped when `stop()` says a stop was requested."""
+    PrepareStopped when `stop()` says a stop was requested. `done` starts at the items of the
+    shards a prepare reuses; the rate counts the computed ones only, from the first computed (as
+    PrepareProgressLine: the workers' start-up would make the first ETAs far too long)."""
 
     def __init__(self, send, store: str, clock=time.monotonic, stop=lambda: False):
         self.send, self.store, self.clock, self.stop = send, store, clock, stop
         self.started = clock()
         self.last: Optional[float] = None
         self.total = 0
+        self.start = 0  # items done when `total` was announced (the reused ones)
+        self.first: Optional[tuple[float, int]] = None  # (time, done) of the first computed items
 
     def __call__(self, done: int, total: int) -> None:
         if self.stop():
             raise PrepareStopped(f"stop requested at {done}/{total} items")
-        self.total = total
         now = self.clock()
+        if total != self.total:
+            self.total, self.start, self.first = total, done, None
+        elif self.first is None and done > self.start:
+            self.first = (now, done)
         if self.last is not None and now - self.last < PREPARING_INTERVAL and done < total:
             return
         self.last = now
@@ -177,12 +184,16 @@ class PreparingReport:
     def done(self, items: int) -> None:
         self._send(max(items, self.total), max(items, self.total), finished=True)
 
+    def rate(self, done: int, now: float) -> Optional[float]:
+        since, before = self.first or (now, done)
+        return (done - before) / (now - since) if now > since and done > before else None
+
     def body(self, done: int, total: int, finished: bool) -> dict[str, Any]:
-        elapsed = self.clock() - self.started
-        rate = done / elapsed if elapsed > 0 and done > 0 else None
+        now = self.clock()
+        rate = self.rate(done, now)
         eta = (total - done) / rate if rate else None
         return {"done": done, "total": total, "rate": rate, "eta": 0.0 if finished else eta,
-                "elapsed": elapsed, "time": time.time(), "store": self.store, "finished": finished}
+                "elapsed": now - self.started, "time": time.time(), "store": self.store, "finished": finished}
 
     def _send(self, done: int, total: int, finished: bool) -> None:
         if self.send is not None:

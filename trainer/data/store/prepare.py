@@ -203,12 +203,21 @@ def _shards(cfg, plan: Plan, workers: Optional[int], progress: Optional[Progress
     try:
         _record(index, plan, [t for tasks in plan.shards.values() for t in tasks if t.key in outcomes], outcomes)
         if todo:
-            _compute(cfg, plan, todo, outcomes, index, workers, progress)
+            _compute(cfg, plan, todo, outcomes, index, workers, _counting_reused(progress, plan, todo))
         _forget_gone(index, plan)
     finally:
         if index is not None:
             index.close()
     return outcomes, len(todo)
+
+
+def _counting_reused(progress: Optional[Progress], plan: Plan, todo: list[ShardTask]) -> Optional[Progress]:
+    """`progress` of the whole store: the items of reused shards count as done from the start, so
+    that a prepare that goes on after 3 changed shards of 3,000 shows 749,232/750,000, not 0/768."""
+    if progress is None:
+        return None
+    reused = plan.items - sum(len(task.items) for task in todo)
+    return lambda done, total: progress(reused + done, reused + total)
 
 
 def _compute(cfg, plan: Plan, todo: list[ShardTask], outcomes: dict, index, workers, progress) -> None:
