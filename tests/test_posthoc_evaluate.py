@@ -351,3 +351,26 @@ def test_end_of_run_and_calibration_modules_are_torch_free(module):
 
     proc = _heavy_imports(module, ("torch", "textual"))
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- a run read from its feature store
+TONES = {"low": 300.0, "mid": 900.0, "high": 2500.0}
+
+
+@pytest.fixture(scope="module")
+def store_run(tmp_path_factory) -> Path:
+    """A finished run trained from a float32 feature store of 4 tones per class and split."""
+    tmp = tmp_path_factory.mktemp("storerun")
+    raw = changed(MFCC_TINY, data={"source": "audio_folder", "root": str(write_tones(tmp / "d", TONES, 4)),
+                                   "store": str(tmp / "store"), "store_dtype": "float32", "prepare_workers": 1,
+                                   "duration": 0.5, "sample_rate": 8000}, name="stored")
+    return train(tmp, raw, "stored")
+
+
+def test_data_on_a_store_run_evaluates_the_folder_not_the_store(store_run, tmp_path, capsys):
+    run_dir = Path(shutil.copytree(store_run, tmp_path / "run"))
+    other = write_tones(tmp_path / "other", TONES, 3)
+    code, out = evaluate(run_dir, "--data", str(other), "--json", capsys=capsys)
+    result = json.loads(out.out)
+    assert code == 0 and result["data"] == str(other) and result["n"] == 9  # the store's test split has 12
+

@@ -383,6 +383,13 @@ def test_evaluate_with_tta_on_windows_says_why_not(windows_run):
         evaluate_run(windows_run[0], "test", tta=True, n_boot=10)
 
 
+def test_evaluate_with_data_on_windows_says_why_not(windows_run, tmp_path):
+    from trainer.posthoc.evaluate import EvaluationError, evaluate_run
+
+    with pytest.raises(EvaluationError, match="--data .*windows of long recordings .*evaluate without --data"):
+        evaluate_run(windows_run[0], "test", data=str(tmp_path), n_boot=10)
+
+
 def test_training_reads_a_window_as_evaluation_and_predict_do():
     from trainer.data.stored import StoredExamples
 

@@ -69,16 +69,21 @@ class SplitData:
 # ----------------------------------------------------------------------------- the data
 def data_config(cfg, data: Optional[str]):
     """The run's config for building datasets: features not cached; with `data`, data.root
-    replaced by that folder (EvaluationError when the run's data is not read from a folder)."""
+    replaced by that folder and no feature store, which holds the run's own data, not the
+    folder's (EvaluationError when the run's data is not read from a folder, or is evaluated
+    as windows of long recordings, which only its store has)."""
     changes: dict = {"cache": False}
     if data is not None:
         root = Path(data).expanduser().absolute()
         if cfg.data.source not in ("audio_folder", "image_folder"):
             raise EvaluationError(f"--data {data}: the run reads its data from source {cfg.data.source!r}, not a "
                                   "folder; --data takes a folder laid out like data.root (audio_folder, image_folder)")
+        if cfg.data.windows.enabled:
+            raise EvaluationError(f"--data {data}: this run evaluates windows of long recordings (data.windows), "
+                                  "which are read from its feature store, not from a folder; evaluate without --data")
         if not root.is_dir():
             raise EvaluationError(f"--data {data}: folder not found")
-        changes["root"] = str(root)
+        changes.update(root=str(root), store=None)
     return cfg.model_copy(update={"data": cfg.data.model_copy(update=changes)})
 
 
