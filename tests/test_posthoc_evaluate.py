@@ -374,3 +374,27 @@ def test_data_on_a_store_run_evaluates_the_folder_not_the_store(store_run, tmp_p
     result = json.loads(out.out)
     assert code == 0 and result["data"] == str(other) and result["n"] == 9  # the store's test split has 12
 
+
+def test_tta_on_a_store_run_decodes_the_source_files_in_the_stores_order(store_run, tmp_path, capsys, monkeypatch):
+    import torch
+
+    run_dir = Path(shutil.copytree(store_run, tmp_path / "run"))
+    fake = types.ModuleType("trainer.posthoc.tta")
+    fake.transform_names = lambda cfg: ["original"]
+    fake.tta_probabilities = lambda clf, bases, batch_size=32, calibrated=True: \
+        torch.softmax(torch.stack([clf.logits(clf.inputs(b)[None])[0] for b in bases]) / clf.temperature, dim=-1)
+    monkeypatch.setitem(sys.modules, "trainer.posthoc.tta", fake)
+    code, out = evaluate(run_dir, "--tta", "--json", capsys=capsys)
+    assert code == 0, out.err
+    result = json.loads(out.out)
+    saved = np.load(RunDir(run_dir).predictions("test", "best"))
+    # the plain model on the decoded files gives the probabilities of the stored features, example by example
+    np.testing.assert_allclose(saved["tta_probs"], calibration.softmax(saved["logits"], result["temperature"]),
+                               atol=1e-4)
+    gone = next((store_run.parent / "d" / "test" / "mid").iterdir())
+    moved = gone.rename(tmp_path / "moved.wav")
+    try:
+        code, out = evaluate(run_dir, "--tta", capsys=capsys)
+    finally:
+        moved.rename(gone)
+    assert code == 2 and "1 of its 12 files are gone" in out.err and gone.name in out.err

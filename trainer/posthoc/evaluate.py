@@ -9,7 +9,8 @@ must be laid out like the training data) and the run's model (Classifier.logits)
   saved); ECE/MCE/Brier/NLL before and after on the evaluated split;
 - metrics of the calibrated probabilities (trainer.metrics.evaluation_metrics) with stratified
   bootstrap 95% intervals (1000 resamples, seed 0) of accuracy, F1 macro and AUC-ROC macro;
-- with --tta, the same metrics of the test-time-augmented probabilities beside the plain ones.
+- with --tta, the same metrics of the test-time-augmented probabilities beside the plain ones
+  (a split read from the feature store keeps features: TTA decodes its source files again).
 
 With data.windows (long recordings from a feature store) the split is one item per (recording,
 window): the model gives logits per window, the temperature is fitted on the windows of the
@@ -126,14 +127,40 @@ def split_logits(clf: Classifier, dataset, batch_size: int = BATCH) -> SplitData
     return SplitData(logits, np.asarray(labels, dtype=np.int64), dataset)
 
 
-def bases(dataset) -> list[np.ndarray]:
-    """The base examples (decoded window or image) of an EvalDataset, for TTA."""
+def bases(dataset, cfg=None, bundle=None, split: str = "test") -> list[np.ndarray]:
+    """The base examples (decoded clip or image) of an EvalDataset, for TTA. A split read from the
+    feature store (`bundle` of the run `cfg`) holds features, not the waveforms and pixels the transforms change:
+    its examples are decoded from their source files again."""
     if windows.is_windowed(dataset):
         raise EvaluationError("--tta: this run evaluates windows of long recordings read from its feature store, "
                               "which keeps features, not the waveforms the audio transforms shift; evaluate "
                               "without --tta")
     examples = dataset.examples
-    return [item.load(examples.decoder).base for item in examples.items]
+    if hasattr(examples, "items"):
+        items, decoder = examples.items, examples.decoder
+    else:
+        items, decoder = source_items(cfg, bundle, split, examples.names)
+    return [item.load(decoder).base for item in items]
+
+
+def source_items(cfg, bundle, split: str, names: list[str]):
+    """(items, decoder) of the source files of a stored split, in the store's order: the files are
+    found by name (realpath, as the store names a file by its real folder); EvaluationError when
+    one is gone."""
+    import os
+
+    from trainer.data.decode import Decoder
+    from trainer.data.sources import scan
+
+    cfg = cfg.model_copy(update={"data": bundle.data_config.model_copy(update={"store": None})})
+    found = {os.path.realpath(item.name): item for item in scan(cfg).splits.get(split, [])}
+    wanted = [os.path.realpath(name) for name in names]
+    missing = [name for name, real in zip(names, wanted) if real not in found]
+    if missing:
+        raise EvaluationError(f"--tta decodes the {split} split's source files again (the feature store keeps "
+                              f"features, not waveforms or pixels), and {len(missing)} of its {len(names)} files "
+                              f"are gone, e.g. {missing[0]}; restore them, or evaluate without --tta")
+    return [found[real] for real in wanted], Decoder.from_config(cfg)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -170,7 +197,8 @@ def evaluate_run(run_dir, split: str = "test", weights: str = "best", data: Opti
     result = result_of(clf, evaluated, fit, split, data, n_boot)
     tta_probs = None
     if tta_module is not None:
-        tta_probs = tta_module.tta_probabilities(clf, bases(evaluated.dataset), calibrated=True).numpy()
+        tta_bases = bases(evaluated.dataset, clf.cfg, bundle, split)
+        tta_probs = tta_module.tta_probabilities(clf, tta_bases, calibrated=True).numpy()
         result["tta"] = tta_result(tta_module.transform_names(clf.cfg), tta_probs, evaluated.labels, clf.classes)
     store(files, result, evaluated, clf.classes, tta_probs)
     return result
