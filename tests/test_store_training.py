@@ -336,6 +336,18 @@ def test_resume_without_the_record_warns_and_never_prepares(tmp_path, fake_prepa
     assert fake_prepare.prepared == 1 and RunDir(run).data_store.exists()
 
 
+def test_resume_of_the_recorded_store_does_not_compare_the_recipe_again(tmp_path, fake_prepare, monkeypatch):
+    """The recipe lists the noise folder afresh (names, sizes, mtimes): a touched or restored noise
+    file must not refuse the very store the run trained on."""
+    from trainer.data.store import layout
+
+    cfg = store_cfg(tmp_path)
+    run = stopped_run(tmp_path, cfg)
+    recipe = layout.recipe
+    monkeypatch.setattr(layout, "recipe", lambda c: {**recipe(c), "data.variants.noise_files": "touched"})
+    assert Trainer(cfg, run).run() == "finished"
+
+
 def test_resume_against_a_changed_store_is_refused_then_accepted(tmp_path, fake_prepare):
     cfg = store_cfg(tmp_path)
     run = stopped_run(tmp_path, cfg)

@@ -54,7 +54,7 @@ def run_data(trainer):
     resuming = files.newest_checkpoint() is not None
     if not resuming:
         ensure_prepared(trainer, cfg)
-    store = stored.open_store(cfg)
+    store = open_for(cfg, recorded if resuming else None)
     if resuming and recorded is not None:
         check_unchanged(trainer, recorded, store)
     elif recorded is None or recorded.get("fingerprint") != store.fingerprint:
@@ -64,6 +64,22 @@ def run_data(trainer):
                           what="data_unrecorded")
         record(files.data_store, store)
     return stored.build_from_store(cfg, auto_values, store=store)
+
+
+def open_for(cfg, recorded: Optional[dict]):
+    """The store to train from. A resume whose store is the recorded one opens it as it is: the
+    config's recipe is not compared again, since it lists the noise folder afresh and a touched
+    or restored noise file would refuse the very store the run trained on. Any other store must
+    fit the config's recipe (stored.open_store)."""
+    from trainer.data import stored
+    from trainer.data.store import FeatureStore
+
+    if recorded is not None:
+        store = FeatureStore.open(stored.store_dir(cfg))
+        if store.fingerprint == recorded["fingerprint"]:
+            return store
+        store.close()
+    return stored.open_store(cfg)
 
 
 def read_recorded(path) -> Optional[dict]:
