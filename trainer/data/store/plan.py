@@ -72,8 +72,6 @@ def make_plan(cfg) -> Plan:
                         before_cap=found.before_cap, balanced_sampler=cfg.data.balanced_sampler)
     if any(not p.skippable for p in report.problems):
         raise DataError(report)
-    for items in found.splits.values():
-        canonical_paths(items)
     recipe = layout.recipe(cfg)
     plan = Plan(StorePaths(store_dir(cfg)), recipe, layout.recipe_id(recipe), list(found.classes), report=report)
     for split in sorted(found.splits, key=_split_order):
@@ -89,21 +87,6 @@ def make_plan(cfg) -> Plan:
 
 def _split_order(split: str) -> int:
     return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
-
-
-def canonical_paths(items) -> None:
-    """Name each file item by its real folder, in place. The run directory's copy of a config names
-    data.root resolved (absolute, no '..', no symlinks): `longhaul prepare` of the original config
-    and the run's own build must plan the same store (the same keys and names), not two. One
-    realpath per folder, not per file."""
-    real: dict[str, str] = {}
-    for item in items:
-        if hasattr(item, "index") and hasattr(item, "split"):
-            continue  # synthetic: named, not a file
-        folder, name = os.path.split(item.where)
-        if folder not in real:
-            real[folder] = os.path.realpath(folder)
-        item.where = os.path.join(real[folder], name)
 
 
 def item_key(item) -> ItemKey:
