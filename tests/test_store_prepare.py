@@ -475,3 +475,28 @@ def test_a_reprepare_keeps_the_files_a_reading_run_uses(tmp_path, small_shards):
     assert not third.old_files_kept
     now = shard_files(tmp_path / "store")
     assert len(old - now) == 2 and len(now - old) == 2  # both replaced shards gone, nothing else
+
+
+def test_variants_are_drawn_from_the_shard_key_not_the_csv_row(tmp_path):
+    """A row inserted above an item of a CSV list renumbers its name but not its shard key: the
+    shard computed again (a store rebuilt elsewhere) must hold the same variant rows."""
+    import dataclasses
+
+    from trainer.data.store.compute import ShardMaker
+    from trainer.data.store.plan import make_plan
+
+    write_clips(tmp_path / "data", 2)
+    rows = [f"{p},{p.parent.name}" for p in sorted((tmp_path / "data" / "train").rglob("*.wav"))]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    cfg = config(tmp_path, **{"data.source": "csv", "data.root": None, "data.train": str(tmp_path / "train.csv"),
+                              "data.val_fraction": 0.25, "data.variants": {"count": 1, "gain_db": 6.0}})
+    task = make_plan(cfg).shards["train"][0]
+    renumbered = dataclasses.replace(task, items=[dataclasses.replace(item, context=f"train.csv row {9 + i}")
+                                                  for i, item in enumerate(task.items)])
+    assert [item.name for item in renumbered.items] != [item.name for item in task.items]
+    shards = []
+    for store, shard in (("one", task), ("two", renumbered)):
+        StorePaths(tmp_path / store).make_dirs()
+        ShardMaker(cfg, str(tmp_path / store)).make(shard, lambda: None)
+        shards.append(np.load(StorePaths(tmp_path / store).shard_npy(task.key)))
+    assert np.array_equal(shards[0], shards[1])
