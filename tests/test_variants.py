@@ -68,6 +68,14 @@ def test_variants_are_deterministic_per_seed_name_and_number(noise_dir):
     assert other_name.tobytes() != first[0].tobytes() and other_seed.tobytes() != first[0].tobytes()
 
 
+def test_a_file_name_that_is_not_utf8_has_variants():
+    """os.listdir gives such a name as surrogate-escaped str; its variants are drawn from its bytes."""
+    name = b"/data/b\xff.wav".decode("utf-8", "surrogateescape")
+    assert variants.name_number(name) != variants.name_number("/data/b.wav")
+    assert variants.name_number(name) == variants.name_number(b"/data/b\xff.wav".decode("utf-8", "surrogateescape"))
+    assert len(make_variants(tone(300), RATE, vcfg(gain_db=6.0), None, name, 1)) == 1
+
+
 def test_a_variant_does_not_depend_on_how_many_are_made():
     cfg = vcfg(pitch_semitones=3.0)
     two = make_variants(tone(300), RATE, cfg, None, "x", 2)

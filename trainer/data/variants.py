@@ -152,8 +152,9 @@ class VariantDraw:
 
 
 def name_number(name: str) -> int:
-    """A 64-bit number of an example's name (stable across processes, unlike hash())."""
-    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
+    """A 64-bit number of an example's name (stable across processes, unlike hash()). A file
+    name that is not UTF-8 comes as surrogate-escaped str: its bytes are hashed as they are."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "little")
 
 
 def draw_variant(vcfg, name: str, variant: int) -> VariantDraw:
