@@ -174,6 +174,25 @@ def test_noise_files_are_found_recursively_sorted_mono_and_resampled(noise_dir):
     assert [name for name, _, _ in variants.noise_listing(noise_dir)] == ["a.flac", "b/hiss.WAV"]
 
 
+def test_files_that_are_not_audio_leave_the_store_recipe_alone(noise_dir):
+    """The recipe fingerprints the files the bank uses, no others: a stray .DS_Store or notes
+    file must not make every stored variant stale."""
+    import os
+
+    from trainer.data.store import layout
+
+    cfg = run_config(RESNET_TINY, **{"data.variants": {"count": 1, "noise_dir": str(noise_dir)}})
+    before = layout.recipe_id(layout.recipe(cfg))
+    (noise_dir / ".DS_Store").write_bytes(b"\0\0")
+    (noise_dir / "notes.txt").write_text("changed")
+    (noise_dir / "b" / "desktop.ini").write_text("[x]")
+    assert layout.recipe_id(layout.recipe(cfg)) == before
+    assert [name for name, _, _ in layout.noise_listing(noise_dir)] == [p.relative_to(noise_dir).as_posix()
+                                                                         for p in bank(noise_dir).files]
+    os.utime(noise_dir / "a.flac", ns=(1, 1))
+    assert layout.recipe_id(layout.recipe(cfg)) != before
+
+
 def test_a_bank_sent_to_a_worker_carries_no_audio(noise_dir):
     noise = bank(noise_dir)
     noise.wave(0)
