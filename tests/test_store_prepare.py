@@ -214,8 +214,9 @@ def test_full_disk_keeps_finished_shards_and_no_manifest(tmp_path, small_shards)
         cfg = config(tmp_path, store=store, **{"data.store_dtype": "float32"})
         StorePaths(store).make_dirs()
         fs.fill(leave_kb=140)  # a shard is ~4 items x 33 frames x 32 mels x 4 bytes = 17 KiB
-        with pytest.raises(StoreError, match=r"disk is full.*MiB free on the store's disk"):
+        with pytest.raises(StoreError, match=r"disk is full.*MiB free on the store's disk") as caught:
             prepare(cfg, workers=1)
+        assert isinstance(caught.value, layout.StoreDiskFull) and caught.value.retry_may_help
         assert not (store / "manifest.json").exists()
         leftovers = [p for p in store.rglob("*") if StorePaths.is_temp(p)]
         assert leftovers == []
@@ -239,11 +240,29 @@ def test_a_worker_killed_names_its_shard(tmp_path, small_shards):
             killed.append(multiprocessing.active_children()[0].pid)
             os.kill(killed[0], signal.SIGKILL)
 
-    with pytest.raises(StoreError, match=r"worker \(pid \d+\) was killed by SIGKILL while computing shard \w+"):
+    with pytest.raises(StoreError, match=r"worker \(pid \d+\) was killed by SIGKILL while computing shard \w+") as caught:
         prepare(cfg, workers=1, progress=kill_worker)
+    assert caught.value.retry_may_help  # a daemon restarts the run (the OOM killer may not strike twice)
     finished = shard_files(tmp_path / "store")
     assert finished and not (tmp_path / "store" / "manifest.json").exists()
     assert prepare(cfg, workers=1).reused_shards >= len(finished)
+
+
+def test_a_dead_worker_or_a_full_disk_is_a_crash_a_restart_may_fix(tmp_path):
+    """trainer/worker.py exits USER_ERROR_EXIT (failed, no restart) only for errors that a restart
+    cannot fix; a prepare worker killed or a full disk is restarted like any crash."""
+    import errno
+
+    from trainer import worker
+    from trainer.data.report import DataError
+    from trainer.data.store.pool import WorkerDied
+
+    assert not worker.is_user_error(WorkerDied("a prepare worker (pid 7) was killed by SIGKILL"))
+    with pytest.raises(layout.StoreDiskFull) as caught:
+        layout.durable_write(tmp_path / "manifest.json", lambda fh: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    assert not worker.is_user_error(caught.value)
+    assert worker.is_user_error(StoreError("manifest.json missing")) and worker.is_user_error(DataError("changed"))
+    assert not worker.is_user_error(RuntimeError("a bug"))
 
 
 KILLABLE_CLI = """

@@ -47,6 +47,16 @@ NOISE_SUFFIXES = (".wav", ".flac", ".ogg")
 class StoreError(Exception):
     """The feature store is missing, damaged, or cannot be written; the message says which file."""
 
+    retry_may_help = False
+    """True for a failure of the moment (a prepare worker killed, a full disk): a daemon's run is
+    restarted as after a crash. False: the config, the data or the store must change first."""
+
+
+class StoreDiskFull(StoreError):
+    """The store's disk is full: once space is freed, a prepare goes on from the finished shards."""
+
+    retry_may_help = True
+
 
 # ----------------------------------------------------------------------------- file names
 class StorePaths:
@@ -278,7 +288,7 @@ def stored_dtype(recipe_dict: dict) -> np.dtype:
 # ----------------------------------------------------------------------------- durable writes
 def _write_error(path: Path, exc: OSError) -> StoreError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(f"{path}: the disk is full (no space left to write the feature store); "
+        return StoreDiskFull(f"{path}: the disk is full (no space left to write the feature store); "
                           "free some space and run `longhaul prepare` again")
     return StoreError(f"{path}: cannot write the feature store: {exc.strerror or exc}")
 

@@ -170,7 +170,7 @@ def _with_free_space(exc: StoreError, paths: StorePaths) -> StoreError:
     except OSError:
         return exc
     kept = "" if "finished shards are kept" in str(exc) else "; the finished shards are kept"
-    return StoreError(f"{exc} ({free / 2 ** 20:.1f} MiB free on the store's disk{kept})")
+    return type(exc)(f"{exc} ({free / 2 ** 20:.1f} MiB free on the store's disk{kept})")
 
 
 def _check_noise(cfg) -> None:
