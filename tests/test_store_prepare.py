@@ -188,6 +188,27 @@ def test_a_second_prepare_waits_or_refuses(tmp_path, capsys):
     assert results and results[0].items == 8
 
 
+def test_waiting_for_the_lock_reports_and_a_stop_ends_the_wait(tmp_path, capsys):
+    """A run that waits for another prepare's lock sends `preparing` frames and honours a stop
+    (store_setup.PreparingReport raises PrepareStopped) instead of blocking in flock for hours."""
+    from trainer.store_setup import PreparingReport, PrepareStopped
+
+    paths = StorePaths(tmp_path / "store")
+    paths.make_dirs()
+    frames: list[dict] = []
+    report = PreparingReport(frames.append, str(paths.root), stop=lambda: len(frames) >= 3)
+    with prepare_lock(paths, wait=False):
+        started = time.monotonic()
+        with pytest.raises(PrepareStopped):
+            with prepare_lock(paths, wait=True, progress=report):
+                pytest.fail("took a lock another prepare holds")
+        assert 0.9 < time.monotonic() - started < 10
+        assert [(f["done"], f["total"], f["finished"]) for f in frames] == [(0, 0, False)] * 3
+        assert capsys.readouterr().err.count(f"waiting for another prepare of {paths.root} (pid {os.getpid()})") == 1
+    with prepare_lock(paths, wait=True, progress=report):  # free again: taken at once, no report
+        assert len(frames) == 3
+
+
 def test_a_store_it_cannot_write_is_named(tmp_path):
     write_clips(tmp_path / "data", 1)
     with pytest.raises(StoreError, match=f"{tmp_path / 'nowhere'} does not exist"):

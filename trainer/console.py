@@ -131,6 +131,8 @@ class PrepareProgressLine:
         self.shown = False
 
     def __call__(self, done: int, total: int) -> None:
+        if total == 0:
+            return  # waiting for another prepare's lock (prepare says so once): nothing to count yet
         now = self.clock()
         if self.started is None:
             self.started = self.last = now

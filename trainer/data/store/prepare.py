@@ -31,6 +31,10 @@ from .plan import Plan, bad_problems, make_plan, read_manifest_or_none, stalenes
 from .pool import ShardPool, ShardTask
 
 Progress = Callable[[int, int], None]
+"""progress(done, total): items of the shards to compute, done so far; progress(0, 0) every
+LOCK_POLL_S while another prepare holds the store's lock. A callback that raises (PreparingReport
+on a stop request) ends the prepare, or the wait, there."""
+LOCK_POLL_S = 0.5
 
 
 @dataclass
@@ -90,7 +94,7 @@ def prepare(cfg, workers: Optional[int] = None, progress: Optional[Progress] = N
         if old is None or staleness(plan, old) is not None:
             raise
         return _result(plan, old, started, up_to_date=True)
-    with prepare_lock(paths, wait):
+    with prepare_lock(paths, wait, progress):
         plan = make_plan(cfg)
         old = read_manifest_or_none(paths)
         if old is not None and staleness(plan, old) is None:
@@ -134,27 +138,41 @@ def _make_store_dir(paths: StorePaths) -> None:
 
 
 @contextmanager
-def prepare_lock(paths: StorePaths, wait: bool) -> Iterator[None]:
+def prepare_lock(paths: StorePaths, wait: bool, progress: Optional[Progress] = None) -> Iterator[None]:
     """flock on the store's lock file for the whole prepare: never two writers of one store."""
     try:
         fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StoreError(f"{paths.lock}: cannot open the store's lock file: {exc.strerror or exc}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            if not wait:
-                raise StoreError(f"{paths.root}: another prepare (pid {holder}) is writing this store; "
-                                 "wait for it to finish, or run without --no-wait to wait") from None
-            print(f"waiting for another prepare of {paths.root} (pid {holder}) ...", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        _take_lock(fd, paths, wait, progress)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _take_lock(fd: int, paths: StorePaths, wait: bool, progress: Optional[Progress]) -> None:
+    """The lock, polled rather than waited for in flock: another prepare may hold it for hours,
+    and a run waiting for it must still see a stop request (progress raises) and show it waits."""
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if not said:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                raise StoreError(f"{paths.root}: another prepare (pid {holder}) is writing this store; "
+                                 "wait for it to finish, or run without --no-wait to wait")
+            print(f"waiting for another prepare of {paths.root} (pid {holder}) ...", file=sys.stderr, flush=True)
+            said = True
+        if progress:
+            progress(0, 0)
+        time.sleep(LOCK_POLL_S)
 
 
 def _remove_temp_files(paths: StorePaths) -> None:
