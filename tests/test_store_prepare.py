@@ -162,6 +162,27 @@ def test_bad_files_are_recorded_with_their_reason(tmp_path, capsys):
         assert {Path(r.path).name for r in index.records() if r.status == "bad"} == {"empty.wav", "cut.wav"}
 
 
+def test_a_file_name_with_a_line_break_is_a_bad_file_found_before_any_work(tmp_path):
+    """The names file holds one name a line: such a file is left out of the plan as a skippable
+    bad file (not a StoreError after every shard is computed)."""
+    from trainer.data.store.plan import LINE_BREAK, make_plan
+
+    write_clips(tmp_path / "data", 2)
+    cfg = config(tmp_path, **{"data.skip_bad_files": True})
+    first = prepare(cfg, workers=1)
+    odd = tmp_path / "data" / "train" / "bird" / "two\nlines.wav"
+    odd.write_bytes((tmp_path / "data" / "train" / "bird" / "000.wav").read_bytes())
+    plan = make_plan(cfg)
+    assert plan.left_out["train"] and plan.left_out["train"][0].path == str(odd)
+    assert all(str(odd) != key.path for task in plan.shards["train"] for key in task.keys)
+    assert store_status(cfg)[0] == "stale"  # the manifest must list it with the bad files
+    again = prepare(cfg, workers=1)
+    assert again.computed_shards == 0 and again.items == first.items == 8
+    assert again.bad == [(str(odd), LINE_BREAK)] and again.report.usable
+    assert store_status(cfg)[0] == "current" and prepare(cfg).up_to_date
+    assert not prepare(config(tmp_path), workers=1).report.usable  # data.skip_bad_files off: refused
+
+
 def test_a_second_prepare_waits_or_refuses(tmp_path, capsys):
     from trainer import cli
 

@@ -309,7 +309,8 @@ def _write_store(cfg, plan: Plan, outcomes: dict) -> dict:
         files = layout.write_entries(plan.paths, fp, split, entries, names)
         counts = np.bincount(entries["label"][::variants + 1], minlength=len(plan.classes))
         splits[split] = {"shards": plan.keys(split), "items": len(names), "variants": variants, **files,
-                         "counts": [int(c) for c in counts], "bad": [[p.path, p.reason] for p in bad]}
+                         "counts": [int(c) for c in counts],
+                         "bad": [[p.path, p.reason] for p in bad + plan.left_out.get(split, [])]}
         stats[split] = _stats(cfg, [outcomes[k] for k in plan.keys(split)])
     manifest = layout.make_manifest(fp=fp, recipe_dict=plan.recipe, kind=cfg.features.kind,
                                     row_shape=_row_shape(cfg), classes=plan.classes, splits=splits,
