@@ -426,6 +426,20 @@ def test_progress_line_rate_and_eta():
     assert tty.getvalue().count("\r") == 2 and tty.getvalue().endswith("took 1s\n")
 
 
+def test_a_killed_prepares_temp_files_are_swept_from_the_root_too(tmp_path):
+    """A power cut between the manifest's temp write and its rename leaves STORE/.manifest.json.tmp-PID."""
+    write_clips(tmp_path / "data", 1)
+    paths = StorePaths(tmp_path / "store")
+    paths.make_dirs()
+    leftovers = [StorePaths.temp(paths.manifest).with_name(".manifest.json.tmp-99999"),
+                 paths.shards / ".abc.npy.tmp-99999"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    prepare(config(tmp_path), workers=1)
+    assert not any(path.exists() for path in leftovers)
+    assert not [p for p in paths.root.rglob("*") if StorePaths.is_temp(p)]
+
+
 def test_the_run_directory_copy_of_a_config_names_the_same_store(tmp_path):
     import yaml
 

@@ -176,7 +176,8 @@ def _take_lock(fd: int, paths: StorePaths, wait: bool, progress: Optional[Progre
 
 
 def _remove_temp_files(paths: StorePaths) -> None:
-    for folder in (paths.shards, paths.splits):
+    """Temp files of writes that never finished: shards, splits, and the manifest's in the root."""
+    for folder in (paths.root, paths.shards, paths.splits):
         for path in folder.glob(".*") if folder.is_dir() else []:
             if StorePaths.is_temp(path):
                 path.unlink(missing_ok=True)
