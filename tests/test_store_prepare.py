@@ -307,6 +307,25 @@ def test_a_dead_worker_or_a_full_disk_is_a_crash_a_restart_may_fix(tmp_path):
     assert not worker.is_user_error(RuntimeError("a bug"))
 
 
+def test_workers_count_the_cpus_this_process_may_use(tmp_path, monkeypatch):
+    from trainer.data.store.prepare import worker_count
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a 2-core container of a big host
+    cfg = config(tmp_path)
+    assert worker_count(cfg, None, 100) == 2 and worker_count(cfg, None, 1) == 1 and worker_count(cfg, 5, 100) == 5
+
+
+def test_only_a_full_disk_gets_the_free_space_added(tmp_path):
+    from trainer.data.store.prepare import _with_free_space
+
+    paths = StorePaths(tmp_path)
+    other = StoreError("'a\\nb': a source name with a line break cannot be stored")
+    assert _with_free_space(other, paths) is other
+    full = _with_free_space(layout.StoreDiskFull(f"{tmp_path}/x: the disk is full"), paths)
+    assert isinstance(full, layout.StoreDiskFull) and "MiB free on the store's disk" in str(full)
+
+
 KILLABLE_CLI = """
 import sys
 from tests.test_store_prepare import ends_after_odd

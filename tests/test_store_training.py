@@ -91,9 +91,11 @@ def test_stored_examples_are_the_in_ram_examples(tmp_path):
         x_disk, y_disk = disk.train[(2, i)]
         x_ram, y_ram = ram.train[(2, i)]
         assert torch.equal(x_disk, x_ram) and y_disk == y_ram and isinstance(y_disk, int)
-    assert torch.equal(disk.val[3][0], ram.val[3][0])
-    # nothing per example is kept but the labels: no items, no names
+    assert torch.equal(disk.val[3][0], ram.val[3][0]) and disk.val[3][1] == ram.val[3][1]
+    assert isinstance(disk.val[3][1], int)  # collated to int64 targets whatever the stored dtype
+    # nothing per example is kept but the labels, once: no items, no names, no second copy
     assert not hasattr(disk.train.examples, "items") and isinstance(disk.train.examples.labels, np.ndarray)
+    assert disk.train.examples.labels is disk.train.examples.split.labels
 
 
 def test_float16_store_is_close(tmp_path):

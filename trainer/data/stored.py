@@ -36,7 +36,7 @@ class StoredExamples:
         self.extractor = extractor
         self.seed = seed
         self.window = window
-        self.labels = np.asarray(split.labels, dtype=np.int64)
+        self.labels = split.labels  # int32, shared with the split: datasets cast one label at a time
         self.variants = int(split.variants)
 
     def __len__(self) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..report import DataReport, Problem
 from . import layout
-from .layout import StoreError, StorePaths
+from .layout import StoreDiskFull, StoreError, StorePaths
 from .plan import Plan, bad_problems, make_plan, read_manifest_or_none, staleness, store_dir, variants_of
 from .pool import ShardPool, ShardTask
 
@@ -184,6 +184,9 @@ def _remove_temp_files(paths: StorePaths) -> None:
 
 
 def _with_free_space(exc: StoreError, paths: StorePaths) -> StoreError:
+    """A full disk's error with the space left; any other error as it is."""
+    if not isinstance(exc, StoreDiskFull):
+        return exc
     try:
         free = shutil.disk_usage(paths.root).free
     except OSError:
@@ -246,9 +249,14 @@ def _compute(cfg, plan: Plan, todo: list[ShardTask], outcomes: dict, index, work
 
     if progress:
         progress(0, total)
-    count = min(workers or cfg.data.prepare_workers or os.cpu_count() or 1, len(todo))
-    with ShardPool(cfg, str(plan.paths.root), count) as pool:
+    with ShardPool(cfg, str(plan.paths.root), worker_count(cfg, workers, len(todo))) as pool:
         pool.run(todo, on_items, on_done)
+
+
+def worker_count(cfg, workers: Optional[int], shards: int) -> int:
+    """Processes to spawn: as asked (--workers, data.prepare_workers), else one per CPU this process
+    may run on (cgroups, taskset), not per CPU of the host: each worker holds torch (~300 MB)."""
+    return min(workers or cfg.data.prepare_workers or len(os.sched_getaffinity(0)) or 1, shards)
 
 
 def _open_index(paths: StorePaths):
