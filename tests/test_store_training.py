@@ -3,6 +3,7 @@ a missing store prepared visibly, the store's fingerprint recorded and a changed
 resume (unless accepted), a resume that neither scans nor decodes, and exact resume."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import queue
@@ -169,6 +170,35 @@ def test_auto_values_kept_by_the_run_are_not_measured_again(tmp_path, monkeypatc
 
 
 # ----------------------------------------------------------------------------- training
+def test_prepare_and_the_run_resolve_auto_and_name_the_store_with_one_function(tmp_path, monkeypatch):
+    """`longhaul prepare` plans the recipe the run plans: the same resolve_auto, the same store_dir."""
+    from trainer import cli
+    from trainer.data.store import StoreError
+    from trainer.config import dump_config
+
+    prepare_module = importlib.import_module("trainer.data.store.prepare")  # the package's `prepare` is the function
+
+    cfg = store_cfg(tmp_path, **{"data.sample_rate": "auto"})
+    (tmp_path / "c.yaml").write_text(dump_config(cfg))
+    resolved, asked = [], []
+    real = stored.resolve_auto
+
+    def spy(cfg, frozen):
+        resolved.append(frozen)
+        return real(cfg, frozen)
+
+    def fake_prepare(cfg, **kwargs):
+        asked.append(cfg.data.sample_rate)
+        return types.SimpleNamespace(report=None, describe=lambda: "store up to date", store_dir=tmp_path / "store")
+
+    monkeypatch.setattr(stored, "resolve_auto", spy)
+    monkeypatch.setattr(prepare_module, "prepare", fake_prepare)
+    assert cli.main(["prepare", str(tmp_path / "c.yaml")]) == 0
+    assert resolved == [None] and asked == [16000]
+    with pytest.raises(StoreError, match="data.store is not set"):
+        stored.open_store(store_cfg(tmp_path, **{"data.store": None}))
+
+
 def test_training_from_store_equals_training_in_ram(tmp_path, fake_prepare):
     cfg = store_cfg(tmp_path, max_steps=5)
     write_store(cfg)

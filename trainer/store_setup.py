@@ -105,12 +105,14 @@ def check_unchanged(trainer, recorded: dict, store) -> None:
     from trainer.data.report import DataError
     from trainer.data.store import describe_change, summary
 
+    from trainer.data.store.plan import store_dir
+
     lines = describe_change(recorded, summary(store.manifest)) or [
         f"fingerprint {recorded['fingerprint'][:16]} -> {store.fingerprint[:16]}"]
     if not trainer.accept_data_change:
         run = trainer.run_dir
         raise DataError(
-            f"{trainer.cfg.resolve_path(trainer.cfg.data.store)}: the feature store changed since "
+            f"{store_dir(trainer.cfg)}: the feature store changed since "
             f"this run's checkpoints were written ({trainer.files.data_store.name}), so a resume would not be "
             "bit-exact:\n" + "\n".join(f"  - {line}" for line in lines)
             + f"\nRestore the store, or accept the change: longhaul resume {run} --accept-data-change "
@@ -124,11 +126,12 @@ def check_unchanged(trainer, recorded: dict, store) -> None:
 def ensure_prepared(trainer, cfg) -> None:
     """Prepare the store of `cfg` (concrete `auto` values) unless it is current, visibly."""
     from trainer.data.store import prepare, store_status
+    from trainer.data.store.plan import store_dir
 
     status, reason = store_status(cfg)
     if status == "current":
         return
-    where = cfg.resolve_path(cfg.data.store)
+    where = store_dir(cfg)
     trainer.event("preparing", "info", f"preparing data: feature store {where} is {status} ({reason})",
                   status=status, reason=reason, store=str(where))
     report = PreparingReport(getattr(trainer.publisher, "preparing", None), str(where),

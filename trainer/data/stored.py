@@ -24,6 +24,7 @@ from . import auto, seeds
 from .features import FeatureExtractor
 from .report import DataError, DataReport, Problem
 from .sources import scan
+from .store.plan import store_dir
 
 
 class StoredExamples:
@@ -87,10 +88,6 @@ def resolve_auto(cfg, frozen):
             return auto.resolve(cfg, [], frozen)
     found = scan(auto.provisional(cfg))
     return auto.resolve(cfg, found.splits.get("train", []), frozen)
-
-
-def store_dir(cfg):
-    return cfg.resolve_path(cfg.data.store)
 
 
 def open_store(cfg):

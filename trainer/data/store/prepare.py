@@ -114,18 +114,6 @@ def prepare(cfg, workers: Optional[int] = None, progress: Optional[Progress] = N
         return result
 
 
-def resolve_auto(cfg):
-    """cfg with data.sample_rate/duration `auto` measured from the training files, as a run's
-    first build does (the store's recipe needs concrete values)."""
-    from .. import auto
-    from ..sources import scan
-
-    if not auto.wanted(cfg):
-        return cfg
-    found = scan(auto.provisional(cfg))
-    return auto.resolve(cfg, found.splits.get("train", []), None)[0]
-
-
 # ----------------------------------------------------------------------------- the directory, the lock
 def _make_store_dir(paths: StorePaths) -> None:
     """The store's folder (its parent must exist: a typo should not create a tree) and its dirs."""
