@@ -245,7 +245,7 @@ def test_fresh_start_prepares_the_missing_store_visibly(tmp_path, fake_prepare, 
     captured = capsys.readouterr()
     assert "preparing data: feature store" in captured.out and "is missing" in captured.out
     assert "data prepared: 64 items" in captured.out
-    assert "preparing data: 64/64 files" in captured.err   # H2's PrepareProgressLine, as `longhaul prepare`
+    assert "preparing data: 64/64 files" in captured.err   # PrepareProgressLine, as `longhaul prepare`
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert [e["data"]["status"] for e in events if e["kind"] == "preparing"] == ["missing", "done"]
     # a second fresh run finds the store current: nothing prepared
@@ -444,7 +444,6 @@ def _logged(run_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_from_the_store_is_bit_identical(tmp_path):
-    pytest.importorskip("trainer.data.store.prepare")  # H2's prepare: the subprocess checks the store
     raw = changed(RAW, **{"data.store": str(tmp_path / "store"), "data.store_dtype": "float32"})
     raw["data"]["synthetic"].update(train_per_class=24, val_per_class=4)
     raw["phases"] = [{"name": "head", "epochs": 10, "trainable": 0.0}, {"name": "full", "epochs": 10}]

@@ -4,7 +4,7 @@
     bundle = build_from_store(cfg, auto_values)      # StoreError when the store does not fit cfg
 
 Nothing is decoded here and nothing per example is kept in memory but the labels array: the
-rows of an example are read from its shard when a DataLoader worker asks for it (H1's reader
+rows of an example are read from its shard when a DataLoader worker asks for it (the store's reader
 reads with pread, so the pages stay in the page cache, outside the process's RSS). Names are
 read from the store only when someone asks for them (evaluation reports).
 
