@@ -147,6 +147,27 @@ def test_cap_comes_after_the_validation_hold_out(tmp_path):
     assert kept <= {i.where for i in uncapped.splits["train"]}
 
 
+def test_cap_keeps_one_subset_however_the_root_is_spelled(tmp_path):
+    """`longhaul prepare CONFIG` scans data.root as written ('configs/../data', a link); the run's
+    copy of the config names it resolved: both must keep the same files."""
+    from trainer.config import RunConfig
+    from trainer.data.sources import scan
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(20):
+            (tmp_path / "data" / label / f"{label}{i:02d}.wav").touch()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    kept = []
+    for root in (tmp_path / "data", tmp_path / "configs" / ".." / "data", tmp_path / "link"):
+        cfg = RunConfig.model_validate({"seed": 3, "data": {"source": "audio_folder", "root": str(root),
+                                                            "sample_rate": 8000, "max_per_class": 5}})
+        kept.append([item.where for item in scan(cfg).splits["train"]])
+    assert kept[0] == kept[1] == kept[2] and len(kept[0]) == 10
+    assert all(where.startswith(str(tmp_path.resolve() / "data")) for where in kept[0])
+
+
 def test_check_data_shows_counts_before_the_cap_and_the_balanced_draws():
     from trainer.data import check_data
 

@@ -164,6 +164,27 @@ def test_bad_files_are_recorded_with_their_reason(tmp_path, capsys):
         assert {Path(r.path).name for r in index.records() if r.status == "bad"} == {"empty.wav", "cut.wav"}
 
 
+def test_a_file_name_with_a_line_break_is_a_bad_file_found_before_any_work(tmp_path):
+    """The names file holds one name a line: such a file is left out of the plan as a skippable
+    bad file (not a StoreError after every shard is computed)."""
+    from trainer.data.store.plan import LINE_BREAK, make_plan
+
+    write_clips(tmp_path / "data", 2)
+    cfg = config(tmp_path, **{"data.skip_bad_files": True})
+    first = prepare(cfg, workers=1)
+    odd = tmp_path / "data" / "train" / "bird" / "two\nlines.wav"
+    odd.write_bytes((tmp_path / "data" / "train" / "bird" / "000.wav").read_bytes())
+    plan = make_plan(cfg)
+    assert plan.left_out["train"] and plan.left_out["train"][0].path == str(odd)
+    assert all(str(odd) != key.path for task in plan.shards["train"] for key in task.keys)
+    assert store_status(cfg)[0] == "stale"  # the manifest must list it with the bad files
+    again = prepare(cfg, workers=1)
+    assert again.computed_shards == 0 and again.items == first.items == 8
+    assert again.bad == [(str(odd), LINE_BREAK)] and again.report.usable
+    assert store_status(cfg)[0] == "current" and prepare(cfg).up_to_date
+    assert not prepare(config(tmp_path), workers=1).report.usable  # data.skip_bad_files off: refused
+
+
 def test_a_second_prepare_waits_or_refuses(tmp_path, capsys):
     from trainer import cli
 
@@ -188,6 +209,27 @@ def test_a_second_prepare_waits_or_refuses(tmp_path, capsys):
         assert not (tmp_path / "store" / "manifest.json").exists()
     waiter.join(120)
     assert results and results[0].items == 8
+
+
+def test_waiting_for_the_lock_reports_and_a_stop_ends_the_wait(tmp_path, capsys):
+    """A run that waits for another prepare's lock sends `preparing` frames and honours a stop
+    (store_setup.PreparingReport raises PrepareStopped) instead of blocking in flock for hours."""
+    from trainer.store_setup import PreparingReport, PrepareStopped
+
+    paths = StorePaths(tmp_path / "store")
+    paths.make_dirs()
+    frames: list[dict] = []
+    report = PreparingReport(frames.append, str(paths.root), stop=lambda: len(frames) >= 3)
+    with prepare_lock(paths, wait=False):
+        started = time.monotonic()
+        with pytest.raises(PrepareStopped):
+            with prepare_lock(paths, wait=True, progress=report):
+                pytest.fail("took a lock another prepare holds")
+        assert 0.9 < time.monotonic() - started < 10
+        assert [(f["done"], f["total"], f["finished"]) for f in frames] == [(0, 0, False)] * 3
+        assert capsys.readouterr().err.count(f"waiting for another prepare of {paths.root} (pid {os.getpid()})") == 1
+    with prepare_lock(paths, wait=True, progress=report):  # free again: taken at once, no report
+        assert len(frames) == 3
 
 
 def test_a_store_it_cannot_write_is_named(tmp_path):
@@ -216,8 +258,9 @@ def test_full_disk_keeps_finished_shards_and_no_manifest(tmp_path, small_shards)
         cfg = config(tmp_path, store=store, **{"data.store_dtype": "float32"})
         StorePaths(store).make_dirs()
         fs.fill(leave_kb=140)  # a shard is ~4 items x 33 frames x 32 mels x 4 bytes = 17 KiB
-        with pytest.raises(StoreError, match=r"disk is full.*MiB free on the store's disk"):
+        with pytest.raises(StoreError, match=r"disk is full.*MiB free on the store's disk") as caught:
             prepare(cfg, workers=1)
+        assert isinstance(caught.value, layout.StoreDiskFull) and caught.value.retry_may_help
         assert not (store / "manifest.json").exists()
         leftovers = [p for p in store.rglob("*") if StorePaths.is_temp(p)]
         assert leftovers == []
@@ -241,11 +284,48 @@ def test_a_worker_killed_names_its_shard(tmp_path, small_shards):
             killed.append(multiprocessing.active_children()[0].pid)
             os.kill(killed[0], signal.SIGKILL)
 
-    with pytest.raises(StoreError, match=r"worker \(pid \d+\) was killed by SIGKILL while computing shard \w+"):
+    with pytest.raises(StoreError, match=r"worker \(pid \d+\) was killed by SIGKILL while computing shard \w+") as caught:
         prepare(cfg, workers=1, progress=kill_worker)
+    assert caught.value.retry_may_help  # a daemon restarts the run (the OOM killer may not strike twice)
     finished = shard_files(tmp_path / "store")
     assert finished and not (tmp_path / "store" / "manifest.json").exists()
     assert prepare(cfg, workers=1).reused_shards >= len(finished)
+
+
+def test_a_dead_worker_or_a_full_disk_is_a_crash_a_restart_may_fix(tmp_path):
+    """trainer/worker.py exits USER_ERROR_EXIT (failed, no restart) only for errors that a restart
+    cannot fix; a prepare worker killed or a full disk is restarted like any crash."""
+    import errno
+
+    from trainer import worker
+    from trainer.data.report import DataError
+    from trainer.data.store.pool import WorkerDied
+
+    assert not worker.is_user_error(WorkerDied("a prepare worker (pid 7) was killed by SIGKILL"))
+    with pytest.raises(layout.StoreDiskFull) as caught:
+        layout.durable_write(tmp_path / "manifest.json", lambda fh: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    assert not worker.is_user_error(caught.value)
+    assert worker.is_user_error(StoreError("manifest.json missing")) and worker.is_user_error(DataError("changed"))
+    assert not worker.is_user_error(RuntimeError("a bug"))
+
+
+def test_workers_count_the_cpus_this_process_may_use(tmp_path, monkeypatch):
+    from trainer.data.store.prepare import worker_count
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a 2-core container of a big host
+    cfg = config(tmp_path)
+    assert worker_count(cfg, None, 100) == 2 and worker_count(cfg, None, 1) == 1 and worker_count(cfg, 5, 100) == 5
+
+
+def test_only_a_full_disk_gets_the_free_space_added(tmp_path):
+    from trainer.data.store.prepare import _with_free_space
+
+    paths = StorePaths(tmp_path)
+    other = StoreError("'a\\nb': a source name with a line break cannot be stored")
+    assert _with_free_space(other, paths) is other
+    full = _with_free_space(layout.StoreDiskFull(f"{tmp_path}/x: the disk is full"), paths)
+    assert isinstance(full, layout.StoreDiskFull) and "MiB free on the store's disk" in str(full)
 
 
 KILLABLE_CLI = """
@@ -374,6 +454,20 @@ def test_progress_line_rate_and_eta():
     assert tty.getvalue().count("\r") == 2 and tty.getvalue().endswith("took 1s\n")
 
 
+def test_a_killed_prepares_temp_files_are_swept_from_the_root_too(tmp_path):
+    """A power cut between the manifest's temp write and its rename leaves STORE/.manifest.json.tmp-PID."""
+    write_clips(tmp_path / "data", 1)
+    paths = StorePaths(tmp_path / "store")
+    paths.make_dirs()
+    leftovers = [StorePaths.temp(paths.manifest).with_name(".manifest.json.tmp-99999"),
+                 paths.shards / ".abc.npy.tmp-99999"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    prepare(config(tmp_path), workers=1)
+    assert not any(path.exists() for path in leftovers)
+    assert not [p for p in paths.root.rglob("*") if StorePaths.is_temp(p)]
+
+
 def test_the_run_directory_copy_of_a_config_names_the_same_store(tmp_path):
     import yaml
 
@@ -484,3 +578,28 @@ def test_a_reprepare_keeps_the_files_a_reading_run_uses(tmp_path, small_shards):
     assert not third.old_files_kept
     now = shard_files(tmp_path / "store")
     assert len(old - now) == 2 and len(now - old) == 2  # both replaced shards gone, nothing else
+
+
+def test_variants_are_drawn_from_the_shard_key_not_the_csv_row(tmp_path):
+    """A row inserted above an item of a CSV list renumbers its name but not its shard key: the
+    shard computed again (a store rebuilt elsewhere) must hold the same variant rows."""
+    import dataclasses
+
+    from trainer.data.store.compute import ShardMaker
+    from trainer.data.store.plan import make_plan
+
+    write_clips(tmp_path / "data", 2)
+    rows = [f"{p},{p.parent.name}" for p in sorted((tmp_path / "data" / "train").rglob("*.wav"))]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    cfg = config(tmp_path, **{"data.source": "csv", "data.root": None, "data.train": str(tmp_path / "train.csv"),
+                              "data.val_fraction": 0.25, "data.variants": {"count": 1, "gain_db": 6.0}})
+    task = make_plan(cfg).shards["train"][0]
+    renumbered = dataclasses.replace(task, items=[dataclasses.replace(item, context=f"train.csv row {9 + i}")
+                                                  for i, item in enumerate(task.items)])
+    assert [item.name for item in renumbered.items] != [item.name for item in task.items]
+    shards = []
+    for store, shard in (("one", task), ("two", renumbered)):
+        StorePaths(tmp_path / store).make_dirs()
+        ShardMaker(cfg, str(tmp_path / store)).make(shard, lambda: None)
+        shards.append(np.load(StorePaths(tmp_path / store).shard_npy(task.key)))
+    assert np.array_equal(shards[0], shards[1])

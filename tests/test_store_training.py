@@ -3,6 +3,7 @@ a missing store prepared visibly, the store's fingerprint recorded and a changed
 resume (unless accepted), a resume that neither scans nor decodes, and exact resume."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import queue
@@ -91,9 +92,11 @@ def test_stored_examples_are_the_in_ram_examples(tmp_path):
         x_disk, y_disk = disk.train[(2, i)]
         x_ram, y_ram = ram.train[(2, i)]
         assert torch.equal(x_disk, x_ram) and y_disk == y_ram and isinstance(y_disk, int)
-    assert torch.equal(disk.val[3][0], ram.val[3][0])
-    # nothing per example is kept but the labels: no items, no names
+    assert torch.equal(disk.val[3][0], ram.val[3][0]) and disk.val[3][1] == ram.val[3][1]
+    assert isinstance(disk.val[3][1], int)  # collated to int64 targets whatever the stored dtype
+    # nothing per example is kept but the labels, once: no items, no names, no second copy
     assert not hasattr(disk.train.examples, "items") and isinstance(disk.train.examples.labels, np.ndarray)
+    assert disk.train.examples.labels is disk.train.examples.split.labels
 
 
 def test_float16_store_is_close(tmp_path):
@@ -167,6 +170,35 @@ def test_auto_values_kept_by_the_run_are_not_measured_again(tmp_path, monkeypatc
 
 
 # ----------------------------------------------------------------------------- training
+def test_prepare_and_the_run_resolve_auto_and_name_the_store_with_one_function(tmp_path, monkeypatch):
+    """`longhaul prepare` plans the recipe the run plans: the same resolve_auto, the same store_dir."""
+    from trainer import cli
+    from trainer.data.store import StoreError
+    from trainer.config import dump_config
+
+    prepare_module = importlib.import_module("trainer.data.store.prepare")  # the package's `prepare` is the function
+
+    cfg = store_cfg(tmp_path, **{"data.sample_rate": "auto"})
+    (tmp_path / "c.yaml").write_text(dump_config(cfg))
+    resolved, asked = [], []
+    real = stored.resolve_auto
+
+    def spy(cfg, frozen):
+        resolved.append(frozen)
+        return real(cfg, frozen)
+
+    def fake_prepare(cfg, **kwargs):
+        asked.append(cfg.data.sample_rate)
+        return types.SimpleNamespace(report=None, describe=lambda: "store up to date", store_dir=tmp_path / "store")
+
+    monkeypatch.setattr(stored, "resolve_auto", spy)
+    monkeypatch.setattr(prepare_module, "prepare", fake_prepare)
+    assert cli.main(["prepare", str(tmp_path / "c.yaml")]) == 0
+    assert resolved == [None] and asked == [16000]
+    with pytest.raises(StoreError, match="data.store is not set"):
+        stored.open_store(store_cfg(tmp_path, **{"data.store": None}))
+
+
 def test_training_from_store_equals_training_in_ram(tmp_path, fake_prepare):
     cfg = store_cfg(tmp_path, max_steps=5)
     write_store(cfg)
@@ -213,7 +245,7 @@ def test_fresh_start_prepares_the_missing_store_visibly(tmp_path, fake_prepare, 
     captured = capsys.readouterr()
     assert "preparing data: feature store" in captured.out and "is missing" in captured.out
     assert "data prepared: 64 items" in captured.out
-    assert "preparing data: 64/64 files" in captured.err   # H2's PrepareProgressLine, as `longhaul prepare`
+    assert "preparing data: 64/64 files" in captured.err   # PrepareProgressLine, as `longhaul prepare`
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert [e["data"]["status"] for e in events if e["kind"] == "preparing"] == ["missing", "done"]
     # a second fresh run finds the store current: nothing prepared
@@ -287,10 +319,10 @@ def test_preparing_counts_reused_items_as_done_and_the_rate_from_the_computed_on
     now = [0.0]
     sent = []
     report = PreparingReport(sent.append, "/s", clock=lambda: now[0])
-    for t, done in ((1.0, 30), (5.0, 32), (7.0, 36)):  # 30 reused after a 1 s scan; workers start in 4 s
-        now[0] = t
-        report(done, 40)
-    assert [(s["done"], s["total"]) for s in sent] == [(30, 40), (32, 40), (36, 40)]
+    for t, done, total in ((0.0, 0, 0), (1.0, 30, 40), (5.0, 32, 40), (7.0, 36, 40)):
+        now[0] = t  # waiting for the lock, then 30 reused after a 1 s scan; the workers start in 4 s
+        report(done, total)
+    assert [(s["done"], s["total"]) for s in sent] == [(0, 0), (30, 40), (32, 40), (36, 40)]
     assert sent[-1]["rate"] == 2.0 and sent[-1]["eta"] == 2.0
 
 
@@ -347,6 +379,18 @@ def test_resume_without_the_record_warns_and_never_prepares(tmp_path, fake_prepa
     assert Trainer(cfg, run, recorder).run() == "finished"
     assert [d["what"] for k, _, _, d in recorder.events if k == "alert"] == ["data_unrecorded"]
     assert fake_prepare.prepared == 1 and RunDir(run).data_store.exists()
+
+
+def test_resume_of_the_recorded_store_does_not_compare_the_recipe_again(tmp_path, fake_prepare, monkeypatch):
+    """The recipe lists the noise folder afresh (names, sizes, mtimes): a touched or restored noise
+    file must not refuse the very store the run trained on."""
+    from trainer.data.store import layout
+
+    cfg = store_cfg(tmp_path)
+    run = stopped_run(tmp_path, cfg)
+    recipe = layout.recipe
+    monkeypatch.setattr(layout, "recipe", lambda c: {**recipe(c), "data.variants.noise_files": "touched"})
+    assert Trainer(cfg, run).run() == "finished"
 
 
 def test_resume_against_a_changed_store_is_refused_then_accepted(tmp_path, fake_prepare):
@@ -413,7 +457,6 @@ def _logged(run_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_from_the_store_is_bit_identical(tmp_path):
-    pytest.importorskip("trainer.data.store.prepare")  # H2's prepare: the subprocess checks the store
     raw = changed(RAW, **{"data.store": str(tmp_path / "store"), "data.store_dtype": "float32"})
     raw["data"]["synthetic"].update(train_per_class=24, val_per_class=4)
     raw["phases"] = [{"name": "head", "epochs": 10, "trainable": 0.0}, {"name": "full", "epochs": 10}]

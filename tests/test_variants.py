@@ -68,6 +68,14 @@ def test_variants_are_deterministic_per_seed_name_and_number(noise_dir):
     assert other_name.tobytes() != first[0].tobytes() and other_seed.tobytes() != first[0].tobytes()
 
 
+def test_a_file_name_that_is_not_utf8_has_variants():
+    """os.listdir gives such a name as surrogate-escaped str; its variants are drawn from its bytes."""
+    name = b"/data/b\xff.wav".decode("utf-8", "surrogateescape")
+    assert variants.name_number(name) != variants.name_number("/data/b.wav")
+    assert variants.name_number(name) == variants.name_number(b"/data/b\xff.wav".decode("utf-8", "surrogateescape"))
+    assert len(make_variants(tone(300), RATE, vcfg(gain_db=6.0), None, name, 1)) == 1
+
+
 def test_a_variant_does_not_depend_on_how_many_are_made():
     cfg = vcfg(pitch_semitones=3.0)
     two = make_variants(tone(300), RATE, cfg, None, "x", 2)
@@ -164,6 +172,25 @@ def test_noise_files_are_found_recursively_sorted_mono_and_resampled(noise_dir):
     assert noise.wave(0).shape == (RATE // 2,) and noise.wave(1).shape == (8000,)  # 4000 at 8 kHz -> 16 kHz
     assert noise.wave(1) is noise.wave(1), "decoded once"
     assert [name for name, _, _ in variants.noise_listing(noise_dir)] == ["a.flac", "b/hiss.WAV"]
+
+
+def test_files_that_are_not_audio_leave_the_store_recipe_alone(noise_dir):
+    """The recipe fingerprints the files the bank uses, no others: a stray .DS_Store or notes
+    file must not make every stored variant stale."""
+    import os
+
+    from trainer.data.store import layout
+
+    cfg = run_config(RESNET_TINY, **{"data.variants": {"count": 1, "noise_dir": str(noise_dir)}})
+    before = layout.recipe_id(layout.recipe(cfg))
+    (noise_dir / ".DS_Store").write_bytes(b"\0\0")
+    (noise_dir / "notes.txt").write_text("changed")
+    (noise_dir / "b" / "desktop.ini").write_text("[x]")
+    assert layout.recipe_id(layout.recipe(cfg)) == before
+    assert [name for name, _, _ in layout.noise_listing(noise_dir)] == [p.relative_to(noise_dir).as_posix()
+                                                                         for p in bank(noise_dir).files]
+    os.utime(noise_dir / "a.flac", ns=(1, 1))
+    assert layout.recipe_id(layout.recipe(cfg)) != before
 
 
 def test_a_bank_sent_to_a_worker_carries_no_audio(noise_dir):

@@ -188,12 +188,13 @@ def cmd_check_data(args) -> int:
 def cmd_prepare(args) -> int:
     """Build or bring up to date the config's feature store; its path is the last line of stdout."""
     from trainer.console import PrepareProgressLine
-    from trainer.data.store.prepare import prepare, resolve_auto
+    from trainer.data.store.prepare import prepare
+    from trainer.data.stored import resolve_auto  # the run's own: prepare and train plan one recipe
 
     cfg = _load(args, check_model=False)
     _print_config_warnings(cfg, args)
     try:
-        result = prepare(resolve_auto(cfg), workers=args.workers, progress=PrepareProgressLine(),
+        result = prepare(resolve_auto(cfg, None)[0], workers=args.workers, progress=PrepareProgressLine(),
                          wait=not args.no_wait)
     except KeyboardInterrupt:
         print("\nlonghaul prepare: interrupted; the finished shards are kept: run it again to go on",

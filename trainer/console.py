@@ -78,6 +78,16 @@ class RateSmoother:
         return self.weight / self.total if self.total > 0 else None
 
 
+def _progress_stream(line, stream: Any, interval: float, log_interval: float, clock) -> None:
+    """What a progress line on stderr keeps: where it writes, whether that is a terminal (rewrite
+    in place, often) or a log (a new line now and then), its clock."""
+    line.stream = stream or sys.stderr
+    line.tty = bool(getattr(line.stream, "isatty", lambda: False)())
+    line.interval = interval if line.tty else log_interval
+    line.clock = clock
+    line.started = None
+
+
 class DecodeProgressLine:
     """"checking data: 1200/7200 files" on stderr while the data is decoded up front (it takes
     minutes on thousands of files). At most one line every `interval` seconds; on a terminal
@@ -86,11 +96,7 @@ class DecodeProgressLine:
 
     def __init__(self, stream: Any = None, interval: float = 1.0, log_interval: float = 10.0,
                  clock=time.monotonic):
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if self.tty else log_interval
-        self.clock = clock
-        self.started: Optional[float] = None
+        _progress_stream(self, stream, interval, log_interval, clock)
         self.last: Optional[float] = None
         self.shown = False
 
@@ -122,17 +128,15 @@ class PrepareProgressLine:
 
     def __init__(self, stream: Any = None, interval: float = 0.5, log_interval: float = 5.0,
                  clock=time.monotonic):
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if self.tty else log_interval
-        self.clock = clock
-        self.started: Optional[float] = None
+        _progress_stream(self, stream, interval, log_interval, clock)
         self.start = 0  # items done at the first call: those of reused shards
         self.first: Optional[tuple[float, int]] = None  # (time, done) of the first items computed
         self.last = 0.0
         self.shown = False
 
     def __call__(self, done: int, total: int) -> None:
+        if total == 0:
+            return  # waiting for another prepare's lock (prepare says so once): nothing to count yet
         now = self.clock()
         if self.started is None:  # `done` starts at the items of the shards the prepare reuses
             self.started, self.last, self.start = now, now, done

@@ -54,7 +54,7 @@ def run_data(trainer):
     resuming = files.newest_checkpoint() is not None
     if not resuming:
         ensure_prepared(trainer, cfg)
-    store = stored.open_store(cfg)
+    store = open_for(cfg, recorded if resuming else None)
     if resuming and recorded is not None:
         check_unchanged(trainer, recorded, store)
     elif recorded is None or recorded.get("fingerprint") != store.fingerprint:
@@ -64,6 +64,22 @@ def run_data(trainer):
                           what="data_unrecorded")
         record(files.data_store, store)
     return stored.build_from_store(cfg, auto_values, store=store)
+
+
+def open_for(cfg, recorded: Optional[dict]):
+    """The store to train from. A resume whose store is the recorded one opens it as it is: the
+    config's recipe is not compared again, since it lists the noise folder afresh and a touched
+    or restored noise file would refuse the very store the run trained on. Any other store must
+    fit the config's recipe (stored.open_store)."""
+    from trainer.data import stored
+    from trainer.data.store import FeatureStore
+
+    if recorded is not None:
+        store = FeatureStore.open(stored.store_dir(cfg))
+        if store.fingerprint == recorded["fingerprint"]:
+            return store
+        store.close()
+    return stored.open_store(cfg)
 
 
 def read_recorded(path) -> Optional[dict]:
@@ -89,12 +105,14 @@ def check_unchanged(trainer, recorded: dict, store) -> None:
     from trainer.data.report import DataError
     from trainer.data.store import describe_change, summary
 
+    from trainer.data.store.plan import store_dir
+
     lines = describe_change(recorded, summary(store.manifest)) or [
         f"fingerprint {recorded['fingerprint'][:16]} -> {store.fingerprint[:16]}"]
     if not trainer.accept_data_change:
         run = trainer.run_dir
         raise DataError(
-            f"{trainer.cfg.resolve_path(trainer.cfg.data.store)}: the feature store changed since "
+            f"{store_dir(trainer.cfg)}: the feature store changed since "
             f"this run's checkpoints were written ({trainer.files.data_store.name}), so a resume would not be "
             "bit-exact:\n" + "\n".join(f"  - {line}" for line in lines)
             + f"\nRestore the store, or accept the change: longhaul resume {run} --accept-data-change "
@@ -108,11 +126,12 @@ def check_unchanged(trainer, recorded: dict, store) -> None:
 def ensure_prepared(trainer, cfg) -> None:
     """Prepare the store of `cfg` (concrete `auto` values) unless it is current, visibly."""
     from trainer.data.store import prepare, store_status
+    from trainer.data.store.plan import store_dir
 
     status, reason = store_status(cfg)
     if status == "current":
         return
-    where = cfg.resolve_path(cfg.data.store)
+    where = store_dir(cfg)
     trainer.event("preparing", "info", f"preparing data: feature store {where} is {status} ({reason})",
                   status=status, reason=reason, store=str(where))
     report = PreparingReport(getattr(trainer.publisher, "preparing", None), str(where),

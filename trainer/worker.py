@@ -276,12 +276,19 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def user_errors() -> tuple[type, ...]:
-    """Errors in what the user gave (config, data, store) that no restart can fix."""
+    """Errors in what the user gave (config, data, store) that no restart can fix; see is_user_error."""
     from trainer.config import ConfigError
     from trainer.data.report import DataError
     from trainer.data.store import StoreError
 
     return ConfigError, DataError, StoreError
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether the run must fail without a restart. A StoreError that a restart may fix (a prepare
+    worker killed by the OOM killer, a full disk: retry_may_help) is an ordinary crash: the
+    daemon restarts the run, whose prepare goes on from the finished shards."""
+    return isinstance(exc, user_errors()) and not getattr(exc, "retry_may_help", False)
 
 
 def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_trainer_factory) -> int:
@@ -320,7 +327,7 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
         text = traceback.format_exc()
         sys.stderr.write(text)
         sys.stderr.flush()
-        user_error = isinstance(exc, user_errors())
+        user_error = is_user_error(exc)
         what = "cannot train" if user_error else f"trainer crashed: {type(exc).__name__}"
         publisher.event("crash", "error", f"{what}: {exc}", traceback=text, user_error=user_error)
         link.close(timeout=5.0)

@@ -105,7 +105,7 @@ class EvalDataset(SplitDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         raw = self.examples.raw(index).to(torch.float32, copy=True)
-        return self.examples.extractor.finish(raw), self.examples.labels[index]
+        return self.examples.extractor.finish(raw), int(self.examples.labels[index])
 
 
 @dataclass

@@ -17,7 +17,7 @@ from .decode import BadItem, Decoded, Decoder, Item, SyntheticExample
 from .index import DataIndex, FileRecord
 from .report import DECODING, Problem, SplitStats
 from .store.layout import ItemKey, StorePaths, StoreError
-from .store.plan import canonical_paths, item_key
+from .store.plan import item_key, store_dir
 
 # Records written per transaction: a check killed half-way keeps all but the last few outcomes,
 # and the WAL never holds more than a moment's work.
@@ -47,7 +47,7 @@ class IndexedCheck:
     @classmethod
     def open(cls, cfg, classes: list[str]) -> "IndexedCheck":
         """The check of `cfg`'s store (data.store); the store's folder is made if it is missing."""
-        paths = StorePaths(cfg.resolve_path(cfg.data.store))
+        paths = StorePaths(store_dir(cfg))
         try:
             paths.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -73,7 +73,6 @@ class IndexedCheck:
         """(usable items, no features, statistics) of one split; bad items become problems."""
         kept: list[Item] = []
         stats = SplitStats()
-        canonical_paths(items)  # the names prepare keys its records by (data.root through '..' or a link)
         for item in items:
             DECODING.step()
             record = self._outcome(split, item, decoder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -53,6 +54,8 @@ def scan(cfg: "RunConfig") -> Scan:
     """List and label every example of the configured source (nothing is decoded here); then
     cut the training split to data.max_per_class per class."""
     result = _scan_source(cfg)
+    for items in result.splits.values():
+        canonical_paths(items)
     if cfg.data.max_per_class is not None and result.splits.get("train"):
         _cap_train(result, cfg.data.max_per_class, cfg.seed)
     return result
@@ -105,6 +108,21 @@ def _cap_train(result: Scan, k: int, seed: int) -> None:
     for label in labels:
         result.before_cap[label] += 1
     result.splits["train"] = [items[i] for i in cap_per_class(names, labels, k, seed)]
+
+
+def canonical_paths(items) -> None:
+    """Name each file item by its real folder, in place. The run directory's copy of a config names
+    data.root resolved (absolute, no '..', no symlinks): `longhaul prepare` of the original config
+    and the run's own build must find the same items under the same names (the same store keys,
+    the same data.max_per_class subset), not two. One realpath per folder, not per file."""
+    real: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, SyntheticExample):
+            continue  # named, not a file
+        folder, name = os.path.split(item.where)
+        if folder not in real:
+            real[folder] = os.path.realpath(folder)
+        item.where = os.path.join(real[folder], name)
 
 
 # ----------------------------------------------------------------------------- folders

@@ -4,7 +4,7 @@
     bundle = build_from_store(cfg, auto_values)      # StoreError when the store does not fit cfg
 
 Nothing is decoded here and nothing per example is kept in memory but the labels array: the
-rows of an example are read from its shard when a DataLoader worker asks for it (H1's reader
+rows of an example are read from its shard when a DataLoader worker asks for it (the store's reader
 reads with pread, so the pages stay in the page cache, outside the process's RSS). Names are
 read from the store only when someone asks for them (evaluation reports).
 
@@ -24,6 +24,7 @@ from . import auto, seeds
 from .features import FeatureExtractor
 from .report import DataError, DataReport, Problem
 from .sources import scan
+from .store.plan import store_dir
 
 
 class StoredExamples:
@@ -36,7 +37,7 @@ class StoredExamples:
         self.extractor = extractor
         self.seed = seed
         self.window = window
-        self.labels = np.asarray(split.labels, dtype=np.int64)
+        self.labels = split.labels  # int32, shared with the split: datasets cast one label at a time
         self.variants = int(split.variants)
 
     def __len__(self) -> int:
@@ -87,10 +88,6 @@ def resolve_auto(cfg, frozen):
             return auto.resolve(cfg, [], frozen)
     found = scan(auto.provisional(cfg))
     return auto.resolve(cfg, found.splits.get("train", []), frozen)
-
-
-def store_dir(cfg):
-    return cfg.resolve_path(cfg.data.store)
 
 
 def open_store(cfg):

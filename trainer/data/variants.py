@@ -36,8 +36,8 @@ import torchaudio.functional as AF
 
 from . import seeds
 from .decode import BadItem, Decoder, read_samples
+from .store.layout import NOISE_SUFFIXES, noise_listing
 
-NOISE_SUFFIXES = (".wav", ".flac", ".ogg")
 # Decoded noise kept per process; a noise folder of hours would otherwise sit in every worker's RAM.
 NOISE_CACHE_BYTES = 256 << 20
 # Largest denominator of the pitch ratio's fraction (see the module docstring).
@@ -49,22 +49,6 @@ class NoiseError(ValueError):
 
 
 # ----------------------------------------------------------------------------- the noise folder
-def noise_files(folder: Path) -> list[Path]:
-    """Audio files (wav/flac/ogg, any case) under `folder`, recursively, sorted by relative path."""
-    found = [p for p in folder.rglob("*") if p.suffix.lower() in NOISE_SUFFIXES and p.is_file()]
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def noise_listing(folder: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of each noise file: what the store's recipe fingerprints,
-    so that a changed noise folder makes the variants stale."""
-    out = []
-    for path in noise_files(folder):
-        st = path.stat()
-        out.append((path.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
-    return out
-
-
 @dataclass
 class NoiseBank:
     """The background recordings of data.variants.noise_dir, mono at the run's rate, each decoded
@@ -152,8 +136,9 @@ class VariantDraw:
 
 
 def name_number(name: str) -> int:
-    """A 64-bit number of an example's name (stable across processes, unlike hash())."""
-    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
+    """A 64-bit number of an example's name (stable across processes, unlike hash()). A file
+    name that is not UTF-8 comes as surrogate-escaped str: its bytes are hashed as they are."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "little")
 
 
 def draw_variant(vcfg, name: str, variant: int) -> VariantDraw:

@@ -44,7 +44,7 @@ class ShardMaker:
         for item, key in zip(task.items, task.keys):
             outcome = {"path": key.path, "size": key.size, "mtime_ns": key.mtime_ns}
             try:
-                bases, facts = self._bases(item, task.variants)
+                bases, facts = self._bases(item, key, task.variants)
             except BadItem as exc:
                 outcome.update(ok=False, problem=str(exc))
             else:
@@ -64,8 +64,11 @@ class ShardMaker:
         return pending[0].shape == bases[0].shape and size <= self.batch_size
 
     # ------------------------------------------------------------------------- one item
-    def _bases(self, item, variants: int) -> tuple[list[np.ndarray], dict]:
-        """The item's base waveform (or image) and its variants; facts for the sidecar."""
+    def _bases(self, item, key, variants: int) -> tuple[list[np.ndarray], dict]:
+        """The item's base waveform (or image) and its variants; facts for the sidecar. Variants
+        are drawn from the path of the item's key, never from its name: a CSV row number in the
+        name changes when a row is inserted above it, the shard key (and the store's fingerprint)
+        does not, and a shard's content must be a function of its key."""
         try:
             if self.windows is not None and self.kind != "image":
                 base, facts = self._recording(item)
@@ -86,7 +89,7 @@ class ShardMaker:
                 if self._noise is None:
                     self._noise = made.NoiseBank.from_config(self.cfg)
                 bases += made.make_variants(base, self.decoder.sample_rate, self.cfg.data.variants,
-                                            self._noise, item.name, variants)
+                                            self._noise, key.path, variants)
             except made.NoiseError as exc:  # a noise file that passed the header check but does not decode
                 raise layout.StoreError(f"data.variants.noise_dir: {exc}") from None
         return bases, facts

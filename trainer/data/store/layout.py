@@ -41,10 +41,21 @@ entries_dtype = ENTRIES_DTYPE
 SPECTRAL = ("mel", "mfcc")
 ROW_KINDS = ("mel", "waveform", "image")
 PREPARE_HINT = "run `longhaul prepare CONFIG` to rebuild it"
+NOISE_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 class StoreError(Exception):
     """The feature store is missing, damaged, or cannot be written; the message says which file."""
+
+    retry_may_help = False
+    """True for a failure of the moment (a prepare worker killed, a full disk): a daemon's run is
+    restarted as after a crash. False: the config, the data or the store must change first."""
+
+
+class StoreDiskFull(StoreError):
+    """The store's disk is full: once space is freed, a prepare goes on from the finished shards."""
+
+    retry_may_help = True
 
 
 # ----------------------------------------------------------------------------- file names
@@ -160,14 +171,28 @@ def _variants_recipe(cfg) -> dict:
 
 
 def noise_files_fingerprint(folder: Path) -> str:
-    """A digest of the noise folder's file list (relative path, size, mtime_ns)."""
+    """A digest of the noise folder's audio files (noise_listing): only the files the variants
+    use, so a stray notes.txt or .DS_Store does not make every variant stale."""
     if not Path(folder).is_dir():
         raise StoreError(f"{folder}: data.variants.noise_dir is not a folder")
-    listing = []
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+    return _digest([list(entry) for entry in noise_listing(Path(folder))])
+
+
+def noise_files(folder: Path) -> list[Path]:
+    """The noise folder's audio files (wav/flac/ogg, any case), recursively, sorted by relative
+    path: the files variants.NoiseBank mixes in, and the ones the recipe fingerprints."""
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in NOISE_SUFFIXES and p.is_file()]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def noise_listing(folder: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of each noise file: a changed noise folder makes the
+    variants stale (recipe) and gets a new bank (variants.NoiseBank)."""
+    out = []
+    for path in noise_files(folder):
         st = path.stat()
-        listing.append([path.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns])
-    return _digest(listing)
+        out.append((path.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
+    return out
 
 
 def recipe_id(recipe_dict: dict) -> str:
@@ -263,7 +288,7 @@ def stored_dtype(recipe_dict: dict) -> np.dtype:
 # ----------------------------------------------------------------------------- durable writes
 def _write_error(path: Path, exc: OSError) -> StoreError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(f"{path}: the disk is full (no space left to write the feature store); "
+        return StoreDiskFull(f"{path}: the disk is full (no space left to write the feature store); "
                           "free some space and run `longhaul prepare` again")
     return StoreError(f"{path}: cannot write the feature store: {exc.strerror or exc}")
 

@@ -20,6 +20,7 @@ from .layout import ItemKey, StoreError, StorePaths
 from .pool import ShardTask
 
 SPLIT_ORDER = ("train", "val", "test")
+LINE_BREAK = "a file name with a line break cannot be stored (one name a line in the store): rename the file"
 
 
 @dataclass
@@ -33,6 +34,9 @@ class Plan:
     shards: dict[str, list[ShardTask]] = field(default_factory=dict)
     report: Optional[DataReport] = None
     """The scan's counts, problems and warnings (bad files found by decoding are added later)."""
+    left_out: dict[str, list[Problem]] = field(default_factory=dict)
+    """Per split, the bad files found without decoding (a name with a line break): in no shard,
+    listed with the manifest's bad files."""
 
     @property
     def items(self) -> int:
@@ -72,12 +76,10 @@ def make_plan(cfg) -> Plan:
                         before_cap=found.before_cap, balanced_sampler=cfg.data.balanced_sampler)
     if any(not p.skippable for p in report.problems):
         raise DataError(report)
-    for items in found.splits.values():
-        canonical_paths(items)
     recipe = layout.recipe(cfg)
     plan = Plan(StorePaths(store_dir(cfg)), recipe, layout.recipe_id(recipe), list(found.classes), report=report)
     for split in sorted(found.splits, key=_split_order):
-        items = found.splits[split]
+        items, plan.left_out[split] = _storable(found.splits[split])
         keys = [item_key(item) for item in items]
         variants = variants_of(cfg, split)
         plan.shards[split] = [
@@ -87,23 +89,20 @@ def make_plan(cfg) -> Plan:
     return plan
 
 
+def _storable(items: list) -> tuple[list, list[Problem]]:
+    """The items a split's names file can hold, and a bad-file problem for each other one: found
+    here, before any work, and skippable like a file that does not decode."""
+    kept, bad = [], []
+    for item in items:
+        if "\n" in item.name or "\r" in item.name:
+            bad.append(item.problem(LINE_BREAK))
+        else:
+            kept.append(item)
+    return kept, bad
+
+
 def _split_order(split: str) -> int:
     return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
-
-
-def canonical_paths(items) -> None:
-    """Name each file item by its real folder, in place. The run directory's copy of a config names
-    data.root resolved (absolute, no '..', no symlinks): `longhaul prepare` of the original config
-    and the run's own build must plan the same store (the same keys and names), not two. One
-    realpath per folder, not per file."""
-    real: dict[str, str] = {}
-    for item in items:
-        if hasattr(item, "index") and hasattr(item, "split"):
-            continue  # synthetic: named, not a file
-        folder, name = os.path.split(item.where)
-        if folder not in real:
-            real[folder] = os.path.realpath(folder)
-        item.where = os.path.join(real[folder], name)
 
 
 def item_key(item) -> ItemKey:
@@ -151,6 +150,9 @@ def staleness(plan: Plan, manifest: Optional[dict]) -> Optional[str]:
         if old != new:
             todo = len(set(new) - set(old))
             return f"{split}: {todo} of {len(new)} shards to compute (files added, removed or changed)"
+        recorded = [bad for bad in manifest["splits"][split].get("bad", []) if bad[1].endswith(LINE_BREAK)]
+        if recorded != [[p.path, p.reason] for p in plan.left_out.get(split, [])]:
+            return f"{split}: the files with a line break in their name changed"
     return _label_change(plan, manifest)
 
 

@@ -6,7 +6,8 @@ over its own pipe, so when one dies (SIGKILL, the OOM killer) the main process k
 which shard it was computing and says so; multiprocessing.Pool would wait for that task forever.
 
 Worker -> main messages: ("items", n) now and then (progress: n more items done), ("done", key, outcomes) when
-the shard is on disk, ("failed", key, message, is_store_error) when it could not be written.
+the shard is on disk, ("failed", key, message, kind) when it could not be written: kind "store" (a
+StoreError), "disk_full" (StoreDiskFull) or "bug" (message: the traceback).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Callable, Optional
 
-from .layout import StoreError
+from .layout import StoreDiskFull, StoreError
 
 # How long a closing worker may take to exit before it is killed (it has nothing left to write).
 EXIT_GRACE_S = 5.0
@@ -47,6 +48,13 @@ class ShardTask:
     def describe(self) -> str:
         first = self.keys[0].path if self.keys else "?"
         return f"shard {self.key} of the {self.split} split ({len(self.items)} items from {first})"
+
+
+class WorkerDied(StoreError):
+    """A prepare worker died (SIGKILL, the OOM killer): the finished shards are kept, and a prepare
+    run again, or a daemon's restart of the run, goes on from them."""
+
+    retry_may_help = True
 
 
 class WorkerFailed(Exception):
@@ -118,8 +126,10 @@ class ShardPool:
         if message[0] == "done":
             on_done(task, message[2])
             return True
-        _, _, text, is_store_error = message
-        if is_store_error:
+        _, _, text, kind = message
+        if kind == "disk_full":
+            raise StoreDiskFull(text)
+        if kind == "store":
             raise StoreError(text)
         raise WorkerFailed(f"a prepare worker failed on {task.describe()}:\n{text}")
 
@@ -141,7 +151,7 @@ class ShardPool:
         how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
                else f"exited with status {code}")
         doing = f"while computing {task.describe()}" if task else "between two shards"
-        raise StoreError(f"a prepare worker (pid {proc.pid}) {how} {doing}; "
+        raise WorkerDied(f"a prepare worker (pid {proc.pid}) {how} {doing}; "
                          "the finished shards are kept: run `longhaul prepare` again to go on")
 
     def close(self, kill: bool = False) -> None:
@@ -196,9 +206,9 @@ def _compute(maker, task: ShardTask, conn: Connection) -> tuple:
     try:
         outcomes = maker.make(task, step)
     except StoreError as exc:
-        return ("failed", task.key, str(exc), True)
+        return ("failed", task.key, str(exc), "disk_full" if isinstance(exc, StoreDiskFull) else "store")
     except Exception:  # a bug: the main process shows it with the shard it happened on
-        return ("failed", task.key, traceback.format_exc(), False)
+        return ("failed", task.key, traceback.format_exc(), "bug")
     return ("done", task.key, outcomes)
 
 

@@ -26,11 +26,16 @@ import numpy as np
 
 from ..report import DataReport, Problem
 from . import layout
-from .layout import StoreError, StorePaths
+from .layout import StoreDiskFull, StoreError, StorePaths
 from .plan import Plan, bad_problems, make_plan, read_manifest_or_none, staleness, store_dir, variants_of
 from .pool import ShardPool, ShardTask
 
 Progress = Callable[[int, int], None]
+"""progress(done, total): items of the store done so far, of all it is prepared from (the reused
+shards' items count as done from the first call, then each one computed); progress(0, 0) every
+LOCK_POLL_S while another prepare holds the store's lock. A callback that raises (PreparingReport
+on a stop request) ends the prepare, or the wait, there."""
+LOCK_POLL_S = 0.5
 
 
 @dataclass
@@ -90,7 +95,7 @@ def prepare(cfg, workers: Optional[int] = None, progress: Optional[Progress] = N
         if old is None or staleness(plan, old) is not None:
             raise
         return _result(plan, old, started, up_to_date=True)
-    with prepare_lock(paths, wait):
+    with prepare_lock(paths, wait, progress):
         plan = make_plan(cfg)
         old = read_manifest_or_none(paths)
         if old is not None and staleness(plan, old) is None:
@@ -110,18 +115,6 @@ def prepare(cfg, workers: Optional[int] = None, progress: Optional[Progress] = N
         return result
 
 
-def resolve_auto(cfg):
-    """cfg with data.sample_rate/duration `auto` measured from the training files, as a run's
-    first build does (the store's recipe needs concrete values)."""
-    from .. import auto
-    from ..sources import scan
-
-    if not auto.wanted(cfg):
-        return cfg
-    found = scan(auto.provisional(cfg))
-    return auto.resolve(cfg, found.splits.get("train", []), None)[0]
-
-
 # ----------------------------------------------------------------------------- the directory, the lock
 def _make_store_dir(paths: StorePaths) -> None:
     """The store's folder (its parent must exist: a typo should not create a tree) and its dirs."""
@@ -134,22 +127,14 @@ def _make_store_dir(paths: StorePaths) -> None:
 
 
 @contextmanager
-def prepare_lock(paths: StorePaths, wait: bool) -> Iterator[None]:
+def prepare_lock(paths: StorePaths, wait: bool, progress: Optional[Progress] = None) -> Iterator[None]:
     """flock on the store's lock file for the whole prepare: never two writers of one store."""
     try:
         fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StoreError(f"{paths.lock}: cannot open the store's lock file: {exc.strerror or exc}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            if not wait:
-                raise StoreError(f"{paths.root}: another prepare (pid {holder}) is writing this store; "
-                                 "wait for it to finish, or run without --no-wait to wait") from None
-            print(f"waiting for another prepare of {paths.root} (pid {holder}) ...", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        _take_lock(fd, paths, wait, progress)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -157,20 +142,46 @@ def prepare_lock(paths: StorePaths, wait: bool) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _take_lock(fd: int, paths: StorePaths, wait: bool, progress: Optional[Progress]) -> None:
+    """The lock, polled rather than waited for in flock: another prepare may hold it for hours,
+    and a run waiting for it must still see a stop request (progress raises) and show it waits."""
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if not said:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                raise StoreError(f"{paths.root}: another prepare (pid {holder}) is writing this store; "
+                                 "wait for it to finish, or run without --no-wait to wait")
+            print(f"waiting for another prepare of {paths.root} (pid {holder}) ...", file=sys.stderr, flush=True)
+            said = True
+        if progress:
+            progress(0, 0)
+        time.sleep(LOCK_POLL_S)
+
+
 def _remove_temp_files(paths: StorePaths) -> None:
-    for folder in (paths.shards, paths.splits):
+    """Temp files of writes that never finished: shards, splits, and the manifest's in the root."""
+    for folder in (paths.root, paths.shards, paths.splits):
         for path in folder.glob(".*") if folder.is_dir() else []:
             if StorePaths.is_temp(path):
                 path.unlink(missing_ok=True)
 
 
 def _with_free_space(exc: StoreError, paths: StorePaths) -> StoreError:
+    """A full disk's error with the space left; any other error as it is."""
+    if not isinstance(exc, StoreDiskFull):
+        return exc
     try:
         free = shutil.disk_usage(paths.root).free
     except OSError:
         return exc
     kept = "" if "finished shards are kept" in str(exc) else "; the finished shards are kept"
-    return StoreError(f"{exc} ({free / 2 ** 20:.1f} MiB free on the store's disk{kept})")
+    return type(exc)(f"{exc} ({free / 2 ** 20:.1f} MiB free on the store's disk{kept})")
 
 
 def _check_noise(cfg) -> None:
@@ -236,9 +247,14 @@ def _compute(cfg, plan: Plan, todo: list[ShardTask], outcomes: dict, index, work
 
     if progress:
         progress(0, total)
-    count = min(workers or cfg.data.prepare_workers or os.cpu_count() or 1, len(todo))
-    with ShardPool(cfg, str(plan.paths.root), count) as pool:
+    with ShardPool(cfg, str(plan.paths.root), worker_count(cfg, workers, len(todo))) as pool:
         pool.run(todo, on_items, on_done)
+
+
+def worker_count(cfg, workers: Optional[int], shards: int) -> int:
+    """Processes to spawn: as asked (--workers, data.prepare_workers), else one per CPU this process
+    may run on (cgroups, taskset), not per CPU of the host: each worker holds torch (~300 MB)."""
+    return min(workers or cfg.data.prepare_workers or len(os.sched_getaffinity(0)) or 1, shards)
 
 
 def _open_index(paths: StorePaths):
@@ -300,7 +316,8 @@ def _write_store(cfg, plan: Plan, outcomes: dict) -> dict:
         files = layout.write_entries(plan.paths, fp, split, entries, names)
         counts = np.bincount(entries["label"][::variants + 1], minlength=len(plan.classes))
         splits[split] = {"shards": plan.keys(split), "items": len(names), "variants": variants, **files,
-                         "counts": [int(c) for c in counts], "bad": [[p.path, p.reason] for p in bad]}
+                         "counts": [int(c) for c in counts],
+                         "bad": [[p.path, p.reason] for p in bad + plan.left_out.get(split, [])]}
         stats[split] = _stats(cfg, [outcomes[k] for k in plan.keys(split)])
     manifest = layout.make_manifest(fp=fp, recipe_dict=plan.recipe, kind=cfg.features.kind,
                                     row_shape=_row_shape(cfg), classes=plan.classes, splits=splits,
