@@ -130,7 +130,8 @@ class AugmentConfig(Section):
     vflip: bool = False
     """Random vertical flip for image data (training only)."""
     rotate_deg: float = Field(0.0, ge=0.0, le=45.0)
-    """Random rotation of images by up to +-rotate_deg degrees (training only; 0: off)."""
+    """Random rotation of images by up to +-rotate_deg degrees, bilinear; the corners that come in
+    from outside take each channel's mean (training only; 0: off)."""
     brightness: float = Field(0.0, ge=0.0, lt=1.0)
     """Random brightness factor of images in [1 - b, 1 + b] (training only; 0: off)."""
     contrast: float = Field(0.0, ge=0.0, lt=1.0)
