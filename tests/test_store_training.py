@@ -417,7 +417,9 @@ def test_resume_against_a_changed_store_is_refused_then_accepted(tmp_path, fake_
 def test_accept_flag_reaches_the_worker_through_the_environment(monkeypatch):
     from trainer import cli, store_setup
 
-    monkeypatch.delenv(store_setup.ACCEPT_ENV, raising=False)
+    # setenv, not delenv: delenv of an absent variable records nothing to undo, and the "1" set
+    # below would leak into every later test's daemon (which then accepts any changed store)
+    monkeypatch.setenv(store_setup.ACCEPT_ENV, "0")
     assert not store_setup.accept_from_env()
     for argv in (["resume", "somerun", "--accept-data-change"], ["train", "c.yaml", "--accept-data-change"],
                  ["start", "c.yaml", "--accept-data-change"]):
