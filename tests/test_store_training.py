@@ -432,6 +432,27 @@ def test_accept_flag_reaches_the_worker_through_the_environment(monkeypatch):
     assert child_env()[store_setup.ACCEPT_ENV] == "1"   # what the daemon gives its worker
 
 
+def test_accepting_a_change_names_the_store_the_user_saw(tmp_path, fake_prepare, monkeypatch):
+    """`resume RUN --accept-data-change` passes the store's fingerprint, not a blanket yes: a
+    store changed again later in the same daemon's life (a worker restart) is refused."""
+    from trainer import cli, store_setup
+    from trainer.data.store import FeatureStore
+
+    cfg = store_cfg(tmp_path)
+    run = stopped_run(tmp_path, cfg)
+    cli.write_config(run, cfg)
+    write_store(store_cfg(tmp_path, **{"data.synthetic.train_per_class": 13}))
+    monkeypatch.setenv(store_setup.ACCEPT_ENV, "0")
+    cli._pass_accept_data_change(cli.build_parser().parse_args(["resume", "x", "--accept-data-change"]), run)
+    seen = store_setup.accept_from_env()
+    assert isinstance(seen, str) and seen == FeatureStore.open(tmp_path / "store").fingerprint
+    write_store(store_cfg(tmp_path, **{"data.synthetic.train_per_class": 14}))   # changed again
+    with pytest.raises(DataError, match="the feature store changed"):
+        Trainer(cfg, run, accept_data_change=seen).run()
+    write_store(store_cfg(tmp_path, **{"data.synthetic.train_per_class": 13}))   # the one accepted
+    assert Trainer(cfg, run, accept_data_change=seen).run() == "finished"
+
+
 @pytest.mark.parametrize("balanced", [False, True])
 def test_stop_and_resume_is_bit_identical_to_one_run(tmp_path, fake_prepare, balanced):
     cfg = store_cfg(tmp_path, **{"data.balanced_sampler": balanced})

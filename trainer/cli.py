@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from trainer.fmt import duration
 from trainer.posthoc import commands as posthoc_commands
@@ -376,13 +377,14 @@ def cmd_resume(args) -> int:
     from trainer import daemon
 
     root = runs_root_arg(args)
-    _pass_accept_data_change(args)
     if args.all:
+        _pass_accept_data_change(args)
         return resume_all(root)
     if not args.run:
         print("resume needs RUN or --all", file=sys.stderr)
         return 2
     run_dir = resolve_run(args.run, root)
+    _pass_accept_data_change(args, run_dir)
     state = effective_state(run_dir)
     if state in ("paused", "running", "starting", "stopping"):
         return cmd_control(argparse.Namespace(**{**vars(args), "command": "resume", "timeout": 30.0}))
@@ -396,14 +398,29 @@ def cmd_resume(args) -> int:
     return 0
 
 
-def _pass_accept_data_change(args) -> None:
+def _pass_accept_data_change(args, run_dir: Optional[Path] = None) -> None:
     """--accept-data-change reaches the trainer through the environment the daemon and its
-    workers inherit (store_setup.ACCEPT_ENV). It holds for that daemon's life: the first worker
-    records the new store in data_store.json, so a restart after it sees no change to accept."""
+    workers inherit (store_setup.ACCEPT_ENV). For one run it names the store the user saw (its
+    fingerprint now), so that a store changed again later in that daemon's life is refused, not
+    accepted too; where none can be read (start, resume --all, no store yet) it accepts any."""
     if getattr(args, "accept_data_change", False):
         from trainer.store_setup import ACCEPT_ENV
 
-        os.environ[ACCEPT_ENV] = "1"
+        os.environ[ACCEPT_ENV] = (store_fingerprint(run_dir) if run_dir is not None else None) or "1"
+
+
+def store_fingerprint(run_dir: Path) -> Optional[str]:
+    """The fingerprint of the feature store a run's config names, None when there is none to read."""
+    from trainer.config import ConfigError, load_config
+    from trainer.data.store.layout import StoreError, StorePaths, read_manifest
+
+    try:
+        cfg = load_config(RunDir(run_dir).config, check_paths=False, check_model=False)
+        if cfg.data.store is None:
+            return None
+        return read_manifest(StorePaths(cfg.resolve_path(cfg.data.store)))["fingerprint"]
+    except (ConfigError, StoreError, OSError, KeyError, TypeError):
+        return None
 
 
 def resume_all(root: Path) -> int:

@@ -21,12 +21,13 @@ import json
 import os
 import queue
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from trainer.run.rundir import atomic_write_json
 
 ACCEPT_ENV = "LONGHAUL_ACCEPT_DATA_CHANGE"
-"""Set to 1 by `longhaul start/resume --accept-data-change` for the daemon and its workers."""
+"""Set by `longhaul start/resume --accept-data-change` for the daemon and its workers: the store's
+fingerprint when the CLI could read it (resume RUN), else 1 (any change)."""
 PREPARING_INTERVAL = 0.5
 """Seconds between two `preparing` reports (the first and the last are always sent)."""
 
@@ -36,8 +37,18 @@ class PrepareStopped(Exception):
     (the shards finished so far are kept; the next start goes on from them)."""
 
 
-def accept_from_env() -> bool:
-    return os.environ.get(ACCEPT_ENV, "") not in ("", "0")
+def accept_from_env() -> Union[bool, str]:
+    """What ACCEPT_ENV accepts: False (unset or 0), True (1: any changed store), or the one store
+    fingerprint `longhaul resume RUN --accept-data-change` saw, so that a store changed again
+    later in the same daemon's life is refused like any other change."""
+    value = os.environ.get(ACCEPT_ENV, "")
+    if value in ("", "0"):
+        return False
+    return True if value == "1" else value
+
+
+def accepts(accepted: Union[bool, str], fingerprint: str) -> bool:
+    return accepted is True or (isinstance(accepted, str) and accepted == fingerprint)
 
 
 def run_data(trainer):
@@ -109,7 +120,7 @@ def check_unchanged(trainer, recorded: dict, store) -> None:
 
     lines = describe_change(recorded, summary(store.manifest)) or [
         f"fingerprint {recorded['fingerprint'][:16]} -> {store.fingerprint[:16]}"]
-    if not trainer.accept_data_change:
+    if not accepts(trainer.accept_data_change, store.fingerprint):
         run = trainer.run_dir
         raise DataError(
             f"{store_dir(trainer.cfg)}: the feature store changed since "
