@@ -164,7 +164,9 @@ def test_auto_values_kept_by_the_run_are_not_measured_again(tmp_path, monkeypatc
     frozen = tmp_path / "data_auto.json"
     first, values = stored.resolve_auto(cfg, frozen)
     assert first.data.sample_rate == 16000 and frozen.exists()
-    monkeypatch.setattr(stored, "scan", lambda cfg: pytest.fail("scanned although the run kept its auto values"))
+    from trainer.data import datasets
+
+    monkeypatch.setattr(datasets, "scan", lambda cfg: pytest.fail("scanned although the run kept its auto values"))
     again, _ = stored.resolve_auto(cfg, frozen)
     assert again.data.sample_rate == 16000
 
@@ -362,7 +364,7 @@ def test_resume_neither_prepares_nor_scans_nor_decodes(tmp_path, fake_prepare, m
     run = stopped_run(tmp_path, cfg)
     assert fake_prepare.prepared == 1
     calls = []
-    for module, name in ((sources, "scan"), (stored, "scan"), (datasets, "scan"), (datasets, "_decode_split"),
+    for module, name in ((sources, "scan"), (datasets, "scan"), (datasets, "_decode_split"),
                          (features.FeatureExtractor, "raw_batch")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _n=name, _o=original, **k: (calls.append(_n), _o(*a, **k))[1])

@@ -23,7 +23,6 @@ import torch
 from . import auto, seeds
 from .features import FeatureExtractor
 from .report import DataError, DataReport, Problem
-from .sources import scan
 from .store.plan import store_dir
 
 
@@ -86,8 +85,10 @@ def resolve_auto(cfg, frozen):
             pass  # missing or damaged: measure (and keep) below
         else:
             return auto.resolve(cfg, [], frozen)
-    found = scan(auto.provisional(cfg))
-    return auto.resolve(cfg, found.splits.get("train", []), frozen)
+    from .datasets import _resolve_auto  # the in-RAM path's measuring scan, the same rule
+
+    cfg, values, _ = _resolve_auto(cfg, frozen)
+    return cfg, values
 
 
 def open_store(cfg):
