@@ -18,7 +18,8 @@ from tui.app import LonghaulApp, run_attach  # noqa: E402
 from tui.screens.dialogs import ConfirmScreen, SummaryScreen  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 from tui.widgets.feeds import FeedTail, LogTail  # noqa: E402
-from tui.widgets.header import AlertBar, RunHeader  # noqa: E402
+from tui.widgets.alerts import AlertBar  # noqa: E402
+from tui.widgets.header import RunHeader  # noqa: E402
 from tui.widgets.timeline import PhaseTimeline  # noqa: E402
 
 SIZE = (120, 40)

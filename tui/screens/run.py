@@ -44,7 +44,8 @@ from tui.widgets.dashboard import Dashboard
 from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options, option_result
 from tui.widgets.feeds import EventList, LogTail
-from tui.widgets.header import AlertBar, AlertInfo, HeaderInfo, RunHeader
+from tui.widgets.alerts import AlertBar, AlertInfo
+from tui.widgets.header import HeaderInfo, RunHeader
 
 
 class RunScreen(RunEvaluation, RunActions, Screen):
