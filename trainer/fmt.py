@@ -30,3 +30,16 @@ def duration(seconds: Optional[float]) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def epoch_number(index: Optional[int], total: Optional[int]) -> Optional[int]:
+    """The epoch a person reads (1-based) from the protocol's 0-based `epoch` index.
+
+    The engine's index is already one past the last epoch when a run finishes, so the number is
+    capped at `total`: a finished 8-epoch run reads `8/8`, never `9/8`. The one rule for the TUI
+    header, `longhaul status` (text and --json) and `ls`.
+    """
+    if index is None:
+        return None
+    number = int(index) + 1
+    return min(number, int(total)) if total else number
