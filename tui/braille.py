@@ -84,17 +84,64 @@ def plot(columns: Sequence[Column], height: int, y_lo: float, y_hi: float,
     return rows
 
 
-def spark(values: Sequence[float], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
-    """One-line sparkline of `values` with block characters (lowest ▁, highest █)."""
-    if not values:
-        return ""
-    lo = min(values) if lo is None else lo
-    hi = max(values) if hi is None else hi
+def spark(values: Sequence[Optional[float]], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
+    """One-line sparkline of `values` with block characters (lowest ▁, highest █; None: a blank
+    column, so a few points stay a few marks). Values outside lo..hi are drawn at the edge."""
+    return spark_rows(values, 1, lo, hi)[0] if values else ""
+
+
+def spark_rows(values: Sequence[Optional[float]], rows: int, lo: Optional[float] = None,
+               hi: Optional[float] = None) -> list[str]:
+    """A sparkline `rows` tall, top row first: each column's level split over the rows (the
+    bottom row fills first). None columns stay blank; a flat series sits at mid height."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return [" " * len(values) for _ in range(rows)]
+    lo = min(known) if lo is None else lo
+    hi = max(known) if hi is None else hi
+    steps = rows * len(SPARK_CHARS)
     span = hi - lo
-    if span <= 0:
-        return SPARK_CHARS[3] * len(values)
-    top = len(SPARK_CHARS) - 1
-    return "".join(SPARK_CHARS[min(top, max(0, int((v - lo) / span * top + 0.5)))] for v in values)
+    levels = [0 if v is None else (steps // 2 if span <= 0 else
+                                   min(steps, max(1, int((v - lo) / span * (steps - 1) + 0.5) + 1)))
+              for v in values]
+    out = []
+    for r in range(rows - 1, -1, -1):
+        chars = []
+        for level in levels:
+            in_row = level - r * len(SPARK_CHARS)
+            chars.append(" " if in_row <= 0 else "█" if in_row >= len(SPARK_CHARS) else SPARK_CHARS[in_row - 1])
+        out.append("".join(chars))
+    return out
+
+
+CLIP_SPREAD = 3.0
+"""How far (in spreads of the central 90% of the values) a value may lie beyond that central
+range before `robust_range` clips it."""
+CLIP_MIN_POINTS = 5
+"""Fewer values than this are never clipped: each of them is too much of the picture."""
+
+
+def robust_range(values: Sequence[Optional[float]]) -> tuple[float, float, bool]:
+    """(low, high, clipped) to scale a chart of `values` (None: no data) so that one far outlier
+    (a huge first validation loss) does not flatten everything else.
+
+    Values further than CLIP_SPREAD times the spread of the central 90% beyond that central
+    range are left out of the range (the plot draws them at its edge) and `clipped` says so.
+    The newest (last known) value is always inside the range.
+    """
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if not known:
+        return 0.0, 1.0, False
+    lo, hi = min(known), max(known)
+    if len(known) >= CLIP_MIN_POINTS:
+        ordered = sorted(known)
+        last = len(ordered) - 1
+        # Nearest ranks inward, so with five points q_lo/q_hi are the second smallest/largest.
+        q_lo, q_hi = ordered[math.ceil(0.05 * last)], ordered[math.floor(0.95 * last)]
+        reach = CLIP_SPREAD * (q_hi - q_lo)
+        lo, hi = max(lo, q_lo - reach), min(hi, q_hi + reach)
+        lo, hi = min(lo, known[-1]), max(hi, known[-1])
+    return lo, hi, (lo, hi) != (min(known), max(known))
 
 
 def log_transform(columns: Sequence[Column]) -> Optional[list[Column]]:

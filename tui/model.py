@@ -98,12 +98,13 @@ class Series:
         self._lists = None
         return True
 
-    def resample(self, buckets: int, first: Optional[float] = None,
-                 last: Optional[float] = None) -> list[Optional[tuple[float, float, float]]]:
+    def resample(self, buckets: int, first: Optional[float] = None, last: Optional[float] = None,
+                 interpolate: bool = True) -> list[Optional[tuple[float, float, float]]]:
         """Exactly `buckets` (mean, min, max) triples over equal step ranges from `first` to `last`.
 
         Buckets before the first and after the last point are None; empty buckets in between
-        are interpolated, so a line drawn from them has no holes.
+        are interpolated (unless not `interpolate`: a sparkline shows few points as few marks),
+        so a line drawn from them has no holes.
         """
         if buckets <= 0:
             return []
@@ -124,7 +125,7 @@ class Series:
         np.minimum.at(lows, index, np.asarray(self.mins)[inside])
         np.maximum.at(highs, index, np.asarray(self.maxs)[inside])
         known = np.flatnonzero(filled)
-        if len(known) >= 2:  # straight lines across empty buckets between two filled ones
+        if interpolate and len(known) >= 2:  # straight lines across empty buckets between two filled ones
             gaps = np.arange(known[0], known[-1] + 1)
             gaps = gaps[~filled[gaps]]
             line = np.interp(gaps, known, means[known])

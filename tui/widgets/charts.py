@@ -2,6 +2,7 @@
 metric tiles with a sparkline. The drawing itself is `tui.braille`."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 from rich.text import Text
@@ -152,7 +153,12 @@ class LineChart(SeriesView, Widget):
 
 
 class MetricTile(SeriesView, Widget):
-    """One metric in a line: name, current value, trend arrow, sparkline (more rows when taller)."""
+    """One metric: name, current value, trend arrow, sparkline and the sparkline's y-range.
+
+    One row: everything on the line, the range as a dim suffix when there is room. Two or more
+    rows: the head line (the range right-aligned) over a sparkline as wide as the tile. The
+    dashboard gives every tile the same height, so all tiles share one layout at a given size.
+    """
 
     DEFAULT_CSS = """
     MetricTile {
@@ -160,8 +166,11 @@ class MetricTile(SeriesView, Widget):
         padding: 0 1 0 0;
     }
     MetricTile > .tile--spark { color: $accent; }
+    MetricTile > .tile--range { color: $text-muted; }
     """
-    COMPONENT_CLASSES = {"tile--spark"}
+    COMPONENT_CLASSES = {"tile--spark", "tile--range"}
+    MIN_SPARK = 6  # columns below which a one-row tile leaves the sparkline (and range) out
+    RANGE_WIDTH = 11  # columns a one-row tile keeps for its range label when it has room
 
     value: reactive[Optional[float]] = reactive(None)
     """Current value (None: not reported yet)."""
@@ -171,6 +180,11 @@ class MetricTile(SeriesView, Widget):
     """Short extra text after the value, e.g. `best 0.81`."""
     version: reactive[int] = reactive(0)
     """Bumped by `set_series` when the sparkline data changes."""
+    x_range: reactive[Optional[tuple[float, float]]] = reactive(None)
+    """Steps the sparkline spans (the dashboard: the whole run so far, so points sit at their
+    steps and every tile lines up); default: the series' own range."""
+    log_scale: reactive[bool] = reactive(False)
+    """Logarithmic sparkline (the detail view's `l` on this metric); linear if a value is not > 0."""
 
     def __init__(self, label: str, key: str, *, value_format: Callable[[Optional[float]], str] = fmt.metric,
                  id: Optional[str] = None, classes: Optional[str] = None) -> None:
@@ -183,42 +197,72 @@ class MetricTile(SeriesView, Widget):
 
     def render(self) -> Text:
         width, height = self.size
-        head = Text.assemble((f"{self.label:<11}", "bold"), f"{self.value_format(self.value):>8} ",
+        head = Text.assemble((f"{self.label:<11}", "bold"), f"{self.value_format(self.value):>7} ",
                              ARROWS[self.trend] if self.value is not None else " ")
         if self.note:
             head.append(f" {self.note}", style="dim")
+        head.no_wrap = True
         spark_style = self.get_component_rich_style("tile--spark")
+        range_style = self.get_component_rich_style("tile--range")
         if height <= 1:
             room = width - head.cell_len - 1
-            if room >= 4:
+            spark_width = room
+            if room >= self.MIN_SPARK:
+                # A fixed width for the range (when it fits), so the sparklines of all tiles line up.
+                label = self._range_label(self._sparkline(room, 1)[1])
+                reserve = max(len(label), self.RANGE_WIDTH)
+                if room - reserve - 1 >= self.MIN_SPARK:
+                    spark_width = room - reserve - 1
+                elif room - len(label) - 1 >= self.MIN_SPARK:
+                    spark_width = room - len(label) - 1
+                rows, scale = self._sparkline(spark_width, 1)
+                label = self._range_label(scale)[: room - spark_width - 1] if spark_width < room else ""
                 head.append(" ")
-                head.append(self._spark(room), style=spark_style)
-            head.no_wrap = True
+                head.append(rows[0], style=spark_style)
+                if label:
+                    head.append(" " + label, style=range_style)
             return head
-        rows = [head] + [Text(r, style=spark_style) for r in self._spark_rows(width, height - 1)]
-        return Text("\n").join(rows)
+        rows, scale = self._sparkline(width, height - 1)
+        label = self._range_label(scale)
+        if label and head.cell_len + len(label) + 2 <= width:
+            head.append(" " * (width - head.cell_len - len(label)))
+            head.append(label, style=range_style)
+        return Text("\n").join([head] + [Text(r, style=spark_style) for r in rows])
 
-    def _points(self, width: int) -> list[float]:
-        if self.series is None:
-            return []
-        return [c[0] for c in self.series.resample(width) if c is not None]
+    def _sparkline(self, width: int, rows: int) -> tuple[list[str], Optional[tuple]]:
+        """The sparkline rows and the scale they were drawn with: (low, high, clipped low,
+        clipped high, log), values in the metric's own units (None: nothing to draw)."""
+        if self.series is None or not len(self.series) or width <= 0:
+            return [" " * max(width, 0)] * rows, None
+        first, last = self.x_range or (self.series.steps[0], self.series.steps[-1])
+        columns = self.series.resample(width, first, last, interpolate=False)
+        values = [c[0] if c is not None else None for c in columns]
+        use_log = self.log_scale and all(v > 0 for v in values if v is not None)
+        if use_log:
+            values = [math.log10(v) if v is not None else None for v in values]
+        lo, hi, clipped = braille.robust_range(values)
+        known = [v for v in values if v is not None]
+        unlog = (lambda v: 10 ** v) if use_log else (lambda v: v)
+        scale = (unlog(lo), unlog(hi), clipped and min(known) < lo, clipped and max(known) > hi, use_log)
+        return braille.spark_rows(values, rows, lo, hi), scale
 
-    def _spark(self, width: int) -> str:
-        return braille.spark(self._points(width))
+    @staticmethod
+    def _range_label(scale: Optional[tuple]) -> str:
+        """`0.52–1.47`: what the sparkline spans; ↑/↓ where points beyond it were clipped."""
+        if scale is None:
+            return ""
+        lo, hi, clipped_lo, clipped_hi, use_log = scale
+        text = ("↓" if clipped_lo else "") + compact(lo) + "–" + compact(hi) + ("↑" if clipped_hi else "")
+        return text + (" log" if use_log else "")
 
-    def _spark_rows(self, width: int, rows: int) -> list[str]:
-        """A sparkline `rows` tall: each column's level split over the rows (bottom row fills first)."""
-        values = self._points(width)
-        if not values:
-            return []
-        lo, hi = min(values), max(values)
-        span = (hi - lo) or 1.0
-        levels = [int(round((v - lo) / span * (rows * 8 - 1))) + 1 for v in values]
-        out = []
-        for r in range(rows - 1, -1, -1):  # top row first
-            chars = []
-            for level in levels:
-                in_row = level - r * 8
-                chars.append(" " if in_row <= 0 else "█" if in_row >= 8 else braille.SPARK_CHARS[in_row - 1])
-            out.append("".join(chars))
-        return out
+
+def compact(value: float) -> str:
+    """A number in at most ~6 characters for axis and range labels: 0.523, 14.2, 1234, 5e-04."""
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "0"
+    if magnitude < 1e-2 or magnitude >= 1e5:
+        return f"{value:.0e}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3g}"
