@@ -125,3 +125,121 @@ async def test_a_huge_first_validation_loss_is_clipped_and_the_tile_says_so(tmp_
         await pilot.pause(0.2)
         head = app.screen.query_one("#tile-val_loss", MetricTile).render().plain.split("\n")[0]
         assert head.rstrip().endswith("↑") and "500" not in head
+
+
+# ----------------------------------------------------------------------------- detail view
+from tui.widgets.charts import LineChart  # noqa: E402
+from tui.widgets.dashboard import Dashboard  # noqa: E402
+from tui.widgets.detail import LOSS_PAIR, MARK, DetailView, metric_order  # noqa: E402
+from tui.xaxis import ElapsedMap, ZoomWindow, epochs_at, label_format  # noqa: E402
+
+
+def test_zoom_window_keeps_the_right_edge_pans_inside_the_data_and_resets():
+    zoom = ZoomWindow()
+    assert zoom.window(0, 1000) == (0, 1000)
+    zoom.zoom(0, 1000, 1)
+    assert zoom.window(0, 1000) == (500, 1000)
+    zoom.pan(0, 1000, -0.25)
+    assert zoom.window(0, 1000) == (375, 875)
+    zoom.pan(0, 1000, -10)  # not past the first step
+    assert zoom.window(0, 1000) == (0, 500)
+    zoom.pan(0, 1000, 10)
+    assert zoom.window(0, 1000) == (500, 1000) and zoom.offset == 0  # back to following new data
+    zoom.zoom(0, 1000, 30)
+    start, end = zoom.window(0, 1000)
+    assert end == 1000 and end - start >= ZoomWindow.MIN_SPAN
+    zoom.reset()
+    assert zoom.window(0, 1000) == (0, 1000)
+
+
+def test_elapsed_map_interpolates_and_stays_bounded():
+    elapsed = ElapsedMap(capacity=8)
+    assert elapsed.at(10) is None
+    for step in range(1, 101):
+        elapsed.add(step * 10, step * 2.0)
+    elapsed.add(500, 1.0)  # older step: ignored
+    assert len(elapsed.steps) <= 8
+    assert elapsed.at(1000) == pytest.approx(200.0)
+    assert elapsed.at(500) == pytest.approx(100.0, rel=0.05)
+
+
+def test_epoch_labels_follow_each_phases_steps_per_epoch():
+    phases = [{"start_step": 0, "epochs": 2, "steps_per_epoch": 100},
+              {"start_step": 200, "epochs": 3, "steps_per_epoch": 50}]
+    assert epochs_at(50, phases) == 0.5 and epochs_at(225, phases) == 2.5 and epochs_at(999, phases) == 5
+    assert epochs_at(10, []) is None
+    assert label_format("epoch", phases, ElapsedMap(), str)(225) == "ep2.5"
+    assert label_format("epoch", [], ElapsedMap(), str)(225) == "225"  # no plan: steps
+
+
+def test_the_loss_pair_is_listed_first_only_with_both_losses():
+    assert metric_order(["val_loss", "train_loss", "lr"])[:2] == [LOSS_PAIR, "train_loss"]
+    assert LOSS_PAIR not in metric_order(["train_loss", "lr"])
+
+
+@async_test
+async def test_line_chart_marks_the_second_series_and_a_clipped_edge():
+    from textual.app import App
+
+    class ChartApp(App):
+        def compose(self):
+            yield LineChart()
+
+    app = ChartApp()
+    async with app.run_test(size=(60, 12)) as pilot:
+        chart = app.query_one(LineChart)
+        chart.envelope = False
+        steps = list(range(0, 400, 10))
+        chart.set_series(Series(steps, [500.0] + [1.0 - i * 0.01 for i in range(39)]),
+                         Series([100, 200, 300], [0.9, 0.8, 0.7]))
+        await pilot.pause(0.1)
+        rows = chart.render().plain.split("\n")
+        assert sum(row.count("×") for row in rows) == 3
+        top = rows[0][:LineChart.GUTTER].strip()
+        assert top.endswith("↑") and float(top[:-1]) < 10  # 500 is clipped: the axis top says so
+        assert "500" not in "".join(rows)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+@async_test
+async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, size):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "run", state="stopped", steps=5000)
+    app = make_app(run_dir)
+    async with app.run_test(size=size) as pilot:
+        await open_run(pilot, app)
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        view = app.screen.query_one(DetailView)
+        options = app.screen.query_one("#metric-list")
+        assert view.metric == LOSS_PAIR and str(options.get_option_at_index(0).prompt).startswith(MARK)
+        chart = view.chart
+        assert chart.overlay is not None and "×" in chart.render().plain
+        for static in app.screen.query(".detail-info"):
+            assert len(str(static.render()).rstrip()) <= static.content_region.width, str(static.render())
+        await pilot.press("l")
+        await pilot.pause(0.1)
+        assert chart.log_scale and "val_loss" in app.screen.query_one(Dashboard).log_metrics
+        await pilot.press("down")
+        await pilot.pause(0.2)
+        assert view.metric != LOSS_PAIR and str(options.get_option_at_index(1).prompt).startswith(MARK)
+        assert not str(options.get_option_at_index(0).prompt).startswith(MARK)
+        await pilot.press("i")
+        await pilot.pause(0.1)
+        first, last = chart.data_bounds()
+        assert chart.x_range == ((first + last) / 2, last)
+        await pilot.press("left")
+        await pilot.pause(0.1)
+        assert chart.x_range[1] < last
+        await pilot.press("0")
+        await pilot.pause(0.1)
+        assert chart.x_range is None
+        await pilot.press("x")
+        await pilot.pause(0.1)
+        assert "ep" in chart.render().plain.split("\n")[-1]
+        await pilot.press("x")
+        await pilot.pause(0.1)
+        axis = chart.render().plain.split("\n")[-1]
+        assert "h" in axis or "m" in axis  # training time, e.g. 2h13m
+        await pilot.press("1")
+        await pilot.pause(0.2)
+        assert app.screen.query_one("#tile-val_loss", MetricTile).log_scale
