@@ -243,3 +243,8 @@ async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, s
         await pilot.press("1")
         await pilot.pause(0.2)
         assert app.screen.query_one("#tile-val_loss", MetricTile).log_scale
+
+
+def test_resample_of_a_window_without_points_is_empty_not_an_error():
+    # A zoomed window between two evaluations: bincount of nothing is an int array.
+    assert Series([100, 200], [1.0, 0.5]).resample(4, 120, 180) == [None] * 4

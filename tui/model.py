@@ -118,7 +118,7 @@ class Series:
         inside = (steps >= first) & (steps <= last)
         index = np.minimum(buckets - 1, ((steps[inside] - first) / span * buckets).astype(np.int64))
         counts = np.bincount(index, minlength=buckets)
-        means = np.bincount(index, weights=np.asarray(self.values)[inside], minlength=buckets)
+        means = np.bincount(index, weights=np.asarray(self.values)[inside], minlength=buckets).astype(np.float64)
         filled = counts > 0
         means[filled] /= counts[filled]
         lows = np.full(buckets, np.inf)
