@@ -284,7 +284,6 @@ class RunModel:
     def apply_progress(self, progress: dict) -> None:
         """A progress frame: new header values and one new point per progress metric."""
         self.progress = progress
-        self.elapsed.add(progress.get("step"), progress.get("elapsed"))
         self.preparing = None  # training started
         self.add_progress_points(progress)
 
@@ -294,6 +293,7 @@ class RunModel:
         metrics = progress.get("metrics") or {}
         if step is None:
             return
+        self.elapsed.add(step, progress.get("elapsed"))
         for name in PROGRESS_SERIES:
             if name in metrics:
                 self.series.setdefault(name, Series()).append(step, metrics[name])
