@@ -284,7 +284,7 @@ class RunModel:
         """A progress frame: new header values and one new point per progress metric."""
         self.progress = progress
         self.preparing = None  # training started
-        self.setup.clear()
+        self.setup.clear(training=True)
         self.add_progress_points(progress)
 
     def add_progress_points(self, progress: dict) -> None:

@@ -29,16 +29,19 @@ class SetupStages:
         self.stages: list[Stage] = []
         self.ended: Optional[float] = None
         """When the last stage ended (`ready` came), None while one is under way."""
+        self.training = False
+        """The current worker reported progress: its setup is over."""
 
     @property
     def current(self) -> Optional[Stage]:
         """The stage under way, None when none is (not started, or ready)."""
         return self.stages[-1] if self.stages and self.ended is None else None
 
-    def clear(self) -> None:
-        """A new worker starts (state `starting`) or training began: forget the stages."""
+    def clear(self, training: bool = False) -> None:
+        """Forget the stages: a new worker starts (state `starting`), or `training` began."""
         self.stages.clear()
         self.ended = None
+        self.training = training
 
     def apply(self, event: dict) -> None:
         """A `setup` event: a new stage begins (or `ready`: the last one ended)."""
@@ -55,14 +58,34 @@ class SetupStages:
         self.stages.append(Stage(stage, str(event.get("message") or stage), float(started)))
         del self.stages[:-MAX_STAGES]
 
-    def label(self, now: float) -> Optional[str]:
-        """`setting up: building model efficientnet_b0 (12s)`, None when no stage is under way."""
-        stage = self.current
-        if stage is None:
-            return None
-        return f"setting up: {stage.message} ({fmt.duration(max(0.0, now - stage.started))})"
-
-    def done(self) -> list[tuple[str, float]]:
+    def done(self) -> tuple[tuple[str, float], ...]:
         """(stage, seconds it took) of the stages before the current one: where the time went."""
         ends = [s.started for s in self.stages[1:]] + ([self.ended] if self.ended is not None else [])
-        return [(s.name, max(0.0, end - s.started)) for s, end in zip(self.stages, ends)]
+        return tuple((s.name, max(0.0, end - s.started)) for s, end in zip(self.stages, ends))
+
+    def status(self, state: str, active: bool) -> Optional["SetupStatus"]:
+        """What to say in place of the phase while the trainer gets ready, None once it trains
+        (or when the run is not active): the stage under way, or `starting worker…` while the
+        daemon starts one (state `starting`) and it has said nothing yet."""
+        if not active:
+            return None
+        stage = self.current
+        if stage is not None:
+            return SetupStatus(f"setting up: {stage.message}", stage.started, self.done())
+        if state == "starting" and self.ended is None and not self.training:
+            return SetupStatus("starting worker…", None, ())
+        return None
+
+
+@dataclass(frozen=True)
+class SetupStatus:
+    """The setup as the header and timeline show it (equality decides whether to repaint)."""
+
+    text: str
+    since: Optional[float]
+    """When the stage under way began (the widgets add ` (12s)`, ticking by themselves)."""
+    done: tuple[tuple[str, float], ...]
+
+    def elapsed(self, now: float) -> str:
+        """` (12s)`: how long the stage has been under way; empty without a stage."""
+        return "" if self.since is None else f" ({fmt.duration(max(0.0, now - self.since))})"

@@ -45,7 +45,7 @@ class HeaderInfo:
     def from_model(cls, model: RunModel, link: str, clock: fmt.Clock) -> "HeaderInfo":
         if model.preparing and model.state in ACTIVE_STATES:
             return cls.preparing(model, link, clock)
-        setup, since = setup_text(model)
+        setup = model.setup.status(model.state, model.state in ACTIVE_STATES)
         progress = model.progress or {}
         total = model.total_steps
         step = model.step
@@ -55,10 +55,10 @@ class HeaderInfo:
         epoch_text = "epoch –" if epoch is None else f"epoch {epoch}/{total_epochs or '?'}"
         eta_text, eta_left = eta_parts(model)
         return cls(name=model.name or "?", state=model.state, link=link,
-                   model=str(model.config.get("model") or "?"), phase=setup or phase_text(model),
-                   step=f"step {fmt.count(step)}/{fmt.count(total)}{pct}", epoch=epoch_text,
+                   model=str(model.config.get("model") or "?"), phase=setup.text if setup else phase_text(model),
+                   step=f"step {fmt.count(step)}/{fmt.count(total) if total else '?'}{pct}", epoch=epoch_text,
                    elapsed=f"elapsed {fmt.duration(progress.get('elapsed'))}", eta=eta_text, eta_left=eta_left,
-                   since=since)
+                   since=setup.since if setup else None)
 
     @classmethod
     def preparing(cls, model: RunModel, link: str, clock: fmt.Clock) -> "HeaderInfo":
@@ -94,20 +94,6 @@ def eta_parts(model: RunModel) -> tuple[str, Optional[float]]:
     if eta is None or model.state not in ACTIVE_STATES:
         return "ETA –", None
     return f"ETA {fmt.duration(eta)}" + (" paused" if model.state == "paused" else ""), eta
-
-
-def setup_text(model: RunModel) -> tuple[Optional[str], Optional[float]]:
-    """(what the trainer does before it trains, when that began) from its newest `setup` event:
-    `setting up: building model efficientnet_b0`; `starting worker…` before the worker said
-    anything; (None, None) once it trains or when the run is not active."""
-    if model.state not in ACTIVE_STATES:
-        return None, None
-    stage = model.setup.current
-    if stage is not None:
-        return f"setting up: {stage.message}", stage.started
-    if model.state == "starting" and model.setup.ended is None:
-        return "starting worker…", None
-    return None, None
 
 
 class RunHeader(Widget):
