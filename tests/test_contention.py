@@ -178,3 +178,54 @@ def test_loader_children_of_the_trainer_are_marked():
             child.kill()
         trainer.kill()
         trainer.wait()
+
+
+# ----------------------------------------------------------------------------- the daemon
+class BusyBox:
+    """Stands in for SystemSampler: a box where a hog always keeps the load above the cores, so
+    the alert follows the fake worker's samples/s alone."""
+
+    def __init__(self, run_dir, trainer_pid_fn):
+        self.trainer_pid_fn = trainer_pid_fn
+
+    def sample(self) -> dict:
+        body = {"time": time.time(), "cpu_percent": [99.0, 99.0], "load": [3.9, 3.0, 2.0], "mem_total": 8 << 30,
+                "mem_used": 2 << 30, "swap_total": 0, "swap_used": 0, "trainer_rss": 1 << 28,
+                "disk_free": 50 << 30, "disk_total": 100 << 30, "disk_write_bps": 0.0, "cpu_temp": None,
+                "cores": 2, "processes": [HOG], "trainer_threads": []}
+        pid = self.trainer_pid_fn()
+        if pid is not None:
+            body["processes"] = [{**TRAINER, "pid": pid}, HOG]
+        return body
+
+
+def test_daemon_emits_the_alert_and_its_end(tmp_path, runtime_dir, monkeypatch):
+    import asyncio
+    import threading
+
+    from daemon_helpers import FAKE_WORKER, make_run, read_events, wait_for
+    from trainer import daemon, sysmon
+    from trainer.run.sockets import socket_path
+
+    monkeypatch.setattr(sysmon, "SystemSampler", BusyBox)
+    # 0.5 s system samples: normal for ~3 s, slow for ~4 s, normal again
+    run_dir = make_run(tmp_path / "runs", "busy", fake={"steps": 100000, "step_time": 0.01, "log_every": 0,
+                                                       "rates": [[0, 100], [300, 8], [700, 100]]})
+    d = daemon.Daemon(run_dir, [sys.executable, str(FAKE_WORKER)], daemon.Settings(linger=0.1))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(d.run()))
+    thread.start()
+    try:
+        wait_for(lambda: socket_path(run_dir).exists(), 10, "socket")
+
+        def contention():
+            return [e for e in read_events(run_dir) if e["kind"] == "contention"]
+
+        wait_for(lambda: len(contention()) >= 2, 60, "the contention alert and its end")
+    finally:
+        loop.call_soon_threadsafe(d.shutdown, "test over")
+        thread.join(30)
+    start, end = contention()[:2]
+    assert start["level"] == "warning" and start["data"]["alert"] == ALERT
+    assert "hog (pid 4242, 97% CPU)" in start["message"] and "`threads: 1`" in start["message"]
+    assert end["level"] == "info" and end["data"]["resolves"] == ALERT
