@@ -77,6 +77,7 @@ class Dashboard(Vertical):
         lr_chart.title = "planned LR" + (f", now {fmt.metric(lr_now)}" if lr_now is not None else "")
         system = self.query_one(SystemPanel)
         system.max_rows = 10 if self.screen.has_class("-tall") else 5
+        system.live = live
         system.system = model.system
         for tile in self.query(MetricTile):
             self._refresh_tile(model, tile)
