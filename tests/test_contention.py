@@ -104,7 +104,8 @@ def test_a_new_phase_forgets_the_best_of_the_previous_one():
 
 def test_best_is_of_the_recent_window_only():
     watch = ContentionWatch(threads=2, window=60)
-    feed(watch, 0, 500.0)  # long ago
+    for t in range(5):
+        feed(watch, t, 500.0)  # long ago
     for t in range(100, 110):
         feed(watch, t, 100.0)
     assert all(feed(watch, t, 80.0, load=3.0, hogs=(HOG,)) is None for t in range(110, 120))
@@ -143,7 +144,7 @@ def test_process_table_puts_the_trainer_first_and_finds_a_busy_process(tmp_path)
     assert rows[0]["pid"] == idle.pid and rows[0]["role"] == "trainer"
     assert len(rows) <= MAX_PROCESSES
     hog_row = next(row for row in rows if row["pid"] == hog.pid)
-    assert hog_row["role"] == "other" and hog_row["cpu"] > 20 and hog_row["name"].startswith("python")
+    assert hog_row["role"] == "other" and hog_row["cpu"] > 5 and hog_row["name"].startswith("python")
     assert [row["cpu"] for row in rows[1:]] == sorted((row["cpu"] for row in rows[1:]), reverse=True)
     assert threads and all(set(t) == {"tid", "cpu"} for t in threads)
 
