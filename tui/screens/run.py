@@ -46,6 +46,7 @@ from tui.widgets.evaluation import evaluation_options, option_result
 from tui.widgets.feeds import EventList, LogTail
 from tui.widgets.alerts import AlertBar, AlertInfo
 from tui.widgets.header import HeaderInfo, RunHeader
+from tui.widgets.processes import SystemView, show_system
 
 
 class RunScreen(RunEvaluation, RunActions, Screen):
@@ -64,6 +65,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         Binding("1", "view('dashboard')", "Dashboard", show=False),
         Binding("2", "view('detail')", "Detail", show=False),
         Binding("3", "view('events')", "Events", show=False),
+        Binding("4", "view('system')", "System", show=False),
     ]
 
     link_state: reactive[str] = reactive("connecting")
@@ -99,6 +101,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             # The other views are built when first shown: a smaller DOM at start attaches faster.
             yield TabPane("2 Detail", id="detail")
             yield TabPane("3 Events & log", id="events")
+            yield TabPane("4 System", id="system")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -297,6 +300,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         elif pane.id == "events":
             await pane.mount(Vertical(EventList(self.clock, id="all-events", wrap=True),
                                       LogTail(self.clock, id="all-log", max_lines=500), id="events-view"))
+        elif pane.id == "system":
+            await pane.mount(SystemView(id="system-view"))
 
     def _set_action(self, text: str, level: str) -> None:
         self.action_status = (text, level)
@@ -344,6 +349,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             self.query_one(Dashboard).show(model, live=self.link_state == "live")
         elif active == "detail" and self.query("#detail-chart"):  # the view is built (composed)
             self._refresh_detail()
+        elif active == "system" and self.query("#system-view"):
+            show_system(self.query_one(SystemView), model, live=self.link_state == "live")
         elif active == "events" and self.query("#all-events"):
             for feed in (self.query_one("#all-events", EventList), self.query_one("#all-log", LogTail)):
                 feed.sync(model)
