@@ -16,7 +16,7 @@ from pilot import async_test, make_app  # noqa: E402
 from tui import braille  # noqa: E402
 from tui.model import Series  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
-from tui.widgets.charts import MetricTile, compact  # noqa: E402
+from tui.widgets.charts import MetricTile, compact, compact_percent  # noqa: E402
 from tui.widgets.dashboard import tile_height  # noqa: E402
 
 
@@ -51,6 +51,7 @@ def test_two_points_are_two_marks_at_their_steps_not_a_ramp():
 
 
 def test_compact_numbers():
+    assert compact_percent(0.0687) == "6.87%"
     assert [compact(v) for v in (0, 0.5234, 14.23, 1234.5, 0.00051, 2e6)] == \
         ["0", "0.523", "14.2", "1234", "5e-04", "2e+06"]
 

@@ -226,6 +226,8 @@ class MetricTile(SeriesView, Widget):
         self.label = label
         self.key = key
         self.value_format = value_format
+        # A range in the value's own unit: percentages stay percentages.
+        self.range_format = compact_percent if value_format is fmt.percent else compact
         self.series: Optional[Series] = None
         self._signature: tuple = ()
 
@@ -282,13 +284,13 @@ class MetricTile(SeriesView, Widget):
         scale = (unlog(lo), unlog(hi), clipped and min(known) < lo, clipped and max(known) > hi, use_log)
         return braille.spark_rows(values, rows, lo, hi), scale
 
-    @staticmethod
-    def _range_label(scale: Optional[tuple]) -> str:
+    def _range_label(self, scale: Optional[tuple]) -> str:
         """`0.52–1.47`: what the sparkline spans; ↑/↓ where points beyond it were clipped."""
         if scale is None:
             return ""
         lo, hi, clipped_lo, clipped_hi, use_log = scale
-        text = ("↓" if clipped_lo else "") + compact(lo) + "–" + compact(hi) + ("↑" if clipped_hi else "")
+        text = (("↓" if clipped_lo else "") + self.range_format(lo) + "–" + self.range_format(hi)
+                + ("↑" if clipped_hi else ""))
         return text + (" log" if use_log else "")
 
 
@@ -302,3 +304,8 @@ def compact(value: float) -> str:
     if magnitude >= 100:
         return f"{value:.0f}"
     return f"{value:.3g}"
+
+
+def compact_percent(fraction: float) -> str:
+    """A fraction as a compact percentage: 0.0687 -> 6.87%."""
+    return compact(100 * fraction) + "%"
