@@ -201,7 +201,13 @@ async def test_line_chart_marks_the_second_series_and_a_clipped_edge():
         assert "500" not in "".join(rows)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def assert_info_fits(app) -> None:
+    """The detail view's stats and options lines are not cut (issue 13: they were at 80x24)."""
+    for static in app.screen.query(".detail-info"):
+        assert len(str(static.render()).rstrip()) <= static.content_region.width, str(static.render())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (110, 40), (160, 48)])
 @async_test
 async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, size):
     run_dir = tui_fakes.write_run_dir(tmp_path / "run", state="stopped", steps=5000)
@@ -215,8 +221,7 @@ async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, s
         assert view.metric == LOSS_PAIR and str(options.get_option_at_index(0).prompt).startswith(MARK)
         chart = view.chart
         assert chart.overlay is not None and "×" in chart.render().plain
-        for static in app.screen.query(".detail-info"):
-            assert len(str(static.render()).rstrip()) <= static.content_region.width, str(static.render())
+        assert_info_fits(app)
         await pilot.press("l")
         await pilot.pause(0.1)
         assert chart.log_scale and "val_loss" in app.screen.query_one(Dashboard).log_metrics
@@ -231,6 +236,7 @@ async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, s
         await pilot.press("left")
         await pilot.pause(0.1)
         assert chart.x_range[1] < last
+        assert_info_fits(app)  # with the longest options line: zoomed and panned
         await pilot.press("0")
         await pilot.pause(0.1)
         assert chart.x_range is None
