@@ -255,3 +255,37 @@ async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, s
 def test_resample_of_a_window_without_points_is_empty_not_an_error():
     # A zoomed window between two evaluations: bincount of nothing is an int array.
     assert Series([100, 200], [1.0, 0.5]).resample(4, 120, 180) == [None] * 4
+
+
+def reference_resample(steps, values, mins, maxs, buckets, first, last, interpolate):
+    """The plain definition of Series.resample: (mean, min, max) per equal step range."""
+    groups = [[] for _ in range(buckets)]
+    for s, v, lo, hi in zip(steps, values, mins, maxs):
+        if first <= s <= last:
+            groups[min(buckets - 1, int((s - first) / max(last - first, 1e-9) * buckets))].append((v, lo, hi))
+    out = [(sum(g[0] for g in grp) / len(grp), min(g[1] for g in grp), max(g[2] for g in grp)) if grp else None
+           for grp in groups]
+    known = [i for i, c in enumerate(out) if c is not None]
+    if interpolate and len(known) >= 2:
+        for a, b in zip(known, known[1:]):
+            for i in range(a + 1, b):
+                value = out[a][0] + (out[b][0] - out[a][0]) * (i - a) / (b - a)
+                out[i] = (value, value, value)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_resample_matches_its_plain_definition(seed):
+    import random
+    rng = random.Random(seed)
+    steps = sorted(rng.sample(range(10_000), rng.randint(1, 300)))
+    values = [rng.uniform(-5, 5) for _ in steps]
+    mins = [v - rng.random() for v in values]
+    maxs = [v + rng.random() for v in values]
+    series = Series(steps, values, mins, maxs)
+    for buckets, first, last, interpolate in ((40, 0, 10_000, True), (7, steps[0], steps[-1], False),
+                                              (100, 2_000, 3_000, True), (13, 5_000, 9_000, False)):
+        got = series.resample(buckets, first, last, interpolate=interpolate)
+        want = reference_resample(steps, values, mins, maxs, buckets, first, last, interpolate)
+        assert [c is None for c in got] == [c is None for c in want]
+        assert [x for c in got if c for x in c] == pytest.approx([x for c in want if c for x in c])
