@@ -95,6 +95,12 @@ async def test_tiles_share_one_layout_across_resizes_and_for_a_finished_run(tmp_
         await pilot.pause(0.3)
         assert tile_layouts(app) == {(3, 3)}
         assert len({t.region.height for t in tiles(app)}) == 1
+        await pilot.press("2")  # resized while the dashboard is hidden
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.3)
+        await pilot.press("1")
+        await pilot.pause(0.3)
+        assert tile_layouts(app) == {(1, 1)}
 
 
 @async_test
