@@ -43,3 +43,15 @@ def epoch_number(index: Optional[int], total: Optional[int]) -> Optional[int]:
         return None
     number = int(index) + 1
     return min(number, int(total)) if total else number
+
+
+#: Short names of the metrics `eval.monitor` may name (trainer.metrics), for narrow columns.
+METRIC_LABELS = {"val_loss": "loss", "val_accuracy": "acc", "val_f1_macro": "F1", "val_f1_weighted": "F1w",
+                 "val_precision_macro": "prec", "val_recall_macro": "recall", "val_auc_roc": "AUC",
+                 "val_auc_pr": "AUC-PR", "val_sensitivity": "sens", "val_specificity": "spec", "val_ppv": "PPV",
+                 "val_npv": "NPV", "train_loss": "train loss"}
+
+
+def metric_label(name: str) -> str:
+    """`F1` for val_f1_macro, `acc` for val_accuracy...; an unknown metric without its `val_`."""
+    return METRIC_LABELS.get(name) or name.removeprefix("val_")
