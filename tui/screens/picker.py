@@ -109,7 +109,7 @@ class PickerScreen(Screen):
     DEFAULT_CSS = """
     PickerScreen #picker-title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
     PickerScreen #picker-empty { padding: 1 2; }
-    PickerScreen #picker-filter { dock: bottom; display: none; }
+    PickerScreen #picker-filter { display: none; height: 1; border: none; padding: 0 1; background: $boost; }
     PickerScreen #picker-filter.shown { display: block; }
     PickerScreen DataTable { height: 1fr; }
     """
@@ -136,9 +136,9 @@ class PickerScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(self.title_text(), id="picker-title")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="picker-empty")
         yield Input(placeholder="filter: part of a run's name, state or model (Enter keeps it, Esc clears it)",
                     id="picker-filter")
+        yield Static("", id="picker-empty")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -146,8 +146,10 @@ class PickerScreen(Screen):
         self.set_interval(self.interval, self.action_reload, name="list-runs")
 
     def title_text(self) -> str:
+        """What is listed and how; at 80 columns without what the footer says already."""
         shown = f"   filter {self.filter_text!r}: {len(self.rows)} of {len(self.infos)}" if self.filter_text else ""
-        return f"longhaul: runs under {self.root}   sort: {self.sort}{shown}   (Enter attaches)"
+        text = f"runs under {self.root}   sort: {self.sort}{shown}"
+        return f"longhaul: {text}   (Enter attaches)" if self._wide or self._wide is None else text
 
     def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
         if action == "clear_filter":  # only when there is something to clear
@@ -218,7 +220,9 @@ class PickerScreen(Screen):
         else:
             self._update_cells(table, shown)
         self.query_one("#picker-title", Static).update(self.title_text())
-        self.query_one("#picker-empty", Static).update(self.empty_text())
+        empty = self.query_one("#picker-empty", Static)
+        empty.update(self.empty_text())
+        empty.display = bool(self.empty_text())  # its rows go to the list when there is nothing to say
 
     def empty_text(self) -> str:
         if not self.infos:
