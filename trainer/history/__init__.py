@@ -13,6 +13,7 @@ One module per concern:
   numpy instead of decoding each map in Python.
 - :mod:`~trainer.history.cache`: load_summary through ``series-cache.msgpack``.
 - :mod:`~trainer.history.export`: export_rows / write_export (``longhaul export``).
+- :mod:`~trainer.history.tail`: the newest records read from the end of the file (``ls``'s samples/s).
 
 Imported by the TUI: stdlib and msgpack at import time; numpy only inside the bulk paths.
 """
