@@ -3,13 +3,18 @@ needed): `status(run_dir)`, `list_runs(root)`. No torch.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
+from trainer.fmt import epoch_number, metric_label
+from trainer.history.tail import recent_rate
 from trainer.run import registry
 from trainer.run.evaluation import headline_result, read_evaluation
 from trainer.run.locate import run_names, runs_root, safe_is_run_dir
+from trainer.run.plan import read_plan
+from trainer.run.rundir import RunDir
 from trainer.run.sockets import find_socket
 from trainer.run.state import LIVE_STATES, effective_state, read_state
 
@@ -25,16 +30,24 @@ def status(run_dir: Path) -> dict:
     sock = str(found) if found is not None else None
     checkpoint = state.get("last_checkpoint") or {}
     age = time.time() - checkpoint["time"] if isinstance(checkpoint.get("time"), (int, float)) else None
+    files = RunDir(run_dir)
+    plan, config = read_if_changed(files.plan, lambda _: plan_summary(run_dir)) or ({}, {})
+    total_epochs = plan.get("total_epochs") if isinstance(plan.get("total_epochs"), int) else None
     return {
         "name": state.get("name") or run_dir.name,
         "state": current,
         "step": state.get("step"),
         "total_steps": state.get("total_steps"),
-        "epoch": state.get("epoch"),
+        "epoch": epoch_number(state.get("epoch"), total_epochs),
+        "total_epochs": total_epochs,
         "phase": state.get("phase"),
         "phase_name": state.get("phase_name"),
         "last_eval": eval_summary(state.get("last_eval")),
         "best_eval": eval_summary(state.get("best_eval")),
+        "best": best_metric(state.get("best_eval"), config.get("monitor")),
+        "samples_per_s": read_if_changed(files.history, recent_rate),
+        "model": config.get("model"),
+        "started": started_time(files.config),
         "evaluation": evaluation_summary(run_dir),
         "pid": state.get("pid") if live else None,
         "socket": sock,
@@ -52,12 +65,61 @@ def status(run_dir: Path) -> dict:
 def missing_status(run_dir: Path) -> dict:
     """The status of a registered run whose directory is gone (moved or deleted)."""
     run_dir = Path(run_dir)
-    info = dict.fromkeys(("step", "total_steps", "epoch", "phase", "phase_name", "last_eval", "best_eval", "evaluation", "pid",
+    info = dict.fromkeys(("step", "total_steps", "epoch", "total_epochs", "best", "samples_per_s", "model",
+                          "started", "phase", "phase_name", "last_eval", "best_eval", "evaluation", "pid",
                           "socket", "eta", "last_checkpoint_age", "updated", "stop_reason", "pause_reason",
                           "rebuilt"))
     info.update(name=run_dir.name, state="missing", launch_failures=0, dir=str(run_dir),
                 error=f"the registered run directory {run_dir} is gone (moved or deleted)")
     return info
+
+
+def plan_summary(run_dir: Path) -> tuple[dict, dict]:
+    """(plan, config summary) of plan.json; empty ones before the trainer wrote it or when it
+    is damaged (status must answer for any run)."""
+    try:
+        plan, config = read_plan(run_dir)
+    except (OSError, ValueError):
+        return {}, {}
+    return plan or {}, config
+
+
+def best_metric(best_eval: Optional[dict], monitor: Optional[str]) -> Optional[dict]:
+    """The run's best evaluation by its own monitor: {"metric", "label", "value", "step"}; None
+    before one (or when the monitor is not known: no plan.json)."""
+    if not isinstance(best_eval, dict) or not isinstance(monitor, str):
+        return None
+    value = best_eval.get(monitor)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    return {"metric": monitor, "label": metric_label(monitor), "value": value, "step": best_eval.get("step")}
+
+
+#: What was read of each file, with the (size, mtime) it was read at: the picker lists every
+#: run every 2 s, and the plan and history of most runs (finished ones) never change again.
+_READ: dict[str, tuple[tuple[int, int], Any]] = {}
+
+
+def read_if_changed(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`, or what it gave last time while the file has not changed; None without it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    seen, key = _READ.get(str(path)), (st.st_size, st.st_mtime_ns)
+    if seen is not None and seen[0] == key:
+        return seen[1]
+    value = read(path)
+    _READ[str(path)] = (key, value)
+    return value
+
+
+def started_time(config: Path) -> Optional[float]:
+    """When the run was created: its config.yaml is written once, then never rewritten."""
+    try:
+        return config.stat().st_mtime
+    except OSError:
+        return None
 
 
 def eval_summary(ev: Optional[dict]) -> Optional[dict]:
