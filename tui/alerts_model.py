@@ -23,6 +23,10 @@ train.log, state.json): keyed by the file, so "written again" ends "cannot write
 RUNNING_AGAIN = ("running", "paused", "stopping", "stopped", "finished", "failed")
 """States after which a pending restart is over (the next `starting` is part of the restart)."""
 
+ENDED_BY_PROGRESS = ("restart",)
+"""Alerts over once the trainer reports progress made after them (the snapshot's progress of a
+run waiting to restart is older than the restart)."""
+
 
 @dataclass
 class Alert:
@@ -100,6 +104,13 @@ class AlertBook:
                       message=str(event.get("message", "")), time=event.get("time"), order=self._order)
         alert.acknowledged = self._identity(alert) in self._acked
         self.active[key] = alert
+
+    def note_progress(self, at: Optional[float]) -> None:
+        """The trainer reported progress at `at`: a restart announced before that is over."""
+        for key in ENDED_BY_PROGRESS:
+            alert = self.active.get(key)
+            if alert is not None and at is not None and alert.time is not None and at > alert.time:
+                del self.active[key]
 
     def set_condition(self, key: str, level: str, message: Optional[str]) -> None:
         """A condition derived from other data (low disk from the system frame): `message` None

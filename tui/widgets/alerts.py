@@ -6,7 +6,7 @@ whole (compact at 80 columns), the alert text is ellipsised instead.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Optional
 
 from rich.text import Text
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 COMPACT_WIDTH = 100
 """Below this many columns the suffix is `+1 ›3` instead of `(+1, view 3)`."""
+MIN_ALERT = 12
+"""Fewer cells than this for the alert text (beside connection trouble): the alert is only counted."""
+MIN_CONNECTION = 24
+"""The connection text keeps at least this many cells when the action's feedback needs room."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class AlertInfo:
     """What the alert bar shows: connection state, the last action's status, the alert in front."""
 
     connection: str = ""
+    connection_short: str = ""
+    """The connection text at 80 columns."""
     trouble: bool = False
     """The connection text reports trouble (⚠); a finished run read from disk does not."""
     action: str = ""
@@ -41,27 +47,82 @@ class AlertInfo:
     acknowledged: int = 0
 
 
-def connection_text(model: RunModel, link: str, disconnect: Optional[Disconnected]) -> tuple[str, bool]:
-    """What the alert bar says about the daemon link ("" while live), and whether it is trouble."""
+def connection_text(model: RunModel, link: str, disconnect: Optional[Disconnected]) -> tuple[str, str, bool]:
+    """What the alert bar says about the daemon link ("" while live), a short form of it for
+    narrow terminals (the header says the state already), and whether it is trouble."""
     if link == "retrying" and disconnect is not None:
         d = disconnect
-        return f"disconnected ({d.reason}), retrying in {d.retry_in:.0f}s (attempt {d.attempt})", True
+        return (f"disconnected ({d.reason}), retrying in {d.retry_in:.0f}s (attempt {d.attempt})",
+                f"disconnected, retry in {d.retry_in:.0f}s", True)
     if link == "connecting":
-        return "connecting to the daemon…", False
+        return "connecting to the daemon…", "connecting…", False
     if link == "offline":
         if model.state == "finished":
-            return "finished · read from the run directory", False
+            return "finished · read from the run directory", "finished · from disk", False
         if model.state in RESUMABLE_STATES:
-            return f"offline: run {model.state.upper()}, no daemon; press r to resume", model.state != "stopped"
-        return f"offline: run {model.state.upper()}, no daemon (read from the run directory)", True
-    return "", False
+            return (f"offline: run {model.state.upper()}, no daemon; press r to resume", "no daemon; r resumes",
+                    model.state != "stopped")
+        return f"offline: run {model.state.upper()}, no daemon", "no daemon", True
+    return "", "", False
 
 
 def alert_line(alert: Optional[Alert], clock: fmt.Clock) -> str:
+    """`14:05:09 crash: trainer killed by SIGKILL` (a condition derived from other data has no time)."""
     if alert is None:
         return ""
     at = f"{clock.at(alert.time)} " if alert.time is not None else ""
     return f"{at}{alert.kind}: {alert.message}"
+
+
+def shorten(text: Text, cells: int) -> Text:
+    """`text` cut to `cells` with an ellipsis (unchanged when it fits)."""
+    if cells > 0 and text.cell_len > cells:
+        text = text.copy()
+        text.truncate(max(1, cells), overflow="ellipsis")
+    return text
+
+
+def layout(info: AlertInfo, width: int, narrow: bool) -> Text:
+    """The bar's line in `width` cells (0: unknown, nothing cut). What gives way when it is too
+    long, first to last: the wide suffix (`(+1, view 3)` -> `+1 ›3`), the alert text (down to a
+    third of the line), the connection text (down to MIN_CONNECTION), then the alert is only
+    counted in the suffix, then the action's feedback is cut. The suffix itself is never cut."""
+    connection = action = None
+    if info.connection:
+        words = info.connection_short if narrow and info.connection_short else info.connection
+        connection = Text.assemble(("⚠ ", "bold red"), (words, "bold")) if info.trouble else Text(words, style="dim")
+    if info.action:
+        action = Text(info.action, style=LEVEL_TAGS.get(info.action_level, LEVEL_TAGS["info"])[1] or "bold")
+    state = join(connection, action)
+    room = width
+    if width:
+        suffix_room = AlertBar.suffix(info, compact=narrow).cell_len
+        least = min(len(info.alert) + 6, max(20, width // 3)) if info.alert else 0
+        if connection and state.cell_len + 3 * bool(state) + least + suffix_room > width:
+            others = (action.cell_len + 3 if action else 0) + (least + 3 if least else 0)
+            connection = shorten(connection, max(MIN_CONNECTION, width - suffix_room - others))
+            state = join(connection, action)
+        if info.alert and state.cell_len + 3 + min(least, MIN_ALERT) + suffix_room > width:
+            info = replace(info, alert="", more_alerts=info.more_alerts + 1)  # only counted
+    alert = None
+    if info.alert:
+        tag, style = LEVEL_TAGS.get(info.alert_level, LEVEL_TAGS["warning"])
+        alert = Text.assemble((f"{tag} ", style), info.alert)
+    elif not state:
+        state = Text("no alerts", style="dim")
+    line = join(state, alert)
+    suffix = AlertBar.suffix(info, compact=narrow)
+    if width and not narrow and line.cell_len + suffix.cell_len > width:
+        suffix = AlertBar.suffix(info, compact=True)  # the short form leaves more room for the words
+    line = shorten(line, width - suffix.cell_len if width else 0)
+    line.append_text(suffix)
+    line.no_wrap = True
+    line.overflow = "ellipsis"
+    return line
+
+
+def join(*parts: Optional[Text]) -> Text:
+    return Text(" │ ", style="dim").join(p for p in parts if p)
 
 
 LEVEL_TAGS = {"info": ("INFO", ""), "warning": ("WARN", "bold yellow"), "error": ("ERROR", "bold red")}
@@ -94,6 +155,7 @@ class AlertBar(Widget):
     def show(self, model: RunModel, link: str, disconnect: Optional[Disconnected], clock: fmt.Clock) -> None:
         """Bring the bar up to date with `model` (new events only) and the link state."""
         self.book.sync(model, model.generation, model.events, model.events_total)
+        self.book.note_progress((model.progress or {}).get("time"))
         low = model.system and disk_is_low(model.system)
         self.book.set_condition("disk_low", "warning", f"disk space LOW: {fmt.size(model.system.get('disk_free'))} "
                                 "free under the run directory" if low else None)
@@ -119,38 +181,17 @@ class AlertBar(Widget):
             self.info = AlertInfo(**dict(zip(("action", "action_level"), self.feedback.current())))
             return
         model, link, disconnect, clock = self._inputs
-        connection, trouble = connection_text(model, link, disconnect)
+        connection, short, trouble = connection_text(model, link, disconnect)
         pending = self.book.pending()
         text, level = self.feedback.current()
         top = pending[0] if pending else None
-        self.info = AlertInfo(connection=connection, trouble=trouble, action=text, action_level=level,
+        self.info = AlertInfo(connection=connection, connection_short=short, trouble=trouble, action=text, action_level=level,
                               alert=alert_line(top, clock), alert_level=top.level if top else "warning",
                               more_alerts=max(0, len(pending) - 1), acknowledged=self.book.acknowledged)
 
     # ------------------------------------------------------------------ output
     def render(self) -> Text:
-        info = self.info
-        parts: list[Text] = []
-        if info.connection:
-            parts.append(Text.assemble(("⚠ ", "bold red"), (info.connection, "bold")) if info.trouble
-                         else Text(info.connection, style="dim"))
-        if info.action:
-            tag, style = LEVEL_TAGS.get(info.action_level, LEVEL_TAGS["info"])
-            parts.append(Text(info.action, style=style or "bold"))
-        if info.alert:
-            tag, style = LEVEL_TAGS.get(info.alert_level, LEVEL_TAGS["warning"])
-            parts.append(Text.assemble((f"{tag} ", style), info.alert))
-        suffix = self.suffix(info, compact=0 < self.size.width < COMPACT_WIDTH)
-        if not parts:
-            parts.append(Text("no alerts", style="dim"))
-        text = Text(" │ ", style="dim").join(parts)
-        width = self.content_size.width
-        if width and text.cell_len + suffix.cell_len > width:
-            text.truncate(max(1, width - suffix.cell_len), overflow="ellipsis")
-        text.append_text(suffix)
-        text.no_wrap = True
-        text.overflow = "ellipsis"
-        return text
+        return layout(self.info, self.content_size.width, narrow=0 < self.size.width < COMPACT_WIDTH)
 
     @staticmethod
     def suffix(info: AlertInfo, compact: bool) -> Text:
@@ -162,7 +203,7 @@ class AlertBar(Widget):
             words.append(f"✓{info.acknowledged}" if compact else f"{info.acknowledged} acknowledged")
         if not words:
             return Text()
-        if not info.alert:  # nothing pending: only the quiet count of acknowledged alerts
+        if not info.alert and not info.more_alerts:  # only the quiet count of acknowledged alerts
             return Text(f" ({words[-1]})" if not compact else f" {words[-1]}", style="dim")
         words.append("›3" if compact else "view 3")
         return Text(" " + " ".join(words) if compact else f" ({', '.join(words)})", style="dim")
