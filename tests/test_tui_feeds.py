@@ -218,3 +218,28 @@ def test_new_entries_are_appended_not_rewritten():
     model.apply_event({"seq": 500, "time": 0, "kind": "eval", "level": "info", "message": "e500"})
     pane.sync(model)
     assert len(written) == 501 and str(written[-1]).endswith("e500")
+
+
+@async_test
+async def test_paused_view_stays_put_while_old_lines_drop_out(tmp_path, runtime_dir):
+    app = make_app(write_run(tmp_path, events=10, log_lines=5))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await open_events(app, pilot)
+        events = app.screen.query_one(EventList)
+        await pilot.press("space")
+        model = app.screen.model
+        seq = 1000
+        for _ in range(4):  # more than the list keeps (1,500 lines): its oldest lines are dropped
+            for _ in range(500):
+                seq += 1
+                model.apply_event({"seq": seq, "time": tui_fakes.T0, "kind": "eval", "level": "info",
+                                   "message": f"line {seq}", "data": {}})
+            app.screen.refresh_widgets()
+            await pilot.pause(0.05)
+            if seq == 2000:
+                events.scroll_to(y=events.max_scroll_y - 5, animate=False, immediate=True)
+                await pilot.pause(0.05)
+                top = events.lines[int(events.scroll_y)].text
+                first = events._start_line
+        assert events._start_line > first  # lines were dropped
+        assert events.lines[int(events.scroll_y)].text == top
