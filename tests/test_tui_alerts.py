@@ -84,6 +84,9 @@ def test_resolution_rules_of_todays_events():
     book.add_event(ev(3, "checkpoint", "info", step=10))
     book.add_event(ev(4, "early_stopping", "info", "patience reset"))
     assert book.pending() == []
+    # a normal finish reads calmly: the crash it recovered from is history
+    book = book_of(ev(1, "crash", "error"), ev(2, "restart", "warning"), ev(3, "finished", "info"))
+    assert book.pending() == []
 
 
 def test_keys_and_one_offs():
