@@ -132,6 +132,7 @@ async def test_search_level_routine_and_escape(tmp_path, runtime_dir):
             assert pane_text(events) == ["00:00:00 ERROR crash          trainer killed by SIGKILL zebra"]
             assert pane_text(logs) == []
             assert "search “ZEBRA”" in str(view.title())
+            assert any(span.style == "reverse" for span in events._texts[0].spans)  # the match stands out
             await pilot.press("escape")  # clears the search, stays in the view
             await pilot.pause(0.1)
             assert view.filter == type(view.filter)() and app.screen.query(EventsView)

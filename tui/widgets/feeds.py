@@ -197,6 +197,8 @@ class FeedLog(ScrollView, can_focus=False):
             if feed_filter.active and not self._shows(feed_filter, item):
                 continue
             text = one_line(self._line(item))
+            if feed_filter.search:
+                text.highlight_words([feed_filter.search], "reverse", case_sensitive=False)
             self._texts.append(text)
             self._ends.append((self._ends[-1] if self._ends else self._base) + self._rows_of(text))
             self._widest = max(self._widest, text.cell_len)
