@@ -247,3 +247,14 @@ async def test_paused_view_stays_put_while_old_lines_drop_out(tmp_path, runtime_
                 first = events.dropped_rows
         assert events.dropped_rows > first  # lines were dropped
         assert events.lines[int(events.scroll_y)].text == top
+
+
+@async_test
+async def test_the_search_box_takes_the_view_keys_as_text(tmp_path, runtime_dir):
+    app = make_app(write_run(tmp_path, events=5, log_lines=5))
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = await open_events(app, pilot)
+        await pilot.press("slash", "w", "space", "v", "k", "left", "x", "3", "enter")
+        await pilot.pause(0.1)
+        assert view.filter == FeedFilter("w vx3k") and view.wrap and view.following
+        assert app.screen.query_one("#views").active == "events"
