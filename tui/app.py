@@ -17,6 +17,7 @@ from textual.binding import Binding
 from trainer.run.errors import RunNotFound
 from trainer.run.locate import resolve_run, runs_root
 from tui import fmt
+from tui.help import binding_keys
 from tui.screens.dialogs import HelpScreen
 from tui.screens.picker import PickerScreen
 from tui.screens.run import RunScreen
@@ -35,9 +36,9 @@ class LonghaulApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
     BINDINGS = [
-        Binding("d", "detach", "Detach"),
-        Binding("q", "detach", "Quit"),
-        Binding("question_mark", "help", "Help"),
+        Binding("d", "detach", "Detach", tooltip="Detach: close the dashboard, training goes on"),
+        Binding("q", "detach", "Quit", tooltip="Quit (like d: leaving never stops a run)"),
+        Binding("question_mark", "help", "Help", tooltip="This help"),
     ]
 
     def __init__(self, run_dir: Optional[Path] = None, root: Optional[Path] = None, *,
@@ -77,7 +78,11 @@ class LonghaulApp(App[int]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(type(self), type(self.screen)))
+
+    def get_key_display(self, binding: Binding) -> str:
+        """The footer spells keys as the help does (`Esc`, `Enter`)."""
+        return binding_keys(binding)
 
 
 def run_attach(run: Optional[str] = None, root: Optional[Path] = None) -> int:

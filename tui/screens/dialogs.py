@@ -12,6 +12,7 @@ from textual.widgets import Button, DataTable, Static
 
 from trainer.run.evaluation import headline_result
 from tui import fmt
+from tui.help import help_renderable, help_sections
 from tui.widgets.evaluation import calibration_text, headline_columns, headline_rows, result_title, stale_note
 
 
@@ -36,10 +37,11 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question)
+            # Plain Text, not markup: `[y]` (and any bracket in a run name) would be eaten as a tag.
+            yield Static(Text(self.question))
             with Horizontal():
-                yield Button(f"{self.yes_label} [y]", variant="error", id="yes")
-                yield Button("No [n]", variant="primary", id="no")
+                yield Button(Text(f"{self.yes_label} [y]"), variant="error", id="yes")
+                yield Button(Text("No [n]"), variant="primary", id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -51,48 +53,28 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-HELP_TEXT = """\
-[b]Keys[/b]
-  d        detach: close the dashboard, training goes on
-  q        quit (same as d: the run is never stopped by leaving)
-  p        pause / resume training (at the next step boundary)
-  c        write a checkpoint now
-  s        stop the run (asks first; a final checkpoint is written)
-  r        resume a stopped, interrupted or failed run (offline only)
-  f        final summary (finished or evaluated runs: test metrics, calibration)
-  t        per-class table of the latest evaluation (detail view)
-  1 2 3    dashboard / metric detail / events and log
-  tab      next view
-  ?        this help
-
-[b]Detail view[/b]
-  ↑ ↓      pick the metric, or (last in the list) an evaluation's per-class table
-  m        smoothing on/off      l  log scale on/off
-  e        min/max envelope on/off (░ where one point stands for many)
-
-[b]Reading the screen[/b]
-  Timeline: █ done, ░ to do, ▼ now, ▏ phase boundary; labels: phase number,
-  name and time until the phase ends.
-  Alerts (WARN / ERROR) always show in the bar under the header.
-  Disk free below 10% or 5 GiB is marked LOW.
-"""
-
-
 class HelpScreen(ModalScreen[None]):
-    """The key reference."""
+    """The key reference, generated from the bindings (`tui.help`): the app's, those of the screen
+    it was opened over, and every view's."""
 
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > VerticalScroll {
-        width: 80; max-width: 100%; height: auto; max-height: 100%;
+        width: 84; max-width: 100%; height: auto; max-height: 100%;
         border: thick $primary; background: $surface; padding: 0 1;
     }
+    HelpScreen #help-title { text-style: bold; margin-bottom: 1; }
     """
     BINDINGS = [Binding("escape,question_mark,q,enter", "dismiss", "Close")]
 
+    def __init__(self, app_class: type, screen_class: Optional[type] = None) -> None:
+        super().__init__()
+        self.sections = help_sections(app_class, screen_class)
+
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(HELP_TEXT)
+            yield Static("Keys  (↑ ↓ scroll · Esc or ? closes)", id="help-title")
+            yield Static(help_renderable(self.sections), id="help-keys")
 
 
 def summary_rows(best: Optional[dict], last: Optional[dict]) -> list[tuple[str, str, str]]:

@@ -58,7 +58,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         Binding("r", "resume_run", "Resume run"),
         Binding("f", "summary", "Summary"),
         Binding("t", "per_class", "Per class", show=False),
-        Binding("escape", "back", "Runs", show=False),
+        Binding("escape", "back", "Runs"),
         Binding("tab", "next_view", "View", priority=True),
         Binding("1", "view('dashboard')", "Dashboard", show=False),
         Binding("2", "view('detail')", "Detail", show=False),
