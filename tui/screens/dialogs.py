@@ -13,7 +13,8 @@ from textual.widgets import Button, DataTable, Static
 from trainer.run.evaluation import headline_result
 from tui import fmt
 from tui.help import help_renderable, help_sections
-from tui.widgets.evaluation import calibration_text, headline_columns, headline_rows, result_title, stale_note
+from tui.widgets.evaluation import (calibration_text, confusion_layout, headline_columns, headline_rows, result_title,
+                                   stale_note)
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -116,6 +117,8 @@ class SummaryScreen(ModalScreen[None]):
         self.clock = clock
         self.evaluating = evaluating
         """An evaluation is under way (says so while there is none to show yet)."""
+        self._shown_shape: Optional[tuple[bool, bool]] = None
+        """(numbered, scrolls) of the confusion matrix on screen: a resize that changes it recomposes."""
 
     def set_evaluation(self, evaluation: Optional[dict], best_step: Optional[int] = None,
                        evaluating: bool = False) -> None:
@@ -143,11 +146,7 @@ class SummaryScreen(ModalScreen[None]):
                 metrics.add_columns("metric", "best eval", "last eval")
                 metrics.add_rows(summary_rows(best, last))
                 yield metrics
-            source = result if (result or {}).get("confusion") else self.summary
-            if source.get("confusion"):
-                where = "the evaluation above" if source is result else "last eval"
-                yield Static(f"Confusion matrix (rows: true class, columns: predicted; {where})")
-                yield self._confusion_table(source["confusion"], source.get("classes") or [])
+            yield from self._confusion()
 
     def _evaluation(self, result: dict) -> ComposeResult:
         yield Static(Text.assemble(("Evaluation: ", "bold"), result_title(result, self.clock)),
@@ -161,14 +160,38 @@ class SummaryScreen(ModalScreen[None]):
         yield table
         yield Static(calibration_text(result), id="summary-calibration")
 
-    @staticmethod
-    def _confusion_table(confusion: list[list[int]], classes: list[str]) -> DataTable:
-        names = [str(c) for c in classes] or [str(i) for i in range(len(confusion))]
-        table = DataTable(id="summary-confusion", cursor_type="none", zebra_stripes=True)
-        table.add_columns("true \\ pred", *[n[:10] for n in names], "recall")
-        for i, row in enumerate(confusion):
-            total = sum(row)
-            recall = row[i] / total if total and i < len(row) else None
-            cells = [Text(str(v), style="bold" if j == i else "") for j, v in enumerate(row)]
-            table.add_row(names[i] if i < len(names) else str(i), *cells, fmt.percent(recall))
-        return table
+    def confusion_width(self) -> int:
+        """Columns the confusion matrix has: the dialog (at most 100 wide) less its border,
+        padding and scrollbar."""
+        return min(100, self.app.size.width) - 6
+
+    def on_resize(self) -> None:
+        if self.query("#summary-confusion") and self._confusion_shape() != self._shown_shape:
+            self.refresh(recompose=True)
+
+    def _confusion_source(self) -> tuple[dict, str]:
+        result = headline_result(self.evaluation)
+        if (result or {}).get("confusion"):
+            return result, "the evaluation above"
+        return self.summary, "last eval"
+
+    def _confusion_shape(self) -> tuple[bool, bool]:
+        source, _ = self._confusion_source()
+        layout = confusion_layout(source.get("confusion") or [], source.get("classes") or [], self.confusion_width())
+        return layout.numbered, layout.scrolls
+
+    def _confusion(self) -> ComposeResult:
+        source, where = self._confusion_source()
+        if not source.get("confusion"):
+            return
+        layout = confusion_layout(source["confusion"], source.get("classes") or [], self.confusion_width())
+        self._shown_shape = (layout.numbered, layout.scrolls)
+        columns = "column N: predicted as row N" if layout.numbered else "columns: predicted"
+        yield Static(f"Confusion matrix (rows: true class; {columns}; {where})")
+        if layout.scrolls:
+            yield Static("← → scroll the matrix sideways (recall is next to the class)", id="summary-confusion-hint")
+        table = DataTable(id="summary-confusion", cursor_type="none" if not layout.scrolls else "column",
+                          zebra_stripes=True)
+        table.add_columns(*layout.columns)
+        table.add_rows(layout.rows)
+        yield table

@@ -1,0 +1,177 @@
+"""The look of the TUI (issue 13): dialog key hints, the generated help, the confusion matrix at
+80 columns, the active tab without colour, the footer's Escape."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tui_fakes  # noqa: E402
+from pilot import async_test, make_app  # noqa: E402
+from tui_fakes import wait_for  # noqa: E402
+
+from tui import fmt  # noqa: E402
+from tui.app import LonghaulApp  # noqa: E402
+from tui.help import binding_keys, help_renderable, help_sections, own_bindings, view_classes  # noqa: E402
+from tui.screens.dialogs import ConfirmScreen, HelpScreen, SummaryScreen  # noqa: E402
+from tui.screens.picker import PickerScreen  # noqa: E402
+from tui.screens.run import RunScreen  # noqa: E402
+from tui.widgets.evaluation import confusion_layout  # noqa: E402
+
+LONG_NAMES = ["normal", "benign", "malignant-melanoma-in-situ", "squamous-cell-carcinoma",
+              "actinic_keratosis_long", "dermatofibroma", "vascular-lesion", "nevus"]
+
+
+def render(renderable, width: int) -> list[str]:
+    console = Console(width=width, record=True, color_system=None)
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+# ----------------------------------------------------------------------------- stop dialog
+@async_test
+async def test_stop_dialog_shows_its_key_hints(tmp_path, runtime_dir):
+    app = make_app(tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.push_screen(ConfirmScreen("Stop run [demo]?", yes_label="Stop"))
+        await pilot.pause(0.1)
+        labels = [str(button.label) for button in app.screen.query("Button")]
+        assert labels == ["Stop [y]", "No [n]"]
+        assert "Stop run [demo]?" in str(app.screen.query_one("Static").render())
+
+
+# ----------------------------------------------------------------------------- help
+def all_help_classes() -> list[type]:
+    return [LonghaulApp, *(cls for _, cls in view_classes())]
+
+
+def test_help_lists_every_binding_of_the_app_the_screens_and_the_views():
+    text = "\n".join(render(help_renderable(help_sections(LonghaulApp, RunScreen)), 200))
+    titles = [title for title, _ in view_classes()]
+    assert any(t.startswith("Run screen") for t in titles) and any(t.startswith("Detail") for t in titles)
+    assert any(t.startswith("Run list") for t in titles)
+    for cls in all_help_classes():
+        for binding in own_bindings(cls):
+            assert binding.description or binding.tooltip, f"{cls.__name__}: {binding.key} has no description"
+            line = f"{binding_keys(binding)}"
+            assert any(row.lstrip().startswith(line) and (binding.tooltip or binding.description) in row
+                       for row in text.splitlines()), f"{cls.__name__}'s {binding.key} missing from the help"
+
+
+def test_help_lists_escape_and_the_picker_keys():
+    sections = dict(help_sections(LonghaulApp, RunScreen))
+    picker = next(lines for title, lines in sections.items() if title.startswith("Run list"))
+    assert {"Enter", "g"} <= {line.keys for line in picker}
+    run = next(lines for title, lines in sections.items() if title.startswith("Run screen"))
+    assert "Esc" in {line.keys for line in run}
+
+
+def test_help_opened_over_the_picker_lists_the_picker_first():
+    titles = [title for title, _ in help_sections(LonghaulApp, PickerScreen)]
+    assert titles[0] == "Everywhere" and titles[1].startswith("Run list")
+
+
+def test_help_wraps_under_the_descriptions_at_80_columns():
+    sections = help_sections(LonghaulApp, RunScreen)
+    key_width = max(len(line.keys) for _, lines in sections for line in lines)
+    rows = render(help_renderable(sections), 74)  # the help dialog's inside at 80 columns
+    assert all(len(row) <= 74 for row in rows)
+    titles = {title for title, _ in sections} | {"Reading the screen"}
+    for row in rows:
+        if row.strip() and row.strip() not in titles:
+            head = row[:key_width + 2]
+            keys = head.strip()
+            assert not keys or row.startswith(keys), f"a key column cut or shifted: {row!r}"
+
+
+@async_test
+async def test_help_fits_80x24_and_scrolls(tmp_path, runtime_dir):
+    app = make_app(tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, what="the run")
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help")
+        await pilot.pause(0.1)
+        keys = app.screen.query_one("#help-keys")
+        assert keys.region.right <= 80 and keys.size.width >= 70
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the help to close")
+
+
+# ----------------------------------------------------------------------------- confusion matrix
+def table_width(layout) -> int:
+    widths = [max(len(str(getattr(row[i], "plain", row[i]))) for row in [layout.columns, *layout.rows])
+              for i in range(len(layout.columns))]
+    return sum(w + 2 for w in widths)
+
+
+def test_confusion_matrix_keeps_names_when_they_fit():
+    layout = confusion_layout(tui_fakes.confusion(3), ["tone", "chirp", "noise"], 74)
+    assert not layout.numbered and layout.columns == ["true \\ pred", "tone", "chirp", "noise", "recall"]
+    assert layout.rows[0][0] == "tone"
+
+
+def test_confusion_matrix_with_long_names_numbers_its_columns_and_keeps_recall():
+    for width in (74, 54):
+        layout = confusion_layout(tui_fakes.confusion(8), LONG_NAMES, width)
+        assert layout.numbered and not layout.scrolls
+        assert layout.columns[-1] == "recall" and layout.columns[1:-1] == [str(i) for i in range(1, 9)]
+        assert table_width(layout) <= width
+        assert str(layout.rows[2][0]).startswith("3 malignant")
+        assert all(str(row[-1]).endswith("%") for row in layout.rows)
+    assert confusion_layout(tui_fakes.confusion(8), LONG_NAMES, 74).rows[2][0] == "3 malignant-melanoma-in-situ"
+    assert confusion_layout(tui_fakes.confusion(8), LONG_NAMES, 54).rows[2][0].endswith("…")
+
+
+def test_confusion_matrix_too_wide_scrolls_with_recall_next_to_the_class():
+    names = [f"class-{i}" for i in range(40)]
+    layout = confusion_layout(tui_fakes.confusion(40), names, 74)
+    assert layout.scrolls and layout.columns[:2] == ["true \\ pred", "recall"]
+    assert str(layout.rows[0][1]).endswith("%")
+
+
+@async_test
+async def test_summary_confusion_matrix_fits_80x24(tmp_path, runtime_dir):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="finished", finished=True)
+    tui_fakes.write_evaluation(run_dir, tui_fakes.evaluation_result(classes=LONG_NAMES))
+    app = LonghaulApp(run_dir, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), refresh_interval=0.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.loaded and app.screen.model.evaluation, what="the run")
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.query("#summary-confusion"),
+                       what="the summary")
+        await pilot.pause(0.1)
+        table = app.screen.query_one("#summary-confusion")
+        assert table.virtual_size.width <= table.size.width, "the matrix is cut (recall off screen)"
+        assert [str(c.label) for c in table.columns.values()][-1] == "recall"
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause(0.2)
+        table = app.screen.query_one("#summary-confusion")
+        assert table.virtual_size.width <= table.size.width
+
+
+# ----------------------------------------------------------------------------- tabs and footer
+@async_test
+async def test_active_tab_is_marked_without_colour(tmp_path, runtime_dir):
+    app = make_app(tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, what="the run")
+        await pilot.press("2")
+        await pilot.pause(0.1)
+        for tab in app.screen.query("Tab"):
+            styled = tab.styles.text_style
+            assert bool(styled.bold and styled.underline) == tab.has_class("-active"), str(tab.label)
+
+
+@async_test
+async def test_footer_shows_escape_back_to_the_runs(tmp_path, runtime_dir):
+    app = make_app(tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped"))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, what="the run")
+        await pilot.pause(0.1)
+        shown = [(binding_keys(b), b.description) for b in (a.binding for a in app.screen.active_bindings.values())
+                 if b.show]
+        assert ("Esc", "Runs") in shown
