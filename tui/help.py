@@ -12,9 +12,6 @@ import importlib
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
 from textual.binding import Binding
 from textual.keys import format_key
 
@@ -112,25 +109,6 @@ def help_sections(app_class: type, screen_class: Optional[type] = None) -> list[
     return [(title, lines) for title, lines in sections if lines]
 
 
-def help_renderable(sections: list[tuple[str, list[KeyLine]]]) -> Group:
-    """Per section a title and two columns, keys and what they do: the keys column is as wide in
-    every section, and a long description wraps under itself, never under the keys, whatever the
-    width of the screen."""
-    width = max((len(line.keys) for _, lines in sections for line in lines), default=1)
-    parts: list = []
-    for title, lines in sections:
-        parts.append(Text(title, style="bold underline"))
-        parts.append(two_columns(width, [(Text(line.keys, style="bold"), Text(line.text)) for line in lines]))
-        parts.append(Text(""))
-    parts.append(Text("Reading the screen", style="bold underline"))
-    parts.append(two_columns(width, [(Text("•"), Text(note)) for note in NOTES]))
-    return Group(*parts)
-
-
-def two_columns(width: int, rows: list[tuple[Text, Text]]) -> Table:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(no_wrap=True, width=width)
-    table.add_column(ratio=1)
-    for row in rows:
-        table.add_row(*row)
-    return table
+def key_width(sections: list[tuple[str, list[KeyLine]]]) -> int:
+    """Columns of the keys column: as wide in every section, so that the descriptions align."""
+    return max((len(line.keys) for _, lines in sections for line in lines), default=1)

@@ -6,13 +6,13 @@ from typing import Optional
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Static
 
 from trainer.run.evaluation import headline_result
 from tui import fmt
-from tui.help import help_renderable, help_sections
+from tui.help import NOTES, KeyLine, help_sections, key_width
 from tui.widgets.evaluation import (calibration_text, confusion_layout, headline_columns, headline_rows, result_title,
                                    stale_note)
 
@@ -56,7 +56,8 @@ class ConfirmScreen(ModalScreen[bool]):
 
 class HelpScreen(ModalScreen[None]):
     """The key reference, generated from the bindings (`tui.help`): the app's, those of the screen
-    it was opened over, and every view's."""
+    it was opened over, and every view's. Keys and descriptions are grid cells, so a long
+    description wraps under itself at any width, never under the keys."""
 
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
@@ -64,7 +65,10 @@ class HelpScreen(ModalScreen[None]):
         width: 84; max-width: 100%; height: auto; max-height: 100%;
         border: thick $primary; background: $surface; padding: 0 1;
     }
-    HelpScreen #help-title { text-style: bold; margin-bottom: 1; }
+    HelpScreen #help-title { text-style: bold; }
+    HelpScreen .help-section { text-style: bold underline; margin-top: 1; }
+    HelpScreen Grid { grid-size: 2; grid-rows: auto; height: auto; }
+    HelpScreen .help-key { text-style: bold; }
     """
     BINDINGS = [Binding("escape,question_mark,q,enter", "dismiss", "Close")]
 
@@ -73,9 +77,16 @@ class HelpScreen(ModalScreen[None]):
         self.sections = help_sections(app_class, screen_class)
 
     def compose(self) -> ComposeResult:
+        columns = f"{key_width(self.sections) + 2} 1fr"
         with VerticalScroll():
             yield Static("Keys  (↑ ↓ scroll · Esc or ? closes)", id="help-title")
-            yield Static(help_renderable(self.sections), id="help-keys")
+            for title, lines in [*self.sections, ("Reading the screen", [KeyLine("•", note) for note in NOTES])]:
+                yield Static(Text(title), classes="help-section")
+                with Grid() as grid:
+                    grid.styles.grid_columns = columns
+                    for line in lines:
+                        yield Static(Text(line.keys), classes="help-key")
+                        yield Static(Text(line.text), classes="help-text")
 
 
 def summary_rows(best: Optional[dict], last: Optional[dict]) -> list[tuple[str, str, str]]:
