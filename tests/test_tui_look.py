@@ -158,3 +158,29 @@ async def test_footer_shows_escape_back_to_the_runs(tmp_path, runtime_dir):
         shown = [(binding_keys(b), b.description) for b in (a.binding for a in app.screen.active_bindings.values())
                  if b.show]
         assert ("Esc", "Runs") in shown
+
+
+# ----------------------------------------------------------------------------- the README screenshot
+def test_readme_screenshot_replays_the_real_recording(tmp_path, runtime_dir, live_process):
+    """bench/screenshot.py draws tests/data/real_run.msgpack (what a real daemon sent,
+    bench/record_run.py): small, a real run's welcome, and every recorded frame reaches the screen."""
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import screenshot
+    from trainer.run.sockets import socket_path
+
+    assert screenshot.RECORDING.stat().st_size < 300_000
+    frames = tui_fakes.read_stream(screenshot.RECORDING)
+    welcome = frames[0]
+    assert welcome["snapshot"]["config"]["model"] == "efficientnet_b0"
+    assert any(e["kind"] == "eval" for e in welcome["snapshot"]["events"])
+    assert not any("/tmp/" in str(f) for f in frames), "the recording shows a temporary path"
+    run_dir = tmp_path / welcome["run"]["name"]
+    screenshot.write_run_dir(run_dir, welcome, live_process)
+    daemon = tui_fakes.DaemonThread(socket_path(run_dir), run_dir, frames=frames).start()
+    try:
+        svg = asyncio.run(screenshot.screenshot(run_dir, frames, (80, 24), "dashboard"))
+    finally:
+        daemon.close()
+    assert "quickstart" in svg and "efficientnet_b0" in svg
