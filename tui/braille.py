@@ -3,7 +3,7 @@
 The drawing under the chart widgets of `tui.widgets.charts`: pure functions (no Textual), so
 they are easy to test and cheap to call. A plot has braille dots for the line, a shaded envelope
 and a marker column. A chart cell is a (character, kind) pair; kinds are "line", "envelope",
-"marker" and "" (empty), and the widgets map them to styles. The line (braille), the envelope (░) and the marker (│) use different glyphs,
+"marker" "overlay" (a second series' points) and "" (empty), and the widgets map them to styles. The line (braille), the envelope (░) and the marker (│) use different glyphs,
 so the chart reads without colour.
 """
 from __future__ import annotations
@@ -22,17 +22,25 @@ Cell = tuple[str, str]
 Column = Optional[tuple[float, float, float]]  # (value, low, high) or None for "no data"
 
 
-def value_range(columns: Sequence[Column], envelope: bool) -> tuple[float, float]:
-    """(low, high) of the data to draw, padded so a flat line sits mid-chart."""
-    values = [c for c in columns if c is not None]
-    if not values:
-        return 0.0, 1.0
-    lo = min(c[1] if envelope else c[0] for c in values)
-    hi = max(c[2] if envelope else c[0] for c in values)
+def value_range(columns: Sequence[Column], envelope: bool,
+                extra: Sequence[Column] = ()) -> tuple[float, float, bool, bool]:
+    """(low, high, clipped low, clipped high) of the data to draw: the `robust_range` of the
+    columns' values (and their min/max with the `envelope`) and of an `extra` series drawn on the
+    same axes, padded so a flat line sits mid-chart. The newest value of each stays in range."""
+    known = [c for c in columns if c is not None]
+    others = [c for c in extra if c is not None]
+    if not known and not others:
+        return 0.0, 1.0, False, False
+    values = [c[0] for c in known + others]
+    if envelope:
+        values += [c[1] for c in known] + [c[2] for c in known]
+    newest = [c[0] for c in (known[-1:] + others[-1:])]
+    lo, hi, clipped = robust_range(values, keep=newest)
+    clipped_lo, clipped_hi = clipped and min(values) < lo, clipped and max(values) > hi
     if hi - lo < 1e-12 * max(1.0, abs(hi)):
         pad = abs(hi) * 0.05 or 0.5
-        return lo - pad, hi + pad
-    return lo, hi
+        return lo - pad, hi + pad, clipped_lo, clipped_hi
+    return lo, hi, clipped_lo, clipped_hi
 
 
 def plot(columns: Sequence[Column], height: int, y_lo: float, y_hi: float,
@@ -84,17 +92,81 @@ def plot(columns: Sequence[Column], height: int, y_lo: float, y_hi: float,
     return rows
 
 
-def spark(values: Sequence[float], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
-    """One-line sparkline of `values` with block characters (lowest ▁, highest █)."""
-    if not values:
-        return ""
-    lo = min(values) if lo is None else lo
-    hi = max(values) if hi is None else hi
+OVERLAY_CHAR = "×"
+
+
+def overlay(rows: list[list[Cell]], columns: Sequence[Column], y_lo: float, y_hi: float) -> None:
+    """Mark the points of a second series on plotted `rows` with ×, one per cell column that has
+    a value (the braille line is the first series: the two read apart without colour)."""
+    height = len(rows)
+    span = (y_hi - y_lo) or 1.0
+    for x, column in enumerate(columns[: len(rows[0]) * 2] if rows else ()):
+        if column is None:
+            continue
+        frac = (column[0] - y_lo) / span
+        row = min(height * 4 - 1, max(0, int(round((1.0 - frac) * (height * 4 - 1))))) // 4
+        rows[row][x // 2] = (OVERLAY_CHAR, "overlay")
+
+
+def spark(values: Sequence[Optional[float]], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
+    """One-line sparkline of `values` with block characters (lowest ▁, highest █; None: a blank
+    column, so a few points stay a few marks). Values outside lo..hi are drawn at the edge."""
+    return spark_rows(values, 1, lo, hi)[0] if values else ""
+
+
+def spark_rows(values: Sequence[Optional[float]], rows: int, lo: Optional[float] = None,
+               hi: Optional[float] = None) -> list[str]:
+    """A sparkline `rows` tall, top row first: each column's level split over the rows (the
+    bottom row fills first). None columns stay blank; a flat series sits at mid height."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return [" " * len(values) for _ in range(rows)]
+    lo = min(known) if lo is None else lo
+    hi = max(known) if hi is None else hi
+    steps = rows * len(SPARK_CHARS)
     span = hi - lo
-    if span <= 0:
-        return SPARK_CHARS[3] * len(values)
-    top = len(SPARK_CHARS) - 1
-    return "".join(SPARK_CHARS[min(top, max(0, int((v - lo) / span * top + 0.5)))] for v in values)
+    levels = [0 if v is None else (steps // 2 if span <= 0 else
+                                   min(steps, max(1, int((v - lo) / span * (steps - 1) + 0.5) + 1)))
+              for v in values]
+    out = []
+    for r in range(rows - 1, -1, -1):
+        chars = []
+        for level in levels:
+            in_row = level - r * len(SPARK_CHARS)
+            chars.append(" " if in_row <= 0 else "█" if in_row >= len(SPARK_CHARS) else SPARK_CHARS[in_row - 1])
+        out.append("".join(chars))
+    return out
+
+
+CLIP_SPREAD = 3.0
+"""How far (in spreads of the central 90% of the values) a value may lie beyond that central
+range before `robust_range` clips it."""
+CLIP_MIN_POINTS = 5
+"""Fewer values than this are never clipped: each of them is too much of the picture."""
+
+
+def robust_range(values: Sequence[Optional[float]], keep: Optional[Sequence[float]] = None) -> tuple[float, float, bool]:
+    """(low, high, clipped) to scale a chart of `values` (None: no data) so that one far outlier
+    (a huge first validation loss) does not flatten everything else.
+
+    Values further than CLIP_SPREAD times the spread of the central 90% beyond that central
+    range are left out of the range (the plot draws them at its edge) and `clipped` says so.
+    The values in `keep` (default: the newest, last known value) are always inside the range.
+    """
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if not known:
+        return 0.0, 1.0, False
+    lo, hi = min(known), max(known)
+    if len(known) >= CLIP_MIN_POINTS:
+        ordered = sorted(known)
+        last = len(ordered) - 1
+        # Nearest ranks inward, so with five points q_lo/q_hi are the second smallest/largest.
+        q_lo, q_hi = ordered[math.ceil(0.05 * last)], ordered[math.floor(0.95 * last)]
+        reach = CLIP_SPREAD * (q_hi - q_lo)
+        lo, hi = max(lo, q_lo - reach), min(hi, q_hi + reach)
+        kept = known[-1:] if keep is None else [v for v in keep if math.isfinite(v)]
+        lo, hi = min([lo] + kept), max([hi] + kept)
+    return lo, hi, (lo, hi) != (min(known), max(known))
 
 
 def log_transform(columns: Sequence[Column]) -> Optional[list[Column]]:

@@ -18,6 +18,7 @@ import numpy as np
 from trainer.history import Downsampler, LossSmoother
 from trainer.monitor import Monitor
 from trainer.run.evaluation import headline_result
+from tui.xaxis import ElapsedMap
 
 # Progress metrics that become series as progress frames arrive.
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
@@ -98,12 +99,13 @@ class Series:
         self._lists = None
         return True
 
-    def resample(self, buckets: int, first: Optional[float] = None,
-                 last: Optional[float] = None) -> list[Optional[tuple[float, float, float]]]:
+    def resample(self, buckets: int, first: Optional[float] = None, last: Optional[float] = None,
+                 interpolate: bool = True) -> list[Optional[tuple[float, float, float]]]:
         """Exactly `buckets` (mean, min, max) triples over equal step ranges from `first` to `last`.
 
         Buckets before the first and after the last point are None; empty buckets in between
-        are interpolated, so a line drawn from them has no holes.
+        are interpolated (unless not `interpolate`: a sparkline shows few points as few marks),
+        so a line drawn from them has no holes.
         """
         if buckets <= 0:
             return []
@@ -124,7 +126,7 @@ class Series:
         np.minimum.at(lows, index, np.asarray(self.mins)[inside])
         np.maximum.at(highs, index, np.asarray(self.maxs)[inside])
         known = np.flatnonzero(filled)
-        if len(known) >= 2:  # straight lines across empty buckets between two filled ones
+        if interpolate and len(known) >= 2:  # straight lines across empty buckets between two filled ones
             gaps = np.arange(known[0], known[-1] + 1)
             gaps = gaps[~filled[gaps]]
             line = np.interp(gaps, known, means[known])
@@ -189,6 +191,8 @@ class RunModel:
     """Events appended since the last reload (the event list widgets append only the new ones)."""
     logs_total: int = 0
     """Log lines appended since the last reload."""
+    elapsed: ElapsedMap = field(default_factory=ElapsedMap)
+    """Training seconds at a step, from the progress seen (the detail chart's time axis)."""
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -249,6 +253,7 @@ class RunModel:
         self.config = dict(snapshot.get("config") or {})
         self.plan = snapshot.get("plan") or self.plan
         self.progress = snapshot.get("progress")
+        self.elapsed.add(self.step, (self.progress or {}).get("elapsed"))
         self.series = {name: Series.from_wire(body) for name, body in (snapshot.get("series") or {}).items()}
         evals = snapshot.get("eval") or {}
         self.eval_last = evals.get("last")
@@ -279,6 +284,7 @@ class RunModel:
     def apply_progress(self, progress: dict) -> None:
         """A progress frame: new header values and one new point per progress metric."""
         self.progress = progress
+        self.elapsed.add(progress.get("step"), progress.get("elapsed"))
         self.preparing = None  # training started
         self.add_progress_points(progress)
 

@@ -63,10 +63,6 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         Binding("1", "view('dashboard')", "Dashboard", show=False),
         Binding("2", "view('detail')", "Detail", show=False),
         Binding("3", "view('events')", "Events", show=False),
-        # Shown in the detail view's own option line rather than in the footer.
-        Binding("m", "chart_option('smooth')", "Smooth", show=False),
-        Binding("l", "chart_option('log_scale')", "Log", show=False),
-        Binding("e", "chart_option('envelope')", "Envelope", show=False),
     ]
 
     link_state: reactive[str] = reactive("connecting")
@@ -296,7 +292,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         if pane.children:
             return
         if pane.id == "detail":
-            await pane.mount(DetailView(id="detail-view"))
+            await pane.mount(DetailView(id="detail-view", log_metrics=self.query_one(Dashboard).log_metrics))
         elif pane.id == "events":
             await pane.mount(Vertical(EventList(self.clock, id="all-events", wrap=True),
                                       LogTail(self.clock, id="all-log", max_lines=500), id="events-view"))
@@ -356,6 +352,4 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         if view.shows_evaluation:
             view.show_per_class(*option_result(self.model.evaluation, view.metric), clock=self.clock)
             return
-        series = self.model.series.get(view.metric) if view.metric else None
-        view.chart.marker = None
-        view.show(series, self.model.step)
+        view.show_run(self.model)

@@ -2,6 +2,7 @@
 metric tiles with a sparkline. The drawing itself is `tui.braille`."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 from rich.text import Text
@@ -45,10 +46,12 @@ class SeriesView:
 
 
 class LineChart(SeriesView, Widget):
-    """A braille line chart of one `Series` with a y-axis gutter, an x-axis row and an optional marker.
+    """A braille line chart of one `Series` (and optionally a second one marked ×, e.g. the
+    validation loss over the train loss) with a y-axis gutter, an x-axis row and a marker.
 
     The series is set with `set_series`; reactives switch smoothing, log scale and the min/max
-    envelope (drawn ░ wherever one plotted point stands for several logged ones).
+    envelope (drawn ░ wherever one plotted point stands for several logged ones). The y range is
+    robust: far outliers are drawn at the edge and the y label there carries ↑ (or ↓).
     """
 
     DEFAULT_CSS = """
@@ -60,8 +63,9 @@ class LineChart(SeriesView, Widget):
     LineChart > .chart--envelope { color: $accent 40%; }
     LineChart > .chart--marker { color: $warning; text-style: bold; }
     LineChart > .chart--axis { color: $text-muted; }
+    LineChart > .chart--overlay { color: $success; text-style: bold; }
     """
-    COMPONENT_CLASSES = {"chart--line", "chart--envelope", "chart--marker", "chart--axis"}
+    COMPONENT_CLASSES = {"chart--line", "chart--envelope", "chart--marker", "chart--axis", "chart--overlay"}
     GUTTER = 8  # columns of y-axis labels
 
     version: reactive[int] = reactive(0)
@@ -76,7 +80,9 @@ class LineChart(SeriesView, Widget):
     """An x value (step) to mark with a vertical line, e.g. the current step (repaints only when
     the marker moves to another column)."""
     x_range: reactive[Optional[tuple[float, float]]] = reactive(None)
-    """Fixed x range (e.g. the whole run); default: the series' own range."""
+    """Fixed x range (e.g. the whole run, or a zoomed window); default: the series' own range."""
+    x_mode: reactive[str] = reactive("step")
+    """What the x labels say (`x_format` writes them); a change repaints."""
     title: reactive[str] = reactive("")
     """Text in the top-left corner of the plot."""
 
@@ -84,15 +90,27 @@ class LineChart(SeriesView, Widget):
                  id: Optional[str] = None, classes: Optional[str] = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.series: Optional[Series] = None
+        self.overlay: Optional[Series] = None
         self._signature: tuple = ()
         self.value_format = value_format
+        self.x_format: Callable[[float], str] = step_label
+
+    def set_series(self, series: Optional[Series], overlay: Optional[Series] = None) -> None:
+        """Show `series` (and `overlay` marked ×); repaints only when either changed."""
+        signature = (series_signature(series), series_signature(overlay))
+        if signature != self._signature:
+            self.series, self.overlay, self._signature = series, overlay, signature
+            self.version += 1
+
+    def data_bounds(self) -> Optional[tuple[float, float]]:
+        """The first and last step of the data shown (both series), None without data."""
+        ends = [(s.steps[0], s.steps[-1]) for s in (self.series, self.overlay) if s is not None and len(s)]
+        if not ends:
+            return None
+        return min(e[0] for e in ends), max(e[1] for e in ends)
 
     def _x_bounds(self) -> Optional[tuple[float, float]]:
-        if self.x_range is not None:
-            return self.x_range
-        if self.series is None or not len(self.series):
-            return None
-        return self.series.steps[0], self.series.steps[-1]
+        return self.x_range if self.x_range is not None else self.data_bounds()
 
     def _marker_column(self, marker: Optional[float], plot_width: int) -> Optional[int]:
         bounds = self._x_bounds()
@@ -107,52 +125,72 @@ class LineChart(SeriesView, Widget):
         if self._marker_column(old, plot_width) != self._marker_column(new, plot_width):
             self.refresh()
 
+    def _columns(self, plot_width: int, first: float, last: float) -> tuple[list, list, bool]:
+        """The dot columns of the series and of the overlay, and whether they are log10 values."""
+        data = self.series.smoothed() if self.smooth else self.series
+        columns = data.resample(plot_width * 2, first, last)
+        extra = self.overlay.resample(plot_width * 2, first, last, interpolate=False) if self.overlay else []
+        if not self.log_scale:
+            return columns, extra, False
+        logged, logged_extra = braille.log_transform(columns), braille.log_transform(extra)
+        if logged is None or logged_extra is None:
+            return columns, extra, False
+        return logged, logged_extra, True
+
     def render(self) -> Text:
         width, height = self.size
-        series = self.series
-        if series is None or not len(series) or width < 12 or height < 1:
+        bounds = self._x_bounds()
+        if self.series is None or bounds is None or width < 12 or height < 1:
             return Text(self.title + ("  " if self.title else "") + "no data yet", style="dim")
-        gutter = self.GUTTER
-        plot_width = width - gutter
+        gutter, plot_width = self.GUTTER, width - self.GUTTER
         title_row = bool(self.title) and height >= 3
         plot_height = max(1, height - 1 - title_row)
-        data = series.smoothed() if self.smooth else series
-        first, last = self.x_range or (series.steps[0], series.steps[-1])
-        columns = data.resample(plot_width * 2, first, last)
-        note = ""
-        if self.log_scale:
-            logged = braille.log_transform(columns)
-            if logged is None:
-                note = " (log scale needs values > 0: linear)"
-            else:
-                columns = logged
-        use_log = self.log_scale and not note
-        lo, hi = braille.value_range(columns, self.envelope)
+        first, last = bounds
+        columns, extra, use_log = self._columns(plot_width, first, last)
+        lo, hi, clipped_lo, clipped_hi = braille.value_range(columns, self.envelope, extra)
         marker_col = self._marker_column(self.marker, plot_width)
         cells = braille.plot(columns, plot_height, lo, hi, marker_col, self.envelope)
-        styles = {kind: self.get_component_rich_style(f"chart--{kind}") for kind in ("line", "envelope", "marker", "axis")}
-        unlog = (lambda v: 10 ** v) if use_log else (lambda v: v)
-        y_labels = {0: self.value_format(unlog(hi)), plot_height - 1: self.value_format(unlog(lo))}
-        if plot_height >= 5:
-            y_labels[(plot_height - 1) // 2] = self.value_format(unlog((hi + lo) / 2))
+        if extra:
+            braille.overlay(cells, extra, lo, hi)
+        styles = {kind: self.get_component_rich_style(f"chart--{kind}")
+                  for kind in ("line", "envelope", "marker", "axis", "overlay")}
         lines = []
         if title_row:
+            note = " (log scale needs values > 0: linear)" if self.log_scale and not use_log else ""
             lines.append(Text.assemble(" " * gutter, (self.title + note, "bold")))
+        y_labels = self._y_labels(plot_height, lo, hi, use_log, clipped_lo, clipped_hi)
         for r, row in enumerate(cells):
-            line = Text((y_labels.get(r, "") + " ").rjust(gutter)[-gutter:], style=styles["axis"])
+            line = Text(y_labels.get(r, " " * gutter), style=styles["axis"])
             for ch, kind in row:
                 line.append(ch, styles.get(kind) if kind else None)
             lines.append(line)
         if height >= 2:
-            axis = braille.axis_labels(first, last, plot_width, step_label)
+            axis = braille.axis_labels(first, last, plot_width, self.x_format)
             if marker_col is not None and axis[marker_col] == " ":
                 axis = axis[:marker_col] + "▲" + axis[marker_col + 1:]
             lines.append(Text(" " * gutter + axis, style=styles["axis"]))
         return Text("\n").join(lines)
 
+    def _y_labels(self, plot_height: int, lo: float, hi: float, use_log: bool,
+                  clipped_lo: bool, clipped_hi: bool) -> dict[int, str]:
+        """Gutter text by plot row: top, bottom (and middle when tall); ↑/↓ at a clipped edge."""
+        unlog = (lambda v: 10 ** v) if use_log else (lambda v: v)
+        labels = {0: self.value_format(unlog(hi)) + ("↑" if clipped_hi else ""),
+                  plot_height - 1: self.value_format(unlog(lo)) + ("↓" if clipped_lo else "")}
+        if plot_height >= 5:
+            labels[(plot_height - 1) // 2] = self.value_format(unlog((hi + lo) / 2))
+        gutter = self.GUTTER
+        return {row: (text + " ").rjust(gutter) if len(text) < gutter else text[:gutter]
+                for row, text in labels.items()}
+
 
 class MetricTile(SeriesView, Widget):
-    """One metric in a line: name, current value, trend arrow, sparkline (more rows when taller)."""
+    """One metric: name, current value, trend arrow, sparkline and the sparkline's y-range.
+
+    One row: everything on the line, the range as a dim suffix when there is room. Two or more
+    rows: the head line (the range right-aligned) over a sparkline as wide as the tile. The
+    dashboard gives every tile the same height, so all tiles share one layout at a given size.
+    """
 
     DEFAULT_CSS = """
     MetricTile {
@@ -160,8 +198,11 @@ class MetricTile(SeriesView, Widget):
         padding: 0 1 0 0;
     }
     MetricTile > .tile--spark { color: $accent; }
+    MetricTile > .tile--range { color: $text-muted; }
     """
-    COMPONENT_CLASSES = {"tile--spark"}
+    COMPONENT_CLASSES = {"tile--spark", "tile--range"}
+    MIN_SPARK = 6  # columns below which a one-row tile leaves the sparkline (and range) out
+    RANGE_WIDTH = 11  # columns a one-row tile keeps for its range label when it has room
 
     value: reactive[Optional[float]] = reactive(None)
     """Current value (None: not reported yet)."""
@@ -171,6 +212,11 @@ class MetricTile(SeriesView, Widget):
     """Short extra text after the value, e.g. `best 0.81`."""
     version: reactive[int] = reactive(0)
     """Bumped by `set_series` when the sparkline data changes."""
+    x_range: reactive[Optional[tuple[float, float]]] = reactive(None)
+    """Steps the sparkline spans (the dashboard: the whole run so far, so points sit at their
+    steps and every tile lines up); default: the series' own range."""
+    log_scale: reactive[bool] = reactive(False)
+    """Logarithmic sparkline (the detail view's `l` on this metric); linear if a value is not > 0."""
 
     def __init__(self, label: str, key: str, *, value_format: Callable[[Optional[float]], str] = fmt.metric,
                  id: Optional[str] = None, classes: Optional[str] = None) -> None:
@@ -183,42 +229,72 @@ class MetricTile(SeriesView, Widget):
 
     def render(self) -> Text:
         width, height = self.size
-        head = Text.assemble((f"{self.label:<11}", "bold"), f"{self.value_format(self.value):>8} ",
+        head = Text.assemble((f"{self.label:<11}", "bold"), f"{self.value_format(self.value):>7} ",
                              ARROWS[self.trend] if self.value is not None else " ")
         if self.note:
             head.append(f" {self.note}", style="dim")
+        head.no_wrap = True
         spark_style = self.get_component_rich_style("tile--spark")
+        range_style = self.get_component_rich_style("tile--range")
         if height <= 1:
             room = width - head.cell_len - 1
-            if room >= 4:
+            spark_width = room
+            if room >= self.MIN_SPARK:
+                # A fixed width for the range (when it fits), so the sparklines of all tiles line up.
+                label = self._range_label(self._sparkline(room, 1)[1])
+                reserve = max(len(label), self.RANGE_WIDTH)
+                if room - reserve - 1 >= self.MIN_SPARK:
+                    spark_width = room - reserve - 1
+                elif room - len(label) - 1 >= self.MIN_SPARK:
+                    spark_width = room - len(label) - 1
+                rows, scale = self._sparkline(spark_width, 1)
+                label = self._range_label(scale)[: room - spark_width - 1] if spark_width < room else ""
                 head.append(" ")
-                head.append(self._spark(room), style=spark_style)
-            head.no_wrap = True
+                head.append(rows[0], style=spark_style)
+                if label:
+                    head.append(" " + label, style=range_style)
             return head
-        rows = [head] + [Text(r, style=spark_style) for r in self._spark_rows(width, height - 1)]
-        return Text("\n").join(rows)
+        rows, scale = self._sparkline(width, height - 1)
+        label = self._range_label(scale)
+        if label and head.cell_len + len(label) + 2 <= width:
+            head.append(" " * (width - head.cell_len - len(label)))
+            head.append(label, style=range_style)
+        return Text("\n").join([head] + [Text(r, style=spark_style) for r in rows])
 
-    def _points(self, width: int) -> list[float]:
-        if self.series is None:
-            return []
-        return [c[0] for c in self.series.resample(width) if c is not None]
+    def _sparkline(self, width: int, rows: int) -> tuple[list[str], Optional[tuple]]:
+        """The sparkline rows and the scale they were drawn with: (low, high, clipped low,
+        clipped high, log), values in the metric's own units (None: nothing to draw)."""
+        if self.series is None or not len(self.series) or width <= 0:
+            return [" " * max(width, 0)] * rows, None
+        first, last = self.x_range or (self.series.steps[0], self.series.steps[-1])
+        columns = self.series.resample(width, first, last, interpolate=False)
+        values = [c[0] if c is not None else None for c in columns]
+        use_log = self.log_scale and all(v > 0 for v in values if v is not None)
+        if use_log:
+            values = [math.log10(v) if v is not None else None for v in values]
+        lo, hi, clipped = braille.robust_range(values)
+        known = [v for v in values if v is not None]
+        unlog = (lambda v: 10 ** v) if use_log else (lambda v: v)
+        scale = (unlog(lo), unlog(hi), clipped and min(known) < lo, clipped and max(known) > hi, use_log)
+        return braille.spark_rows(values, rows, lo, hi), scale
 
-    def _spark(self, width: int) -> str:
-        return braille.spark(self._points(width))
+    @staticmethod
+    def _range_label(scale: Optional[tuple]) -> str:
+        """`0.52–1.47`: what the sparkline spans; ↑/↓ where points beyond it were clipped."""
+        if scale is None:
+            return ""
+        lo, hi, clipped_lo, clipped_hi, use_log = scale
+        text = ("↓" if clipped_lo else "") + compact(lo) + "–" + compact(hi) + ("↑" if clipped_hi else "")
+        return text + (" log" if use_log else "")
 
-    def _spark_rows(self, width: int, rows: int) -> list[str]:
-        """A sparkline `rows` tall: each column's level split over the rows (bottom row fills first)."""
-        values = self._points(width)
-        if not values:
-            return []
-        lo, hi = min(values), max(values)
-        span = (hi - lo) or 1.0
-        levels = [int(round((v - lo) / span * (rows * 8 - 1))) + 1 for v in values]
-        out = []
-        for r in range(rows - 1, -1, -1):  # top row first
-            chars = []
-            for level in levels:
-                in_row = level - r * 8
-                chars.append(" " if in_row <= 0 else "█" if in_row >= 8 else braille.SPARK_CHARS[in_row - 1])
-            out.append("".join(chars))
-        return out
+
+def compact(value: float) -> str:
+    """A number in at most ~6 characters for axis and range labels: 0.523, 14.2, 1234, 5e-04."""
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "0"
+    if magnitude < 1e-2 or magnitude >= 1e5:
+        return f"{value:.0e}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3g}"

@@ -26,6 +26,16 @@ TILES = (
     ("data wait", "data_share", "progress", fmt.percent),
 )
 OPTIONAL_TILES = {"val_auc_roc"}  # shown only when the run reports them
+TALL_ROWS = 36  # the app's -tall breakpoint
+WIDE_COLUMNS = 120  # the app's -wide breakpoint
+
+
+def tile_height(width: int, height: int) -> int:
+    """Rows of every metric tile at this terminal size: one line each on a short terminal, a
+    head line over a sparkline (two rows of it when wide) on a tall one."""
+    if height < TALL_ROWS:
+        return 1
+    return 3 if width >= WIDE_COLUMNS else 2
 
 
 class Dashboard(Vertical):
@@ -38,6 +48,8 @@ class Dashboard(Vertical):
         self._plan_key: object = None
         self._lr_series: Optional[Series] = None
         self._smooth_cache: tuple[tuple, Optional[Series]] = ((), None)
+        self.log_metrics: set[str] = set()
+        """Metrics drawn on a log scale (toggled with `l` in the detail view, which shares this set)."""
 
     def compose(self) -> ComposeResult:
         yield PhaseTimeline(id="timeline")
@@ -54,6 +66,21 @@ class Dashboard(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#lr-chart", LineChart).envelope = False
+        self._size_tiles()
+
+    def on_resize(self) -> None:
+        self._size_tiles()
+
+    def _size_tiles(self) -> None:
+        """Every tile the same height, from the terminal size alone. (Heights from CSS rules on
+        the screen's breakpoint classes were applied to some tiles and not others after a
+        resize or on opening a finished run: issue 13.)"""
+        rows = tile_height(*self.app.size)
+        # Explicit grid rows too: `grid-rows: auto` kept some rows at an old height after a resize.
+        self.query_one("#dash-metrics").styles.grid_rows = str(rows)
+        for tile in self.query(MetricTile):
+            if tile.styles.height is None or tile.styles.height.value != rows:
+                tile.styles.height = rows
 
     def show(self, model: RunModel, live: bool) -> None:
         """Show `model`; `live`: the screen is connected to the daemon (phase ETAs are current)."""
@@ -78,7 +105,12 @@ class Dashboard(Vertical):
         system = self.query_one(SystemPanel)
         system.max_rows = 10 if self.screen.has_class("-tall") else 5
         system.system = model.system
+        # One step range for all tiles, so their points line up and a few points stay few marks.
+        end = max([model.step, 1] + [s.last_step for s in model.series.values() if s.last_step is not None])
+        x_range = (0.0, float(end))
         for tile in self.query(MetricTile):
+            tile.x_range = x_range
+            tile.log_scale = tile.key in self.log_metrics
             self._refresh_tile(model, tile)
         self.query_one("#dash-events", FeedTail).sync(model)
         self.query_one("#dash-log", FeedTail).sync(model)
