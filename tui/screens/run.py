@@ -22,7 +22,6 @@ from typing import Optional
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
@@ -43,8 +42,8 @@ from tui.screens.run_evaluation import RunEvaluation
 from tui.widgets.dashboard import Dashboard
 from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options, option_result
-from tui.widgets.feeds import EventList, LogTail
-from tui.widgets.alerts import AlertBar, AlertInfo
+from tui.widgets.alerts import AlertBar
+from tui.widgets.events_view import EventsView
 from tui.widgets.header import HeaderInfo, RunHeader
 
 
@@ -58,6 +57,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         Binding("r", "resume_run", "Resume run"),
         Binding("f", "summary", "Summary"),
         Binding("t", "per_class", "Per class", show=False),
+        Binding("a", "acknowledge", "Ack alert"),
         Binding("escape", "back", "Runs"),
         Binding("tab", "next_view", "View", priority=True),
         Binding("1", "view('dashboard')", "Dashboard", show=False),
@@ -280,6 +280,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         await self._build_view(event.pane)
         if event.pane.id == "detail":
             self.query_one("#metric-list").focus()
+        elif event.pane.id == "events":
+            self.query_one(EventsView).focus()
         self.refresh_bindings()
         self._request_refresh()
 
@@ -294,12 +296,16 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         if pane.id == "detail":
             await pane.mount(DetailView(id="detail-view", log_metrics=self.query_one(Dashboard).log_metrics))
         elif pane.id == "events":
-            await pane.mount(Vertical(EventList(self.clock, id="all-events", wrap=True),
-                                      LogTail(self.clock, id="all-log", max_lines=500), id="events-view"))
+            await pane.mount(EventsView(self.clock, id="events-feeds"))
 
     def _set_action(self, text: str, level: str) -> None:
         self.action_status = (text, level)
+        self.query_one(AlertBar).set_action(text, level)
         self._request_refresh()
+
+    def action_acknowledge(self) -> None:
+        """`a`: the alert in front steps aside (it stays counted until it is resolved)."""
+        self.query_one(AlertBar).acknowledge()
 
     # ------------------------------------------------------------------ painting
     def watch_link_state(self) -> None:
@@ -335,16 +341,14 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         """Push the model into every widget (widgets repaint only what changed)."""
         model = self.model
         self.query_one(RunHeader).info = HeaderInfo.from_model(model, self.link_state, self.clock)
-        self.query_one(AlertBar).info = AlertInfo.from_model(model, self.link_state, self.disconnect,
-                                                             self.action_status, self.clock)
+        self.query_one(AlertBar).show(model, self.link_state, self.disconnect, self.clock)
         active = self.query_one("#views", TabbedContent).active
         if active == "dashboard":
             self.query_one(Dashboard).show(model, live=self.link_state == "live")
         elif active == "detail" and self.query("#detail-chart"):  # the view is built (composed)
             self._refresh_detail()
-        elif active == "events" and self.query("#all-events"):
-            for feed in (self.query_one("#all-events", EventList), self.query_one("#all-log", LogTail)):
-                feed.sync(model)
+        elif active == "events" and self.query(EventsView):
+            self.query_one(EventsView).show(model)
 
     def _refresh_detail(self) -> None:
         view = self.query_one(DetailView)

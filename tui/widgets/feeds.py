@@ -1,9 +1,17 @@
-"""Events and log lines: scrollable lists for the events view, cheap tails for the dashboard."""
+"""Events and log lines: the lines themselves, the filter of the events view, scrollable lists
+for that view and cheap tails for the dashboard.
+
+A trainer log line spends 46 columns on `2026-11-27 08:45:32,989 INFO trainer.engine:`; it is
+shown as `08:45:32 engine: ...` (the level only when it is not INFO). Search reads the raw line.
+"""
 from __future__ import annotations
 
-from typing import Iterable
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
 
 from rich.text import Text
+from textual.events import Resize
 from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import RichLog
@@ -12,6 +20,17 @@ from tui import fmt
 from tui.model import RunModel
 
 LEVEL_TAGS = {"info": ("info ", ""), "warning": ("WARN ", "bold yellow"), "error": ("ERROR", "bold red")}
+SEVERITY = {"info": 0, "warning": 1, "error": 2}
+
+LOG_PREFIX = re.compile(r"\d{4}-\d\d-\d\d[ T](\d\d:\d\d:\d\d)(?:[.,]\d+)? "
+                        r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([^\s:]+): ?(.*)", re.S)
+"""The trainer's and the daemon's logging format: `%(asctime)s %(levelname)s %(name)s: %(message)s`."""
+LOG_LEVELS = {"DEBUG": "info", "INFO": "info", "WARNING": "warning", "ERROR": "error", "CRITICAL": "error"}
+LOG_TAGS = {"DEBUG": ("DEBUG", "dim"), "WARNING": ("WARN", "bold yellow"), "ERROR": ("ERROR", "bold red"),
+            "CRITICAL": ("CRIT", "bold red")}
+
+ROUTINE_KINDS = frozenset({"checkpoint", "eval", "request", "lr", "setup", "preparing", "report"})
+"""Info events a power user hides with `k` (warnings and errors of these kinds still show)."""
 
 
 def event_line(event: dict, clock: fmt.Clock) -> Text:
@@ -21,15 +40,77 @@ def event_line(event: dict, clock: fmt.Clock) -> Text:
                          (f"{event.get('kind', '?'):<14}", "bold"), " ", str(event.get("message", "")))
 
 
+def parse_log_line(line: str) -> Optional[tuple[str, str, str, str]]:
+    """(time of day, level name, short logger name, message) of a logging line, else None."""
+    match = LOG_PREFIX.fullmatch(line)
+    if match is None:
+        return None
+    clock, level, logger, message = match.groups()
+    return clock, level, logger.rsplit(".", 1)[-1], message
+
+
+def log_level(log: dict) -> str:
+    """`info`, `warning` or `error` of a log line: its logging level, else stderr counts as a warning."""
+    parsed = parse_log_line(str(log.get("line", "")))
+    if parsed is not None:
+        return LOG_LEVELS[parsed[1]]
+    return "warning" if log.get("stream") == "stderr" else "info"
+
+
 def log_line(log: dict) -> Text:
-    """A trainer output line; stderr lines are prefixed with `!`."""
-    if log.get("stream") == "stderr":
-        return Text.assemble(("! ", "bold red"), str(log.get("line", "")))
-    return Text("  " + str(log.get("line", "")))
+    """A trainer output line with a compact prefix; stderr lines are marked with `!`."""
+    raw = str(log.get("line", ""))
+    text = Text.assemble(("! ", "bold red")) if log.get("stream") == "stderr" else Text("  ")
+    parsed = parse_log_line(raw)
+    if parsed is None:
+        text.append(raw)
+        return text
+    clock, level, logger, message = parsed
+    text.append(clock, style="dim")
+    text.append(" ")
+    if level in LOG_TAGS:
+        tag, style = LOG_TAGS[level]
+        text.append(tag, style=style)
+        text.append(" ")
+    text.append(f"{logger}:", style="dim")
+    text.append(" " + message)
+    return text
+
+
+@dataclass(frozen=True)
+class FeedFilter:
+    """What the events view shows: a case-insensitive search, a least level, routine kinds."""
+
+    search: str = ""
+    min_level: int = 0
+    hide_routine: bool = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.search) or self.min_level > 0 or self.hide_routine
+
+    def shows_event(self, event: dict) -> bool:
+        level = event.get("level", "info")
+        if SEVERITY.get(level, 0) < self.min_level:
+            return False
+        if self.hide_routine and level == "info" and event.get("kind") in ROUTINE_KINDS:
+            return False
+        return not self.search or self.search.lower() in f"{event.get('kind', '')} {event.get('message', '')}".lower()
+
+    def shows_log(self, log: dict) -> bool:
+        if self.min_level and SEVERITY[log_level(log)] < self.min_level:
+            return False
+        return not self.search or self.search.lower() in str(log.get("line", "")).lower()
 
 
 class FeedLog(RichLog):
-    """A RichLog that mirrors one of the model's bounded lists, appending only new entries."""
+    """A RichLog that mirrors one of the model's bounded lists through a `FeedFilter`.
+
+    With nothing new it does nothing; new entries are appended; a new model, filter, wrap mode
+    or (wrapping) width rewrites the matching entries once. Lines are laid out at the width
+    actually visible: padding and a vertical scrollbar that is always reserved (a scrollbar that
+    appeared after a line was wrapped used to hide that line's last characters).
+    """
 
     DEFAULT_CSS = """
     FeedLog {
@@ -37,7 +118,9 @@ class FeedLog(RichLog):
         border: none;
         padding: 0 1;
         scrollbar-size-vertical: 1;
-        overflow-x: hidden;
+        scrollbar-size-horizontal: 1;
+        scrollbar-gutter: stable;
+        overflow-x: auto;
     }
     """
 
@@ -45,49 +128,86 @@ class FeedLog(RichLog):
                  max_lines: int = 500, wrap: bool = False) -> None:
         super().__init__(id=id, classes=classes, max_lines=max_lines, wrap=wrap, markup=False, highlight=False)
         self.clock = clock
-        self._generation = -1
+        self._key: tuple = ()
         self._written = 0
+        self._source: Optional[tuple[RunModel, FeedFilter]] = None
 
-    def _items(self, model: RunModel) -> tuple[list, int]:
+    def _items(self, model: RunModel) -> tuple[Any, int]:
         raise NotImplementedError
 
     def _line(self, item: dict) -> Text:
         raise NotImplementedError
 
-    def sync(self, model: RunModel) -> None:
-        """Bring the widget up to date with `model` (cheap when nothing changed)."""
-        items, total = self._items(model)
-        if model.generation != self._generation:
-            self.clear()
-            self._generation, self._written = model.generation, 0
-            self._write_all(items)
-        elif total > self._written:
-            self._write_all(items[len(items) - min(len(items), total - self._written):])
-        self._written = total
+    def _shows(self, feed_filter: FeedFilter, item: dict) -> bool:
+        raise NotImplementedError
 
-    def _write_all(self, items: Iterable[dict]) -> None:
+    @property
+    def line_width(self) -> int:
+        """Columns a line may use: inside the padding, beside the (reserved) scrollbar."""
+        return max(1, self.scrollable_content_region.width)
+
+    def sync(self, model: RunModel, feed_filter: FeedFilter = FeedFilter()) -> int:
+        """Bring the widget up to date with `model` (cheap when nothing changed); the number of
+        new entries shown."""
+        self._source = (model, feed_filter)
+        if not self._size_known:
+            return 0  # laid out once the width is known (on_resize)
+        items, total = self._items(model)
+        key = (id(model), model.generation, feed_filter, self.wrap, self.line_width if self.wrap else 0)
+        shown = 0
+        if key != self._key:
+            self._key = key
+            self.clear()
+            self._write_all(items, feed_filter)
+        elif total > self._written:
+            new = list(items)[-min(len(items), total - self._written):]
+            shown = self._write_all(new, feed_filter)
+        self._written = total
+        return shown
+
+    def on_resize(self, event: Resize) -> None:
+        self.call_later(self._resync)  # after RichLog's own handler has noted the size
+
+    def _resync(self) -> None:
+        if self._source is not None:
+            self.sync(*self._source)  # the first layout, or wrapped again at the new width
+
+    def _write_all(self, items: Iterable[dict], feed_filter: FeedFilter) -> int:
+        shown = 0
+        width = self.line_width
         for item in items:
-            self.write(self._line(item))
+            if feed_filter.active and not self._shows(feed_filter, item):
+                continue
+            line = self._line(item)
+            self.write(line, width=width if self.wrap else max(width, line.cell_len))
+            shown += 1
+        return shown
 
 
 class EventList(FeedLog):
     """Events: checkpoints, evals, phase changes, early stopping, crashes, restarts, warnings."""
 
-    def _items(self, model: RunModel) -> tuple[list, int]:
-        return list(model.events), model.events_total
+    def _items(self, model: RunModel) -> tuple[Any, int]:
+        return model.events, model.events_total
 
     def _line(self, item: dict) -> Text:
         return event_line(item, self.clock)
+
+    def _shows(self, feed_filter: FeedFilter, item: dict) -> bool:
+        return feed_filter.shows_event(item)
 
 
 class LogTail(FeedLog):
     """The tail of the trainer's stdout/stderr."""
 
-    def _items(self, model: RunModel) -> tuple[list, int]:
-        return list(model.logs), model.logs_total
+    def _items(self, model: RunModel) -> tuple[Any, int]:
+        return model.logs, model.logs_total
 
     def _line(self, item: dict) -> Text:
         return log_line(item)
+
+    def _shows(self, feed_filter: FeedFilter, item: dict) -> bool:
+        return feed_filter.shows_log(item)
 
 
 class FeedTail(Widget):
