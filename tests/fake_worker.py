@@ -23,6 +23,8 @@ through the real `trainer.worker.main` (link threads, controls queue, exit codes
     write_history    append records to history.msgpack (default true)
     pause_below_kb   pause ("disk_full") while the run directory's disk has less free space,
                      resume by itself ("disk_space_back") once it has more, like the engine
+    rates            [[from_step, samples/s], ...]: the samples/s progress reports from that step
+                     on (default 100 throughout)
     preparing_items  before the plan, "prepare a feature store" of this many items: `preparing`
                      frames (one per preparing_step seconds, default 0.05, 10 items each) between
                      two `preparing` events, like the engine's store_setup
@@ -160,7 +162,12 @@ class FakeTrainer:
             "total_epochs": max(1, self.steps // self.per_epoch), "phase": 0, "phase_name": "train",
             "epoch_step": self.step % self.per_epoch, "steps_per_epoch": self.per_epoch,
             "elapsed": float(self.step), "eta": float(self.steps - self.step), "phase_etas": [float(self.steps - self.step)],
-            "metrics": {"train_loss": 1.0 / self.step, "lr": 0.001}, "time": time.time()})
+            "metrics": {"train_loss": 1.0 / self.step, "lr": 0.001, "samples_per_s": self.rate()},
+            "time": time.time()})
+
+    def rate(self) -> float:
+        rates = [rate for start, rate in self.spec.get("rates", ()) if start <= self.step]
+        return float(rates[-1]) if rates else 100.0
 
     def crash(self, mode: str) -> None:
         if mode == "exit":

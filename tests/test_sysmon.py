@@ -17,7 +17,8 @@ from trainer.sysmon import SystemSampler, cpu_temperature
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_FIELDS = {"time", "cpu_percent", "load", "mem_total", "mem_used", "swap_total", "swap_used",
-                 "trainer_rss", "disk_free", "disk_total", "disk_write_bps", "cpu_temp"}
+                 "trainer_rss", "disk_free", "disk_total", "disk_write_bps", "cpu_temp", "processes",
+                 "trainer_threads", "cores"}
 Temp = collections.namedtuple("Temp", "label current high critical")
 Io = collections.namedtuple("Io", "read_bytes write_bytes")
 

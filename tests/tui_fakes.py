@@ -112,7 +112,19 @@ def system_sample(at: float, load: float = 1.9, disk_free: int = 61 * 1024**3) -
     return protocol.system(time=at, cpu_percent=[97.0, 88.5], load=[load, 1.85, 1.80],
                            mem_total=8 * 1024**3, mem_used=5_600_000_000, swap_total=2 * 1024**3,
                            swap_used=325_000_000, trainer_rss=1_450_000_000, disk_free=disk_free,
-                           disk_total=250 * 1024**3, disk_write_bps=1_250_000.0, cpu_temp=71.0)
+                           disk_total=250 * 1024**3, disk_write_bps=1_250_000.0, cpu_temp=71.0,
+                           cores=2, processes=PROCESSES, trainer_threads=TRAINER_THREADS)
+
+
+# a 2-core box where a stray process competes with a 2-thread trainer (issue 13's contention)
+PROCESSES = [
+    {"pid": 48213, "name": "python", "cpu": 104.0, "rss": 1_210_000_000, "role": "trainer"},
+    {"pid": 48102, "name": "ffmpeg", "cpu": 61.5, "rss": 88_000_000, "role": "other"},
+    {"pid": 48230, "name": "python", "cpu": 12.0, "rss": 240_000_000, "role": "loader"},
+    {"pid": 1733, "name": "Xorg", "cpu": 4.0, "rss": 120_000_000, "role": "other"},
+    {"pid": 48190, "name": "python", "cpu": 1.0, "rss": 45_000_000, "role": "daemon"},
+]
+TRAINER_THREADS = [{"tid": 48213, "cpu": 58.0}, {"tid": 48221, "cpu": 46.0}, {"tid": 48222, "cpu": 0.5}]
 
 
 def progress_frame(plan: Plan, step: int, metrics: dict, at: float) -> dict:

@@ -218,6 +218,10 @@ BODIES: dict[str, dict[str, Spec]] = {
     },
     "history_record": {"kind": STR, "step": INT},
     "eval_summary": {"last": Nullable(MAP), "best": Nullable(MAP)},
+    # one row of a system sample's process table; cpu in % of one core
+    "process": {"pid": INT, "name": STR, "cpu": NUM, "rss": INT,
+                "role": one_of("trainer", "daemon", "loader", "other")},
+    "thread": {"tid": INT, "cpu": NUM},
     "snapshot": {
         "state": STR,
         "config": Body("config_summary"),
@@ -256,6 +260,9 @@ MESSAGES: dict[str, dict[str, Spec]] = {
         "mem_total": INT, "mem_used": INT, "swap_total": INT, "swap_used": INT,
         "trainer_rss": Nullable(INT), "disk_free": INT, "disk_total": INT,
         "disk_write_bps": NUM_OR_NULL, "cpu_temp": NUM_OR_NULL,
+        # absent from daemons older than issue 13: the System view then shows no table
+        "processes": MayBeAbsent(ListOf(Body("process"))), "trainer_threads": MayBeAbsent(ListOf(Body("thread"))),
+        "cores": MayBeAbsent(INT),
     },
     "ack": {"id": INT, "ok": BOOL, "message": STR},
     "pong": {},

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from trainer import protocol
+from trainer.contention import ContentionWatch, Decision
 from trainer.daemon.hub import ClientConn, Hub, peer_uid
 from trainer.daemon.journal import Journal
 from trainer.daemon.ownership import RunLock
@@ -43,6 +44,7 @@ class Daemon:
         self.progress: Optional[dict] = None
         self.system: Optional[dict] = None
         self.preparing: Optional[dict] = None  # the feature store being prepared (before training)
+        self.contention: Optional[ContentionWatch] = None  # set once the config is loaded
         self.last_checkpoint_failed = False
         self._last_progress_write = 0.0
         self._tasks: set[asyncio.Task] = set()
@@ -81,6 +83,7 @@ class Daemon:
         except Exception as exc:  # ConfigError or unreadable file: nothing to supervise
             self.set_state("failed", f"cannot load the run's config: {exc}", level="error")
             return 1
+        self.contention = ContentionWatch(self.cfg.threads)
         await self.journal.load_history(self.cfg.eval.monitor_rule)
         await self.hub.listen(self.lock.socket_file)
         sampler = self._spawn(self._sample_system())
@@ -198,7 +201,12 @@ class Daemon:
             else:
                 self.system = body
                 self.hub.broadcast(msg, coalesce=True)
+                self._contention(self.contention.system(body))
             await asyncio.sleep(self.cfg.daemon.system_interval)
+
+    def _contention(self, decision: Optional[Decision]) -> None:
+        if decision is not None:
+            self.emit("contention", decision.level, decision.message, decision.data)
 
     # ------------------------------------------------------------------ what the worker says
     def worker_starting(self) -> None:
@@ -206,6 +214,8 @@ class Daemon:
 
     def worker_exited(self) -> None:
         self.preparing = None  # a crash in the middle of preparing: the next worker starts over
+        if self.contention is not None:  # a new trainer may run at another speed
+            self._contention(self.contention.reset("the trainer exited"))
         if self.progress is not None:
             self.journal.write_state(**progress_fields(self.progress))
 
@@ -237,6 +247,7 @@ class Daemon:
     def _on_progress(self, msg: dict) -> None:
         self.progress = {k: v for k, v in msg.items() if k != "type"}
         self.preparing = None
+        self.contention.progress((msg["metrics"] or {}).get("samples_per_s"), msg["phase"])
         if self.state == "starting":
             self.set_state("running", "training")
         self.hub.send_progress(msg)

@@ -45,6 +45,7 @@ from tui.widgets.evaluation import evaluation_options, option_result
 from tui.widgets.alerts import AlertBar
 from tui.widgets.events_view import EventsView
 from tui.widgets.header import HeaderInfo, RunHeader
+from tui.widgets.processes import SystemView, show_system
 
 
 class RunScreen(RunEvaluation, RunActions, Screen):
@@ -63,6 +64,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         Binding("1", "view('dashboard')", "Dashboard", show=False),
         Binding("2", "view('detail')", "Detail", show=False),
         Binding("3", "view('events')", "Events", show=False),
+        Binding("4", "view('system')", "System", show=False),
     ]
 
     link_state: reactive[str] = reactive("connecting")
@@ -98,6 +100,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             # The other views are built when first shown: a smaller DOM at start attaches faster.
             yield TabPane("2 Detail", id="detail")
             yield TabPane("3 Events & log", id="events")
+            yield TabPane("4 System", id="system")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -297,6 +300,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             await pane.mount(DetailView(id="detail-view", log_metrics=self.query_one(Dashboard).log_metrics))
         elif pane.id == "events":
             await pane.mount(EventsView(self.clock, id="events-feeds"))
+        elif pane.id == "system":
+            await pane.mount(SystemView(id="system-view"))
 
     def _set_action(self, text: str, level: str) -> None:
         self.action_status = (text, level)
@@ -349,6 +354,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             self._refresh_detail()
         elif active == "events" and self.query(EventsView):
             self.query_one(EventsView).show(model)
+        elif active == "system" and self.query("#system-view"):
+            show_system(self.query_one(SystemView), model, live=self.link_state == "live")
 
     def _refresh_detail(self) -> None:
         view = self.query_one(DetailView)

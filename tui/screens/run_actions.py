@@ -20,7 +20,7 @@ from tui.widgets.charts import LineChart
 from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options
 
-VIEWS = ("dashboard", "detail", "events")
+VIEWS = ("dashboard", "detail", "events", "system")
 
 
 def resume_command(run_dir: Path) -> list[str]:

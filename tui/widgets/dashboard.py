@@ -104,6 +104,7 @@ class Dashboard(Vertical):
         lr_chart.title = "planned LR" + (f", now {fmt.metric(lr_now)}" if lr_now is not None else "")
         system = self.query_one(SystemPanel)
         system.max_rows = 10 if self.screen.has_class("-tall") else 5
+        system.live = live
         system.system = model.system
         # One step range for all tiles, so their points line up and a few points stay few marks.
         end = max([model.step, 1] + [s.last_step for s in model.series.values() if s.last_step is not None])

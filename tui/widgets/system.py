@@ -1,4 +1,5 @@
-"""System panel: CPU per core, load, memory, swap, trainer RSS, disk free and write rate, temperature."""
+"""System panel: CPU per core, load, memory, swap, trainer RSS, disk free and write rate, temperature,
+and the top processes when there is room (the whole table is the System view, tui/widgets/processes.py)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,9 +9,12 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from tui import braille, fmt
+from tui.widgets.processes import load_text, process_line, temperature_text
 
 LOW_DISK_FRACTION = 0.10
 LOW_DISK_BYTES = 5 * 1024**3
+TOP_PROCESSES = 3
+"""Processes the panel lists under the per-core view when its rows allow."""
 
 
 def disk_is_low(system: dict) -> bool:
@@ -38,12 +42,17 @@ class SystemPanel(Widget):
     """The last `system` frame body (None before the first sample)."""
     max_rows: reactive[int] = reactive(6)
     """Rows the panel may use; per-core bars are drawn when they fit."""
+    live: reactive[bool] = reactive(False)
+    """Connected to a daemon: a missing sample is still to come (offline, none ever comes)."""
 
     def watch_system(self) -> None:
         self._fit()
 
     def watch_max_rows(self) -> None:
         self._fit()
+
+    def watch_live(self) -> None:
+        self.refresh()
 
     def _fit(self) -> None:
         """Size the panel to its lines (a style change re-lays out the column it sits in).
@@ -57,16 +66,28 @@ class SystemPanel(Widget):
     def _use_detailed(self) -> bool:
         return len((self.system or {}).get("cpu_percent") or ()) + 5 <= self.max_rows
 
+    def _top_processes(self) -> list[dict]:
+        """The first processes of the sample (the trainer, then the busiest) that fit under the
+        per-core view; none in the compact view."""
+        if not self._use_detailed():
+            return []
+        room = self.max_rows - len(self.system.get("cpu_percent") or ()) - 5
+        return list((self.system.get("processes") or ())[:max(0, min(TOP_PROCESSES, room))])
+
     def rows_needed(self) -> int:
-        """Lines the current sample takes: one per core plus five if that fits `max_rows`, else five."""
+        """Lines the current sample takes: one per core plus five (and the top processes) if that
+        fits `max_rows`, else five."""
         if not self.system:
             return 1
-        return len(self.system.get("cpu_percent") or ()) + 5 if self._use_detailed() else 5
+        if not self._use_detailed():
+            return 5
+        return len(self.system.get("cpu_percent") or ()) + 5 + len(self._top_processes())
 
     def render(self) -> Text:
         system = self.system
         if not system:
-            return Text("system: no sample (samples come from a live daemon)", style="dim")
+            # short enough for the side column at 80x24
+            return Text("system: waiting for a sample" if self.live else "system: live runs only", style="dim")
         width = max(20, self.size.width or 40)
         lines = self._detailed(system, width) if self._use_detailed() else self._compact(system)
         for line in lines:
@@ -80,11 +101,12 @@ class SystemPanel(Widget):
         bar_width = max(4, min(40, width - 13))
         lines = [Text.assemble(f"cpu{i:<3}", (fmt.bar(pct / 100, bar_width), bar_style), f" {pct:4.0f}%")
                  for i, pct in enumerate(s.get("cpu_percent") or ())]
-        lines.append(Text(f"load  {self._load(s)}" + (f"   temp {s['cpu_temp']:.0f}°C" if s.get("cpu_temp") is not None else "")))
+        lines.append(Text(f"{load_text(s)}   {temperature_text(s)}"))
         lines.append(Text(f"ram   {self._used(s, 'mem')}"))
         lines.append(Text(f"swap  {self._used(s, 'swap')}   trainer rss {fmt.size(s.get('trainer_rss'))}"))
         lines.append(self._disk(s, long=True))
         lines.append(Text(f"disk writes {fmt.rate(s.get('disk_write_bps'))}"))
+        lines += [process_line(row, width) for row in self._top_processes()]
         return lines
 
     def _compact(self, s: dict) -> list[Text]:
@@ -93,17 +115,11 @@ class SystemPanel(Widget):
         mean = sum(cores) / len(cores) if cores else 0.0
         cpu = Text.assemble("cpu ", (braille.spark(cores, 0.0, 100.0)[:16], self.get_component_rich_style("system--bar")),
                             f" {mean:.0f}% avg of {len(cores)}")
-        temp = f"  temp {s['cpu_temp']:.0f}°C" if s.get("cpu_temp") is not None else ""
         return [cpu,
-                Text(f"load {self._load(s)}{temp}"),
+                Text(f"{load_text(s)}  {temperature_text(s)}"),
                 Text(f"ram {self._used(s, 'mem')}  swap {fmt.size(s.get('swap_used'))}"),
                 Text(f"rss {fmt.size(s.get('trainer_rss'))}  writes {fmt.rate(s.get('disk_write_bps'))}"),
                 self._disk(s, long=False)]
-
-    @staticmethod
-    def _load(s: dict) -> str:
-        load = s.get("load") or ()
-        return " ".join(f"{v:.2f}" for v in load[:3]) if load else fmt.MISSING
 
     @staticmethod
     def _used(s: dict, prefix: str) -> str:

@@ -1,0 +1,231 @@
+"""The oversubscribed alert: decision logic on scripted samples, the sampler's process table,
+and the daemon emitting the events."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trainer import protocol
+from trainer.contention import ALERT, ContentionWatch
+from trainer.sysmon import MAX_PROCESSES, ProcessTable, SystemSampler
+
+HOG = {"pid": 4242, "name": "hog", "cpu": 97.0, "rss": 1 << 20, "role": "other"}
+TRAINER = {"pid": 100, "name": "python", "cpu": 110.0, "rss": 1 << 30, "role": "trainer"}
+
+
+def sample(t: float, load: float = 1.0, hogs: tuple = (), cores: int = 2) -> dict:
+    return {"time": t, "cpu_percent": [90.0] * cores, "load": [load, load, load], "cores": cores,
+            "processes": [TRAINER, *hogs], "trainer_threads": []}
+
+
+def feed(watch: ContentionWatch, t: float, rate: float, phase: int = 0, **system) -> object:
+    for jitter in (0.9, 1.0, 1.1):  # a few noisy steps between two system samples
+        watch.progress(rate * jitter, phase)
+    return watch.system(sample(t, **system))
+
+
+def test_alert_starts_after_three_contended_samples_and_names_the_fix():
+    watch = ContentionWatch(threads=2)
+    for t in range(5):
+        assert feed(watch, t, 100.0) is None
+    decisions = [feed(watch, 5 + t, 8.0, load=3.9, hogs=(HOG,)) for t in range(3)]
+    assert decisions[:2] == [None, None]
+    start = decisions[2]
+    assert start.level == "warning" and start.data["alert"] == ALERT and start.starts
+    assert "hog (pid 4242, 97% CPU)" in start.message
+    assert "set `threads: 1` in the config (or stop hog)" in start.message
+    assert "load 3.9 on 2 cores" in start.message and "fell to 8 (best 100)" in start.message
+    assert start.data["suggested_threads"] == 1
+    protocol.event("contention", start.level, start.message, start.data)  # a valid frame
+
+
+def test_alert_ends_when_the_rate_recovers_and_not_before():
+    watch = ContentionWatch(threads=2)
+    for t in range(3):
+        feed(watch, t, 100.0)
+    for t in range(3, 6):
+        start = feed(watch, t, 20.0, load=3.0, hogs=(HOG,))
+    assert start is not None and watch.active
+    # a long contention does not become the new normal: the best stays frozen
+    for t in range(6, 400):
+        assert feed(watch, t, 20.0, load=3.0, hogs=(HOG,)) is None
+    # the load average lags after the hog is gone; the rate is what counts
+    assert feed(watch, 400, 95.0, load=3.0, hogs=(HOG,)) is None
+    assert feed(watch, 401, 95.0, load=3.0, hogs=(HOG,)) is None
+    end = feed(watch, 402, 95.0, load=3.0, hogs=(HOG,))
+    assert end.level == "info" and end.data == {"resolves": ALERT, "samples_per_s": 95.0}
+    assert not end.starts and "samples/s back to 95" in end.message
+
+
+def test_alert_ends_when_the_others_go_quiet_even_if_the_rate_stays_low():
+    watch = ContentionWatch(threads=1)
+    for t in range(3):
+        feed(watch, t, 100.0)
+    for t in range(3, 6):
+        start = feed(watch, t, 30.0, load=3.0, hogs=(HOG,))
+    assert "stop hog or lower its priority" in start.message and "suggested_threads" not in start.data
+    ends = [feed(watch, t, 30.0, load=2.5) for t in range(6, 9)]
+    assert ends[:2] == [None, None] and ends[2].data["resolves"] == ALERT
+
+
+@pytest.mark.parametrize("why, system", [
+    ("load not above the cores", {"load": 1.9, "hogs": (HOG,)}),
+    ("no other busy process", {"load": 3.9}),
+    ("slow but trainer's own loaders", {"load": 3.9, "hogs": ({**HOG, "role": "loader"},)}),
+])
+def test_no_alert_without_competition(why, system):
+    watch = ContentionWatch(threads=2)
+    for t in range(3):
+        feed(watch, t, 100.0)
+    assert all(feed(watch, t, 10.0, **system) is None for t in range(3, 20)), why
+
+
+def test_blips_and_missing_rates_do_not_start_it():
+    watch = ContentionWatch(threads=2)
+    for t in range(3):
+        feed(watch, t, 100.0)
+    for t in range(3, 30):  # two slow samples, one normal: never three in a row
+        assert feed(watch, t, 10.0 if t % 3 else 100.0, load=3.0, hogs=(HOG,)) is None
+    # no progress between system samples (evaluating, paused): nothing to judge
+    assert all(watch.system(sample(t, load=3.0, hogs=(HOG,))) is None for t in range(30, 40))
+
+
+def test_a_new_phase_forgets_the_best_of_the_previous_one():
+    watch = ContentionWatch(threads=2)
+    for t in range(3):
+        feed(watch, t, 300.0, phase=0)  # frozen backbone: fast steps
+    for t in range(3, 10):  # full fine-tuning is slower by itself; a busy box is not the cause
+        assert feed(watch, t, 100.0, phase=1, load=3.0, hogs=(HOG,)) is None
+
+
+def test_best_is_of_the_recent_window_only():
+    watch = ContentionWatch(threads=2, window=60)
+    feed(watch, 0, 500.0)  # long ago
+    for t in range(100, 110):
+        feed(watch, t, 100.0)
+    assert all(feed(watch, t, 80.0, load=3.0, hogs=(HOG,)) is None for t in range(110, 120))
+
+
+def test_reset_ends_an_active_alert():
+    watch = ContentionWatch(threads=2)
+    for t in range(3):
+        feed(watch, t, 100.0)
+    for t in range(3, 6):
+        feed(watch, t, 5.0, load=3.0, hogs=(HOG,))
+    end = watch.reset("the trainer exited")
+    assert end.data == {"resolves": ALERT} and end.message == "contention over: the trainer exited"
+    assert watch.reset("again") is None
+
+
+def test_bad_thresholds_are_refused():
+    with pytest.raises(ValueError, match="drop=0.9, recover=0.8"):
+        ContentionWatch(threads=2, drop=0.9)
+
+
+# ----------------------------------------------------------------------------- the sampler
+def test_process_table_puts_the_trainer_first_and_finds_a_busy_process(tmp_path):
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        table = ProcessTable()
+        table.sample(idle.pid)
+        time.sleep(0.5)
+        rows, threads = table.sample(idle.pid)
+    finally:
+        hog.kill()
+        idle.kill()
+        hog.wait()
+        idle.wait()
+    assert rows[0]["pid"] == idle.pid and rows[0]["role"] == "trainer"
+    assert len(rows) <= MAX_PROCESSES
+    hog_row = next(row for row in rows if row["pid"] == hog.pid)
+    assert hog_row["role"] == "other" and hog_row["cpu"] > 20 and hog_row["name"].startswith("python")
+    assert [row["cpu"] for row in rows[1:]] == sorted((row["cpu"] for row in rows[1:]), reverse=True)
+    assert threads and all(set(t) == {"tid", "cpu"} for t in threads)
+
+
+def test_sample_with_process_table_is_a_valid_system_frame(tmp_path):
+    sampler = SystemSampler(tmp_path, lambda: os.getpid())
+    sampler.sample()
+    body = sampler.sample()
+    protocol.system(**body)  # validates the new fields
+    assert body["cores"] >= 1 and body["processes"][0]["role"] == "trainer"
+    assert body["processes"][0]["pid"] == os.getpid()
+    assert any(row["role"] == "daemon" for row in body["processes"]) is False  # trainer wins over daemon
+
+
+def test_loader_children_of_the_trainer_are_marked():
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'while True: pass']); time.sleep(60)"
+    trainer = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        table = ProcessTable()
+        table.sample(trainer.pid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            rows, _ = table.sample(trainer.pid)
+            if any(row["role"] == "loader" for row in rows):
+                break
+        assert any(row["role"] == "loader" and row["cpu"] > 10 for row in rows), rows
+    finally:
+        import psutil
+
+        for child in psutil.Process(trainer.pid).children():
+            child.kill()
+        trainer.kill()
+        trainer.wait()
+
+
+# ----------------------------------------------------------------------------- the daemon
+class BusyBox:
+    """Stands in for SystemSampler: a box where a hog always keeps the load above the cores, so
+    the alert follows the fake worker's samples/s alone."""
+
+    def __init__(self, run_dir, trainer_pid_fn):
+        self.trainer_pid_fn = trainer_pid_fn
+
+    def sample(self) -> dict:
+        body = {"time": time.time(), "cpu_percent": [99.0, 99.0], "load": [3.9, 3.0, 2.0], "mem_total": 8 << 30,
+                "mem_used": 2 << 30, "swap_total": 0, "swap_used": 0, "trainer_rss": 1 << 28,
+                "disk_free": 50 << 30, "disk_total": 100 << 30, "disk_write_bps": 0.0, "cpu_temp": None,
+                "cores": 2, "processes": [HOG], "trainer_threads": []}
+        pid = self.trainer_pid_fn()
+        if pid is not None:
+            body["processes"] = [{**TRAINER, "pid": pid}, HOG]
+        return body
+
+
+def test_daemon_emits_the_alert_and_its_end(tmp_path, runtime_dir, monkeypatch):
+    import asyncio
+    import threading
+
+    from daemon_helpers import FAKE_WORKER, make_run, read_events, wait_for
+    from trainer import daemon, sysmon
+    from trainer.run.sockets import socket_path
+
+    monkeypatch.setattr(sysmon, "SystemSampler", BusyBox)
+    # 0.5 s system samples: normal for ~3 s, slow for ~4 s, normal again
+    run_dir = make_run(tmp_path / "runs", "busy", fake={"steps": 100000, "step_time": 0.01, "log_every": 0,
+                                                       "rates": [[0, 100], [300, 8], [700, 100]]})
+    d = daemon.Daemon(run_dir, [sys.executable, str(FAKE_WORKER)], daemon.Settings(linger=0.1))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(d.run()))
+    thread.start()
+    try:
+        wait_for(lambda: socket_path(run_dir).exists(), 10, "socket")
+
+        def contention():
+            return [e for e in read_events(run_dir) if e["kind"] == "contention"]
+
+        wait_for(lambda: len(contention()) >= 2, 60, "the contention alert and its end")
+    finally:
+        loop.call_soon_threadsafe(d.shutdown, "test over")
+        thread.join(30)
+    start, end = contention()[:2]
+    assert start["level"] == "warning" and start["data"]["alert"] == ALERT
+    assert "hog (pid 4242, 97% CPU)" in start["message"] and "`threads: 1`" in start["message"]
+    assert end["level"] == "info" and end["data"]["resolves"] == ALERT

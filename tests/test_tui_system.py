@@ -1,0 +1,159 @@
+"""The System view (`4`) and the dashboard's system panel: the process table, the trainer's
+threads, the top processes when there is room, `temp n/a`, and the empty panel at 80x24."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tui_fakes  # noqa: E402
+from tui_fakes import DaemonThread, wait_for  # noqa: E402
+from pilot import async_test, make_app  # noqa: E402
+
+from trainer.run.sockets import socket_path  # noqa: E402
+from tui.screens.run import RunScreen  # noqa: E402
+from tui.widgets.processes import SystemView  # noqa: E402
+from tui.widgets.system import SystemPanel  # noqa: E402
+
+SMALL, LARGE = (80, 24), (160, 48)
+
+
+def system_body(**changes) -> dict:
+    body = {k: v for k, v in tui_fakes.system_sample(tui_fakes.T0).items() if k != "type"}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def frames_with(body: dict) -> list[dict]:
+    """The recorded stream with every system sample replaced by `body`."""
+    frames = tui_fakes.read_stream()
+    frames[0]["snapshot"]["system"] = body
+    return [f if f.get("type") != "system" else {"type": "system", **body} for f in frames]
+
+
+def live(app) -> bool:
+    return isinstance(app.screen, RunScreen) and app.screen.link_state == "live" and app.screen.model.system
+
+
+def lines(widget) -> list[str]:
+    return str(widget.render()).splitlines()
+
+
+async def open_view(app, pilot) -> SystemView:
+    await wait_for(pilot, lambda: live(app), what="the live dashboard")
+    await pilot.press("4")
+    await wait_for(pilot, lambda: app.screen.query(SystemView), what="the system view")
+    view = app.screen.query_one(SystemView)
+    await wait_for(pilot, lambda: view.system is not None, what="a sample in the system view")
+    await pilot.pause(0.1)
+    return view
+
+
+def serve(tmp_path, live_process, body: dict):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
+    return run_dir, DaemonThread(socket_path(run_dir), run_dir, frames=frames_with(body)).start()
+
+
+@async_test
+async def test_system_view_shows_processes_and_threads_at_both_sizes(tmp_path, runtime_dir, live_process):
+    run_dir, daemon = serve(tmp_path, live_process, system_body())
+    try:
+        for size in (SMALL, LARGE):
+            app = make_app(run_dir)
+            async with app.run_test(size=size) as pilot:
+                view = await open_view(app, pilot)
+                text = lines(view)
+                assert text[0].startswith("2 cores  load 1.90 1.85 1.80  temp 71°C  ram"), text[0]
+                assert any(line.startswith("cpu0") and "97%" in line and "cpu1" in line for line in text), text
+                trainer = next(line for line in text if "48213" in line)
+                assert "trainer" in trainer and "python" in trainer and "104.0" in trainer and "1.1 GiB" in trainer
+                assert text.index(trainer) < text.index(next(line for line in text if "ffmpeg" in line))
+                assert any("loader" in line and "48230" in line for line in text)
+                assert "other processes: 66% of one core, 1.3 of 2 cores left for the trainer" in text
+                assert "trainer threads: 2 busy of 3 shown, `threads: 2` in the config" in text
+                assert all(len(line) <= view.size.width - 2 for line in text), (size, text)
+                # what the widget draws is what the terminal shows: nothing is cut at 80 columns
+                assert all(not line.endswith("…") for line in text)
+    finally:
+        daemon.close()
+
+
+@async_test
+async def test_tab_reaches_the_system_view(live_run):
+    run_dir, _ = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=SMALL) as pilot:
+        await wait_for(pilot, lambda: live(app), what="the live dashboard")
+        for _ in range(3):
+            await pilot.press("tab")
+        await pilot.pause(0.1)
+        assert app.screen.query_one("#views").active == "system"
+
+
+@async_test
+async def test_no_temperature_sensor_reads_n_a(tmp_path, runtime_dir, live_process):
+    run_dir, daemon = serve(tmp_path, live_process, system_body(cpu_temp=None))
+    try:
+        for size in (SMALL, LARGE):
+            app = make_app(run_dir)
+            async with app.run_test(size=size) as pilot:
+                await wait_for(pilot, lambda: live(app), what="the live dashboard")
+                await pilot.pause(0.1)
+                panel = app.screen.query_one(SystemPanel)
+                assert any("load 1.90 1.85 1.80" in line and line.rstrip().endswith("temp n/a")
+                           for line in lines(panel)), (size, lines(panel))
+                view = await open_view(app, pilot)
+                assert "temp n/a" in lines(view)[0]
+    finally:
+        daemon.close()
+
+
+@async_test
+async def test_top_processes_in_the_panel_only_when_there_is_room(live_run):
+    run_dir, _ = live_run
+    body = system_body()
+    for size, shown in ((LARGE, True), (SMALL, False)):
+        app = make_app(run_dir)
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: live(app), what="the live dashboard")
+            app.screen.model.apply_system(body)  # the recorded stream predates the process table
+            app.screen.refresh_widgets()
+            await pilot.pause(0.1)
+            panel = app.screen.query_one(SystemPanel)
+            text = lines(panel)
+            rows = [line for line in text if "% " in line and ("python" in line or "ffmpeg" in line)]
+            if shown:
+                assert len(rows) == 3 and "trainer" in rows[0] and "ffmpeg" in rows[1], text
+                assert panel.size.height == len(text) == 10
+            else:
+                assert rows == [] and len(text) == 5, text
+
+
+@async_test
+async def test_empty_panel_text_fits_at_80x24(tmp_path, runtime_dir, live_process):
+    offline = tui_fakes.write_run_dir(tmp_path / "old", state="stopped")
+    app = make_app(offline)
+    async with app.run_test(size=SMALL) as pilot:
+        await wait_for(pilot, lambda: app.screen.loaded, what="the offline run")
+        await pilot.pause(0.2)
+        panel = app.screen.query_one(SystemPanel)
+        assert str(panel.render()) == "system: live runs only"
+        assert panel.content_region.width >= len("system: waiting for a sample")
+        await pilot.press("4")
+        await pilot.pause(0.2)
+        assert lines(app.screen.query_one(SystemView)) == ["system samples come from a live run"]
+
+
+@async_test
+async def test_sample_from_an_older_daemon_without_the_table(tmp_path, runtime_dir, live_process):
+    run_dir, daemon = serve(tmp_path, live_process, system_body(processes=..., trainer_threads=..., cores=...))
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=SMALL) as pilot:
+            view = await open_view(app, pilot)
+            text = lines(view)
+            assert text[0].startswith("2 cores") and "no process table (the daemon is older than this TUI)" in text
+            assert not any("trainer threads" in line for line in text)
+    finally:
+        daemon.close()
