@@ -10,19 +10,20 @@ import errno
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from trainer.fmt import duration
+from trainer.fmt import MISSING, best_text, duration, samples_rate
 from trainer.posthoc import commands as posthoc_commands
 from trainer.run import registry
 from trainer.run.errors import RunError, RunExists
 from trainer.run.locate import create_run_dir, resolve_run, runs_root
 from trainer.run.rundir import RunDir, apply_umask, atomic_write_bytes, is_run_dir, make_run_dir
-from trainer.run.state import MAX_LAUNCH_FAILURES, effective_state
+from trainer.run.state import LIVE_STATES, MAX_LAUNCH_FAILURES, effective_state
 from trainer.run.status import list_runs, status as run_status
 
 
@@ -114,6 +115,27 @@ def write_config(run_dir: Path, cfg) -> None:
     path = RunDir(run_dir).config
     if not path.exists():
         atomic_write_bytes(path, dump_config(cfg).encode())
+
+
+def longhaul_command() -> str:
+    """How to run this longhaul again in a hint a person copies: `longhaul` when that name on
+    PATH is this very entry point, else the entry point's full path (a venv not activated), else
+    `PYTHON -m trainer.cli` (run from a source tree); shell-quoted."""
+    entry = None
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    for candidate in (argv0, Path(sys.executable).parent / "longhaul"):
+        if candidate is not None and candidate.name == "longhaul" and candidate.is_file():
+            entry = candidate.absolute()
+            break
+    if entry is None:
+        return f"{shlex.quote(sys.executable)} -m trainer.cli"
+    on_path = shutil.which("longhaul")
+    try:
+        if on_path and os.path.samefile(on_path, entry):
+            return "longhaul"
+    except OSError:
+        pass
+    return shlex.quote(str(entry))
 
 
 def address(run_dir: Path) -> str:
@@ -222,17 +244,23 @@ def cmd_status(args) -> int:
 def format_status(info: dict) -> str:
     if info["state"] == "missing":
         return f"{info['name']}: missing\n  {info.get('error')}"
+    epoch = info.get("epoch")
+    epochs = f"{epoch}/{info['total_epochs']}" if epoch is not None and info.get("total_epochs") else epoch
     lines = [f"{info['name']}: {info['state']}  step {info.get('step') or 0}/{info.get('total_steps') or '?'}"
-             f"  epoch {(info.get('epoch') or 0) + 1}  phase {info.get('phase_name') or info.get('phase')}"]
+             f"  epoch {epochs if epochs is not None else MISSING}"
+             f"  phase {info.get('phase_name') or info.get('phase') or MISSING}"]
     if info.get("eta") is not None:
         lines.append(f"  ETA {duration(info['eta'])}")
+    if info.get("best") or info.get("samples_per_s") is not None:
+        lines.append(f"  best {best_text(info.get('best'))}  samples/s {samples_rate(info.get('samples_per_s'))}")
     for key in ("last_eval", "best_eval"):
         ev = info.get(key)
         if ev:
             lines.append(f"  {key.replace('_', ' ')}: acc {ev.get('val_accuracy', float('nan')):.4f}  "
                          f"f1 {ev.get('val_f1_macro', float('nan')):.4f}  loss {ev.get('val_loss', float('nan')):.4f}"
                          f"  (step {ev.get('step')})")
-    lines.append(f"  dir {info.get('dir')}  pid {info.get('pid')}")
+    owner = f"pid {info['pid']}" if info.get("pid") else "no daemon"
+    lines.append(f"  dir {info.get('dir')}  {owner}")
     lines += run_notes(info)
     return "\n".join(lines)
 
@@ -304,9 +332,9 @@ def cmd_start(args) -> int:
         if created:  # a start that never ran leaves nothing behind (the name stays free)
             _remove_if_unused(run_dir)
         raise
-    hint = address(run_dir)
-    print(f"started {run_dir.name} (daemon pid {pid})\n  dir:    {run_dir}\n  attach: longhaul attach {hint}"
-          f"\n  status: longhaul status {hint}")
+    hint, command = address(run_dir), longhaul_command()
+    print(f"started {run_dir.name} (daemon pid {pid})\n  dir:    {run_dir}\n  attach: {command} attach {hint}"
+          f"\n  status: {command} status {hint}")
     if args.attach:
         from tui.app import run_attach
 
@@ -323,7 +351,8 @@ def cmd_ls(args) -> int:
     if not infos:
         print(f"no runs under {root}")
         return 0
-    print(f"{'NAME':24} {'STATE':12} {'PHASE':16} {'STEP':>15} {'ETA':>12} {'LAST CKPT':>10}")
+    print(f"{'NAME':24} {'STATE':12} {'PHASE':16} {'STEP':>15} {'ETA':>8} {'LAST CKPT':>10} {'BEST':>12} "
+          f"{'SAMPLES/S':>9}")
     notes = []
     for info in infos:
         step = f"{info.get('step') or 0}/{info.get('total_steps') or '?'}"
@@ -332,7 +361,8 @@ def cmd_ls(args) -> int:
         age_text = duration(age) + " ago" if age is not None else "-"
         elsewhere = "" if Path(info["dir"]).parent == root.absolute() else f"  {info['dir']}"
         print(f"{info['name'][:24]:24} {info['state']:12} {str(info.get('phase_name') or '-')[:16]:16} "
-              f"{step:>15} {eta:>12} {age_text:>10}{elsewhere}")
+              f"{step:>15} {eta:>8} {age_text:>10} {best_text(info.get('best')):>12} "
+              f"{samples_rate(info.get('samples_per_s')):>9}{elsewhere}")
         extra = [f"  {info['error']}"] if info["state"] == "missing" else run_notes(info)
         notes += [f"{info['name']}:"] + extra if extra else []
     if notes:
@@ -344,7 +374,15 @@ def cmd_control(args) -> int:
     from trainer import remote
 
     run_dir = resolve_run(args.run, runs_root_arg(args))
-    ack, done = remote.request(run_dir, args.command, timeout=args.timeout)
+    try:
+        ack, done = remote.request(run_dir, args.command, timeout=args.timeout)
+    except remote.NoDaemon:
+        state = effective_state(run_dir)
+        if args.command != "stop" or state in LIVE_STATES:
+            raise
+        # like `systemctl stop` or `docker stop` of something stopped: the wanted end holds already
+        print(f"{run_dir.name} is not running ({state}); nothing to stop")
+        return 0
     if not ack.get("ok"):
         print(f"{args.command} refused: {ack.get('message')}", file=sys.stderr)
         return 1
@@ -394,7 +432,7 @@ def cmd_resume(args) -> int:
         return 1
     registry.register(run_dir)
     pid = daemon.launch_daemon(run_dir)
-    print(f"resumed {run_dir.name} (daemon pid {pid}); attach: longhaul attach {address(run_dir)}")
+    print(f"resumed {run_dir.name} (daemon pid {pid}); attach: {longhaul_command()} attach {address(run_dir)}")
     return 0
 
 
@@ -448,7 +486,7 @@ def resume_all(root: Path) -> int:
             failed += 1
             print(f"longhaul resume: {exc}", file=sys.stderr)
             continue
-        print(f"resumed {run_dir.name} (daemon pid {pid}); attach: longhaul attach {address(run_dir)}")
+        print(f"resumed {run_dir.name} (daemon pid {pid}); attach: {longhaul_command()} attach {address(run_dir)}")
     return 1 if failed else 0
 
 
@@ -599,11 +637,25 @@ def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, user_error_types()) or (isinstance(exc, OSError) and exc.errno in USER_ERRNOS)
 
 
+def reader_gone() -> int:
+    """`longhaul export RUN | head`: the reader left, so stop quietly as unix tools do (their
+    exit status after SIGPIPE, 128 + 13). stdout is pointed at /dev/null first: Python flushes
+    it again at exit and would print a second BrokenPipeError there."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         apply_umask()  # run data is private: directories 0700, files 0600 (LONGHAUL_UMASK relaxes it)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it could not be caught
+        return code
+    except BrokenPipeError:
+        return reader_gone()
     except Exception as exc:
         if not is_user_error(exc):
             raise

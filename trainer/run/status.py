@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from trainer.fmt import epoch_number, metric_label
+from trainer.history.tail import recent_rate
 from trainer.run import registry
 from trainer.run.evaluation import headline_result, read_evaluation
 from trainer.run.locate import run_names, runs_root, safe_is_run_dir
+from trainer.run.plan import read_plan
+from trainer.run.rundir import RunDir
 from trainer.run.sockets import find_socket
 from trainer.run.state import LIVE_STATES, effective_state, read_state
 
@@ -25,16 +29,23 @@ def status(run_dir: Path) -> dict:
     sock = str(found) if found is not None else None
     checkpoint = state.get("last_checkpoint") or {}
     age = time.time() - checkpoint["time"] if isinstance(checkpoint.get("time"), (int, float)) else None
+    plan, config = plan_summary(run_dir)
+    total_epochs = plan.get("total_epochs") if isinstance(plan.get("total_epochs"), int) else None
     return {
         "name": state.get("name") or run_dir.name,
         "state": current,
         "step": state.get("step"),
         "total_steps": state.get("total_steps"),
-        "epoch": state.get("epoch"),
+        "epoch": epoch_number(state.get("epoch"), total_epochs),
+        "total_epochs": total_epochs,
         "phase": state.get("phase"),
         "phase_name": state.get("phase_name"),
         "last_eval": eval_summary(state.get("last_eval")),
         "best_eval": eval_summary(state.get("best_eval")),
+        "best": best_metric(state.get("best_eval"), config.get("monitor")),
+        "samples_per_s": recent_rate(RunDir(run_dir).history),
+        "model": config.get("model"),
+        "started": started_time(run_dir),
         "evaluation": evaluation_summary(run_dir),
         "pid": state.get("pid") if live else None,
         "socket": sock,
@@ -52,12 +63,42 @@ def status(run_dir: Path) -> dict:
 def missing_status(run_dir: Path) -> dict:
     """The status of a registered run whose directory is gone (moved or deleted)."""
     run_dir = Path(run_dir)
-    info = dict.fromkeys(("step", "total_steps", "epoch", "phase", "phase_name", "last_eval", "best_eval", "evaluation", "pid",
+    info = dict.fromkeys(("step", "total_steps", "epoch", "total_epochs", "best", "samples_per_s", "model",
+                          "started", "phase", "phase_name", "last_eval", "best_eval", "evaluation", "pid",
                           "socket", "eta", "last_checkpoint_age", "updated", "stop_reason", "pause_reason",
                           "rebuilt"))
     info.update(name=run_dir.name, state="missing", launch_failures=0, dir=str(run_dir),
                 error=f"the registered run directory {run_dir} is gone (moved or deleted)")
     return info
+
+
+def plan_summary(run_dir: Path) -> tuple[dict, dict]:
+    """(plan, config summary) of plan.json; empty ones before the trainer wrote it or when it
+    is damaged (status must answer for any run)."""
+    try:
+        plan, config = read_plan(run_dir)
+    except (OSError, ValueError):
+        return {}, {}
+    return plan or {}, config
+
+
+def best_metric(best_eval: Optional[dict], monitor: Optional[str]) -> Optional[dict]:
+    """The run's best evaluation by its own monitor: {"metric", "label", "value", "step"}; None
+    before one (or when the monitor is not known: no plan.json)."""
+    if not isinstance(best_eval, dict) or not isinstance(monitor, str):
+        return None
+    value = best_eval.get(monitor)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    return {"metric": monitor, "label": metric_label(monitor), "value": value, "step": best_eval.get("step")}
+
+
+def started_time(run_dir: Path) -> Optional[float]:
+    """When the run was created: its config.yaml is written once, then never rewritten."""
+    try:
+        return RunDir(run_dir).config.stat().st_mtime
+    except OSError:
+        return None
 
 
 def eval_summary(ev: Optional[dict]) -> Optional[dict]:

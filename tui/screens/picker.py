@@ -1,4 +1,5 @@
-"""The run picker: every run under the root with its state and progress; Enter attaches."""
+"""The run picker: every run under the root with its state, progress, best metric and speed;
+Enter attaches, `o` sorts, `/` filters."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,14 +10,25 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, Input, Static
 
+from trainer.fmt import best_text, samples_rate
+from trainer.monitor import direction_of
+from trainer.run.state import RUN_STATES
 from trainer.run.status import list_runs
 from tui import fmt
 from tui.widgets.header import STATE_STYLES
 
-COLUMNS = ("run", "state", "phase", "progress", "step", "ETA", "ckpt")
+#: (key, title) of the columns. Narrow terminals leave out the progress bar (the step column
+#: says as much) and the phase (the dashboard shows it) so that the best metric and samples/s
+#: fit in 80 columns with a 14-character run name.
+WIDE_COLUMNS = (("run", "run"), ("state", "state"), ("phase", "phase"), ("progress", "progress"),
+                ("step", "step"), ("eta", "ETA"), ("ckpt", "ckpt"), ("best", "best"), ("rate", "samples/s"))
+NARROW_COLUMNS = (("run", "run"), ("state", "state"), ("step", "step"), ("eta", "ETA"), ("ckpt", "ckpt"),
+                  ("best", "best"), ("rate", "smp/s"))
+WIDE_AT = 110
 CURSOR = "▶ "  # marks the highlighted row in text too, not only by its colour
+SORTS = ("started", "name", "state", "best", "samples/s")
 Lister = Callable[[Path], list[dict]]
 
 
@@ -33,29 +45,62 @@ def name_cell(info: dict, highlighted: bool) -> Text:
     return Text((CURSOR if highlighted else "  ") + str(info.get("name", "?")), style="bold")
 
 
-def row_cells(info: dict, highlighted: bool = False, wide: bool = False) -> tuple:
-    """The table cells of one `trainer.run.status.status()` dict (the highlighted row's name starts with ▶).
-
-    Narrow terminals (80 columns) get a 3-cell bar and short phase names so every column fits.
-    """
-    limit = 24 if wide else 10
-    number = fmt.count if wide else fmt.count_short
-    state = info.get("state", "unknown")
+def phase_text(info: dict, limit: int) -> str:
     phase = info.get("phase_name") or ("–" if info.get("phase") is None else f"#{info['phase'] + 1}")
     if info.get("phase") is not None and info.get("phase_name"):
         phase = f"{info['phase'] + 1} {info['phase_name']}"
-    if len(phase) > limit:
-        phase = phase[:limit - 1] + "…"
+    return phase if len(phase) <= limit else phase[:limit - 1] + "…"
+
+
+def row_cells(info: dict, highlighted: bool = False, wide: bool = False) -> tuple:
+    """The table cells of one `trainer.run.status.status()` dict (the highlighted row's name starts
+    with ▶), one per column of WIDE_COLUMNS (wide) or NARROW_COLUMNS."""
+    number = fmt.count if wide else fmt.count_short
+    state = info.get("state", "unknown")
     age = info.get("last_checkpoint_age")
-    return (
-        name_cell(info, highlighted),
-        Text(state.upper(), style=STATE_STYLES.get(state, "")),
-        phase,
-        progress_cell(info, width=12 if wide else 3),
-        f"{number(info.get('step'))}/{number(info.get('total_steps'))}",
-        fmt.duration(info.get("eta")),
-        fmt.duration(age) if age is not None else "never",
-    )
+    cells = {
+        "run": name_cell(info, highlighted),
+        "state": Text(state.upper(), style=STATE_STYLES.get(state, "")),
+        "phase": phase_text(info, 24),
+        "progress": progress_cell(info, width=12),
+        "step": f"{number(info.get('step'))}/{number(info.get('total_steps'))}",
+        "eta": fmt.duration(info.get("eta")),
+        "ckpt": fmt.duration(age) if age is not None else "never",
+        "best": best_text(info.get("best")),
+        "rate": Text(samples_rate(info.get("samples_per_s")), justify="right"),
+    }
+    return tuple(cells[key] for key, _ in (WIDE_COLUMNS if wide else NARROW_COLUMNS))
+
+
+def matches(info: dict, text: str) -> bool:
+    """Whether the filter `text` is in the run's name, state or model (case-insensitive)."""
+    needle = text.casefold()
+    return any(needle in str(info.get(key) or "").casefold() for key in ("name", "state", "model"))
+
+
+def _best_rank(info: dict) -> tuple:
+    best = info.get("best") or {}
+    value = best.get("value")
+    if not isinstance(value, (int, float)):
+        return (1, 0.0)
+    return (0, value if direction_of(str(best.get("metric") or "")) == "min" else -value)
+
+
+SORT_KEYS: dict[str, Callable[[dict], tuple]] = {
+    "started": lambda info: (info.get("started") is None, -(info.get("started") or 0.0)),  # newest first
+    "name": lambda info: (str(info.get("name") or "").casefold(),),
+    "state": lambda info: (RUN_STATES.index(info["state"]) if info.get("state") in RUN_STATES else len(RUN_STATES),),
+    "best": _best_rank,  # better first, by each run's own monitor
+    "samples/s": lambda info: (info.get("samples_per_s") is None, -(info.get("samples_per_s") or 0.0)),
+}
+
+
+def ordered(infos: list[dict], sort: str, text: str) -> list[dict]:
+    """The runs the table shows: those matching `text`, in `sort` order (then by name)."""
+    shown = [info for info in infos if not text or matches(info, text)]
+    shown.sort(key=lambda info: str(info.get("name") or "").casefold())
+    shown.sort(key=SORT_KEYS[sort])
+    return shown
 
 
 class PickerScreen(Screen):
@@ -64,24 +109,35 @@ class PickerScreen(Screen):
     DEFAULT_CSS = """
     PickerScreen #picker-title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
     PickerScreen #picker-empty { padding: 1 2; }
+    PickerScreen #picker-filter { display: none; height: 1; border: none; padding: 0 1; background: $boost; }
+    PickerScreen #picker-filter.shown { display: block; }
     PickerScreen DataTable { height: 1fr; }
     """
-    BINDINGS = [Binding("enter", "attach", "Attach", priority=True), Binding("g", "reload", "Refresh")]
+    BINDINGS = [
+        Binding("enter", "attach", "Attach", priority=True),
+        Binding("g", "reload", "Refresh"),
+        Binding("slash", "filter", "Filter"),
+        Binding("o", "sort", "Sort"),
+        Binding("escape", "clear_filter", "Clear filter"),
+    ]
 
     def __init__(self, root: Path, *, interval: float = 2.0, lister: Optional[Lister] = None) -> None:
         super().__init__()
         self.root = Path(root)
         self.interval = interval
         self.lister: Lister = lister or list_runs
-        self.rows: dict[str, dict] = {}
+        self.infos: list[dict] = []
+        self.rows: dict[str, dict] = {}  # what each table row shows now, by run directory
+        self.sort = SORTS[0]
+        self.filter_text = ""
         self._cursor_key: Optional[str] = None
         self._wide: Optional[bool] = None
 
     def compose(self) -> ComposeResult:
-        yield Static(f"longhaul: runs under {self.root}   (Enter attaches)", id="picker-title")
-        table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*COLUMNS)
-        yield table
+        yield Static(self.title_text(), id="picker-title")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Input(placeholder="filter: part of a run's name, state or model (Enter keeps it, Esc clears it)",
+                    id="picker-filter")
         yield Static("", id="picker-empty")
         yield Footer()
 
@@ -89,9 +145,63 @@ class PickerScreen(Screen):
         self.action_reload()
         self.set_interval(self.interval, self.action_reload, name="list-runs")
 
+    def title_text(self) -> str:
+        """What is listed and how; at 80 columns without what the footer says already."""
+        shown = f"   filter {self.filter_text!r}: {len(self.rows)} of {len(self.infos)}" if self.filter_text else ""
+        text = f"runs under {self.root}   sort: {self.sort}{shown}"
+        return f"longhaul: {text}   (Enter attaches)" if self._wide or self._wide is None else text
+
+    def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
+        if action == "clear_filter":  # only when there is something to clear
+            return bool(self.filter_text) or self.query_one("#picker-filter", Input).has_class("shown")
+        return True
+
+    def on_resize(self) -> None:
+        if self._wide is not None and (self.size.width >= WIDE_AT) != self._wide:
+            self.show_runs(self.infos)
+
+    # ------------------------------------------------------------------ keys
     def action_reload(self) -> None:
         self.list_runs()
 
+    def action_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self.show_runs(self.infos)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#picker-filter", Input)
+        box.add_class("shown")
+        box.focus()
+        self.refresh_bindings()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#picker-filter", Input)
+        box.remove_class("shown")
+        box.value = ""  # Input.Changed shows every run again
+        self.filter_text = ""
+        self.query_one("#runs", DataTable).focus()
+        self.show_runs(self.infos)
+        self.refresh_bindings()
+
+    @on(Input.Changed, "#picker-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.show_runs(self.infos)
+
+    def action_attach(self) -> None:
+        """Enter: keeps a filter being typed (back to the table), else opens the highlighted run."""
+        box = self.query_one("#picker-filter", Input)
+        table = self.query_one("#runs", DataTable)
+        if box.has_focus:
+            if not self.filter_text:
+                box.remove_class("shown")
+            table.focus()
+            self.refresh_bindings()
+            return
+        if table.row_count:
+            self._open_run(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    # ------------------------------------------------------------------ the table
     @work(thread=True, exclusive=True, group="list-runs", name="list-runs")
     def list_runs(self) -> None:
         """Read every run's files in a thread (it touches state.json and /proc of each run)."""
@@ -99,45 +209,67 @@ class PickerScreen(Screen):
         self.app.call_from_thread(self.show_runs, infos)
 
     def show_runs(self, infos: list[dict]) -> None:
-        """Update the table in place: changed cells only, keeping the cursor on its run."""
+        """Show `infos` sorted and filtered: changed cells only while the rows and columns stay,
+        the table rebuilt when they change (a sort, a filter, a run added or gone, a resize)."""
+        self.infos = infos
         table = self.query_one("#runs", DataTable)
-        wanted = {info["dir"]: info for info in infos}
-        wide = self.size.width >= 110
-        relayout, self._wide = wide != self._wide, wide
-        for key in [k for k in self.rows if k not in wanted]:
-            table.remove_row(key)
-            del self.rows[key]
-        for key, info in wanted.items():
-            cells = row_cells(info, highlighted=key == self._cursor_key, wide=wide)
-            if key not in self.rows:
-                table.add_row(*cells, key=key)
-            elif self.rows[key] != info or relayout:
-                for column, cell in zip(table.columns, cells):
-                    table.update_cell(key, column, cell)
+        shown = ordered(infos, self.sort, self.filter_text)
+        wide = self.size.width >= WIDE_AT
+        if wide != self._wide or [info["dir"] for info in shown] != list(self.rows):
+            self._rebuild(table, shown, wide)
+        else:
+            self._update_cells(table, shown)
+        self.query_one("#picker-title", Static).update(self.title_text())
+        empty = self.query_one("#picker-empty", Static)
+        empty.update(self.empty_text())
+        empty.display = bool(self.empty_text())  # its rows go to the list when there is nothing to say
+
+    def empty_text(self) -> str:
+        if not self.infos:
+            return f"No runs under {self.root}. Start one with `longhaul start CONFIG`."
+        return "" if self.rows else f"No run matches {self.filter_text!r} (Esc clears the filter)."
+
+    def _rebuild(self, table: DataTable, shown: list[dict], wide: bool) -> None:
+        if wide != self._wide:
+            table.clear(columns=True)
+            for key, title in WIDE_COLUMNS if wide else NARROW_COLUMNS:
+                table.add_column(title, key=key)
+            self._wide = wide
+        else:
+            table.clear()
+        self.rows = {info["dir"]: info for info in shown}
+        if self._cursor_key not in self.rows:  # its run is gone or filtered out: the first one
+            self._cursor_key = shown[0]["dir"] if shown else None
+        for info in shown:
+            table.add_row(*row_cells(info, highlighted=info["dir"] == self._cursor_key, wide=wide), key=info["dir"])
+        if self._cursor_key is not None:  # the cursor stays on its run wherever it moved
+            table.move_cursor(row=list(self.rows).index(self._cursor_key), animate=False)
+
+    def _update_cells(self, table: DataTable, shown: list[dict]) -> None:
+        """Only what changed is redrawn; a value that grows widens its column (never cut)."""
+        for info in shown:
+            key = info["dir"]
+            if self.rows[key] == info:
+                continue
+            old = row_cells(self.rows[key], highlighted=key == self._cursor_key, wide=bool(self._wide))
+            new = row_cells(info, highlighted=key == self._cursor_key, wide=bool(self._wide))
+            for column, before, after in zip(table.columns, old, new):
+                if before != after:
+                    table.update_cell(key, column, after, update_width=True)
             self.rows[key] = info
-        self.query_one("#picker-empty", Static).update(
-            "" if infos else f"No runs under {self.root}. Start one with `longhaul start CONFIG`.")
 
     @on(DataTable.RowHighlighted)
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         table = event.data_table
-        name_column = next(iter(table.columns))
         previous, self._cursor_key = self._cursor_key, event.row_key.value
-        if previous in self.rows:
-            table.update_cell(previous, name_column, name_cell(self.rows[previous], False))
+        if previous in self.rows and previous != self._cursor_key:
+            table.update_cell(previous, "run", name_cell(self.rows[previous], False))
         if self._cursor_key in self.rows:
-            table.update_cell(self._cursor_key, name_column, name_cell(self.rows[self._cursor_key], True))
+            table.update_cell(self._cursor_key, "run", name_cell(self.rows[self._cursor_key], True))
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:
         self._open_run(event.row_key.value)
-
-    def action_attach(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        if not table.row_count:
-            return
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        self._open_run(key)
 
     def _open_run(self, run_dir: Optional[str]) -> None:
         if run_dir and (self.rows.get(run_dir) or {}).get("state") == "missing":
