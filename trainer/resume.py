@@ -9,6 +9,7 @@ import time
 from trainer.checkpoint.errors import CheckpointError
 from trainer.history import read_history, truncate_history
 from trainer.run.rundir import fsync_dir
+from trainer.run.state import StateFile, StateFileError
 
 
 def resume(trainer) -> bool:
@@ -24,6 +25,7 @@ def resume(trainer) -> bool:
     ckpt, meta = loaded
     _check_config_hash(trainer, meta)
     trainer.restore(ckpt)
+    trainer.state.elapsed = max(trainer.state.elapsed, elapsed_so_far(trainer.run_dir))
     threads = trainer.cfg.threads
     if ckpt.get("threads") != threads:
         trainer.event("alert", "warning", f"checkpoint was written with {ckpt.get('threads')} threads, running with "
@@ -34,6 +36,17 @@ def resume(trainer) -> bool:
     trainer.event("resume", "info", f"resumed from step {trainer.state.step} ({meta.get('path', '')})",
                   step=trainer.state.step, epoch=trainer.state.epoch)
     return True
+
+
+def elapsed_so_far(run_dir) -> float:
+    """The training time state.json last recorded. After a crash it is later than the
+    checkpoint's (the steps since the checkpoint took time too, even if they are done again):
+    training time across restarts never goes backwards. 0 when state.json has none."""
+    try:
+        elapsed = StateFile(run_dir).read().get("elapsed")
+    except (OSError, StateFileError):
+        return 0.0
+    return float(elapsed) if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) else 0.0
 
 
 def _check_config_hash(trainer, meta: dict) -> None:

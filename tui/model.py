@@ -18,6 +18,7 @@ import numpy as np
 from trainer.history import Downsampler, LossSmoother
 from trainer.monitor import Monitor
 from trainer.run.evaluation import headline_result
+from tui.setup import SetupStages
 from tui.xaxis import ElapsedMap
 
 # Progress metrics that become series as progress frames arrive.
@@ -174,6 +175,8 @@ class RunModel:
     system: Optional[dict] = None
     preparing: Optional[dict] = None
     """The latest `preparing` body while the feature store is prepared before training (else None)."""
+    setup: SetupStages = field(default_factory=SetupStages)
+    """The current worker's setup stages before its first step (tui.setup)."""
     summary: Optional[dict] = None
     evaluation: Optional[dict] = None
     """evaluation.json (`trainer.run.evaluation`; None without one): the run screen reads the file
@@ -275,6 +278,7 @@ class RunModel:
         self.events_total = self.logs_total = 0
         self.summary = None
         self.evaluating = False
+        self.setup.clear()
         for event in events:
             self._remember_event(event)
         for log in logs:
@@ -286,6 +290,7 @@ class RunModel:
         self.progress = progress
         self.elapsed.add(progress.get("step"), progress.get("elapsed"))
         self.preparing = None  # training started
+        self.setup.clear(training=True)
         self.add_progress_points(progress)
 
     def add_progress_points(self, progress: dict) -> None:
@@ -339,6 +344,10 @@ class RunModel:
             self.summary = data
         if data.get("what") in EVALUATION_EVENTS:
             self.evaluating = data["what"] == "evaluation_started"
+        if event.get("kind") == "setup":
+            self.setup.apply(event)
+        elif event.get("kind") == "state" and data.get("state") in ("starting", "running"):
+            self.setup.clear()  # a new worker starts (its stages come next), or the trainer trains
         return True
 
     def _apply_eval(self, data: dict) -> None:
