@@ -62,21 +62,28 @@ def as_binding(entry) -> Binding:
 
 def own_bindings(cls: type) -> list[Binding]:
     """The bindings longhaul declares on `cls` and its longhaul base classes, base classes last
-    (a subclass's binding of a key replaces the base class's, as in Textual)."""
-    seen: set[str] = set()
+    (a subclass's binding of a key replaces the base class's, as in Textual; one class may bind
+    a key twice, to actions shown by state like Pause and Resume)."""
+    overridden: set[str] = set()
     bindings = []
     for klass in cls.__mro__:
         if not klass.__module__.startswith("tui."):
             continue
-        for binding in map(as_binding, klass.__dict__.get("BINDINGS", ())):
-            if binding.key not in seen:
-                seen.add(binding.key)
-                bindings.append(binding)
+        own = [b for b in map(as_binding, klass.__dict__.get("BINDINGS", ())) if b.key not in overridden]
+        overridden |= {b.key for b in own}
+        bindings += own
     return bindings
 
 
 def key_lines(cls: type) -> list[KeyLine]:
-    return [KeyLine(binding_keys(b), b.tooltip or b.description or b.action) for b in own_bindings(cls)]
+    """One line per key: the texts of a key bound twice (Pause, Resume) joined."""
+    lines: dict[str, list[str]] = {}
+    for binding in own_bindings(cls):
+        texts = lines.setdefault(binding_keys(binding), [])
+        text = binding.tooltip or binding.description or binding.action
+        if text not in texts:
+            texts.append(text)
+    return [KeyLine(keys, " / ".join(texts)) for keys, texts in lines.items()]
 
 
 def view_classes() -> list[tuple[str, type]]:

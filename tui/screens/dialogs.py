@@ -66,7 +66,11 @@ class HelpScreen(ModalScreen[None]):
         border: thick $primary; background: $surface; padding: 0 1;
     }
     HelpScreen #help-title { text-style: bold; }
+    HelpScreen #help-sections, HelpScreen .help-block { height: auto; }
     HelpScreen .help-section { text-style: bold underline; margin-top: 1; }
+    /* Wide terminals: the sections side by side, so the whole help fits without scrolling. */
+    HelpScreen.-wide > VerticalScroll { width: 164; }
+    HelpScreen.-wide #help-sections { layout: grid; grid-size: 2; grid-rows: auto; grid-gutter: 0 4; }
     HelpScreen Grid { grid-size: 2; grid-rows: auto; height: auto; }
     HelpScreen .help-key { text-style: bold; }
     """
@@ -78,15 +82,18 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         columns = f"{key_width(self.sections) + 2} 1fr"
+        notes = ("Reading the screen", [KeyLine("•", note) for note in NOTES])
         with VerticalScroll():
             yield Static("Keys  (↑ ↓ scroll · Esc or ? closes)", id="help-title")
-            for title, lines in [*self.sections, ("Reading the screen", [KeyLine("•", note) for note in NOTES])]:
-                yield Static(Text(title), classes="help-section")
-                with Grid() as grid:
-                    grid.styles.grid_columns = columns
-                    for line in lines:
-                        yield Static(Text(line.keys), classes="help-key")
-                        yield Static(Text(line.text), classes="help-text")
+            with Vertical(id="help-sections"):
+                for title, lines in [*self.sections, notes]:
+                    with Vertical(classes="help-block"):
+                        yield Static(Text(title), classes="help-section")
+                        with Grid() as grid:
+                            grid.styles.grid_columns = columns
+                            for line in lines:
+                                yield Static(Text(line.keys), classes="help-key")
+                                yield Static(Text(line.text), classes="help-text")
 
 
 def summary_rows(best: Optional[dict], last: Optional[dict]) -> list[tuple[str, str, str]]:

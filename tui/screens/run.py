@@ -52,20 +52,20 @@ class RunScreen(RunEvaluation, RunActions, Screen):
     """Dashboard of one run, live from its daemon or offline from its directory."""
 
     BINDINGS = [
-        Binding("p", "pause", "Pause"),
-        Binding("p", "resume", "Resume"),
-        Binding("c", "checkpoint", "Checkpoint"),
-        Binding("s", "stop", "Stop"),
-        Binding("r", "resume_run", "Resume run"),
-        Binding("f", "summary", "Summary"),
-        Binding("t", "per_class", "Per class", show=False),
-        Binding("a", "acknowledge", "Ack alert"),
-        Binding("escape", "back", "Runs", key_display="Esc"),
-        Binding("tab", "next_view", "View", priority=True),
-        Binding("1", "view('dashboard')", "Dashboard", show=False),
-        Binding("2", "view('detail')", "Detail", show=False),
-        Binding("3", "view('events')", "Events", show=False),
-        Binding("4", "view('system')", "System", show=False),
+        Binding("p", "pause", "Pause", tooltip="Pause training (at the next step boundary)"),
+        Binding("p", "resume", "Resume", tooltip="Resume training"),
+        Binding("c", "checkpoint", "Checkpoint", tooltip="Write a checkpoint now"),
+        Binding("s", "stop", "Stop", tooltip="Stop the run (asks first; a final checkpoint is written)"),
+        Binding("r", "resume_run", "Resume run", tooltip="Resume a stopped, interrupted or failed run (offline)"),
+        Binding("f", "summary", "Summary", tooltip="Final summary: test metrics, calibration, confusion matrix"),
+        Binding("t", "per_class", "Per class", show=False, tooltip="Per-class table of the newest evaluation"),
+        Binding("a", "acknowledge", "Ack alert", tooltip="Acknowledge the alert in front (counted until it ends)"),
+        Binding("escape", "back", "Runs", key_display="Esc", tooltip="Back to the run list"),
+        Binding("tab", "next_view", "View", priority=True, tooltip="Next view"),
+        Binding("1", "view('dashboard')", "Dashboard", show=False, tooltip="Dashboard view"),
+        Binding("2", "view('detail')", "Detail", show=False, tooltip="Detail view: one metric large"),
+        Binding("3", "view('events')", "Events", show=False, tooltip="Events & log view"),
+        Binding("4", "view('system')", "System", show=False, tooltip="System view: CPU per process and thread"),
     ]
 
     link_state: reactive[str] = reactive("connecting")
