@@ -61,6 +61,8 @@ def run_data(trainer):
     from trainer.data import stored
 
     cfg, auto_values = stored.resolve_auto(cfg, files.data_auto)
+    trainer.event("setup", "info", f"checking feature store {stored.store_dir(cfg)}", stage="store",
+                  started=time.time())
     recorded = read_recorded(files.data_store)
     resuming = files.newest_checkpoint() is not None
     if not resuming:

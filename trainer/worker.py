@@ -317,6 +317,8 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # importing torch takes seconds (tens on a busy box): say so before, so nobody stares at "starting"
+    publisher.event("setup", "info", "starting the trainer (importing torch)", stage="start", started=time.time())
     try:
         from trainer.config import load_config
 
