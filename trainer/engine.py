@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer import models
+from trainer import models, setup_stages
 from trainer.checkpoint.capture import estimate_bytes
 from trainer.checkpoint.errors import DiskFullError, is_disk_full
 from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
@@ -196,8 +196,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.setup_stage("data", "checking data")
-        with DECODING.watch(self._files_counted):
+        setup_stages.announce(self.event, "data", "checking data")
+        with DECODING.watch(setup_stages.file_count_watcher(self.event)):
             self.data = run_data(self)  # prepares a missing store; a resume checks its fingerprint
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
@@ -206,7 +206,7 @@ class Trainer:
         self._check_monitor()
         self.plan = Plan.from_config(cfg, len(self.data.train))
         self.eta = EtaModel(self.plan)
-        self.setup_stage("model", f"building model {cfg.model.name} ({len(self.classes)} classes)")
+        setup_stages.announce(self.event, "model", f"building model {cfg.model.name} ({len(self.classes)} classes)")
         self.model = models.build_model(cfg, len(self.classes), self.data.in_chans, self.data.input_shape)
         self.channels_last = cfg.model.channels_last and len(self.data.input_shape) == 3
         self.optimizer = make_optimizer(cfg, self.model)
@@ -225,16 +225,6 @@ class Trainer:
         if alert is not None:
             message, data = alert
             self.event("alert", "warning", message, **data)
-
-    def setup_stage(self, stage: str, message: str, **data: Any) -> None:
-        """A `setup` event: what the trainer does before its first step (the TUI shows it, and how
-        long it takes, where the phase plan is not known yet). A stage lasts until the next one."""
-        self.event("setup", "info", message, stage=stage, started=time.time(), **data)
-
-    def _files_counted(self, done: int, total: int) -> None:
-        """The decode pass of the in-RAM data began: its file count names the data stage anew."""
-        if done == 1:
-            self.setup_stage("data", f"checking data: {total:,} files", files=total)
 
     def _check_monitor(self) -> None:
         """eval.monitor against the data's class count, known only now for folder data: a
@@ -266,8 +256,9 @@ class Trainer:
         """Train until the plan (or max_steps) is done, early stopping triggers, or a stop
         request arrives."""
         params = sum(p.numel() for p in self.model.parameters())
-        self.setup_stage("ready", f"ready: {self.cfg.model.name} ({params:,} parameters), training from step "
-                         f"{self.state.step:,} of {self.plan.total_steps:,}", parameters=params, step=self.state.step)
+        setup_stages.announce(self.event, "ready", f"ready: {self.cfg.model.name} ({params:,} parameters), "
+                              f"training from step {self.state.step:,} of {self.plan.total_steps:,}",
+                              parameters=params, step=self.state.step)
         self.event("state", "info", "running", state="running")
         self.tick = time.monotonic()
         while True:

@@ -7,6 +7,7 @@ import math
 import os
 import time
 
+from trainer import setup_stages
 from trainer.checkpoint.errors import CheckpointError
 from trainer.fmt import duration
 from trainer.history import read_history, truncate_history
@@ -21,7 +22,8 @@ def resume(trainer) -> bool:
     store = trainer.checkpoints.store
     newest = trainer.files.newest_checkpoint()
     if newest is not None:  # verifying it re-hashes every byte: minutes for a large model
-        trainer.setup_stage("checkpoint", f"loading checkpoint step {newest['step']:,}", step=newest["step"])
+        setup_stages.announce(trainer.event, "checkpoint", f"loading checkpoint step {newest['step']:,}",
+                              step=newest["step"])
     loaded = store.load_latest()
     for path, reason in store.rejected:
         trainer.event("alert", "warning", f"rejected checkpoint {path}: {reason}", what="bad_checkpoint", path=str(path))

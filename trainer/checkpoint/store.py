@@ -457,8 +457,7 @@ class CheckpointStore:
             return valid
 
     def load_latest(self, map_location: Any = "cpu", weights_only: bool = False) -> Optional[tuple[dict, dict]]:
-        """(state, meta) of the newest checkpoint that verifies, or None if there is none; meta is
-        its meta.json plus `path`, the checkpoint's directory.
+        """(state, meta.json plus `path`) of the newest checkpoint that verifies, or None if none.
 
         Every checkpoint is re-hashed here. Skipped ones are logged and listed in ``rejected``.
         ``weights_only=False`` because the state holds numpy/Python RNG states that torch's
