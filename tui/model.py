@@ -18,6 +18,7 @@ import numpy as np
 from trainer.history import Downsampler, LossSmoother
 from trainer.monitor import Monitor
 from trainer.run.evaluation import headline_result
+from tui.setup import SetupStages
 
 # Progress metrics that become series as progress frames arrive.
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
@@ -172,6 +173,8 @@ class RunModel:
     system: Optional[dict] = None
     preparing: Optional[dict] = None
     """The latest `preparing` body while the feature store is prepared before training (else None)."""
+    setup: SetupStages = field(default_factory=SetupStages)
+    """The current worker's setup stages before its first step (tui.setup)."""
     summary: Optional[dict] = None
     evaluation: Optional[dict] = None
     """evaluation.json (`trainer.run.evaluation`; None without one): the run screen reads the file
@@ -270,6 +273,7 @@ class RunModel:
         self.events_total = self.logs_total = 0
         self.summary = None
         self.evaluating = False
+        self.setup.clear()
         for event in events:
             self._remember_event(event)
         for log in logs:
@@ -280,6 +284,7 @@ class RunModel:
         """A progress frame: new header values and one new point per progress metric."""
         self.progress = progress
         self.preparing = None  # training started
+        self.setup.clear(training=True)
         self.add_progress_points(progress)
 
     def add_progress_points(self, progress: dict) -> None:
@@ -333,6 +338,10 @@ class RunModel:
             self.summary = data
         if data.get("what") in EVALUATION_EVENTS:
             self.evaluating = data["what"] == "evaluation_started"
+        if event.get("kind") == "setup":
+            self.setup.apply(event)
+        elif event.get("kind") == "state" and data.get("state") in ("starting", "running"):
+            self.setup.clear()  # a new worker starts (its stages come next), or the trainer trains
         return True
 
     def _apply_eval(self, data: dict) -> None:

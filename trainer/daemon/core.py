@@ -70,6 +70,7 @@ class Daemon:
 
     async def _run(self) -> int:
         self.journal.open()
+        self.progress = self.journal.carried_progress  # a resumed run keeps its header until the worker reports
         self._spawn(self.journal.retry_writes(self.settings.write_retry_interval))
         pid = os.getpid()
         self.set_state("starting", f"daemon started (pid {pid})", data={"pid": pid}, pid=pid,

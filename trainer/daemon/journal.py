@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 from trainer.run.events import RECENT_EVENTS, EventLog
 from trainer.run.linefile import AppendFile
 from trainer.run.rundir import RunDir
-from trainer.run.snapshot import snapshot_from_run_dir
+from trainer.run.snapshot import carried_progress, snapshot_from_run_dir
 from trainer.run.state import StateFile
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class Journal:
         self.logs: collections.deque = collections.deque(maxlen=SNAPSHOT_EVENTS)
         self.log_seq = 0
         self.plan_body: Optional[dict] = None
+        self.carried_progress: Optional[dict] = None
+        """The run's last progress from state.json (a resumed run), shown until the worker reports."""
         self.series = None
         self.series_stale = False
         """A (re)started worker cuts history.msgpack back to its checkpoint: reload before its first record."""
@@ -104,6 +106,7 @@ class Journal:
         """What the run directory holds before the worker reports: the snapshot an offline reader
         gets (its problem alerts, which are not in events.jsonl and carry no seq, left out)."""
         snapshot = snapshot_from_run_dir(self.run_dir, with_series=False)
+        self.carried_progress = carried_progress(snapshot["progress"], snapshot["plan"])
         self.events.extend(body for body in snapshot["events"] if "seq" in body)
         for body in snapshot["logs"]:
             body["line"] = clean_line(body["line"].encode())

@@ -102,6 +102,34 @@ def progress_from_state(state: dict, plan: Optional[dict]) -> dict:
     }
 
 
+def carried_progress(progress: Optional[dict], plan: Optional[dict], now: Optional[float] = None) -> Optional[dict]:
+    """`progress` (progress_from_state's) as a complete protocol progress body, or None before
+    the run trained (step 0) or when state.json lacks what a progress frame must hold.
+
+    A daemon starting on a run it resumes shows this until its worker reports: the header keeps
+    the run's step, phase, epoch and elapsed instead of dropping to `step 0, phase –, epoch –`.
+    The fields state.json does not keep are worked out from the plan (epoch_step) or left empty
+    (phase_etas, metrics)."""
+    progress = progress or {}
+    step, epoch, phase = progress.get("step"), progress.get("epoch"), progress.get("phase")
+    if not step or not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, epoch, phase)):
+        return None
+    phases = (plan or {}).get("phases") or []
+    spec = phases[phase] if 0 <= phase < len(phases) and isinstance(phases[phase], dict) else {}
+    per_epoch = int(spec.get("steps_per_epoch") or 0)
+    epoch_step = step - int(spec.get("start_step") or 0) - (epoch - int(spec.get("start_epoch") or 0)) * per_epoch
+    elapsed, eta = progress.get("elapsed"), progress.get("eta")
+    return {
+        "step": step, "total_steps": int(progress.get("total_steps") or 0), "epoch": epoch,
+        "total_epochs": int(progress.get("total_epochs") or 0), "phase": phase,
+        "phase_name": str(progress.get("phase_name") or spec.get("name") or ""),
+        "epoch_step": max(0, min(epoch_step, per_epoch)) if per_epoch else 0, "steps_per_epoch": per_epoch,
+        "elapsed": float(elapsed) if isinstance(elapsed, (int, float)) else 0.0,
+        "eta": float(eta) if isinstance(eta, (int, float)) else None, "phase_etas": [], "metrics": {},
+        "time": float(progress.get("time") or (time.time() if now is None else now)),
+    }
+
+
 def problem_alerts(problems: list[str], at: Optional[float] = None) -> list[dict]:
     """One warning `alert` event body per problem (no seq: they are not in events.jsonl)."""
     at = time.time() if at is None else at

@@ -53,12 +53,13 @@ class RunScreen(RunEvaluation, RunActions, Screen):
 
     BINDINGS = [
         Binding("p", "pause", "Pause"),
+        Binding("p", "resume", "Resume"),
         Binding("c", "checkpoint", "Checkpoint"),
         Binding("s", "stop", "Stop"),
         Binding("r", "resume_run", "Resume run"),
         Binding("f", "summary", "Summary"),
         Binding("t", "per_class", "Per class", show=False),
-        Binding("escape", "back", "Runs", show=False),
+        Binding("escape", "back", "Runs", key_display="Esc"),
         Binding("tab", "next_view", "View", priority=True),
         Binding("1", "view('dashboard')", "Dashboard", show=False),
         Binding("2", "view('detail')", "Detail", show=False),
@@ -94,7 +95,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
-        yield RunHeader(id="header")
+        yield RunHeader(self.clock, id="header")
         yield AlertBar(id="alerts")
         with TabbedContent(initial="dashboard", id="views"):
             with TabPane("1 Dashboard", id="dashboard"):
@@ -339,6 +340,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         """Push the model into every widget (widgets repaint only what changed)."""
         model = self.model
         self.query_one(RunHeader).info = HeaderInfo.from_model(model, self.link_state, self.clock)
+        self.sync_footer()
         self.query_one(AlertBar).info = AlertInfo.from_model(model, self.link_state, self.disconnect,
                                                              self.action_status, self.clock)
         active = self.query_one("#views", TabbedContent).active

@@ -16,6 +16,7 @@ from textual.widgets import TabbedContent
 
 from tui.model import ACTIVE_STATES, RESUMABLE_STATES
 from tui.screens.dialogs import ConfirmScreen
+from tui.screens.picker import PickerScreen
 from tui.widgets.charts import LineChart
 from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options
@@ -32,11 +33,20 @@ class RunActions:
     """The `action_*` methods of `RunScreen` and which of them are available (`check_action`)."""
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        live = self.link_state == "live"
-        if action in ("pause", "checkpoint", "stop"):
-            return True if live and self.model.state in ACTIVE_STATES else None if live else False
+        """False hides a key from the footer, None shows it greyed out: the footer offers only what
+        works now (`p Pause` while running, `p Resume` while paused, no controls offline)."""
+        controls = self.link_state == "live" and self.model.state in ACTIVE_STATES
+        state = self.model.state
+        if action in ("pause", "resume", "checkpoint", "stop") and not controls:
+            return False
+        if action == "pause":
+            return True if state == "running" else False if state == "paused" else None
+        if action == "resume":
+            return state == "paused"
+        if action == "checkpoint":
+            return True if state in ("running", "paused") else None
         if action == "resume_run":
-            return not live and self.model.state in RESUMABLE_STATES
+            return self.link_state != "live" and state in RESUMABLE_STATES
         if action == "summary":
             return self.model.has_summary
         if action == "per_class":
@@ -45,8 +55,19 @@ class RunActions:
             return self.query_one("#views", TabbedContent).active == "detail"
         return True
 
+    def sync_footer(self) -> None:
+        """Show the keys that work in the run's current state: the footer asks `check_action`
+        again only when what it depends on changed (called on every repaint, so it is cheap)."""
+        key = (self.link_state, self.model.state, self.model.has_summary, bool(self.model.evaluation_result))
+        if key != getattr(self, "_footer_key", None):
+            self._footer_key = key
+            self.refresh_bindings()
+
     async def action_pause(self) -> None:
-        await self._send("resume" if self.model.state == "paused" else "pause")
+        await self._send("pause")
+
+    async def action_resume(self) -> None:
+        await self._send("resume")
 
     async def action_checkpoint(self) -> None:
         await self._send("checkpoint")
@@ -89,9 +110,13 @@ class RunActions:
             self.link.retry_now()
 
     def action_back(self) -> None:
-        """Back to the run picker, when the run was opened from it."""
+        """Back to the run list: the picker this run was opened from, or (attached to the run by
+        name) a new picker in place of this screen, whose daemon link ends with it."""
         if len(self.app.screen_stack) > 2:
             self.app.pop_screen()
+            return
+        app = self.app
+        self.app.switch_screen(PickerScreen(app.root, interval=app.picker_interval, lister=app.lister))
 
     def action_summary(self) -> None:
         if self.model.has_summary:

@@ -40,7 +40,7 @@ class Dashboard(Vertical):
         self._smooth_cache: tuple[tuple, Optional[Series]] = ((), None)
 
     def compose(self) -> ComposeResult:
-        yield PhaseTimeline(id="timeline")
+        yield PhaseTimeline(self.clock, id="timeline")
         with Horizontal(id="dash-middle"):
             with Vertical(id="dash-metrics"):
                 for label, key, _, value_format in TILES:
@@ -66,6 +66,7 @@ class Dashboard(Vertical):
         timeline.step = model.step
         timeline.total_steps = model.total_steps
         timeline.preparing = preparing_view(model.preparing)
+        timeline.setup = model.setup.status(model.state, model.state in ACTIVE_STATES)
         timeline.eta_labels, timeline.eta_times = self._phase_etas(model, timeline, live)
         lr_chart = self.query_one("#lr-chart", LineChart)
         lr_chart.set_series(self._lr_series)

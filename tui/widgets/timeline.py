@@ -6,9 +6,11 @@ from typing import Optional, Sequence
 
 from rich.text import Text
 from textual.reactive import reactive
+from textual.timer import Timer
 from textual.widget import Widget
 
 from tui import fmt
+from tui.setup import SetupStatus
 from trainer.schedule import relative_step_cost
 
 DONE, LEFT, BOUNDARY, NOW = "█", "░", "▏", "▼"
@@ -116,6 +118,27 @@ class PhaseTimeline(Widget):
     """Per phase: wall-clock time it ends, e.g. `Wed 14:05` (phase list rows only)."""
     preparing: reactive[Optional[tuple[float, str]]] = reactive(None)
     """(fraction, label) while the feature store is prepared before training (preparing_view)."""
+    setup: reactive[Optional[SetupStatus]] = reactive(None)
+    """What the trainer does before its first step (tui.setup), shown while no plan is known."""
+
+    def __init__(self, clock: Optional[fmt.Clock] = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.clock = clock or fmt.Clock()
+        self._ticker: Optional[Timer] = None
+        self._painted_elapsed = ""
+
+    def watch_setup(self, setup: Optional[SetupStatus]) -> None:
+        """Tick each second while a setup stage's duration is shown, and not at all otherwise."""
+        ticking = setup is not None and setup.since is not None
+        if ticking and self._ticker is None:
+            self._ticker = self.set_interval(1.0, self._tick, name="setup-clock")
+        elif not ticking and self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        if self.setup is not None and not self.spans and self.setup.elapsed(self.clock.now()) != self._painted_elapsed:
+            self.refresh()
 
     def _step_key(self, step: int) -> tuple:
         """What of `step` is visible: done cells per segment, the marker cell, the current phase's percent."""
@@ -151,7 +174,7 @@ class PhaseTimeline(Widget):
             bar.append(LEFT * (width - done), self.get_component_rich_style("timeline--left"))
             return Text("\n").join([Text(label[:width], style="bold"), bar])
         if not self.spans or width < 4:
-            return Text("phase plan not known yet", style="dim")
+            return self._render_setup(width)
         cells = allocate([s.weight for s in self.spans], width, minimum=2)
         marker, bar, labels = [" "] * width, Text(), Text()
         done_style = self.get_component_rich_style("timeline--done")
@@ -174,6 +197,17 @@ class PhaseTimeline(Widget):
             offset += n
         rows = [Text("".join(marker), style=now_style), bar, labels]
         rows += self._phase_rows(max(0, self.size.height - 3), width)
+        return Text("\n").join(rows)
+
+    def _render_setup(self, width: int) -> Text:
+        """Before the plan: what the trainer does and for how long, and where the time went."""
+        if self.setup is None:
+            return Text("phase plan not known yet", style="dim")
+        self._painted_elapsed = elapsed = self.setup.elapsed(self.clock.now())
+        done = "  ".join(f"✓ {name} {fmt.duration(seconds)}" for name, seconds in self.setup.done)
+        rows = [Text(self.setup.text + elapsed, style="bold"), Text(done, style="dim")]
+        for row in rows:
+            row.truncate(width, overflow="ellipsis")
         return Text("\n").join(rows)
 
     def _label(self, i: int, width: int) -> str:
