@@ -32,6 +32,8 @@ TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("
               + ["trainer.protocol", "trainer.schedule", "trainer.config", "trainer.monitor", "trainer.fmt",
                  "trainer.sysmon", "trainer.remote", "trainer.console", "trainer.service", "trainer.cli",
                  "trainer.store_setup",
+                 "trainer.model_names",
+                 "trainer.setup_stages",
                  "trainer.posthoc", "trainer.posthoc.commands", "trainer.posthoc.after", "trainer.posthoc.calibration",
                  "trainer.posthoc.report", "trainer.posthoc.report_figures",
                  "trainer.data.store", "trainer.data.store.layout", "trainer.data.store.reader",

@@ -267,3 +267,14 @@ def test_elapsed_after_a_crash_starts_from_what_state_json_recorded(tmp_path):
         assert trainer.state.elapsed >= crashed_at  # the checkpoint's own elapsed is a few seconds
     finally:
         trainer.checkpoints.store.close()
+
+
+@async_test
+async def test_escape_goes_to_the_run_list_even_when_attached_by_name(tmp_path, runtime_dir):
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="stopped")
+    app = make_app(run_dir, lister=lambda root: [])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, what="the run")
+        assert footer_keys(app).get("escape") == "Runs" and footer_keys(app).get("r") == "Resume run"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen.query("#runs"), what="the run list")

@@ -158,6 +158,10 @@ class RunHeader(Widget):
             info.model, sep, info.phase + since,
         )
         line2 = Text.assemble(info.step, sep, info.epoch, sep, info.elapsed, sep, (info.eta + eta_time, "bold"))
+        if line2.cell_len > (self.content_region.width or self.size.width or line2.cell_len):
+            # 80 columns: shorter words rather than losing the end of the ETA, the part read most
+            line2 = Text.assemble(info.step.removeprefix("step "), sep, info.epoch.replace("epoch ", "ep ", 1),
+                                  sep, info.elapsed, sep, (info.eta + eta_time, "bold"))
         for line in (line1, line2):
             line.no_wrap = True
             line.overflow = "ellipsis"
