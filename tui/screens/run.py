@@ -81,7 +81,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.model = RunModel(name=self.run_dir.name, run_dir=self.run_dir)
-        self.link = DashboardLink(self.run_dir, self.post_message, retry_max=link_retry_max)
+        self.link = DashboardLink(self.run_dir, self.post_message, retry_max=link_retry_max, hold=refresh_interval)
         self.resume_argv = resume_argv or resume_command(self.run_dir)
         self.pending: dict[int, str] = {}
         self.disconnect: Optional[messages.Disconnected] = None
@@ -285,11 +285,11 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         if event.pane.id == "detail":
             self.query_one("#metric-list").focus()
         self.refresh_bindings()
-        self._request_refresh()
+        self._request_refresh(urgent=True)
 
     @on(OptionList.OptionHighlighted, "#metric-list")
     def _metric_picked(self) -> None:
-        self._request_refresh()
+        self._request_refresh(urgent=True)
 
     async def _build_view(self, pane: TabPane) -> None:
         """Mount the widgets of the detail or events view the first time it is shown."""
@@ -303,16 +303,16 @@ class RunScreen(RunEvaluation, RunActions, Screen):
 
     def _set_action(self, text: str, level: str) -> None:
         self.action_status = (text, level)
-        self._request_refresh()
+        self._request_refresh(urgent=True)  # the answer to a key press must not wait for the next refresh
 
     # ------------------------------------------------------------------ painting
     def watch_link_state(self) -> None:
         self.refresh_bindings()
 
     def _request_refresh(self, urgent: bool = False) -> None:
-        """Repaint soon, but not more often than every `refresh_interval` seconds. `urgent`: a
-        whole new model arrived (a snapshot or the run directory), which must not wait for the
-        throttle: the first paint at attach would otherwise come a full interval late."""
+        """Repaint soon, but not more often than every `refresh_interval` seconds. `urgent`: what
+        must not wait for the throttle: a whole new model (a snapshot or the run directory: the
+        first paint at attach), or the answer to a key (another view, the feedback of a request)."""
         if urgent:
             if self._repaint_timer is not None:
                 self._repaint_timer.stop()
@@ -328,6 +328,11 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             self._repaint_timer = self.set_timer(wait, self._refresh_now, name="repaint")
         else:
             self.call_later(self._refresh_now)
+
+    def set_refresh_interval(self, interval: float) -> None:
+        """A new rate (`+`/`-`): repaint now, which also drops a repaint scheduled at the old rate."""
+        self.refresh_interval = self.link.hold = interval
+        self._request_refresh(urgent=True)
 
     def _refresh_now(self) -> None:
         self._refresh_pending = False
