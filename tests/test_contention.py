@@ -11,7 +11,8 @@ import pytest
 
 from trainer import protocol
 from trainer.contention import ALERT, ContentionWatch
-from trainer.sysmon import MAX_PROCESSES, ProcessTable, SystemSampler
+from trainer.proctable import MAX_PROCESSES, ProcessTable
+from trainer.sysmon import SystemSampler
 
 HOG = {"pid": 4242, "name": "hog", "cpu": 97.0, "rss": 1 << 20, "role": "other"}
 TRAINER = {"pid": 100, "name": "python", "cpu": 110.0, "rss": 1 << 30, "role": "trainer"}
@@ -104,7 +105,8 @@ def test_a_new_phase_forgets_the_best_of_the_previous_one():
 
 def test_best_is_of_the_recent_window_only():
     watch = ContentionWatch(threads=2, window=60)
-    feed(watch, 0, 500.0)  # long ago
+    for t in range(5):
+        feed(watch, t, 500.0)  # long ago
     for t in range(100, 110):
         feed(watch, t, 100.0)
     assert all(feed(watch, t, 80.0, load=3.0, hogs=(HOG,)) is None for t in range(110, 120))
@@ -127,11 +129,12 @@ def test_bad_thresholds_are_refused():
 
 
 # ----------------------------------------------------------------------------- the sampler
-def test_process_table_puts_the_trainer_first_and_finds_a_busy_process(tmp_path):
+@pytest.mark.parametrize("use_proc", [True, False], ids=["proc", "psutil"])
+def test_process_table_puts_the_trainer_first_and_finds_a_busy_process(use_proc):
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        table = ProcessTable()
+        table = ProcessTable(use_proc=use_proc)
         table.sample(idle.pid)
         time.sleep(0.5)
         rows, threads = table.sample(idle.pid)
@@ -143,7 +146,7 @@ def test_process_table_puts_the_trainer_first_and_finds_a_busy_process(tmp_path)
     assert rows[0]["pid"] == idle.pid and rows[0]["role"] == "trainer"
     assert len(rows) <= MAX_PROCESSES
     hog_row = next(row for row in rows if row["pid"] == hog.pid)
-    assert hog_row["role"] == "other" and hog_row["cpu"] > 20 and hog_row["name"].startswith("python")
+    assert hog_row["role"] == "other" and hog_row["cpu"] > 5 and hog_row["name"].startswith("python")
     assert [row["cpu"] for row in rows[1:]] == sorted((row["cpu"] for row in rows[1:]), reverse=True)
     assert threads and all(set(t) == {"tid", "cpu"} for t in threads)
 
@@ -156,6 +159,20 @@ def test_sample_with_process_table_is_a_valid_system_frame(tmp_path):
     assert body["cores"] >= 1 and body["processes"][0]["role"] == "trainer"
     assert body["processes"][0]["pid"] == os.getpid()
     assert any(row["role"] == "daemon" for row in body["processes"]) is False  # trainer wins over daemon
+
+
+def test_odd_process_names_are_read_whole():
+    # the name sits in parentheses in /proc/PID/stat and may itself hold spaces and ')'
+    code = "import time; open('/proc/self/comm', 'w').write('a) b (c'); print('ok', flush=True); time.sleep(60)"
+    odd = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert odd.stdout.readline().strip() == "ok"
+        table = ProcessTable()
+        rows, _ = table.sample(odd.pid)
+        assert rows[0]["name"] == "a) b (c" and rows[0]["rss"] > 1 << 20
+    finally:
+        odd.kill()
+        odd.wait()
 
 
 def test_loader_children_of_the_trainer_are_marked():

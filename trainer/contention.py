@@ -7,11 +7,13 @@ count, other processes are busy, and samples/s is below `drop` times its recent 
 after `confirm` samples in a row where samples/s is back above `recover` times that best or the
 other processes went quiet (the load average lags by a minute, so it is no sign of the end).
 
-Samples/s of single steps is noisy, so each system sample is judged on the median of the rates
-received since the previous one; a sample with no fresh rate (paused, evaluating,
-checkpointing) is skipped. The best is the highest such median over the last `window` seconds of
-the current phase (a new phase may legitimately run at another speed), and it is frozen while
-the alert is on: otherwise a long contention would become the new normal and end the alert.
+Samples/s of single steps is noisy (on a busy 2-core box one step read 28 between steps at 4-10,
+and the steps after a checkpoint read 100-170), so each system sample is judged on the median of
+the last RATES rates (or of those received since the previous sample, when there are more); a
+sample with no new rate (paused, evaluating, checkpointing) is skipped. The best is the highest
+such median over the last `window` seconds of the current phase (a new phase may legitimately run
+at another speed), and it is frozen while the alert is on: otherwise a long contention would
+become the new normal and end the alert.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ OTHERS_BUSY = 50.0
 together before they count as competition."""
 NAMED = 3
 """Other processes named in the message."""
+RATES = 5
+"""Progress rates a judged rate is the median of: one odd step must not decide."""
 
 
 @dataclass
@@ -60,6 +64,7 @@ class ContentionWatch:
         self.window, self.drop, self.recover, self.confirm = window, drop, recover, confirm
         self.active = False
         self._fresh: list[float] = []  # rates since the previous system sample
+        self._recent: deque[float] = deque(maxlen=RATES)
         self._best: deque[tuple[float, float]] = deque()  # (time, median), medians decreasing
         self._phase: Optional[int] = None
         self._streak = 0  # consecutive samples pointing to the other state
@@ -68,16 +73,19 @@ class ContentionWatch:
         """One progress frame's rate (None or <= 0: not a training step, ignored)."""
         if phase != self._phase:
             self._phase = phase
+            self._recent.clear()
             if not self.active:
                 self._best.clear()
         if samples_per_s is not None and samples_per_s > 0:
             self._fresh.append(float(samples_per_s))
+            self._recent.append(float(samples_per_s))
 
     def system(self, sample: dict) -> Optional[Decision]:
         """Judge one `system` body; returns the event to emit when the alert starts or ends."""
-        if not self._fresh:
+        fresh, self._fresh = self._fresh, []
+        if not fresh or len(self._recent) < RATES:
             return None
-        rate, self._fresh = statistics.median(self._fresh), []
+        rate = statistics.median(fresh if len(fresh) > RATES else self._recent)
         now = float(sample.get("time") or 0.0)
         best = self._best[0][1] if self._best else None
         if not self.active:
@@ -104,6 +112,7 @@ class ContentionWatch:
         was_active = self.active
         self.active, self._streak, self._fresh, self._phase = False, 0, [], None
         self._best.clear()
+        self._recent.clear()
         if not was_active:
             return None
         return Decision("info", f"contention over: {why}", {"resolves": ALERT})
