@@ -86,7 +86,8 @@ def layout(info: AlertInfo, width: int, narrow: bool) -> Text:
     """The bar's line in `width` cells (0: unknown, nothing cut). What gives way when it is too
     long, first to last: the wide suffix (`(+1, view 3)` -> `+1 ›3`), the alert text (down to a
     third of the line), the connection text (down to MIN_CONNECTION), then the alert is only
-    counted in the suffix, then the action's feedback is cut. The suffix itself is never cut."""
+    counted in the suffix, then the action's feedback is cut. Connection trouble is never shortened
+    for the alert: it is what the user must read first. The suffix itself is never cut."""
     connection = action = None
     if info.connection:
         words = info.connection_short if narrow and info.connection_short else info.connection
@@ -98,7 +99,7 @@ def layout(info: AlertInfo, width: int, narrow: bool) -> Text:
     if width:
         suffix_room = AlertBar.suffix(info, compact=narrow).cell_len
         least = min(len(info.alert) + 6, max(20, width // 3)) if info.alert else 0
-        if connection and state.cell_len + 3 * bool(state) + least + suffix_room > width:
+        if connection and not info.trouble and state.cell_len + 3 * bool(state) + least + suffix_room > width:
             others = (action.cell_len + 3 if action else 0) + (least + 3 if least else 0)
             connection = shorten(connection, max(MIN_CONNECTION, width - suffix_room - others))
             state = join(connection, action)

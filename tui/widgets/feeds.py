@@ -29,6 +29,8 @@ LOG_LEVELS = {"DEBUG": "info", "INFO": "info", "WARNING": "warning", "ERROR": "e
 LOG_TAGS = {"DEBUG": ("DEBUG", "dim"), "WARNING": ("WARN", "bold yellow"), "ERROR": ("ERROR", "bold red"),
             "CRITICAL": ("CRIT", "bold red")}
 
+WRAPPED_LINES = 3
+"""Lines of a list per entry it mirrors: wrapped entries take a few."""
 ROUTINE_KINDS = frozenset({"checkpoint", "eval", "request", "lr", "setup", "preparing", "report"})
 """Info events a power user hides with `k` (warnings and errors of these kinds still show)."""
 
@@ -126,7 +128,9 @@ class FeedLog(RichLog):
 
     def __init__(self, clock: fmt.Clock, *, id: str | None = None, classes: str | None = None,
                  max_lines: int = 500, wrap: bool = False) -> None:
-        super().__init__(id=id, classes=classes, max_lines=max_lines, wrap=wrap, markup=False, highlight=False)
+        # bounded like the model's lists, with room for entries wrapped over a few lines
+        super().__init__(id=id, classes=classes, max_lines=max_lines * WRAPPED_LINES, wrap=wrap, markup=False,
+                         highlight=False)
         self.clock = clock
         self._key: tuple = ()
         self._written = 0
@@ -175,12 +179,16 @@ class FeedLog(RichLog):
     def _write_all(self, items: Iterable[dict], feed_filter: FeedFilter) -> int:
         shown = 0
         width = self.line_width
+        first = self._start_line
         for item in items:
             if feed_filter.active and not self._shows(feed_filter, item):
                 continue
             line = self._line(item)
             self.write(line, width=width if self.wrap else max(width, line.cell_len))
             shown += 1
+        if not self.auto_scroll and self._start_line > first:
+            # paused: the oldest lines dropped out above; keep the lines in view where they are
+            self.scroll_to(y=max(0, self.scroll_y - (self._start_line - first)), animate=False, immediate=True)
         return shown
 
 
