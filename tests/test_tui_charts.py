@@ -16,7 +16,7 @@ from pilot import async_test, make_app  # noqa: E402
 from tui import braille  # noqa: E402
 from tui.model import Series  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
-from tui.widgets.charts import MetricTile, compact  # noqa: E402
+from tui.widgets.charts import MetricTile, compact, compact_percent  # noqa: E402
 from tui.widgets.dashboard import tile_height  # noqa: E402
 
 
@@ -51,6 +51,7 @@ def test_two_points_are_two_marks_at_their_steps_not_a_ramp():
 
 
 def test_compact_numbers():
+    assert compact_percent(0.0687) == "6.87%"
     assert [compact(v) for v in (0, 0.5234, 14.23, 1234.5, 0.00051, 2e6)] == \
         ["0", "0.523", "14.2", "1234", "5e-04", "2e+06"]
 
@@ -200,7 +201,13 @@ async def test_line_chart_marks_the_second_series_and_a_clipped_edge():
         assert "500" not in "".join(rows)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def assert_info_fits(app) -> None:
+    """The detail view's stats and options lines are not cut (issue 13: they were at 80x24)."""
+    for static in app.screen.query(".detail-info"):
+        assert len(str(static.render()).rstrip()) <= static.content_region.width, str(static.render())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (110, 40), (160, 48)])
 @async_test
 async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, size):
     run_dir = tui_fakes.write_run_dir(tmp_path / "run", state="stopped", steps=5000)
@@ -214,8 +221,7 @@ async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, s
         assert view.metric == LOSS_PAIR and str(options.get_option_at_index(0).prompt).startswith(MARK)
         chart = view.chart
         assert chart.overlay is not None and "×" in chart.render().plain
-        for static in app.screen.query(".detail-info"):
-            assert len(str(static.render()).rstrip()) <= static.content_region.width, str(static.render())
+        assert_info_fits(app)
         await pilot.press("l")
         await pilot.pause(0.1)
         assert chart.log_scale and "val_loss" in app.screen.query_one(Dashboard).log_metrics
@@ -230,6 +236,7 @@ async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, s
         await pilot.press("left")
         await pilot.pause(0.1)
         assert chart.x_range[1] < last
+        assert_info_fits(app)  # with the longest options line: zoomed and panned
         await pilot.press("0")
         await pilot.pause(0.1)
         assert chart.x_range is None
@@ -243,3 +250,42 @@ async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, s
         await pilot.press("1")
         await pilot.pause(0.2)
         assert app.screen.query_one("#tile-val_loss", MetricTile).log_scale
+
+
+def test_resample_of_a_window_without_points_is_empty_not_an_error():
+    # A zoomed window between two evaluations: bincount of nothing is an int array.
+    assert Series([100, 200], [1.0, 0.5]).resample(4, 120, 180) == [None] * 4
+
+
+def reference_resample(steps, values, mins, maxs, buckets, first, last, interpolate):
+    """The plain definition of Series.resample: (mean, min, max) per equal step range."""
+    groups = [[] for _ in range(buckets)]
+    for s, v, lo, hi in zip(steps, values, mins, maxs):
+        if first <= s <= last:
+            groups[min(buckets - 1, int((s - first) / max(last - first, 1e-9) * buckets))].append((v, lo, hi))
+    out = [(sum(g[0] for g in grp) / len(grp), min(g[1] for g in grp), max(g[2] for g in grp)) if grp else None
+           for grp in groups]
+    known = [i for i, c in enumerate(out) if c is not None]
+    if interpolate and len(known) >= 2:
+        for a, b in zip(known, known[1:]):
+            for i in range(a + 1, b):
+                value = out[a][0] + (out[b][0] - out[a][0]) * (i - a) / (b - a)
+                out[i] = (value, value, value)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_resample_matches_its_plain_definition(seed):
+    import random
+    rng = random.Random(seed)
+    steps = sorted(rng.sample(range(10_000), rng.randint(1, 300)))
+    values = [rng.uniform(-5, 5) for _ in steps]
+    mins = [v - rng.random() for v in values]
+    maxs = [v + rng.random() for v in values]
+    series = Series(steps, values, mins, maxs)
+    for buckets, first, last, interpolate in ((40, 0, 10_000, True), (7, steps[0], steps[-1], False),
+                                              (100, 2_000, 3_000, True), (13, 5_000, 9_000, False)):
+        got = series.resample(buckets, first, last, interpolate=interpolate)
+        want = reference_resample(steps, values, mins, maxs, buckets, first, last, interpolate)
+        assert [c is None for c in got] == [c is None for c in want]
+        assert [x for c in got if c for x in c] == pytest.approx([x for c in want if c for x in c])

@@ -53,6 +53,7 @@ class Series:
         self.capacity = capacity
         self._points = Downsampler.from_buckets(steps, values, mins, maxs, max_points=capacity)
         self._lists: Optional[dict[str, list]] = None  # the points as lists, until the next append
+        self._numpy: Optional[tuple[np.ndarray, ...]] = None  # the same as arrays (`_arrays`)
 
     @classmethod
     def from_wire(cls, body: dict, capacity: int = 2000) -> "Series":
@@ -62,7 +63,16 @@ class Series:
     def _view(self) -> dict[str, list]:
         if self._lists is None:
             self._lists = self._points.to_dict()
+            self._numpy = None
         return self._lists
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        """(steps, values, mins, maxs) as float arrays, built once per change (resample runs
+        every repaint of every chart and tile)."""
+        view = self._view()
+        if self._numpy is None:
+            self._numpy = tuple(np.asarray(view[key], dtype=np.float64) for key in ("step", "value", "min", "max"))
+        return self._numpy
 
     @property
     def steps(self) -> list[float]:
@@ -112,20 +122,24 @@ class Series:
             return []
         if not self.values:
             return [None] * buckets
-        first = self.steps[0] if first is None else first
-        last = self.steps[-1] if last is None else last
+        steps, values, mins, maxs = self._arrays()
+        first = steps[0] if first is None else first
+        last = steps[-1] if last is None else last
         span = max(last - first, 1e-9)
-        steps = np.asarray(self.steps)
-        inside = (steps >= first) & (steps <= last)
+        # Steps are increasing: the points inside are one slice, and their buckets never decrease.
+        inside = slice(np.searchsorted(steps, first, "left"), np.searchsorted(steps, last, "right"))
+        if inside.start >= inside.stop:
+            return [None] * buckets
         index = np.minimum(buckets - 1, ((steps[inside] - first) / span * buckets).astype(np.int64))
         counts = np.bincount(index, minlength=buckets)
-        means = np.bincount(index, weights=np.asarray(self.values)[inside], minlength=buckets)
+        means = np.bincount(index, weights=values[inside], minlength=buckets)
         filled = counts > 0
         means[filled] /= counts[filled]
         lows = np.full(buckets, np.inf)
         highs = np.full(buckets, -np.inf)
-        np.minimum.at(lows, index, np.asarray(self.mins)[inside])
-        np.maximum.at(highs, index, np.asarray(self.maxs)[inside])
+        starts = np.flatnonzero(np.diff(index, prepend=-1))  # where each bucket's run of points begins
+        lows[index[starts]] = np.minimum.reduceat(mins[inside], starts)
+        highs[index[starts]] = np.maximum.reduceat(maxs[inside], starts)
         known = np.flatnonzero(filled)
         if interpolate and len(known) >= 2:  # straight lines across empty buckets between two filled ones
             gaps = np.arange(known[0], known[-1] + 1)
@@ -288,7 +302,6 @@ class RunModel:
     def apply_progress(self, progress: dict) -> None:
         """A progress frame: new header values and one new point per progress metric."""
         self.progress = progress
-        self.elapsed.add(progress.get("step"), progress.get("elapsed"))
         self.preparing = None  # training started
         self.setup.clear(training=True)
         self.add_progress_points(progress)
@@ -299,6 +312,7 @@ class RunModel:
         metrics = progress.get("metrics") or {}
         if step is None:
             return
+        self.elapsed.add(step, progress.get("elapsed"))
         for name in PROGRESS_SERIES:
             if name in metrics:
                 self.series.setdefault(name, Series()).append(step, metrics[name])

@@ -109,6 +109,8 @@ class ZoomWindow:
     def reset(self) -> None:
         self.level, self.offset = 0, 0.0
 
-    @property
-    def label(self) -> str:
-        return f"{2 ** self.level}×" + ("" if not self.offset else " (panned)")
+    def label(self, compact: bool = False) -> str:
+        """`4×`, and whether the window was panned back from the newest step."""
+        if not self.offset:
+            return f"{2 ** self.level}×"
+        return f"{2 ** self.level}×" + ("◂" if compact else " (panned)")

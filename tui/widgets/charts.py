@@ -147,6 +147,8 @@ class LineChart(SeriesView, Widget):
         plot_height = max(1, height - 1 - title_row)
         first, last = bounds
         columns, extra, use_log = self._columns(plot_width, first, last)
+        if not any(c is not None for c in columns + extra):  # e.g. zoomed in between two evaluations
+            return Text(f"no points between {self.x_format(first)} and {self.x_format(last)}", style="dim")
         lo, hi, clipped_lo, clipped_hi = braille.value_range(columns, self.envelope, extra)
         marker_col = self._marker_column(self.marker, plot_width)
         cells = braille.plot(columns, plot_height, lo, hi, marker_col, self.envelope)
@@ -202,7 +204,7 @@ class MetricTile(SeriesView, Widget):
     """
     COMPONENT_CLASSES = {"tile--spark", "tile--range"}
     MIN_SPARK = 6  # columns below which a one-row tile leaves the sparkline (and range) out
-    RANGE_WIDTH = 11  # columns a one-row tile keeps for its range label when it has room
+    RANGE_WIDTH = 10  # columns a one-row tile keeps for its range label when it has room
 
     value: reactive[Optional[float]] = reactive(None)
     """Current value (None: not reported yet)."""
@@ -224,6 +226,8 @@ class MetricTile(SeriesView, Widget):
         self.label = label
         self.key = key
         self.value_format = value_format
+        # A range in the value's own unit: percentages stay percentages.
+        self.range_format = compact_percent if value_format is fmt.percent else compact
         self.series: Optional[Series] = None
         self._signature: tuple = ()
 
@@ -240,15 +244,17 @@ class MetricTile(SeriesView, Widget):
             room = width - head.cell_len - 1
             spark_width = room
             if room >= self.MIN_SPARK:
-                # A fixed width for the range (when it fits), so the sparklines of all tiles line up.
-                label = self._range_label(self._sparkline(room, 1)[1])
-                reserve = max(len(label), self.RANGE_WIDTH)
-                if room - reserve - 1 >= self.MIN_SPARK:
-                    spark_width = room - reserve - 1
-                elif room - len(label) - 1 >= self.MIN_SPARK:
-                    spark_width = room - len(label) - 1
+                # A fixed width for the range (when it fits), so the sparklines of all tiles line
+                # up; drawn again only in the rare case of a longer range label.
+                if room - self.RANGE_WIDTH - 1 >= self.MIN_SPARK:
+                    spark_width = room - self.RANGE_WIDTH - 1
                 rows, scale = self._sparkline(spark_width, 1)
-                label = self._range_label(scale)[: room - spark_width - 1] if spark_width < room else ""
+                label = self._range_label(scale)
+                if spark_width < room and len(label) > room - spark_width - 1:
+                    spark_width = max(self.MIN_SPARK, room - len(label) - 1)
+                    rows, scale = self._sparkline(spark_width, 1)
+                    label = self._range_label(scale)
+                label = label[: room - spark_width - 1] if spark_width < room else ""
                 head.append(" ")
                 head.append(rows[0], style=spark_style)
                 if label:
@@ -278,13 +284,13 @@ class MetricTile(SeriesView, Widget):
         scale = (unlog(lo), unlog(hi), clipped and min(known) < lo, clipped and max(known) > hi, use_log)
         return braille.spark_rows(values, rows, lo, hi), scale
 
-    @staticmethod
-    def _range_label(scale: Optional[tuple]) -> str:
+    def _range_label(self, scale: Optional[tuple]) -> str:
         """`0.52–1.47`: what the sparkline spans; ↑/↓ where points beyond it were clipped."""
         if scale is None:
             return ""
         lo, hi, clipped_lo, clipped_hi, use_log = scale
-        text = ("↓" if clipped_lo else "") + compact(lo) + "–" + compact(hi) + ("↑" if clipped_hi else "")
+        text = (("↓" if clipped_lo else "") + self.range_format(lo) + "–" + self.range_format(hi)
+                + ("↑" if clipped_hi else ""))
         return text + (" log" if use_log else "")
 
 
@@ -298,3 +304,8 @@ def compact(value: float) -> str:
     if magnitude >= 100:
         return f"{value:.0f}"
     return f"{value:.3g}"
+
+
+def compact_percent(fraction: float) -> str:
+    """A fraction as a compact percentage: 0.0687 -> 6.87%."""
+    return compact(100 * fraction) + "%"

@@ -78,7 +78,7 @@ class DetailView(Horizontal):
         Binding("right", "pan(0.25)", "Pan right", priority=True, show=False),
         Binding("0", "reset_zoom", "Reset zoom", show=False),
     ]
-    COMPACT_WIDTH = 100  # terminal columns below which the info lines take their short forms
+    LIST_WIDTH = 24  # columns of the metric list (DEFAULT_CSS)
 
     metric: reactive[Optional[str]] = reactive(None)
     """Id of the option shown: a series name, `LOSS_PAIR`, or `eval:…` for a per-class table
@@ -193,9 +193,12 @@ class DetailView(Horizontal):
         chart.x_mode = self.x_mode
         bounds = chart.data_bounds()
         chart.x_range = self.zoom.window(*bounds) if bounds and self.zoom.level else None
-        compact = self.app.size.width < self.COMPACT_WIDTH
-        self.query_one("#detail-stats", Static).update(self._stats(series, overlay, compact))
-        self.query_one("#detail-options", Static).update(self._options(compact))
+        # Room for the info lines: the view less the metric list and the lines' padding.
+        room = (self.size.width or self.app.size.width) - self.LIST_WIDTH - 2
+        for static_id, make in (("#detail-stats", lambda c: self._stats(series, overlay, c)),
+                                ("#detail-options", self._options)):
+            text = make(False)
+            self.query_one(static_id, Static).update(text if text.cell_len <= room else make(True))
 
     # ------------------------------------------------------------------ keys
     def _repaint(self) -> None:
@@ -247,9 +250,9 @@ class DetailView(Horizontal):
                                  f"  best val {fmt.metric(best)}")
         lo, hi = min(series.mins), max(series.maxs)
         steps = f"{fmt.count_short(int(series.steps[0]))}–{fmt.count_short(int(series.steps[-1]))}"
-        if compact:
-            return Text.assemble((f"{self.metric}", "bold"), f"  {fmt.metric(series.last)}  min {fmt.metric(lo)}"
-                                 f"  max {fmt.metric(hi)}  steps {steps}")
+        if compact:  # the ▶ in the list names the metric
+            return Text.assemble(("last ", "dim"), (fmt.metric(series.last), "bold"),
+                                 f"  min {fmt.metric(lo)}  max {fmt.metric(hi)}  steps {steps}")
         return Text.assemble((f"{self.metric}", "bold"), f"  last {fmt.metric(series.last)}  min {fmt.metric(lo)}"
                              f"  max {fmt.metric(hi)}  steps {steps} in {len(series)} points")
 
@@ -258,13 +261,14 @@ class DetailView(Horizontal):
         chart = self.chart
         onoff = lambda flag: "on" if flag else "off"  # noqa: E731
         items = [("m", "smooth", onoff(chart.smooth)), ("l", "log", onoff(self.metric in self.log_metrics)),
-                 ("e", "envelope ░" if not compact else "env", onoff(chart.envelope)), ("x", "x", self.x_mode),
-                 ("i/o", "zoom", self.zoom.label)]
+                 ("e", "envelope ░" if not compact else "env", onoff(chart.envelope)),
+                 ("x", "axis" if not compact else "", self.x_mode), ("i/o", "zoom", self.zoom.label(compact))]
         if not compact:
             items.append(("←/→ 0", "pan, reset", ""))
         text = Text()
         for key, name, value in items:
             text.append(f"{' ' if text else ''}{key}", style="bold")
-            text.append(f" {name}" + (" " if value else ""), style="dim")
+            text.append(f" {name}" if name else "", style="dim")
+            text.append(" " if value else "")
             text.append(value)
         return text
