@@ -190,3 +190,21 @@ def test_status_of_a_fresh_run_directory_has_no_best_nor_rate(tmp_path):
     info = list_runs(tmp_path)[0]
     assert info["best"] is None and info["samples_per_s"] is None and info["epoch"] is None
     assert info["total_epochs"] is None and info["started"] is None
+
+
+def test_a_growing_history_is_read_again_an_unchanged_one_is_not(tmp_path, monkeypatch):
+    """The picker lists every 2 s: finished runs cost a stat, a live run's speed still moves."""
+    from trainer.run import status as run_status
+
+    run_dir = tmp_path / "live"
+    run_dir.mkdir()
+    (run_dir / "state.json").write_text(json.dumps({"name": "live", "state": "stopped"}))
+    path = run_dir / "history.msgpack"
+    write_records(path, [train(s, 10.0) for s in range(1, 30)])
+    assert list_runs(tmp_path)[0]["samples_per_s"] == pytest.approx(10.0)
+    reads = []
+    monkeypatch.setattr(run_status, "recent_rate", lambda p: reads.append(p) or recent_rate(p))
+    assert list_runs(tmp_path)[0]["samples_per_s"] == pytest.approx(10.0) and reads == []
+    with open(path, "ab") as f:
+        f.write(b"".join(msgpack.packb(train(s, 40.0), use_bin_type=True) for s in range(30, 60)))
+    assert list_runs(tmp_path)[0]["samples_per_s"] == pytest.approx(40.0) and len(reads) == 1

@@ -194,3 +194,20 @@ async def test_escape_is_offered_only_with_a_filter_and_enter_attaches_without_o
         assert app.screen.check_action("clear_filter", ()) is True
         await pilot.press("enter", "enter")  # the first keeps the filter, the second attaches
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+
+
+@async_test
+async def test_a_resize_changes_the_columns_at_once():
+    app = make(Lister(RUNS), interval=30)  # no refresh comes to help
+    async with app.run_test(size=(160, 48)) as pilot:
+        await loaded(pilot)
+        table = app.screen.query_one("#runs", DataTable)
+        assert "progress" in [str(c.label) for c in table.columns.values()]
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: "progress" not in [str(c.label) for c in table.columns.values()],
+                       what="the narrow columns")
+        await pilot.pause(0.1)
+        assert table.row_count == len(RUNS) and table.virtual_size.width <= table.size.width
+        await pilot.resize_terminal(160, 48)
+        await wait_for(pilot, lambda: "progress" in [str(c.label) for c in table.columns.values()],
+                       what="the wide columns")

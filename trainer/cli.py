@@ -61,7 +61,7 @@ def _run_dir_for(args, cfg, command: str) -> tuple[Path, bool]:
         state = effective_state(run_dir)
         raise RunExists(
             f"{run_dir} is already a run directory (state: {state}); its own config.yaml is what it runs, so "
-            f"a new config is not applied there. To continue it: `longhaul resume {shlex.quote(str(run_dir))}`; "
+            f"a new config is not applied there. To continue it: `{longhaul_command()} resume {shlex.quote(str(run_dir))}`; "
             f"to start this config: give a new --run-dir")
     if existing:
         _check_same_config(run_dir, cfg, args)
@@ -87,7 +87,7 @@ def _check_same_config(run_dir: Path, cfg, args) -> None:
         f"differs from {args.config}{' with --set' if args.set else ''}"
     raise RunExists(
         f"{run_dir} already holds a run whose config {path} {what}. To resume that run: "
-        f"`longhaul train {shlex.quote(str(path))} --run-dir {shlex.quote(str(run_dir))}`; to train this config: "
+        f"`{longhaul_command()} train {shlex.quote(str(path))} --run-dir {shlex.quote(str(run_dir))}`; to train this config: "
         f"give a new --run-dir")
 
 
@@ -270,7 +270,7 @@ def run_notes(info: dict) -> list[str]:
     rebuilt state file, a daemon that keeps dying at start."""
     notes = []
     if info.get("pause_reason") == "disk_full":
-        notes.append("  paused by itself: the disk is full (see `longhaul logs` and the alerts); it resumes "
+        notes.append(f"  paused by itself: the disk is full (see `{longhaul_command()} logs` and the alerts); it resumes "
                      "by itself once space is freed")
     rebuilt = info.get("rebuilt")
     if isinstance(rebuilt, dict):

@@ -3,9 +3,10 @@ needed): `status(run_dir)`, `list_runs(root)`. No torch.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from trainer.fmt import epoch_number, metric_label
 from trainer.history.tail import recent_rate
@@ -29,7 +30,8 @@ def status(run_dir: Path) -> dict:
     sock = str(found) if found is not None else None
     checkpoint = state.get("last_checkpoint") or {}
     age = time.time() - checkpoint["time"] if isinstance(checkpoint.get("time"), (int, float)) else None
-    plan, config = plan_summary(run_dir)
+    files = RunDir(run_dir)
+    plan, config = read_if_changed(files.plan, lambda _: plan_summary(run_dir)) or ({}, {})
     total_epochs = plan.get("total_epochs") if isinstance(plan.get("total_epochs"), int) else None
     return {
         "name": state.get("name") or run_dir.name,
@@ -43,9 +45,9 @@ def status(run_dir: Path) -> dict:
         "last_eval": eval_summary(state.get("last_eval")),
         "best_eval": eval_summary(state.get("best_eval")),
         "best": best_metric(state.get("best_eval"), config.get("monitor")),
-        "samples_per_s": recent_rate(RunDir(run_dir).history),
+        "samples_per_s": read_if_changed(files.history, recent_rate),
         "model": config.get("model"),
-        "started": started_time(run_dir),
+        "started": started_time(files.config),
         "evaluation": evaluation_summary(run_dir),
         "pid": state.get("pid") if live else None,
         "socket": sock,
@@ -93,10 +95,29 @@ def best_metric(best_eval: Optional[dict], monitor: Optional[str]) -> Optional[d
     return {"metric": monitor, "label": metric_label(monitor), "value": value, "step": best_eval.get("step")}
 
 
-def started_time(run_dir: Path) -> Optional[float]:
+#: What was read of each file, with the (size, mtime) it was read at: the picker lists every
+#: run every 2 s, and the plan and history of most runs (finished ones) never change again.
+_READ: dict[str, tuple[tuple[int, int], Any]] = {}
+
+
+def read_if_changed(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`, or what it gave last time while the file has not changed; None without it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    seen, key = _READ.get(str(path)), (st.st_size, st.st_mtime_ns)
+    if seen is not None and seen[0] == key:
+        return seen[1]
+    value = read(path)
+    _READ[str(path)] = (key, value)
+    return value
+
+
+def started_time(config: Path) -> Optional[float]:
     """When the run was created: its config.yaml is written once, then never rewritten."""
     try:
-        return RunDir(run_dir).config.stat().st_mtime
+        return config.stat().st_mtime
     except OSError:
         return None
 

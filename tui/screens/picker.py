@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
+from trainer.cli import longhaul_command
 from trainer.fmt import best_text, samples_rate
 from trainer.monitor import direction_of
 from trainer.run.state import RUN_STATES
@@ -226,7 +227,7 @@ class PickerScreen(Screen):
 
     def empty_text(self) -> str:
         if not self.infos:
-            return f"No runs under {self.root}. Start one with `longhaul start CONFIG`."
+            return f"No runs under {self.root}. Start one with `{longhaul_command()} start CONFIG`."
         return "" if self.rows else f"No run matches {self.filter_text!r} (Esc clears the filter)."
 
     def _rebuild(self, table: DataTable, shown: list[dict], wide: bool) -> None:
