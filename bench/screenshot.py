@@ -6,7 +6,7 @@ temporary socket, the TUI attaches to it headless with the clock frozen at the r
 frame, and the screen is exported with Textual's `App.export_screenshot`, then converted to PNG
 with rsvg-convert (skipped, with a note, where it is not installed). Re-run after changing the UI:
 
-    python bench/screenshot.py [--size 160x48] [--view dashboard|detail|events] [--out docs/dashboard.svg]
+    python bench/screenshot.py [--size 160x48] [--view dashboard|detail|events|system] [--out docs/dashboard.svg]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from tui.app import LonghaulApp  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 
 RECORDING = ROOT / "tests" / "data" / "real_run.msgpack"
-VIEW_KEYS = {"dashboard": "1", "detail": "2", "events": "3"}
+VIEW_KEYS = {"dashboard": "1", "detail": "2", "events": "3", "system": "4"}
 
 
 def recording_end(frames: list[dict]) -> tuple[float, int]:
@@ -43,16 +43,30 @@ def recording_end(frames: list[dict]) -> tuple[float, int]:
     return max(times or [snapshot["progress"]["time"]]), (steps or [snapshot["progress"]["step"]])[-1]
 
 
-async def screenshot(run_dir: Path, frames: list[dict], size: tuple[int, int], view: str) -> str:
-    now, last_step = recording_end(frames)
-    app = LonghaulApp(run_dir, run_dir.parent, clock=fmt.frozen_clock(now), refresh_interval=0.0)
-    async with app.run_test(size=size) as pilot:
-        def shown() -> bool:
-            screen = app.screen
-            return (isinstance(screen, RunScreen) and screen.link_state == "live"
-                    and screen.model.step == last_step and not screen._refresh_pending)
+def recording_app(run_dir: Path, frames: list[dict]) -> LonghaulApp:
+    """The app as a user starts it (the default refresh rate shows in the footer), on the
+    recording's clock."""
+    return LonghaulApp(run_dir, run_dir.parent, clock=fmt.frozen_clock(recording_end(frames)[0]))
 
-        await wait_for(pilot, shown, what="the recording")
+
+async def replayed(pilot, frames: list[dict]) -> None:
+    """Wait until the whole recording is on screen."""
+    last_step = recording_end(frames)[1]
+
+    def shown() -> bool:
+        screen = pilot.app.screen
+        return (isinstance(screen, RunScreen) and screen.link_state == "live"
+                and screen.model.step == last_step and not screen._refresh_pending
+                and bool(screen.query("FooterKey")))
+
+    await wait_for(pilot, shown, what="the recording")
+    await pilot.pause(0.3)
+
+
+async def screenshot(run_dir: Path, frames: list[dict], size: tuple[int, int], view: str) -> str:
+    app = recording_app(run_dir, frames)
+    async with app.run_test(size=size) as pilot:
+        await replayed(pilot, frames)
         await pilot.press(VIEW_KEYS[view])
         await pilot.pause(0.3)
         return app.export_screenshot(title=f"longhaul attach {run_dir.name}")

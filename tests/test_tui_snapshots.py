@@ -246,18 +246,11 @@ def test_real_run_dashboard(snap_compare, tmp_path, runtime_dir, live_process, s
     import screenshot
 
     frames = tui_fakes.read_stream(screenshot.RECORDING)
-    now, last_step = screenshot.recording_end(frames)
     run_dir = tmp_path / frames[0]["run"]["name"]
     screenshot.write_run_dir(run_dir, frames[0], live_process)
     daemon = tui_fakes.DaemonThread(socket_path(run_dir), run_dir, frames=frames).start()
-    app = LonghaulApp(run_dir, tmp_path, clock=fmt.frozen_clock(now), refresh_interval=0.0)
-
-    async def replayed(pilot):
-        await wait_for(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and pilot.app.screen.model.step == last_step
-                       and not pilot.app.screen._refresh_pending, what="the recording")
-        await pilot.pause(0.2)
-
     try:
-        assert snap_compare(app, terminal_size=size, run_before=replayed)
+        assert snap_compare(screenshot.recording_app(run_dir, frames), terminal_size=size,
+                            run_before=lambda pilot: screenshot.replayed(pilot, frames))
     finally:
         daemon.close()
