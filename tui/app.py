@@ -41,7 +41,7 @@ class LonghaulApp(refresh_rate.RefreshKeys, App[int]):
         Binding("question_mark", "help", "Help", tooltip="This help"),
         # The description is the current rate (`+/- 2000ms` in the footer): see tui.refresh_rate.
         Binding("plus", "refresh_faster", refresh_rate.label(refresh_rate.DEFAULT), key_display="+/-",
-                tooltip="refresh faster (+) or slower (-)"),
+                tooltip="Refresh faster (the footer shows the interval)"),
         Binding("minus", "refresh_slower", "Refresh slower", show=False),
     ]
 
@@ -87,7 +87,7 @@ class LonghaulApp(refresh_rate.RefreshKeys, App[int]):
 
     def get_key_display(self, binding: Binding) -> str:
         """The footer spells keys as the help does (`Esc`, `Enter`)."""
-        return binding_keys(binding)
+        return binding_keys(binding, footer=True)
 
 
 def run_attach(run: Optional[str] = None, root: Optional[Path] = None) -> int:

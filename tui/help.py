@@ -49,8 +49,10 @@ def key_label(key: str) -> str:
     return KEY_NAMES.get(key) or format_key(key)
 
 
-def binding_keys(binding: Binding) -> str:
-    if binding.key_display:
+def binding_keys(binding: Binding, *, footer: bool = False) -> str:
+    """The keys of `binding`, as the help lists them; `footer`: its `key_display` when it has one
+    (the footer may show one entry for two bindings, like `+/-`; the help lists each)."""
+    if footer and binding.key_display:
         return binding.key_display
     return " ".join(key_label(key.strip()) for key in binding.key.split(","))
 
