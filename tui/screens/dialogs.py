@@ -210,6 +210,7 @@ class SummaryScreen(ModalScreen[None]):
             yield Static("← → scroll the matrix sideways (recall is next to the class)", id="summary-confusion-hint")
         table = DataTable(id="summary-confusion", cursor_type="none" if not layout.scrolls else "column",
                           zebra_stripes=True)
-        table.add_columns(*layout.columns)
+        # Counts and recall are right-aligned, so their headers are too; the class column is not.
+        table.add_columns(layout.columns[0], *(Text(c, justify="right") for c in layout.columns[1:]))
         table.add_rows(layout.rows)
         yield table
