@@ -96,7 +96,7 @@ def table_width(layout) -> int:
 def test_confusion_matrix_keeps_names_when_they_fit():
     layout = confusion_layout(tui_fakes.confusion(3), ["tone", "chirp", "noise"], 74)
     assert not layout.numbered and layout.columns == ["true \\ pred", "tone", "chirp", "noise", "recall"]
-    assert layout.rows[0][0] == "tone"
+    assert str(layout.rows[0][0]) == "tone"
 
 
 def test_confusion_matrix_with_long_names_numbers_its_columns_and_keeps_recall():
@@ -107,8 +107,32 @@ def test_confusion_matrix_with_long_names_numbers_its_columns_and_keeps_recall()
         assert table_width(layout) <= width
         assert str(layout.rows[2][0]).startswith("3 malignant")
         assert all(str(row[-1]).endswith("%") for row in layout.rows)
-    assert confusion_layout(tui_fakes.confusion(8), LONG_NAMES, 74).rows[2][0] == "3 malignant-melanoma-in-situ"
-    assert confusion_layout(tui_fakes.confusion(8), LONG_NAMES, 54).rows[2][0].endswith("…")
+    assert str(confusion_layout(tui_fakes.confusion(8), LONG_NAMES, 74).rows[2][0]) == "3 malignant-melanoma-in-situ"
+    assert str(confusion_layout(tui_fakes.confusion(8), LONG_NAMES, 54).rows[2][0]).endswith("…")
+
+
+@async_test
+async def test_class_names_with_brackets_are_shown_whole(tmp_path, runtime_dir):
+    """A class name like `noise [bg]` is text, not markup, in the summary and the per-class table."""
+    classes = ["tone", "noise [bg]", "[unk]"]
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="finished", finished=True)
+    tui_fakes.write_evaluation(run_dir, tui_fakes.evaluation_result(classes=classes))
+    app = LonghaulApp(run_dir, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), refresh_interval=0.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.loaded and app.screen.model.evaluation, what="the run")
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.query("#summary-confusion"),
+                       what="the summary")
+        table = app.screen.query_one("#summary-confusion")
+        shown = [table.render_line(y).text for y in range(4)]
+        assert "noise [bg]" in shown[2] and "[unk]" in shown[3], shown
+        assert "noise [bg]" in table.render_line(0).text
+        await pilot.press("escape", "t")
+        await wait_for(pilot, lambda: app.screen.query("#detail-table")
+                       and app.screen.query_one("#detail-table").row_count == 3, what="the per-class table")
+        await pilot.pause(0.1)
+        rows = [app.screen.query_one("#detail-table").render_line(y).text for y in range(1, 4)]
+        assert "noise [bg]" in rows[1] and "[unk]" in rows[2], rows
 
 
 def test_confusion_matrix_too_wide_scrolls_with_recall_next_to_the_class():

@@ -211,6 +211,6 @@ class SummaryScreen(ModalScreen[None]):
         table = DataTable(id="summary-confusion", cursor_type="none" if not layout.scrolls else "column",
                           zebra_stripes=True)
         # Counts and recall are right-aligned, so their headers are too; the class column is not.
-        table.add_columns(layout.columns[0], *(Text(c, justify="right") for c in layout.columns[1:]))
+        table.add_columns(Text(layout.columns[0]), *(Text(c, justify="right") for c in layout.columns[1:]))
         table.add_rows(layout.rows)
         yield table

@@ -104,7 +104,7 @@ def per_class_rows(per_class: dict, classes: Optional[list] = None) -> list[tupl
     rows = []
     for name in names:
         values = per_class[name] if isinstance(per_class[name], dict) else {}
-        rows.append((str(name), *(fmt.count(values.get(key)) if key == "support" else fmt.score(values.get(key))
+        rows.append((Text(str(name)), *(fmt.count(values.get(key)) if key == "support" else fmt.score(values.get(key))
                                   for _, key in PER_CLASS)))
     return rows
 
@@ -156,7 +156,9 @@ class ConfusionLayout:
     """
 
     columns: list[str]
+    """Plain text (a class name is never markup); the dialog makes them `Text`."""
     rows: list[list]
+    """Cells as `Text`: DataTable would read a `str` as markup, eating `[bg]` from a class name."""
     numbered: bool
     scrolls: bool
 
@@ -176,13 +178,13 @@ def confusion_layout(confusion: list[list[int]], classes: list, width: int) -> C
     label_full = max([len(CORNER), *map(len, names)])
     if total(label_full, named_cells) <= width:
         return ConfusionLayout([CORNER, *(name[:NAME_CUT] for name in names), RECALL],
-                               [[name, *cells(row, i), recalls[i]] for i, (name, row) in enumerate(zip(names, confusion))],
+                               [[Text(name), *cells(row, i), recalls[i]] for i, (name, row) in enumerate(zip(names, confusion))],
                                numbered=False, scrolls=False)
     numbers = [str(i + 1) for i in range(n)]
     numbered_cells = [max(digits, len(number)) for number in numbers]
     legend = [f"{number} {name}" for number, name in zip(numbers, names)]
     label = max(len(CORNER), min(max(map(len, legend), default=0), width - total(0, numbered_cells)))
-    labels = [shorten(text, label) for text in legend]
+    labels = [Text(shorten(text, label)) for text in legend]
     if total(label, numbered_cells) <= width:
         return ConfusionLayout([CORNER, *numbers, RECALL],
                                [[labels[i], *cells(row, i), recalls[i]] for i, row in enumerate(confusion)],
