@@ -5,7 +5,7 @@ runs root, waits until it is `--at` of the way through, connects like `longhaul 
 real protocol handshake), and saves the welcome and every frame of the next `--seconds` seconds,
 as wire bytes, to tests/data/real_run.msgpack. Then it stops the run and removes it.
 
-    python bench/record_run.py [--at 0.6] [--seconds 8] [--out tests/data/real_run.msgpack]
+    python bench/record_run.py [--at 0.7] [--seconds 8] [--out tests/data/real_run.msgpack]
 
 `bench/screenshot.py` replays the recording through the fake daemon (tests/tui_fakes.py).
 """

@@ -2,9 +2,10 @@
 dashboard, the detail, events and system views, the help, the summary, and the dashboard after a
 resize there and back (which must also draw exactly what a fresh one draws).
 
-The dashboard and detail view are drawn from the recorded stream (tests/data/recorded_stream.msgpack)
-served by the fake daemon; the clock is frozen at the recording's time in UTC, so nothing on
-screen depends on when or where the test runs. Update after an intended change with
+The run views are drawn from the synthetic stream (tests/data/recorded_stream.msgpack, made by
+tests/tui_fakes.py) served by the fake daemon, and the README's picture from a real run's
+recording (tests/data/real_run.msgpack, bench/record_run.py); the clock is frozen at the
+recording's time in UTC, so nothing on screen depends on when or where the test runs. Update after an intended change with
 `pytest tests/test_tui_snapshots.py --snapshot-update` and look at the SVGs.
 """
 from __future__ import annotations
