@@ -2,6 +2,7 @@
 points, the y-range on every tile, outliers clipped (and said so), and the detail view's options."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -95,6 +96,12 @@ async def test_tiles_share_one_layout_across_resizes_and_for_a_finished_run(tmp_
         await pilot.pause(0.3)
         assert tile_layouts(app) == {(3, 3)}
         assert len({t.region.height for t in tiles(app)}) == 1
+        await pilot.press("2")  # resized while the dashboard is hidden
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.3)
+        await pilot.press("1")
+        await pilot.pause(0.3)
+        assert tile_layouts(app) == {(1, 1)}
 
 
 @async_test
@@ -222,6 +229,8 @@ async def test_detail_view_keys_and_info_lines_that_fit(tmp_path, runtime_dir, s
         chart = view.chart
         assert chart.overlay is not None and "×" in chart.render().plain
         assert_info_fits(app)
+        if size[0] >= 110:  # tests/test_tui_tmux.py reads the history's step range here at 120 columns
+            assert re.search(r"steps [\d,]+–[\d,]+ in \d+ points", str(app.screen.query_one("#detail-stats").render()))
         await pilot.press("l")
         await pilot.pause(0.1)
         assert chart.log_scale and "val_loss" in app.screen.query_one(Dashboard).log_metrics

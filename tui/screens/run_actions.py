@@ -17,7 +17,6 @@ from textual.widgets import TabbedContent
 from tui.model import ACTIVE_STATES, RESUMABLE_STATES
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.picker import PickerScreen
-from tui.widgets.charts import LineChart
 from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options
 
@@ -51,8 +50,6 @@ class RunActions:
             return self.model.has_summary
         if action == "per_class":
             return bool(self.model.evaluation_result)
-        if action == "chart_option":
-            return self.query_one("#views", TabbedContent).active == "detail"
         return True
 
     def sync_footer(self) -> None:
@@ -142,11 +139,4 @@ class RunActions:
     def action_next_view(self) -> None:
         tabs = self.query_one("#views", TabbedContent)
         tabs.active = VIEWS[(VIEWS.index(tabs.active) + 1) % len(VIEWS)] if tabs.active in VIEWS else VIEWS[0]
-        self._request_refresh()
-
-    def action_chart_option(self, option: str) -> None:
-        if not self.query("#detail-chart"):
-            return
-        chart = self.query_one("#detail-chart", LineChart)
-        setattr(chart, option, not getattr(chart, option))
         self._request_refresh()

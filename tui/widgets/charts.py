@@ -242,21 +242,10 @@ class MetricTile(SeriesView, Widget):
         range_style = self.get_component_rich_style("tile--range")
         if height <= 1:
             room = width - head.cell_len - 1
-            spark_width = room
             if room >= self.MIN_SPARK:
-                # A fixed width for the range (when it fits), so the sparklines of all tiles line
-                # up; drawn again only in the rare case of a longer range label.
-                if room - self.RANGE_WIDTH - 1 >= self.MIN_SPARK:
-                    spark_width = room - self.RANGE_WIDTH - 1
-                rows, scale = self._sparkline(spark_width, 1)
-                label = self._range_label(scale)
-                if spark_width < room and len(label) > room - spark_width - 1:
-                    spark_width = max(self.MIN_SPARK, room - len(label) - 1)
-                    rows, scale = self._sparkline(spark_width, 1)
-                    label = self._range_label(scale)
-                label = label[: room - spark_width - 1] if spark_width < room else ""
+                spark, label = self._one_row(room)
                 head.append(" ")
-                head.append(rows[0], style=spark_style)
+                head.append(spark, style=spark_style)
                 if label:
                     head.append(" " + label, style=range_style)
             return head
@@ -266,6 +255,19 @@ class MetricTile(SeriesView, Widget):
             head.append(" " * (width - head.cell_len - len(label)))
             head.append(label, style=range_style)
         return Text("\n").join([head] + [Text(r, style=spark_style) for r in rows])
+
+    def _one_row(self, room: int) -> tuple[str, str]:
+        """(sparkline, range label) sharing `room` columns on the head line: the range gets a
+        fixed width when it fits, so the sparklines of all tiles line up (drawn again only in
+        the rare case of a longer label); no range when the sparkline would get too narrow."""
+        width = room - self.RANGE_WIDTH - 1 if room - self.RANGE_WIDTH - 1 >= self.MIN_SPARK else room
+        rows, scale = self._sparkline(width, 1)
+        label = self._range_label(scale)
+        if width < room and len(label) > room - width - 1:
+            width = max(self.MIN_SPARK, room - len(label) - 1)
+            rows, scale = self._sparkline(width, 1)
+            label = self._range_label(scale)
+        return rows[0], (label[: room - width - 1] if width < room else "")
 
     def _sparkline(self, width: int, rows: int) -> tuple[list[str], Optional[tuple]]:
         """The sparkline rows and the scale they were drawn with: (low, high, clipped low,

@@ -242,19 +242,23 @@ class DetailView(Horizontal):
 
     # ------------------------------------------------------------------ info lines
     def _stats(self, series: Optional[Series], overlay: Optional[Series], compact: bool) -> Text:
+        """The metric's last value, range and steps (short forms when `compact`)."""
         if series is None or not len(series):
             return Text(f"{self.metric or 'no metric'}: no data yet", style="dim")
+        count = fmt.count_short if compact else fmt.count
+        steps = f"steps {count(int(series.steps[0]))}–{count(int(series.steps[-1]))}"
+        if not compact:
+            steps += f" in {len(series)} points"
         if overlay is not None:
             best = min(overlay.values) if len(overlay) else None
-            return Text.assemble(("loss", "bold"), f"  train {fmt.metric(series.last)}  val {fmt.metric(overlay.last)}"
+            text = Text.assemble(("loss", "bold"), f"  train {fmt.metric(series.last)}  val {fmt.metric(overlay.last)}"
                                  f"  best val {fmt.metric(best)}")
+            return text if compact else text.append(f"  {steps}")
         lo, hi = min(series.mins), max(series.maxs)
-        steps = f"{fmt.count_short(int(series.steps[0]))}–{fmt.count_short(int(series.steps[-1]))}"
+        values = f"  min {fmt.metric(lo)}  max {fmt.metric(hi)}  {steps}"
         if compact:  # the ▶ in the list names the metric
-            return Text.assemble(("last ", "dim"), (fmt.metric(series.last), "bold"),
-                                 f"  min {fmt.metric(lo)}  max {fmt.metric(hi)}  steps {steps}")
-        return Text.assemble((f"{self.metric}", "bold"), f"  last {fmt.metric(series.last)}  min {fmt.metric(lo)}"
-                             f"  max {fmt.metric(hi)}  steps {steps} in {len(series)} points")
+            return Text.assemble(("last ", "dim"), (fmt.metric(series.last), "bold"), values)
+        return Text.assemble((f"{self.metric}", "bold"), f"  last {fmt.metric(series.last)}", values)
 
     def _options(self, compact: bool) -> Text:
         """The chart options with their keys; short names when `compact`."""
