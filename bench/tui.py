@@ -291,6 +291,7 @@ def bench_dashboard(root: Path, env: dict, steps: int) -> dict:
 
 
 def main() -> None:
+    global APP_ROOT
     if sys.argv[1:2] == ["--child-headless"]:
         child_headless(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
         return
@@ -309,11 +310,12 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="lhbench"))
     runtime = tempfile.mkdtemp(prefix="lh")
+    if args.app:  # before anything uses APP_ROOT: this process (the pty variant) and the children
+        APP_ROOT = Path(args.app).resolve()
+        os.environ["LONGHAUL_BENCH_APP"] = str(APP_ROOT)
     env = dict(os.environ, XDG_RUNTIME_DIR=runtime, PYTHONPATH=str(APP_ROOT))
-    if args.app:
-        env["LONGHAUL_BENCH_APP"] = str(Path(args.app).resolve())
     os.environ["XDG_RUNTIME_DIR"] = runtime
-    summary: dict = {"app": str(Path(args.app or ROOT).resolve()), "size": args.size, "seconds": args.seconds, "steps": args.steps, "cpus": os.cpu_count(),
+    summary: dict = {"app": str(APP_ROOT), "size": args.size, "seconds": args.seconds, "steps": args.steps, "cpus": os.cpu_count(),
                      "load_average_1m_before": round(os.getloadavg()[0], 2)}
     try:
         if not args.skip_cpu:
