@@ -84,6 +84,9 @@ def test_resolution_rules_of_todays_events():
     book.add_event(ev(3, "checkpoint", "info", step=10))
     book.add_event(ev(4, "early_stopping", "info", "patience reset"))
     assert book.pending() == []
+    # a normal finish reads calmly: the crash it recovered from is history
+    book = book_of(ev(1, "crash", "error"), ev(2, "restart", "warning"), ev(3, "finished", "info"))
+    assert book.pending() == []
 
 
 def test_keys_and_one_offs():
@@ -203,3 +206,27 @@ async def test_a_acknowledges_at_both_sizes(tmp_path, runtime_dir):
             second = str(bar.render())
             assert "restarting in 2 s" in second, second  # the next one
             assert second.endswith("+1 ✓1 ›3") if size[0] == 80 else "1 acknowledged" in second
+
+
+@async_test
+async def test_action_feedback_goes_away_by_itself(tmp_path, runtime_dir):
+    app = make_app(write_crash_run(tmp_path))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await tui_fakes.wait_for(pilot, lambda: app.screen.loaded, what="the run directory")
+        bar = app.screen.query_one(AlertBar)
+        now = [1000.0]
+        bar.feedback.now = lambda: now[0]
+        app.screen._set_action("✓ checkpoint: written", "info")
+        await pilot.pause(0.05)
+        assert "✓ checkpoint: written" in str(bar.render())
+        assert bar._expiry is not None  # a timer repaints the bar when it expires
+        now[0] += 9
+        bar._expiry.stop()
+        bar._update()  # what the timer does
+        await pilot.pause(0.05)
+        assert "checkpoint: written" not in str(bar.render()) and "SIGKILL" in str(bar.render())
+        for _ in range(3):  # the crash, the restart, swap in use
+            await pilot.press("a")
+        await pilot.press("a")  # nothing left to acknowledge: says so
+        await pilot.pause(0.05)
+        assert "no alert to acknowledge" in str(bar.render())

@@ -132,6 +132,7 @@ async def test_search_level_routine_and_escape(tmp_path, runtime_dir):
             assert pane_text(events) == ["00:00:00 ERROR crash          trainer killed by SIGKILL zebra"]
             assert pane_text(logs) == []
             assert "search “ZEBRA”" in str(view.title())
+            assert any(span.style == "reverse" for span in events._texts[0].spans)  # the match stands out
             await pilot.press("escape")  # clears the search, stays in the view
             await pilot.pause(0.1)
             assert view.filter == type(view.filter)() and app.screen.query(EventsView)
@@ -203,21 +204,24 @@ async def test_pause_keeps_the_view_and_counts_new_lines(tmp_path, runtime_dir):
 
 
 def test_new_entries_are_appended_not_rewritten():
-    """500 events and a busy trainer: a refresh with one new line writes one line."""
+    """500 events and a busy trainer: a refresh with one new line formats one line."""
     from tui import fmt
     from tui.model import RunModel
     model = RunModel()
     model.reset_feeds([{"seq": i, "time": 0, "kind": "eval", "level": "info", "message": f"e{i}"} for i in range(500)], [])
     pane = EventList(fmt.frozen_clock(0))
-    pane._size_known = True  # no app: the width is irrelevant here
-    written: list = []
-    pane.write = lambda line, **kw: written.append(line)
-    assert pane.sync(model) == 0 and len(written) == 500
+    formatted: list = []
+    line = pane._line
+    pane._line = lambda item: formatted.append(item) or line(item)
+    pane.refresh = lambda *a, **k: None  # no app: nothing to repaint
+    pane.scroll_end = lambda *a, **k: None
+    assert pane.sync(model) == 0 and len(formatted) == 500 and pane.rows == 500
     pane.sync(model)
-    assert len(written) == 500  # nothing new: nothing done
+    assert len(formatted) == 500  # nothing new: nothing done
     model.apply_event({"seq": 500, "time": 0, "kind": "eval", "level": "info", "message": "e500"})
-    pane.sync(model)
-    assert len(written) == 501 and str(written[-1]).endswith("e500")
+    assert pane.sync(model) == 1
+    assert len(formatted) == 501 and formatted[-1]["message"] == "e500"
+    assert pane.rows == 500 and pane.dropped_rows == 1  # the list keeps 500 entries
 
 
 @async_test
@@ -229,17 +233,28 @@ async def test_paused_view_stays_put_while_old_lines_drop_out(tmp_path, runtime_
         await pilot.press("space")
         model = app.screen.model
         seq = 1000
-        for _ in range(4):  # more than the list keeps (1,500 lines): its oldest lines are dropped
-            for _ in range(500):
+        for batch in (500, 100, 100):  # the list keeps 500 entries: the oldest are dropped
+            for _ in range(batch):
                 seq += 1
                 model.apply_event({"seq": seq, "time": tui_fakes.T0, "kind": "eval", "level": "info",
                                    "message": f"line {seq}", "data": {}})
             app.screen.refresh_widgets()
             await pilot.pause(0.05)
-            if seq == 2000:
+            if seq == 1500:
                 events.scroll_to(y=events.max_scroll_y - 5, animate=False, immediate=True)
                 await pilot.pause(0.05)
                 top = events.lines[int(events.scroll_y)].text
-                first = events._start_line
-        assert events._start_line > first  # lines were dropped
+                first = events.dropped_rows
+        assert events.dropped_rows > first  # lines were dropped
         assert events.lines[int(events.scroll_y)].text == top
+
+
+@async_test
+async def test_the_search_box_takes_the_view_keys_as_text(tmp_path, runtime_dir):
+    app = make_app(write_run(tmp_path, events=5, log_lines=5))
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = await open_events(app, pilot)
+        await pilot.press("slash", "w", "space", "v", "k", "left", "x", "3", "enter")
+        await pilot.pause(0.1)
+        assert view.filter == FeedFilter("w vx3k") and view.wrap and view.following
+        assert app.screen.query_one("#views").active == "events"

@@ -75,8 +75,8 @@ def resolved_keys(event: dict) -> list[str]:
         keys.append("checkpoint_failed")
     elif kind == "alert" and data.get("what") == "disk_space_back":
         keys.append("alert:disk_full")
-    elif kind == "finished":
-        keys += ["restart", "alert:disk_full"]
+    elif kind == "finished":  # the run came through: what it recovered from is history (view 3)
+        keys += ["restart", "crash", "alert:disk_full", "checkpoint_failed"]
     return keys
 
 

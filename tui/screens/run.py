@@ -311,7 +311,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
 
     def action_acknowledge(self) -> None:
         """`a`: the alert in front steps aside (it stays counted until it is resolved)."""
-        self.query_one(AlertBar).acknowledge()
+        if self.query_one(AlertBar).acknowledge() is None:
+            self._set_action("no alert to acknowledge", "info")
 
     # ------------------------------------------------------------------ painting
     def watch_link_state(self) -> None:

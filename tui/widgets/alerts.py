@@ -95,7 +95,6 @@ def layout(info: AlertInfo, width: int, narrow: bool) -> Text:
     if info.action:
         action = Text(info.action, style=LEVEL_TAGS.get(info.action_level, LEVEL_TAGS["info"])[1] or "bold")
     state = join(connection, action)
-    room = width
     if width:
         suffix_room = AlertBar.suffix(info, compact=narrow).cell_len
         least = min(len(info.alert) + 6, max(20, width // 3)) if info.alert else 0

@@ -7,14 +7,17 @@ shown as `08:45:32 engine: ...` (the level only when it is not INFO). Search rea
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from rich.text import Text
 from textual.events import Resize
+from textual.geometry import Size
 from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import RichLog
 
 from tui import fmt
 from tui.model import RunModel
@@ -29,8 +32,6 @@ LOG_LEVELS = {"DEBUG": "info", "INFO": "info", "WARNING": "warning", "ERROR": "e
 LOG_TAGS = {"DEBUG": ("DEBUG", "dim"), "WARNING": ("WARN", "bold yellow"), "ERROR": ("ERROR", "bold red"),
             "CRITICAL": ("CRIT", "bold red")}
 
-WRAPPED_LINES = 3
-"""Lines of a list per entry it mirrors: wrapped entries take a few."""
 ROUTINE_KINDS = frozenset({"checkpoint", "eval", "request", "lr", "setup", "preparing", "report"})
 """Info events a power user hides with `k` (warnings and errors of these kinds still show)."""
 
@@ -105,13 +106,16 @@ class FeedFilter:
         return not self.search or self.search.lower() in str(log.get("line", "")).lower()
 
 
-class FeedLog(RichLog):
-    """A RichLog that mirrors one of the model's bounded lists through a `FeedFilter`.
+class FeedLog(ScrollView, can_focus=False):
+    """A scrolling list that mirrors one of the model's bounded lists through a `FeedFilter`.
 
-    With nothing new it does nothing; new entries are appended; a new model, filter, wrap mode
-    or (wrapping) width rewrites the matching entries once. Lines are laid out at the width
-    actually visible: padding and a vertical scrollbar that is always reserved (a scrollbar that
-    appeared after a line was wrapped used to hide that line's last characters).
+    Cheap with a trainer printing hundreds of lines a second: an entry is formatted once when
+    it arrives, and only the rows in view are drawn (`render_line`), so a refresh costs the
+    same whatever arrived. A new model, filter or wrap mode formats the matching entries again
+    once; a new width only recounts rows. Wrapped entries are cut at the width actually
+    visible (inside the padding, beside a scrollbar that is always reserved: a scrollbar that
+    appeared after a line was wrapped used to hide its last characters), by cells like a
+    terminal, so an entry's row count is known without laying it out.
     """
 
     DEFAULT_CSS = """
@@ -123,15 +127,24 @@ class FeedLog(RichLog):
         scrollbar-size-horizontal: 1;
         scrollbar-gutter: stable;
         overflow-x: auto;
+        overflow-y: scroll;
     }
     """
 
     def __init__(self, clock: fmt.Clock, *, id: str | None = None, classes: str | None = None,
                  max_lines: int = 500, wrap: bool = False) -> None:
-        # bounded like the model's lists, with room for entries wrapped over a few lines
-        super().__init__(id=id, classes=classes, max_lines=max_lines * WRAPPED_LINES, wrap=wrap, markup=False,
-                         highlight=False)
+        super().__init__(id=id, classes=classes)
         self.clock = clock
+        self.max_entries = max_lines
+        self.wrap = wrap
+        self.auto_scroll = True
+        """Follow the newest entry (False: the view stays where it is while entries arrive)."""
+        self._texts: list[Text] = []
+        self._ends: list[int] = []  # each entry's last row + 1, counted from the first row ever kept
+        self._base = 0  # rows dropped at the top so far
+        self._widest = 0
+        self._width = 1  # the width the rows were counted at
+        self._cache: dict[tuple, Strip] = {}
         self._key: tuple = ()
         self._written = 0
         self._source: Optional[tuple[RunModel, FeedFilter]] = None
@@ -150,46 +163,120 @@ class FeedLog(RichLog):
         """Columns a line may use: inside the padding, beside the (reserved) scrollbar."""
         return max(1, self.scrollable_content_region.width)
 
+    @property
+    def rows(self) -> int:
+        return self._ends[-1] - self._base if self._ends else 0
+
     def sync(self, model: RunModel, feed_filter: FeedFilter = FeedFilter()) -> int:
-        """Bring the widget up to date with `model` (cheap when nothing changed); the number of
-        new entries shown."""
+        """Bring the widget up to date with `model` (nothing to do when nothing changed); the
+        number of new entries shown."""
         self._source = (model, feed_filter)
-        if not self._size_known:
-            return 0  # laid out once the width is known (on_resize)
         items, total = self._items(model)
-        key = (id(model), model.generation, feed_filter, self.wrap, self.line_width if self.wrap else 0)
-        shown = 0
+        key = (id(model), model.generation, feed_filter, self.wrap)
         if key != self._key:
             self._key = key
             self.clear()
-            self._write_all(items, feed_filter)
+            self._add(items, feed_filter)
+            shown = 0
         elif total > self._written:
-            new = list(items)[-min(len(items), total - self._written):]
-            shown = self._write_all(new, feed_filter)
+            shown = self._add(list(items)[-min(len(items), total - self._written):], feed_filter)
+        else:
+            shown = 0
         self._written = total
         return shown
 
-    def on_resize(self, event: Resize) -> None:
-        self.call_later(self._resync)  # after RichLog's own handler has noted the size
+    def clear(self) -> None:
+        self._texts, self._ends, self._base, self._widest = [], [], 0, 0
+        self._cache.clear()
+        self._width = self.line_width
+        self._resized()
 
-    def _resync(self) -> None:
-        if self._source is not None:
-            self.sync(*self._source)  # the first layout, or wrapped again at the new width
-
-    def _write_all(self, items: Iterable[dict], feed_filter: FeedFilter) -> int:
+    def _add(self, items: Iterable[dict], feed_filter: FeedFilter) -> int:
         shown = 0
-        width = self.line_width
-        first = self._start_line
         for item in items:
             if feed_filter.active and not self._shows(feed_filter, item):
                 continue
-            line = self._line(item)
-            self.write(line, width=width if self.wrap else max(width, line.cell_len))
+            text = one_line(self._line(item))
+            if feed_filter.search:
+                text.highlight_words([feed_filter.search], "reverse", case_sensitive=False)
+            self._texts.append(text)
+            self._ends.append((self._ends[-1] if self._ends else self._base) + self._rows_of(text))
+            self._widest = max(self._widest, text.cell_len)
             shown += 1
-        if not self.auto_scroll and self._start_line > first:
-            # paused: the oldest lines dropped out above; keep the lines in view where they are
-            self.scroll_to(y=max(0, self.scroll_y - (self._start_line - first)), animate=False, immediate=True)
+        if not shown:
+            return 0
+        dropped = 0
+        if len(self._texts) > self.max_entries:
+            cut = len(self._texts) - self.max_entries
+            dropped = self._ends[cut - 1] - self._base
+            self._base = self._ends[cut - 1]
+            del self._texts[:cut], self._ends[:cut]
+        self._resized()
+        if self.auto_scroll:
+            self.scroll_end(animate=False, immediate=False, x_axis=False)
+        elif dropped:  # paused: the oldest rows went away above; the rows in view stay in view
+            self.scroll_to(y=max(0, self.scroll_y - dropped), animate=False, immediate=True)
         return shown
+
+    def _rows_of(self, text: Text) -> int:
+        return max(1, -(-text.cell_len // self._width)) if self.wrap else 1
+
+    def _resized(self) -> None:
+        self.virtual_size = Size(self._width if self.wrap else self._widest, self.rows)
+        self.refresh()
+
+    def on_resize(self, event: Resize) -> None:
+        if self.wrap and self.line_width != self._width:
+            self._width = self.line_width  # count the rows again: a few additions per entry
+            self._cache.clear()
+            end = self._base
+            for i, text in enumerate(self._texts):
+                end += self._rows_of(text)
+                self._ends[i] = end
+            self._resized()
+            if self.auto_scroll:
+                self.scroll_end(animate=False, immediate=False, x_axis=False)
+        elif self._source is not None and not self._key:
+            self.sync(*self._source)
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        return self._row(scroll_y + y, scroll_x, self.scrollable_content_region.width).apply_style(self.rich_style)
+
+    def _row(self, row: int, scroll_x: int, width: int) -> Strip:
+        if not 0 <= row < self.rows:
+            return Strip.blank(width)
+        key = (self._base + row, 0 if self.wrap else scroll_x, width)
+        strip = self._cache.get(key)
+        if strip is None:
+            index = bisect_right(self._ends, self._base + row)
+            text = self._texts[index]
+            if self.wrap:
+                first = (self._ends[index - 1] if index else self._base) - self._base
+                start = (row - first) * self._width
+                text, scroll_x = text[start:start + self._width], 0
+            strip = Strip(list(text.render(self.app.console))).crop_extend(scroll_x, scroll_x + width, None)
+            if len(self._cache) > 4 * max(1, self.size.height):
+                self._cache.clear()  # rows that scrolled away
+            self._cache[key] = strip
+        return strip
+
+    @property
+    def lines(self) -> list[Strip]:
+        """Every row as drawn (for tests and screenshots: it draws them all)."""
+        return [self._row(row, 0, self._width if self.wrap else max(1, self._widest)) for row in range(self.rows)]
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows dropped at the top so far (the list keeps `max_lines` entries)."""
+        return self._base
+
+
+def one_line(text: Text) -> Text:
+    """`text` on one line: an entry with line breaks (a traceback in a message) shows them as ⏎."""
+    if "\n" not in text.plain:
+        return text
+    return Text(" ⏎ ", style="dim").join(text.split("\n", allow_blank=True))
 
 
 class EventList(FeedLog):
