@@ -46,10 +46,13 @@ def cores_of(system: dict) -> int:
 
 
 def process_line(row: dict, width: int) -> Text:
-    """One process in a few columns: `104% python  trainer  1.1 GiB` (for the dashboard's panel)."""
-    text = Text(f"{row['cpu']:4.0f}% ", style=ROLE_STYLE.get(row.get("role"), ""))
-    text.append(f"{cut(row['name'], 14):<14} {row.get('role', ''):<7}")
-    if width >= 40:
+    """One process in one line of `width`: `104% trainer python -m trainer.worker  1.1 GiB` (the
+    dashboard's panel); the name takes what the other columns leave."""
+    rss = width >= 40
+    name_width = max(8, width - 14 - (10 if rss else 0))
+    text = Text(f"{row['cpu']:4.0f}% {row.get('role', ''):<8}{cut(row['name'], name_width):<{name_width}}",
+                style=ROLE_STYLE.get(row.get("role"), ""))
+    if rss:
         text.append(f" {fmt.size(row.get('rss')):>9}")
     return text
 
