@@ -2,10 +2,12 @@
 and the daemon emitting the events."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -126,6 +128,49 @@ def test_reset_ends_an_active_alert():
 def test_bad_thresholds_are_refused():
     with pytest.raises(ValueError, match="drop=0.9, recover=0.8"):
         ContentionWatch(threads=2, drop=0.9)
+
+
+# ----------------------------------------------------------------------------- recorded runs
+DATA = Path(__file__).parent / "data"
+
+
+def replay(name: str) -> tuple[dict, list[tuple[float, object]]]:
+    """Feed a recorded run (tests/data/contention_*.jsonl: a ResNet-18 at `threads: 2` on this
+    2-core box while other sessions kept it at load 7-9, progress and system frames as the
+    daemon got them) through a ContentionWatch; (marks, [(time, decision)])."""
+    watch = ContentionWatch(threads=2)
+    marks, decisions = {}, []
+    for line in (DATA / name).read_text().splitlines():
+        frame = json.loads(line)
+        if frame["type"] == "marks":
+            marks = frame
+        elif frame["type"] == "progress":
+            watch.progress(frame["rate"], frame["phase"])
+        elif frame["type"] == "system":
+            decision = watch.system(frame)
+            if decision is not None:
+                decisions.append((frame["time"], decision))
+    return marks, decisions
+
+
+def test_recorded_run_one_fast_step_does_not_set_the_best():
+    # Run 1: one step read 28 samples/s among 4-10; judged alone it made the best 19 and started
+    # the alert 43 s in. The median of 5 rates puts the best near 10, so it starts once the rate
+    # really fell (the box was loaded by other sessions), and ends when they went quiet.
+    marks, decisions = replay("contention_run1.jsonl")
+    (start_at, start), (end_at, end) = decisions
+    assert start.starts and start.data["best_samples_per_s"] < 12 and 55 < start_at < 70
+    assert "`threads: 1`" in start.message and "python (pid" in start.message
+    assert not end.starts and end_at > marks["hogs_killed"]
+
+
+def test_recorded_run_stays_oversubscribed_while_the_box_is_loaded():
+    # Run 2: fast steps (25-40/s) while the box was briefly free, then 2-5/s for two minutes
+    # beside processes of other sessions (and two busy loops): one alert, never ended early.
+    marks, decisions = replay("contention_run2.jsonl")
+    assert len(decisions) == 1
+    start_at, start = decisions[0]
+    assert start.starts and start_at < marks["hogs"] and start.data["samples_per_s"] < 6
 
 
 # ----------------------------------------------------------------------------- the sampler
