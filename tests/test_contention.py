@@ -114,6 +114,14 @@ def test_best_is_of_the_recent_window_only():
     assert all(feed(watch, t, 80.0, load=3.0, hogs=(HOG,)) is None for t in range(110, 120))
 
 
+def test_an_expired_best_is_never_compared_against():
+    watch = ContentionWatch(threads=2, window=60, confirm=1)
+    for t in range(5):
+        feed(watch, t, 500.0)
+    for t in range(100, 102):  # the first samples after the window: 500 is gone before they are judged
+        assert feed(watch, t, 100.0, load=3.0, hogs=(HOG,)) is None
+
+
 def test_reset_ends_an_active_alert():
     watch = ContentionWatch(threads=2)
     for t in range(3):

@@ -86,10 +86,7 @@ class ContentionWatch:
         if not fresh or len(self._recent) < RATES:
             return None
         rate = statistics.median(fresh if len(fresh) > RATES else self._recent)
-        now = float(sample.get("time") or 0.0)
-        best = self._best[0][1] if self._best else None
-        if not self.active:
-            self._remember(now, rate)
+        best = self._best[0][1] if self.active else self._remember(float(sample.get("time") or 0.0), rate)
         if best is None:
             return None
         others = _others(sample)
@@ -117,12 +114,15 @@ class ContentionWatch:
             return None
         return Decision("info", f"contention over: {why}", {"resolves": ALERT})
 
-    def _remember(self, now: float, rate: float) -> None:
+    def _remember(self, now: float, rate: float) -> Optional[float]:
+        """Add a judged rate to the window; returns the best before it (None: nothing yet)."""
+        while self._best and self._best[0][0] < now - self.window:
+            self._best.popleft()
+        best = self._best[0][1] if self._best else None
         while self._best and self._best[-1][1] <= rate:
             self._best.pop()
         self._best.append((now, rate))
-        while self._best[0][0] < now - self.window:
-            self._best.popleft()
+        return best
 
     def _started(self, sample: dict, rate: float, best: float, others: list[dict]) -> Decision:
         cores = _cores(sample)
