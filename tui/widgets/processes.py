@@ -99,6 +99,7 @@ class SystemView(Widget, can_focus=True):
     def __init__(self, *, id: Optional[str] = None) -> None:
         super().__init__(id=id)
         self.events_key: object = None
+
     def render(self) -> Text:
         s = self.system
         if not s:
@@ -111,9 +112,7 @@ class SystemView(Widget, can_focus=True):
         threads = s.get("trainer_threads")
         if threads:
             lines += [Text(""), *self._threads(threads, width)]
-        for line in lines:
-            line.no_wrap = True
-            line.overflow = "ellipsis"
+        # every line but the alert's is laid out to fit `width`; the alert wraps, whole
         return Text("\n").join(lines)
 
     def _summary(self, s: dict) -> Text:
