@@ -35,11 +35,12 @@ def test_alert_starts_after_three_contended_samples_and_names_the_fix():
     watch = ContentionWatch(threads=2)
     for t in range(5):
         assert feed(watch, t, 100.0) is None
-    decisions = [feed(watch, 5 + t, 8.0, load=3.9, hogs=(HOG,)) for t in range(3)]
+    idle = {**HOG, "pid": 77, "name": "sshd", "cpu": 1.0}
+    decisions = [feed(watch, 5 + t, 8.0, load=3.9, hogs=(HOG, idle)) for t in range(3)]
     assert decisions[:2] == [None, None]
     start = decisions[2]
     assert start.level == "warning" and start.data["alert"] == ALERT and start.starts
-    assert "hog (pid 4242, 97% CPU)" in start.message
+    assert "hog (pid 4242, 97% CPU)" in start.message and "sshd" not in start.message
     assert "set `threads: 1` in the config (or stop hog)" in start.message
     assert "load 3.9 on 2 cores" in start.message and "fell to 8 (best 100)" in start.message
     assert start.data["suggested_threads"] == 1

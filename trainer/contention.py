@@ -28,6 +28,8 @@ OTHERS_BUSY = 50.0
 together before they count as competition."""
 NAMED = 3
 """Other processes named in the message."""
+NAMED_CPU = 10.0
+"""% of one core a process must use to be named (a real run named processes at 1% beside one at 58%)."""
 RATES = 5
 """Progress rates a judged rate is the median of: one odd step must not decide."""
 
@@ -129,7 +131,7 @@ class ContentionWatch:
         load = (sample.get("load") or [0.0])[0]
         busy = sum(p["cpu"] for p in others)
         free = max(1, int(cores - busy / 100.0 + 0.5))
-        named = others[:NAMED]
+        named = [p for p in others if p["cpu"] >= NAMED_CPU][:NAMED] or others[:1]
         names = ", ".join(f"{p['name']} (pid {p['pid']}, {p['cpu']:.0f}% CPU)" for p in named)
         culprit = named[0]["name"] if named else "the other processes"
         if self.threads > free:
