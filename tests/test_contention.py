@@ -41,7 +41,7 @@ def test_alert_starts_after_three_contended_samples_and_names_the_fix():
     start = decisions[2]
     assert start.level == "warning" and start.data["alert"] == ALERT and start.starts
     assert "hog (pid 4242, 97% CPU)" in start.message and "sshd" not in start.message
-    assert "set `threads: 1` in the config (or stop hog)" in start.message
+    assert "Fix: stop hog, or start the next run with `threads: 1` in its config" in start.message
     assert "load 3.9 on 2 cores" in start.message and "fell to 8 (best 100)" in start.message
     assert start.data["suggested_threads"] == 1
     protocol.event("contention", start.level, start.message, start.data)  # a valid frame

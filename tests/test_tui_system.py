@@ -164,7 +164,7 @@ async def test_sample_from_an_older_daemon_without_the_table(tmp_path, runtime_d
 @async_test
 async def test_active_contention_alert_is_shown_whole_in_the_view(tmp_path, runtime_dir, live_process):
     message = ("oversubscribed: load 3.9 on 2 cores and samples/s fell to 6 (best 19); busiest other processes: "
-               "ffmpeg (pid 48102, 62% CPU). Fix: set `threads: 1` in the config (or stop ffmpeg)")
+               "ffmpeg (pid 48102, 62% CPU). Fix: stop ffmpeg, or start the next run with `threads: 1` in its config")
     frames = frames_with(system_body())
     frames.append(tui_fakes.event(900, tui_fakes.T0, "contention", "warning", message, alert="oversubscribed"))
     run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
@@ -177,7 +177,7 @@ async def test_active_contention_alert_is_shown_whole_in_the_view(tmp_path, runt
             await pilot.pause(0.1)
             strips = view.render_lines(Region(0, 0, view.size.width, view.size.height))
             shown = " ".join(strip.text.strip() for strip in strips)
-            assert "Fix: set `threads: 1` in the config (or stop ffmpeg)" in shown
+            assert "Fix: stop ffmpeg, or start the next run with `threads: 1` in its config" in shown
             app.screen.model.apply_event({**tui_fakes.event(901, tui_fakes.T0, "contention", "info", "contention over",
                                                             resolves="oversubscribed"), "seq": 901})
             app.screen.refresh_widgets()

@@ -135,7 +135,9 @@ class ContentionWatch:
         names = ", ".join(f"{p['name']} (pid {p['pid']}, {p['cpu']:.0f}% CPU)" for p in named)
         culprit = named[0]["name"] if named else "the other processes"
         if self.threads > free:
-            fix = f"set `threads: {free}` in the config (or stop {culprit})"
+            # resume refuses an edited config.yaml (its hash is in every checkpoint), so the
+            # thread count can only change for a new run
+            fix = f"stop {culprit}, or start the next run with `threads: {free}` in its config"
         else:
             fix = f"stop {culprit} or lower its priority (renice)"
         message = (f"oversubscribed: load {load:.1f} on {cores} cores and samples/s fell to {rate:.0f} "
