@@ -118,11 +118,11 @@ def system_sample(at: float, load: float = 1.9, disk_free: int = 61 * 1024**3) -
 
 # a 2-core box where a stray process competes with a 2-thread trainer (issue 13's contention)
 PROCESSES = [
-    {"pid": 48213, "name": "python", "cpu": 104.0, "rss": 1_210_000_000, "role": "trainer"},
+    {"pid": 48213, "name": "python -m trainer.worker", "cpu": 104.0, "rss": 1_210_000_000, "role": "trainer"},
     {"pid": 48102, "name": "ffmpeg", "cpu": 61.5, "rss": 88_000_000, "role": "other"},
-    {"pid": 48230, "name": "python", "cpu": 12.0, "rss": 240_000_000, "role": "loader"},
+    {"pid": 48230, "name": "python -m trainer.worker", "cpu": 12.0, "rss": 240_000_000, "role": "loader"},
     {"pid": 1733, "name": "Xorg", "cpu": 4.0, "rss": 120_000_000, "role": "other"},
-    {"pid": 48190, "name": "python", "cpu": 1.0, "rss": 45_000_000, "role": "daemon"},
+    {"pid": 48190, "name": "python -m trainer.daemon", "cpu": 1.0, "rss": 45_000_000, "role": "daemon"},
 ]
 TRAINER_THREADS = [{"tid": 48213, "cpu": 58.0}, {"tid": 48221, "cpu": 46.0}, {"tid": 48222, "cpu": 0.5}]
 

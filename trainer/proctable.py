@@ -25,6 +25,10 @@ _PROC = "/proc"
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
+INTERPRETERS = ("python", "node", "java", "ruby", "perl", "bash", "sh")
+"""Names that say little ("python" is every trainer, test and script): a shown row of one of them
+is named by its command line instead."""
+NAME_WIDTH = 40
 
 
 class Proc(NamedTuple):
@@ -129,6 +133,8 @@ class ProcessTable:
                     name, rss, ppid = proc.name(), int(proc.memory_info().rss), proc.ppid()
             except _GONE:
                 return None  # exited since it was measured
+        if name.rstrip("0123456789.") in INTERPRETERS:
+            name = _command(pid, name)
         if pid == trainer_pid:
             role = "trainer"
         elif trainer_pid is not None and ppid == trainer_pid:
@@ -157,6 +163,24 @@ class ProcessTable:
                 for tid, spent in self._thread_times.items()]
         rows.sort(key=lambda row: -row["cpu"])
         return rows[:MAX_THREADS]
+
+
+def _command(pid: int, name: str) -> str:
+    """`python -m pytest -q` rather than `python`: the command line without the interpreter's
+    path, cut to NAME_WIDTH; `name` when it cannot be read."""
+    try:
+        with open(f"{_PROC}/{pid}/cmdline", "rb") as fh:
+            args = fh.read().split(b"\0")
+    except OSError:
+        try:
+            args = [a.encode() for a in psutil.Process(pid).cmdline()]
+        except _GONE:
+            return name
+    words = [a.decode(errors="replace") for a in args if a]
+    if not words:
+        return name
+    text = " ".join([os.path.basename(words[0]), *words[1:]])
+    return text if len(text) <= NAME_WIDTH else text[:NAME_WIDTH - 1] + "…"
 
 
 def _read_stat(pid: int) -> Optional[tuple[str, int, int, float, int]]:
