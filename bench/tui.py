@@ -1,8 +1,10 @@
 """Benchmark: what the attached TUI costs, and how fast it shows a big run.
 
-1. Idle CPU. A fake daemon in its own process (tests/tui_fakes.py serve) sends progress at 2 Hz
-   and system samples at 0.5 Hz; the TUI runs in another process and we measure that process's
-   CPU time over --seconds (default 20) after a warm-up. Two variants:
+1. Idle CPU. A fake daemon in its own process (tests/tui_fakes.py serve) streams what a fast real
+   run sends: progress at the daemon's maximum rate (1 / Settings.progress_interval: 5 Hz), system
+   samples at the default `daemon.system_interval` (0.5 Hz), a log line a second and an event
+   every 10 s. The TUI runs in another process and we measure that process's CPU time over
+   --seconds (default 20) after a warm-up, at the app's default refresh interval. Two variants:
    - `headless`: Textual's headless driver (everything but writing escape codes to a terminal);
    - `pty`: a real run under a pseudo-terminal of the same size, output drained by this script
      (what an SSH session costs, terminal output included).
@@ -14,7 +16,7 @@
 
 Prints a human summary, then one JSON line last.
 
-    python bench/tui.py [--seconds 20] [--steps 1000000] [--size 160x48] [--skip-cpu] [--skip-load]
+    python bench/tui.py [--seconds 20] [--steps 1000000] [--size 160x48] [--skip-cpu] [--skip-load] [--app DIR]
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ from pathlib import Path
 
 STARTED = time.perf_counter()  # the first line of a child process: "time to dashboard" counts from here
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-FAKES = ROOT / "tests" / "tui_fakes.py"
+FAKES = ROOT / "tests" / "tui_fakes.py"  # the fake daemon and runs always come from this tree
+APP_ROOT = Path(os.environ.get("LONGHAUL_BENCH_APP", ROOT))  # the TUI measured (--app: another checkout)
+sys.path[:0] = [str(APP_ROOT), str(ROOT / "tests")]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -76,6 +79,16 @@ def make_run(root: Path, name: str, steps: int, state: str, pid) -> Path:
         state_file.update(step=steps, total_steps=plan.total_steps)
         (run_dir / "state.json").write_text(json.dumps(state_file))
     return run_dir
+
+
+def stream_rates() -> list[str]:
+    """The fake daemon's options for a live stream like a fast real run's (see the docstring)."""
+    from trainer.config import DaemonConfig
+    from trainer.daemon.settings import Settings
+
+    progress_hz = 1 / Settings().progress_interval
+    system_hz = 1 / DaemonConfig().system_interval
+    return ["--progress-hz", f"{progress_hz:g}", "--system-hz", f"{system_hz:g}", "--log-hz", "1", "--event-hz", "0.1"]
 
 
 def owner_process() -> subprocess.Popen:
@@ -178,7 +191,7 @@ def bench_cpu_headless(root: Path, env: dict, size: str, seconds: float) -> dict
 
     owner = owner_process()
     run_dir = make_run(root, "idle-headless", 2000, "running", owner.pid)
-    daemon = start_daemon(socket_path(run_dir), run_dir, "--progress-hz", "2", "--system-hz", "0.5")
+    daemon = start_daemon(socket_path(run_dir), run_dir, *stream_rates())
     try:
         result = run_child("--child-headless", str(run_dir), size, "3", str(seconds), env=env)
     finally:
@@ -198,13 +211,13 @@ def bench_cpu_pty(root: Path, env: dict, size: str, seconds: float, warmup: floa
 
     owner = owner_process()
     run_dir = make_run(root, "idle-pty", 2000, "running", owner.pid)
-    daemon = start_daemon(socket_path(run_dir), run_dir, "--progress-hz", "2", "--system-hz", "0.5")
+    daemon = start_daemon(socket_path(run_dir), run_dir, *stream_rates())
     width, height = (int(v) for v in size.split("x"))
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from tui.app import LonghaulApp; "
             "LonghaulApp(Path(sys.argv[2]), Path(sys.argv[2]).parent).run()")
-    app = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(run_dir)], stdin=slave, stdout=slave,
+    app = subprocess.Popen([sys.executable, "-c", code, str(APP_ROOT), str(run_dir)], stdin=slave, stdout=slave,
                            stderr=slave, env=dict(env, TERM="xterm-256color", COLUMNS=str(width), LINES=str(height)),
                            start_new_session=True)
     os.close(slave)
@@ -278,6 +291,7 @@ def bench_dashboard(root: Path, env: dict, steps: int) -> dict:
 
 
 def main() -> None:
+    global APP_ROOT
     if sys.argv[1:2] == ["--child-headless"]:
         child_headless(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
         return
@@ -290,13 +304,18 @@ def main() -> None:
     parser.add_argument("--size", default="160x48", help="terminal size WxH")
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--app", metavar="DIR", help="measure the TUI of another checkout (e.g. the code before a "
+                        "change) with this tree's benchmark and fake daemon")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="lhbench"))
     runtime = tempfile.mkdtemp(prefix="lh")
-    env = dict(os.environ, XDG_RUNTIME_DIR=runtime, PYTHONPATH=str(ROOT))
+    if args.app:  # before anything uses APP_ROOT: this process (the pty variant) and the children
+        APP_ROOT = Path(args.app).resolve()
+        os.environ["LONGHAUL_BENCH_APP"] = str(APP_ROOT)
+    env = dict(os.environ, XDG_RUNTIME_DIR=runtime, PYTHONPATH=str(APP_ROOT))
     os.environ["XDG_RUNTIME_DIR"] = runtime
-    summary: dict = {"size": args.size, "seconds": args.seconds, "steps": args.steps, "cpus": os.cpu_count(),
+    summary: dict = {"app": str(APP_ROOT), "size": args.size, "seconds": args.seconds, "steps": args.steps, "cpus": os.cpu_count(),
                      "load_average_1m_before": round(os.getloadavg()[0], 2)}
     try:
         if not args.skip_cpu:

@@ -30,8 +30,10 @@ def _modules(package: str) -> list[str]:
 
 TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("trainer.daemon")
               + ["trainer.protocol", "trainer.schedule", "trainer.config", "trainer.monitor", "trainer.fmt",
-                 "trainer.sysmon", "trainer.contention", "trainer.remote", "trainer.console", "trainer.service", "trainer.cli",
+                 "trainer.sysmon", "trainer.proctable", "trainer.contention", "trainer.remote", "trainer.console", "trainer.service", "trainer.cli",
                  "trainer.store_setup",
+                 "trainer.model_names",
+                 "trainer.setup_stages",
                  "trainer.posthoc", "trainer.posthoc.commands", "trainer.posthoc.after", "trainer.posthoc.calibration",
                  "trainer.posthoc.report", "trainer.posthoc.report_figures",
                  "trainer.data.store", "trainer.data.store.layout", "trainer.data.store.reader",

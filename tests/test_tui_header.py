@@ -191,12 +191,14 @@ def test_setup_ends_with_ready_or_the_first_progress_and_starts_again_with_a_new
     model.apply_event(setup_event(1, "data", "checking data: 10 files", T0 - 5))
     info = HeaderInfo.from_model(model, "live", clock)
     assert info.phase == "setting up: checking data: 10 files" and info.since == T0 - 5
-    model.apply_event(setup_event(2, "ready", "ready", T0 - 1))
+    model.apply_event(setup_event(2, "data", "checking data: 1,234 files", T0 - 3))  # the same stage, more said
+    assert model.setup.current.message == "checking data: 1,234 files" and model.setup.current.started == T0 - 5
+    model.apply_event(setup_event(3, "ready", "ready", T0 - 1))
     assert model.setup.status("starting", True) is None  # ready: no longer "starting worker…"
     assert model.setup.done() == (("data", 4.0),)
     model.apply_progress({"step": 1, "total_steps": 10, "phase": 0, "phase_name": "all", "eta": 9.0})
     assert HeaderInfo.from_model(model, "live", clock).phase == "phase 1/1 all"
-    restart = tui_fakes.event(3, T0, "state", "warning", "restarting after a crash in 5 s", state="starting")
+    restart = tui_fakes.event(4, T0, "state", "warning", "restarting after a crash in 5 s", state="starting")
     model.apply_event(restart)  # a new worker: its stages come next
     assert HeaderInfo.from_model(model, "live", clock).phase == "starting worker…"
     model.state = "failed"

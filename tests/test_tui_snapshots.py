@@ -1,8 +1,11 @@
-"""SVG snapshots (pytest-textual-snapshot) of the picker, the dashboard and the detail view.
+"""SVG snapshots (pytest-textual-snapshot) of every view at 80x24 and 160x48: the picker, the
+dashboard, the detail, events and system views, the help, the summary, and the dashboard after a
+resize there and back (which must also draw exactly what a fresh one draws).
 
-The dashboard and detail view are drawn from the recorded stream (tests/data/recorded_stream.msgpack)
-served by the fake daemon; the clock is frozen at the recording's time in UTC, so nothing on
-screen depends on when or where the test runs. Update after an intended change with
+The run views are drawn from the synthetic stream (tests/data/recorded_stream.msgpack, made by
+tests/tui_fakes.py) served by the fake daemon, and the README's picture from a real run's
+recording (tests/data/real_run.msgpack, bench/record_run.py); the clock is frozen at the
+recording's time in UTC, so nothing on screen depends on when or where the test runs. Update after an intended change with
 `pytest tests/test_tui_snapshots.py --snapshot-update` and look at the SVGs.
 """
 from __future__ import annotations
@@ -16,10 +19,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tui_fakes  # noqa: E402
 from tui_fakes import wait_for  # noqa: E402
-from pilot import make_app  # noqa: E402
+from pilot import async_test, make_app  # noqa: E402
+from pytest_textual_snapshot import normalize_svg  # noqa: E402
+from textual.containers import VerticalScroll  # noqa: E402
 
 from tui import fmt  # noqa: E402
 from tui.app import LonghaulApp  # noqa: E402
+from tui.help import as_binding  # noqa: E402
+from tui.screens.dialogs import HelpScreen  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 
 SIZES = [(80, 24), (160, 48)]
@@ -35,6 +42,8 @@ async def settled(pilot) -> None:
                 and screen.model.logs_total == 11 and not screen._refresh_pending)
 
     await wait_for(pilot, done, what="the recorded stream to be shown")
+    # The footer is rebuilt after the bindings change (live link), a moment after the data.
+    await wait_for(pilot, lambda: app.screen.query("FooterKey"), what="the footer's keys")
     await pilot.pause(0.2)
 
 
@@ -122,3 +131,127 @@ def test_per_class_table(snap_compare, tmp_path, runtime_dir):
         await pilot.pause(0.2)
 
     assert snap_compare(evaluated_app(tmp_path), terminal_size=(80, 24), run_before=per_class)
+
+
+# ----------------------------------------------------------------------------- every view, both sizes
+LONG_CLASSES = ["normal", "benign", "malignant-melanoma-in-situ", "squamous-cell-carcinoma",
+                "actinic-keratosis", "dermatofibroma", "vascular-lesion", "nevus"]
+
+
+def view_keys(key: str):
+    async def shown(pilot):
+        await settled(pilot)
+        await pilot.press(key)
+        await pilot.pause(0.3)
+
+    return shown
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_events_view(snap_compare, live_run, size):
+    assert snap_compare(make_app(live_run[0]), terminal_size=size, run_before=view_keys("3"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_system_view(snap_compare, live_run, size):
+    if not any(b.key == "4" for b in map(as_binding, RunScreen.BINDINGS)):
+        pytest.skip("no System view (key 4) on this branch")
+    assert snap_compare(make_app(live_run[0]), terminal_size=size, run_before=view_keys("4"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_help(snap_compare, live_run, size):
+    async def helped(pilot):
+        await settled(pilot)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), what="the help")
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(live_run[0]), terminal_size=size, run_before=helped)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_summary_confusion(snap_compare, tmp_path, runtime_dir, size):
+    """The summary scrolled to its confusion matrix: long class names, recall in view."""
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="finished", finished=True)
+    tui_fakes.write_evaluation(run_dir, tui_fakes.evaluation_result(classes=LONG_CLASSES))
+    app = LonghaulApp(run_dir, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), refresh_interval=0.0)
+
+    async def summary(pilot):
+        await evaluation_loaded(pilot)
+        await pilot.press("f")
+        await wait_for(pilot, lambda: pilot.app.screen.query("#summary-confusion"), what="the summary")
+        pilot.app.screen.query_one(VerticalScroll).scroll_end(animate=False)
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=size, run_before=summary)
+
+
+async def resized(pilot):
+    """160x48 -> 80x24 -> 160x48 once the stream is in."""
+    await settled(pilot)
+    for size in ((80, 24), (160, 48)):
+        await pilot.resize_terminal(*size)
+        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: not pilot.app.screen._refresh_pending, what="the repaint after a resize")
+        await pilot.pause(0.3)
+
+
+@async_test
+async def test_resizing_there_and_back_draws_what_a_fresh_dashboard_draws(live_run):
+    async def shot(resize: bool) -> str:
+        app = make_app(live_run[0])
+        async with app.run_test(size=(160, 48)) as pilot:
+            await (resized(pilot) if resize else settled(pilot))
+            return await steady_screenshot(pilot)
+
+    fresh, after = await shot(False), await shot(True)
+    assert after == fresh, ("the dashboard after 160x48 -> 80x24 -> 160x48 differs from a fresh 160x48:\n"
+                            + svg_diff(fresh, after))
+
+
+async def steady_screenshot(pilot, tries: int = 20) -> str:
+    """The screen once two screenshots 0.2 s apart are the same (the footer and late repaints
+    land a moment after the data on a busy machine)."""
+    last = normalize_svg(pilot.app.export_screenshot())
+    for _ in range(tries):
+        await pilot.pause(0.2)
+        shot = normalize_svg(pilot.app.export_screenshot())
+        if shot == last:
+            return shot
+        last = shot
+    raise AssertionError("the screen kept changing")
+
+
+def svg_diff(a: str, b: str) -> str:
+    """The text lines (or, when the text is the same, the first elements) that differ."""
+    import difflib
+    import html
+    import re
+
+    def texts(svg: str) -> list[str]:
+        return [html.unescape(t).replace("\xa0", " ") for t in re.findall(r"<text[^>]*>(.*?)</text>", svg)]
+
+    lines = list(difflib.unified_diff(texts(a), texts(b), "fresh", "resized", lineterm="", n=0))
+    if not lines:
+        lines = list(difflib.unified_diff(a.split("><"), b.split("><"), "fresh", "resized", lineterm="", n=0))
+    return "\n".join(line[:160] for line in lines[:40])
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_real_run_dashboard(snap_compare, tmp_path, runtime_dir, live_process, size):
+    """The README's picture: a real run's recording (tests/data/real_run.msgpack) replayed."""
+    from trainer.run.sockets import socket_path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import screenshot
+
+    frames = tui_fakes.read_stream(screenshot.RECORDING)
+    run_dir = tmp_path / frames[0]["run"]["name"]
+    screenshot.write_run_dir(run_dir, frames[0], live_process)
+    daemon = tui_fakes.DaemonThread(socket_path(run_dir), run_dir, frames=frames).start()
+    try:
+        assert snap_compare(screenshot.recording_app(run_dir, frames), terminal_size=size,
+                            run_before=lambda pilot: screenshot.replayed(pilot, frames))
+    finally:
+        daemon.close()

@@ -11,6 +11,8 @@ import tui_fakes  # noqa: E402
 from tui_fakes import DaemonThread, wait_for  # noqa: E402
 from pilot import async_test, make_app  # noqa: E402
 
+from textual.geometry import Region  # noqa: E402
+
 from trainer.run.sockets import socket_path  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 from tui.widgets.processes import SystemView  # noqa: E402
@@ -155,5 +157,30 @@ async def test_sample_from_an_older_daemon_without_the_table(tmp_path, runtime_d
             text = lines(view)
             assert text[0].startswith("2 cores") and "no process table (the daemon is older than this TUI)" in text
             assert not any("trainer threads" in line for line in text)
+    finally:
+        daemon.close()
+
+
+@async_test
+async def test_active_contention_alert_is_shown_whole_in_the_view(tmp_path, runtime_dir, live_process):
+    message = ("oversubscribed: load 3.9 on 2 cores and samples/s fell to 6 (best 19); busiest other processes: "
+               "ffmpeg (pid 48102, 62% CPU). Fix: stop ffmpeg, or start the next run with `threads: 1` in its config")
+    frames = frames_with(system_body())
+    frames.append(tui_fakes.event(900, tui_fakes.T0, "contention", "warning", message, alert="oversubscribed"))
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
+    daemon = DaemonThread(socket_path(run_dir), run_dir, frames=frames).start()
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=SMALL) as pilot:
+            view = await open_view(app, pilot)
+            await wait_for(pilot, lambda: view.contention == message, what="the alert in the view")
+            await pilot.pause(0.1)
+            strips = view.render_lines(Region(0, 0, view.size.width, view.size.height))
+            shown = " ".join(strip.text.strip() for strip in strips)
+            assert "Fix: stop ffmpeg, or start the next run with `threads: 1` in its config" in shown
+            app.screen.model.apply_event({**tui_fakes.event(901, tui_fakes.T0, "contention", "info", "contention over",
+                                                            resolves="oversubscribed"), "seq": 901})
+            app.screen.refresh_widgets()
+            assert view.contention is None
     finally:
         daemon.close()

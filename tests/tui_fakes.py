@@ -118,11 +118,11 @@ def system_sample(at: float, load: float = 1.9, disk_free: int = 61 * 1024**3) -
 
 # a 2-core box where a stray process competes with a 2-thread trainer (issue 13's contention)
 PROCESSES = [
-    {"pid": 48213, "name": "python", "cpu": 104.0, "rss": 1_210_000_000, "role": "trainer"},
+    {"pid": 48213, "name": "python -m trainer.worker", "cpu": 104.0, "rss": 1_210_000_000, "role": "trainer"},
     {"pid": 48102, "name": "ffmpeg", "cpu": 61.5, "rss": 88_000_000, "role": "other"},
-    {"pid": 48230, "name": "python", "cpu": 12.0, "rss": 240_000_000, "role": "loader"},
+    {"pid": 48230, "name": "python -m trainer.worker", "cpu": 12.0, "rss": 240_000_000, "role": "loader"},
     {"pid": 1733, "name": "Xorg", "cpu": 4.0, "rss": 120_000_000, "role": "other"},
-    {"pid": 48190, "name": "python", "cpu": 1.0, "rss": 45_000_000, "role": "daemon"},
+    {"pid": 48190, "name": "python -m trainer.daemon", "cpu": 1.0, "rss": 45_000_000, "role": "daemon"},
 ]
 TRAINER_THREADS = [{"tid": 48213, "cpu": 58.0}, {"tid": 48221, "cpu": 46.0}, {"tid": 48222, "cpu": 0.5}]
 
@@ -203,19 +203,21 @@ class FakeDaemon:
     """Serves one run's socket like the daemon, from recorded frames.
 
     `requests` collects the requests received; `refuse` makes it answer requests with ok=False.
-    With `progress_hz`/`system_hz` set, after the replay it keeps sending progress and system
-    frames at those rates (new steps each time). `hello_error` refuses every client.
+    With `progress_hz`/`system_hz`/`log_hz`/`event_hz` set, after the replay it keeps sending
+    progress, system, log and event frames at those rates (new steps each time). `hello_error` refuses every client.
     """
 
     def __init__(self, socket_path: Path, frames: list[dict], run_dir: Path, *,
-                 progress_hz: float = 0.0, system_hz: float = 0.0, refuse: bool = False,
-                 hello_error: Optional[tuple[str, str]] = None) -> None:
+                 progress_hz: float = 0.0, system_hz: float = 0.0, log_hz: float = 0.0, event_hz: float = 0.0,
+                 refuse: bool = False, hello_error: Optional[tuple[str, str]] = None) -> None:
         self.socket_path = Path(socket_path)
         self.welcome = dict(frames[0])
         self.welcome["run"] = dict(self.welcome["run"], dir=str(run_dir))
         self.live = frames[1:]
         self.progress_hz = progress_hz
         self.system_hz = system_hz
+        self.log_hz = log_hz
+        self.event_hz = event_hz
         self.refuse = refuse
         self.hello_error = hello_error  # (code, message) to answer every hello with
         self.requests: list[dict] = []
@@ -254,7 +256,7 @@ class FakeDaemon:
             await protocol.write_frame(writer, welcome, protocol.MAX_SERVER_FRAME)
             for frame in self.live:
                 await protocol.write_frame(writer, frame, protocol.MAX_SERVER_FRAME)
-            if self.progress_hz or self.system_hz:
+            if self.progress_hz or self.system_hz or self.log_hz or self.event_hz:
                 tasks.append(asyncio.create_task(self._keep_streaming(writer)))
             while True:
                 msg = await protocol.read_frame(reader, protocol.MAX_CLIENT_FRAME, protocol.CLIENT_TO_DAEMON)
@@ -296,27 +298,33 @@ class FakeDaemon:
         await protocol.write_frame(writer, frame, protocol.MAX_SERVER_FRAME)
 
     async def _keep_streaming(self, writer: asyncio.StreamWriter) -> None:
+        """Progress, system, log and event frames, each at its own rate (a live run as it looks)."""
         plan = demo_plan()
         rng = random.Random(7)
         step = SNAPSHOT_STEP + 10
         loop = asyncio.get_running_loop()
-        next_progress = next_system = loop.time()
-        while True:
-            now = loop.time()
-            if self.progress_hz and now >= next_progress:
+        rates = {"progress": self.progress_hz, "system": self.system_hz, "log": self.log_hz, "event": self.event_hz}
+        due = {kind: loop.time() for kind, hz in rates.items() if hz}
+        while due:
+            kind = min(due, key=due.get)
+            await asyncio.sleep(max(0.0, due[kind] - loop.time()))
+            due[kind] += 1 / rates[kind]
+            if kind == "progress":
                 step += 1
                 record = train_record(plan, step, rng)
                 metrics = {k: record[k] for k in ("train_loss", "lr", "grad_norm", "samples_per_s", "data_share")}
                 metrics["train_loss_smooth"] = record["train_loss"]
-                await protocol.write_frame(writer, progress_frame(plan, step, metrics, T0 + step),
-                                           protocol.MAX_SERVER_FRAME)
-                next_progress += 1 / self.progress_hz
-            if self.system_hz and now >= next_system:
-                await protocol.write_frame(writer, system_sample(T0 + step, load=1.5 + rng.random()),
-                                           protocol.MAX_SERVER_FRAME)
-                next_system += 1 / self.system_hz
-            pending = [t for t, hz in ((next_progress, self.progress_hz), (next_system, self.system_hz)) if hz]
-            await asyncio.sleep(max(0.0, min(pending) - loop.time()))
+                frame = progress_frame(plan, step, metrics, T0 + step)
+            elif kind == "system":
+                frame = system_sample(T0 + step, load=1.5 + rng.random())
+            elif kind == "log":
+                self.seq += 1
+                frame = protocol.log(self.seq, "stdout", f"step {step}: loss {rng.random():.4f}", at=T0 + step)
+            else:
+                self.seq += 1
+                frame = event(self.seq, T0 + step, "checkpoint", "info", f"checkpoint written at step {step}",
+                              step=step)
+            await protocol.write_frame(writer, frame, protocol.MAX_SERVER_FRAME)
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -424,7 +432,8 @@ def big_run_frames(history_path: Path, steps: int, run_dir: str) -> list[dict]:
 
 
 def serve(argv: list[str]) -> None:
-    """`python tests/tui_fakes.py serve SOCKET RUN_DIR [--history FILE STEPS] [--progress-hz N] [--system-hz N]`:
+    """`python tests/tui_fakes.py serve SOCKET RUN_DIR [--history FILE STEPS] [--progress-hz N] [--system-hz N]
+    [--log-hz N] [--event-hz N]`:
     run a FakeDaemon in this process until killed (benchmarks measure the TUI in another process)."""
     import argparse
 
@@ -434,13 +443,16 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--history", nargs=2, metavar=("FILE", "STEPS"))
     parser.add_argument("--progress-hz", type=float, default=0.0)
     parser.add_argument("--system-hz", type=float, default=0.0)
+    parser.add_argument("--log-hz", type=float, default=0.0)
+    parser.add_argument("--event-hz", type=float, default=0.0)
     args = parser.parse_args(argv)
     frames = (big_run_frames(Path(args.history[0]), int(args.history[1]), args.run_dir) if args.history
               else read_stream())
 
     async def main() -> None:
         daemon = FakeDaemon(Path(args.socket), frames, Path(args.run_dir),
-                            progress_hz=args.progress_hz, system_hz=args.system_hz)
+                            progress_hz=args.progress_hz, system_hz=args.system_hz,
+                            log_hz=args.log_hz, event_hz=args.event_hz)
         await daemon.start()
         print("ready", flush=True)
         await asyncio.Event().wait()

@@ -6,7 +6,7 @@ unknown model names and impossible phase plans) and raises one ConfigError that 
 the dotted key, what was expected and what was found.
 
 This module must not import torch: the TUI and `longhaul ls` read configs too. Checks that need
-timm (model names) import it lazily inside `check_model_name`.
+timm (model names) import it lazily inside `check_model_name` (through trainer.model_names' cache).
 """
 from __future__ import annotations
 
@@ -764,11 +764,12 @@ def check_model_name(name: str) -> Optional[str]:
         return None
     import difflib
 
-    import timm  # lazy: keeps this module importable without torch
+    from trainer.model_names import timm_models  # cached: `start` does not pay a timm import
 
-    if name in timm.list_models():
+    names = timm_models()
+    if name in names:
         return None
-    close = difflib.get_close_matches(name, timm.list_models() + list(TIMM_FREE_MODELS), n=3)
+    close = difflib.get_close_matches(name, names + list(TIMM_FREE_MODELS), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"unknown model {name!r} (a timm model name or one of {', '.join(TIMM_FREE_MODELS)}){hint}"
 

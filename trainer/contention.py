@@ -28,6 +28,8 @@ OTHERS_BUSY = 50.0
 together before they count as competition."""
 NAMED = 3
 """Other processes named in the message."""
+NAMED_CPU = 10.0
+"""% of one core a process must use to be named (a real run named processes at 1% beside one at 58%)."""
 RATES = 5
 """Progress rates a judged rate is the median of: one odd step must not decide."""
 
@@ -86,10 +88,7 @@ class ContentionWatch:
         if not fresh or len(self._recent) < RATES:
             return None
         rate = statistics.median(fresh if len(fresh) > RATES else self._recent)
-        now = float(sample.get("time") or 0.0)
-        best = self._best[0][1] if self._best else None
-        if not self.active:
-            self._remember(now, rate)
+        best = self._best[0][1] if self.active else self._remember(float(sample.get("time") or 0.0), rate)
         if best is None:
             return None
         others = _others(sample)
@@ -117,23 +116,28 @@ class ContentionWatch:
             return None
         return Decision("info", f"contention over: {why}", {"resolves": ALERT})
 
-    def _remember(self, now: float, rate: float) -> None:
+    def _remember(self, now: float, rate: float) -> Optional[float]:
+        """Add a judged rate to the window; returns the best before it (None: nothing yet)."""
+        while self._best and self._best[0][0] < now - self.window:
+            self._best.popleft()
+        best = self._best[0][1] if self._best else None
         while self._best and self._best[-1][1] <= rate:
             self._best.pop()
         self._best.append((now, rate))
-        while self._best[0][0] < now - self.window:
-            self._best.popleft()
+        return best
 
     def _started(self, sample: dict, rate: float, best: float, others: list[dict]) -> Decision:
         cores = _cores(sample)
         load = (sample.get("load") or [0.0])[0]
         busy = sum(p["cpu"] for p in others)
         free = max(1, int(cores - busy / 100.0 + 0.5))
-        named = others[:NAMED]
+        named = [p for p in others if p["cpu"] >= NAMED_CPU][:NAMED] or others[:1]
         names = ", ".join(f"{p['name']} (pid {p['pid']}, {p['cpu']:.0f}% CPU)" for p in named)
         culprit = named[0]["name"] if named else "the other processes"
         if self.threads > free:
-            fix = f"set `threads: {free}` in the config (or stop {culprit})"
+            # resume refuses an edited config.yaml (its hash is in every checkpoint), so the
+            # thread count can only change for a new run
+            fix = f"stop {culprit}, or start the next run with `threads: {free}` in its config"
         else:
             fix = f"stop {culprit} or lower its priority (renice)"
         message = (f"oversubscribed: load {load:.1f} on {cores} cores and samples/s fell to {rate:.0f} "

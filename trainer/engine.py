@@ -29,14 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer import models
+from trainer import models, setup_stages
 from trainer.checkpoint.capture import estimate_bytes
 from trainer.checkpoint.errors import DiskFullError, is_disk_full
 from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
 from trainer.config import ConfigError, RunConfig
 from trainer.controls import Controls
 from trainer.allocator import keep_step_memory
-from trainer.data import make_loader, mixup_batch, EpochSampler
+from trainer.data import DECODING, make_loader, mixup_batch, EpochSampler
 from trainer.disk_space import DiskSpace
 from trainer.ema import make_ema, slow_ema_alert
 from trainer.evaluation import Evaluation
@@ -196,7 +196,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.data = run_data(self)  # prepares a missing store; a resume checks its fingerprint
+        setup_stages.announce(self.event, "data", "checking data")
+        with DECODING.watch(setup_stages.file_count_watcher(self.event)):
+            self.data = run_data(self)  # prepares a missing store; a resume checks its fingerprint
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
                        what="bad_data", count=len(self.data.skipped))
@@ -204,6 +206,7 @@ class Trainer:
         self._check_monitor()
         self.plan = Plan.from_config(cfg, len(self.data.train))
         self.eta = EtaModel(self.plan)
+        setup_stages.announce(self.event, "model", f"building model {cfg.model.name} ({len(self.classes)} classes)")
         self.model = models.build_model(cfg, len(self.classes), self.data.in_chans, self.data.input_shape)
         self.channels_last = cfg.model.channels_last and len(self.data.input_shape) == 3
         self.optimizer = make_optimizer(cfg, self.model)
@@ -252,6 +255,10 @@ class Trainer:
     def train(self) -> str:
         """Train until the plan (or max_steps) is done, early stopping triggers, or a stop
         request arrives."""
+        params = sum(p.numel() for p in self.model.parameters())
+        setup_stages.announce(self.event, "ready", f"ready: {self.cfg.model.name} ({params:,} parameters), "
+                              f"training from step {self.state.step:,} of {self.plan.total_steps:,}",
+                              parameters=params, step=self.state.step)
         self.event("state", "info", "running", state="running")
         self.tick = time.monotonic()
         while True:

@@ -3,19 +3,27 @@ with, history.msgpack is cut back to the checkpoint's offset (no gaps, no duplic
 with nothing to resume from starts over loudly, keeping its old history aside."""
 from __future__ import annotations
 
+import math
 import os
 import time
 
+from trainer import setup_stages
 from trainer.checkpoint.errors import CheckpointError
+from trainer.fmt import duration
 from trainer.history import read_history, truncate_history
+from trainer.run.errors import RunError
 from trainer.run.rundir import fsync_dir
-from trainer.run.state import StateFile, StateFileError
+from trainer.run.state import StateFile
 
 
 def resume(trainer) -> bool:
     """Load the newest valid checkpoint into `trainer` (a Trainer being set up); False when there
     is none and training starts at step 0."""
     store = trainer.checkpoints.store
+    newest = trainer.files.newest_checkpoint()
+    if newest is not None:  # verifying it re-hashes every byte: minutes for a large model
+        setup_stages.announce(trainer.event, "checkpoint", f"loading checkpoint step {newest['step']:,}",
+                              step=newest["step"])
     loaded = store.load_latest()
     for path, reason in store.rejected:
         trainer.event("alert", "warning", f"rejected checkpoint {path}: {reason}", what="bad_checkpoint", path=str(path))
@@ -25,7 +33,6 @@ def resume(trainer) -> bool:
     ckpt, meta = loaded
     _check_config_hash(trainer, meta)
     trainer.restore(ckpt)
-    trainer.state.elapsed = max(trainer.state.elapsed, elapsed_so_far(trainer.run_dir))
     threads = trainer.cfg.threads
     if ckpt.get("threads") != threads:
         trainer.event("alert", "warning", f"checkpoint was written with {ckpt.get('threads')} threads, running with "
@@ -33,20 +40,43 @@ def resume(trainer) -> bool:
     offset = _cut_history(trainer, ckpt["history_offset"])
     trainer.history.reopen()
     trainer.checkpoints.saved_at = (trainer.state.step, offset)
-    trainer.event("resume", "info", f"resumed from step {trainer.state.step} ({meta.get('path', '')})",
-                  step=trainer.state.step, epoch=trainer.state.epoch)
+    trainer.checkpoints.saved_path = meta.get("path")
+    lost = _count_lost_time(trainer)
+    trainer.event("resume", "info", resumed_message(trainer.state.step, meta, lost), step=trainer.state.step,
+                  epoch=trainer.state.epoch, path=meta.get("path"), lost_seconds=lost)
     return True
 
 
-def elapsed_so_far(run_dir) -> float:
-    """The training time state.json last recorded. After a crash it is later than the
-    checkpoint's (the steps since the checkpoint took time too, even if they are done again):
-    training time across restarts never goes backwards. 0 when state.json has none."""
+def resumed_message(step: int, meta: dict, lost: float) -> str:
+    """`resumed from step 1,200: checkpoint PATH (written 5m10s ago); 2m03s of training after it is
+    done again`: where the run goes on from, and what the crash cost."""
+    parts = [f"resumed from step {step:,}"]
+    if meta.get("path"):
+        written = meta.get("time")
+        age = f" (written {duration(time.time() - written)} ago)" if isinstance(written, (int, float)) else ""
+        parts.append(f": checkpoint {meta['path']}{age}")
+    if lost >= 1.0:
+        parts.append(f"; {duration(lost)} of training after it is done again")
+    return "".join(parts)
+
+
+def _count_lost_time(trainer) -> float:
+    """Keep `elapsed` from going backwards: a checkpoint holds the training time up to itself,
+    but the run had trained on after it (work a crash lost, done again now), and the user saw
+    that time in the header. The newest elapsed the run's owner wrote to state.json (the daemon
+    when its worker exits and every few seconds, the foreground console every 2 s) stays the
+    floor: `elapsed` is the wall time spent training, lost work included, pauses not. Returns
+    the seconds added."""
     try:
-        elapsed = StateFile(run_dir).read().get("elapsed")
-    except (OSError, StateFileError):
+        seen = StateFile(trainer.run_dir).read().get("elapsed")
+    except (OSError, RunError):
         return 0.0
-    return float(elapsed) if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) else 0.0
+    if not isinstance(seen, (int, float)) or isinstance(seen, bool) or not math.isfinite(seen) \
+            or seen <= trainer.state.elapsed:
+        return 0.0
+    lost = float(seen) - trainer.state.elapsed
+    trainer.state.elapsed = float(seen)
+    return lost
 
 
 def _check_config_hash(trainer, meta: dict) -> None:

@@ -23,6 +23,7 @@ import queue
 import time
 from typing import Any, Optional, Union
 
+from trainer import setup_stages
 from trainer.run.rundir import atomic_write_json
 
 ACCEPT_ENV = "LONGHAUL_ACCEPT_DATA_CHANGE"
@@ -61,6 +62,7 @@ def run_data(trainer):
     from trainer.data import stored
 
     cfg, auto_values = stored.resolve_auto(cfg, files.data_auto)
+    setup_stages.announce(trainer.event, "store", f"checking feature store {stored.store_dir(cfg)}")
     recorded = read_recorded(files.data_store)
     resuming = files.newest_checkpoint() is not None
     if not resuming:

@@ -4,10 +4,8 @@ One ``SystemSampler`` lives in the daemon (or the foreground trainer) and is sam
 ``daemon.system_interval`` seconds. Every call is non-blocking: CPU usage and the disk write
 rate are measured between consecutive calls rather than by sleeping.
 
-The process table (`processes`, `trainer_threads`) is the costly part: one read of
-/proc/PID/stat per process on the box, plus /proc/PID/task/*/stat of the trainer. `Process`
-objects are kept between samples because psutil measures `cpu_percent` against the previous call
-on the same object; name and memory are read only for the few processes that are shown.
+The process table (`processes`, `trainer_threads`) is trainer/proctable.py; its scan also gives
+the trainer's RSS with its children.
 """
 from __future__ import annotations
 
@@ -19,13 +17,12 @@ from typing import Callable, Optional
 
 import psutil
 
+from trainer.proctable import ProcessTable
+
 # hwmon/thermal names of CPU package or core sensors, most specific first; acpitz (an ACPI
 # thermal zone, usually the CPU on laptops and small boards) only when nothing better exists.
 _CPU_SENSORS = ("coretemp", "k10temp", "zenpower", "cpu_thermal", "cpu-thermal", "soc_thermal")
 _FALLBACK_SENSOR = "acpitz"
-MAX_PROCESSES = 8
-"""Rows of the `processes` field: enough to name what competes with the trainer."""
-MAX_THREADS = 16
 
 
 class SystemSampler:
@@ -78,6 +75,9 @@ class SystemSampler:
     def _trainer_rss(self, pid: Optional[int]) -> Optional[int]:
         if pid is None:
             return None
+        scanned = self.processes.family_rss(pid)
+        if scanned is not None:
+            return scanned
         try:
             proc = psutil.Process(pid)
             total = proc.memory_info().rss
@@ -115,92 +115,6 @@ class SystemSampler:
         if elapsed <= 0 or written < 0:  # clock did not advance, or the counters were reset
             return None
         return written / elapsed
-
-
-class ProcessTable:
-    """The busiest processes of the box and the trainer's busiest threads, between two calls.
-
-    CPU is in % of one core (like top: a process running two busy threads shows 200).
-    """
-
-    def __init__(self, own_pid: Optional[int] = None) -> None:
-        self.own_pid = own_pid if own_pid is not None else os.getpid()
-        self._procs: dict[int, psutil.Process] = {}
-        self._thread_times: dict[int, float] = {}  # tid -> CPU seconds at the previous call
-        self._thread_clock: Optional[tuple[int, float]] = None  # (trainer pid, monotonic time)
-
-    def sample(self, trainer_pid: Optional[int]) -> tuple[list[dict], list[dict]]:
-        """(processes, trainer_threads): at most MAX_PROCESSES rows, the trainer first then by
-        CPU (idle processes other than the trainer's and the daemon are left out); at most
-        MAX_THREADS threads of the trainer, busiest first. The first call reads 0% CPU for
-        everything: there is nothing to measure against yet."""
-        usage = self._cpu_by_pid()
-        busy = sorted((pid for pid, cpu in usage.items() if cpu > 0 or pid in (trainer_pid, self.own_pid)),
-                      key=lambda pid: (pid != trainer_pid, -usage[pid]))
-        rows = []
-        for pid in busy:
-            row = self._row(pid, usage[pid], trainer_pid)
-            if row is not None:
-                rows.append(row)
-            if len(rows) == MAX_PROCESSES:
-                break
-        return rows, self._threads(trainer_pid)
-
-    def _cpu_by_pid(self) -> dict[int, float]:
-        """pid -> % CPU since the previous call, for every process still alive."""
-        alive = set(psutil.pids())
-        for pid in set(self._procs) - alive:
-            del self._procs[pid]
-        usage = {}
-        for pid in alive:
-            proc = self._procs.get(pid)
-            try:
-                if proc is None:
-                    proc = self._procs[pid] = psutil.Process(pid)
-                # one read of /proc/PID/stat; anything more per process (oneshot, ppid) doubles
-                # the cost of a sample on a box with many processes
-                usage[pid] = float(proc.cpu_percent(interval=None))
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                self._procs.pop(pid, None)
-        return usage
-
-    def _row(self, pid: int, cpu: float, trainer_pid: Optional[int]) -> Optional[dict]:
-        """One shown process. A data loader is a child of the trainer (torch starts its workers
-        from the training process)."""
-        proc = self._procs[pid]
-        try:
-            with proc.oneshot():
-                name, rss, ppid = proc.name(), int(proc.memory_info().rss), proc.ppid()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return None  # exited since it was measured
-        if pid == trainer_pid:
-            role = "trainer"
-        elif trainer_pid is not None and ppid == trainer_pid:
-            role = "loader"
-        else:
-            role = "daemon" if pid == self.own_pid else "other"
-        return {"pid": pid, "name": name, "cpu": round(cpu, 1), "rss": rss, "role": role}
-
-    def _threads(self, trainer_pid: Optional[int]) -> list[dict]:
-        """The trainer's threads by CPU since the previous call (0 for a thread seen first)."""
-        if trainer_pid is None:
-            self._thread_clock, self._thread_times = None, {}
-            return []
-        now = monotonic()
-        try:
-            threads = self._procs[trainer_pid].threads() if trainer_pid in self._procs else []
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            threads = []
-        previous, clock = self._thread_times, self._thread_clock
-        self._thread_times = {t.id: t.user_time + t.system_time for t in threads}
-        self._thread_clock = (trainer_pid, now)
-        if clock is None or clock[0] != trainer_pid or now <= clock[1]:
-            previous = {}  # a new trainer (a restart): its thread ids mean nothing against the old
-        elapsed = now - clock[1] if clock else 1.0
-        rows = [{"tid": tid, "cpu": round(max(0.0, 100.0 * (spent - previous[tid]) / elapsed), 1) if tid in previous else 0.0}
-                for tid, spent in self._thread_times.items()]
-        rows.sort(key=lambda row: -row["cpu"])
-        return rows[:MAX_THREADS]
 
 
 def cpu_temperature() -> Optional[float]:

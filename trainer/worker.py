@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from trainer import protocol
+from trainer import protocol, setup_stages
 from trainer.run.errors import USER_ERROR_EXIT
 from trainer.run.rundir import RunDir, apply_umask
 
@@ -317,6 +317,8 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # importing torch takes seconds (tens on a busy box): say so before, so nobody stares at "starting"
+    setup_stages.announce(publisher.event, "start", "starting the trainer (importing torch)")
     try:
         from trainer.config import load_config
 

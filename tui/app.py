@@ -16,13 +16,14 @@ from textual.binding import Binding
 
 from trainer.run.errors import RunNotFound
 from trainer.run.locate import resolve_run, runs_root
-from tui import fmt
+from tui import fmt, refresh_rate
+from tui.help import binding_keys
 from tui.screens.dialogs import HelpScreen
 from tui.screens.picker import PickerScreen
 from tui.screens.run import RunScreen
 
 
-class LonghaulApp(App[int]):
+class LonghaulApp(refresh_rate.RefreshKeys, App[int]):
     """Shows one run (`run_dir`) or the picker of the runs under `root`.
 
     The keyword options exist for tests and benchmarks: a frozen `clock`, faster refresh and
@@ -35,13 +36,17 @@ class LonghaulApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
     BINDINGS = [
-        Binding("d", "detach", "Detach"),
-        Binding("q", "detach", "Quit"),
-        Binding("question_mark", "help", "Help"),
+        Binding("d", "detach", "Detach", tooltip="Detach: close the dashboard, training goes on"),
+        Binding("q", "detach", "Quit", tooltip="Quit (like d: leaving never stops a run)"),
+        Binding("question_mark", "help", "Help", tooltip="This help"),
+        # The description is the current rate (`+/- 2000ms` in the footer): see tui.refresh_rate.
+        Binding("plus", "refresh_faster", refresh_rate.label(refresh_rate.DEFAULT), key_display="+/-",
+                tooltip="Refresh faster (the footer shows the interval)"),
+        Binding("minus", "refresh_slower", "Refresh slower", show=False),
     ]
 
     def __init__(self, run_dir: Optional[Path] = None, root: Optional[Path] = None, *,
-                 clock: Optional[fmt.Clock] = None, refresh_interval: float = 1.0,
+                 clock: Optional[fmt.Clock] = None, refresh_interval: float = refresh_rate.DEFAULT,
                  picker_interval: float = 2.0, link_retry_max: float = 5.0,
                  lister: Optional[Callable[[Path], list[dict]]] = None,
                  resume_command: Optional[Callable[[Path], list[str]]] = None) -> None:
@@ -56,6 +61,7 @@ class LonghaulApp(App[int]):
         self.resume_command = resume_command
 
     def on_mount(self) -> None:
+        self.show_refresh_interval()
         if self.run_dir is not None:
             self.push_screen(self._run_screen(self.run_dir))
         else:
@@ -77,7 +83,11 @@ class LonghaulApp(App[int]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(type(self), type(self.screen)))
+
+    def get_key_display(self, binding: Binding) -> str:
+        """The footer spells keys as the help does (`Esc`, `Enter`)."""
+        return binding_keys(binding, footer=True)
 
 
 def run_attach(run: Optional[str] = None, root: Optional[Path] = None) -> int:

@@ -21,6 +21,8 @@ from trainer.run.sockets import find_socket, socket_path
 from tui import messages
 
 CLIENT_NAME = "longhaul-tui"
+HELD = (messages.ProgressReceived, messages.SystemReceived, messages.PreparingReceived, messages.LogsReceived)
+"""The messages `DashboardLink.hold` delays: what they carry is only shown, at the next repaint."""
 
 
 class NotConnected(RuntimeError):
@@ -61,12 +63,13 @@ class DashboardLink:
     """Connection state machine for one run's socket.
 
     `post` delivers messages to the screen (its `post_message`). `retry_min`/`retry_max` bound
-    the backoff between attempts; a successful handshake resets it.
+    the backoff between attempts; a successful handshake resets it. `hold`: seconds the frames of
+    `HELD` messages are gathered before the message is posted (0: at once).
     """
 
     def __init__(self, run_dir: Path, post: Callable[[Message], object], *,
                  retry_min: float = 0.5, retry_max: float = 5.0, handshake_timeout: float = 10.0,
-                 socket_path: Optional[Path] = None) -> None:
+                 socket_path: Optional[Path] = None, hold: float = 0.0) -> None:
         self.run_dir = Path(run_dir)
         self.post = post
         self.retry_min = retry_min
@@ -74,7 +77,9 @@ class DashboardLink:
         self.handshake_timeout = handshake_timeout
         self._socket_path = socket_path
         self._writer: Optional[asyncio.StreamWriter] = None
-        self._waiting: dict[type, messages.MergingMessage] = {}  # posted, not yet taken, per type
+        self.hold = hold
+        self._waiting: dict[type, messages.MergingMessage] = {}  # posted or held, not yet taken, per type
+        self._held: dict[type, asyncio.TimerHandle] = {}  # the timers of held messages, per type
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
 
@@ -173,6 +178,13 @@ class DashboardLink:
             return
         message = kind(frame)
         self._waiting[kind] = message
+        if self.hold > 0 and kind in HELD:
+            self._held[kind] = asyncio.get_running_loop().call_later(self.hold, self._post_held, kind, message)
+        else:
+            self.post(message)
+
+    def _post_held(self, kind: type, message: messages.MergingMessage) -> None:
+        self._held.pop(kind, None)
         self.post(message)
 
     async def request(self, action: str) -> int:
@@ -188,6 +200,9 @@ class DashboardLink:
 
     async def _close(self) -> None:
         self._waiting.clear()  # a new connection starts with a new snapshot and new messages
+        for handle in self._held.values():
+            handle.cancel()
+        self._held.clear()
         writer, self._writer = self._writer, None
         if writer is None:
             return

@@ -55,7 +55,11 @@ class SetupStages:
             return
         if self.ended is not None:  # stages after `ready`: a new round (a worker we missed starting)
             self.clear()
-        self.stages.append(Stage(stage, str(event.get("message") or stage), float(started)))
+        message = str(event.get("message") or stage)
+        if self.stages and self.stages[-1].name == stage:  # the same stage says more (its file count)
+            self.stages[-1] = Stage(stage, message, self.stages[-1].started)
+            return
+        self.stages.append(Stage(stage, message, float(started)))
         del self.stages[:-MAX_STAGES]
 
     def done(self) -> tuple[tuple[str, float], ...]:

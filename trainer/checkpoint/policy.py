@@ -78,6 +78,7 @@ class CheckpointPolicy:
         self.last_time = time.monotonic()
         self.pending_stall: Optional[float] = None  # loop stall of the checkpoint being written
         self.saved_at: Optional[tuple] = None  # (step, history offset) of the newest written checkpoint
+        self.saved_path: Optional[str] = None  # and its directory
         self.failed_at: Optional[tuple] = None  # (step, history offset) of the last failed checkpoint
         self.last_failure: Optional[BaseException] = None
         self.best_unsaved = False  # best.pt could not be written
@@ -103,12 +104,15 @@ class CheckpointPolicy:
         then that one answers it. So requests queued together cost one write, not one each."""
         step = self.trainer.state.step
         self.wait()  # a write in flight may be of this state
-        if self.is_written():
-            self.trainer.event("request", "info", f"checkpoint at step {step} is written",
-                               id=request_id, action="checkpoint", outcome="done")
+        if self.is_written():  # e.g. `c` pressed right after an interval or epoch-end checkpoint
+            where = f": {self.saved_path}" if self.saved_path else ""
+            self.trainer.event("request", "info", f"checkpoint of step {step:,} already written{where}",
+                               id=request_id, action="checkpoint", outcome="done", step=step,
+                               path=self.saved_path, written=False)
         elif self.write(reason="request", request_id=request_id):
-            self.trainer.event("request", "info", f"checkpoint written at step {step}",
-                               id=request_id, action="checkpoint", outcome="done")
+            self.trainer.event("request", "info", f"checkpoint written at step {step:,}: {self.saved_path}",
+                               id=request_id, action="checkpoint", outcome="done", step=step,
+                               path=self.saved_path, written=True)
         else:
             self.trainer.event("request", "error", f"checkpoint at step {step} failed: {self.last_failure}",
                                id=request_id, action="checkpoint", outcome="failed")
@@ -197,6 +201,7 @@ class CheckpointPolicy:
                          bool(meta.get("phase_end")), **extra)
             return
         self.saved_at = (result.step, meta.get("history_offset"))
+        self.saved_path = str(result.path)
         stall = self.pending_stall
         self.trainer.event("checkpoint", "info", f"checkpoint step {result.step}: stall {1000 * (stall or 0):.0f} ms, "
                            f"write {result.write_s:.2f} s", stall_s=stall, **_plain(result))

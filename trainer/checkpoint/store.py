@@ -457,7 +457,7 @@ class CheckpointStore:
             return valid
 
     def load_latest(self, map_location: Any = "cpu", weights_only: bool = False) -> Optional[tuple[dict, dict]]:
-        """(state, meta) of the newest checkpoint that verifies, or None if there is none.
+        """(state, meta.json plus `path`) of the newest checkpoint that verifies, or None if none.
 
         Every checkpoint is re-hashed here. Skipped ones are logged and listed in ``rejected``.
         ``weights_only=False`` because the state holds numpy/Python RNG states that torch's
@@ -470,8 +470,8 @@ class CheckpointStore:
             self.rejected = []
             for step, path in reversed(self._step_dirs()):
                 info, _ = self._verify_reporting(step, path, use_cache=False)
-                if info is not None:
-                    return self.load(info, map_location, weights_only), info.meta
+                if info is not None:  # meta.json does not name its own directory: the caller needs it
+                    return self.load(info, map_location, weights_only), {**info.meta, "path": str(info.path)}
         return None
 
     def load(self, info: CheckpointInfo, map_location: Any = "cpu", weights_only: bool = False) -> dict:

@@ -6,13 +6,15 @@ from typing import Optional
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Static
 
 from trainer.run.evaluation import headline_result
 from tui import fmt
-from tui.widgets.evaluation import calibration_text, headline_columns, headline_rows, result_title, stale_note
+from tui.help import NOTES, KeyLine, help_sections, key_width
+from tui.widgets.evaluation import (calibration_text, confusion_layout, headline_columns, headline_rows, result_title,
+                                   stale_note)
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -36,10 +38,11 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question)
+            # Plain Text, not markup: `[y]` (and any bracket in a run name) would be eaten as a tag.
+            yield Static(Text(self.question))
             with Horizontal():
-                yield Button(f"{self.yes_label} [y]", variant="error", id="yes")
-                yield Button("No [n]", variant="primary", id="no")
+                yield Button(Text(f"{self.yes_label} [y]"), variant="error", id="yes")
+                yield Button(Text("No [n]"), variant="primary", id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -51,48 +54,46 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-HELP_TEXT = """\
-[b]Keys[/b]
-  d        detach: close the dashboard, training goes on
-  q        quit (same as d: the run is never stopped by leaving)
-  p        pause / resume training (at the next step boundary)
-  c        write a checkpoint now
-  s        stop the run (asks first; a final checkpoint is written)
-  r        resume a stopped, interrupted or failed run (offline only)
-  f        final summary (finished or evaluated runs: test metrics, calibration)
-  t        per-class table of the latest evaluation (detail view)
-  1 2 3    dashboard / metric detail / events and log
-  tab      next view
-  ?        this help
-
-[b]Detail view[/b]
-  ↑ ↓      pick the metric, or (last in the list) an evaluation's per-class table
-  m        smoothing on/off      l  log scale on/off
-  e        min/max envelope on/off (░ where one point stands for many)
-
-[b]Reading the screen[/b]
-  Timeline: █ done, ░ to do, ▼ now, ▏ phase boundary; labels: phase number,
-  name and time until the phase ends.
-  Alerts (WARN / ERROR) always show in the bar under the header.
-  Disk free below 10% or 5 GiB is marked LOW.
-"""
-
-
 class HelpScreen(ModalScreen[None]):
-    """The key reference."""
+    """The key reference, generated from the bindings (`tui.help`): the app's, those of the screen
+    it was opened over, and every view's. Keys and descriptions are grid cells, so a long
+    description wraps under itself at any width, never under the keys."""
 
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > VerticalScroll {
-        width: 80; max-width: 100%; height: auto; max-height: 100%;
+        width: 84; max-width: 100%; height: auto; max-height: 100%;
         border: thick $primary; background: $surface; padding: 0 1;
     }
+    HelpScreen #help-title { text-style: bold; }
+    HelpScreen #help-sections, HelpScreen .help-block { height: auto; }
+    HelpScreen .help-section { text-style: bold underline; margin-top: 1; }
+    /* Wide terminals: the sections side by side, so the whole help fits without scrolling. */
+    HelpScreen.-wide > VerticalScroll { width: 164; }
+    HelpScreen.-wide #help-sections { layout: grid; grid-size: 2; grid-rows: auto; grid-gutter: 0 4; }
+    HelpScreen Grid { grid-size: 2; grid-rows: auto; height: auto; }
+    HelpScreen .help-key { text-style: bold; }
     """
     BINDINGS = [Binding("escape,question_mark,q,enter", "dismiss", "Close")]
 
+    def __init__(self, app_class: type, screen_class: Optional[type] = None) -> None:
+        super().__init__()
+        self.sections = help_sections(app_class, screen_class)
+
     def compose(self) -> ComposeResult:
+        columns = f"{key_width(self.sections) + 2} 1fr"
+        notes = ("Reading the screen", [KeyLine("•", note) for note in NOTES])
         with VerticalScroll():
-            yield Static(HELP_TEXT)
+            yield Static("Keys  (↑ ↓ scroll · Esc or ? closes)", id="help-title")
+            with Vertical(id="help-sections"):
+                for title, lines in [*self.sections, notes]:
+                    with Vertical(classes="help-block"):
+                        yield Static(Text(title), classes="help-section")
+                        with Grid() as grid:
+                            grid.styles.grid_columns = columns
+                            for line in lines:
+                                yield Static(Text(line.keys), classes="help-key")
+                                yield Static(Text(line.text), classes="help-text")
 
 
 def summary_rows(best: Optional[dict], last: Optional[dict]) -> list[tuple[str, str, str]]:
@@ -134,6 +135,8 @@ class SummaryScreen(ModalScreen[None]):
         self.clock = clock
         self.evaluating = evaluating
         """An evaluation is under way (says so while there is none to show yet)."""
+        self._shown_shape: Optional[tuple[bool, bool]] = None
+        """(numbered, scrolls) of the confusion matrix on screen: a resize that changes it recomposes."""
 
     def set_evaluation(self, evaluation: Optional[dict], best_step: Optional[int] = None,
                        evaluating: bool = False) -> None:
@@ -161,11 +164,7 @@ class SummaryScreen(ModalScreen[None]):
                 metrics.add_columns("metric", "best eval", "last eval")
                 metrics.add_rows(summary_rows(best, last))
                 yield metrics
-            source = result if (result or {}).get("confusion") else self.summary
-            if source.get("confusion"):
-                where = "the evaluation above" if source is result else "last eval"
-                yield Static(f"Confusion matrix (rows: true class, columns: predicted; {where})")
-                yield self._confusion_table(source["confusion"], source.get("classes") or [])
+            yield from self._confusion()
 
     def _evaluation(self, result: dict) -> ComposeResult:
         yield Static(Text.assemble(("Evaluation: ", "bold"), result_title(result, self.clock)),
@@ -179,14 +178,39 @@ class SummaryScreen(ModalScreen[None]):
         yield table
         yield Static(calibration_text(result), id="summary-calibration")
 
-    @staticmethod
-    def _confusion_table(confusion: list[list[int]], classes: list[str]) -> DataTable:
-        names = [str(c) for c in classes] or [str(i) for i in range(len(confusion))]
-        table = DataTable(id="summary-confusion", cursor_type="none", zebra_stripes=True)
-        table.add_columns("true \\ pred", *[n[:10] for n in names], "recall")
-        for i, row in enumerate(confusion):
-            total = sum(row)
-            recall = row[i] / total if total and i < len(row) else None
-            cells = [Text(str(v), style="bold" if j == i else "") for j, v in enumerate(row)]
-            table.add_row(names[i] if i < len(names) else str(i), *cells, fmt.percent(recall))
-        return table
+    def confusion_width(self) -> int:
+        """Columns the confusion matrix has: the dialog (at most 100 wide) less its border,
+        padding and scrollbar."""
+        return min(100, self.app.size.width) - 6
+
+    def on_resize(self) -> None:
+        if self.query("#summary-confusion") and self._confusion_shape() != self._shown_shape:
+            self.refresh(recompose=True)
+
+    def _confusion_source(self) -> tuple[dict, str]:
+        result = headline_result(self.evaluation)
+        if (result or {}).get("confusion"):
+            return result, "the evaluation above"
+        return self.summary, "last eval"
+
+    def _confusion_shape(self) -> tuple[bool, bool]:
+        source, _ = self._confusion_source()
+        layout = confusion_layout(source.get("confusion") or [], source.get("classes") or [], self.confusion_width())
+        return layout.numbered, layout.scrolls
+
+    def _confusion(self) -> ComposeResult:
+        source, where = self._confusion_source()
+        if not source.get("confusion"):
+            return
+        layout = confusion_layout(source["confusion"], source.get("classes") or [], self.confusion_width())
+        self._shown_shape = (layout.numbered, layout.scrolls)
+        columns = "column N: predicted as row N" if layout.numbered else "columns: predicted"
+        yield Static(f"Confusion matrix (rows: true class; {columns}; {where})")
+        if layout.scrolls:
+            yield Static("← → scroll the matrix sideways (recall is next to the class)", id="summary-confusion-hint")
+        table = DataTable(id="summary-confusion", cursor_type="none" if not layout.scrolls else "column",
+                          zebra_stripes=True)
+        # Counts and recall are right-aligned, so their headers are too; the class column is not.
+        table.add_columns(Text(layout.columns[0]), *(Text(c, justify="right") for c in layout.columns[1:]))
+        table.add_rows(layout.rows)
+        yield table

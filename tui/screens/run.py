@@ -52,20 +52,20 @@ class RunScreen(RunEvaluation, RunActions, Screen):
     """Dashboard of one run, live from its daemon or offline from its directory."""
 
     BINDINGS = [
-        Binding("p", "pause", "Pause"),
-        Binding("p", "resume", "Resume"),
-        Binding("c", "checkpoint", "Checkpoint"),
-        Binding("s", "stop", "Stop"),
-        Binding("r", "resume_run", "Resume run"),
-        Binding("f", "summary", "Summary"),
-        Binding("t", "per_class", "Per class", show=False),
-        Binding("a", "acknowledge", "Ack alert"),
-        Binding("escape", "back", "Runs", key_display="Esc"),
-        Binding("tab", "next_view", "View", priority=True),
-        Binding("1", "view('dashboard')", "Dashboard", show=False),
-        Binding("2", "view('detail')", "Detail", show=False),
-        Binding("3", "view('events')", "Events", show=False),
-        Binding("4", "view('system')", "System", show=False),
+        Binding("p", "pause", "Pause", tooltip="Pause training (at the next step boundary)"),
+        Binding("p", "resume", "Resume", tooltip="Resume training"),
+        Binding("c", "checkpoint", "Checkpoint", tooltip="Write a checkpoint now"),
+        Binding("s", "stop", "Stop", tooltip="Stop the run (asks first; a final checkpoint is written)"),
+        Binding("r", "resume_run", "Resume run", tooltip="Resume a stopped, interrupted or failed run (offline)"),
+        Binding("f", "summary", "Summary", tooltip="Final summary: test metrics, calibration, confusion matrix"),
+        Binding("t", "per_class", "Per class", show=False, tooltip="Per-class table of the newest evaluation"),
+        Binding("a", "acknowledge", "Ack alert", tooltip="Acknowledge the alert in front (counted until it ends)"),
+        Binding("escape", "back", "Runs", key_display="Esc", tooltip="Back to the run list"),
+        Binding("tab", "next_view", "View", priority=True, tooltip="Next view"),
+        Binding("1", "view('dashboard')", "Dashboard", show=False, tooltip="Dashboard view"),
+        Binding("2", "view('detail')", "Detail", show=False, tooltip="Detail view: one metric large"),
+        Binding("3", "view('events')", "Events", show=False, tooltip="Events & log view"),
+        Binding("4", "view('system')", "System", show=False, tooltip="System view: CPU per process and thread"),
     ]
 
     link_state: reactive[str] = reactive("connecting")
@@ -80,7 +80,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.model = RunModel(name=self.run_dir.name, run_dir=self.run_dir)
-        self.link = DashboardLink(self.run_dir, self.post_message, retry_max=link_retry_max)
+        self.link = DashboardLink(self.run_dir, self.post_message, retry_max=link_retry_max, hold=refresh_interval)
         self.resume_argv = resume_argv or resume_command(self.run_dir)
         self.pending: dict[int, str] = {}
         self.disconnect: Optional[messages.Disconnected] = None
@@ -287,11 +287,11 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         elif event.pane.id == "events":
             self.query_one(EventsView).focus()
         self.refresh_bindings()
-        self._request_refresh()
+        self._request_refresh(urgent=True)
 
     @on(OptionList.OptionHighlighted, "#metric-list")
     def _metric_picked(self) -> None:
-        self._request_refresh()
+        self._request_refresh(urgent=True)
 
     async def _build_view(self, pane: TabPane) -> None:
         """Mount the widgets of the detail or events view the first time it is shown."""
@@ -307,7 +307,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
     def _set_action(self, text: str, level: str) -> None:
         self.action_status = (text, level)
         self.query_one(AlertBar).set_action(text, level)
-        self._request_refresh()
+        self._request_refresh(urgent=True)  # the answer to a key press must not wait for the next refresh
 
     def action_acknowledge(self) -> None:
         """`a`: the alert in front steps aside (it stays counted until it is resolved)."""
@@ -319,9 +319,9 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         self.refresh_bindings()
 
     def _request_refresh(self, urgent: bool = False) -> None:
-        """Repaint soon, but not more often than every `refresh_interval` seconds. `urgent`: a
-        whole new model arrived (a snapshot or the run directory), which must not wait for the
-        throttle: the first paint at attach would otherwise come a full interval late."""
+        """Repaint soon, but not more often than every `refresh_interval` seconds. `urgent`: what
+        must not wait for the throttle: a whole new model (a snapshot or the run directory: the
+        first paint at attach), or the answer to a key (another view, the feedback of a request)."""
         if urgent:
             if self._repaint_timer is not None:
                 self._repaint_timer.stop()
@@ -337,6 +337,11 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             self._repaint_timer = self.set_timer(wait, self._refresh_now, name="repaint")
         else:
             self.call_later(self._refresh_now)
+
+    def set_refresh_interval(self, interval: float) -> None:
+        """A new rate (`+`/`-`): repaint now, which also drops a repaint scheduled at the old rate."""
+        self.refresh_interval = self.link.hold = interval
+        self._request_refresh(urgent=True)
 
     def _refresh_now(self) -> None:
         self._refresh_pending = False
@@ -355,10 +360,10 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             self.query_one(Dashboard).show(model, live=self.link_state == "live")
         elif active == "detail" and self.query("#detail-chart"):  # the view is built (composed)
             self._refresh_detail()
-        elif active == "system" and self.query("#system-view"):
-            show_system(self.query_one(SystemView), model, live=self.link_state == "live")
         elif active == "events" and self.query(EventsView):
             self.query_one(EventsView).show(model)
+        elif active == "system" and self.query("#system-view"):
+            show_system(self.query_one(SystemView), model, live=self.link_state == "live")
 
     def _refresh_detail(self) -> None:
         view = self.query_one(DetailView)

@@ -7,6 +7,7 @@ without TTA). Every field of a result is optional here: a missing one shows as `
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from rich.text import Text
@@ -103,7 +104,7 @@ def per_class_rows(per_class: dict, classes: Optional[list] = None) -> list[tupl
     rows = []
     for name in names:
         values = per_class[name] if isinstance(per_class[name], dict) else {}
-        rows.append((str(name), *(fmt.count(values.get(key)) if key == "support" else fmt.score(values.get(key))
+        rows.append((Text(str(name)), *(fmt.count(values.get(key)) if key == "support" else fmt.score(values.get(key))
                                   for _, key in PER_CLASS)))
     return rows
 
@@ -134,3 +135,70 @@ def option_result(evaluation: Optional[dict], option: Optional[str]) -> tuple[Op
         key, tta = key[:-len(":tta")], True
     result = ((evaluation or {}).get("results") or {}).get(key)
     return result, tta
+
+
+CELL_PADDING = 2
+"""Columns a DataTable adds to each column (one blank each side)."""
+CORNER = "true \\ pred"
+RECALL = "recall"
+NAME_CUT = 10
+"""Longest class name written above a column of the named layout."""
+
+
+@dataclass(frozen=True)
+class ConfusionLayout:
+    """How a confusion matrix is laid out in `width` columns.
+
+    Named: class names label rows and columns, recall last. Numbered (when the names do not fit):
+    columns are numbered and each row label is the legend (`3 malignant…`), so any number of
+    long names fits. When even the numbers do not fit, the table scrolls sideways and recall
+    moves next to the row labels so that it never scrolls away (`scrolls` says to show a hint).
+    """
+
+    columns: list[str]
+    """Plain text (a class name is never markup); the dialog makes them `Text`."""
+    rows: list[list]
+    """Cells as `Text`: DataTable would read a `str` as markup, eating `[bg]` from a class name."""
+    numbered: bool
+    scrolls: bool
+
+
+def confusion_layout(confusion: list[list[int]], classes: list, width: int) -> ConfusionLayout:
+    n = len(confusion)
+    names = [str(c) for c in classes[:n]] + [str(i) for i in range(len(classes), n)]
+    digits = max((len(str(v)) for row in confusion for v in row), default=1)
+    recalls = [Text(fmt.percent(row[i] / sum(row) if sum(row) and i < len(row) else None), justify="right")
+               for i, row in enumerate(confusion)]
+    recall_width = max([len(RECALL), *(len(r.plain) for r in recalls)])
+
+    def total(label: int, cells: list[int]) -> int:
+        return sum(w + CELL_PADDING for w in (label, *cells, recall_width))
+
+    named_cells = [max(digits, len(name[:NAME_CUT])) for name in names]
+    label_full = max([len(CORNER), *map(len, names)])
+    if total(label_full, named_cells) <= width:
+        return ConfusionLayout([CORNER, *(name[:NAME_CUT] for name in names), RECALL],
+                               [[Text(name), *cells(row, i), recalls[i]] for i, (name, row) in enumerate(zip(names, confusion))],
+                               numbered=False, scrolls=False)
+    numbers = [str(i + 1) for i in range(n)]
+    numbered_cells = [max(digits, len(number)) for number in numbers]
+    legend = [f"{number} {name}" for number, name in zip(numbers, names)]
+    label = max(len(CORNER), min(max(map(len, legend), default=0), width - total(0, numbered_cells)))
+    labels = [Text(shorten(text, label)) for text in legend]
+    if total(label, numbered_cells) <= width:
+        return ConfusionLayout([CORNER, *numbers, RECALL],
+                               [[labels[i], *cells(row, i), recalls[i]] for i, row in enumerate(confusion)],
+                               numbered=True, scrolls=False)
+    return ConfusionLayout([CORNER, RECALL, *numbers],
+                           [[labels[i], recalls[i], *cells(row, i)] for i, row in enumerate(confusion)],
+                           numbered=True, scrolls=True)
+
+
+def cells(row: list[int], diagonal: int) -> list[Text]:
+    """A row's counts, the correct predictions (the diagonal) in bold."""
+    return [Text(str(v), style="bold" if j == diagonal else "", justify="right") for j, v in enumerate(row)]
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` in at most `width` columns, an ellipsis marking a cut."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"

@@ -13,6 +13,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from trainer.contention import ALERT
 from tui import fmt
 
 BUSY_THREAD = 10.0
@@ -35,24 +36,45 @@ def temperature_text(system: dict) -> str:
     return f"temp {temp:.0f}°C" if temp is not None else "temp n/a"
 
 
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` columns, an ellipsis marking a cut."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
 def cores_of(system: dict) -> int:
     return int(system.get("cores") or len(system.get("cpu_percent") or ()) or 1)
 
 
 def process_line(row: dict, width: int) -> Text:
-    """One process in a few columns: `104% python  trainer  1.1 GiB` (for the dashboard's panel)."""
-    text = Text(f"{row['cpu']:4.0f}% ", style=ROLE_STYLE.get(row.get("role"), ""))
-    text.append(f"{row['name'][:14]:<14} {row.get('role', ''):<7}")
-    if width >= 40:
+    """One process in one line of `width`: `104% trainer python -m trainer.worker  1.1 GiB` (the
+    dashboard's panel); the name takes what the other columns leave."""
+    rss = width >= 40
+    name_width = max(8, width - 14 - (10 if rss else 0))
+    text = Text(f"{row['cpu']:4.0f}% {row.get('role', ''):<8}{cut(row['name'], name_width):<{name_width}}",
+                style=ROLE_STYLE.get(row.get("role"), ""))
+    if rss:
         text.append(f" {fmt.size(row.get('rss')):>9}")
     return text
 
 
 def show_system(view: "SystemView", model, live: bool) -> None:
-    """Push a `RunModel`'s newest sample and configured threads into the view."""
+    """Push a `RunModel`'s newest sample, configured threads and contention alert into the view."""
     view.live = live
     view.threads = (model.config or {}).get("threads")
     view.system = model.system
+    key = (model.generation, model.events_total)
+    if view.events_key != key:  # only when events arrived: the search goes through them all
+        view.events_key = key
+        view.contention = active_contention(model.events)
+
+
+def active_contention(events) -> Optional[str]:
+    """The message of the `oversubscribed` alert when the newest contention event starts it."""
+    for event in reversed(events):
+        if event.get("kind") == "contention":
+            data = event.get("data") or {}
+            return event.get("message") if data.get("alert") == ALERT else None
+    return None
 
 
 class SystemView(Widget, can_focus=True):
@@ -71,6 +93,12 @@ class SystemView(Widget, can_focus=True):
     threads: reactive[Optional[int]] = reactive(None)
     """The run's configured `threads:` (None when the config summary lacks it)."""
     live: reactive[bool] = reactive(False)
+    contention: reactive[Optional[str]] = reactive(None)
+    """The active oversubscribed alert's message (the daemon's diagnosis), None when there is none."""
+
+    def __init__(self, *, id: Optional[str] = None) -> None:
+        super().__init__(id=id)
+        self.events_key: object = None
 
     def render(self) -> Text:
         s = self.system
@@ -79,12 +107,12 @@ class SystemView(Widget, can_focus=True):
             return Text(why, style="dim")
         width = max(30, self.size.width - 2 if self.size.width else 78)
         lines = [self._summary(s), *self._cores(s, width), Text(""), *self._table(s, width)]
+        if self.contention:
+            lines += [Text(""), Text(self.contention, style=self.get_component_rich_style("system-view--warn"))]
         threads = s.get("trainer_threads")
         if threads:
             lines += [Text(""), *self._threads(threads, width)]
-        for line in lines:
-            line.no_wrap = True
-            line.overflow = "ellipsis"
+        # every line but the alert's is laid out to fit `width`; the alert wraps, whole
         return Text("\n").join(lines)
 
     def _summary(self, s: dict) -> Text:
@@ -119,12 +147,14 @@ class SystemView(Widget, can_focus=True):
             return [Text("no process table (the daemon is older than this TUI)", style="dim")]
         cores = cores_of(s)
         others = sum(r["cpu"] for r in rows if r.get("role") == "other")
-        bar_width = max(0, min(30, width - 52))
+        fixed = 34  # pid, role, cpu, rss and the gaps
+        name_width = max(8, min(max(len(r["name"]) for r in rows) + 1 if rows else 8, width - fixed - 8))
+        bar_width = max(0, min(30, width - fixed - name_width))
         title = self.get_component_rich_style("system-view--title")
-        lines = [Text(f"{'PID':>7}  {'ROLE':<8}{'NAME':<16}{'CPU%':>6}  {'':<{bar_width}}{'RSS':>9}", style=title)]
+        lines = [Text(f"{'PID':>7}  {'ROLE':<8}{'NAME':<{name_width}}{'CPU%':>6}  {'':<{bar_width}}{'RSS':>9}", style=title)]
         bar_style = self.get_component_rich_style("system-view--bar")
         for row in rows:
-            line = Text(f"{row['pid']:>7}  {row.get('role', ''):<8}{row['name'][:15]:<16}{row['cpu']:>6.1f}  ",
+            line = Text(f"{row['pid']:>7}  {row.get('role', ''):<8}{cut(row['name'], name_width - 1):<{name_width}}{row['cpu']:>6.1f}  ",
                         style=ROLE_STYLE.get(row.get("role"), ""))
             if bar_width:
                 line.append(fmt.bar(min(1.0, row["cpu"] / (100 * cores)), bar_width, empty=" "), bar_style)

@@ -1,6 +1,8 @@
 """The phase timeline: one segment per phase, sized by planned duration, with a marker for now."""
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -189,8 +191,11 @@ class PhaseTimeline(Widget):
             segment = [DONE] * done + [LEFT] * (n - done)
             if i > 0:
                 segment[0] = BOUNDARY
-            for j, ch in enumerate(segment):
-                bar.append(ch, done_style if (j < done and ch != BOUNDARY) else left_style)
+            # One span per run of a style, not per cell: every span becomes a segment to compose and an
+            # escape sequence to write, and this bar is redrawn at every step.
+            styled = [(ch, done_style if (j < done and ch != BOUNDARY) else left_style) for j, ch in enumerate(segment)]
+            for style, run in itertools.groupby(styled, key=lambda cell: cell[1]):
+                bar.append("".join(ch for ch, _ in run), style)
             if span.start_step <= self.step < span.end_step or (i == len(self.spans) - 1 and self.step >= span.end_step):
                 marker[min(width - 1, offset + max(0, min(n - 1, done)))] = NOW
             labels.append(self._label(i, n).ljust(n)[:n])

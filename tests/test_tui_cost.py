@@ -1,0 +1,157 @@
+"""What the attached TUI costs: repaints only of what changed, and the `+`/`-` refresh rate.
+
+The CPU figures themselves come from bench/tui.py (timed tests would fail on a busy box); these
+tests count what the figures depend on: which widgets render again for a frame.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tui_fakes  # noqa: E402
+from tui_fakes import wait_for  # noqa: E402
+from pilot import async_test, make_app  # noqa: E402
+
+from textual.widget import Widget  # noqa: E402
+
+from tui import messages, refresh_rate  # noqa: E402
+from tui.screens.run import RunScreen  # noqa: E402
+
+BIG = (160, 48)
+
+
+@pytest.fixture
+def renders(monkeypatch):
+    """Counts `Widget._render_content` calls (a widget's content rebuilt) per widget."""
+    counts: collections.Counter = collections.Counter()
+    original = Widget._render_content
+
+    def counting(self):
+        counts[f"{type(self).__name__}#{self.id}"] += 1
+        return original(self)
+
+    monkeypatch.setattr(Widget, "_render_content", counting)
+    return counts
+
+
+def recorded(kind: str) -> dict:
+    """The last frame of `kind` in the recording (what the screen already shows once it is live)."""
+    return [f for f in tui_fakes.read_stream() if f["type"] == kind][-1]
+
+
+def is_live(app) -> bool:
+    return isinstance(app.screen, RunScreen) and app.screen.link_state == "live" and \
+        app.screen.model.step == tui_fakes.LIVE_STEP
+
+
+async def settle(pilot) -> None:
+    """Let the posted messages be handled and the repaint they asked for be composed."""
+    for _ in range(3):
+        await pilot.pause(0.05)
+
+
+@async_test
+async def test_identical_frames_repaint_nothing(live_run, renders):
+    """N frames that repeat what the dashboard shows must not rebuild any widget (the idle cost)."""
+    run_dir, _ = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=BIG) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        await settle(pilot)
+        screen = app.screen
+        painted = collections.Counter()
+        original = screen.refresh_widgets
+        screen.refresh_widgets = lambda: (painted.update(["refresh"]), original())
+        renders.clear()
+        for _ in range(5):
+            screen.post_message(messages.ProgressReceived(dict(recorded("progress"))))
+            screen.post_message(messages.SystemReceived(dict(recorded("system"))))
+            await settle(pilot)
+        assert painted["refresh"] >= 5, "the frames did not reach refresh_widgets: the test tests nothing"
+        assert not renders, f"widgets rebuilt for frames that changed nothing: {dict(renders)}"
+
+
+@async_test
+async def test_a_new_system_sample_repaints_only_what_shows_it(live_run, renders):
+    run_dir, _ = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=BIG) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        await settle(pilot)
+        renders.clear()
+        app.screen.post_message(messages.SystemReceived(tui_fakes.system_sample(tui_fakes.T0 + 5, load=3.25)))
+        await settle(pilot)
+        assert renders["SystemPanel#system"] >= 1
+        assert set(renders) <= {"SystemPanel#system", "RunHeader#header"}, dict(renders)
+
+
+# ----------------------------------------------------------------------------- refresh rate (+/-)
+def test_refresh_steps_like_btop():
+    assert [refresh_rate.faster(s) for s in refresh_rate.STEPS] == [0.25, 0.25, 0.5, 1.0, 2.0]
+    assert [refresh_rate.slower(s) for s in refresh_rate.STEPS] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert refresh_rate.faster(0.0) == 0.25 and refresh_rate.slower(0.0) == 0.25  # tests paint at 0 s
+    assert refresh_rate.faster(3.0) == 2.0 and refresh_rate.slower(3.0) == 4.0  # between steps
+    assert refresh_rate.label(2.0) == "2000ms" and refresh_rate.label(0.25) == "250ms"
+    assert refresh_rate.DEFAULT in refresh_rate.STEPS
+
+
+def footer_keys(app) -> dict[str, str]:
+    from textual.widgets._footer import FooterKey
+
+    return {key.key_display: key.description for key in app.screen.query(FooterKey)}
+
+
+def rates(app) -> tuple:
+    screen = app.screen
+    return app.refresh_interval, screen.refresh_interval, screen.link.hold
+
+
+@async_test
+async def test_plus_minus_change_the_refresh_rate_shown_in_the_footer(live_run):
+    run_dir, _ = live_run
+    app = make_app(run_dir, refresh_interval=refresh_rate.DEFAULT)
+    async with app.run_test(size=BIG) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        assert footer_keys(app).get("+/-") == "2000ms"
+        await pilot.press("plus")
+        await pilot.pause()
+        assert rates(app) == (1.0, 1.0, 1.0)
+        assert footer_keys(app).get("+/-") == "1000ms"
+        for _ in range(3):
+            await pilot.press("minus")
+        await pilot.pause()
+        assert rates(app) == (4.0, 4.0, 4.0)  # the slowest step stays
+        assert footer_keys(app).get("+/-") == "4000ms"
+        for _ in range(6):
+            await pilot.press("plus")
+        await pilot.pause()
+        assert rates(app) == (0.25, 0.25, 0.25)
+        assert footer_keys(app).get("+/-") == "250ms"
+
+
+@async_test
+async def test_the_refresh_rate_is_kept_for_the_session(live_run):
+    """A run opened later (from the picker) repaints at the rate chosen before."""
+    run_dir, _ = live_run
+    app = make_app(None, refresh_interval=refresh_rate.DEFAULT, lister=lambda root: [])
+    async with app.run_test(size=BIG) as pilot:
+        await pilot.pause()
+        await pilot.press("plus")  # on the picker: not its pace, the key does nothing
+        assert app.refresh_interval == refresh_rate.DEFAULT
+        assert "+/-" not in footer_keys(app)
+        app.attach(run_dir)
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        await pilot.press("plus")
+        await pilot.pause()
+        assert rates(app) == (1.0, 1.0, 1.0)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RunScreen), what="the picker")
+        app.attach(run_dir)
+        await wait_for(pilot, lambda: is_live(app), what="the dashboard again")
+        assert rates(app) == (1.0, 1.0, 1.0)
+        assert footer_keys(app).get("+/-") == "1000ms"
