@@ -278,7 +278,7 @@ def test_evaluation_text_of_a_result():
     assert str(ev.calibration_text({"temperature": 0.5, "calibration_split": "val"})) == (
         "Calibration: temperature 0.5000 (fitted on val)")
     rows = ev.per_class_rows(result["per_class"], ["fm", "tone"])  # the run's class order first
-    assert [r[0] for r in rows][:3] == ["fm", "tone", "am"]
+    assert [str(r[0]) for r in rows][:3] == ["fm", "tone", "am"]  # Text: a class name is never markup
     assert ev.result_title(result, fmt.frozen_clock(0)) == "test split · best weights (step 6,000) · n 508 · 2026-01-01 00:00"
     assert ev.stale_note(result, 6000) is None and ev.stale_note(result, 7000).startswith("best.pt is now from step 7,000")
     assert ev.stale_note(dict(result, weights="last"), 7000) is None
