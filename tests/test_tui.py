@@ -18,7 +18,7 @@ from tui.app import LonghaulApp, run_attach  # noqa: E402
 from tui.screens.dialogs import ConfirmScreen, SummaryScreen  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 from tui.widgets.feeds import FeedTail, LogTail  # noqa: E402
-from tui.widgets.alerts import AlertBar  # noqa: E402
+from tui.widgets.alerts import AlertBar, layout  # noqa: E402
 from tui.widgets.header import RunHeader  # noqa: E402
 from tui.widgets.timeline import PhaseTimeline  # noqa: E402
 
@@ -35,7 +35,9 @@ def header_text(app) -> str:
 
 
 def alert_text(app) -> str:
-    return str(app.screen.query_one(AlertBar).render())
+    """Every word of the alert bar, as if it were wide enough (tests/test_tui_alerts.py checks
+    what gives way when it is not)."""
+    return str(layout(app.screen.query_one(AlertBar).info, 0, narrow=False))
 
 
 def is_live(app, step: int = tui_fakes.LIVE_STEP) -> bool:
@@ -61,7 +63,10 @@ async def test_attach_shows_the_snapshot_and_live_frames(live_run):
         assert timeline.eta_labels[0] == "done" and timeline.eta_labels[1] == "3h59m"
         events = str(app.screen.query_one("#dash-events", FeedTail).render())
         assert "trainer crashed" in events and "checkpoint step 5000" in events
-        assert "swap in use" in alert_text(app)  # the newest warning is visible from every view
+        # the most severe alert is visible from every view (the restart ended with the progress)
+        assert "ERROR" in alert_text(app) and "trainer crashed" in alert_text(app)
+        await pilot.press("a")  # acknowledged: the next one shows
+        assert "swap in use" in alert_text(app) and "1 acknowledged" in alert_text(app)
         assert daemon.requests == []
 
 

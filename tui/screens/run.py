@@ -22,7 +22,6 @@ from typing import Optional
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
@@ -43,8 +42,8 @@ from tui.screens.run_evaluation import RunEvaluation
 from tui.widgets.dashboard import Dashboard
 from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options, option_result
-from tui.widgets.feeds import EventList, LogTail
-from tui.widgets.alerts import AlertBar, AlertInfo
+from tui.widgets.alerts import AlertBar
+from tui.widgets.events_view import EventsView
 from tui.widgets.header import HeaderInfo, RunHeader
 from tui.widgets.processes import SystemView, show_system
 
@@ -59,6 +58,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         Binding("r", "resume_run", "Resume run"),
         Binding("f", "summary", "Summary"),
         Binding("t", "per_class", "Per class", show=False),
+        Binding("a", "acknowledge", "Ack alert"),
         Binding("escape", "back", "Runs", show=False),
         Binding("tab", "next_view", "View", priority=True),
         Binding("1", "view('dashboard')", "Dashboard", show=False),
@@ -287,6 +287,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         await self._build_view(event.pane)
         if event.pane.id == "detail":
             self.query_one("#metric-list").focus()
+        elif event.pane.id == "events":
+            self.query_one(EventsView).focus()
         self.refresh_bindings()
         self._request_refresh()
 
@@ -301,14 +303,19 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         if pane.id == "detail":
             await pane.mount(DetailView(id="detail-view"))
         elif pane.id == "events":
-            await pane.mount(Vertical(EventList(self.clock, id="all-events", wrap=True),
-                                      LogTail(self.clock, id="all-log", max_lines=500), id="events-view"))
+            await pane.mount(EventsView(self.clock, id="events-feeds"))
         elif pane.id == "system":
             await pane.mount(SystemView(id="system-view"))
 
     def _set_action(self, text: str, level: str) -> None:
         self.action_status = (text, level)
+        self.query_one(AlertBar).set_action(text, level)
         self._request_refresh()
+
+    def action_acknowledge(self) -> None:
+        """`a`: the alert in front steps aside (it stays counted until it is resolved)."""
+        if self.query_one(AlertBar).acknowledge() is None:
+            self._set_action("no alert to acknowledge", "info")
 
     # ------------------------------------------------------------------ painting
     def watch_link_state(self) -> None:
@@ -344,8 +351,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         """Push the model into every widget (widgets repaint only what changed)."""
         model = self.model
         self.query_one(RunHeader).info = HeaderInfo.from_model(model, self.link_state, self.clock)
-        self.query_one(AlertBar).info = AlertInfo.from_model(model, self.link_state, self.disconnect,
-                                                             self.action_status, self.clock)
+        self.query_one(AlertBar).show(model, self.link_state, self.disconnect, self.clock)
         active = self.query_one("#views", TabbedContent).active
         if active == "dashboard":
             self.query_one(Dashboard).show(model, live=self.link_state == "live")
@@ -353,9 +359,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             self._refresh_detail()
         elif active == "system" and self.query("#system-view"):
             show_system(self.query_one(SystemView), model, live=self.link_state == "live")
-        elif active == "events" and self.query("#all-events"):
-            for feed in (self.query_one("#all-events", EventList), self.query_one("#all-log", LogTail)):
-                feed.sync(model)
+        elif active == "events" and self.query(EventsView):
+            self.query_one(EventsView).show(model)
 
     def _refresh_detail(self) -> None:
         view = self.query_one(DetailView)
