@@ -214,3 +214,24 @@ async def test_contention_alert_shows_in_the_bar_and_ends_with_its_resolution(tm
             await wait_for(pilot, lambda: "oversubscribed" not in bar(), what="the alert ended")
     finally:
         daemon.close()
+
+
+@async_test
+async def test_many_cores_take_few_rows():
+    from textual.app import App
+
+    class Host(App):
+        def compose(self):
+            yield SystemView()
+
+    app = Host()
+    async with app.run_test(size=SMALL) as pilot:
+        view = app.query_one(SystemView)
+        view.system = system_body(cpu_percent=[float(i % 100) for i in range(64)], cores=64)
+        await pilot.pause()
+        core_lines = [line for line in lines(view) if line.startswith("cpu")]
+        assert len(core_lines) == 2 and core_lines[-1].endswith("% avg"), core_lines
+        assert all(len(line) <= 78 for line in core_lines), core_lines
+        view.system = system_body(cpu_percent=[50.0] * 6, cores=6)  # three bars a row at 80 columns: two rows
+        await pilot.pause()
+        assert [line[:4] for line in lines(view) if line.startswith("cpu")] == ["cpu0", "cpu3"]
