@@ -75,7 +75,7 @@ async def test_system_view_shows_processes_and_threads_at_both_sizes(tmp_path, r
                 assert any("loader" in line and "48230" in line for line in text)
                 assert "other processes: 66% of one core, 1.3 of 2 cores left for the trainer" in text
                 assert "trainer threads: 2 busy of 3 shown, `threads: 2` in the config" in text
-                assert all(len(line) <= view.size.width - 2 for line in text), (size, text)
+                assert all(len(line) <= view.size.width for line in text), (size, text)
                 # what the widget draws is what the terminal shows: nothing is cut at 80 columns
                 assert all(not line.endswith("…") for line in text)
     finally:

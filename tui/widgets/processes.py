@@ -107,7 +107,7 @@ class SystemView(Widget, can_focus=True):
         if not s:
             why = "waiting for the first system sample" if self.live else "system samples come from a live run"
             return Text(why, style="dim")
-        width = max(30, self.size.width - 2 if self.size.width else 78)
+        width = max(30, self.size.width or 78)  # the content width (inside the padding)
         lines = [self._summary(s), *self._cores(s, width), Text(""), *self._table(s, width)]
         if self.contention:
             lines += [Text(""), Text(self.contention, style=self.get_component_rich_style("system-view--warn"))]
