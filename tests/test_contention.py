@@ -144,9 +144,10 @@ DATA = Path(__file__).parent / "data"
 
 
 def replay(name: str) -> tuple[dict, list[tuple[float, object]]]:
-    """Feed a recorded run (tests/data/contention_*.jsonl: a ResNet-18 at `threads: 2` on this
-    2-core box while other sessions kept it at load 7-9, progress and system frames as the
-    daemon got them) through a ContentionWatch; (marks, [(time, decision)])."""
+    """Feed a recorded run (tests/data/contention_*.jsonl: a tiny ResNet-18 at `threads: 2` on a
+    shared 2-core box, the progress and system frames a client of its daemon got, and `marks`:
+    seconds from the start to when busy loops were started and killed) through a
+    ContentionWatch; (marks, [(time, decision)])."""
     watch = ContentionWatch(threads=2)
     marks, decisions = {}, []
     for line in (DATA / name).read_text().splitlines():
@@ -163,7 +164,7 @@ def replay(name: str) -> tuple[dict, list[tuple[float, object]]]:
 
 
 def test_recorded_run_one_fast_step_does_not_set_the_best():
-    # Run 1: one step read 28 samples/s among 4-10; judged alone it made the best 19 and started
+    # Runs 1 and 2: other sessions kept the box at load 7-9 all along. Run 1: one step read 28 samples/s among 4-10; judged alone it made the best 19 and started
     # the alert 43 s in. The median of 5 rates puts the best near 10, so it starts once the rate
     # really fell (the box was loaded by other sessions), and ends when they went quiet.
     marks, decisions = replay("contention_run1.jsonl")
@@ -180,6 +181,17 @@ def test_recorded_run_stays_oversubscribed_while_the_box_is_loaded():
     assert len(decisions) == 1
     start_at, start = decisions[0]
     assert start.starts and start_at < marks["hogs"] and start.data["samples_per_s"] < 6
+
+
+def test_recorded_run_alert_comes_with_busy_loops_and_goes_with_them():
+    # Run 3, the box quiet (load 2): 122 samples/s (median) before, three `python -c 'while 1:
+    # pass'` for 22 s: 15 samples/s; after: 151. The alert must come within 15 s of the loops
+    # and end within 10 s of killing them, naming them and the fix.
+    marks, decisions = replay("contention_run3.jsonl")
+    (start_at, start), (end_at, end) = decisions
+    assert 0 < start_at - marks["hogs"] < 15 and "python -c while 1: pass (pid" in start.message
+    assert "Fix: stop python -c while 1: pass, or start the next run with `threads: 1`" in start.message
+    assert 0 < end_at - marks["hogs_killed"] < 10 and end.data["resolves"] == ALERT
 
 
 # ----------------------------------------------------------------------------- the sampler

@@ -14,6 +14,7 @@ from pilot import async_test, make_app  # noqa: E402
 from textual.geometry import Region  # noqa: E402
 
 from trainer.run.sockets import socket_path  # noqa: E402
+from tui import messages  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 from tui.widgets.processes import SystemView  # noqa: E402
 from tui.widgets.system import SystemPanel  # noqa: E402
@@ -74,7 +75,7 @@ async def test_system_view_shows_processes_and_threads_at_both_sizes(tmp_path, r
                 assert any("loader" in line and "48230" in line for line in text)
                 assert "other processes: 66% of one core, 1.3 of 2 cores left for the trainer" in text
                 assert "trainer threads: 2 busy of 3 shown, `threads: 2` in the config" in text
-                assert all(len(line) <= view.size.width - 2 for line in text), (size, text)
+                assert all(len(line) <= view.size.width for line in text), (size, text)
                 # what the widget draws is what the terminal shows: nothing is cut at 80 columns
                 assert all(not line.endswith("…") for line in text)
     finally:
@@ -184,3 +185,53 @@ async def test_active_contention_alert_is_shown_whole_in_the_view(tmp_path, runt
             assert view.contention is None
     finally:
         daemon.close()
+
+
+@async_test
+async def test_contention_alert_shows_in_the_bar_and_ends_with_its_resolution(tmp_path, runtime_dir, live_process):
+    from tui.widgets.alerts import AlertBar
+
+    message = "oversubscribed: load 3.9 on 2 cores and samples/s fell to 6 (best 19); busiest other processes: x"
+    frames = frames_with(system_body())
+    frames.append(tui_fakes.event(900, tui_fakes.T0 + 1, "contention", "warning", message, alert="oversubscribed"))
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
+    daemon = DaemonThread(socket_path(run_dir), run_dir, frames=frames).start()
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=LARGE) as pilot:
+            await wait_for(pilot, lambda: live(app), what="the live dashboard")
+
+            def bar() -> str:
+                return str(app.screen.query_one(AlertBar).render())
+
+            await wait_for(pilot, lambda: "oversubscribed" in app.screen.query_one(AlertBar).book.active,
+                           what="the alert in the bar's book")
+            await pilot.press("a")  # the recording's crash (an error) goes first; acknowledged, it steps aside
+            await wait_for(pilot, lambda: "oversubscribed: load 3.9" in bar(), what="the alert in the bar")
+            end = tui_fakes.event(901, tui_fakes.T0 + 2, "contention", "info", "contention over: samples/s back to 18",
+                                  resolves="oversubscribed")
+            app.screen.post_message(messages.EventsReceived(end))
+            await wait_for(pilot, lambda: "oversubscribed" not in bar(), what="the alert ended")
+    finally:
+        daemon.close()
+
+
+@async_test
+async def test_many_cores_take_few_rows():
+    from textual.app import App
+
+    class Host(App):
+        def compose(self):
+            yield SystemView()
+
+    app = Host()
+    async with app.run_test(size=SMALL) as pilot:
+        view = app.query_one(SystemView)
+        view.system = system_body(cpu_percent=[float(i % 100) for i in range(64)], cores=64)
+        await pilot.pause()
+        core_lines = [line for line in lines(view) if line.startswith("cpu")]
+        assert len(core_lines) == 2 and core_lines[-1].endswith("% avg"), core_lines
+        assert all(len(line) <= 78 for line in core_lines), core_lines
+        view.system = system_body(cpu_percent=[50.0] * 6, cores=6)  # three bars a row at 80 columns: two rows
+        await pilot.pause()
+        assert [line[:4] for line in lines(view) if line.startswith("cpu")] == ["cpu0", "cpu3"]

@@ -248,7 +248,7 @@ class Daemon:
     def _on_progress(self, msg: dict) -> None:
         self.progress = {k: v for k, v in msg.items() if k != "type"}
         self.preparing = None
-        self.contention.progress((msg["metrics"] or {}).get("samples_per_s"), msg["phase"])
+        self.contention.progress((msg.get("metrics") or {}).get("samples_per_s"), msg.get("phase"))
         if self.state == "starting":
             self.set_state("running", "training")
         self.hub.send_progress(msg)

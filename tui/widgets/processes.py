@@ -14,12 +14,14 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from trainer.contention import ALERT
-from tui import fmt
+from tui import braille, fmt
 
 BUSY_THREAD = 10.0
 """% of one core above which a trainer thread counts as busy."""
 CORE_CELL = 26
 """Columns of one core's bar, label and percentage in the core grid."""
+MAX_CORE_ROWS = 3
+"""Rows of per-core bars; more cores are drawn one block each."""
 ROLE_STYLE = {"trainer": "bold", "loader": "", "daemon": "dim", "other": ""}
 
 
@@ -105,7 +107,7 @@ class SystemView(Widget, can_focus=True):
         if not s:
             why = "waiting for the first system sample" if self.live else "system samples come from a live run"
             return Text(why, style="dim")
-        width = max(30, self.size.width - 2 if self.size.width else 78)
+        width = max(30, self.size.width or 78)  # the content width (inside the padding)
         lines = [self._summary(s), *self._cores(s, width), Text(""), *self._table(s, width)]
         if self.contention:
             lines += [Text(""), Text(self.contention, style=self.get_component_rich_style("system-view--warn"))]
@@ -126,10 +128,18 @@ class SystemView(Widget, can_focus=True):
         return text
 
     def _cores(self, s: dict, width: int) -> list[Text]:
-        """A grid of per-core bars, as many per row as fit."""
+        """A grid of per-core bars, as many per row as fit; a many-core box gets one block per
+        core instead, so the process table stays on screen at 80x24."""
         values = [float(v) for v in s.get("cpu_percent") or ()]
         per_row = max(1, width // CORE_CELL)
         bar_style = self.get_component_rich_style("system-view--bar")
+        if len(values) > per_row * MAX_CORE_ROWS:
+            per_line = max(8, width - 17)  # the label and the average after the last block
+            mean = sum(values) / len(values)
+            lines = [Text.assemble(f"cpu{start:<4} ", (braille.spark(values[start:start + per_line], 0.0, 100.0), bar_style))
+                     for start in range(0, len(values), per_line)]
+            lines[-1].append(f" {mean:.0f}% avg")
+            return lines
         rows = []
         for start in range(0, len(values), per_row):
             row = Text()

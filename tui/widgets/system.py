@@ -106,7 +106,7 @@ class SystemPanel(Widget):
         lines.append(Text(f"swap  {self._used(s, 'swap')}   trainer rss {fmt.size(s.get('trainer_rss'))}"))
         lines.append(self._disk(s, long=True))
         lines.append(Text(f"disk writes {fmt.rate(s.get('disk_write_bps'))}"))
-        lines += [process_line(row, width - 2) for row in self._top_processes()]  # less the padding
+        lines += [process_line(row, width) for row in self._top_processes()]
         return lines
 
     def _compact(self, s: dict) -> list[Text]:
