@@ -17,6 +17,7 @@
 Prints a human summary, then one JSON line last.
 
     python bench/tui.py [--seconds 20] [--steps 1000000] [--size 160x48] [--skip-cpu] [--skip-load] [--app DIR]
+        [--refresh SECONDS]
 """
 from __future__ import annotations
 
@@ -91,6 +92,11 @@ def stream_rates() -> list[str]:
     return ["--progress-hz", f"{progress_hz:g}", "--system-hz", f"{system_hz:g}", "--log-hz", "1", "--event-hz", "0.1"]
 
 
+def refresh_option() -> dict:
+    """The app's keyword options from --refresh (none: the app's default refresh interval)."""
+    return json.loads(os.environ.get("LONGHAUL_BENCH_APP_OPTIONS", "{}"))
+
+
 def owner_process() -> subprocess.Popen:
     """A live process whose argv says longhaul, so state.json's pid reads as a running run."""
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "longhaul-bench-owner"])
@@ -110,7 +116,7 @@ def child_headless(run_dir: str, size: str, warmup: float, seconds: float) -> No
     from tui.screens.run import RunScreen
 
     width, height = (int(v) for v in size.split("x"))
-    app = LonghaulApp(Path(run_dir), Path(run_dir).parent)
+    app = LonghaulApp(Path(run_dir), Path(run_dir).parent, **refresh_option())
     result = {}
 
     async def measure() -> None:
@@ -216,7 +222,8 @@ def bench_cpu_pty(root: Path, env: dict, size: str, seconds: float, warmup: floa
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from tui.app import LonghaulApp; "
-            "LonghaulApp(Path(sys.argv[2]), Path(sys.argv[2]).parent).run()")
+            "import json, os; LonghaulApp(Path(sys.argv[2]), Path(sys.argv[2]).parent, "
+            "**json.loads(os.environ.get('LONGHAUL_BENCH_APP_OPTIONS', '{}'))).run()")
     app = subprocess.Popen([sys.executable, "-c", code, str(APP_ROOT), str(run_dir)], stdin=slave, stdout=slave,
                            stderr=slave, env=dict(env, TERM="xterm-256color", COLUMNS=str(width), LINES=str(height)),
                            start_new_session=True)
@@ -304,6 +311,7 @@ def main() -> None:
     parser.add_argument("--size", default="160x48", help="terminal size WxH")
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--refresh", type=float, help="the TUI's refresh interval (default: the app's default)")
     parser.add_argument("--app", metavar="DIR", help="measure the TUI of another checkout (e.g. the code before a "
                         "change) with this tree's benchmark and fake daemon")
     args = parser.parse_args()
@@ -313,9 +321,11 @@ def main() -> None:
     if args.app:  # before anything uses APP_ROOT: this process (the pty variant) and the children
         APP_ROOT = Path(args.app).resolve()
         os.environ["LONGHAUL_BENCH_APP"] = str(APP_ROOT)
+    if args.refresh is not None:
+        os.environ["LONGHAUL_BENCH_APP_OPTIONS"] = json.dumps({"refresh_interval": args.refresh})
     env = dict(os.environ, XDG_RUNTIME_DIR=runtime, PYTHONPATH=str(APP_ROOT))
     os.environ["XDG_RUNTIME_DIR"] = runtime
-    summary: dict = {"app": str(APP_ROOT), "size": args.size, "seconds": args.seconds, "steps": args.steps, "cpus": os.cpu_count(),
+    summary: dict = {"app": str(APP_ROOT), "refresh": args.refresh or "default", "size": args.size, "seconds": args.seconds, "steps": args.steps, "cpus": os.cpu_count(),
                      "load_average_1m_before": round(os.getloadavg()[0], 2)}
     try:
         if not args.skip_cpu:

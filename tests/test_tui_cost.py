@@ -155,3 +155,30 @@ async def test_the_refresh_rate_is_kept_for_the_session(live_run):
         await wait_for(pilot, lambda: is_live(app), what="the dashboard again")
         assert rates(app) == (1.0, 1.0, 1.0)
         assert footer_keys(app).get("+/-") == "1000ms"
+
+
+# ----------------------------------------------------------------------------- the link's hold
+@async_test
+async def test_the_link_gathers_shown_frames_for_one_refresh_but_posts_events_at_once(tmp_path):
+    import asyncio
+
+    from tui.link import DashboardLink
+
+    posted: list = []
+    link = DashboardLink(tmp_path, posted.append, hold=0.1)
+    progress = [dict(recorded("progress"), step=step) for step in range(10, 15)]
+    for frame in progress:
+        link._deliver(messages.ProgressReceived, frame)
+    link._deliver(messages.EventsReceived, tui_fakes.event(1, tui_fakes.T0, "checkpoint", "info", "saved"))
+    assert [type(m) for m in posted] == [messages.EventsReceived]  # an event answers a request: no wait
+    await asyncio.sleep(0.15)
+    assert [type(m) for m in posted] == [messages.EventsReceived, messages.ProgressReceived]
+    merged = posted[-1]
+    assert merged.progress["step"] == 14 and [f["step"] for f in merged.earlier] == [10, 11, 12, 13]
+
+    link._deliver(messages.ProgressReceived, progress[0])  # posted, not yet taken: merged into it
+    merged.take()
+    link._deliver(messages.ProgressReceived, progress[1])
+    await link._close()  # a lost connection: what was held belongs to the old stream
+    await asyncio.sleep(0.15)
+    assert len(posted) == 2

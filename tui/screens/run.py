@@ -33,7 +33,7 @@ from trainer.run.errors import StateFileError
 from trainer.run.evaluation import EvaluationWatch
 from trainer.run.rundir import RunDir
 from trainer.run.state import effective_state
-from tui import fmt, messages
+from tui import fmt, messages, refresh_rate
 from tui.link import DashboardLink, NotConnected
 from tui.model import ACTIVE_STATES, RunModel
 from tui.offline import load_run_dir
@@ -73,7 +73,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
     action_status: reactive[tuple[str, str]] = reactive(("", "info"))
     """Feedback of the last request: (text, level)."""
 
-    def __init__(self, run_dir: Path, clock: fmt.Clock, *, refresh_interval: float = 1.0,
+    def __init__(self, run_dir: Path, clock: fmt.Clock, *, refresh_interval: float = refresh_rate.DEFAULT,
                  link_retry_max: float = 5.0, resume_argv: Optional[list[str]] = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
