@@ -82,6 +82,9 @@ async def test_a_new_system_sample_repaints_only_what_shows_it(live_run, renders
     app = make_app(run_dir)
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        # A first sample of the same shape (the process table's rows decide the panel's height):
+        # only a sample that changes the values, not the layout, is measured.
+        app.screen.post_message(messages.SystemReceived(tui_fakes.system_sample(tui_fakes.T0 + 4, load=2.5)))
         await settle(pilot)
         renders.clear()
         app.screen.post_message(messages.SystemReceived(tui_fakes.system_sample(tui_fakes.T0 + 5, load=3.25)))
