@@ -280,3 +280,27 @@ async def test_escape_goes_to_the_run_list_even_when_attached_by_name(tmp_path, 
         assert footer_keys(app).get("escape") == "Runs" and footer_keys(app).get("r") == "Resume run"
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen.query("#runs"), what="the run list")
+
+
+@async_test
+async def test_the_footer_fits_80_columns_and_offers_ack_only_with_an_alert(live_run):
+    """At 80x24 the footer was wider than the terminal (`? Help` cut off): it is compact below
+    120 columns, and `a Ack` is offered only while an alert is in front."""
+    from textual.widgets._footer import FooterKey
+
+    run_dir, _ = live_run
+    app = make_app(run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.link_state == "live",
+                       what="the live dashboard")
+        await pilot.pause(0.1)
+        bar = app.screen.query_one("AlertBar")
+        assert bar.book.top() is not None, "the recorded stream has a crash alert: the test needs one"
+        assert footer_keys(app).get("a") == "Ack"
+        keys = list(app.screen.query(FooterKey))
+        assert {k.description for k in keys} >= {"Help", "Ack", "Runs", "Stop"}
+        assert max(k.region.right for k in keys) <= 80, [(k.description, k.region) for k in keys]
+        while bar.book.top() is not None:
+            await pilot.press("a")
+            await pilot.pause(0.05)
+        await wait_for(pilot, lambda: "a" not in footer_keys(app), what="the ack key to go")

@@ -10,7 +10,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from trainer.cli import longhaul_command
 from trainer.fmt import best_text, samples_rate
@@ -18,6 +18,7 @@ from trainer.monitor import direction_of
 from trainer.run.state import RUN_STATES
 from trainer.run.status import list_runs
 from tui import fmt
+from tui.widgets.footer import KeyFooter
 from tui.widgets.header import STATE_STYLES
 
 #: (key, title) of the columns. Narrow terminals leave out the progress bar (the step column
@@ -140,7 +141,7 @@ class PickerScreen(Screen):
         yield Input(placeholder="filter: part of a run's name, state or model (Enter keeps it, Esc clears it)",
                     id="picker-filter")
         yield Static("", id="picker-empty")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.action_reload()

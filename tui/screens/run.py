@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, OptionList, TabbedContent, TabPane
+from textual.widgets import OptionList, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from trainer import protocol
@@ -44,6 +44,7 @@ from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options, option_result
 from tui.widgets.alerts import AlertBar
 from tui.widgets.events_view import EventsView
+from tui.widgets.footer import KeyFooter
 from tui.widgets.header import HeaderInfo, RunHeader
 from tui.widgets.processes import SystemView, show_system
 
@@ -59,7 +60,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         Binding("r", "resume_run", "Resume run", tooltip="Resume a stopped, interrupted or failed run (offline)"),
         Binding("f", "summary", "Summary", tooltip="Final summary: test metrics, calibration, confusion matrix"),
         Binding("t", "per_class", "Per class", show=False, tooltip="Per-class table of the newest evaluation"),
-        Binding("a", "acknowledge", "Ack alert", tooltip="Acknowledge the alert in front (counted until it ends)"),
+        Binding("a", "acknowledge", "Ack", tooltip="Acknowledge the alert in front (counted until it ends)"),
         Binding("escape", "back", "Runs", key_display="Esc", tooltip="Back to the run list"),
         Binding("tab", "next_view", "View", priority=True, tooltip="Next view"),
         Binding("1", "view('dashboard')", "Dashboard", show=False, tooltip="Dashboard view"),
@@ -102,7 +103,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             yield TabPane("2 Detail", id="detail")
             yield TabPane("3 Events & log", id="events")
             yield TabPane("4 System", id="system")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         try:
@@ -353,8 +354,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         """Push the model into every widget (widgets repaint only what changed)."""
         model = self.model
         self.query_one(RunHeader).info = HeaderInfo.from_model(model, self.link_state, self.clock)
-        self.sync_footer()
         self.query_one(AlertBar).show(model, self.link_state, self.disconnect, self.clock)
+        self.sync_footer()  # after the bar: `a` is offered only while an alert is in front
         active = self.query_one("#views", TabbedContent).active
         if active == "dashboard":
             self.query_one(Dashboard).show(model, live=self.link_state == "live")

@@ -17,6 +17,7 @@ from textual.widgets import TabbedContent
 from tui.model import ACTIVE_STATES, RESUMABLE_STATES
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.picker import PickerScreen
+from tui.widgets.alerts import AlertBar
 from tui.widgets.detail import DetailView
 from tui.widgets.evaluation import evaluation_options
 
@@ -50,12 +51,19 @@ class RunActions:
             return self.model.has_summary
         if action == "per_class":
             return bool(self.model.evaluation_result)
+        if action == "acknowledge":
+            return self._alert_in_front()
         return True
+
+    def _alert_in_front(self) -> bool:
+        bars = self.query(AlertBar)
+        return bool(bars) and bars.first().book.top() is not None
 
     def sync_footer(self) -> None:
         """Show the keys that work in the run's current state: the footer asks `check_action`
         again only when what it depends on changed (called on every repaint, so it is cheap)."""
-        key = (self.link_state, self.model.state, self.model.has_summary, bool(self.model.evaluation_result))
+        key = (self.link_state, self.model.state, self.model.has_summary, bool(self.model.evaluation_result),
+               self._alert_in_front())
         if key != getattr(self, "_footer_key", None):
             self._footer_key = key
             self.refresh_bindings()
