@@ -127,3 +127,21 @@ def test_a_checkpoint_request_right_after_a_checkpoint_writes_nothing(tmp_path):
     assert answers[7]["data"]["outcome"] == "done" and answers[7]["data"]["written"] is False
     path5 = [e["data"]["path"] for e in events if e["kind"] == "checkpoint" and e["data"]["step"] == 5][0]
     assert answers[8]["message"] == f"checkpoint written at step 5: {path5}" and answers[8]["data"]["written"]
+
+
+def test_the_checkpoint_interval_counts_from_the_first_step_not_from_the_set_up(tmp_path, monkeypatch):
+    from trainer import models
+
+    build = models.build_model
+
+    def slow_build(*args, **kwargs):  # a set-up longer than the interval (a data check of minutes)
+        import time
+
+        time.sleep(0.6)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(models, "build_model", slow_build)
+    publisher = Recorder(tmp_path, queue.SimpleQueue(), stop_at=-1)
+    # 2 steps of a 3-step epoch in well under the interval: only the final checkpoint
+    assert Trainer(tiny_cfg(max_steps=2, **{"checkpoint.interval_seconds": 0.5}), tmp_path, publisher).run() == "finished"
+    assert [e["data"]["step"] for e in read_events(tmp_path) if e["kind"] == "checkpoint"] == [2]

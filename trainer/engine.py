@@ -261,6 +261,7 @@ class Trainer:
                               parameters=params, step=self.state.step)
         self.event("state", "info", "running", state="running")
         self.tick = time.monotonic()
+        self.checkpoints.last_time = self.tick  # else a set-up longer than the interval checkpoints step 1
         while True:
             self._train_until_stop()
             result = self.finish()
