@@ -255,10 +255,7 @@ class Trainer:
     def train(self) -> str:
         """Train until the plan (or max_steps) is done, early stopping triggers, or a stop
         request arrives."""
-        params = sum(p.numel() for p in self.model.parameters())
-        setup_stages.announce(self.event, "ready", f"ready: {self.cfg.model.name} ({params:,} parameters), "
-                              f"training from step {self.state.step:,} of {self.plan.total_steps:,}",
-                              parameters=params, step=self.state.step)
+        setup_stages.ready(self.event, self.cfg.model.name, self.model, self.state.step, self.plan.total_steps)
         self.event("state", "info", "running", state="running")
         self.tick = time.monotonic()
         self.checkpoints.last_time = self.tick  # else a set-up longer than the interval checkpoints step 1

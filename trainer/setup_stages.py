@@ -29,3 +29,10 @@ def file_count_watcher(event: EventSink) -> Callable[[int, int], None]:
             announce(event, "data", f"checking data: {total:,} files", files=total)
 
     return watch
+
+
+def ready(event: EventSink, name: str, model, step: int, total_steps: int) -> None:
+    """The set-up is over: the first step comes next."""
+    params = sum(p.numel() for p in model.parameters())
+    announce(event, "ready", f"ready: {name} ({params:,} parameters), training from step {step:,} of {total_steps:,}",
+             parameters=params, step=step)
