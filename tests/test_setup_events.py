@@ -145,3 +145,12 @@ def test_the_checkpoint_interval_counts_from_the_first_step_not_from_the_set_up(
     # 2 steps of a 3-step epoch in well under the interval: only the final checkpoint
     assert Trainer(tiny_cfg(max_steps=2, **{"checkpoint.interval_seconds": 0.5}), tmp_path, publisher).run() == "finished"
     assert [e["data"]["step"] for e in read_events(tmp_path) if e["kind"] == "checkpoint"] == [2]
+
+
+def test_the_console_prints_the_epoch_a_person_reads_and_the_last_step_once(tmp_path, capsys):
+    publisher = ConsolePublisher(tmp_path, "console")
+    body = {"step": 12, "total_steps": 12, "epoch": 2, "total_epochs": 2, "phase_name": "only", "metrics": {}}
+    publisher.progress(body)  # the end of a run is published twice (the last step, then finish)
+    publisher.progress(body)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert lines == ["step 12/12 | ep 2/2 | only"]  # was `ep 3/2`, printed twice
