@@ -41,7 +41,7 @@ from trainer.disk_space import DiskSpace
 from trainer.ema import make_ema, slow_ema_alert
 from trainer.evaluation import Evaluation
 from trainer.history import HistoryWriter, LossSmoother
-from trainer.metrics import monitor_problem
+from trainer.monitor import monitor_problem
 from trainer.resume import resume
 from trainer.run.plan import write_plan
 from trainer.run.rundir import RunDir
