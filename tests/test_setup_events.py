@@ -57,7 +57,7 @@ def stages(events) -> list[str]:
 def test_setup_stages_come_in_order_before_the_first_step_and_again_on_resume(tmp_path):
     first = train_until(tmp_path, stop_at=2)
     events = read_events(tmp_path)
-    assert stages(events) == ["data", "data", "model", "ready"]
+    assert stages(events) == ["scan", "data", "model", "ready"]
     setup = [e for e in events if e["kind"] == "setup"]
     assert setup[1]["message"] == "checking data: 64 files" and setup[1]["data"]["files"] == 64
     assert setup[2]["message"] == "building model mfcc_mlp (4 classes)"
@@ -71,7 +71,7 @@ def test_setup_stages_come_in_order_before_the_first_step_and_again_on_resume(tm
     # the resumed worker sets up again, and says which checkpoint it loads
     train_until(tmp_path, stop_at=3)
     resumed = read_events(tmp_path)[len(events):]
-    assert stages(resumed) == ["data", "data", "model", "checkpoint", "ready"]
+    assert stages(resumed) == ["scan", "data", "model", "checkpoint", "ready"]
     loading = [e for e in resumed if e["kind"] == "setup" and e["data"]["stage"] == "checkpoint"][0]
     assert loading["message"] == "loading checkpoint step 2" and loading["data"]["step"] == 2
     assert "training from step 2 of 12" in [e for e in resumed if e["data"].get("stage") == "ready"][0]["message"]

@@ -36,7 +36,7 @@ from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
 from trainer.config import ConfigError, RunConfig
 from trainer.controls import Controls
 from trainer.allocator import keep_step_memory
-from trainer.data import DECODING, make_loader, mixup_batch, EpochSampler
+from trainer.data import make_loader, mixup_batch, EpochSampler
 from trainer.disk_space import DiskSpace
 from trainer.ema import make_ema, slow_ema_alert
 from trainer.evaluation import Evaluation
@@ -196,8 +196,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        setup_stages.announce(self.event, "data", "checking data")
-        with DECODING.watch(setup_stages.file_count_watcher(self.event)):
+        with setup_stages.data_stages(self.event, in_ram=cfg.data.store is None):
             self.data = run_data(self)  # prepares a missing store; a resume checks its fingerprint
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
