@@ -57,7 +57,7 @@ def stages(events) -> list[str]:
 def test_setup_stages_come_in_order_before_the_first_step_and_again_on_resume(tmp_path):
     first = train_until(tmp_path, stop_at=2)
     events = read_events(tmp_path)
-    assert stages(events) == ["data", "data", "model", "ready"]
+    assert stages(events) == ["scan", "data", "model", "ready"]
     setup = [e for e in events if e["kind"] == "setup"]
     assert setup[1]["message"] == "checking data: 64 files" and setup[1]["data"]["files"] == 64
     assert setup[2]["message"] == "building model mfcc_mlp (4 classes)"
@@ -71,7 +71,7 @@ def test_setup_stages_come_in_order_before_the_first_step_and_again_on_resume(tm
     # the resumed worker sets up again, and says which checkpoint it loads
     train_until(tmp_path, stop_at=3)
     resumed = read_events(tmp_path)[len(events):]
-    assert stages(resumed) == ["data", "data", "model", "checkpoint", "ready"]
+    assert stages(resumed) == ["scan", "data", "model", "checkpoint", "ready"]
     loading = [e for e in resumed if e["kind"] == "setup" and e["data"]["stage"] == "checkpoint"][0]
     assert loading["message"] == "loading checkpoint step 2" and loading["data"]["step"] == 2
     assert "training from step 2 of 12" in [e for e in resumed if e["data"].get("stage") == "ready"][0]["message"]
@@ -127,3 +127,30 @@ def test_a_checkpoint_request_right_after_a_checkpoint_writes_nothing(tmp_path):
     assert answers[7]["data"]["outcome"] == "done" and answers[7]["data"]["written"] is False
     path5 = [e["data"]["path"] for e in events if e["kind"] == "checkpoint" and e["data"]["step"] == 5][0]
     assert answers[8]["message"] == f"checkpoint written at step 5: {path5}" and answers[8]["data"]["written"]
+
+
+def test_the_checkpoint_interval_counts_from_the_first_step_not_from_the_set_up(tmp_path, monkeypatch):
+    from trainer import models
+
+    build = models.build_model
+
+    def slow_build(*args, **kwargs):  # a set-up longer than the interval (a data check of minutes)
+        import time
+
+        time.sleep(0.6)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(models, "build_model", slow_build)
+    publisher = Recorder(tmp_path, queue.SimpleQueue(), stop_at=-1)
+    # 2 steps of a 3-step epoch in well under the interval: only the final checkpoint
+    assert Trainer(tiny_cfg(max_steps=2, **{"checkpoint.interval_seconds": 0.5}), tmp_path, publisher).run() == "finished"
+    assert [e["data"]["step"] for e in read_events(tmp_path) if e["kind"] == "checkpoint"] == [2]
+
+
+def test_the_console_prints_the_epoch_a_person_reads_and_the_last_step_once(tmp_path, capsys):
+    publisher = ConsolePublisher(tmp_path, "console")
+    body = {"step": 12, "total_steps": 12, "epoch": 2, "total_epochs": 2, "phase_name": "only", "metrics": {}}
+    publisher.progress(body)  # the end of a run is published twice (the last step, then finish)
+    publisher.progress(body)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert lines == ["step 12/12 | ep 2/2 | only"]  # was `ep 3/2`, printed twice

@@ -250,6 +250,10 @@ def test_fresh_start_prepares_the_missing_store_visibly(tmp_path, fake_prepare, 
     assert "preparing data: 64/64 files" in captured.err   # PrepareProgressLine, as `longhaul prepare`
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert [e["data"]["status"] for e in events if e["kind"] == "preparing"] == ["missing", "done"]
+    # what the trainer did before its first step: the store stage covers the preparing
+    kinds = [e["data"]["stage"] if e["kind"] == "setup" else e["kind"] for e in events
+             if e["kind"] in ("setup", "preparing")]
+    assert kinds == ["store", "preparing", "preparing", "model", "ready"]
     # a second fresh run finds the store current: nothing prepared
     Trainer(cfg, rd(tmp_path, "run2")).run()
     assert fake_prepare.prepared == 1

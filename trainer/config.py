@@ -746,7 +746,7 @@ def _monitor_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     """eval.monitor must be a metric evaluation produces. Some exist only for two classes
     (val_auc_roc, val_sensitivity, ...): checked here when the class count is known from the
     config (synthetic data, data.classes); otherwise the engine checks once the data is built."""
-    from trainer.metrics import monitor_metrics, monitor_problem  # numpy only; no torch
+    from trainer.monitor import monitor_metrics, monitor_problem
 
     monitor = cfg.eval.monitor
     if monitor not in monitor_metrics(2) | monitor_metrics(3):

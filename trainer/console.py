@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from trainer.fmt import duration
+from trainer.fmt import duration, epoch_number
 from trainer.run.events import EventLog
 from trainer.run.rundir import RunDir
 from trainer.run.state import FINAL_STATES, StateFile, progress_fields
@@ -173,7 +173,7 @@ def progress_line(body: dict, samples_per_s: Optional[float] = None) -> str:
     m = body.get("metrics") or {}
     eta = body.get("eta")
     parts = [f"step {body['step']}/{body['total_steps']}",
-             f"ep {body['epoch'] + 1}/{body['total_epochs']}",
+             f"ep {epoch_number(body['epoch'], body['total_epochs'])}/{body['total_epochs']}",
              f"{body['phase_name']}"]
     if m.get("train_loss_smooth") is not None:
         parts.append(f"loss {m['train_loss_smooth']:.4f}")
@@ -199,6 +199,7 @@ class ConsolePublisher:
         self.quiet = quiet
         self.line_interval = line_interval
         self.last_line = 0.0
+        self.last_printed: Optional[int] = None  # the step of the last progress line
         self.last_state_write = 0.0
         self.lock = threading.Lock()
         self.events = EventLog(self.files.events).open()  # continues the seq
@@ -233,10 +234,11 @@ class ConsolePublisher:
     def progress(self, body: dict) -> None:
         now = time.monotonic()
         rate = self.rate.update(body["step"], (body.get("metrics") or {}).get("samples_per_s"))
-        if not self.quiet and (now - self.last_line >= self.line_interval or body["step"] == body["total_steps"]):
-            self.last_line = now
+        last = body["step"] == body["total_steps"]
+        if not self.quiet and (now - self.last_line >= self.line_interval or last) and body["step"] != self.last_printed:
+            self.last_line, self.last_printed = now, body["step"]  # the end is published twice: print it once
             print(progress_line(body, rate), flush=True)
-        if now - self.last_state_write >= 2.0 or body["step"] == body["total_steps"]:
+        if now - self.last_state_write >= 2.0 or last:
             self.last_state_write = now
             self._write_progress(body)
 

@@ -36,12 +36,12 @@ from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
 from trainer.config import ConfigError, RunConfig
 from trainer.controls import Controls
 from trainer.allocator import keep_step_memory
-from trainer.data import DECODING, make_loader, mixup_batch, EpochSampler
+from trainer.data import make_loader, mixup_batch, EpochSampler
 from trainer.disk_space import DiskSpace
 from trainer.ema import make_ema, slow_ema_alert
 from trainer.evaluation import Evaluation
 from trainer.history import HistoryWriter, LossSmoother
-from trainer.metrics import monitor_problem
+from trainer.monitor import monitor_problem
 from trainer.resume import resume
 from trainer.run.plan import write_plan
 from trainer.run.rundir import RunDir
@@ -196,8 +196,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        setup_stages.announce(self.event, "data", "checking data")
-        with DECODING.watch(setup_stages.file_count_watcher(self.event)):
+        with setup_stages.data_stages(self.event, in_ram=cfg.data.store is None):
             self.data = run_data(self)  # prepares a missing store; a resume checks its fingerprint
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
@@ -255,12 +254,10 @@ class Trainer:
     def train(self) -> str:
         """Train until the plan (or max_steps) is done, early stopping triggers, or a stop
         request arrives."""
-        params = sum(p.numel() for p in self.model.parameters())
-        setup_stages.announce(self.event, "ready", f"ready: {self.cfg.model.name} ({params:,} parameters), "
-                              f"training from step {self.state.step:,} of {self.plan.total_steps:,}",
-                              parameters=params, step=self.state.step)
+        setup_stages.ready(self.event, self.cfg.model.name, self.model, self.state.step, self.plan.total_steps)
         self.event("state", "info", "running", state="running")
         self.tick = time.monotonic()
+        self.checkpoints.last_time = self.tick  # else a set-up longer than the interval checkpoints step 1
         while True:
             self._train_until_stop()
             result = self.finish()

@@ -9,30 +9,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-#: Scalar metrics of every evaluation, and those only a two-class problem has. One list, read by
-#: the config check of eval.monitor (which must not import scikit-learn) and by the engine.
-ALWAYS = ("val_loss", "val_accuracy", "val_f1_macro", "val_f1_weighted", "val_precision_macro",
-          "val_recall_macro")
-BINARY_ONLY = ("val_auc_roc", "val_auc_pr", "val_sensitivity", "val_specificity", "val_ppv", "val_npv")
-#: Not an evaluation metric, but a monitor the engine supports: the smoothed training loss.
-TRAIN_MONITOR = "train_loss"
-
-
-def monitor_metrics(num_classes: int) -> set[str]:
-    """Every value eval.monitor may name for a problem with `num_classes` classes."""
-    names = set(ALWAYS) | {TRAIN_MONITOR}
-    return names | set(BINARY_ONLY) if num_classes == 2 else names
-
-
-def monitor_problem(monitor: str, num_classes: int) -> Optional[str]:
-    """None when evaluation produces `monitor` for `num_classes` classes, else why not (naming
-    the metrics that do exist), for a ConfigError on eval.monitor."""
-    names = monitor_metrics(num_classes)
-    if monitor in names:
-        return None
-    why = " (it exists only for 2 classes)" if monitor in BINARY_ONLY else ""
-    return (f"{monitor!r} is never produced for this data's {num_classes} classes{why}; "
-            f"metrics that exist: {', '.join(sorted(names))}")
+# which metrics an evaluation produces lives in trainer.monitor: the config check reads it without numpy
+from trainer.monitor import ALWAYS, BINARY_ONLY, TRAIN_MONITOR, monitor_metrics, monitor_problem  # noqa: F401
 
 
 def classification_metrics(

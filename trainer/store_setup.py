@@ -61,8 +61,8 @@ def run_data(trainer):
         return build_datasets(cfg, frozen=files.data_auto)  # keeps what `auto` became
     from trainer.data import stored
 
+    setup_stages.announce(trainer.event, "store", f"checking the feature store in {cfg.data.store}")
     cfg, auto_values = stored.resolve_auto(cfg, files.data_auto)
-    setup_stages.announce(trainer.event, "store", f"checking feature store {stored.store_dir(cfg)}")
     recorded = read_recorded(files.data_store)
     resuming = files.newest_checkpoint() is not None
     if not resuming:
