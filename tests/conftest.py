@@ -45,7 +45,7 @@ def private_run_registry(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def speech_tools():
     """espeak-ng and sox, or a skip (a failure in CI, where .ci/run installs them)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # last: bench/tui.py must not shadow the tui package
     import speech_data
 
     missing = speech_data.tools_missing()

@@ -13,7 +13,7 @@ import soundfile
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # last: bench/tui.py must not shadow the tui package
 import corpus  # noqa: E402
 
 

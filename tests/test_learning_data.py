@@ -19,7 +19,7 @@ from trainer.data.features import FeatureExtractor
 from trainer.data.auto import round_up
 from trainer.run.rundir import RunDir
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # last: bench/tui.py must not shadow the tui package
 import speech_data  # noqa: E402
 
 

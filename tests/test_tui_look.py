@@ -192,7 +192,7 @@ def test_readme_screenshot_replays_the_real_recording(tmp_path, runtime_dir, liv
     bench/record_run.py): small, a real run's welcome, and every recorded frame reaches the screen."""
     import asyncio
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))  # last: bench/tui.py must not shadow the tui package
     import screenshot
     from trainer.run.sockets import socket_path
 

@@ -243,7 +243,7 @@ def test_real_run_dashboard(snap_compare, tmp_path, runtime_dir, live_process, s
     """The README's picture: a real run's recording (tests/data/real_run.msgpack) replayed."""
     from trainer.run.sockets import socket_path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))  # last: bench/tui.py must not shadow the tui package
     import screenshot
 
     frames = tui_fakes.read_stream(screenshot.RECORDING)
