@@ -124,7 +124,7 @@ async def test_plus_minus_change_the_refresh_rate_shown_in_the_footer(live_run):
         await pilot.press("plus")
         await pilot.pause()
         assert rates(app) == (1.0, 1.0, 1.0)
-        assert footer_keys(app).get("+/-") == "1000ms"
+        await wait_for(pilot, lambda: footer_keys(app).get("+/-") == "1000ms", what="the footer's rate")
         for _ in range(3):
             await pilot.press("minus")
         await pilot.pause()
@@ -157,7 +157,7 @@ async def test_the_refresh_rate_is_kept_for_the_session(live_run):
         app.attach(run_dir)
         await wait_for(pilot, lambda: is_live(app), what="the dashboard again")
         assert rates(app) == (1.0, 1.0, 1.0)
-        assert footer_keys(app).get("+/-") == "1000ms"
+        await wait_for(pilot, lambda: footer_keys(app).get("+/-") == "1000ms", what="the footer's rate")
 
 
 # ----------------------------------------------------------------------------- the link's hold
@@ -182,6 +182,44 @@ async def test_the_link_gathers_shown_frames_for_one_refresh_but_posts_events_at
     link._deliver(messages.ProgressReceived, progress[0])  # posted, not yet taken: merged into it
     merged.take()
     link._deliver(messages.ProgressReceived, progress[1])
-    await link._close()  # a lost connection: what was held belongs to the old stream
+    await link._close()  # the last frames before a daemon exits are shown, not dropped
+    assert [type(m) for m in posted][2:] == [messages.ProgressReceived] and posted[2].progress["step"] == 11
     await asyncio.sleep(0.15)
-    assert len(posted) == 2
+    assert len(posted) == 3  # and never twice
+
+
+@async_test
+async def test_a_repaint_takes_what_the_link_holds(tmp_path):
+    from tui.link import DashboardLink
+
+    posted: list = []
+    link = DashboardLink(tmp_path, posted.append, hold=10.0)
+    link._deliver(messages.ProgressReceived, dict(recorded("progress"), step=7))
+    held = link.take_held()
+    assert [m.progress["step"] for m in held] == [7] and not posted
+    assert link.take_held() == []
+
+
+@async_test
+async def test_the_last_frames_before_the_daemon_exits_are_shown(tmp_path, runtime_dir, live_process):
+    """At the default 2 s refresh the link holds frames; a run that ends within the hold must
+    still show its last step (the review found them dropped with the connection)."""
+    import json
+
+    from trainer.run.sockets import socket_path
+
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
+    frames = tui_fakes.read_stream()
+    last = max(f["step"] for f in frames[1:] if f.get("type") == "progress")
+    daemon = tui_fakes.DaemonThread(socket_path(run_dir), run_dir, frames).start()
+    try:
+        app = make_app(run_dir, refresh_interval=2.0)
+        async with app.run_test(size=BIG) as pilot:
+            await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+            assert app.screen.link.hold == 2.0, "the hold is what this test is about"
+            state = json.loads((run_dir / "state.json").read_text())
+            (run_dir / "state.json").write_text(json.dumps(dict(state, state="finished", pid=None)))
+            daemon.stop()
+            await wait_for(pilot, lambda: app.screen.model.step == last, timeout=6, what="the last step")
+    finally:
+        daemon.close()

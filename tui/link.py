@@ -187,6 +187,18 @@ class DashboardLink:
         self._held.pop(kind, None)
         self.post(message)
 
+    def take_held(self) -> list[messages.MergingMessage]:
+        """The held messages not posted yet, now (their timers cancelled): a repaint shows what
+        arrived since the last one instead of waiting for a hold that ends just after it."""
+        held = []
+        for kind, handle in self._held.items():
+            handle.cancel()
+            message = self._waiting.get(kind)
+            if message is not None and not message.taken:
+                held.append(message)
+        self._held.clear()
+        return held
+
     async def request(self, action: str) -> int:
         """Send a pause/resume/checkpoint/stop request; returns its id (the ack and event carry it)."""
         if self._writer is None:
@@ -199,10 +211,11 @@ class DashboardLink:
         return request_id
 
     async def _close(self) -> None:
-        self._waiting.clear()  # a new connection starts with a new snapshot and new messages
-        for handle in self._held.values():
-            handle.cancel()
-        self._held.clear()
+        # The last frames before a daemon exits (the final step, a traceback in the log) are
+        # posted, ahead of Disconnected; a new connection starts with a new snapshot.
+        for message in self.take_held():
+            self.post(message)
+        self._waiting.clear()
         writer, self._writer = self._writer, None
         if writer is None:
             return

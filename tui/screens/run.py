@@ -339,12 +339,19 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         else:
             self.call_later(self._refresh_now)
 
+    def _apply_held(self, message: messages.MergingMessage) -> None:
+        handlers = {messages.ProgressReceived: self._progress, messages.SystemReceived: self._system,
+                    messages.PreparingReceived: self._preparing, messages.LogsReceived: self._logs}
+        handlers[type(message)](message)
+
     def set_refresh_interval(self, interval: float) -> None:
         """A new rate (`+`/`-`): repaint now, which also drops a repaint scheduled at the old rate."""
         self.refresh_interval = self.link.hold = interval
         self._request_refresh(urgent=True)
 
     def _refresh_now(self) -> None:
+        for message in self.link.take_held():  # before the flag: their handlers need no new repaint
+            self._apply_held(message)
         self._refresh_pending = False
         self._repaint_timer = None
         self._last_refresh = time.monotonic()
