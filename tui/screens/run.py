@@ -311,9 +311,9 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         self._request_refresh(urgent=True)  # the answer to a key press must not wait for the next refresh
 
     def action_acknowledge(self) -> None:
-        """`a`: the alert in front steps aside (it stays counted until it is resolved)."""
-        if self.query_one(AlertBar).acknowledge() is None:
-            self._set_action("no alert to acknowledge", "info")
+        """`a` (offered only while an alert is in front): it steps aside, counted until it ends."""
+        self.query_one(AlertBar).acknowledge()
+        self._request_refresh(urgent=True)  # the next alert, and the footer without `a` when none is left
 
     # ------------------------------------------------------------------ painting
     def watch_link_state(self) -> None:
