@@ -96,7 +96,7 @@ class ContentionWatch:
         if self.active:
             turned = rate >= self.recover * best or busy < OTHERS_BUSY
         else:
-            cores = _cores(sample)
+            cores = cores_of(sample)
             load = (sample.get("load") or [0.0])[0]
             turned = load > cores and busy >= OTHERS_BUSY and rate < self.drop * best
         self._streak = self._streak + 1 if turned else 0
@@ -127,7 +127,7 @@ class ContentionWatch:
         return best
 
     def _started(self, sample: dict, rate: float, best: float, others: list[dict]) -> Decision:
-        cores = _cores(sample)
+        cores = cores_of(sample)
         load = (sample.get("load") or [0.0])[0]
         busy = sum(p["cpu"] for p in others)
         free = max(1, int(cores - busy / 100.0 + 0.5))
@@ -162,5 +162,6 @@ def _others(sample: dict) -> list[dict]:
     return sorted(rows, key=lambda p: -p["cpu"])
 
 
-def _cores(sample: dict) -> int:
+def cores_of(sample: dict) -> int:
+    """The machine's cores as a `system` sample gives them (older daemons send no `cores`)."""
     return int(sample.get("cores") or len(sample.get("cpu_percent") or ()) or 1)

@@ -371,7 +371,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         elif active == "events" and self.query(EventsView):
             self.query_one(EventsView).show(model)
         elif active == "system" and self.query("#system-view"):
-            show_system(self.query_one(SystemView), model, live=self.link_state == "live")
+            show_system(self.query_one(SystemView), model, live=self.link_state == "live",
+                        alerts=self.query_one(AlertBar).book)
 
     def _refresh_detail(self) -> None:
         view = self.query_one(DetailView)

@@ -68,10 +68,10 @@ class DetailView(Horizontal):
     # shows them, and the help lists them.
     BINDINGS = [
         Binding("m", "toggle('smooth')", "Smooth", show=False),
-        Binding("l", "log_scale", "Log scale", show=False),
+        Binding("l", "log_scale", "Log scale", show=False, tooltip="Log scale for this metric (its dashboard tile too)"),
         Binding("e", "toggle('envelope')", "Envelope", show=False),
-        Binding("x", "x_axis", "X axis", show=False),
-        Binding("i", "zoom(1)", "Zoom in", show=False),
+        Binding("x", "x_axis", "X axis", show=False, tooltip="X axis: step → epoch → training time"),
+        Binding("i", "zoom(1)", "Zoom in", show=False, tooltip="Zoom in (around the newest point)"),
         Binding("o", "zoom(-1)", "Zoom out", show=False),
         # Priority: the metric list (a scrollable) would take left/right for itself.
         Binding("left", "pan(-0.25)", "Pan left", priority=True, show=False),

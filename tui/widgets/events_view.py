@@ -37,14 +37,14 @@ class EventsView(Vertical, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("slash", "search", "Search"),
-        Binding("v", "level", "Level"),
-        Binding("k", "routine", "Routine"),
-        Binding("w", "wrap", "Wrap"),
+        Binding("slash", "search", "Search", tooltip="Search: lines containing the text (Enter keeps it, Esc clears it)"),
+        Binding("v", "level", "Level", tooltip="Level filter: all → warnings and errors → errors only"),
+        Binding("k", "routine", "Routine", tooltip="Hide or show routine events (checkpoints, evaluations, setup)"),
+        Binding("w", "wrap", "Wrap", tooltip="Wrap long lines, or cut them and scroll sideways"),
         Binding("left", "scroll_x(-1)", "Scroll left", show=False),
         Binding("right", "scroll_x(1)", "Scroll right", show=False),
-        Binding("space", "follow", "Pause/follow"),
-        Binding("escape", "clear", "Clear filter"),
+        Binding("space", "follow", "Pause/follow", tooltip="Pause the lists (new lines are counted) or follow the newest"),
+        Binding("escape", "clear", "Clear filter", tooltip="Clear the search and filters; with none, back to the run list"),
     ]
 
     def __init__(self, clock: fmt.Clock, *, id: Optional[str] = None) -> None:

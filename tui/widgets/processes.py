@@ -13,7 +13,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from trainer.contention import ALERT
+from trainer.contention import ALERT, cores_of
+from tui.alerts_model import AlertBook
 from tui import braille, fmt
 
 BUSY_THREAD = 10.0
@@ -43,10 +44,6 @@ def cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[:max(0, width - 1)] + "…"
 
 
-def cores_of(system: dict) -> int:
-    return int(system.get("cores") or len(system.get("cpu_percent") or ()) or 1)
-
-
 def process_line(row: dict, width: int) -> Text:
     """One process in one line of `width`: `104% trainer python -m trainer.worker  1.1 GiB` (the
     dashboard's panel); the name takes what the other columns leave."""
@@ -59,24 +56,14 @@ def process_line(row: dict, width: int) -> Text:
     return text
 
 
-def show_system(view: "SystemView", model, live: bool) -> None:
-    """Push a `RunModel`'s newest sample, configured threads and contention alert into the view."""
+def show_system(view: "SystemView", model, live: bool, alerts: AlertBook) -> None:
+    """Push a `RunModel`'s newest sample and configured threads into the view, and the
+    oversubscribed alert while `alerts` (the alert bar's book: one rule for when it is on) holds it."""
     view.live = live
     view.threads = (model.config or {}).get("threads")
     view.system = model.system
-    key = (model.generation, model.events_total)
-    if view.events_key != key:  # only when events arrived: the search goes through them all
-        view.events_key = key
-        view.contention = active_contention(model.events)
-
-
-def active_contention(events) -> Optional[str]:
-    """The message of the `oversubscribed` alert when the newest contention event starts it."""
-    for event in reversed(events):
-        if event.get("kind") == "contention":
-            data = event.get("data") or {}
-            return event.get("message") if data.get("alert") == ALERT else None
-    return None
+    alert = alerts.active.get(ALERT)
+    view.contention = alert.message if alert is not None else None
 
 
 class SystemView(Widget, can_focus=True):
@@ -100,7 +87,6 @@ class SystemView(Widget, can_focus=True):
 
     def __init__(self, *, id: Optional[str] = None) -> None:
         super().__init__(id=id)
-        self.events_key: object = None
 
     def render(self) -> Text:
         s = self.system
