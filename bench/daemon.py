@@ -26,7 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from trainer import daemon, protocol  # noqa: E402
 from trainer.run.locate import create_run_dir  # noqa: E402
