@@ -88,6 +88,8 @@ def test_history_eval_and_files(tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in train] == list(range(1, 13))
+    elapsed = [r["elapsed"] for r in train]  # the TUI's time axis: training seconds at each record
+    assert elapsed == sorted(elapsed) and elapsed[-1] > 0
     assert len(evals) == 4 and {"val_accuracy", "val_f1_macro", "confusion"} <= set(evals[-1])
     assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
     plan = json.loads((tmp_path / "plan.json").read_text())

@@ -298,3 +298,21 @@ def test_resample_matches_its_plain_definition(seed):
         want = reference_resample(steps, values, mins, maxs, buckets, first, last, interpolate)
         assert [c is None for c in got] == [c is None for c in want]
         assert [x for c in got if c for x in c] == pytest.approx([x for c in want if c for x in c])
+
+
+def test_the_time_axis_of_a_run_comes_from_its_elapsed_history_series():
+    """Before attaching (and offline) the time axis was a straight line from (0, 0) to now: the
+    history's `elapsed` series (logged with each train record) gives the real, uneven one, and is
+    an axis, not a metric in the list."""
+    from tui.model import RunModel
+
+    # 100 steps in 10 s, then a slow stretch: 100 more steps took 990 s
+    steps, seconds = [0, 50, 100, 150, 200], [0.0, 5.0, 10.0, 505.0, 1000.0]
+    snapshot = {"state": "running", "progress": {"step": 200, "elapsed": 1000.0},
+                "series": {"elapsed": {"step": steps, "value": seconds},
+                           "train_loss": {"step": steps, "value": [1.0, 0.9, 0.8, 0.7, 0.6]}}}
+    model = RunModel()
+    model.load_snapshot(snapshot)
+    assert "elapsed" not in model.series and "train_loss" in model.series
+    assert model.elapsed.at(100) == pytest.approx(10.0)  # linear from (0,0) to now would say 500
+    assert model.elapsed.at(175) == pytest.approx(752.5)

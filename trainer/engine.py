@@ -352,7 +352,7 @@ class Trainer:
                              "samples_per_s": samples_per_s, "grad_norm": grad_norm, "data_share": data_share}
         if self.state.step % self.cfg.log_every == 0 or self.state.step == self.plan.total_steps:
             record = {"kind": "train", "step": self.state.step, "epoch": self.state.epoch,
-                      "phase": phase.index, "time": time.time(), "train_loss": loss, "lr": lr,
+                      "phase": phase.index, "time": time.time(), "elapsed": self.state.elapsed, "train_loss": loss, "lr": lr,
                       "grad_norm": grad_norm, "samples_per_s": samples_per_s, "data_share": data_share}
             self.write_record(record)
 

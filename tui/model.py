@@ -23,6 +23,8 @@ from tui.xaxis import ElapsedMap
 
 # Progress metrics that become series as progress frames arrive.
 PROGRESS_SERIES = ("train_loss", "train_loss_smooth", "lr", "samples_per_s", "grad_norm", "data_share")
+ELAPSED_SERIES = "elapsed"
+"""The history series of training seconds per step: the detail chart's time axis (`ElapsedMap`), not a metric."""
 ACTIVE_STATES = ("starting", "running", "paused", "stopping")
 RESUMABLE_STATES = ("interrupted", "stopped", "failed")
 EVALUATION_EVENTS = ("evaluation_started", "evaluation", "evaluation_failed")
@@ -270,8 +272,9 @@ class RunModel:
         self.config = dict(snapshot.get("config") or {})
         self.plan = snapshot.get("plan") or self.plan
         self.progress = snapshot.get("progress")
-        self.elapsed.add(self.step, (self.progress or {}).get("elapsed"))
         self.series = {name: Series.from_wire(body) for name, body in (snapshot.get("series") or {}).items()}
+        self.elapsed = ElapsedMap.of_series(self.series.pop(ELAPSED_SERIES, None))
+        self.elapsed.add(self.step, (self.progress or {}).get("elapsed"))
         evals = snapshot.get("eval") or {}
         self.eval_last = evals.get("last")
         self.eval_best = evals.get("best")

@@ -26,6 +26,17 @@ class ElapsedMap:
         self.steps: list[float] = [0.0]
         self.elapsed: list[float] = [0.0]
 
+    @classmethod
+    def of_series(cls, series) -> "ElapsedMap":
+        """The map of a run's `elapsed` history series (training seconds logged with each train
+        record): the whole run's time axis, pauses and restarts included, from the first paint;
+        empty (filled by progress frames) for a history written before it was logged."""
+        mapping = cls()
+        if series is not None:
+            for step, seconds in zip(series.steps, series.values):
+                mapping.add(step, seconds)
+        return mapping
+
     def add(self, step, elapsed) -> None:
         """Note that `elapsed` training seconds had passed at `step` (older steps are ignored)."""
         if not isinstance(step, (int, float)) or not isinstance(elapsed, (int, float)) or step <= self.steps[-1]:
