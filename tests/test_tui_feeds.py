@@ -258,3 +258,18 @@ async def test_the_search_box_takes_the_view_keys_as_text(tmp_path, runtime_dir)
         await pilot.pause(0.1)
         assert view.filter == FeedFilter("w vx3k") and view.wrap and view.following
         assert app.screen.query_one("#views").active == "events"
+
+
+def test_wrapped_rows_are_cut_by_cells_so_wide_characters_are_never_lost():
+    """Rows were cut every `width` characters: a row of double-width characters (a CJK class
+    name) held twice the cells and was cropped at the edge."""
+    from rich.text import Text
+
+    from tui.widgets.feeds import row_starts
+
+    assert row_starts(Text("abcdefghij"), 4) == [0, 4, 8] and row_starts(Text(""), 4) == [0]
+    text = Text("eval 鳥の声 ok")  # 5 + 8 + 3 cells
+    starts = row_starts(text, 6)
+    rows = [text.plain[a:b] for a, b in zip(starts, starts[1:] + [None])]
+    assert "".join(rows) == text.plain  # nothing lost
+    assert all(Text(row).cell_len <= 6 for row in rows), rows

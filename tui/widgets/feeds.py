@@ -11,6 +11,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
+from rich.cells import get_character_cell_size
 from rich.text import Text
 from textual.events import Resize
 from textual.geometry import Size
@@ -78,6 +79,22 @@ def log_line(log: dict) -> Text:
     text.append(f"{logger}:", style="dim")
     text.append(" " + message)
     return text
+
+
+def row_starts(text: Text, width: int) -> list[int]:
+    """Where each wrapped row of `text` starts (character offsets): rows of at most `width`
+    cells, a double-width character (CJK class names, emoji) never split or pushed past the edge."""
+    plain = text.plain
+    if text.cell_len == len(plain):  # one cell per character: the common case, no per-character walk
+        return list(range(0, max(len(plain), 1), max(1, width)))
+    starts, used = [0], 0
+    for i, char in enumerate(plain):
+        cells = get_character_cell_size(char)
+        if used + cells > width and used:
+            starts.append(i)
+            used = 0
+        used += cells
+    return starts
 
 
 @dataclass(frozen=True)
@@ -219,7 +236,7 @@ class FeedLog(ScrollView, can_focus=False):
         return shown
 
     def _rows_of(self, text: Text) -> int:
-        return max(1, -(-text.cell_len // self._width)) if self.wrap else 1
+        return len(row_starts(text, self._width)) if self.wrap else 1
 
     def _resized(self) -> None:
         self.virtual_size = Size(self._width if self.wrap else self._widest, self.rows)
@@ -253,8 +270,9 @@ class FeedLog(ScrollView, can_focus=False):
             text = self._texts[index]
             if self.wrap:
                 first = (self._ends[index - 1] if index else self._base) - self._base
-                start = (row - first) * self._width
-                text, scroll_x = text[start:start + self._width], 0
+                starts = row_starts(text, self._width)
+                k = row - first
+                text, scroll_x = text[starts[k]:starts[k + 1] if k + 1 < len(starts) else None], 0
             strip = Strip(list(text.render(self.app.console))).crop_extend(scroll_x, scroll_x + width, None)
             if len(self._cache) > 4 * max(1, self.size.height):
                 self._cache.clear()  # rows that scrolled away
