@@ -71,6 +71,25 @@ def test_status_and_ls_show_the_best_metric_and_samples_per_second(runs, capsys)
     assert {r["name"]: r["best"]["label"] for r in json.loads(out)} == {"done": "F1", "halfway": "F1"}
 
 
+def test_ls_sorts_and_filters_like_the_picker(runs, capsys):
+    """`ls --sort/--filter` share the picker's rule (trainer.run.status.ordered)."""
+    def names(*args):
+        _, out, _ = run_cli(capsys, "ls", "--json", *args)
+        return [r["name"] for r in json.loads(out)]
+
+    assert names() == ["done", "halfway"]  # by name, as before
+    assert names("--sort", "state") == ["halfway", "done"]  # stopped before finished (RUN_STATES)
+    _, out, _ = run_cli(capsys, "ls", "--json", "--sort", "samples/s")
+    rates = [r["samples_per_s"] for r in json.loads(out)]
+    assert rates == sorted(rates, reverse=True)  # fastest first
+    assert names("--filter", "HALF") == ["halfway"] and names("--filter", "stopped") == ["halfway"]
+    assert names("--filter", "nothing-like-it") == []
+    code, out, _ = run_cli(capsys, "ls", "--filter", "nothing-like-it")
+    assert code == 0 and "no run matches 'nothing-like-it'" in out
+    with pytest.raises(SystemExit):
+        cli.main(["ls", "--sort", "size"])
+
+
 # ----------------------------------------------------------------------------- stop
 def test_stop_of_a_run_that_is_not_running_succeeds_saying_so(runs, capsys, runtime_dir):
     """Reported: `stop` on a stopped run exited 2; like `systemctl stop`, the wanted end holds."""

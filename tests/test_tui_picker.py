@@ -18,7 +18,8 @@ from textual.widgets import DataTable, Input  # noqa: E402
 
 from tui import fmt  # noqa: E402
 from tui.app import LonghaulApp  # noqa: E402
-from tui.screens.picker import PickerScreen, matches, ordered  # noqa: E402
+from trainer.run.status import matches, ordered  # noqa: E402
+from tui.screens.picker import PickerScreen  # noqa: E402
 from tui.screens.run import RunScreen  # noqa: E402
 
 SIZES = [(80, 24), (160, 48)]

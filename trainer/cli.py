@@ -24,7 +24,7 @@ from trainer.run.errors import RunError, RunExists
 from trainer.run.locate import create_run_dir, resolve_run, runs_root
 from trainer.run.rundir import RunDir, apply_umask, atomic_write_bytes, is_run_dir, make_run_dir
 from trainer.run.state import LIVE_STATES, MAX_LAUNCH_FAILURES, effective_state
-from trainer.run.status import list_runs, status as run_status
+from trainer.run.status import SORTS, list_runs, ordered, status as run_status
 
 
 def _load(args, check_model: bool = True):
@@ -344,12 +344,12 @@ def cmd_start(args) -> int:
 
 def cmd_ls(args) -> int:
     root = runs_root_arg(args)
-    infos = list_runs(root)
+    infos = ordered(list_runs(root), args.sort, args.filter or "")
     if args.json:
         print(json.dumps(infos))
         return 0
     if not infos:
-        print(f"no runs under {root}")
+        print(f"no run matches {args.filter!r} under {root}" if args.filter else f"no runs under {root}")
         return 0
     print(f"{'NAME':24} {'STATE':12} {'PHASE':16} {'STEP':>15} {'ETA':>8} {'LAST CKPT':>10} {'BEST':>12} "
           f"{'SAMPLES/S':>9}")
@@ -596,6 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     posthoc_commands.register(sub, run_cmd)
     p = sub.add_parser("ls", help="list runs")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--sort", choices=SORTS, default="name",
+                   help="order: name (the default), started (newest first), state, best (each run's own "
+                        "monitor, better first) or samples/s (fastest first); the picker's `o`")
+    p.add_argument("--filter", metavar="TEXT", help="only runs whose name, state or model contains TEXT "
+                                                   "(case-insensitive); the picker's `/`")
     p.set_defaults(func=cmd_ls)
     p = sub.add_parser("attach", help="open the dashboard (no RUN: pick one)")
     p.add_argument("run", nargs="?")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from trainer.fmt import epoch_number, metric_label
+from trainer.monitor import direction_of
 from trainer.history.tail import recent_rate
 from trainer.run import registry
 from trainer.run.evaluation import headline_result, read_evaluation
@@ -16,7 +17,7 @@ from trainer.run.locate import run_names, runs_root, safe_is_run_dir
 from trainer.run.plan import read_plan
 from trainer.run.rundir import RunDir
 from trainer.run.sockets import find_socket
-from trainer.run.state import LIVE_STATES, effective_state, read_state
+from trainer.run.state import LIVE_STATES, RUN_STATES, effective_state, read_state
 
 
 def status(run_dir: Path) -> dict:
@@ -174,3 +175,39 @@ def list_runs(root: Optional[Path] = None) -> list[dict]:
         elif not path.exists():
             infos.append(missing_status(path))
     return infos
+
+
+# ----------------------------------------------------------------------------- order and filter
+# One rule for `longhaul ls --sort/--filter` and the picker's `o` and `/`.
+SORTS = ("started", "name", "state", "best", "samples/s")
+
+
+def matches(info: dict, text: str) -> bool:
+    """Whether the filter `text` is in the run's name, state or model (case-insensitive)."""
+    needle = text.casefold()
+    return any(needle in str(info.get(key) or "").casefold() for key in ("name", "state", "model"))
+
+
+def _best_rank(info: dict) -> tuple:
+    best = info.get("best") or {}
+    value = best.get("value")
+    if not isinstance(value, (int, float)):
+        return (1, 0.0)
+    return (0, value if direction_of(str(best.get("metric") or "")) == "min" else -value)
+
+
+SORT_KEYS: dict[str, Callable[[dict], tuple]] = {
+    "started": lambda info: (info.get("started") is None, -(info.get("started") or 0.0)),  # newest first
+    "name": lambda info: (str(info.get("name") or "").casefold(),),
+    "state": lambda info: (RUN_STATES.index(info["state"]) if info.get("state") in RUN_STATES else len(RUN_STATES),),
+    "best": _best_rank,  # better first, by each run's own monitor
+    "samples/s": lambda info: (info.get("samples_per_s") is None, -(info.get("samples_per_s") or 0.0)),
+}
+
+
+def ordered(infos: list[dict], sort: str, text: str) -> list[dict]:
+    """The runs the table shows: those matching `text`, in `sort` order (then by name)."""
+    shown = [info for info in infos if not text or matches(info, text)]
+    shown.sort(key=lambda info: str(info.get("name") or "").casefold())
+    shown.sort(key=SORT_KEYS[sort])
+    return shown

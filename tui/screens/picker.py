@@ -14,9 +14,7 @@ from textual.widgets import DataTable, Input, Static
 
 from trainer.cli import longhaul_command
 from trainer.fmt import best_text, samples_rate
-from trainer.monitor import direction_of
-from trainer.run.state import RUN_STATES
-from trainer.run.status import list_runs
+from trainer.run.status import SORTS, list_runs, ordered
 from tui import fmt
 from tui.widgets.footer import KeyFooter
 from tui.widgets.header import STATE_STYLES
@@ -30,7 +28,6 @@ NARROW_COLUMNS = (("run", "run"), ("state", "state"), ("step", "step"), ("eta", 
                   ("best", "best"), ("rate", "smp/s"))
 WIDE_AT = 110
 CURSOR = "▶ "  # marks the highlighted row in text too, not only by its colour
-SORTS = ("started", "name", "state", "best", "samples/s")
 Lister = Callable[[Path], list[dict]]
 
 
@@ -72,37 +69,6 @@ def row_cells(info: dict, highlighted: bool = False, wide: bool = False) -> tupl
         "rate": Text(samples_rate(info.get("samples_per_s")), justify="right"),
     }
     return tuple(cells[key] for key, _ in (WIDE_COLUMNS if wide else NARROW_COLUMNS))
-
-
-def matches(info: dict, text: str) -> bool:
-    """Whether the filter `text` is in the run's name, state or model (case-insensitive)."""
-    needle = text.casefold()
-    return any(needle in str(info.get(key) or "").casefold() for key in ("name", "state", "model"))
-
-
-def _best_rank(info: dict) -> tuple:
-    best = info.get("best") or {}
-    value = best.get("value")
-    if not isinstance(value, (int, float)):
-        return (1, 0.0)
-    return (0, value if direction_of(str(best.get("metric") or "")) == "min" else -value)
-
-
-SORT_KEYS: dict[str, Callable[[dict], tuple]] = {
-    "started": lambda info: (info.get("started") is None, -(info.get("started") or 0.0)),  # newest first
-    "name": lambda info: (str(info.get("name") or "").casefold(),),
-    "state": lambda info: (RUN_STATES.index(info["state"]) if info.get("state") in RUN_STATES else len(RUN_STATES),),
-    "best": _best_rank,  # better first, by each run's own monitor
-    "samples/s": lambda info: (info.get("samples_per_s") is None, -(info.get("samples_per_s") or 0.0)),
-}
-
-
-def ordered(infos: list[dict], sort: str, text: str) -> list[dict]:
-    """The runs the table shows: those matching `text`, in `sort` order (then by name)."""
-    shown = [info for info in infos if not text or matches(info, text)]
-    shown.sort(key=lambda info: str(info.get("name") or "").casefold())
-    shown.sort(key=SORT_KEYS[sort])
-    return shown
 
 
 class PickerScreen(Screen):
