@@ -316,3 +316,16 @@ def test_the_time_axis_of_a_run_comes_from_its_elapsed_history_series():
     assert "elapsed" not in model.series and "train_loss" in model.series
     assert model.elapsed.at(100) == pytest.approx(10.0)  # linear from (0,0) to now would say 500
     assert model.elapsed.at(175) == pytest.approx(752.5)
+
+
+def test_a_tile_scale_holds_the_value_it_shows():
+    """Seen: `samples/s 86.36 ↓ 95.4–141`: the range was of the columns' means, and the newest
+    value (below every mean) fell outside the scale printed beside it."""
+    from tui.model import Series
+    from tui.widgets.charts import MetricTile
+
+    tile = MetricTile("samples/s", "samples_per_s")
+    tile.set_series(Series(range(1, 101), [140.0 - i * 0.4 for i in range(99)] + [86.36]))
+    tile.value = 86.36
+    _, scale = tile._sparkline(10, 1)
+    assert scale[0] <= 86.36 <= scale[1] and not scale[2]  # a floor from the shown value is no clip

@@ -547,6 +547,16 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
 
 
+def ls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--sort", choices=SORTS, default="name",
+                   help="order: name (the default), started (newest first), state, best (each run's own "
+                        "monitor, better first) or samples/s (fastest first); the picker's `o`")
+    p.add_argument("--filter", metavar="TEXT", help="only runs whose name, state or model contains TEXT "
+                                                   "(case-insensitive); the picker's `/`")
+    p.set_defaults(func=cmd_ls)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longhaul", description="Long CPU training runs that survive logout, "
                                      "kill -9 and power cuts.")
@@ -594,14 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
     posthoc_commands.register(sub, run_cmd)
-    p = sub.add_parser("ls", help="list runs")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--sort", choices=SORTS, default="name",
-                   help="order: name (the default), started (newest first), state, best (each run's own "
-                        "monitor, better first) or samples/s (fastest first); the picker's `o`")
-    p.add_argument("--filter", metavar="TEXT", help="only runs whose name, state or model contains TEXT "
-                                                   "(case-insensitive); the picker's `/`")
-    p.set_defaults(func=cmd_ls)
+    ls_arguments(sub.add_parser("ls", help="list runs"))
     p = sub.add_parser("attach", help="open the dashboard (no RUN: pick one)")
     p.add_argument("run", nargs="?")
     p.set_defaults(func=cmd_attach)

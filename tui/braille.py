@@ -164,9 +164,9 @@ def robust_range(values: Sequence[Optional[float]], keep: Optional[Sequence[floa
         q_lo, q_hi = ordered[math.ceil(0.05 * last)], ordered[math.floor(0.95 * last)]
         reach = CLIP_SPREAD * (q_hi - q_lo)
         lo, hi = max(lo, q_lo - reach), min(hi, q_hi + reach)
-        kept = known[-1:] if keep is None else [v for v in keep if math.isfinite(v)]
-        lo, hi = min([lo] + kept), max([hi] + kept)
-    return lo, hi, (lo, hi) != (min(known), max(known))
+    kept = known[-1:] if keep is None else [v for v in keep if math.isfinite(v)]
+    lo, hi = min([lo] + kept), max([hi] + kept)
+    return lo, hi, lo > min(known) or hi < max(known)
 
 
 def log_transform(columns: Sequence[Column]) -> Optional[list[Column]]:

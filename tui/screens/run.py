@@ -15,6 +15,7 @@ What each key does is `RunActions` (tui/screens/run_actions.py), following evalu
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Optional
@@ -91,6 +92,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         self._last_refresh = 0.0
         self._repaint_timer: Optional[Timer] = None
         self.evaluation_watch = EvaluationWatch(self.run_dir)
+        self._mounting: dict[str, asyncio.Future] = {}  # view id -> its mount (done or under way)
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -295,15 +297,18 @@ class RunScreen(RunEvaluation, RunActions, Screen):
         self._request_refresh(urgent=True)
 
     async def _build_view(self, pane: TabPane) -> None:
-        """Mount the widgets of the detail or events view the first time it is shown."""
-        if pane.children:
-            return
-        if pane.id == "detail":
-            await pane.mount(DetailView(id="detail-view", log_metrics=self.query_one(Dashboard).log_metrics))
-        elif pane.id == "events":
-            await pane.mount(EventsView(self.clock, id="events-feeds"))
-        elif pane.id == "system":
-            await pane.mount(SystemView(id="system-view"))
+        """Mount the widgets of the detail, events or system view the first time it is shown.
+        A second caller (`t` right after `2`) waits for the same mount instead of finding a view
+        that is not composed yet."""
+        mounting = self._mounting.get(pane.id)
+        if mounting is None and not pane.children:
+            views = {"detail": lambda: DetailView(id="detail-view", log_metrics=self.query_one(Dashboard).log_metrics),
+                     "events": lambda: EventsView(self.clock, id="events-feeds"),
+                     "system": lambda: SystemView(id="system-view")}
+            if pane.id in views:
+                mounting = self._mounting[pane.id] = asyncio.ensure_future(pane.mount(views[pane.id]()))
+        if mounting is not None:
+            await asyncio.shield(mounting)
 
     def _set_action(self, text: str, level: str) -> None:
         self.action_status = (text, level)

@@ -277,11 +277,14 @@ class MetricTile(SeriesView, Widget):
         first, last = self.x_range or (self.series.steps[0], self.series.steps[-1])
         columns = self.series.resample(width, first, last, interpolate=False)
         values = [c[0] if c is not None else None for c in columns]
-        use_log = self.log_scale and all(v > 0 for v in values if v is not None)
+        now = self.value if isinstance(self.value, (int, float)) and math.isfinite(self.value) else None
+        use_log = self.log_scale and all(v > 0 for v in [*values, now] if v is not None)
         if use_log:
             values = [math.log10(v) if v is not None else None for v in values]
-        lo, hi, clipped = braille.robust_range(values)
+            now = math.log10(now) if now is not None else None
         known = [v for v in values if v is not None]
+        # The scale always holds the number the tile shows (the newest point, not its column's mean).
+        lo, hi, clipped = braille.robust_range(values, keep=[v for v in (known[-1:] + [now]) if v is not None])
         unlog = (lambda v: 10 ** v) if use_log else (lambda v: v)
         scale = (unlog(lo), unlog(hi), clipped and min(known) < lo, clipped and max(known) > hi, use_log)
         return braille.spark_rows(values, rows, lo, hi), scale
