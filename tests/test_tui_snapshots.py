@@ -49,13 +49,17 @@ async def settled(pilot) -> None:
 
 PICKER_RUNS = [
     {"name": "audio-b0", "state": "running", "step": 6004, "total_steps": 18750, "phase": 1,
-     "phase_name": "finetune", "eta": 20340.0, "last_checkpoint_age": 95.0, "dir": "/runs/audio-b0"},
+     "phase_name": "finetune", "eta": 20340.0, "last_checkpoint_age": 95.0, "dir": "/runs/audio-b0",
+     "best": {"metric": "val_f1_macro", "label": "F1", "value": 0.734, "step": 5000}, "samples_per_s": 28.4},
     {"name": "audio-b2", "state": "paused", "step": 91000, "total_steps": 240000, "phase": 2,
-     "phase_name": "unfreeze-all", "eta": 401000.0, "last_checkpoint_age": 3700.0, "dir": "/runs/audio-b2"},
+     "phase_name": "unfreeze-all", "eta": 401000.0, "last_checkpoint_age": 3700.0, "dir": "/runs/audio-b2",
+     "best": {"metric": "val_f1_macro", "label": "F1", "value": 0.812, "step": 90000}, "samples_per_s": 9.7},
     {"name": "effv2-m-4phase", "state": "interrupted", "step": 150123, "total_steps": 1000000, "phase": 0,
-     "phase_name": "head", "eta": None, "last_checkpoint_age": 7 * 3600.0, "dir": "/runs/effv2-m-4phase"},
+     "phase_name": "head", "eta": None, "last_checkpoint_age": 7 * 3600.0, "dir": "/runs/effv2-m-4phase",
+     "best": {"metric": "val_auc_roc", "label": "AUC", "value": 0.951, "step": 150000}, "samples_per_s": None},
     {"name": "mfcc-mlp", "state": "finished", "step": 12000, "total_steps": 12000, "phase": 0,
-     "phase_name": "train", "eta": None, "last_checkpoint_age": 3 * 86400.0, "dir": "/runs/mfcc-mlp"},
+     "phase_name": "train", "eta": None, "last_checkpoint_age": 3 * 86400.0, "dir": "/runs/mfcc-mlp",
+     "best": {"metric": "val_loss", "label": "loss", "value": 0.0342, "step": 11000}, "samples_per_s": 412.0},
     {"name": "waveform-cnn", "state": "failed", "step": 800, "total_steps": 50000, "phase": 0,
      "phase_name": "train", "eta": None, "last_checkpoint_age": None, "dir": "/runs/waveform-cnn"},
 ]
@@ -82,7 +86,7 @@ def test_dashboard(snap_compare, live_run, size):
 def test_detail_view(snap_compare, live_run, size):
     async def detail(pilot):
         await settled(pilot)
-        await pilot.press("2", "down", "down")  # val_loss
+        await pilot.press("2", "down", "down", "down")  # val_loss (after the train + val pair, train_loss_smooth, train_loss)
         await pilot.pause(0.2)
 
     assert snap_compare(make_app(live_run[0]), terminal_size=size, run_before=detail)
