@@ -223,3 +223,15 @@ async def test_the_last_frames_before_the_daemon_exits_are_shown(tmp_path, runti
             await wait_for(pilot, lambda: app.screen.model.step == last, timeout=6, what="the last step")
     finally:
         daemon.close()
+
+
+def test_the_tiles_right_edge_moves_in_steps_of_a_sixty_fourth():
+    """The evaluation tiles' points move only with the tiles' common right edge: it must not move
+    at every progress frame (each move repaints every tile) yet stay within ~1.6% of the step."""
+    from tui.widgets.dashboard import tiles_right_edge
+
+    edges = {tiles_right_edge(step) for step in range(6000, 6064)}
+    assert len(edges) <= 2  # 64 progress frames, at most one move
+    for step in (1, 7, 63, 64, 999, 6004, 1_000_003):
+        edge = tiles_right_edge(step)
+        assert step <= edge <= step * 1.016 + 1
