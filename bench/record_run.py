@@ -76,7 +76,12 @@ def wait_until(run_dir: Path, fraction: float, timeout: float) -> dict:
 def scrub(value, old: str, new: str):
     """`value` (a decoded frame) with every `old` inside its strings replaced by `new`."""
     if isinstance(value, str):
-        return value.replace(old, new)
+        value = value.replace(old, new)
+        if value.endswith("…"):  # a process name cut short: `… /tmp/lhrec9nxf…` is the root too
+            for cut in range(len(old) - 1, len(tempfile.gettempdir()) + 1, -1):
+                if value.endswith(old[:cut] + "…"):
+                    return value[:-cut - 1] + new + "…"
+        return value
     if isinstance(value, dict):
         return {k: scrub(v, old, new) for k, v in value.items()}
     if isinstance(value, list):

@@ -53,8 +53,8 @@ def test_two_points_are_two_marks_at_their_steps_not_a_ramp():
 
 def test_compact_numbers():
     assert compact_percent(0.0687) == "6.87%"
-    assert [compact(v) for v in (0, 0.5234, 14.23, 1234.5, 0.00051, 2e6)] == \
-        ["0", "0.523", "14.2", "1234", "5e-04", "2e+06"]
+    assert [compact(v) for v in (0, 0.5234, 14.23, 1234.5, 0.00051, 2e6, 0.0015, 5.2e-05)] == \
+        ["0", "0.523", "14.2", "1234", "0.00051", "2e+06", "0.0015", "5.2e-05"]  # seen: 1e-03 beside 0.0015
 
 
 @pytest.mark.parametrize("size,rows", [((80, 24), 1), ((160, 48), 3), ((100, 40), 2), ((200, 30), 1)])
@@ -329,3 +329,18 @@ def test_a_tile_scale_holds_the_value_it_shows():
     tile.value = 86.36
     _, scale = tile._sparkline(10, 1)
     assert scale[0] <= 86.36 <= scale[1] and not scale[2]  # a floor from the shown value is no clip
+
+
+def test_a_range_that_does_not_fit_is_left_out_never_cut():
+    """Seen at 80 columns: `0.0909–0.88` for a range up to 0.881 (the label cut to the room)."""
+    from tui.model import Series
+    from tui.widgets.charts import MetricTile
+
+    tile = MetricTile("val loss", "val_loss")
+    tile.set_series(Series([1, 2, 3, 4, 5], [0.881234, 0.5, 0.3, 0.2, 0.0909]))
+    tile.value = 0.0909
+    for room in range(MetricTile.MIN_SPARK, 40):
+        spark, label = tile._one_row(room)
+        full = tile._range_label(tile._sparkline(10, 1)[1])
+        assert label in ("", full), (room, label)
+        assert len(spark) + (len(label) + 1 if label else 0) <= room

@@ -235,3 +235,15 @@ async def test_many_cores_take_few_rows():
         view.system = system_body(cpu_percent=[50.0] * 6, cores=6)  # three bars a row at 80 columns: two rows
         await pilot.pause()
         assert [line[:4] for line in lines(view) if line.startswith("cpu")] == ["cpu0", "cpu3"]
+
+
+def test_disk_is_low_only_when_it_really_is():
+    """Seen: `disk space LOW: 25 GiB free` on a 252 GiB disk (10%), also on a finished run."""
+    from tui.widgets.system import disk_is_low
+
+    gib = 1024**3
+    assert not disk_is_low({"disk_free": 25 * gib, "disk_total": 252 * gib})
+    assert disk_is_low({"disk_free": 4 * gib, "disk_total": 2000 * gib})  # under 5 GiB: always
+    assert disk_is_low({"disk_free": 10 * gib, "disk_total": 400 * gib})  # 2.5% and under 20 GiB
+    assert not disk_is_low({"disk_free": 60 * gib, "disk_total": 2000 * gib})  # 3%, but 60 GiB
+    assert not disk_is_low({"disk_free": None, "disk_total": None})

@@ -156,7 +156,8 @@ class AlertBar(Widget):
         """Bring the bar up to date with `model` (new events only) and the link state."""
         self.book.sync(model, model.generation, model.events, model.events_total)
         self.book.note_progress((model.progress or {}).get("time"))
-        low = model.system and disk_is_low(model.system)
+        # Only a live sample: the last one of a finished run's directory says nothing about now.
+        low = link == "live" and model.system and disk_is_low(model.system)
         self.book.set_condition("disk_low", "warning", f"disk space LOW: {fmt.size(model.system.get('disk_free'))} "
                                 "free under the run directory" if low else None)
         self._inputs = (model, link, disconnect, clock)

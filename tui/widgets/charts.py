@@ -267,7 +267,10 @@ class MetricTile(SeriesView, Widget):
             width = max(self.MIN_SPARK, room - len(label) - 1)
             rows, scale = self._sparkline(width, 1)
             label = self._range_label(scale)
-        return rows[0], (label[: room - width - 1] if width < room else "")
+        if width < room and len(label) > room - width - 1:  # a cut number would read as another value
+            rows, _ = self._sparkline(room, 1)
+            return rows[0], ""
+        return rows[0], (label if width < room else "")
 
     def _sparkline(self, width: int, rows: int) -> tuple[list[str], Optional[tuple]]:
         """The sparkline rows and the scale they were drawn with: (low, high, clipped low,
@@ -300,12 +303,12 @@ class MetricTile(SeriesView, Widget):
 
 
 def compact(value: float) -> str:
-    """A number in at most ~6 characters for axis and range labels: 0.523, 14.2, 1234, 5e-04."""
+    """A number in at most ~7 characters for axis and range labels: 0.523, 14.2, 1234, 0.0015, 5.2e-05."""
     magnitude = abs(value)
     if magnitude == 0:
         return "0"
     if magnitude < 1e-2 or magnitude >= 1e5:
-        return f"{value:.0e}"
+        return f"{value:.2g}"  # 0.0015, not 1e-03 beside a tile that reads 0.0015
     if magnitude >= 100:
         return f"{value:.0f}"
     return f"{value:.3g}"

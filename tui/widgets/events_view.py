@@ -25,6 +25,9 @@ LEVEL_FILTERS = ("all levels", "warnings+", "errors")
 SCROLL_STEP = 16
 
 
+KEY_HINT = "/ search  v level  k routine  w wrap  space pause"
+
+
 class EventsView(Vertical, can_focus=True):
     """The title line, the search box (while searching) and the two feeds: events and log."""
 
@@ -37,14 +40,14 @@ class EventsView(Vertical, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("slash", "search", "Search", tooltip="Search: lines containing the text (Enter keeps it, Esc clears it)"),
-        Binding("v", "level", "Level", tooltip="Level filter: all → warnings and errors → errors only"),
-        Binding("k", "routine", "Routine", tooltip="Hide or show routine events (checkpoints, evaluations, setup)"),
-        Binding("w", "wrap", "Wrap", tooltip="Wrap long lines, or cut them and scroll sideways"),
+        Binding("slash", "search", "Search", show=False, tooltip="Search: lines containing the text (Enter keeps it, Esc clears it)"),
+        Binding("v", "level", "Level", show=False, tooltip="Level filter: all → warnings and errors → errors only"),
+        Binding("k", "routine", "Routine", show=False, tooltip="Hide or show routine events (checkpoints, evaluations, setup)"),
+        Binding("w", "wrap", "Wrap", show=False, tooltip="Wrap long lines, or cut them and scroll sideways"),
         Binding("left", "scroll_x(-1)", "Scroll left", show=False),
         Binding("right", "scroll_x(1)", "Scroll right", show=False),
-        Binding("space", "follow", "Pause/follow", tooltip="Pause the lists (new lines are counted) or follow the newest"),
-        Binding("escape", "clear", "Clear filter", tooltip="Clear the search and filters; with none, back to the run list"),
+        Binding("space", "follow", "Pause/follow", show=False, tooltip="Pause the lists (new lines are counted) or follow the newest"),
+        Binding("escape", "clear", "Clear filter", show=False, tooltip="Clear the search and filters; with none, back to the run list"),
     ]
 
     def __init__(self, clock: fmt.Clock, *, id: Optional[str] = None) -> None:
@@ -104,7 +107,14 @@ class EventsView(Vertical, can_focus=True):
             text.append(" · routine hidden", style="bold")
         if not self.wrap:
             text.append(" · no wrap (←/→ scroll)", style="dim")
+        # The view's keys are named here, not in the footer: with the run screen's keys they
+        # overflowed an 80-column footer (all of them are in the help).
+        if text.cell_len + len(KEY_HINT) + 3 <= self.size.width:
+            text.append(" " * (self.size.width - text.cell_len - len(KEY_HINT) - 1) + KEY_HINT, style="dim")
         return text
+
+    def on_resize(self) -> None:
+        self._show_title()
 
     def _show_title(self) -> None:
         self.query_one("#events-title", Static).update(self.title())

@@ -11,18 +11,23 @@ from textual.widget import Widget
 from tui import braille, fmt
 from tui.widgets.processes import load_text, process_line, temperature_text
 
-LOW_DISK_FRACTION = 0.10
-LOW_DISK_BYTES = 5 * 1024**3
 TOP_PROCESSES = 3
 """Processes the panel lists under the per-core view when its rows allow."""
+LOW_DISK_FRACTION = 0.05
+LOW_DISK_BYTES = 5 * 1024**3
+ROOMY_DISK_BYTES = 20 * 1024**3
+"""Above this much free space a small fraction is not low: 25 GiB free of a 252 GiB disk (10%)
+read `disk space LOW` on every dashboard of this box."""
 
 
 def disk_is_low(system: dict) -> bool:
-    """True when the run directory's file system has < 10% or < 5 GiB free."""
+    """True when the run directory's file system has < 5 GiB free, or < 5% and < 20 GiB."""
     free, total = system.get("disk_free"), system.get("disk_total")
     if free is None:
         return False
-    return free < LOW_DISK_BYTES or bool(total and free / total < LOW_DISK_FRACTION)
+    if free < LOW_DISK_BYTES:
+        return True
+    return bool(total and free / total < LOW_DISK_FRACTION and free < ROOMY_DISK_BYTES)
 
 
 class SystemPanel(Widget):
