@@ -227,3 +227,17 @@ def test_a_growing_history_is_read_again_an_unchanged_one_is_not(tmp_path, monke
     with open(path, "ab") as f:
         f.write(b"".join(msgpack.packb(train(s, 40.0), use_bin_type=True) for s in range(30, 60)))
     assert list_runs(tmp_path)[0]["samples_per_s"] == pytest.approx(40.0) and len(reads) == 1
+
+
+def test_start_attach_opens_the_dashboard_under_the_root_given(tmp_path, monkeypatch, capsys):
+    """Seen: `longhaul --root R start ... --attach`, then Esc: the run list was of ./checkpoints."""
+    import trainer.daemon
+    import tui.app
+
+    opened = {}
+    monkeypatch.setattr(trainer.daemon, "launch_daemon", lambda run_dir: 4242)
+    monkeypatch.setattr(tui.app, "run_attach", lambda run, root: opened.update(run=run, root=root) or 0)
+    root = tmp_path / "elsewhere"
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    assert cli.main(["--root", str(root), "start", str(config), "--name", "qs", "--attach"]) == 0
+    assert Path(opened["root"]) == root and Path(opened["run"]) == root / "qs"

@@ -142,6 +142,8 @@ async def test_empty_panel_text_fits_at_80x24(tmp_path, runtime_dir, live_proces
         await pilot.pause(0.2)
         panel = app.screen.query_one(SystemPanel)
         assert str(panel.render()) == "system: live runs only"
+        panel.system = tui_fakes.system_sample(tui_fakes.T0)  # a run directory's last sample
+        assert str(panel.render()) == "system: live runs only"  # is not now: not shown offline
         assert panel.content_region.width >= len("system: waiting for a sample")
         await pilot.press("4")
         await pilot.pause(0.2)

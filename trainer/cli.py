@@ -338,7 +338,7 @@ def cmd_start(args) -> int:
     if args.attach:
         from tui.app import run_attach
 
-        return run_attach(str(run_dir), None)
+        return run_attach(str(run_dir), runs_root_arg(args))  # Esc's run list is of this --root
     return 0
 
 

@@ -90,8 +90,9 @@ class SystemPanel(Widget):
 
     def render(self) -> Text:
         system = self.system
-        if not system:
-            # short enough for the side column at 80x24
+        if not system or not self.live:
+            # Short enough for the side column at 80x24. Offline, the last sample a run's directory
+            # holds is not shown: a finished run read `cpu0 84%` as if it were still training.
             return Text("system: waiting for a sample" if self.live else "system: live runs only", style="dim")
         width = max(20, self.size.width or 40)
         lines = self._detailed(system, width) if self._use_detailed() else self._compact(system)
