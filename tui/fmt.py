@@ -133,3 +133,8 @@ def bar(fraction: float, width: int, full: str = "█", empty: str = "░") -> s
     fraction = min(1.0, max(0.0, fraction if math.isfinite(fraction) else 0.0))
     filled = int(round(fraction * width))
     return full * filled + empty * (width - filled)
+
+
+def clip(text: str, width: int) -> str:
+    """`text` in at most `width` columns, an ellipsis marking a cut."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"

@@ -48,7 +48,7 @@ def phase_text(info: dict, limit: int) -> str:
     phase = info.get("phase_name") or ("–" if info.get("phase") is None else f"#{info['phase'] + 1}")
     if info.get("phase") is not None and info.get("phase_name"):
         phase = f"{info['phase'] + 1} {info['phase_name']}"
-    return phase if len(phase) <= limit else phase[:limit - 1] + "…"
+    return fmt.clip(phase, limit)
 
 
 def row_cells(info: dict, highlighted: bool = False, wide: bool = False) -> tuple:

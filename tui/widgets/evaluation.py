@@ -184,7 +184,7 @@ def confusion_layout(confusion: list[list[int]], classes: list, width: int) -> C
     numbered_cells = [max(digits, len(number)) for number in numbers]
     legend = [f"{number} {name}" for number, name in zip(numbers, names)]
     label = max(len(CORNER), min(max(map(len, legend), default=0), width - total(0, numbered_cells)))
-    labels = [Text(shorten(text, label)) for text in legend]
+    labels = [Text(fmt.clip(text, label)) for text in legend]
     if total(label, numbered_cells) <= width:
         return ConfusionLayout([CORNER, *numbers, RECALL],
                                [[labels[i], *cells(row, i), recalls[i]] for i, row in enumerate(confusion)],
@@ -197,8 +197,3 @@ def confusion_layout(confusion: list[list[int]], classes: list, width: int) -> C
 def cells(row: list[int], diagonal: int) -> list[Text]:
     """A row's counts, the correct predictions (the diagonal) in bold."""
     return [Text(str(v), style="bold" if j == diagonal else "", justify="right") for j, v in enumerate(row)]
-
-
-def shorten(text: str, width: int) -> str:
-    """`text` in at most `width` columns, an ellipsis marking a cut."""
-    return text if len(text) <= width else text[:max(0, width - 1)] + "…"

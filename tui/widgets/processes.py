@@ -39,17 +39,12 @@ def temperature_text(system: dict) -> str:
     return f"temp {temp:.0f}°C" if temp is not None else "temp n/a"
 
 
-def cut(text: str, width: int) -> str:
-    """`text` in at most `width` columns, an ellipsis marking a cut."""
-    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
-
-
 def process_line(row: dict, width: int) -> Text:
     """One process in one line of `width`: `104% trainer python -m trainer.worker  1.1 GiB` (the
     dashboard's panel); the name takes what the other columns leave."""
     rss = width >= 40
     name_width = max(8, width - 14 - (10 if rss else 0))
-    text = Text(f"{row['cpu']:4.0f}% {row.get('role', ''):<8}{cut(row['name'], name_width):<{name_width}}",
+    text = Text(f"{row['cpu']:4.0f}% {row.get('role', ''):<8}{fmt.clip(row['name'], name_width):<{name_width}}",
                 style=ROLE_STYLE.get(row.get("role"), ""))
     if rss:
         text.append(f" {fmt.size(row.get('rss')):>9}")
@@ -150,7 +145,7 @@ class SystemView(Widget, can_focus=True):
         lines = [Text(f"{'PID':>7}  {'ROLE':<8}{'NAME':<{name_width}}{'CPU%':>6}  {'':<{bar_width}}{'RSS':>9}", style=title)]
         bar_style = self.get_component_rich_style("system-view--bar")
         for row in rows:
-            line = Text(f"{row['pid']:>7}  {row.get('role', ''):<8}{cut(row['name'], name_width - 1):<{name_width}}{row['cpu']:>6.1f}  ",
+            line = Text(f"{row['pid']:>7}  {row.get('role', ''):<8}{fmt.clip(row['name'], name_width - 1):<{name_width}}{row['cpu']:>6.1f}  ",
                         style=ROLE_STYLE.get(row.get("role"), ""))
             if bar_width:
                 line.append(fmt.bar(min(1.0, row["cpu"] / (100 * cores)), bar_width, empty=" "), bar_style)
