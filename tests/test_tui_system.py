@@ -122,10 +122,17 @@ async def test_top_processes_in_the_panel_only_when_there_is_room(live_run):
             await wait_for(pilot, lambda: live(app), what="the live dashboard")
             app.screen.model.apply_system(body)  # the recorded stream predates the process table
             app.screen.refresh_widgets()
-            await pilot.pause(0.1)
             panel = app.screen.query_one(SystemPanel)
+
+            def process_rows() -> list[str]:
+                return [line for line in lines(panel) if "% " in line and ("python" in line or "ffmpeg" in line)]
+
+            if shown:  # the panel grows to its new height in a later layout pass: wait for it, not 0.1 s
+                await wait_for(pilot, lambda: panel.size.height == 10 and process_rows(), what="the process rows")
+            else:
+                await pilot.pause(0.1)
             text = lines(panel)
-            rows = [line for line in text if "% " in line and ("python" in line or "ffmpeg" in line)]
+            rows = process_rows()
             if shown:
                 assert len(rows) == 3 and "trainer" in rows[0] and "ffmpeg" in rows[1], text
                 assert panel.size.height == len(text) == 10
