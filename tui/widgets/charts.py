@@ -2,15 +2,15 @@
 metric tiles with a sparkline. The drawing itself is `tui.braille`."""
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Optional
 
 from rich.text import Text
-from textual.reactive import reactive
-from textual.widget import Widget
 
 from tui import braille, fmt
 from tui.model import Series
+from tui.widgets.drawn import DrawnWidget, drawn
 
 ARROWS = {1: "↑", -1: "↓", 0: "→"}
 
@@ -45,7 +45,7 @@ class SeriesView:
             self.version += 1
 
 
-class LineChart(SeriesView, Widget):
+class LineChart(SeriesView, DrawnWidget):
     """A braille line chart of one `Series` (and optionally a second one marked ×, e.g. the
     validation loss over the train loss) with a y-axis gutter, an x-axis row and a marker.
 
@@ -68,22 +68,22 @@ class LineChart(SeriesView, Widget):
     COMPONENT_CLASSES = {"chart--line", "chart--envelope", "chart--marker", "chart--axis", "chart--overlay"}
     GUTTER = 8  # columns of y-axis labels
 
-    version: reactive[int] = reactive(0)
+    version: drawn[int] = drawn(0)
     """Bumped by `set_series` whenever the data changes (the series itself is not copied)."""
-    smooth: reactive[bool] = reactive(False)
+    smooth: drawn[bool] = drawn(False)
     """Draw an exponential moving average instead of the raw points."""
-    log_scale: reactive[bool] = reactive(False)
+    log_scale: drawn[bool] = drawn(False)
     """Logarithmic y axis (falls back to linear, with a note, if a value is not positive)."""
-    envelope: reactive[bool] = reactive(True)
+    envelope: drawn[bool] = drawn(True)
     """Shade the min..max range of the points each plotted column stands for."""
-    marker: reactive[Optional[float]] = reactive(None, repaint=False)
-    """An x value (step) to mark with a vertical line, e.g. the current step (repaints only when
-    the marker moves to another column)."""
-    x_range: reactive[Optional[tuple[float, float]]] = reactive(None)
+    marker: drawn[Optional[float]] = drawn(None)
+    """An x value (step) to mark with a vertical line, e.g. the current step (a repaint only when
+    that moves the line to another column: `drawn`)."""
+    x_range: drawn[Optional[tuple[float, float]]] = drawn(None)
     """Fixed x range (e.g. the whole run, or a zoomed window); default: the series' own range."""
-    x_mode: reactive[str] = reactive("step")
+    x_mode: drawn[str] = drawn("step")
     """What the x labels say (`x_format` writes them); a change repaints."""
-    title: reactive[str] = reactive("")
+    title: drawn[str] = drawn("")
     """Text in the top-left corner of the plot."""
 
     def __init__(self, *, value_format: Callable[[float], str] = fmt.metric, name: Optional[str] = None,
@@ -120,11 +120,6 @@ class LineChart(SeriesView, Widget):
         column = int((marker - first) / (last - first) * (plot_width - 1) + 0.5)
         return column if 0 <= column < plot_width else None
 
-    def watch_marker(self, old: Optional[float], new: Optional[float]) -> None:
-        plot_width = self.size.width - self.GUTTER
-        if self._marker_column(old, plot_width) != self._marker_column(new, plot_width):
-            self.refresh()
-
     def _columns(self, plot_width: int, first: float, last: float) -> tuple[list, list, bool]:
         """The dot columns of the series and of the overlay, and whether they are log10 values."""
         data = self.series.smoothed() if self.smooth else self.series
@@ -137,24 +132,24 @@ class LineChart(SeriesView, Widget):
             return columns, extra, False
         return logged, logged_extra, True
 
-    def render(self) -> Text:
+    def draw(self) -> list[Text]:
         width, height = self.size
         bounds = self._x_bounds()
         if self.series is None or bounds is None or width < 12 or height < 1:
-            return Text(self.title + ("  " if self.title else "") + "no data yet", style="dim")
+            return [Text(self.title + ("  " if self.title else "") + "no data yet", style="dim")]
         gutter, plot_width = self.GUTTER, width - self.GUTTER
         title_row = bool(self.title) and height >= 3
         plot_height = max(1, height - 1 - title_row)
         first, last = bounds
         columns, extra, use_log = self._columns(plot_width, first, last)
         if not any(c is not None for c in columns + extra):  # e.g. zoomed in between two evaluations
-            return Text(f"no points between {self.x_format(first)} and {self.x_format(last)}", style="dim")
+            return [Text(f"no points between {self.x_format(first)} and {self.x_format(last)}", style="dim")]
         lo, hi, clipped_lo, clipped_hi = braille.value_range(columns, self.envelope, extra)
         marker_col = self._marker_column(self.marker, plot_width)
         cells = braille.plot(columns, plot_height, lo, hi, marker_col, self.envelope)
         if extra:
             braille.overlay(cells, extra, lo, hi)
-        styles = {kind: self.get_component_rich_style(f"chart--{kind}")
+        styles = {kind: self.component_style(f"chart--{kind}")
                   for kind in ("line", "envelope", "marker", "axis", "overlay")}
         lines = []
         if title_row:
@@ -163,15 +158,17 @@ class LineChart(SeriesView, Widget):
         y_labels = self._y_labels(plot_height, lo, hi, use_log, clipped_lo, clipped_hi)
         for r, row in enumerate(cells):
             line = Text(y_labels.get(r, " " * gutter), style=styles["axis"])
-            for ch, kind in row:
-                line.append(ch, styles.get(kind) if kind else None)
+            # One span per run of a kind, not per cell: each span is a segment to compose and
+            # write, and this chart repaints as the step marker moves.
+            for kind, run in itertools.groupby(row, key=lambda cell: cell[1]):
+                line.append("".join(ch for ch, _ in run), styles.get(kind) if kind else None)
             lines.append(line)
         if height >= 2:
             axis = braille.axis_labels(first, last, plot_width, self.x_format)
             if marker_col is not None and axis[marker_col] == " ":
                 axis = axis[:marker_col] + "▲" + axis[marker_col + 1:]
             lines.append(Text(" " * gutter + axis, style=styles["axis"]))
-        return Text("\n").join(lines)
+        return lines
 
     def _y_labels(self, plot_height: int, lo: float, hi: float, use_log: bool,
                   clipped_lo: bool, clipped_hi: bool) -> dict[int, str]:
@@ -186,7 +183,7 @@ class LineChart(SeriesView, Widget):
                 for row, text in labels.items()}
 
 
-class MetricTile(SeriesView, Widget):
+class MetricTile(SeriesView, DrawnWidget):
     """One metric: name, current value, trend arrow, sparkline and the sparkline's y-range.
 
     One row: everything on the line, the range as a dim suffix when there is room. Two or more
@@ -206,18 +203,18 @@ class MetricTile(SeriesView, Widget):
     MIN_SPARK = 6  # columns below which a one-row tile leaves the sparkline (and range) out
     RANGE_WIDTH = 10  # columns a one-row tile keeps for its range label when it has room
 
-    value: reactive[Optional[float]] = reactive(None)
+    value: drawn[Optional[float]] = drawn(None)
     """Current value (None: not reported yet)."""
-    trend: reactive[int] = reactive(0)
+    trend: drawn[int] = drawn(0)
     """+1 rising, -1 falling, 0 flat (drawn as ↑ ↓ →)."""
-    note: reactive[str] = reactive("")
+    note: drawn[str] = drawn("")
     """Short extra text after the value, e.g. `best 0.81`."""
-    version: reactive[int] = reactive(0)
+    version: drawn[int] = drawn(0)
     """Bumped by `set_series` when the sparkline data changes."""
-    x_range: reactive[Optional[tuple[float, float]]] = reactive(None)
+    x_range: drawn[Optional[tuple[float, float]]] = drawn(None)
     """Steps the sparkline spans (the dashboard: the whole run so far, so points sit at their
     steps and every tile lines up); default: the series' own range."""
-    log_scale: reactive[bool] = reactive(False)
+    log_scale: drawn[bool] = drawn(False)
     """Logarithmic sparkline (the detail view's `l` on this metric); linear if a value is not > 0."""
 
     def __init__(self, label: str, key: str, *, value_format: Callable[[Optional[float]], str] = fmt.metric,
@@ -231,15 +228,15 @@ class MetricTile(SeriesView, Widget):
         self.series: Optional[Series] = None
         self._signature: tuple = ()
 
-    def render(self) -> Text:
+    def draw(self) -> list[Text]:
         width, height = self.size
         head = Text.assemble((f"{self.label:<11}", "bold"), f"{self.value_format(self.value):>7} ",
                              ARROWS[self.trend] if self.value is not None else " ")
         if self.note:
             head.append(f" {self.note}", style="dim")
         head.no_wrap = True
-        spark_style = self.get_component_rich_style("tile--spark")
-        range_style = self.get_component_rich_style("tile--range")
+        spark_style = self.component_style("tile--spark")
+        range_style = self.component_style("tile--range")
         if height <= 1:
             room = width - head.cell_len - 1
             if room >= self.MIN_SPARK:
@@ -248,13 +245,13 @@ class MetricTile(SeriesView, Widget):
                 head.append(spark, style=spark_style)
                 if label:
                     head.append(" " + label, style=range_style)
-            return head
+            return [head]
         rows, scale = self._sparkline(width, height - 1)
         label = self._range_label(scale)
         if label and head.cell_len + len(label) + 2 <= width:
             head.append(" " * (width - head.cell_len - len(label)))
             head.append(label, style=range_style)
-        return Text("\n").join([head] + [Text(r, style=spark_style) for r in rows])
+        return [head] + [Text(r, style=spark_style) for r in rows]
 
     def _one_row(self, room: int) -> tuple[str, str]:
         """(sparkline, range label) sharing `room` columns on the head line: the range gets a

@@ -108,10 +108,9 @@ class Dashboard(Vertical):
         lr_chart.set_series(self._lr_series)
         lr_chart.x_range = (0.0, float(max(model.total_steps - 1, 1)))
         lr_chart.marker = float(model.step)
-        lr_now = ((model.progress or {}).get("metrics") or {}).get("lr")
-        if lr_now is None and "lr" in model.series:
-            lr_now = model.series["lr"].last
-        lr_chart.title = "planned LR" + (f", now {fmt.metric(lr_now)}" if lr_now is not None else "")
+        # No current value in the title: the lr tile shows it, and a title that changed at every
+        # step repainted the whole chart at every refresh.
+        lr_chart.title = "planned LR"
         system = self.query_one(SystemPanel)
         system.max_rows = 10 if self.screen.has_class("-tall") else 5
         system.live = live

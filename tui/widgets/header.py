@@ -5,12 +5,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from rich.text import Text
-from textual.reactive import reactive
 from textual.timer import Timer
-from textual.widget import Widget
 
 from trainer.fmt import epoch_number
 from tui import fmt
+from tui.widgets.drawn import DrawnWidget, drawn
 from tui.model import ACTIVE_STATES, RunModel
 
 # State words are always written out; the colour only repeats what the word says.
@@ -96,7 +95,7 @@ def eta_parts(model: RunModel) -> tuple[str, Optional[float]]:
     return f"ETA {fmt.duration(eta)}" + (" paused" if model.state == "paused" else ""), eta
 
 
-class RunHeader(Widget):
+class RunHeader(DrawnWidget):
     """Run name, state, connection, model and phase on line one; step, epoch, elapsed, ETA on line two."""
 
     DEFAULT_CSS = """
@@ -109,7 +108,7 @@ class RunHeader(Widget):
     }
     """
 
-    info: reactive[Optional[HeaderInfo]] = reactive(None)
+    info: drawn[Optional[HeaderInfo]] = drawn(None)
     """What to show; None before anything is known about the run."""
 
     def __init__(self, clock: Optional[fmt.Clock] = None, **kwargs) -> None:
@@ -117,7 +116,6 @@ class RunHeader(Widget):
         self.clock = clock or fmt.Clock()
         self._ticker: Optional[Timer] = None
         self._ticker_period = 0.0
-        self._painted: tuple[str, str] = ("", "")
 
     def clock_parts(self) -> tuple[str, str]:
         """The parts that move with the clock alone: ` (12s)` in a setup stage, ` → 14:05` of the ETA."""
@@ -142,14 +140,13 @@ class RunHeader(Widget):
             self._ticker = self.set_interval(period, self._tick, name="header-clock")
 
     def _tick(self) -> None:
-        if self.clock_parts() != self._painted:
-            self.refresh()
+        self.redraw()
 
-    def render(self) -> Text:
+    def draw(self) -> list[Text]:
         info = self.info
         if info is None:
-            return Text("longhaul: loading run…")
-        self._painted = since, eta_time = self.clock_parts()
+            return [Text("longhaul: loading run…")]
+        since, eta_time = self.clock_parts()
         sep = (" │ ", "dim")
         line1 = Text.assemble(
             (info.name, "bold"), sep,
@@ -165,4 +162,4 @@ class RunHeader(Widget):
         for line in (line1, line2):
             line.no_wrap = True
             line.overflow = "ellipsis"
-        return Text("\n").join([line1, line2])
+        return [line1, line2]

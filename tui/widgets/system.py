@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 from rich.text import Text
-from textual.reactive import reactive
-from textual.widget import Widget
 
 from tui import braille, fmt
+from tui.widgets.drawn import DrawnWidget, drawn
 from tui.widgets.processes import load_text, process_line, temperature_text
 
 TOP_PROCESSES = 3
@@ -30,7 +29,7 @@ def disk_is_low(system: dict) -> bool:
     return bool(total and free / total < LOW_DISK_FRACTION and free < ROOMY_DISK_BYTES)
 
 
-class SystemPanel(Widget):
+class SystemPanel(DrawnWidget):
     """The newest system sample. Shows one bar per core when there is room, a compact line otherwise."""
 
     DEFAULT_CSS = """
@@ -43,11 +42,11 @@ class SystemPanel(Widget):
     """
     COMPONENT_CLASSES = {"system--bar", "system--low"}
 
-    system: reactive[Optional[dict]] = reactive(None)
+    system: drawn[Optional[dict]] = drawn(None)
     """The last `system` frame body (None before the first sample)."""
-    max_rows: reactive[int] = reactive(6)
+    max_rows: drawn[int] = drawn(6)
     """Rows the panel may use; per-core bars are drawn when they fit."""
-    live: reactive[bool] = reactive(False)
+    live: drawn[bool] = drawn(False)
     """Connected to a daemon: a missing sample is still to come (offline, none ever comes)."""
 
     def watch_system(self) -> None:
@@ -55,9 +54,6 @@ class SystemPanel(Widget):
 
     def watch_max_rows(self) -> None:
         self._fit()
-
-    def watch_live(self) -> None:
-        self.refresh()
 
     def _fit(self) -> None:
         """Size the panel to its lines (a style change re-lays out the column it sits in).
@@ -88,22 +84,22 @@ class SystemPanel(Widget):
             return 5
         return len(self.system.get("cpu_percent") or ()) + 5 + len(self._top_processes())
 
-    def render(self) -> Text:
+    def draw(self) -> list[Text]:
         system = self.system
         if not system or not self.live:
             # Short enough for the side column at 80x24. Offline, the last sample a run's directory
             # holds is not shown: a finished run read `cpu0 84%` as if it were still training.
-            return Text("system: waiting for a sample" if self.live else "system: live runs only", style="dim")
+            return [Text("system: waiting for a sample" if self.live else "system: live runs only", style="dim")]
         width = max(20, self.size.width or 40)
         lines = self._detailed(system, width) if self._use_detailed() else self._compact(system)
         for line in lines:
             line.no_wrap = True
             line.overflow = "ellipsis"
-        return Text("\n").join(lines)
+        return lines
 
     def _detailed(self, s: dict, width: int) -> list[Text]:
         """One bar per core, then one fact per line."""
-        bar_style = self.get_component_rich_style("system--bar")
+        bar_style = self.component_style("system--bar")
         bar_width = max(4, min(40, width - 13))
         lines = [Text.assemble(f"cpu{i:<3}", (fmt.bar(pct / 100, bar_width), bar_style), f" {pct:4.0f}%")
                  for i, pct in enumerate(s.get("cpu_percent") or ())]
@@ -119,7 +115,7 @@ class SystemPanel(Widget):
         """Five short lines: all cores as one glyph each, then memory, process, disk."""
         cores = [float(c) for c in s.get("cpu_percent") or ()]
         mean = sum(cores) / len(cores) if cores else 0.0
-        cpu = Text.assemble("cpu ", (braille.spark(cores, 0.0, 100.0)[:16], self.get_component_rich_style("system--bar")),
+        cpu = Text.assemble("cpu ", (braille.spark(cores, 0.0, 100.0)[:16], self.component_style("system--bar")),
                             f" {mean:.0f}% avg of {len(cores)}")
         return [cpu,
                 Text(f"{load_text(s)}  {temperature_text(s)}"),
@@ -140,5 +136,5 @@ class SystemPanel(Widget):
             text.append(f" of {fmt.size(total)} ({100 * free / total:.0f}%)" if long else f" ({100 * free / total:.0f}%)")
         if disk_is_low(s):
             text.append(" ")
-            text.append(" LOW ", self.get_component_rich_style("system--low"))
+            text.append(" LOW ", self.component_style("system--low"))
         return text

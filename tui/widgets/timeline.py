@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from rich.text import Text
-from textual.reactive import reactive
 from textual.timer import Timer
-from textual.widget import Widget
 
 from tui import fmt
+from tui.widgets.drawn import DrawnWidget, drawn
 from tui.setup import SetupStatus
 from trainer.schedule import relative_step_cost
 
@@ -94,7 +93,7 @@ def allocate(weights: Sequence[float], width: int, minimum: int = 1) -> list[int
     return cells
 
 
-class PhaseTimeline(Widget):
+class PhaseTimeline(DrawnWidget):
     """Segments per phase (done █ / remaining ░), ▼ at the current step, labels with each phase's ETA.
 
     Rows beyond the first three list the phases one per line, the current one marked ▶.
@@ -108,26 +107,25 @@ class PhaseTimeline(Widget):
     """
     COMPONENT_CLASSES = {"timeline--done", "timeline--left", "timeline--now"}
 
-    spans: reactive[tuple[PhaseSpan, ...]] = reactive((), layout=True)
+    spans: drawn[tuple[PhaseSpan, ...]] = drawn((), layout=True)
     """The plan's phases; empty until a plan is known."""
-    step: reactive[int] = reactive(0, repaint=False)
-    """Optimizer steps done (repaints only when that moves a cell or changes a phase row)."""
-    total_steps: reactive[int] = reactive(0)
+    step: drawn[int] = drawn(0)
+    """Optimizer steps done (a repaint only when that moves a cell or changes a phase row: `drawn`)."""
+    total_steps: drawn[int] = drawn(0)
     """Steps the run will take (may be cut short of the plan by max_steps)."""
-    eta_labels: reactive[tuple[str, ...]] = reactive(())
+    eta_labels: drawn[tuple[str, ...]] = drawn(())
     """Per phase: `done`, or time until it ends, e.g. `3h10m`."""
-    eta_times: reactive[tuple[str, ...]] = reactive(())
+    eta_times: drawn[tuple[str, ...]] = drawn(())
     """Per phase: wall-clock time it ends, e.g. `Wed 14:05` (phase list rows only)."""
-    preparing: reactive[Optional[tuple[float, str]]] = reactive(None)
+    preparing: drawn[Optional[tuple[float, str]]] = drawn(None)
     """(fraction, label) while the feature store is prepared before training (preparing_view)."""
-    setup: reactive[Optional[SetupStatus]] = reactive(None)
+    setup: drawn[Optional[SetupStatus]] = drawn(None)
     """What the trainer does before its first step (tui.setup), shown while no plan is known."""
 
     def __init__(self, clock: Optional[fmt.Clock] = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.clock = clock or fmt.Clock()
         self._ticker: Optional[Timer] = None
-        self._painted_elapsed = ""
 
     def watch_setup(self, setup: Optional[SetupStatus]) -> None:
         """Tick each second while a setup stage's duration is shown, and not at all otherwise."""
@@ -139,23 +137,7 @@ class PhaseTimeline(Widget):
             self._ticker = None
 
     def _tick(self) -> None:
-        if self.setup is not None and not self.spans and self.setup.elapsed(self.clock.now()) != self._painted_elapsed:
-            self.refresh()
-
-    def _step_key(self, step: int) -> tuple:
-        """What of `step` is visible: done cells per segment, the marker cell, the current phase's percent."""
-        width = self.content_region.width or self.size.width
-        cells = allocate([s.weight for s in self.spans], width, minimum=2) if self.spans else []
-        done = tuple(int(round(min(1.0, max(0.0, (step - s.start_step) / s.steps)) * n)) if s.steps else n
-                     for s, n in zip(self.spans, cells))
-        shows_rows = self.size.height > 3
-        current = next((s for s in self.spans if step < s.end_step), None)
-        pct = round(1000 * (step - current.start_step) / current.steps) if shows_rows and current and current.steps else None
-        return done, current.index if current else None, pct
-
-    def watch_step(self, old: int, new: int) -> None:
-        if self._step_key(old) != self._step_key(new):
-            self.refresh()
+        self.redraw()
 
     def get_content_height(self, container, viewport, width: int) -> int:
         """With `height: auto`: the three timeline rows plus one row per phase."""
@@ -167,21 +149,21 @@ class PhaseTimeline(Widget):
                 return span.index
         return self.spans[-1].index if self.spans else None
 
-    def render(self) -> Text:
+    def draw(self) -> list[Text]:
         width = self.content_region.width or self.size.width
         if self.preparing is not None and width >= 4:
             fraction, label = self.preparing
             done = int(round(min(1.0, max(0.0, fraction)) * width))
-            bar = Text(DONE * done, self.get_component_rich_style("timeline--done"))
-            bar.append(LEFT * (width - done), self.get_component_rich_style("timeline--left"))
-            return Text("\n").join([Text(label[:width], style="bold"), bar])
+            bar = Text(DONE * done, self.component_style("timeline--done"))
+            bar.append(LEFT * (width - done), self.component_style("timeline--left"))
+            return [Text(label[:width], style="bold"), bar]
         if not self.spans or width < 4:
             return self._render_setup(width)
         cells = allocate([s.weight for s in self.spans], width, minimum=2)
         marker, bar, labels = [" "] * width, Text(), Text()
-        done_style = self.get_component_rich_style("timeline--done")
-        left_style = self.get_component_rich_style("timeline--left")
-        now_style = self.get_component_rich_style("timeline--now")
+        done_style = self.component_style("timeline--done")
+        left_style = self.component_style("timeline--left")
+        now_style = self.component_style("timeline--now")
         offset = 0
         for i, (span, n) in enumerate(zip(self.spans, cells)):
             if n == 0:
@@ -202,18 +184,18 @@ class PhaseTimeline(Widget):
             offset += n
         rows = [Text("".join(marker), style=now_style), bar, labels]
         rows += self._phase_rows(max(0, self.size.height - 3), width)
-        return Text("\n").join(rows)
+        return rows
 
-    def _render_setup(self, width: int) -> Text:
+    def _render_setup(self, width: int) -> list[Text]:
         """Before the plan: what the trainer does and for how long, and where the time went."""
         if self.setup is None:
-            return Text("phase plan not known yet", style="dim")
-        self._painted_elapsed = elapsed = self.setup.elapsed(self.clock.now())
+            return [Text("phase plan not known yet", style="dim")]
+        elapsed = self.setup.elapsed(self.clock.now())
         done = "  ".join(f"✓ {name} {fmt.duration(seconds)}" for name, seconds in self.setup.done)
         rows = [Text(self.setup.text + elapsed, style="bold"), Text(done, style="dim")]
         for row in rows:
             row.truncate(width, overflow="ellipsis")
-        return Text("\n").join(rows)
+        return rows
 
     def _label(self, i: int, width: int) -> str:
         span = self.spans[i]
