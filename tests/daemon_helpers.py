@@ -161,8 +161,8 @@ class RawClient:
         assert isinstance(msg, dict) and isinstance(msg.get("type"), str), msg
         return msg
 
-    def hello(self, version: int = PROTOCOL_VERSION, client: str = "raw-test") -> dict:
-        self.send({"type": "hello", "version": version, "client": client})
+    def hello(self, version: int = PROTOCOL_VERSION, client: str = "raw-test", **extra) -> dict:
+        self.send({"type": "hello", "version": version, "client": client, **extra})
         return self.recv()
 
     def recv_until(self, predicate: Callable[[dict], bool], timeout: float = 20.0) -> list[dict]:

@@ -137,6 +137,60 @@ def test_progress_to_clients_is_rate_limited_and_ends_with_the_last_step(env):
     assert progress[-1]["step"] == 200
 
 
+def test_a_client_gets_progress_at_the_pace_it_asked_for_and_the_last_step(env):
+    """hello `progress_every`: a TUI repainting every 2 s took ten progress frames per repaint."""
+    root, launcher = env
+    run_dir = make_run(root, "pace", fake={"steps": 150, "step_time": 0.02, "steps_per_epoch": 1000,
+                                           "event_every": 100000})
+    launcher.start(run_dir)
+    paced, plain = connect(run_dir), connect(run_dir)
+    paced.hello(progress_every=1.0)
+    plain.hello()
+    started = time.monotonic()
+    msgs = paced.recv_until(is_final_state)
+    elapsed = time.monotonic() - started
+    progress = [m for m in msgs if m["type"] == "progress"]
+    events = [m for m in msgs if m["type"] == "event"]
+    assert len(progress) <= elapsed / 1.0 + len(events) + 2, (len(progress), elapsed, len(events))
+    assert progress[-1]["step"] == 150, "the newest progress is held, not dropped"
+    others = [m for m in plain.recv_until(is_final_state) if m["type"] == "progress"]
+    assert len(others) > 2 * len(progress), "the pace is per client: the other one gets the daemon's rate"
+
+
+def test_a_ping_changes_the_pace_and_nonsense_paces_are_clamped():
+    import asyncio
+
+    async def scenario():
+        conn = hub.ClientConn(1, None, FakeWriter(), daemon.Settings(max_backlog=10_000))
+        conn.set_pace(0.3)
+        conn.push_progress(b"p1")  # the first one goes at once
+        conn.push_progress(b"p2")
+        conn.push_progress(b"p3")  # held: the newest wins
+        assert conn.writer.writes == [b"p1"]
+        await asyncio.sleep(0.4)
+        assert conn.writer.writes == [b"p1", b"p3"]
+        conn.push_progress(b"p4")  # held again, until an event: progress never falls behind one
+        conn.push(b"event1", after_latest=True)
+        assert b"".join(conn.writer.writes) == b"p1p3p4event1"
+        await asyncio.sleep(0.4)
+        assert b"".join(conn.writer.writes) == b"p1p3p4event1", "a flushed progress is not sent twice"
+        conn.set_pace(0)
+        conn.push_progress(b"p5")
+        conn.push_progress(b"p6")
+        assert conn.writer.writes[-2:] == [b"p5", b"p6"]
+        for asked, kept in ((-5, 0.0), (float("nan"), 0.0), (float("inf"), 0.0), (1e9, hub.MAX_PROGRESS_EVERY),
+                            ("2", 0.0), (True, 0.0), (2, 2.0)):
+            conn.set_pace(asked)
+            assert conn.progress_every == kept, asked
+        conn.set_pace(5)
+        conn.push_progress(b"p7")
+        conn.abort("test")
+        await asyncio.sleep(0)
+        assert conn._progress_timer is None or conn._progress_timer.cancelled()
+
+    asyncio.run(scenario())
+
+
 def test_version_mismatch_gets_error_and_close(env):
     root, launcher = env
     run_dir = make_run(root, "ver", fake={"steps": 1000, "step_time": 0.01})

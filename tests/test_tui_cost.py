@@ -120,7 +120,8 @@ async def test_plus_minus_change_the_refresh_rate_shown_in_the_footer(live_run):
     app = make_app(run_dir, refresh_interval=refresh_rate.DEFAULT)
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
-        assert footer_keys(app).get("+/-") == "2000ms"
+        # The footer lists the screen's bindings a moment after the screen is live.
+        await wait_for(pilot, lambda: footer_keys(app).get("+/-") == "2000ms", what="the default rate in the footer")
         await pilot.press("plus")
         await pilot.pause()
         assert rates(app) == (1.0, 1.0, 1.0)
@@ -158,6 +159,19 @@ async def test_the_refresh_rate_is_kept_for_the_session(live_run):
         await wait_for(pilot, lambda: is_live(app), what="the dashboard again")
         assert rates(app) == (1.0, 1.0, 1.0)
         await wait_for(pilot, lambda: footer_keys(app).get("+/-") == "1000ms", what="the footer's rate")
+
+
+@async_test
+async def test_the_daemon_is_asked_for_progress_at_the_refresh_rate(live_run):
+    """The hello carries the refresh interval as `progress_every`, and +/- send the new one: a
+    dashboard repainting every 2 s took ten progress frames per repaint and showed one."""
+    run_dir, daemon = live_run
+    app = make_app(run_dir, refresh_interval=refresh_rate.DEFAULT)
+    async with app.run_test(size=BIG) as pilot:
+        await wait_for(pilot, lambda: is_live(app), what="the live dashboard")
+        assert daemon.daemon.paces == [refresh_rate.DEFAULT]
+        await pilot.press("plus")
+        await wait_for(pilot, lambda: daemon.daemon.paces[-1:] == [1.0], what="the new pace at the daemon")
 
 
 # ----------------------------------------------------------------------------- the link's hold

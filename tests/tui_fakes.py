@@ -221,6 +221,7 @@ class FakeDaemon:
         self.refuse = refuse
         self.hello_error = hello_error  # (code, message) to answer every hello with
         self.requests: list[dict] = []
+        self.paces: list[float] = []  # each hello's and ping's progress_every (0: none asked)
         self.connections = 0
         self.server: Optional[asyncio.AbstractServer] = None
         self.seq = 1000
@@ -256,13 +257,17 @@ class FakeDaemon:
             await protocol.write_frame(writer, welcome, protocol.MAX_SERVER_FRAME)
             for frame in self.live:
                 await protocol.write_frame(writer, frame, protocol.MAX_SERVER_FRAME)
+            pace = {"progress_every": float(hello.get("progress_every", 0.0))}  # as the daemon's hub paces
+            self.paces.append(pace["progress_every"])
             if self.progress_hz or self.system_hz or self.log_hz or self.event_hz:
-                tasks.append(asyncio.create_task(self._keep_streaming(writer)))
+                tasks.append(asyncio.create_task(self._keep_streaming(writer, pace)))
             while True:
                 msg = await protocol.read_frame(reader, protocol.MAX_CLIENT_FRAME, protocol.CLIENT_TO_DAEMON)
                 if msg["type"] == "request":
                     await self._answer(writer, msg)
                 elif msg["type"] == "ping":
+                    pace["progress_every"] = float(msg.get("progress_every", pace["progress_every"]))
+                    self.paces.append(pace["progress_every"])
                     await protocol.write_frame(writer, protocol.pong(), protocol.MAX_SERVER_FRAME)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
@@ -297,14 +302,16 @@ class FakeDaemon:
                           id=rid, action=action, outcome="done")
         await protocol.write_frame(writer, frame, protocol.MAX_SERVER_FRAME)
 
-    async def _keep_streaming(self, writer: asyncio.StreamWriter) -> None:
-        """Progress, system, log and event frames, each at its own rate (a live run as it looks)."""
+    async def _keep_streaming(self, writer: asyncio.StreamWriter, pace: dict) -> None:
+        """Progress, system, log and event frames, each at its own rate (a live run as it looks);
+        progress no more often than the client's `progress_every`, like the daemon's hub."""
         plan = demo_plan()
         rng = random.Random(7)
         step = SNAPSHOT_STEP + 10
         loop = asyncio.get_running_loop()
         rates = {"progress": self.progress_hz, "system": self.system_hz, "log": self.log_hz, "event": self.event_hz}
         due = {kind: loop.time() for kind, hz in rates.items() if hz}
+        progress_sent = 0.0
         while due:
             kind = min(due, key=due.get)
             await asyncio.sleep(max(0.0, due[kind] - loop.time()))
@@ -314,6 +321,9 @@ class FakeDaemon:
                 record = train_record(plan, step, rng)
                 metrics = {k: record[k] for k in ("train_loss", "lr", "grad_norm", "samples_per_s", "data_share")}
                 metrics["train_loss_smooth"] = record["train_loss"]
+                if loop.time() - progress_sent < pace["progress_every"]:
+                    continue
+                progress_sent = loop.time()
                 frame = progress_frame(plan, step, metrics, T0 + step)
             elif kind == "system":
                 frame = system_sample(T0 + step, load=1.5 + rng.random())

@@ -239,9 +239,11 @@ BODIES: dict[str, dict[str, Spec]] = {
 
 MESSAGES: dict[str, dict[str, Spec]] = {
     # client -> daemon
-    "hello": {"version": INT, "client": STR},
+    # progress_every: send this client progress frames at most this often, in seconds (a TUI
+    # that repaints every 2 s has no use for five a second); a ping may carry a new value.
+    "hello": {"version": INT, "client": STR, "progress_every": MayBeAbsent(NUM)},
     "request": {"id": INT, "action": one_of(*ACTIONS)},
-    "ping": {},
+    "ping": {"progress_every": MayBeAbsent(NUM)},
     # daemon -> client
     "welcome": {"version": INT, "run": Body("run"), "snapshot": Body("snapshot")},
     "error": {"code": STR, "message": STR},
@@ -317,16 +319,18 @@ def message(msg_type: str, /, *, check: bool = True, **fields: Any) -> dict:
 
 
 # ----------------------------------------------------------------------------- constructors
-def hello(client: str, version: int = PROTOCOL_VERSION) -> dict:
-    return message("hello", version=version, client=client)
+def hello(client: str, version: int = PROTOCOL_VERSION, progress_every: Optional[float] = None) -> dict:
+    if progress_every is None:
+        return message("hello", version=version, client=client)
+    return message("hello", version=version, client=client, progress_every=progress_every)
 
 
 def request(id: int, action: str) -> dict:
     return message("request", id=id, action=action)
 
 
-def ping() -> dict:
-    return message("ping")
+def ping(progress_every: Optional[float] = None) -> dict:
+    return message("ping") if progress_every is None else message("ping", progress_every=progress_every)
 
 
 def pong() -> dict:

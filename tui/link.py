@@ -64,7 +64,8 @@ class DashboardLink:
 
     `post` delivers messages to the screen (its `post_message`). `retry_min`/`retry_max` bound
     the backoff between attempts; a successful handshake resets it. `hold`: seconds the frames of
-    `HELD` messages are gathered before the message is posted (0: at once).
+    `HELD` messages are gathered before the message is posted (0: at once), and the daemon's pace
+    for this client's progress frames (hello/ping `progress_every`).
     """
 
     def __init__(self, run_dir: Path, post: Callable[[Message], object], *,
@@ -135,7 +136,8 @@ class DashboardLink:
         reader, writer = await asyncio.wait_for(
             asyncio.open_unix_connection(str(path), limit=protocol.MAX_SERVER_FRAME), self.handshake_timeout)
         self._writer = writer
-        await protocol.write_frame(writer, protocol.hello(CLIENT_NAME), protocol.MAX_CLIENT_FRAME)
+        await protocol.write_frame(writer, protocol.hello(CLIENT_NAME, progress_every=self.hold or None),
+                                   protocol.MAX_CLIENT_FRAME)
         first = await asyncio.wait_for(
             protocol.read_frame(reader, protocol.MAX_SERVER_FRAME, protocol.DAEMON_TO_CLIENT), self.handshake_timeout)
         if first["type"] == "error":
@@ -198,6 +200,17 @@ class DashboardLink:
                 held.append(message)
         self._held.clear()
         return held
+
+    def set_hold(self, seconds: float) -> None:
+        """Gather frames for `seconds` from now on, and ask the daemon for progress at that pace
+        (a dashboard that repaints every 2 s took ten progress frames per repaint and showed one)."""
+        self.hold = seconds
+        if self._writer is None:
+            return  # the next hello carries it
+        try:
+            self._writer.write(protocol.encode(protocol.ping(progress_every=seconds), protocol.MAX_CLIENT_FRAME))
+        except (OSError, ConnectionError):
+            pass  # the stream ends with the connection; the next hello carries the pace
 
     async def request(self, action: str) -> int:
         """Send a pause/resume/checkpoint/stop request; returns its id (the ack and event carry it)."""

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import math
 import os
 import socket
 import struct
@@ -26,6 +27,8 @@ from trainer.protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
 
+MAX_PROGRESS_EVERY = 10.0
+"""The slowest pace a client may ask for, in seconds (a longer one would read as a stalled run)."""
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
 
@@ -61,6 +64,10 @@ class ClientConn:
         self.close_reason = ""
         self.sender: Optional[asyncio.Task] = None
         self.allowance = 0  # the welcome's size: a big snapshot alone must not count as backlog
+        self.progress_every = 0.0  # this client's pace (hello/ping `progress_every`); 0: every frame
+        self._progress_sent = 0.0
+        self._held_progress: Optional[bytes] = None
+        self._progress_timer: Optional[asyncio.TimerHandle] = None
 
     def __repr__(self) -> str:
         return f"client #{self.number} ({self.client})"
@@ -80,6 +87,8 @@ class ClientConn:
         the progress that came before it)."""
         if self.closed:
             return
+        if after_latest:
+            self._flush_held_progress()
         if after_latest and self.latest:
             for pending in self.latest.values():
                 self.ordered.append(pending)
@@ -91,6 +100,38 @@ class ClientConn:
             self.abort(f"too slow: {self.backlog()} bytes not read (limit {self.settings.max_backlog})")
             return
         self._send_or_wake()
+
+    def set_pace(self, seconds: float) -> None:
+        """Progress at most every `seconds` (clamped to 0..MAX_PROGRESS_EVERY; not a number: 0)."""
+        ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
+        self.progress_every = min(MAX_PROGRESS_EVERY, max(0.0, float(seconds))) if ok else 0.0
+
+    def push_progress(self, data: bytes) -> None:
+        """A progress frame, or held back until this client's pace allows one (the newest wins)."""
+        if self.closed:
+            return
+        wait = self.progress_every - (time.monotonic() - self._progress_sent)
+        if wait <= 0:
+            self._held_progress = None
+            self._progress_sent = time.monotonic()
+            self.push_latest("progress", data)
+            return
+        self._held_progress = data
+        if self._progress_timer is None:
+            self._progress_timer = asyncio.get_running_loop().call_later(wait, self._release_progress)
+
+    def _release_progress(self) -> None:
+        self._progress_timer = None
+        if self._held_progress is not None:
+            self.push_progress(self._held_progress)
+
+    def _flush_held_progress(self) -> None:
+        """Before an ordered frame: the progress held for pacing goes first (no event may overtake
+        the progress that came before it)."""
+        if self._held_progress is not None:
+            self.latest["progress"] = self._held_progress
+            self._held_progress = None
+            self._progress_sent = time.monotonic()
 
     def push_latest(self, kind: str, data: bytes) -> None:
         """Queue a coalesced frame: replaces an unsent one of the same kind."""
@@ -147,6 +188,8 @@ class ClientConn:
             return
         self.closed = True
         self.close_reason = reason
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
         log.info("%r disconnected: %s", self, reason)
         self.ordered.clear()
         self.ordered_bytes = 0
@@ -223,7 +266,9 @@ class Hub:
             log.error("not sent to clients: %s", exc)
             return
         for conn in list(self.clients):
-            if coalesce:
+            if msg["type"] == "progress":
+                conn.push_progress(data)
+            elif coalesce:
                 conn.push_latest(msg["type"], data)
             else:
                 conn.push(data, after_latest=msg["type"] == "event")
@@ -287,6 +332,7 @@ class Hub:
             await self._refuse(conn, exc.code, exc.message)
             return False
         conn.client = hello["client"][:64]
+        conn.set_pace(hello.get("progress_every", 0.0))
         # Snapshot, welcome and registration happen without an await in between, so the client
         # misses no event and sees none twice.
         try:
@@ -318,6 +364,8 @@ class Hub:
                 case "request":
                     self.on_request(conn, msg["id"], msg["action"])
                 case "ping":
+                    if "progress_every" in msg:
+                        conn.set_pace(msg["progress_every"])
                     conn.send(protocol.pong())
                 case _:
                     await self._refuse(conn, ErrorCode.UNEXPECTED_TYPE, f"{msg['type']!r} is only valid as the first frame")

@@ -351,7 +351,8 @@ class RunScreen(RunEvaluation, RunActions, Screen):
 
     def set_refresh_interval(self, interval: float) -> None:
         """A new rate (`+`/`-`): repaint now, which also drops a repaint scheduled at the old rate."""
-        self.refresh_interval = self.link.hold = interval
+        self.refresh_interval = interval
+        self.link.set_hold(interval)
         self._request_refresh(urgent=True)
 
     def _refresh_now(self) -> None:
