@@ -294,6 +294,10 @@ def test_daemon_emits_the_alert_and_its_end(tmp_path, runtime_dir, monkeypatch):
     # 0.5 s system samples: normal for ~3 s, slow for ~4 s, normal again
     run_dir = make_run(tmp_path / "runs", "busy", fake={"steps": 100000, "step_time": 0.01, "log_every": 0,
                                                        "rates": [[0, 100], [300, 8], [700, 100]]})
+    # Pinned threads: only then does the fix name a smaller `threads:` (a trainer that follows
+    # the load gives threads up by itself).
+    config = run_dir / "config.yaml"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "threads_follow_load": False}))
     d = daemon.Daemon(run_dir, [sys.executable, str(FAKE_WORKER)], daemon.Settings(linger=0.1))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=lambda: loop.run_until_complete(d.run()))

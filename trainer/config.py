@@ -482,6 +482,11 @@ class RunConfig(Section):
     """Seed of everything: data order, augmentation, initialisation, dropout."""
     threads: int = Field(2, ge=1)
     """torch intra-op threads. Results are bit-identical only with the same thread count."""
+    threads_follow_load: bool = True
+    """Use fewer threads while other processes keep cores busy, and `threads` again when the box
+    is quiet (checked every 5 s; each change is an event). On 2 cores beside one busy process a
+    2-thread run keeps 28% of its speed, 1 thread 61% (bench/omp_wait.py). Numerics depend on
+    the thread count: false pins it, for runs that must be bit-identical to another."""
     max_steps: Optional[int] = Field(None, ge=1)
     """Stop after this many optimizer steps (smoke tests); null: run the whole plan."""
     log_every: int = Field(1, ge=1)

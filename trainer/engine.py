@@ -46,6 +46,7 @@ from trainer.resume import resume
 from trainer.run.plan import write_plan
 from trainer.run.rundir import RunDir
 from trainer.schedule import EtaModel, Plan
+from trainer.threads import follow_load
 from trainer.store_setup import PrepareStopped, run_data, stopped_while_preparing
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class Trainer:
         cfg = self.cfg
         keep_step_memory()  # before the first step: activations reused from the heap, not mmapped anew
         torch.set_num_threads(cfg.threads)
+        self.threads = follow_load(cfg.threads, cfg.threads_follow_load, torch.set_num_threads, self.event)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
@@ -280,6 +282,8 @@ class Trainer:
                 batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state)
                 continue
             self.train_step(batch_group)
+            if self.threads is not None:
+                self.threads.tick()
             if self.state.epoch_step == self.plan.phase_at(self.state.step - 1).steps_per_epoch:
                 self.end_epoch()
                 batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state)

@@ -1,10 +1,12 @@
-"""The torch thread count that follows the load of the box (issue 14, work in progress).
+"""The torch thread count that follows the load of the box (`threads_follow_load`, issue 14).
 
 On a 2-core box no OpenMP wait setting of 2 threads is both fast when the box is quiet and fair
 beside a busy process (`bench/omp_wait.py`: 2 threads keep 28% of their quiet speed beside one
 busy loop, passive waiting 37% and 1.8x slower when quiet), while 1 thread beside it keeps 61%.
 So the trainer runs its configured threads while the box is quiet and fewer while other
-processes keep cores busy, judged at step boundaries over windows of a few seconds.
+processes keep cores busy, judged at step boundaries over windows of a few seconds: the
+quickstart beside one busy process keeps 62% of its quiet speed instead of 28%
+(`bench/threads_load.py`).
 
 `ThreadChoice` is the decision alone (no I/O, no torch); `OthersLoad` measures how many cores
 processes other than the trainer (and its children) keep busy, from /proc via psutil.
@@ -18,6 +20,11 @@ import time
 from typing import Callable, Optional
 
 import psutil
+
+
+WINDOW = 5.0
+"""Seconds between two looks at the load (a change needs two windows in a row: 10 s)."""
+
 
 
 class ThreadChoice:
@@ -81,3 +88,66 @@ class OthersLoad:
         if last is None or now <= last[0]:
             return None
         return max(0.0, ((busy - last[1]) - (own - last[2])) / (now - last[0]))
+
+
+class ThreadsFollowLoad:
+    """At step boundaries, once every `window` seconds: measure the other processes and change
+    the thread count when `ThreadChoice` says so (`set_threads`, then `announce(old, new, others)`)."""
+
+    def __init__(self, configured: int, set_threads: Callable[[int], None],
+                 announce: Callable[[int, int, float], None], *, window: float = WINDOW,
+                 cores: Optional[int] = None, load: Optional[OthersLoad] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.choice = ThreadChoice(configured, cores or available_cores())
+        self.set_threads, self.announce = set_threads, announce
+        self.window, self.clock = window, clock
+        self.load = load or OthersLoad(clock)
+        self._due = clock()
+
+    @property
+    def threads(self) -> int:
+        return self.choice.current
+
+    def tick(self) -> None:
+        now = self.clock()
+        if now < self._due:
+            return
+        self._due = now + self.window
+        others = self.load.sample()
+        if others is None:
+            return
+        old = self.choice.current
+        new = self.choice.observe(others)
+        if new is not None:
+            self.set_threads(new)
+            self.announce(old, new, others)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity: a container's or taskset's limit)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def follow_load(configured: int, enabled: bool, set_threads: Callable[[int], None],
+                event: Callable[..., None]) -> Optional[ThreadsFollowLoad]:
+    """The engine's follower (None when pinned or at one thread); each change is a `threads` event."""
+    if not enabled or configured < 2:
+        return None
+
+    def announce(old: int, new: int, others: float) -> None:
+        event("threads", "info", change_message(old, new, others), threads=new, configured=configured,
+              others_cores=round(others, 2))
+
+    return ThreadsFollowLoad(configured, set_threads, announce)
+
+
+def change_message(old: int, new: int, others: float) -> str:
+    if new < old:
+        return (f"threads {old} -> {new}: other processes keep {others:.1f} cores busy "
+                "(pin the count with threads_follow_load: false)")
+    return f"threads {old} -> {new}: other processes use {others:.1f} cores now"
