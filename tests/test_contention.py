@@ -47,6 +47,16 @@ def test_alert_starts_after_three_contended_samples_and_names_the_fix():
     protocol.event("contention", start.level, start.message, start.data)  # a valid frame
 
 
+def test_a_trainer_that_follows_the_load_is_not_told_to_lower_its_threads():
+    watch = ContentionWatch(threads=2, follows_load=True)
+    for t in range(5):
+        feed(watch, t, 100.0)
+    start = [feed(watch, 5 + t, 8.0, load=3.9, hogs=(HOG,)) for t in range(3)][2]
+    assert start is not None and "Fix: stop hog or lower its priority (renice)" in start.message
+    assert "threads:" not in start.message and "suggested_threads" not in start.data
+    assert start.data["threads"] == 2  # the configured count, as it is
+
+
 def test_alert_ends_when_the_rate_recovers_and_not_before():
     watch = ContentionWatch(threads=2)
     for t in range(3):

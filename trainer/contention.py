@@ -52,6 +52,8 @@ class ContentionWatch:
 
     Args:
         threads: the run's configured torch threads (`threads:` in the config).
+        follows_load: the trainer gives threads up by itself while the box is busy
+            (`threads_follow_load`): the fix then names no smaller `threads:`.
         window: seconds of rates the recent best is taken from.
         drop, recover: fractions of the recent best below which samples/s counts as fallen,
             and at or above which it counts as recovered.
@@ -59,10 +61,11 @@ class ContentionWatch:
     """
 
     def __init__(self, threads: int, window: float = 300.0, drop: float = 0.6, recover: float = 0.8,
-                 confirm: int = 3) -> None:
+                 confirm: int = 3, follows_load: bool = False) -> None:
         if not 0 < drop < recover:
             raise ValueError(f"contention thresholds: need 0 < drop < recover, got drop={drop}, recover={recover}")
         self.threads = threads
+        self.follows_load = follows_load
         self.window, self.drop, self.recover, self.confirm = window, drop, recover, confirm
         self.active = False
         self._fresh: list[float] = []  # rates since the previous system sample
@@ -134,7 +137,8 @@ class ContentionWatch:
         named = [p for p in others if p["cpu"] >= NAMED_CPU][:NAMED] or others[:1]
         names = ", ".join(f"{p['name']} (pid {p['pid']}, {p['cpu']:.0f}% CPU)" for p in named)
         culprit = named[0]["name"] if named else "the other processes"
-        if self.threads > free:
+        fewer_threads = self.threads > free and not self.follows_load
+        if fewer_threads:
             # resume refuses an edited config.yaml (its hash is in every checkpoint), so the
             # thread count can only change for a new run
             fix = f"stop {culprit}, or start the next run with `threads: {free}` in its config"
@@ -145,7 +149,7 @@ class ContentionWatch:
         data = {"alert": ALERT, "load": load, "cores": cores, "samples_per_s": rate, "best_samples_per_s": best,
                 "threads": self.threads, "free_cores": free,
                 "others": [{"pid": p["pid"], "name": p["name"], "cpu": p["cpu"]} for p in named]}
-        if self.threads > free:
+        if fewer_threads:
             data["suggested_threads"] = free
         return Decision("warning", message, data)
 

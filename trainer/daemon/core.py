@@ -84,9 +84,7 @@ class Daemon:
         except Exception as exc:  # ConfigError or unreadable file: nothing to supervise
             self.set_state("failed", f"cannot load the run's config: {exc}", level="error")
             return 1
-        # A trainer that follows the load gives threads up by itself: the alert then suggests no
-        # smaller `threads:`, only the other processes.
-        self.contention = ContentionWatch(1 if self.cfg.threads_follow_load else self.cfg.threads)
+        self.contention = ContentionWatch(self.cfg.threads, follows_load=self.cfg.threads_follow_load)
         await self.journal.load_history(self.cfg.eval.monitor_rule)
         await self.hub.listen(self.lock.socket_file)
         sampler = self._spawn(self._sample_system())
