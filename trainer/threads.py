@@ -16,6 +16,7 @@ same count at the same steps, so every change is an event and `threads_follow_lo
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable, Optional
 
@@ -24,7 +25,6 @@ import psutil
 
 WINDOW = 5.0
 """Seconds between two looks at the load (a change needs two windows in a row: 10 s)."""
-
 
 
 class ThreadChoice:
@@ -125,8 +125,6 @@ class ThreadsFollowLoad:
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity: a container's or taskset's limit)."""
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

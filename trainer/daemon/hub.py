@@ -89,7 +89,6 @@ class ClientConn:
             return
         if after_latest:
             self._flush_held_progress()
-        if after_latest and self.latest:
             for pending in self.latest.values():
                 self.ordered.append(pending)
                 self.ordered_bytes += len(pending)

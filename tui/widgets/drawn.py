@@ -3,8 +3,9 @@
 Textual repaints a widget whenever one of its reactives changes, and a repaint rebuilds the
 widget's whole content. On an idle dashboard most changes do not change a single cell: the step
 range of a validation tile grows, a value moves in its fourth digit, a sample repeats the last
-one. `DrawnWidget` draws its look as one `Text` (`draw`), and a change of a `drawn` reactive
-repaints it only when that text now differs from the one on the screen (issue 13: the idle cost).
+one. `DrawnWidget` draws its look as lines of `Text` (`draw`), and a change of a `drawn`
+reactive repaints it only when, and only where, those lines differ from the ones on the screen
+(issue 13: the idle cost).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ T = TypeVar("T")
 
 
 class drawn(reactive[T]):
-    """A reactive whose change asks its `DrawnWidget` to repaint if the drawn text changed
+    """A reactive whose change asks its `DrawnWidget` to repaint if the drawn lines changed
     (instead of repainting at once, as `reactive` does)."""
 
     def __init__(self, default: T, *, layout: bool = False) -> None:

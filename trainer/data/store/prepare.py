@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from ...threads import available_cores
 from ..report import DataReport, Problem
 from . import layout
 from .layout import StoreDiskFull, StoreError, StorePaths
@@ -254,7 +255,7 @@ def _compute(cfg, plan: Plan, todo: list[ShardTask], outcomes: dict, index, work
 def worker_count(cfg, workers: Optional[int], shards: int) -> int:
     """Processes to spawn: as asked (--workers, data.prepare_workers), else one per CPU this process
     may run on (cgroups, taskset), not per CPU of the host: each worker holds torch (~300 MB)."""
-    return min(workers or cfg.data.prepare_workers or len(os.sched_getaffinity(0)) or 1, shards)
+    return min(workers or cfg.data.prepare_workers or available_cores(), shards)
 
 
 def _open_index(paths: StorePaths):
