@@ -38,27 +38,29 @@ from trainer.engine import Trainer  # noqa: E402
 
 
 def plain_loop(cfg, bundle, steps: int, warmup: int, channels_last: bool) -> float:
-    """samples/s of a hand-written loop over the same loader; timing starts after `warmup` steps."""
+    """samples/s of a hand-written loop over the same loader (optimizer steps of
+    `batch_size * accum_steps` samples); timing starts after `warmup` steps."""
     torch.manual_seed(cfg.seed)
     cfg.model.channels_last = channels_last
     model = models.build_model(cfg, len(bundle.classes), bundle.in_chans, bundle.input_shape)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    batch = cfg.optim.batch_size
-    sampler = EpochSampler(len(bundle.train), cfg.seed, 0, 0, (steps + warmup) * batch)
+    batch, accum = cfg.optim.batch_size, cfg.optim.accum_steps
+    sampler = EpochSampler(len(bundle.train), cfg.seed, 0, 0, (steps + warmup) * batch * accum)
     loader = make_loader(bundle.train, batch, sampler=sampler, num_workers=cfg.data.num_workers)
     start = None
     for i, (x, y) in enumerate(loader):
-        if i == warmup:
+        if i == warmup * accum:
             start = time.perf_counter()
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(model(x), y, label_smoothing=cfg.loss.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-        opt.step()
-    return steps * batch / (time.perf_counter() - start)
+        (loss / accum).backward()
+        if (i + 1) % accum == 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return steps * batch * accum / (time.perf_counter() - start)
 
 
 class StepClock:

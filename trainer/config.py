@@ -302,8 +302,13 @@ class ModelConfig(Section):
     """Stochastic depth (timm models that support it)."""
     channels_last: bool = True
     """channels_last memory layout for 2-D models (about 1.45x faster EfficientNet training on CPU)."""
-    compile: bool = False
-    """torch.compile the model (about 20% faster on CPU after a few minutes of compiling)."""
+    compile: Union[bool, Literal["auto"]] = "auto"
+    """torch.compile the model for training steps: true, false, or auto: a run planned for at least
+    1e15 FLOP (about 5 hours of EfficientNet-B0 on 2 cores) times a few eager and compiled steps at
+    the start of each phase and trains the phase compiled only if that is at least 5% faster; a
+    shorter run stays eager (trainer/compiling.py). Compiled code is cached on disk
+    (~/.cache/longhaul/inductor), so a resume recompiles in seconds. Eager and compiled steps differ
+    in their last bits: a run that must be bit-identical to another sets true or false."""
     options: dict[str, Any] = {}
     """Extra keyword arguments for the model constructor (e.g. cnn1d_attention: channels, heads;
     mfcc_mlp: hidden widths and context, the frames its first layer sees at once, pooled over time)."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer import models, setup_stages
+from trainer import compiling, models, setup_stages
 from trainer.checkpoint.capture import estimate_bytes
 from trainer.checkpoint.errors import DiskFullError, is_disk_full
 from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
@@ -97,6 +97,7 @@ class LoopState:
     last_eval: Optional[dict] = None
     best_eval: Optional[dict] = None
     eta: dict = field(default_factory=dict)
+    compile_decisions: dict = field(default_factory=dict)  # phase index -> trained compiled (compiling.py)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
@@ -215,7 +216,10 @@ class Trainer:
         self.loss_weight = class_weights(cfg.loss.class_weights, self.data.class_counts["train"])
         self.history = HistoryWriter(self.files.history)
         self.checkpoints.open_store()
-        self.step_fn = torch.compile(self.model) if cfg.model.compile else None
+        # decided from the config and the data alone, so a resume decides the same (trainer/compiling.py)
+        self.training_forward = compiling.TrainingForward(
+            compiling.choose(cfg.model.compile, self.plan, self.model, self.data.input_shape), self.model,
+            cfg.threads, cfg.threads_follow_load, self.event, str(self.files.config))
         self.resumed = resume(self)
         self.evaluation = Evaluation(cfg, self.data, self.plan, self.state, self.model, self.ema, self.channels_last,
                                      self.smoother, self.event, self._train_mode, self.checkpoints.save_best)
@@ -241,12 +245,12 @@ class Trainer:
 
     def config_summary(self) -> dict:
         return {**self.cfg.summary(), "classes": list(self.classes), "n_train": len(self.data.train),
-                "n_val": len(self.data.val)}
+                "n_val": len(self.data.val), "compile": self.training_forward.choice.to_dict()}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> str:
         """Set up (resuming if a checkpoint exists), then train. Returns "finished", "stopped",
-        or "failed" when the plan ended without any best checkpoint (see _fail_without_best)."""
+        or "failed" when the plan ended without any best checkpoint (see fail_without_best)."""
         try:
             self.setup()
         except PrepareStopped:  # a stop while the feature store was prepared: nothing trained yet
@@ -258,6 +262,7 @@ class Trainer:
         request arrives."""
         setup_stages.ready(self.event, self.cfg.model.name, self.model, self.state.step, self.plan.total_steps)
         self.event("state", "info", "running", state="running")
+        self.training_forward.announce()
         self.tick = time.monotonic()
         self.checkpoints.last_time = self.tick  # else a set-up longer than the interval checkpoints step 1
         while True:
@@ -300,6 +305,7 @@ class Trainer:
         lr = self.plan.lr_at(state.step) * state.plateau_scale
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        self.training_forward.begin_step(phase, state.compile_decisions)
         start = time.perf_counter()
         data_time = sum(t for _, _, t in group)
         total_loss = 0.0
@@ -309,7 +315,7 @@ class Trainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.optim.bf16):
-                logits = (self.step_fn or self.model)(x)
+                logits = self.training_forward(x)
             loss = self.loss(logits.float(), y_soft)
             (loss / phase.accum_steps).backward()
             total_loss += loss.item() / phase.accum_steps
@@ -327,22 +333,25 @@ class Trainer:
             # timm counts updates from 1 (its train script passes the count after the step)
             self.ema.update(self.model, step=state.step + 1)
         step_seconds = (time.perf_counter() - start) + data_time
+        compiled = self.training_forward.end_step(phase, state.step, state.compile_decisions)
         state.step += 1
         state.epoch_step += 1
-        self.account_time(phase.index)
+        self.account_time(phase.index, estimate=not compiled)
         self._log_step(phase, total_loss, lr, grad_norm, phase.samples_per_step / max(step_seconds, 1e-9),
                        data_time / max(step_seconds, 1e-9))
 
-    def account_time(self, phase_index: Optional[int] = None) -> None:
+    def account_time(self, phase_index: Optional[int] = None, estimate: bool = True) -> None:
         """Count the time since the last tick as training time (of `phase_index`, by default the
-        current phase's)."""
+        current phase's), and unless `estimate` is false (a step that compiled for minutes) as a
+        measurement for the ETA."""
         if phase_index is None:
             phase_index = self.plan.phase_at(min(self.state.step, self.plan.total_steps - 1)).index
         now = time.monotonic()
         seconds = now - self.tick
         self.tick = now
         self.state.elapsed += seconds
-        self.eta.observe(phase_index, seconds)
+        if estimate:
+            self.eta.observe(phase_index, seconds)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg.loss
@@ -497,22 +506,23 @@ class Trainer:
             self.event("state", "info", "stopped", state="stopped")
             return "stopped"
         if self.state.best_step is None:
-            return self._fail_without_best()
+            return fail_without_best(self)
         self.event("finished", "info", f"finished at step {self.state.step}", best=self.state.best_eval,
                    last=self.state.last_eval, classes=list(self.classes), confusion=self.last_confusion)
         self.event("state", "info", "finished", state="finished")
         return "finished"
 
-    def _fail_without_best(self) -> str:
-        """The plan ran to its end but eval.monitor never had a value: there is no best.pt and
-        early stopping and plateau never acted. That is a failed run (exit code 1), not a
-        plain "finished": its last checkpoint and last.pt are kept."""
-        monitor = self.cfg.eval.monitor
-        seen = sorted(k for k, v in (self.state.last_eval or {}).items() if k.startswith("val_") and v is not None)
-        message = (f"no best checkpoint: eval.monitor {monitor!r} never had a value in any evaluation up to step "
-                   f"{self.state.step}, so no best.pt was written and early stopping and plateau never acted; "
-                   f"the last evaluation had {', '.join(seen) or 'no metrics'}. The run ends failed; "
-                   f"the final checkpoint and last.pt are in {self.run_dir}")
-        self.event("alert", "error", message, what="no_best", monitor=monitor, step=self.state.step)
-        self.event("state", "error", f"failed: {message}", state="failed", reason="no_best")
-        return "failed"
+
+def fail_without_best(trainer: Trainer) -> str:
+    """The plan ran to its end but eval.monitor never had a value: there is no best.pt and
+    early stopping and plateau never acted. That is a failed run (exit code 1), not a
+    plain "finished": its last checkpoint and last.pt are kept."""
+    monitor = trainer.cfg.eval.monitor
+    seen = sorted(k for k, v in (trainer.state.last_eval or {}).items() if k.startswith("val_") and v is not None)
+    message = (f"no best checkpoint: eval.monitor {monitor!r} never had a value in any evaluation up to step "
+               f"{trainer.state.step}, so no best.pt was written and early stopping and plateau never acted; "
+               f"the last evaluation had {', '.join(seen) or 'no metrics'}. The run ends failed; "
+               f"the final checkpoint and last.pt are in {trainer.run_dir}")
+    trainer.event("alert", "error", message, what="no_best", monitor=monitor, step=trainer.state.step)
+    trainer.event("state", "error", f"failed: {message}", state="failed", reason="no_best")
+    return "failed"

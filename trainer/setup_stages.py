@@ -5,8 +5,9 @@ thousands of files, verifying a large checkpoint) while the TUI could only say "
 known yet". Each stage is announced as it begins: `start` (the worker, before torch), `scan` (the
 data files listed), `data` (the in-RAM data decoded and checked, with its file count), `store`
 (the feature store opened, prepared if needed), `model`, `checkpoint` (verified and loaded), then
-`ready` just before the first step. A stage lasts until the next one; the TUI shows the newest
-and how long it has taken.
+`ready` just before the first step; a compiled run then says `compile` (trainer/compiling.py) while its
+first step compiles. A stage lasts until the next one (`compile` until the first progress); the TUI
+shows the newest and how long it has taken.
 
 Torch-free: the worker announces `start` before it imports the engine.
 """
