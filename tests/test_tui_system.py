@@ -256,3 +256,35 @@ def test_disk_is_low_only_when_it_really_is():
     assert disk_is_low({"disk_free": 10 * gib, "disk_total": 400 * gib})  # 2.5% and under 20 GiB
     assert not disk_is_low({"disk_free": 60 * gib, "disk_total": 2000 * gib})  # 3%, but 60 GiB
     assert not disk_is_low({"disk_free": None, "disk_total": None})
+
+
+def test_the_run_model_follows_the_threads_events():
+    from tui.model import RunModel
+
+    model = RunModel()
+    event = lambda seq, kind, **data: {"seq": seq, "time": tui_fakes.T0, "kind": kind, "level": "info",
+                                       "message": kind, "data": data}
+    assert model.threads_now is None
+    model.apply_event(event(1, "threads", threads=1, configured=2, others_cores=1.0))
+    assert model.threads_now == 1
+    model.apply_event(event(2, "state", state="starting"))  # a new worker starts with the configured count
+    assert model.threads_now is None
+
+
+@async_test
+async def test_system_view_says_when_the_trainer_uses_fewer_threads_than_configured(
+        tmp_path, runtime_dir, live_process):
+    run_dir, daemon = serve(tmp_path, live_process, system_body())
+    try:
+        for size in (SMALL, LARGE):
+            app = make_app(run_dir)
+            async with app.run_test(size=size) as pilot:
+                view = await open_view(app, pilot)
+                app.screen.model.apply_event({"seq": 10 ** 6, "time": tui_fakes.T0, "kind": "threads", "level": "info",
+                                              "message": "threads 2 -> 1", "data": {"threads": 1, "configured": 2}})
+                app.screen.refresh_widgets()
+                await wait_for(pilot, lambda: any("using 1 of" in line for line in lines(view)), what="threads in use")
+                assert "trainer threads: 2 busy of 3 shown, using 1 of `threads: 2`: the box is busy" in lines(view)
+                assert all(len(line) <= view.size.width for line in lines(view)), (size, lines(view))
+    finally:
+        daemon.close()

@@ -193,6 +193,9 @@ class RunModel:
     """The latest `preparing` body while the feature store is prepared before training (else None)."""
     setup: SetupStages = field(default_factory=SetupStages)
     """The current worker's setup stages before its first step (tui.setup)."""
+    threads_now: Optional[int] = None
+    """The torch threads the trainer uses since its last `threads` event (threads_follow_load);
+    None while it uses the configured count (a new worker starts with it)."""
     summary: Optional[dict] = None
     evaluation: Optional[dict] = None
     """evaluation.json (`trainer.run.evaluation`; None without one): the run screen reads the file
@@ -365,6 +368,10 @@ class RunModel:
             self.setup.apply(event)
         elif event.get("kind") == "state" and data.get("state") in ("starting", "running"):
             self.setup.clear()  # a new worker starts (its stages come next), or the trainer trains
+        if event.get("kind") == "threads" and isinstance(data.get("threads"), int):
+            self.threads_now = data["threads"]
+        elif event.get("kind") == "state" and data.get("state") == "starting":
+            self.threads_now = None
         return True
 
     def _apply_eval(self, data: dict) -> None:

@@ -56,6 +56,7 @@ def show_system(view: "SystemView", model, live: bool, alerts: AlertBook) -> Non
     oversubscribed alert while `alerts` (the alert bar's book: one rule for when it is on) holds it."""
     view.live = live
     view.threads = (model.config or {}).get("threads")
+    view.threads_now = model.threads_now
     view.system = model.system
     alert = alerts.active.get(ALERT)
     view.contention = alert.message if alert is not None else None
@@ -76,6 +77,8 @@ class SystemView(Widget, can_focus=True):
     """The newest `system` body (None before the first)."""
     threads: reactive[Optional[int]] = reactive(None)
     """The run's configured `threads:` (None when the config summary lacks it)."""
+    threads_now: reactive[Optional[int]] = reactive(None)
+    """The torch threads in use when threads_follow_load changed them (None: the configured count)."""
     live: reactive[bool] = reactive(False)
     contention: reactive[Optional[str]] = reactive(None)
     """The active oversubscribed alert's message (the daemon's diagnosis), None when there is none."""
@@ -158,6 +161,8 @@ class SystemView(Widget, can_focus=True):
     def _threads(self, threads: list[dict], width: int) -> list[Text]:
         busy = sum(1 for t in threads if t["cpu"] >= BUSY_THREAD)
         config = f", `threads: {self.threads}` in the config" if self.threads is not None else ""
+        if self.threads_now is not None and self.threads is not None and self.threads_now != self.threads:
+            config = f", using {self.threads_now} of `threads: {self.threads}`: the box is busy"
         lines = [Text(f"trainer threads: {busy} busy of {len(threads)} shown{config}",
                       style=self.get_component_rich_style("system-view--title"))]
         cell = 22
