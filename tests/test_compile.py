@@ -1,21 +1,18 @@
 """torch.compile (trainer/compiling.py): the auto decision from planned FLOPs, the on-disk cache,
 one compile per phase, and a compiled run killed with SIGKILL that resumes bit-identical."""
 import json
-import os
-import signal
 
 import pytest
 import torch
 import yaml
 
 from tests.daemon_helpers import read_events, wait_for
-from tests.longhaul_cli import cli, cli_env, logged_steps, status
+from tests.longhaul_cli import assert_bit_identical, cli, cli_env, cut_power_and_resume, logged_steps, status
 from tests.run_configs import POWERCUT, changed, run_config
 
 from trainer import compiling, models
 from trainer.config import ConfigError, load_config
 from trainer.engine import NullPublisher, Trainer
-from trainer.history import read_history
 from trainer.schedule import Plan
 
 # POWERCUT with a frozen-backbone phase before a full one: the second phase must recompile once.
@@ -255,20 +252,9 @@ def test_a_compiled_run_killed_and_resumed_ends_bit_identical_from_the_cache(tmp
     run_dir = tmp_path / "runs" / "powercut"
     for kill, at_least in enumerate((20, 150)):  # once in the frozen phase, once in the full one
         wait_for(lambda: logged_steps(run_dir) >= at_least, 180, "training progress")
-        current = status(env, "powercut")
-        assert current["state"] == "running", f"kill {kill + 1}: the run is {current['state']}; lengthen it"
-        os.killpg(current["pid"], signal.SIGKILL)
-        wait_for(lambda: status(env, "powercut")["state"] == "interrupted", 30, "state interrupted")
-        cli(env, "resume", "powercut")
+        cut_power_and_resume(env, "powercut", kill)
     wait_for(lambda: status(env, "powercut")["state"] == "finished", 300, "the run to finish")
-
-    losses = lambda d: [(r["step"], r["train_loss"]) for r in read_history(d / "history.msgpack")
-                        if r["kind"] == "train"]
-    assert losses(run_dir) == losses(tmp_path / "reference")
-    ref_w = torch.load(tmp_path / "reference" / "last.pt", weights_only=False)["model"]
-    got_w = torch.load(run_dir / "last.pt", weights_only=False)["model"]
-    for key in ref_w:
-        assert torch.equal(ref_w[key], got_w[key]), key
+    assert_bit_identical(run_dir, tmp_path / "reference")
     compiles = [e["data"] for e in read_events(run_dir) if e["kind"] == "compile" and e["data"]["what"] == "compiled"]
     assert len(compiles) >= 3, compiles  # the first start and two resumes, each compiling
     assert all(c["cache_hits"] > 0 and c["cache_misses"] == 0 for c in compiles), compiles

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.daemon_helpers import wait_for
-from tests.longhaul_cli import ROOT, cli, logged_steps, status
+from tests.longhaul_cli import ROOT, assert_bit_identical, cli, logged_steps, status
 from tests.powercut import mount_or_skip
 from tests.run_configs import POWERCUT
 from trainer.history import read_history
@@ -284,8 +284,6 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
     """Cut the power (SIGKILL the daemon's process group, drop every unsynced write) at random
     instants; after each cut nothing a resume reads may be empty, torn or stale, and the resumed
     run must end bit-identical to an uninterrupted one."""
-    import torch
-
     disk = tmp_path / "disk-0"
     (disk / "runs").mkdir(parents=True)   # the runs root exists (and is durable) before the run
     mount = mount_or_skip(disk, tmp_path / "mnt", tmp_path / "fs.log")
@@ -342,13 +340,7 @@ def test_power_cuts_at_random_instants_lose_nothing_a_resume_reads(tmp_path):
         wait_for(lambda: written_state(run_dir).get("state") == "finished", 240, "the run to finish")
         assert status(env, "powercut")["state"] == "finished"
         assert reference.wait(timeout=600) == 0, f"the reference run failed: {(tmp_path / 'reference.log').read_text()}"
-        losses = lambda d: [(r["step"], r["train_loss"]) for r in read_history(d / "history.msgpack")
-                            if r["kind"] == "train"]
-        assert losses(run_dir) == losses(tmp_path / "reference")
-        ref_w = torch.load(tmp_path / "reference" / "last.pt", weights_only=False)["model"]
-        got_w = torch.load(run_dir / "last.pt", weights_only=False)["model"]
-        for key in ref_w:
-            assert torch.equal(ref_w[key], got_w[key]), key
+        assert_bit_identical(run_dir, tmp_path / "reference")
     finally:
         if reference is not None and reference.poll() is None:
             reference.kill()

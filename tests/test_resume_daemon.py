@@ -8,14 +8,12 @@ import signal
 import time
 
 import pytest
-import torch
 import yaml
 
 from tests.daemon_helpers import wait_for
-from tests.longhaul_cli import cli, cli_env, logged_steps, status
+from tests.longhaul_cli import assert_bit_identical, cli, cli_env, logged_steps, status
 from tests.run_configs import POWERCUT
 
-from trainer.history import read_history
 
 
 @pytest.mark.slow
@@ -48,11 +46,4 @@ def test_power_cut_through_the_daemon_resumes_bit_identical(tmp_path, runtime_di
         cli(env, "resume", "powercut")
 
     wait_for(lambda: status(env, "powercut")["state"] == "finished", 300, "the run to finish")
-    ref, got = tmp_path / "reference", run_dir
-    losses = lambda d: [(r["step"], r["train_loss"]) for r in read_history(d / "history.msgpack")
-                        if r["kind"] == "train"]
-    assert losses(got) == losses(ref)
-    ref_w = torch.load(ref / "last.pt", weights_only=False)["model"]
-    got_w = torch.load(got / "last.pt", weights_only=False)["model"]
-    for key in ref_w:
-        assert torch.equal(ref_w[key], got_w[key]), key
+    assert_bit_identical(run_dir, tmp_path / "reference")

@@ -576,7 +576,7 @@ def _events(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_power_cut_of_a_store_run_through_the_daemon_resumes_bit_identical(tmp_path, runtime_dir):
     from tests.daemon_helpers import wait_for
-    from tests.longhaul_cli import cli, cli_env, logged_steps, status
+    from tests.longhaul_cli import assert_bit_identical, cli, cli_env, cut_power_and_resume, logged_steps, status
 
     env = cli_env(tmp_path / "runs", runtime_dir)
     config = _daemon_store_config(tmp_path, epochs=30)
@@ -590,17 +590,10 @@ def test_power_cut_of_a_store_run_through_the_daemon_resumes_bit_identical(tmp_p
         before = logged_steps(run_dir)
         wait_for(lambda: logged_steps(run_dir) >= before + rng.randint(3, 12), 180, "training progress")
         time.sleep(rng.uniform(0.0, 0.3))
-        current = status(env, "powercut")
-        assert current["state"] == "running", f"kill {kill + 1}: the run is {current['state']}; lengthen it"
-        os.killpg(current["pid"], signal.SIGKILL)
-        wait_for(lambda: status(env, "powercut")["state"] == "interrupted", 30, "state interrupted")
-        cli(env, "resume", "powercut")
+        cut_power_and_resume(env, "powercut", kill)
     wait_for(lambda: status(env, "powercut")["state"] == "finished", 300, "the run to finish")
     assert [e["data"]["status"] for e in _events(run_dir) if e["kind"] == "preparing"] == ["missing", "done"]
-    assert losses(run_dir) == losses(tmp_path / "reference")
-    a = torch.load(tmp_path / "reference" / "last.pt", weights_only=False)["model"]
-    b = torch.load(run_dir / "last.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_bit_identical(run_dir, tmp_path / "reference")
 
 
 @pytest.mark.slow

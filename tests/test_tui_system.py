@@ -78,6 +78,13 @@ async def test_system_view_shows_processes_and_threads_at_both_sizes(tmp_path, r
                 assert all(len(line) <= view.size.width for line in text), (size, text)
                 # what the widget draws is what the terminal shows: nothing is cut at 80 columns
                 assert all(not line.endswith("…") for line in text)
+                # threads_follow_load cut the count: the line says so, and still fits
+                app.screen.model.apply_event({"seq": 10 ** 6, "time": tui_fakes.T0, "kind": "threads", "level": "info",
+                                              "message": "threads 2 -> 1", "data": {"threads": 1, "configured": 2}})
+                app.screen.refresh_widgets()
+                await wait_for(pilot, lambda: any("using 1 of" in line for line in lines(view)), what="threads in use")
+                assert "trainer threads: 2 busy of 3 shown, using 1 of `threads: 2`: the box is busy" in lines(view)
+                assert all(len(line) <= view.size.width for line in lines(view)), (size, lines(view))
     finally:
         daemon.close()
 
@@ -269,22 +276,3 @@ def test_the_run_model_follows_the_threads_events():
     assert model.threads_now == 1
     model.apply_event(event(2, "state", state="starting"))  # a new worker starts with the configured count
     assert model.threads_now is None
-
-
-@async_test
-async def test_system_view_says_when_the_trainer_uses_fewer_threads_than_configured(
-        tmp_path, runtime_dir, live_process):
-    run_dir, daemon = serve(tmp_path, live_process, system_body())
-    try:
-        for size in (SMALL, LARGE):
-            app = make_app(run_dir)
-            async with app.run_test(size=size) as pilot:
-                view = await open_view(app, pilot)
-                app.screen.model.apply_event({"seq": 10 ** 6, "time": tui_fakes.T0, "kind": "threads", "level": "info",
-                                              "message": "threads 2 -> 1", "data": {"threads": 1, "configured": 2}})
-                app.screen.refresh_widgets()
-                await wait_for(pilot, lambda: any("using 1 of" in line for line in lines(view)), what="threads in use")
-                assert "trainer threads: 2 busy of 3 shown, using 1 of `threads: 2`: the box is busy" in lines(view)
-                assert all(len(line) <= view.size.width for line in lines(view)), (size, lines(view))
-    finally:
-        daemon.close()

@@ -207,7 +207,7 @@ class TrainingForward:
 
     def announce(self) -> None:
         if self.choice.mode == "compiled":
-            self.event("setup", "info", "compiling the model (minutes the first time, seconds from the cache)",
+            self.event("setup", "info", "compiling the model (minutes the first time)",
                        stage="compile", started=time.time(), cache_dir=str(cache_dir()))
 
     def begin_step(self, phase, decisions: dict) -> None:
