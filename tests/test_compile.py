@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import torch._inductor.exc
 import yaml
 
 from tests.daemon_helpers import read_events, wait_for
@@ -189,8 +190,8 @@ def test_auto_on_a_long_run_measures_each_phase_and_a_resume_keeps_the_decisions
 
 
 def _failing_compile(model, threads, follows_load):
-    def forward(x):
-        raise RuntimeError("InductorError: CppCompileError: C++ compile error\nmore lines")
+    def forward(x):  # what inductor raises without a working C++ compiler
+        raise torch._inductor.exc.InductorError(RuntimeError("CppCompileError: C++ compile error\nmore lines"), None)
     return forward
 
 
@@ -208,7 +209,21 @@ def test_auto_trains_eager_when_torch_compile_fails(tmp_path, monkeypatch):
 def test_compile_true_that_cannot_compile_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(compiling, "compile_model", _failing_compile)
     trainer = Trainer(run_config(FREEZE_THEN_TRAIN, max_steps=3), tmp_path)
-    with pytest.raises(ConfigError, match="model.compile: true, but torch.compile failed: RuntimeError"):
+    with pytest.raises(ConfigError, match="model.compile: true, but torch.compile failed: InductorError"):
+        trainer.run()
+
+
+def test_an_error_of_a_compiled_step_that_is_not_a_compile_failure_stays_the_runs_own(tmp_path, monkeypatch):
+    """Only compile failures fall back to eager (auto) or stop as a config error (true): any other
+    error of a compiled step is an ordinary crash, which the daemon's restart policy handles."""
+    def broken(model, threads, follows_load):
+        def forward(x):
+            raise MemoryError("out of memory in a compiled step")
+        return forward
+
+    monkeypatch.setattr(compiling, "compile_model", broken)
+    trainer = Trainer(run_config(FREEZE_THEN_TRAIN, max_steps=3), tmp_path)
+    with pytest.raises(MemoryError, match="out of memory in a compiled step"):
         trainer.run()
 
 

@@ -2,7 +2,7 @@
 
 Compiling costs a minute or two once (bench/compile.py: 64 s cold for the quickstart's
 EfficientNet-B0 on 2 cores, 92 s for B2) and then makes each step faster or not, depending on the
-model and its input: the quickstart's B0 on small spectrograms gains about 14%, B2 on the audio
+model and its input: the quickstart's B0 on small spectrograms gains 6-11%, B2 on the audio
 preset's large ones nothing. So `auto` does not guess. A run too short to repay a trial (planned
 training under AUTO_MIN_FLOP: the forward FLOPs of one sample, counted at set-up with
 torch.utils.flop_counter, times the samples of every phase, times its relative step cost) stays
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import torch._dynamo.exc
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.schedule import Plan, relative_step_cost
@@ -190,7 +191,8 @@ class TrainingForward:
             return self.model(x)
         try:
             return self.compiled(x)
-        except Exception as exc:  # inductor needs a C++ compiler; some models do not compile
+        except torch._dynamo.exc.TorchDynamoException as exc:  # no C++ compiler; a model dynamo cannot trace
+            # only compile failures: any other error of a compiled step is the run's own crash
             self._compile_failed(exc)
             return self.model(x)
 
@@ -221,10 +223,11 @@ class TrainingForward:
         if phase.index in decisions:
             return decisions[phase.index]
         threads = torch.get_num_threads()
-        if self.trial is None or self.trial.phase != phase.index:
+        new_phase = self.trial is None or self.trial.phase != phase.index
+        if new_phase:
             self.event("compile", "info", f"phase {phase.index + 1} ({phase.name}): timing {TRIAL_STEPS} eager steps, "
                        f"then {TRIAL_STEPS} compiled ones, to train it the faster way", what="trial", phase=phase.index)
-        if self.trial is None or self.trial.phase != phase.index or self.trial.threads != threads:
+        if new_phase or self.trial.threads != threads:
             self.trial = CompileTrial(phase.index, threads)
         return self.trial.compiled_next()
 

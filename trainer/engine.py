@@ -216,7 +216,8 @@ class Trainer:
         self.loss_weight = class_weights(cfg.loss.class_weights, self.data.class_counts["train"])
         self.history = HistoryWriter(self.files.history)
         self.checkpoints.open_store()
-        # decided from the config and the data alone, so a resume decides the same (trainer/compiling.py)
+        # the mode comes from the config and the data alone, so a resume chooses the same one; a measured
+        # run's per-phase decisions come back with the loop state (trainer/compiling.py)
         self.training_forward = compiling.TrainingForward(
             compiling.choose(cfg.model.compile, self.plan, self.model, self.data.input_shape), self.model,
             cfg.threads, cfg.threads_follow_load, self.event, str(self.files.config))
