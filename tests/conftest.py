@@ -36,6 +36,8 @@ from tests.tmpfs import tmpfs  # noqa: F401  (fixture for every test module)
 @pytest.fixture(autouse=True)
 def private_run_registry(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LONGHAUL_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    # never the user's own notify rules (~/.config/longhaul/notify.yaml): a test would send them messages
+    monkeypatch.setenv("LONGHAUL_NOTIFY_FILE", str(tmp_path_factory.mktemp("config") / "notify.yaml"))
     umask = os.umask(0o022)
     os.umask(umask)
     yield

@@ -38,18 +38,21 @@ def short_runtime_dir() -> str:
     return tempfile.mkdtemp(prefix="lh-", dir="/tmp")
 
 
-def fake_run_config(name: str, **daemon_cfg) -> str:
+def fake_run_config(name: str, sections: Optional[dict] = None, **daemon_cfg) -> str:
     """A run config the daemon accepts, for tests/fake_worker.py (which reads only its `daemon`
     section), in JSON (which is YAML): restarts after 0.1 s and a system sample every 0.5 s
-    unless `daemon_cfg` says otherwise."""
-    return json.dumps({"name": name, "daemon": {"backoff_seconds": 0.1, "system_interval": 0.5, **daemon_cfg}})
+    unless `daemon_cfg` says otherwise; `sections`: more of the config the daemon reads
+    (`watchdog`, `alerts`, `notify`)."""
+    daemon_section = {"backoff_seconds": 0.1, "system_interval": 0.5, **daemon_cfg}
+    return json.dumps({"name": name, "daemon": daemon_section, **(sections or {})})
 
 
-def make_run(root: Path, name: str = "run", fake: Optional[dict] = None, daemon_cfg: Optional[dict] = None) -> Path:
+def make_run(root: Path, name: str = "run", fake: Optional[dict] = None, daemon_cfg: Optional[dict] = None,
+             sections: Optional[dict] = None) -> Path:
     """A run directory whose config the daemon accepts, scripted for tests/fake_worker.py."""
     run_dir = create_run_dir(root, name)
     daemon_cfg = {"backoff_max_seconds": 1.0, "max_restarts": 3, **(daemon_cfg or {})}
-    (run_dir / "config.yaml").write_text(fake_run_config(name, **daemon_cfg))
+    (run_dir / "config.yaml").write_text(fake_run_config(name, sections, **daemon_cfg))
     (run_dir / "fake.json").write_text(json.dumps(fake or {}))
     return run_dir
 

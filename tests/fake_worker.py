@@ -25,6 +25,9 @@ through the real `trainer.worker.main` (link threads, controls queue, exit codes
                      resume by itself ("disk_space_back") once it has more, like the engine
     rates            [[from_step, samples/s], ...]: the samples/s progress reports from that step
                      on (default 100 throughout)
+    hang_at          at this step the training thread sleeps `hang_seconds` (default 3600) in
+                     `hang()`, alive but making no progress (a deadlock, a stuck disk), in the
+                     first start of the worker only
     preparing_items  before the plan, "prepare a feature store" of this many items: `preparing`
                      frames (one per preparing_step seconds, default 0.05, 10 items each) between
                      two `preparing` events, like the engine's store_setup
@@ -53,6 +56,11 @@ def busy(seconds: float) -> None:
     x = 0
     while time.perf_counter() < end:
         x += 1
+
+
+def hang(seconds: float) -> None:
+    """Make no progress for `seconds` (the stall watchdog's stacks name this function)."""
+    time.sleep(seconds)
 
 
 class FakeTrainer:
@@ -135,6 +143,8 @@ class FakeTrainer:
         spec = self.spec
         if spec.get("crash_at") == self.step and self.start_number <= spec.get("crash_runs", 10**9):
             self.crash(spec.get("crash_mode", "raise"))
+        if spec.get("hang_at") == self.step and self.start_number == 1:
+            hang(float(spec.get("hang_seconds", 3600)))
         record = {"kind": "train", "step": self.step, "epoch": self.step // self.per_epoch, "phase": 0,
                   "time": time.time(), "train_loss": 1.0 / self.step, "lr": 0.001, "grad_norm": 1.0,
                   "samples_per_s": 100.0, "data_share": 0.1}

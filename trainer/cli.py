@@ -322,6 +322,7 @@ def cmd_start(args) -> int:
 
     cfg = _load(args)
     _print_config_warnings(cfg, args)
+    check_notify_file(args)
     run_dir, created = _run_dir_for(args, cfg, "start")
     registry.register(run_dir)
     _pass_accept_data_change(args)
@@ -430,6 +431,7 @@ def cmd_resume(args) -> int:
         print(f"{run_dir.name} is {state}; only interrupted, stopped or failed runs can be resumed",
               file=sys.stderr)
         return 1
+    check_notify_file(args)
     registry.register(run_dir)
     pid = daemon.launch_daemon(run_dir)
     print(f"resumed {run_dir.name} (daemon pid {pid}); attach: {longhaul_command()} attach {address(run_dir)}")
@@ -445,6 +447,49 @@ def _pass_accept_data_change(args, run_dir: Optional[Path] = None) -> None:
         from trainer.store_setup import ACCEPT_ENV
 
         os.environ[ACCEPT_ENV] = (store_fingerprint(run_dir) if run_dir is not None else None) or "1"
+
+
+def check_notify_file(args) -> None:
+    """`start` and `resume` refuse a broken per-user notify file (a run would go unwatched
+    without anyone knowing) unless told to train without it (notify.IGNORE_FILE_ENV)."""
+    from trainer import notify
+    from trainer.config import ConfigError
+
+    if getattr(args, "ignore_notify_file", False):
+        os.environ[notify.IGNORE_FILE_ENV] = "1"
+        return
+    try:
+        notify.load_user_rules()
+    except ConfigError as exc:
+        raise ConfigError(exc.source, exc.problems + [
+            ("", "fix it (`longhaul notify --test` tries it), or pass --ignore-notify-file to train without "
+                 "its notifications")]) from None
+
+
+def cmd_notify(args) -> int:
+    """List the notify rules that apply (the user's file, and RUN's config), or --test them."""
+    from trainer import notify
+    from trainer.config import load_config
+
+    rules = notify.load_user_rules()
+    run_dir = resolve_run(args.run, runs_root_arg(args)) if args.run else None
+    if run_dir is not None:
+        rules += notify.run_rules(load_config(RunDir(run_dir).config, check_paths=False, check_model=False))
+    if not rules:
+        print(f"no notify rules: none in {notify.user_file()}" + ("" if run_dir else " (a run's own: notify RUN)")
+              + "; see README.md, Notifications", file=sys.stderr)
+        return 1
+    if not args.test:
+        for rule in rules:
+            print(f"{rule.source}: on {', '.join(sorted(rule.on))}: {rule.command}")
+        return 0
+    results = notify.send_test(rules, run_dir.name if run_dir else "test", run_dir)
+    for rule, outcome in results:
+        text = "ok" if outcome.ok else f"FAILED: {outcome.describe(rule.timeout)}"
+        print(f"{rule.source}: {text} ({outcome.seconds:.1f} s)")
+        if not outcome.ok and outcome.output.strip():
+            print("  " + "\n  ".join(outcome.output.strip().splitlines()[-5:]))
+    return 0 if all(outcome.ok for _, outcome in results) else 1
 
 
 def store_fingerprint(run_dir: Path) -> Optional[str]:
@@ -523,7 +568,11 @@ def cmd_install_service(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def _add_accept_data_change(parser: argparse.ArgumentParser, sub) -> argparse.ArgumentParser:
-    """`parser` with --accept-data-change on train, start and resume (store_setup.ACCEPT_ENV)."""
+    """`parser` with --accept-data-change on train, start and resume (store_setup.ACCEPT_ENV),
+    and --ignore-notify-file on start and resume."""
+    for name in ("start", "resume"):
+        sub.choices[name].add_argument("--ignore-notify-file", action="store_true",
+                                       help="train without the per-user notify file's rules (when it has an error)")
     for name in ("train", "start", "resume"):
         sub.choices[name].add_argument(
             "--accept-data-change", action="store_true",
@@ -555,6 +604,12 @@ def ls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", metavar="TEXT", help="only runs whose name, state or model contains TEXT "
                                                    "(case-insensitive); the picker's `/`")
     p.set_defaults(func=cmd_ls)
+
+
+def notify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", help="also the rules of this run's config")
+    p.add_argument("--test", action="store_true", help="send a test event through every rule (whatever its `on`)")
+    p.set_defaults(func=cmd_notify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -611,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install-service", help="resume interrupted runs at boot (systemd user unit or cron)")
     p.add_argument("--uninstall", action="store_true")
     p.set_defaults(func=cmd_install_service)
+    notify_arguments(sub.add_parser("notify", help="list the notify rules that apply, or send a test message "
+                                    "through each"))
     p = sub.add_parser("config-docs", help="print the config reference (docs/CONFIG.md)")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_config_docs)

@@ -11,6 +11,7 @@ timm (model names) import it lazily inside `check_model_name` (through trainer.m
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -480,6 +481,86 @@ class DaemonConfig(Section):
     """Seconds between system samples sent to clients."""
 
 
+NOTIFY_EVENTS = ("finished", "failed", "stopped", "crash", "restart", "new_best", "alert", "resolved",
+                 "stalled", "oversubscribed", "evaluation", "report", "*")
+"""What a notify rule's `on` may name besides an alert's `what` (trainer/notify.py's `event_names`
+says which event is which); `*` is every event."""
+ALERT_WHATS = ("nan_loss", "evaluation_failed", "report_missing", "report_failed", "bad_checkpoint", "bad_data",
+               "data_unrecorded", "data_changed", "compile_failed", "threads", "last_weights", "disk_full",
+               "write_failed", "write_resumed", "disk_space_back", "stop_refused", "starting_over", "history_gap",
+               "ema_slow", "no_best", "history", "worker_protocol", "state", "stalled", "cpu_temperature",
+               "memory", "swap", "disk_space", "throughput", "loss_spike", "notify_failed", "notify_config",
+               "replica_failed")
+"""Every `what` of an `alert` event (docs/PROTOCOL.md's table; tests/test_notify.py checks the two
+agree): a notify rule may name one, and a misspelt name is an error rather than a rule that never fires."""
+
+
+class NotifyRule(Section):
+    on: list[str] = Field(min_length=1)
+    """The events that run `command`: finished, failed, stopped, crash, restart, new_best (an
+    evaluation with a new best), alert (any warning or error alert), resolved (an alert that
+    ended), stalled (the watchdog), evaluation, report, an alert's `what` (e.g. disk_full,
+    cpu_temperature), or `*` for all of them."""
+    command: str = Field(min_length=1)
+    """Shell command (`sh -c`) run with the event as JSON on stdin and in LONGHAUL_* environment
+    variables (LONGHAUL_EVENT, LONGHAUL_RUN, LONGHAUL_HOST, LONGHAUL_LEVEL, LONGHAUL_TITLE,
+    LONGHAUL_MESSAGE, LONGHAUL_RUN_DIR); e.g. `curl -s -H "Title: $LONGHAUL_TITLE" -d
+    "$LONGHAUL_MESSAGE" https://ntfy.sh/my-topic`."""
+    timeout_seconds: float = Field(30.0, gt=0.0)
+    """The command is killed (its whole process group) after this long, and the failure alerted."""
+    min_interval_seconds: float = Field(300.0, ge=0.0)
+    """At most one message per event name in this many seconds: a flapping alert sends one
+    message, and the next one says how many were held back. A run's end always goes out."""
+
+    @field_validator("on")
+    @classmethod
+    def _known_events(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in NOTIFY_EVENTS and name not in ALERT_WHATS:
+                close = difflib.get_close_matches(name, NOTIFY_EVENTS + ALERT_WHATS, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown event {name!r}: {hint}events are {', '.join(NOTIFY_EVENTS)} "
+                                 "or an alert's `what` (docs/PROTOCOL.md)")
+        return names
+
+
+class WatchdogConfig(Section):
+    stall_seconds: Optional[float] = Field(None, gt=0.0)
+    """Alert (`stalled`) when the trainer completes no step and no evaluation batch for this long;
+    null: 20 times the median step time, at least 300 s. The trainer's Python stacks then go to
+    train.log. Before the first step (data scan, model set-up, compile) the limit is
+    `setup_seconds`, and a paused run is never stalled."""
+    setup_seconds: float = Field(1800.0, gt=0.0)
+    """The stall limit before a trainer's first step (feature-store preparation reports progress
+    of its own and counts as life)."""
+    restart: bool = False
+    """Kill a stalled trainer and restart it from its last checkpoint (the `daemon` restart policy
+    and its limits apply). Off: the alert and the stacks only."""
+
+
+class AlertsConfig(Section):
+    cpu_temp_c: Optional[float] = Field(90.0, gt=0.0)
+    """Alert `cpu_temperature` at this CPU temperature (°C; null: off); over when 5 °C below."""
+    mem_percent: Optional[float] = Field(95.0, gt=0.0, le=100.0)
+    """Alert `memory` when RAM in use (total minus available) reaches this share; over 5 points below."""
+    swap_percent: Optional[float] = Field(50.0, gt=0.0, le=100.0)
+    """Alert `swap` when this share of swap is in use (a box that swaps trains several-fold slower)."""
+    disk_free_gb: Optional[float] = Field(5.0, ge=0.0)
+    """Alert `disk_space` when the run directory's file system has less free (GB); over at 1.2x.
+    The run pauses by itself much later, at `checkpoint.min_free_mb`."""
+    throughput_share: Optional[float] = Field(0.5, gt=0.0, lt=1.0)
+    """Alert `throughput` when samples/s stays below this share of the phase's median; over at
+    the midpoint between it and the median. Not while the `oversubscribed` alert explains it."""
+    throughput_seconds: float = Field(60.0, gt=0.0)
+    """How long samples/s must stay low (or be back) before the `throughput` alert starts (ends)."""
+    loss_spike_factor: Optional[float] = Field(3.0, gt=1.0)
+    """Alert `loss_spike` when the training loss exceeds this multiple of its median over the last
+    200 records (or is not finite); over once back below the midpoint."""
+    confirm: int = Field(3, ge=1)
+    """Consecutive readings (system samples, or history records for the loss) on the other side of
+    a threshold before an alert starts or ends: no flapping."""
+
+
 class RunConfig(Section):
     name: Optional[str] = None
     """Default run name (the file name without .yaml when absent)."""
@@ -518,6 +599,12 @@ class RunConfig(Section):
     """Checkpointing and retention."""
     daemon: DaemonConfig = DaemonConfig()
     """Daemon supervision (longhaul start)."""
+    watchdog: WatchdogConfig = WatchdogConfig()
+    """The daemon's stall watchdog."""
+    alerts: AlertsConfig = AlertsConfig()
+    """Threshold alerts the daemon raises from its system samples and the history."""
+    notify: list[NotifyRule] = Field(default_factory=list)
+    """Commands run on events of this run (added to the rules of ~/.config/longhaul/notify.yaml)."""
     tta: TtaConfig = TtaConfig()
     """Test-time augmentation (after the run: evaluate --tta, predict --tta)."""
 
@@ -772,7 +859,6 @@ def check_model_name(name: str) -> Optional[str]:
     """None when `name` is a model longhaul can build, else the reason (with close matches)."""
     if name in TIMM_FREE_MODELS:
         return None
-    import difflib
 
     from trainer.model_names import timm_models  # cached: `start` does not pay a timm import
 
@@ -852,14 +938,18 @@ def _schema_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, st
             rows.append((key, "section", "", field.description or ""))
             rows += _schema_rows(ann, key + ".")
             continue
-        if key == "phases":
-            rows.append((key, "list of phases", "", field.description or ""))
-            rows += _schema_rows(PhaseConfig, "phases[].")
+        if key in LIST_SECTIONS:
+            model, label = LIST_SECTIONS[key]
+            rows.append((key, label, "", field.description or ""))
+            rows += _schema_rows(model, f"{key}[].")
             continue
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         type_name = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
         rows.append((key, type_name, default, " ".join((field.description or "").split())))
     return rows
+
+
+LIST_SECTIONS = {"phases": (PhaseConfig, "list of phases"), "notify": (NotifyRule, "list of rules")}
 
 
 def config_docs() -> str:

@@ -223,7 +223,8 @@ class Trainer:
             cfg.threads, cfg.threads_follow_load, self.event, str(self.files.config))
         self.resumed = resume(self)
         self.evaluation = Evaluation(cfg, self.data, self.plan, self.state, self.model, self.ema, self.channels_last,
-                                     self.smoother, self.event, self._train_mode, self.checkpoints.save_best)
+                                     self.smoother, self.event, self._train_mode, self.checkpoints.save_best,
+                                     self.publish_progress)
         self._apply_phase(self.plan.phase_at(self.state.step), announce=not self.resumed)
         self._write_plan()
         self.checkpoints.estimate = estimate_bytes(self.checkpoint_state())

@@ -22,6 +22,9 @@ from trainer.data import make_loader
 from trainer.data.windows import evaluation_view, is_windowed, windowed_metrics
 from trainer.metrics import TRAIN_MONITOR, classification_metrics
 
+KEEP_ALIVE = 10.0
+"""Seconds between the progress frames of a validation pass (see `Evaluation._keep_alive`)."""
+
 
 class Evaluation:
     """Evaluates the model (and its EMA) on the validation set and applies the consequences to
@@ -29,13 +32,15 @@ class Evaluation:
 
     def __init__(self, cfg, data, plan, state, model: torch.nn.Module, ema, channels_last: bool,
                  smoother, event: Callable[..., None], train_mode: Callable[[], None],
-                 on_best: Callable[[], None]):
+                 on_best: Callable[[], None], publish_progress: Callable[[], None] = lambda: None):
         self.cfg, self.data, self.plan, self.state = cfg, data, plan, state
         # data.windows: one item per (recording, window), built once (it reads every length)
         self.val = evaluation_view(data.val, cfg, getattr(data, "data_config", None))
         self.model, self.ema, self.channels_last = model, ema, channels_last
         self.smoother = smoother  # the train-loss monitor reads its smoothed value
         self.event, self.train_mode, self.on_best = event, train_mode, on_best
+        self.publish_progress = publish_progress
+        self._alive_at = time.monotonic()
 
     def evaluate(self) -> tuple[dict, dict]:
         """(metrics, history record) of an evaluation at the current step.
@@ -61,6 +66,13 @@ class Evaluation:
                   "phase": self.plan.phase_at(state.step - 1).index, "time": time.time(), **metrics, **extra}
         return metrics, record
 
+    def _keep_alive(self) -> None:
+        """Progress (the same step) every KEEP_ALIVE seconds of a validation pass: to the daemon's
+        stall watchdog (trainer/watchdog.py) a long pass is work, not a stall."""
+        if time.monotonic() - self._alive_at >= KEEP_ALIVE:
+            self._alive_at = time.monotonic()
+            self.publish_progress()
+
     def _pick_weights(self, sets: dict) -> str:
         """"raw" when its monitor value is strictly better than the EMA's, else "ema"."""
         ema, raw = (sets.get(name, {}).get(self.cfg.eval.monitor) for name in ("ema", "raw"))
@@ -82,6 +94,7 @@ class Evaluation:
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             probs.append(logits.softmax(dim=1).numpy())
             labels.append(y.numpy())
+            self._keep_alive()
         self.train_mode()
         y_true = np.concatenate(labels)
         if is_windowed(self.val):  # per recording as the headline, per window beside it

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import faulthandler
 import logging
 import os
 import queue
@@ -34,6 +35,7 @@ from typing import Any, Callable, Optional
 from trainer import protocol, setup_stages
 from trainer.run.errors import USER_ERROR_EXIT
 from trainer.run.rundir import RunDir, apply_umask
+from trainer.watchdog import STACKS_SIGNAL
 
 log = logging.getLogger("trainer.worker")
 
@@ -317,6 +319,8 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # the stall watchdog asks for every thread's Python stack; fd 2 is the pipe to train.log
+    faulthandler.register(STACKS_SIGNAL, file=sys.__stderr__, all_threads=True)
     # importing torch takes seconds (tens on a busy box): say so before, so nobody stares at "starting"
     setup_stages.announce(publisher.event, "start", "starting the trainer (importing torch)")
     try:

@@ -24,6 +24,8 @@ from trainer.daemon.ownership import RunLock
 from trainer.daemon.requests import Requests
 from trainer.daemon.settings import Settings
 from trainer.daemon.supervisor import Supervisor
+from trainer.daemon.watch import RunWatch
+from trainer.notify import Notifier, run_rules, user_rules_for_daemon
 from trainer.run.rundir import RunDir
 from trainer.run.state import FINAL_STATES, RUN_STATES, progress_fields
 
@@ -45,6 +47,8 @@ class Daemon:
         self.system: Optional[dict] = None
         self.preparing: Optional[dict] = None  # the feature store being prepared (before training)
         self.contention: Optional[ContentionWatch] = None  # set once the config is loaded
+        self.watch: Optional[RunWatch] = None  # stalls and threshold alerts, once the config is loaded
+        self.notifier: Optional[Notifier] = None
         self.last_checkpoint_failed = False
         self._last_progress_write = 0.0
         self._tasks: set[asyncio.Task] = set()
@@ -75,6 +79,7 @@ class Daemon:
         self.progress = self.journal.carried_progress  # a resumed run keeps its header until the worker reports
         self._spawn(self.journal.retry_writes(self.settings.write_retry_interval))
         pid = os.getpid()
+        self.notifier = Notifier(user_rules_for_daemon(self._alert), self.name, self.run_dir, self._alert)
         self.set_state("starting", f"daemon started (pid {pid})", data={"pid": pid}, pid=pid,
                        socket=str(self.lock.socket_file), stop_reason=None, name=self.name)
         try:
@@ -83,13 +88,17 @@ class Daemon:
             self.cfg = load_config(RunDir(self.run_dir).config, check_paths=False, check_model=False)
         except Exception as exc:  # ConfigError or unreadable file: nothing to supervise
             self.set_state("failed", f"cannot load the run's config: {exc}", level="error")
+            await self.notifier.drain()
             return 1
+        self.notifier.rules += run_rules(self.cfg)
         self.contention = ContentionWatch(self.cfg.threads, follows_load=self.cfg.threads_follow_load)
+        self.watch = RunWatch(self.cfg, self.emit, self.supervisor, lambda: self.state, self._spawn)
         await self.journal.load_history(self.cfg.eval.monitor_rule)
         await self.hub.listen(self.lock.socket_file)
         sampler = self._spawn(self._sample_system())
         final = await self.supervisor.supervise(self.cfg.daemon)
         sampler.cancel()
+        await self.notifier.drain()
         await self.hub.linger()
         await self.journal.prime_series_cache()
         return 0 if final in ("finished", "stopped") else 1
@@ -154,7 +163,12 @@ class Daemon:
         body = self.journal.add_event(kind, level, message, data, at=at)
         self.hub.broadcast(protocol.event(kind, level, message, data, seq=body["seq"], at=body["time"], check=False))
         self.journal.note_events_written()
+        if self.notifier is not None:
+            self.notifier.offer(body)
         return body
+
+    def _alert(self, level: str, message: str, data: dict) -> None:
+        self.emit("alert", level, message, data)
 
     # ------------------------------------------------------------------ clients
     def snapshot(self) -> dict:
@@ -192,10 +206,12 @@ class Daemon:
         sampler = SystemSampler(self.run_dir, lambda: self.supervisor.pid)
         reported = False
         while True:
+            body = None
             try:
                 body = await asyncio.to_thread(sampler.sample)
                 msg = protocol.system(**body)
             except Exception as exc:  # skip this sample; say so once, not every interval
+                body = None
                 if not reported:
                     log.warning("system sample skipped (%s); later ones are skipped silently", exc)
                     reported = True
@@ -203,6 +219,7 @@ class Daemon:
                 self.system = body
                 self.hub.broadcast(msg, coalesce=True)
                 self._contention(self.contention.system(body))
+            self.watch.tick(body, explained=self.contention.active)
             await asyncio.sleep(self.cfg.daemon.system_interval)
 
     def _contention(self, decision: Optional[Decision]) -> None:
@@ -212,6 +229,8 @@ class Daemon:
     # ------------------------------------------------------------------ what the worker says
     def worker_starting(self) -> None:
         self.journal.series_stale = True
+        if self.watch is not None:
+            self.watch.worker_started()
 
     def worker_exited(self) -> None:
         self.preparing = None  # a crash in the middle of preparing: the next worker starts over
@@ -231,12 +250,14 @@ class Daemon:
             case "progress":
                 self._on_progress(msg)
             case "preparing":  # a new client needs it too: the snapshot keeps the latest
+                self.watch.alive()
                 self.preparing = None if msg["finished"] else {k: v for k, v in msg.items() if k != "type"}
                 self.hub.broadcast(msg, coalesce=True)
             case "event":
                 self._on_worker_event(msg)
             case "record":
                 await self.journal.feed_record(msg["record"])
+                self.watch.record(msg["record"])
             case "plan":
                 self.journal.plan_body = {"plan": msg["plan"], "config": msg["config"]}
                 # clients that attached before the trainer laid out its plan need it too
@@ -246,9 +267,12 @@ class Daemon:
                     self.requests.refused_by_trainer(msg)
 
     def _on_progress(self, msg: dict) -> None:
+        stepped = self.progress is None or msg["step"] != self.progress.get("step")
         self.progress = {k: v for k, v in msg.items() if k != "type"}
         self.preparing = None
-        self.contention.progress((msg.get("metrics") or {}).get("samples_per_s"), msg.get("phase"))
+        if stepped:  # else an evaluation's keep-alive: the rate in it is the last step's
+            self.contention.progress((msg.get("metrics") or {}).get("samples_per_s"), msg.get("phase"))
+        self.watch.progress(msg, stepped)
         if self.state == "starting":
             self.set_state("running", "training")
         self.hub.send_progress(msg)
@@ -267,6 +291,8 @@ class Daemon:
         if kind == "request" and completed is not None and completed.action == "stop" \
                 and data.get("outcome") == "failed":
             self.supervisor.stop_failed(text)
+        if kind == "setup":
+            self.watch.alive()
         if kind == "checkpoint_failed":
             self.last_checkpoint_failed = True
         if kind == "checkpoint":

@@ -92,6 +92,7 @@ class Supervisor:
         self.last_state: Optional[str] = None
         self.checkpointed = False
         self.traceback: Optional[str] = None
+        self.killed_why: Optional[str] = None  # the daemon killed the current worker (the watchdog)
         self.stderr_tail: collections.deque = collections.deque(maxlen=STDERR_TAIL)
         self.restart_pending = False
         self.shutting_down = False
@@ -158,6 +159,13 @@ class Supervisor:
         self.stop_reason = None
         state = self.last_state if self.last_state in ("running", "paused") else "running"
         self.host.set_state(state, f"stop failed, training goes on: {text}", level="warning", stop_reason=None)
+
+    def kill_stalled(self, why: str) -> None:
+        """SIGKILL a stalled worker; its exit is a crash (`why` its message) under the restart policy."""
+        if self.proc is not None:
+            log.error("%s", why)
+            self.killed_why = why
+            _signal(self.proc, signal.SIGKILL)
 
     def _cancel_stop_timer(self) -> None:
         if self._stop_timer is not None:
@@ -237,6 +245,8 @@ class Supervisor:
             text = "trainer exited with code 0 without reporting finished or stopped"
         else:
             signum, signame, text = describe_exit(returncode)
+        if self.killed_why and signum == signal.SIGKILL:
+            text = self.killed_why
         trace = self.traceback or "\n".join(self.stderr_tail)
         if self.traceback:
             last = self.traceback.strip().splitlines()[-1:]
@@ -254,6 +264,7 @@ class Supervisor:
         argv = [*self.argv, str(self.run_dir), "--control-fd", str(child.fileno())]
         self.last_state = None
         self.traceback = None
+        self.killed_why = None
         self.checkpointed = False
         self.host.worker_starting()
         self.stderr_tail.clear()

@@ -1,0 +1,170 @@
+"""The stall watchdog: the pure decision (StallWatch), then the daemon with the fake trainer
+stopped (SIGSTOP) or hung, and the real engine stopped, killed by the watchdog, restarted and
+ending bit-identical to an uninterrupted run."""
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import yaml
+
+from tests.daemon_helpers import make_run, read_events, wait_exit, wait_for
+from tests.longhaul_cli import assert_bit_identical, cli, cli_env, status
+from tests.run_configs import POWERCUT
+from trainer.watchdog import FLOOR, STEP_TIMES, StallWatch
+
+
+# ---------------------------------------------------------------------- the decision
+def stepping(watch: StallWatch, steps: int, step_time: float, start: float = 0.0) -> float:
+    now = start
+    for step in range(1, steps + 1):
+        now += step_time
+        watch.progress(step, now)
+    return now
+
+
+def test_default_limit_is_a_multiple_of_the_median_step_time_with_a_floor():
+    watch = StallWatch(None, setup_seconds=100.0)
+    watch.worker_started(0.0)
+    assert watch.limit() == 100.0  # before the first step: the set-up limit
+    stepping(watch, 30, 1.0)
+    assert watch.limit() == FLOOR  # 20 x 1 s is under the floor
+    slow = StallWatch(None, setup_seconds=100.0)
+    slow.worker_started(0.0)
+    stepping(slow, 30, 40.0)
+    assert slow.limit() == STEP_TIMES * 40.0
+    fixed = StallWatch(7.0, setup_seconds=100.0)
+    fixed.worker_started(0.0)
+    stepping(fixed, 3, 1.0)
+    assert fixed.limit() == 7.0
+
+
+def test_a_stall_is_reported_once_and_ended_by_life():
+    watch = StallWatch(10.0, setup_seconds=100.0)
+    watch.worker_started(0.0)
+    now = stepping(watch, 5, 1.0)
+    assert watch.check("running", now + 9.9) is None
+    stall = watch.check("running", now + 10.5)
+    assert stall is not None and stall.step == 5 and stall.first_step and stall.seconds == pytest.approx(10.5)
+    assert watch.check("running", now + 30.0) is None  # once per stall
+    assert watch.progress(5, now + 40.0) == pytest.approx(40.0)  # an evaluation's keep-alive ends it
+    assert watch.alive(now + 41.0) is None  # and only once
+
+
+def test_paused_and_ended_runs_are_never_stalled_and_the_clock_restarts_after_a_pause():
+    watch = StallWatch(10.0, setup_seconds=100.0)
+    watch.worker_started(0.0)
+    now = stepping(watch, 3, 1.0)
+    for state in ("paused", "stopping", "finished", None):
+        assert watch.check(state, now + 1000.0) is None
+    assert watch.check("running", now + 1005.0) is None  # 5 s since the pause ended
+    assert watch.check("running", now + 1011.0) is not None
+
+
+def test_set_up_limit_before_the_first_step_and_a_restarted_worker_ends_the_stall():
+    watch = StallWatch(5.0, setup_seconds=60.0)
+    watch.worker_started(0.0)
+    assert watch.check("starting", 59.0) is None
+    assert not watch.check("starting", 61.0).first_step
+    watch.worker_started(70.0)  # the watchdog killed it; the restart begins
+    assert watch.check("starting", 100.0) is None
+    assert watch.progress(1, 110.0) == pytest.approx(110.0)  # stalled since 0 s, over at 110 s
+
+
+# ---------------------------------------------------------------------- the daemon, fake trainer
+@pytest.fixture
+def env(tmp_path, runtime_dir, launcher):
+    """A runs root and a Launcher (conftest.py) that kills every daemon started."""
+    return tmp_path / "runs", launcher
+
+
+def worker_pid(run_dir) -> int:
+    return wait_for(lambda: int((run_dir / "fake_runs").read_text().split()[-1])
+                    if (run_dir / "fake_runs").exists() else None, 20, "the worker to start")
+
+
+def alerts(run_dir, what: str) -> list[dict]:
+    return [e for e in read_events(run_dir) if e["kind"] == "alert" and e["data"].get("what") == what]
+
+
+def test_a_stopped_trainer_is_alerted_and_goes_on_when_continued(env):
+    root, launcher = env
+    run_dir = make_run(root, "stopped", fake={"steps": 400, "step_time": 0.01, "log_every": 0},
+                       sections={"watchdog": {"stall_seconds": 1.0}})
+    pid = launcher.start(run_dir)
+    worker = worker_pid(run_dir)
+    wait_for(lambda: any(e["kind"] == "eval" for e in read_events(run_dir)), 20, "training steps")
+    os.kill(worker, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        alert = wait_for(lambda: alerts(run_dir, "stalled"), 20, "the stall alert")[0]
+        seconds = time.monotonic() - stopped_at
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert alert["level"] == "error" and alert["data"]["process"] == "stopped"
+    assert f"kill -CONT {worker}" in alert["message"] and alert["data"]["restart"] is False
+    assert seconds < 1.0 + 0.5 + 3.0, f"the stall was alerted {seconds:.1f} s after the trainer stopped"
+    wait_exit(pid, 60)
+    ended = alerts(run_dir, "stalled")[-1]
+    assert ended["level"] == "info" and "stall over" in ended["message"]
+    assert [e["data"]["state"] for e in read_events(run_dir) if e["kind"] == "state"][-1] == "finished"
+    # the stack request was delivered when the process continued
+    assert "most recent call first" in (run_dir / "train.log").read_text()
+
+
+def test_a_hung_trainer_has_its_stacks_written_to_train_log(env):
+    root, launcher = env
+    run_dir = make_run(root, "hung", fake={"steps": 60, "step_time": 0.01, "hang_at": 20, "hang_seconds": 4,
+                                           "log_every": 0}, sections={"watchdog": {"stall_seconds": 1.0}})
+    pid = launcher.start(run_dir)
+    alert = wait_for(lambda: alerts(run_dir, "stalled"), 30, "the stall alert")[0]
+    assert alert["data"]["step"] == 19 and alert["data"]["process"] in ("sleeping", "running")
+    log_text = wait_for(lambda: "in hang" in (run_dir / "train.log").read_text()
+                        and (run_dir / "train.log").read_text(), 10, "the stacks in train.log")
+    assert "most recent call first" in log_text and "daemon-sender" not in alert["message"]
+    wait_exit(pid, 60)
+    assert alerts(run_dir, "stalled")[-1]["level"] == "info"
+    assert (run_dir / "fake_runs").read_text().split().__len__() == 1  # no restart without watchdog.restart
+
+
+def test_with_restart_a_stalled_trainer_is_killed_and_restarted_from_its_checkpoint(env):
+    root, launcher = env
+    run_dir = make_run(root, "restart", fake={"steps": 80, "step_time": 0.01, "hang_at": 30, "checkpoint_every": 10,
+                                              "log_every": 0},
+                       sections={"watchdog": {"stall_seconds": 1.0, "restart": True}})
+    pid = launcher.start(run_dir)
+    wait_exit(pid, 60)
+    events = read_events(run_dir)
+    stall = next(e for e in events if e["kind"] == "alert" and e["data"].get("what") == "stalled")
+    assert stall["data"]["restart"] is True and "killing it" in stall["message"]
+    crash = next(e for e in events if e["kind"] == "crash")
+    assert crash["data"]["signal_name"] == "SIGKILL" and "stall watchdog" in crash["message"]
+    assert "out of memory" not in crash["message"]
+    assert next(e for e in events if e["kind"] == "resume")["data"]["step"] == 20  # it hung before checkpoint 30
+    assert [e["data"]["state"] for e in events if e["kind"] == "state"][-1] == "finished"
+    assert alerts(run_dir, "stalled")[-1]["level"] == "info"  # the new worker's progress ended it
+
+
+# ---------------------------------------------------------------------- the real engine
+@pytest.mark.slow
+def test_sigstopped_engine_is_restarted_by_the_watchdog_and_ends_bit_identical(tmp_path, runtime_dir):
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    config = tmp_path / "stall.yaml"
+    config.write_text(yaml.safe_dump({**POWERCUT, "name": "stall", "phases": [{"name": "a", "epochs": 30}],
+                                      "watchdog": {"stall_seconds": 5.0, "restart": True},
+                                      "daemon": {"backoff_seconds": 0.5}}))
+    cli(env, "train", str(config), "--run-dir", str(tmp_path / "reference"), "--quiet")
+    cli(env, "start", str(config))
+    run_dir = tmp_path / "runs" / "stall"
+    wait_for(lambda: status(env, "stall")["state"] == "running" and (status(env, "stall").get("step") or 0) >= 40,
+             180, "training progress")
+    daemon_pid = status(env, "stall")["pid"]
+    worker = psutil.Process(daemon_pid).children()[0]
+    worker.suspend()  # SIGSTOP
+    wait_for(lambda: status(env, "stall")["state"] == "finished", 300, "the run to finish")
+    events = read_events(run_dir)
+    assert any(e["kind"] == "alert" and e["data"].get("what") == "stalled" for e in events)
+    assert any(e["kind"] == "crash" and "stall watchdog" in e["message"] for e in events)
+    assert not worker.is_running()
+    assert_bit_identical(run_dir, tmp_path / "reference")

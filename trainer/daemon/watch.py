@@ -1,0 +1,97 @@
+"""What the daemon watches for someone who is not attached: stalls (trainer/watchdog.py) and
+threshold alerts (trainer/thresholds.py), wired to the worker's frames and the system samples.
+
+A stall is an `alert` `stalled` (error) naming how long the trainer showed no progress and what
+its process is doing; the trainer is asked for every thread's Python stack (train.log), and with
+`watchdog.restart` it is killed and restarted from its last checkpoint by the supervisor's
+restart policy. Progress after it ends the alert (info, same `what`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Callable, Optional
+
+from trainer.thresholds import ThresholdWatch
+from trainer.watchdog import STACKS_SIGNAL, Stall, StallWatch, describe_process
+
+log = logging.getLogger(__name__)
+
+STACKS_WAIT = 2.0
+"""Seconds a stalled trainer gets to write its stacks before the watchdog kills it."""
+
+
+class RunWatch:
+    """The stall watchdog and the threshold alerts of one run.
+
+    `emit(kind, level, message, data)` is the daemon's; `supervisor` gives the worker's pid and
+    kills a stalled one; `state()` is the run's current state.
+    """
+
+    def __init__(self, cfg, emit: Callable[..., Any], supervisor, state: Callable[[], Optional[str]],
+                 spawn: Callable[..., asyncio.Task]):
+        self.cfg = cfg.watchdog
+        self.emit, self.supervisor, self.state, self.spawn = emit, supervisor, state, spawn
+        self.stalls = StallWatch(cfg.watchdog.stall_seconds, cfg.watchdog.setup_seconds)
+        self.thresholds = ThresholdWatch(cfg.alerts, cfg.daemon.system_interval)
+
+    # ------------------------------------------------------------------ the worker's life
+    def worker_started(self) -> None:
+        self.stalls.worker_started(time.monotonic())
+
+    def progress(self, msg: dict, stepped: bool) -> None:
+        """A progress frame; `stepped`: it reports a new step (else an evaluation's keep-alive)."""
+        if stepped:
+            self.thresholds.step_rate((msg.get("metrics") or {}).get("samples_per_s"), msg.get("phase"))
+        self._ended(self.stalls.progress(msg["step"], time.monotonic()))
+
+    def alive(self) -> None:
+        """Work that is no step: a `preparing` frame, a `setup` event."""
+        self._ended(self.stalls.alive(time.monotonic()))
+
+    def record(self, record: dict) -> None:
+        alert = self.thresholds.record(record)
+        if alert is not None:
+            self.emit("alert", alert.level, alert.message, alert.data)
+
+    # ------------------------------------------------------------------ each system sample
+    def tick(self, sample: Optional[dict], explained: bool) -> None:
+        """Every system interval: thresholds on the new sample (None: none taken), then stalls."""
+        if sample is not None:
+            for alert in self.thresholds.system(sample, explained):
+                self.emit("alert", alert.level, alert.message, alert.data)
+        state = self.state() if self.supervisor.pid is not None else None  # no worker: none to stall
+        stall = self.stalls.check(state, time.monotonic())
+        if stall is not None:
+            self._stalled(stall)
+
+    def _stalled(self, stall: Stall) -> None:
+        pid = self.supervisor.pid
+        status, doing = describe_process(pid)
+        if pid is not None and status != "gone":
+            try:  # a stopped process writes them when it is continued (or never, when killed)
+                os.kill(pid, STACKS_SIGNAL)
+            except ProcessLookupError:
+                pass
+        where = f"after step {stall.step}" if stall.first_step else "before its first step"
+        restart = self.cfg.restart and status != "gone"
+        message = (f"stalled: no progress for {stall.seconds:.0f} s {where} (limit {stall.limit:.0f} s); {doing}"
+                   + ("; killing it to restart from the last checkpoint" if restart else ""))
+        self.emit("alert", "error", message, {"what": "stalled", "seconds": round(stall.seconds, 1),
+                                              "limit": round(stall.limit, 1), "step": stall.step, "pid": pid,
+                                              "process": status, "restart": restart})
+        if restart:
+            self.spawn(self._kill_after_stacks(pid, stall))
+
+    async def _kill_after_stacks(self, pid: int, stall: Stall) -> None:
+        await asyncio.sleep(STACKS_WAIT)
+        if self.supervisor.pid == pid:  # not already gone or replaced
+            self.supervisor.kill_stalled(f"killed by the stall watchdog after {stall.seconds:.0f} s without "
+                                         "progress")
+
+    def _ended(self, lasted: Optional[float]) -> None:
+        if lasted is not None:
+            self.emit("alert", "info", f"stall over: the trainer made progress again after {lasted:.0f} s",
+                      {"what": "stalled", "seconds": round(lasted, 1)})
