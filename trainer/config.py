@@ -512,6 +512,14 @@ class NotifyRule(Section):
     """At most one message per event name in this many seconds: a flapping alert sends one
     message, and the next one says how many were held back. A run's end always goes out."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _on_is_a_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean true
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     @field_validator("on")
     @classmethod
     def _known_events(cls, names: list[str]) -> list[str]:
