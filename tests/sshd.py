@@ -7,6 +7,8 @@ written: the client side is `LONGHAUL_SSH_OPTIONS="-F <folder>/ssh_config"`.
 
   HOST       `longhaul-test`: logs in with the authorised key
   BAD_KEY    `longhaul-test-badkey`: the same server, a key it does not know (auth fails)
+  MUX        `longhaul-test-mux`: like HOST, through a ControlMaster (ControlPersist 60 s), as
+             many users' ~/.ssh/config has it
 
 `far_side_command(env)` is how this checkout's longhaul runs on the "host": sshd gives the
 command a clean environment, so what the far side needs (PYTHONPATH, the runs root, the
@@ -28,6 +30,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "longhaul-test"
 BAD_KEY = "longhaul-test-badkey"
+MUX = "longhaul-test-mux"
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 
 
@@ -78,8 +81,8 @@ class LocalSshd:
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
             "AllowStreamLocalForwarding yes", "LogLevel VERBOSE", ""]))
-        hosts = []
-        for alias, key in ((HOST, "client_key"), (BAD_KEY, "stranger_key")):
+        hosts = [f"Host {MUX}", "  ControlMaster auto", "  ControlPersist 60", f"  ControlPath {self.folder / 'mux-%C'}"]
+        for alias, key in ((f"{HOST} {MUX}", "client_key"), (BAD_KEY, "stranger_key")):
             hosts += [f"Host {alias}", "  HostName 127.0.0.1", f"  Port {self.port}", f"  User {getpass.getuser()}",
                       f"  IdentityFile {self.folder / key}", "  IdentitiesOnly yes", "  StrictHostKeyChecking no",
                       "  UserKnownHostsFile /dev/null", "  LogLevel ERROR"]
@@ -90,6 +93,7 @@ class LocalSshd:
         program = sshd_program()
         if program is None:
             raise RuntimeError("sshd, ssh or ssh-keygen is not installed (apt-get install openssh-server)")
+        self.folder.mkdir(parents=True, exist_ok=True)
         self._keys()
         config = self._configs()
         if os.geteuid() == 0:

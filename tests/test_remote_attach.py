@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -128,7 +130,8 @@ def test_attach_shows_the_live_run_through_the_forward_and_cleans_up(far, launch
             await pilot.pause(0.05)
         first = app.screen.model.step
         seen.update(name=app.screen.model.name, first=first, socket=app.tunnel.local, ssh=app.tunnel.proc.pid,
-                    socket_link=str(app.screen.link.socket_path()), back=app.screen.check_action("back", ()))
+                    socket_link=str(app.screen.link.socket_path()), back=app.screen.check_action("back", ()),
+                    resume=app.screen.resume_argv)
         while app.screen.model.step <= first:
             assert time.monotonic() < deadline, "no live progress through the forward"
             await pilot.pause(0.05)
@@ -143,6 +146,7 @@ def test_attach_shows_the_live_run_through_the_forward_and_cleans_up(far, launch
     assert code == 0, err
     assert seen["name"] == "live" and seen["later"] > seen["first"]
     assert seen["socket_link"] == str(seen["socket"]) and seen["back"] is False  # no local run list to go back to
+    assert seen["resume"][-2] == sshd.HOST and seen["resume"][-1].endswith(f"resume {root / 'live'}")  # `r`: there
     assert not seen["socket"].exists() and not seen["socket"].parent.exists()  # the private directory is gone
     wait_for(lambda: not pid_alive(seen["ssh"]), 5, "the forwarding ssh to exit")
 
@@ -158,6 +162,45 @@ def test_tunnel_directory_is_private_and_ends_with_its_ssh(far, launcher):
     finally:
         tunnel.close()
     assert not tunnel.alive() and not tunnel.folder.exists()
+
+
+def test_a_tunnel_through_a_control_master_still_lives_and_ends_with_the_attach(far, launcher):
+    """A ControlMaster in ~/.ssh/config would take the forward over (and keep it after the
+    attach): the forward has a connection of its own."""
+    root, server = far
+    run_dir = make_run(root, "live", fake={"steps": 100000, "step_time": 0.02, "log_every": 0})
+    launcher.start(run_dir)
+    ssh.remote_status(ssh.Target(sshd.MUX, "live"))  # starts the master, as any earlier ssh would
+    tunnel = ssh.Tunnel(sshd.MUX, run_status(run_dir)["socket"]).open()
+    try:
+        time.sleep(1.0)
+        assert tunnel.alive(), tunnel.log.read_text()
+    finally:
+        tunnel.close()
+        subprocess.run(ssh.ssh_argv(sshd.MUX, "-O", "exit"), capture_output=True, timeout=QUICK)
+    assert not tunnel.folder.exists()
+
+
+def test_a_tunnel_whose_ssh_died_is_opened_again(far, launcher):
+    """The screen asks the host for the run's state after a lost connection and, while it runs,
+    starts ssh again (a laptop that slept, a network that changed)."""
+    from trainer import protocol
+
+    root, _ = far
+    run_dir = make_run(root, "live", fake={"steps": 100000, "step_time": 0.02, "log_every": 0})
+    launcher.start(run_dir)
+    tunnel = ssh.Tunnel(sshd.HOST, run_status(run_dir)["socket"]).open()
+    try:
+        tunnel.proc.kill()
+        tunnel.proc.wait()
+        assert not tunnel.alive() and tunnel.reopen() is None and tunnel.alive()
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(QUICK)
+            conn.connect(str(tunnel.local))
+            protocol.send_frame(conn, protocol.hello("test"), protocol.MAX_CLIENT_FRAME)
+            assert protocol.recv_frame(conn, protocol.MAX_SERVER_FRAME, timeout=QUICK)["type"] == "welcome"
+    finally:
+        tunnel.close()
 
 
 def test_attach_to_a_run_without_a_daemon_says_its_state_and_how_to_see_it(far, launcher, capsys):

@@ -38,6 +38,7 @@ from typing import Optional
 
 from trainer import protocol
 from trainer.run.errors import RunError
+from trainer.run.state import LIVE_STATES
 
 REMOTE_COMMAND_ENV = "LONGHAUL_REMOTE_COMMAND"
 SSH_OPTIONS_ENV = "LONGHAUL_SSH_OPTIONS"
@@ -190,6 +191,8 @@ def offline_hint(target: Target, info: dict, option: Optional[str] = None) -> st
     """Why attaching needs a live daemon, and how to see the run anyway."""
     command = remote_command(option)
     run = shlex.quote(info.get("dir") or target.run)
+    if info["state"] in LIVE_STATES:  # its daemon is still opening its socket
+        return f"{target.run} on {target.host} is {info['state']} but its daemon does not listen yet; try again in a moment"
     return (f"{target.run} on {target.host} is {info['state']}: no daemon serves it, so there is nothing to forward. "
             f"Its stored dashboard, drawn on {target.host}: `ssh -t {target.host} {shlex.quote(f'{command} attach {run}')}`; "
             f"to resume it: `ssh {target.host} {shlex.quote(f'{command} resume {run}')}`, then attach again")
@@ -234,8 +237,11 @@ class Tunnel:
         return None
 
     def _start(self) -> None:
+        # ControlPath=none: a forward handed to a ControlMaster would outlive this ssh (it exits at
+        # once) and the attach; its own connection lives and ends exactly with the dashboard.
         argv = ssh_argv(self.host, "-N", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
-                        "-o", "StreamLocalBindMask=0177", "-L", f"{self.local}:{self.remote_socket}")
+                        "-o", "StreamLocalBindMask=0177", "-o", "ControlPath=none",
+                        "-L", f"{self.local}:{self.remote_socket}")
         with open(self.log, "wb") as log:
             # stderr to a file, never the terminal the TUI draws on; same process group, so a
             # terminal that closes (SIGHUP) takes ssh with it.
@@ -278,8 +284,8 @@ class Tunnel:
             except (OSError, EOFError, protocol.ProtocolError) as exc:
                 said = _last_line(self.log.read_text(errors="replace"))
                 raise RemoteError(f"no daemon answered at {self.host}:{self.remote_socket} through ssh "
-                                  f"({said if said != 'no message' else exc}); the run may have just stopped: "
-                                  f"`longhaul status {self.host}:...` says") from None
+                                  f"({said if said != 'no message' else exc}); the run may have stopped just now "
+                                  f"(`longhaul status {self.host}:RUN` says)") from None
         if first.get("type") != "welcome":
             raise RemoteError(f"the daemon on {self.host} refused the connection: {first.get('message', first)}")
 

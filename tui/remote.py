@@ -81,6 +81,9 @@ def run_remote_attach(target: ssh.Target, remote_command: Optional[str] = None) 
     info = ssh.remote_status(target, remote_command)
     if not info.get("socket"):
         raise ssh.RemoteError(ssh.offline_hint(target, info, remote_command))
-    with ssh.Tunnel(target.host, info["socket"]) as tunnel:
-        result = RemoteApp(target, info, tunnel, remote_command).run()
+    try:
+        with ssh.Tunnel(target.host, info["socket"]) as tunnel:
+            result = RemoteApp(target, info, tunnel, remote_command).run()
+    except KeyboardInterrupt:  # Ctrl-C while the forward opens: the tunnel is closed already
+        return 130
     return int(result or 0)
