@@ -147,13 +147,15 @@ def run_remote(target: Target, args: list[str], option: Optional[str] = None) ->
                           f"check it with `ssh {target.host} {shlex.quote(line)}`") from None
     if done.returncode == SSH_FAILED:
         raise RemoteError(ssh_failure(target.host, done.stderr))
-    if done.returncode == COMMAND_NOT_FOUND or "No module named" in done.stderr:
+    if done.returncode == COMMAND_NOT_FOUND or (done.returncode != 0 and "No module named" in done.stderr):
         raise RemoteError(
             f"longhaul is not installed on {target.host}, or not on the PATH of its non-interactive shell "
             f"(`{command}` said: {_last_line(done.stderr)}); set ${REMOTE_COMMAND_ENV} or --remote-command to "
             f"its full path there, e.g. ~/venv/bin/longhaul")
     if done.returncode != 0:
-        said = _last_line(done.stderr or done.stdout).removeprefix("longhaul ").split(": ", 1)[-1]
+        said = _last_line(done.stderr or done.stdout)
+        if said.startswith("longhaul "):  # `longhaul status: no run named ...`: the command is ours already
+            said = said.split(": ", 1)[-1]
         raise RemoteError(f"on {target.host}: {said}")
     return done.stdout
 
