@@ -207,57 +207,71 @@ def bench_cpu_headless(root: Path, env: dict, size: str, seconds: float) -> dict
     return result
 
 
+class PtyProcess:
+    """A command under a pseudo-terminal of `size` (WxH), its output read and thrown away by a
+    thread (what a terminal costs, escape codes included); `received` counts the bytes."""
+
+    def __init__(self, argv: list[str], env: dict, size: str) -> None:
+        import fcntl
+        import pty
+        import termios
+
+        width, height = (int(v) for v in size.split("x"))
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                     env=dict(env, TERM="xterm-256color", COLUMNS=str(width), LINES=str(height)))
+        os.close(slave)
+        self.received = 0
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.received += len(data)
+
+    def check_running(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.proc.args[:4]} exited early with {self.proc.returncode}")
+
+    def stop(self) -> None:
+        """SIGTERM to its process group (SIGKILL after 5 s), then close the terminal."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            self.proc.wait()
+        os.close(self.master)
+
+
 def bench_cpu_pty(root: Path, env: dict, size: str, seconds: float, warmup: float = 5.0) -> dict:
     """The real app in a pseudo-terminal; its output is read and thrown away by a thread."""
-    import fcntl
-    import pty
-    import termios
-
     from trainer.run.sockets import socket_path
 
     owner = owner_process()
     run_dir = make_run(root, "idle-pty", 2000, "running", owner.pid)
     daemon = start_daemon(socket_path(run_dir), run_dir, *stream_rates())
-    width, height = (int(v) for v in size.split("x"))
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from tui.app import LonghaulApp; "
             "import json, os; LonghaulApp(Path(sys.argv[2]), Path(sys.argv[2]).parent, "
             "**json.loads(os.environ.get('LONGHAUL_BENCH_APP_OPTIONS', '{}'))).run()")
-    app = subprocess.Popen([sys.executable, "-c", code, str(APP_ROOT), str(run_dir)], stdin=slave, stdout=slave,
-                           stderr=slave, env=dict(env, TERM="xterm-256color", COLUMNS=str(width), LINES=str(height)),
-                           start_new_session=True)
-    os.close(slave)
-    received = [0]
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            received[0] += len(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    app = PtyProcess([sys.executable, "-c", code, str(APP_ROOT), str(run_dir)], env, size)
     try:
         time.sleep(warmup)
-        if app.poll() is not None:
-            raise RuntimeError(f"the TUI exited early with {app.returncode}")
-        before, bytes_before, wall = cpu_seconds(app.pid), received[0], time.perf_counter()
+        app.check_running()
+        before, bytes_before, wall = cpu_seconds(app.proc.pid), app.received, time.perf_counter()
         time.sleep(seconds)
-        cpu, wall = cpu_seconds(app.pid) - before, time.perf_counter() - wall
-        out_bytes = received[0] - bytes_before
+        cpu, wall = cpu_seconds(app.proc.pid) - before, time.perf_counter() - wall
+        out_bytes = app.received - bytes_before
     finally:
-        os.killpg(app.pid, signal.SIGTERM)
-        try:
-            app.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(app.pid, signal.SIGKILL)
-            app.wait()
-        os.close(master)
+        app.stop()
         stop(daemon)
         owner.kill()
     return {"cpu_s": cpu, "wall_s": wall, "cpu_percent_of_one_core": 100 * cpu / wall,

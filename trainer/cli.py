@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from trainer import ssh
 from trainer.fmt import MISSING, best_text, duration, samples_rate
 from trainer.posthoc import commands as posthoc_commands
 from trainer.run import registry
@@ -232,8 +233,9 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_status(args) -> int:
-    run_dir = resolve_run(args.run, runs_root_arg(args))
-    info = run_status(run_dir)
+    target = ssh.parse_target(args.run)
+    info = ssh.remote_status(target, args.remote_command) if target else run_status(
+        resolve_run(args.run, runs_root_arg(args)))
     if args.json:
         print(json.dumps(info))
         return 0
@@ -344,13 +346,18 @@ def cmd_start(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    root = runs_root_arg(args)
-    infos = ordered(list_runs(root), args.sort, args.filter or "")
+    target = ssh.parse_target(args.host) if args.host else None
+    if args.host and (target is None or target.run):
+        raise RunError(f"ls takes HOST: (a host, then a colon) to list another machine's runs, not {args.host!r}")
+    root = None if target else runs_root_arg(args)
+    infos = ssh.remote_runs(target, args.sort, args.filter or "", args.remote_command) if target else \
+        ordered(list_runs(root), args.sort, args.filter or "")
     if args.json:
         print(json.dumps(infos))
         return 0
+    where = f"on {target.host}" if target else f"under {root}"
     if not infos:
-        print(f"no run matches {args.filter!r} under {root}" if args.filter else f"no runs under {root}")
+        print(f"no run matches {args.filter!r} {where}" if args.filter else f"no runs {where}")
         return 0
     print(f"{'NAME':24} {'STATE':12} {'PHASE':16} {'STEP':>15} {'ETA':>8} {'LAST CKPT':>10} {'BEST':>12} "
           f"{'SAMPLES/S':>9}")
@@ -360,7 +367,7 @@ def cmd_ls(args) -> int:
         eta = duration(info["eta"]) if info.get("eta") is not None else "-"
         age = info.get("last_checkpoint_age")
         age_text = duration(age) + " ago" if age is not None else "-"
-        elsewhere = "" if Path(info["dir"]).parent == root.absolute() else f"  {info['dir']}"
+        elsewhere = "" if root is None or Path(info["dir"]).parent == root.absolute() else f"  {info['dir']}"
         print(f"{info['name'][:24]:24} {info['state']:12} {str(info.get('phase_name') or '-')[:16]:16} "
               f"{step:>15} {eta:>8} {age_text:>10} {best_text(info.get('best')):>12} "
               f"{samples_rate(info.get('samples_per_s')):>9}{elsewhere}")
@@ -556,6 +563,11 @@ def cmd_logs(args) -> int:
 def cmd_attach(args) -> int:
     from tui.app import run_attach
 
+    target = ssh.parse_target(args.run)
+    if target:
+        from tui.remote import run_remote_attach
+
+        return run_remote_attach(target, args.remote_command)
     return run_attach(args.run, Path(args.root) if args.root else None)
 
 
@@ -596,7 +608,15 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
 
 
+def remote_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--remote-command", metavar="SHELL_TEXT",
+                   help=f"for HOST:RUN, how to run longhaul on HOST (default: ${ssh.REMOTE_COMMAND_ENV}, else "
+                        "`longhaul`), e.g. ~/venv/bin/longhaul")
+    return p
+
+
 def ls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("host", nargs="?", metavar="HOST:", help="list the runs of another machine, through ssh")
     p.add_argument("--json", action="store_true")
     p.add_argument("--sort", choices=SORTS, default="name",
                    help="order: name (the default), started (newest first), state, best (each run's own "
@@ -641,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = run_cmd("status", cmd_status, "show a run's state")
+    p = remote_arguments(run_cmd("status", cmd_status, "show a run's state (HOST:RUN: on another machine, through ssh)"))
     p.add_argument("--json", action="store_true", help="one JSON object")
     p = run_cmd("export", cmd_export, "export the metric history")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
@@ -659,8 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
     posthoc_commands.register(sub, run_cmd)
-    ls_arguments(sub.add_parser("ls", help="list runs"))
-    p = sub.add_parser("attach", help="open the dashboard (no RUN: pick one)")
+    ls_arguments(remote_arguments(sub.add_parser("ls", help="list runs (HOST: another machine's, through ssh)")))
+    p = remote_arguments(sub.add_parser("attach", help="open the dashboard (no RUN: pick one; HOST:RUN: a run on "
+                                                    "another machine, its socket forwarded by ssh)"))
     p.add_argument("run", nargs="?")
     p.set_defaults(func=cmd_attach)
     p = sub.add_parser("install-service", help="resume interrupted runs at boot (systemd user unit or cron)")

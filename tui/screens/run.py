@@ -107,11 +107,16 @@ class RunScreen(RunEvaluation, RunActions, Screen):
             yield TabPane("4 System", id="system")
         yield KeyFooter()
 
-    def on_mount(self) -> None:
+    def run_state(self) -> str:
+        """The run's state from its state.json ("unknown" without a readable one: the offline
+        reader reports what is wrong with the file). A run on another host asks there instead."""
         try:
-            state = effective_state(self.run_dir) if RunDir(self.run_dir).state.exists() else "unknown"
+            return effective_state(self.run_dir) if RunDir(self.run_dir).state.exists() else "unknown"
         except StateFileError:
-            state = "unknown"  # the offline reader reports what is wrong with the file
+            return "unknown"
+
+    def on_mount(self) -> None:
+        state = self.run_state()
         if state not in ACTIVE_STATES:
             self.link_state = "offline"
             self._load_offline_once()
@@ -255,11 +260,7 @@ class RunScreen(RunEvaluation, RunActions, Screen):
     @work(thread=True, exclusive=True, group="state-check", name="check-state")
     def check_offline(self) -> None:
         """After losing the daemon: is the run over (offline) or coming back (keep retrying)?"""
-        try:
-            state = effective_state(self.run_dir)
-        except StateFileError:
-            state = "unknown"
-        self.app.call_from_thread(self._state_checked, state)
+        self.app.call_from_thread(self._state_checked, self.run_state())
 
     def _state_checked(self, state: str) -> None:
         if self.link_state == "live":
