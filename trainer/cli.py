@@ -326,6 +326,7 @@ def cmd_start(args) -> int:
     registry.register(run_dir)
     _pass_accept_data_change(args)
     try:
+        _check_replica_dir(args, cfg, run_dir)
         write_config(run_dir, cfg)
         pid = daemon.launch_daemon(run_dir)
     except BaseException:
@@ -340,6 +341,17 @@ def cmd_start(args) -> int:
 
         return run_attach(str(run_dir), runs_root_arg(args))  # Esc's run list is of this --root
     return 0
+
+
+def _check_replica_dir(args, cfg, run_dir: Path) -> None:
+    """A replica inside the run directory (or holding it) is a config error, named by its key."""
+    from trainer.config import ConfigError
+    from trainer.run.replica import placement_problem
+
+    folder = cfg.checkpoint.replicate_to.dir
+    problem = folder and placement_problem(run_dir, cfg.resolve_path(folder))
+    if problem:
+        raise ConfigError(str(args.config), [("checkpoint.replicate_to.dir", problem)])
 
 
 def cmd_ls(args) -> int:
@@ -415,13 +427,16 @@ def cmd_resume(args) -> int:
     from trainer import daemon
 
     root = runs_root_arg(args)
+    if args.force and not args.from_dir or args.from_dir and args.all:
+        print("resume: --from restores one RUN (not --all), and --force goes only with --from", file=sys.stderr)
+        return 2
     if args.all:
         _pass_accept_data_change(args)
         return resume_all(root)
     if not args.run:
         print("resume needs RUN or --all", file=sys.stderr)
         return 2
-    run_dir = resolve_run(args.run, root)
+    run_dir = restore_from_replica(args, root) if args.from_dir else resolve_run(args.run, root)
     _pass_accept_data_change(args, run_dir)
     state = effective_state(run_dir)
     if state in ("paused", "running", "starting", "stopping"):
@@ -434,6 +449,19 @@ def cmd_resume(args) -> int:
     pid = daemon.launch_daemon(run_dir)
     print(f"resumed {run_dir.name} (daemon pid {pid}); attach: {longhaul_command()} attach {address(run_dir)}")
     return 0
+
+
+def restore_from_replica(args, root: Path) -> Path:
+    """`resume RUN --from DIR`: the run directory put back from its replica (trainer/run/restore.py)."""
+    from trainer.run.restore import replica_dir, restore, restore_target
+
+    target = restore_target(args.run, root)
+    done = restore(replica_dir(Path(args.from_dir), target.name), target, force=args.force)
+    aside = f"; the old directory was kept as {done.aside}" if done.aside else ""
+    print(f"restored {done.run_dir} from {args.from_dir} (newest checkpoint step {done.step:,}){aside}")
+    for step, reason in done.skipped:
+        print(f"  skipped the replica's checkpoint step {step:,}: {reason}", file=sys.stderr)
+    return done.run_dir
 
 
 def _pass_accept_data_change(args, run_dir: Optional[Path] = None) -> None:
@@ -599,6 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "from its last checkpoint")
     p.add_argument("run", nargs="?")
     p.add_argument("--all", action="store_true", help="every interrupted run (what runs at boot)")
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="restore the run from its replica (checkpoint.replicate_to.dir: DIR or DIR/RUN) when its "
+                        "own directory is gone or has no valid checkpoint, then resume it")
+    p.add_argument("--force", action="store_true",
+                   help="with --from: restore even over a run directory that has a valid checkpoint (it is kept "
+                        "aside as RUN.before-restore-TIME)")
     p.set_defaults(func=cmd_resume)
     p = run_cmd("logs", cmd_logs, "show the trainer log")
     p.add_argument("-f", "--follow", action="store_true")

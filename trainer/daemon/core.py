@@ -21,6 +21,7 @@ from trainer.contention import ContentionWatch, Decision
 from trainer.daemon.hub import ClientConn, Hub, peer_uid
 from trainer.daemon.journal import Journal
 from trainer.daemon.ownership import RunLock
+from trainer.daemon.replicator import Replicator
 from trainer.daemon.requests import Requests
 from trainer.daemon.settings import Settings
 from trainer.daemon.supervisor import Supervisor
@@ -46,6 +47,7 @@ class Daemon:
         self.preparing: Optional[dict] = None  # the feature store being prepared (before training)
         self.contention: Optional[ContentionWatch] = None  # set once the config is loaded
         self.last_checkpoint_failed = False
+        self.replicator: Optional[Replicator] = None  # checkpoint.replicate_to, once the config is loaded
         self._last_progress_write = 0.0
         self._tasks: set[asyncio.Task] = set()
         self.lock = RunLock(self.run_dir)
@@ -85,11 +87,14 @@ class Daemon:
             self.set_state("failed", f"cannot load the run's config: {exc}", level="error")
             return 1
         self.contention = ContentionWatch(self.cfg.threads, follows_load=self.cfg.threads_follow_load)
+        self.replicator = Replicator.for_run(self.run_dir, self.cfg, self.emit)
         await self.journal.load_history(self.cfg.eval.monitor_rule)
         await self.hub.listen(self.lock.socket_file)
         sampler = self._spawn(self._sample_system())
         final = await self.supervisor.supervise(self.cfg.daemon)
         sampler.cancel()
+        if self.replicator is not None:  # the replica gets the run's final state and events
+            await self.replicator.finish()
         await self.hub.linger()
         await self.journal.prime_series_cache()
         return 0 if final in ("finished", "stopped") else 1
@@ -276,6 +281,8 @@ class Daemon:
         self.emit(kind, level, text, data, at=at)
         if kind == "checkpoint":  # the events up to a checkpoint must survive a power cut
             self.journal.sync()
+            if self.replicator is not None:
+                self.replicator.landed(data.get("step"))
 
     def _on_worker_state(self, data: dict, text: str, level: str, at: float, completed) -> None:
         state = data.get("state")
