@@ -146,6 +146,28 @@ def test_a_replica_overlapping_the_run_directory_is_a_config_error(tmp_path):
                      check_paths=False, check_model=False)
 
 
+def test_another_run_of_the_same_name_is_refused_in_a_replica(tmp_path, replica_root):
+    run = make_run(tmp_path)
+    save(run, [1])
+    Replica(run.path, replica_root).sync()
+    twin = make_run(tmp_path / "other-root")
+    save(twin, [9])
+    with pytest.raises(ReplicaError, match=f"is the replica of another run .{run.path}"):
+        Replica(twin.path, replica_root).sync()
+    assert local_steps(copy_of(tmp_path, run)) == [1]
+
+
+def test_start_refuses_a_replica_inside_the_run_directory(tmp_path, runtime_dir):
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    config = tmp_path / "c.yaml"
+    run_dir = tmp_path / "runs" / "inside"
+    config.write_text(yaml.safe_dump(changed(POWERCUT, **{"checkpoint.replicate_to.dir": str(run_dir / "copies")})))
+    result = cli(env, "start", str(config), "--run-dir", str(run_dir), check=False)
+    assert result.returncode != 0
+    assert "checkpoint.replicate_to.dir" in result.stderr and "overlaps" in result.stderr
+    assert not run_dir.exists()  # a start that never ran leaves nothing behind
+
+
 # ----------------------------------------------------------------------------- the daemon's thread
 def replicate_rounds(run: RunDir, rounds, **cfg) -> list[dict]:
     """Run the Replicator as the daemon does: `rounds` is a list of (prepare, step) run in order,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainer.run.manifest import MANIFEST_FILE, verify
-from trainer.run.rundir import RunDir, checkpoint_dir_name, checkpoint_step, fsync_dir
+from trainer.run.rundir import RunDir, atomic_write_bytes, checkpoint_dir_name, checkpoint_step, fsync_dir
 
 TMP_PREFIX = ".tmp-"  # the checkpoint store's prefix: its own cleanup knows these names
 _BOUNDARY = 64 * 1024  # bytes compared before appending to an append-only file
@@ -80,6 +80,7 @@ class Replica:
                                "created, so that an absent mount is not filled on the wrong disk")
         try:
             self._prepare()
+            self._claim()
             for step in self._missing_steps():
                 self._copy_checkpoint(step, result)
             self._copy_run_files(result)
@@ -99,6 +100,19 @@ class Replica:
         for entry in os.scandir(self.target.checkpoints):
             if entry.name.startswith(TMP_PREFIX):
                 shutil.rmtree(entry.path, ignore_errors=True)
+
+    def _claim(self) -> None:
+        """Mark the replica as this run's; refuse one that copies another run of the same name
+        (its retention would remove that run's checkpoints)."""
+        origin = self.target.replica_origin
+        try:
+            owner = origin.read_text().strip()
+        except FileNotFoundError:
+            atomic_write_bytes(origin, f"{self.source.path.absolute()}\n".encode())
+            return
+        if owner != str(self.source.path.absolute()):
+            raise ReplicaError(f"{self.target.path} is the replica of another run ({owner}, {origin.name}); "
+                               "give this run another checkpoint.replicate_to.dir, or remove that replica")
 
     def _missing_steps(self) -> list[int]:
         """Local checkpoints the replica lacks, or holds with another manifest or file sizes."""

@@ -22,7 +22,7 @@ from trainer.run.errors import RunError
 from trainer.run.locate import check_run_name
 from trainer.run.manifest import verify
 from trainer.run.replica import TMP_PREFIX, BadCheckpoint, copy_checkpoint, copy_file, local_steps
-from trainer.run.rundir import RunDir, fsync_dir, is_run_dir, make_run_dir
+from trainer.run.rundir import RunDir, atomic_write_bytes, fsync_dir, is_run_dir, make_run_dir
 from trainer.run.state import FINAL_STATES, LIVE_STATES, StateFile, effective_state
 
 
@@ -72,6 +72,7 @@ def restore(replica: Path, run_dir: Path, force: bool = False) -> Restored:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     registry.register(run_dir)
+    _hand_over(RunDir(replica), run_dir)
     return Restored(run_dir, valid[-1], skipped, aside)
 
 
@@ -111,7 +112,8 @@ def _clear_the_way(run_dir: Path, force: bool) -> Optional[Path]:
 def _copy_run(replica: RunDir, target: RunDir, steps: list[int]) -> None:
     """Every file of the replica's top level, then the valid checkpoints (each verified again)."""
     for entry in os.scandir(replica.path):
-        if entry.is_file(follow_symlinks=False) and not entry.name.startswith(TMP_PREFIX):
+        if entry.is_file(follow_symlinks=False) and not entry.name.startswith(TMP_PREFIX) \
+                and entry.name != replica.replica_origin.name:
             copy_file(Path(entry.path), target.path / entry.name)
     os.mkdir(target.checkpoints, 0o700)
     for step in steps:
@@ -122,6 +124,15 @@ def _copy_run(replica: RunDir, target: RunDir, steps: list[int]) -> None:
                            f"manifest: {exc}") from None
     fsync_dir(target.checkpoints)
     fsync_dir(target.path)
+
+
+def _hand_over(replica: RunDir, run_dir: Path) -> None:
+    """The replica now copies the restored run, wherever it was put (best effort: a read-only
+    replica only means its next sync asks for another directory)."""
+    try:
+        atomic_write_bytes(replica.replica_origin, f"{run_dir}\n".encode())
+    except OSError:
+        pass
 
 
 def _mark_restored(run_dir: Path, replica: Path) -> None:
