@@ -5,6 +5,7 @@ daemon killed, its directory deleted, restored from the replica and finished bit
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -296,6 +297,8 @@ def test_a_run_whose_directory_is_lost_resumes_from_its_replica_bit_identical(tm
     assert f"restored {run_dir} from {backup}" in out
     wait_for(lambda: status(env, "powercut")["state"] == "finished", 180, "the run to finish")
     assert_bit_identical(run_dir, tmp_path / "reference")
-    events = [line for line in RunDir(run_dir).events.read_text().splitlines() if '"kind": "resume"' in line]
-    assert events, "the restored run resumed from a checkpoint"
+    events = [json.loads(line) for line in RunDir(run_dir).events.read_text().splitlines()]
+    assert [e for e in events if e["kind"] == "resume"], "the restored run resumed from a checkpoint"
+    assert [e for e in events if e["kind"] == "replica" and e["data"]["bytes"] > 0]
+    assert not [e for e in events if e["kind"] == "alert" and e["data"].get("what") == "replica_failed"]
     wait_for(lambda: read_state(copy.path).get("state") == "finished", 30, "the replica's final state")
