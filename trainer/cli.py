@@ -464,6 +464,16 @@ def restore_from_replica(args, root: Path) -> Path:
     return done.run_dir
 
 
+def restore_arguments(parser: argparse.ArgumentParser) -> None:
+    """`resume`'s --from and --force (restore_from_replica)."""
+    parser.add_argument("--from", dest="from_dir", metavar="DIR",
+                        help="restore the run from its replica (checkpoint.replicate_to.dir: DIR or DIR/RUN) when "
+                             "its own directory is gone or has no valid checkpoint, then resume it")
+    parser.add_argument("--force", action="store_true",
+                        help="with --from: restore even over a run directory that has a valid checkpoint (it is "
+                             "kept aside as RUN.before-restore-TIME)")
+
+
 def _pass_accept_data_change(args, run_dir: Optional[Path] = None) -> None:
     """--accept-data-change reaches the trainer through the environment the daemon and its
     workers inherit (store_setup.ACCEPT_ENV). For one run it names the store the user saw (its
@@ -627,12 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "from its last checkpoint")
     p.add_argument("run", nargs="?")
     p.add_argument("--all", action="store_true", help="every interrupted run (what runs at boot)")
-    p.add_argument("--from", dest="from_dir", metavar="DIR",
-                   help="restore the run from its replica (checkpoint.replicate_to.dir: DIR or DIR/RUN) when its "
-                        "own directory is gone or has no valid checkpoint, then resume it")
-    p.add_argument("--force", action="store_true",
-                   help="with --from: restore even over a run directory that has a valid checkpoint (it is kept "
-                        "aside as RUN.before-restore-TIME)")
+    restore_arguments(p)
     p.set_defaults(func=cmd_resume)
     p = run_cmd("logs", cmd_logs, "show the trainer log")
     p.add_argument("-f", "--follow", action="store_true")
