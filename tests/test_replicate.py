@@ -233,6 +233,17 @@ def test_the_command_sees_the_run_and_a_failing_one_is_alerted_with_its_output(t
     assert len(failed) == 1 and "exited with status 3: backup host unreachable" in failed[0]["error"]
 
 
+def test_the_daemon_does_not_wait_forever_for_a_hung_last_copy(tmp_path, monkeypatch):
+    run = make_run(tmp_path)
+    (tmp_path / "nfs").mkdir()
+    monkeypatch.setattr(Replica, "sync", lambda self: time.sleep(5))  # a hard mount that went away
+    monkeypatch.setattr("trainer.daemon.replicator._FINAL_GRACE_S", 0.5)
+    started = time.monotonic()
+    events = replicate_rounds(run, [], dir=str(tmp_path / "nfs"), timeout_seconds=0.5)
+    assert time.monotonic() - started < 4
+    assert [e["error"] for e in events] == ["the last off-box copy did not finish in 1 s"]
+
+
 # ----------------------------------------------------------------------------- restore
 def test_restore_refuses_a_healthy_run_and_puts_a_damaged_one_aside(tmp_path, replica_root):
     run = make_run(tmp_path)

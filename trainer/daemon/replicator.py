@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[str, str, str, dict], object]  # (kind, level, message, data), on the loop thread
 _OUTPUT_TAIL = 400  # bytes of the command's output an alert quotes
+_FINAL_GRACE_S = 60.0  # what the last round may take beyond the command's timeout
 
 
 class CommandFailed(Exception):
@@ -74,14 +76,23 @@ class Replicator:
             self._thread.start()
 
     async def finish(self) -> None:
-        """One last round (the final state, events and history), then wait for the thread."""
+        """One last round (the final state, events and history), then wait for the thread: at
+        most the command's timeout and a minute more, so that a replica hung in the kernel (a
+        hard NFS mount gone away) cannot keep the daemon from exiting."""
         with self._wake:
             self._final = True
             self._wake.notify()
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="replicate", daemon=True)
             self._thread.start()
-        await asyncio.to_thread(self._thread.join)
+        deadline = time.monotonic() + self.timeout + _FINAL_GRACE_S
+        while self._thread.is_alive():  # polled: an executor thread blocked in join would hold the loop's shutdown
+            if time.monotonic() > deadline:
+                error = f"the last off-box copy did not finish in {self.timeout + _FINAL_GRACE_S:g} s"
+                self._emit("alert", "error", f"{error}; the daemon exits without it",
+                           {"what": "replica_failed", "target": "dir" if self.dir else "command", "error": error})
+                return
+            await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------ the thread
     def _work(self) -> None:
