@@ -439,6 +439,9 @@ def cmd_resume(args) -> int:
     run_dir = restore_from_replica(args, root) if args.from_dir else resolve_run(args.run, root)
     _pass_accept_data_change(args, run_dir)
     state = effective_state(run_dir)
+    if args.from_dir and state == "finished":
+        print(f"{run_dir.name} had finished: nothing to resume")
+        return 0
     if state in ("paused", "running", "starting", "stopping"):
         return cmd_control(argparse.Namespace(**{**vars(args), "command": "resume", "timeout": 30.0}))
     if state not in ("interrupted", "stopped", "failed"):
