@@ -77,6 +77,11 @@ def test_sync_copies_verified_checkpoints_and_appends_only_new_history_bytes(tmp
     assert there.history.read_bytes() == run.history.read_bytes()
     assert not [p for p in there.path.iterdir() if p.name.startswith(".tmp-")]
 
+    (there.path / ".tmp-history.msgpack-dead").write_bytes(b"half")  # a daemon killed mid-copy
+    (there.checkpoints / ".tmp-step-0000000009-dead").mkdir()
+    replica.sync()
+    assert not [p for p in [*there.path.iterdir(), *there.checkpoints.iterdir()] if p.name.startswith(".tmp-")]
+
 
 def test_a_history_cut_back_and_grown_again_is_copied_whole(tmp_path, replica_root):
     run = make_run(tmp_path)

@@ -92,14 +92,20 @@ class Replica:
 
     # ------------------------------------------------------------------ checkpoints
     def _prepare(self) -> None:
-        """Create `NAME/ckpt/` in the replica and remove temp directories a crash left there."""
+        """Create `NAME/ckpt/` in the replica and remove the temp files and directories a crash
+        (kill -9 of the daemon mid-copy) left there."""
         for path in (self.target.path, self.target.checkpoints):
             if not path.is_dir():
                 os.mkdir(path, 0o700)
                 fsync_dir(path.parent)
-        for entry in os.scandir(self.target.checkpoints):
-            if entry.name.startswith(TMP_PREFIX):
-                shutil.rmtree(entry.path, ignore_errors=True)
+        for folder in (self.target.path, self.target.checkpoints):
+            for entry in os.scandir(folder):
+                if not entry.name.startswith(TMP_PREFIX):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
 
     def _claim(self) -> None:
         """Mark the replica as this run's; refuse one that copies another run of the same name
