@@ -21,6 +21,7 @@ import torch
 from trainer.checkpoint import capture
 from trainer.checkpoint import store as store_module
 from trainer.checkpoint import CheckpointError, CheckpointStore, snapshot
+from trainer.run import manifest as manifest_module
 
 REPO = Path(__file__).resolve().parent.parent
 Pair = collections.namedtuple("Pair", "first second")
@@ -92,7 +93,7 @@ def test_roundtrip_layout_and_manifest(ckpt_dir):
     assert set(manifest["files"]) == {"state.pt", "meta.json"}
     for name, entry in manifest["files"].items():
         assert entry["size"] == (result.path / name).stat().st_size
-        assert entry["sha256"] == store_module._sha256_of(result.path / name)
+        assert entry["sha256"] == manifest_module.sha256_of(result.path / name)
     assert result.bytes == sum(p.stat().st_size for p in result.path.iterdir())
 
 
@@ -294,14 +295,14 @@ def test_retention_removes_invalid_older_and_keeps_invalid_newer(ckpt_dir):
 
 def test_retention_removes_nothing_when_a_checkpoint_cannot_be_read(ckpt_dir, monkeypatch, caplog):
     save_steps(ckpt_dir, [1, 2], keep_last=5)
-    real = store_module._sha256_of
+    real = manifest_module.sha256_of
 
     def unreadable(path):
         if path.parent.name == "step-0000000001":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(store_module, "_sha256_of", unreadable)
+    monkeypatch.setattr(manifest_module, "sha256_of", unreadable)
     caplog.set_level(logging.WARNING, logger="trainer.checkpoint")
     save_steps(ckpt_dir, [3], keep_last=1)  # a fresh store has to hash step 1 again
     assert step_dirs(ckpt_dir) == [f"step-{s:010d}" for s in (1, 2, 3)]

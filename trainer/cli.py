@@ -329,6 +329,7 @@ def cmd_start(args) -> int:
     registry.register(run_dir)
     _pass_accept_data_change(args)
     try:
+        _check_replica_dir(args, cfg, run_dir)
         write_config(run_dir, cfg)
         pid = daemon.launch_daemon(run_dir)
     except BaseException:
@@ -343,6 +344,17 @@ def cmd_start(args) -> int:
 
         return run_attach(str(run_dir), runs_root_arg(args))  # Esc's run list is of this --root
     return 0
+
+
+def _check_replica_dir(args, cfg, run_dir: Path) -> None:
+    """A replica inside the run directory (or holding it) is a config error, named by its key."""
+    from trainer.config import ConfigError
+    from trainer.run.replica import placement_problem
+
+    folder = cfg.checkpoint.replicate_to.dir
+    problem = folder and placement_problem(run_dir, cfg.resolve_path(folder))
+    if problem:
+        raise ConfigError(str(args.config), [("checkpoint.replicate_to.dir", problem)])
 
 
 def cmd_ls(args) -> int:
@@ -423,15 +435,21 @@ def cmd_resume(args) -> int:
     from trainer import daemon
 
     root = runs_root_arg(args)
+    if args.force and not args.from_dir or args.from_dir and args.all:
+        print("resume: --from restores one RUN (not --all), and --force goes only with --from", file=sys.stderr)
+        return 2
     if args.all:
         _pass_accept_data_change(args)
         return resume_all(root)
     if not args.run:
         print("resume needs RUN or --all", file=sys.stderr)
         return 2
-    run_dir = resolve_run(args.run, root)
+    run_dir = restore_from_replica(args, root) if args.from_dir else resolve_run(args.run, root)
     _pass_accept_data_change(args, run_dir)
     state = effective_state(run_dir)
+    if args.from_dir and state == "finished":
+        print(f"{run_dir.name} had finished: nothing to resume")
+        return 0
     if state in ("paused", "running", "starting", "stopping"):
         return cmd_control(argparse.Namespace(**{**vars(args), "command": "resume", "timeout": 30.0}))
     if state not in ("interrupted", "stopped", "failed"):
@@ -443,6 +461,29 @@ def cmd_resume(args) -> int:
     pid = daemon.launch_daemon(run_dir)
     print(f"resumed {run_dir.name} (daemon pid {pid}); attach: {longhaul_command()} attach {address(run_dir)}")
     return 0
+
+
+def restore_from_replica(args, root: Path) -> Path:
+    """`resume RUN --from DIR`: the run directory put back from its replica (trainer/run/restore.py)."""
+    from trainer.run.restore import replica_dir, restore, restore_target
+
+    target = restore_target(args.run, root)
+    done = restore(replica_dir(Path(args.from_dir), target.name), target, force=args.force)
+    aside = f"; the old directory was kept as {done.aside}" if done.aside else ""
+    print(f"restored {done.run_dir} from {args.from_dir} (newest checkpoint step {done.step:,}){aside}")
+    for step, reason in done.skipped:
+        print(f"  skipped the replica's checkpoint step {step:,}: {reason}", file=sys.stderr)
+    return done.run_dir
+
+
+def restore_arguments(parser: argparse.ArgumentParser) -> None:
+    """`resume`'s --from and --force (restore_from_replica)."""
+    parser.add_argument("--from", dest="from_dir", metavar="DIR",
+                        help="restore the run from its replica (checkpoint.replicate_to.dir: DIR or DIR/RUN) when "
+                             "its own directory is gone or has no valid checkpoint, then resume it")
+    parser.add_argument("--force", action="store_true",
+                        help="with --from: restore even over a run directory that has a valid checkpoint (it is "
+                             "kept aside as RUN.before-restore-TIME)")
 
 
 def _pass_accept_data_change(args, run_dir: Optional[Path] = None) -> None:
@@ -626,6 +667,13 @@ def ls_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_ls)
 
 
+def resume_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?")
+    p.add_argument("--all", action="store_true", help="every interrupted run (what runs at boot)")
+    restore_arguments(p)
+    p.set_defaults(func=cmd_resume)
+
+
 def notify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", help="also the rules of this run's config")
     p.add_argument("--test", action="store_true", help="send a test event through every rule (whatever its `on`)")
@@ -670,11 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = run_cmd(action, cmd_control, f"{action} a running run at the next step boundary")
         p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the confirmation")
         p.set_defaults(command=action)
-    p = sub.add_parser("resume", help="resume a paused run, or restart an interrupted/stopped/failed one "
-                       "from its last checkpoint")
-    p.add_argument("run", nargs="?")
-    p.add_argument("--all", action="store_true", help="every interrupted run (what runs at boot)")
-    p.set_defaults(func=cmd_resume)
+    resume_arguments(sub.add_parser("resume", help="resume a paused run, or restart an interrupted/stopped/failed "
+                                    "one from its last checkpoint"))
     p = run_cmd("logs", cmd_logs, "show the trainer log")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)

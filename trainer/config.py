@@ -450,6 +450,24 @@ class EvalConfig(Section):
         return Monitor(self.monitor, self.mode, self.early_stopping.min_delta)
 
 
+class ReplicaConfig(Section):
+    dir: Optional[str] = Field(None, min_length=1)
+    """Copy the run here after each checkpoint lands (a second disk, an NFS mount; relative to
+    the config file): `DIR/<run name>/` holds the config, plan, state, events, history and the
+    checkpoints the run keeps, each checkpoint verified against its manifest before it is renamed
+    into place. The directory must exist (a missing mount is an alert, never created). Restore:
+    `longhaul resume RUN --from DIR`. Null: no copy. Only runs under a daemon (start/resume)
+    replicate."""
+    command: Optional[str] = Field(None, min_length=1)
+    """Shell command (`sh -c`) run after each checkpoint lands, after the copy to `dir` if any,
+    and once when the run ends; it sees LONGHAUL_RUN, LONGHAUL_RUN_DIR, LONGHAUL_CHECKPOINT (the
+    newest checkpoint's directory), LONGHAUL_STEP and LONGHAUL_REPLICA_DIR (`DIR/<run name>` or
+    empty). Example: `rsync -a --delete "$LONGHAUL_RUN_DIR/" backup:/runs/$LONGHAUL_RUN/`. A
+    non-zero exit is an alert."""
+    timeout_seconds: float = Field(3600.0, gt=0.0)
+    """The command is killed (its whole process group) after this many seconds: an alert."""
+
+
 class CheckpointConfig(Section):
     interval_seconds: float = Field(600.0, gt=0.0)
     """Checkpoint at least this often (also at every epoch end, phase end, request and stop)."""
@@ -468,6 +486,9 @@ class CheckpointConfig(Section):
     nice increment). At 19 the write did not measurably slow training (bench/checkpoint_stall.py)
     but takes longer while training keeps every core busy; it runs at full speed whenever training waits for it (stop, request,
     the next checkpoint). 0 writes at training's priority."""
+    replicate_to: ReplicaConfig = ReplicaConfig()
+    """Off-box copies of the run after each checkpoint (a directory and/or a command); failures
+    are alerts (`replica_failed`) and never touch the local checkpoint or training."""
 
 
 class DaemonConfig(Section):
@@ -490,7 +511,7 @@ ALERT_WHATS = ("nan_loss", "evaluation_failed", "report_missing", "report_failed
                "write_failed", "write_resumed", "disk_space_back", "stop_refused", "starting_over", "history_gap",
                "ema_slow", "no_best", "history", "worker_protocol", "state", "stalled", "cpu_temperature",
                "memory", "swap", "disk_space", "throughput", "loss_spike", "notify_failed", "notify_config",
-               "replica_failed")
+               "replica_failed", "replica_ok")
 """Every `what` of an `alert` event (docs/PROTOCOL.md's table; tests/test_notify.py checks the two
 agree): a notify rule may name one, and a misspelt name is an error rather than a rule that never fires."""
 
@@ -930,6 +951,9 @@ def resolved_dict(cfg: RunConfig) -> dict:
         data["data"]["variants"]["noise_dir"] = str(cfg.resolve_path(noise).resolve())
     if data["model"]["pretrained"]:
         data["model"]["pretrained"] = str(cfg.resolve_path(data["model"]["pretrained"]).resolve())
+    replica = data["checkpoint"]["replicate_to"]
+    if replica["dir"]:  # the run directory's copy has another base directory than the config file
+        replica["dir"] = str(cfg.resolve_path(replica["dir"]).absolute())
     return data
 
 

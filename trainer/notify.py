@@ -224,6 +224,7 @@ class Notifier:
     _held: dict = field(default_factory=dict)
     _failing: set = field(default_factory=set)
     _tasks: set = field(default_factory=set)
+    _turns: dict = field(default_factory=dict)  # rule index -> asyncio.Lock: one command at a time, in order
 
     def offer(self, event: dict) -> None:
         """An event was emitted: send it through every rule it matches (never blocks)."""
@@ -237,6 +238,8 @@ class Notifier:
 
     def _offer(self, index: int, rule: Rule, name: str, event: dict) -> None:
         key = (index, name)
+        if name in FINAL:  # what the rule holds back goes out before the run's end
+            self._flush_rule(index)
         now = time.monotonic()
         last = self._last_sent.get(key)
         if name in FINAL or last is None or now - last >= rule.min_interval:
@@ -258,15 +261,24 @@ class Notifier:
         if held is not None:
             self._send(key, rule, name, held.event, held.count - 1)
 
+    def _flush_rule(self, index: int) -> None:
+        for key in [k for k in self._held if k[0] == index]:
+            held = self._held[key]
+            if held.timer is not None:
+                held.timer.cancel()
+            self._flush(key, self.rules[index], key[1])
+
     def _send(self, key: tuple, rule: Rule, name: str, event: dict, held: int) -> None:
         self._last_sent[key] = time.monotonic()
         body = message_of(self.run, self.host, name, event, held, rule.min_interval)
-        task = asyncio.get_running_loop().create_task(self._deliver(rule, body))
+        task = asyncio.get_running_loop().create_task(self._deliver(key[0], rule, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, rule: Rule, body: dict) -> None:
-        outcome = await run_command(rule, body, self.run_dir)
+    async def _deliver(self, index: int, rule: Rule, body: dict) -> None:
+        # a rule's messages go out one at a time and in order: "crash" before "finished"
+        async with self._turns.setdefault(index, asyncio.Lock()):
+            outcome = await run_command(rule, body, self.run_dir)
         if outcome.ok:
             log.info("notified (%s) of %s in %.1f s", rule.source, body["event"], outcome.seconds)
             if rule.source in self._failing:
@@ -285,10 +297,8 @@ class Notifier:
     async def drain(self) -> None:
         """Send what is held back and wait for every command (each ends by its timeout): the
         daemon calls this before it exits, so the run's last message goes out."""
-        for key, held in list(self._held.items()):
-            if held.timer is not None:
-                held.timer.cancel()
-            self._flush(key, self.rules[key[0]], key[1])
+        for index in {key[0] for key in self._held}:
+            self._flush_rule(index)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

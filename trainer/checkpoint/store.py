@@ -44,18 +44,15 @@ import torch
 from trainer.checkpoint.capture import Snapshotter, _DeferredCopies, estimate_bytes
 from trainer.checkpoint.errors import CheckpointError, DiskFullError, full_disk_error
 from trainer.monitor import Monitor, usable
+from trainer.run.manifest import (FORMAT_VERSION, MANIFEST_FILE, META_FILE, STATE_FILE, files_problem, read_manifest,
+                                   read_meta)
 from trainer.run.rundir import checkpoint_dir_name, checkpoint_step, fsync_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
-MANIFEST_FILE = "MANIFEST.json"
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -116,14 +113,6 @@ def _write_file(path: Path, write: Callable[[Any], None]) -> dict:
     if on_disk != writer.size:  # the writer must be strictly sequential for the hash to hold
         raise CheckpointError(f"{path}: wrote {writer.size} bytes but the file has {on_disk}")
     return {"size": writer.size, "sha256": writer.sha256.hexdigest()}
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _remove_tree(path: Path) -> None:
@@ -512,16 +501,16 @@ class CheckpointStore:
         Damage (missing or mismatching files, bad JSON) is a reason; other OSErrors propagate so
         that callers which delete things can refuse to act on a directory they cannot read.
         """
-        manifest, problem = _read_manifest(path, step)
+        manifest, problem = read_manifest(path, step)
         if problem:
             return None, problem
         fingerprint = _fingerprint(path)
         if not (use_cache and fingerprint is not None and self._verified.get(path.name) == fingerprint):
-            problem = _files_problem(path, manifest)
+            problem = files_problem(path, manifest)
             if problem:
                 return None, problem
             self._verified[path.name] = fingerprint
-        meta, problem = _read_meta(path)
+        meta, problem = read_meta(path)
         return (None, problem) if problem else (CheckpointInfo(step, path, meta), None)
 
     # -- retention -------------------------------------------------------------------------------
@@ -633,43 +622,6 @@ def _fingerprint(path: Path) -> Optional[tuple]:
     return tuple(sorted(stats))
 
 
-def _read_manifest(path: Path, step: int) -> tuple[Optional[dict], Optional[str]]:
-    """(manifest, None) of checkpoint ``path``, or (None, what is wrong with it)."""
-    try:
-        manifest = json.loads((path / MANIFEST_FILE).read_bytes())
-    except FileNotFoundError:
-        return None, f"no {MANIFEST_FILE} (the write did not finish)"
-    except ValueError as e:
-        return None, f"{MANIFEST_FILE} is not valid JSON: {e}"
-    problem = _manifest_problem(manifest, step)
-    return (None, problem) if problem else (manifest, None)
-
-
-def _read_meta(path: Path) -> tuple[Optional[dict], Optional[str]]:
-    """(meta, None) of checkpoint ``path`` (its files verified), or (None, what is wrong with it)."""
-    try:
-        meta = json.loads((path / META_FILE).read_bytes())
-    except ValueError as e:
-        return None, f"{META_FILE} is not valid JSON: {e}"
-    if not isinstance(meta, dict):
-        return None, f"{META_FILE} is not a JSON object"
-    return meta, None
-
-
-def _files_problem(path: Path, manifest: dict) -> Optional[str]:
-    """What is wrong with the files of checkpoint ``path`` against its manifest (size, sha256), or None."""
-    for fname, expected in manifest["files"].items():
-        try:
-            size = (path / fname).stat().st_size
-            if size != expected["size"]:
-                return f"{fname} has {size} bytes, manifest says {expected['size']}"
-            if _sha256_of(path / fname) != expected["sha256"]:
-                return f"{fname} sha256 does not match the manifest"
-        except FileNotFoundError:
-            return f"{fname} is missing"
-    return None
-
-
 def _kept(valid: list[CheckpointInfo], keep_last: int, keep_best: bool, keep_phase_ends: bool) -> set[Path]:
     """The checkpoints the retention rules keep: the newest ``keep_last`` valid ones (always the
     newest valid one), the best by ``meta["metric"]`` if ``keep_best``, and the last
@@ -702,23 +654,3 @@ def _best(valid: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
     rule = Monitor("metric", newest.get("mode", "max"), newest.get("min_delta") or 0.0)
     best = rule.best(info.meta for info in scored)
     return next(info for info in scored if info.meta is best)
-
-
-def _manifest_problem(manifest: Any, step: int) -> Optional[str]:
-    """What is wrong with a parsed manifest, or None."""
-    if not isinstance(manifest, dict):
-        return f"{MANIFEST_FILE} is not a JSON object"
-    if manifest.get("format") != FORMAT_VERSION:
-        return f"{MANIFEST_FILE} has format {manifest.get('format')!r}, this version reads {FORMAT_VERSION}"
-    if manifest.get("step") != step:
-        return f"{MANIFEST_FILE} is for step {manifest.get('step')!r}, not {step}"
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not {STATE_FILE, META_FILE} <= files.keys():
-        return f"{MANIFEST_FILE} does not list {STATE_FILE} and {META_FILE}"
-    for fname, entry in files.items():
-        if "/" in fname or fname in (".", "..", MANIFEST_FILE):
-            return f"{MANIFEST_FILE} lists a bad file name {fname!r}"
-        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
-                and isinstance(entry.get("sha256"), str)):
-            return f"{MANIFEST_FILE} entry for {fname} lacks size/sha256"
-    return None

@@ -21,6 +21,7 @@ from trainer.contention import ContentionWatch, Decision
 from trainer.daemon.hub import ClientConn, Hub, peer_uid
 from trainer.daemon.journal import Journal
 from trainer.daemon.ownership import RunLock
+from trainer.daemon.replicator import Replicator
 from trainer.daemon.requests import Requests
 from trainer.daemon.settings import Settings
 from trainer.daemon.supervisor import Supervisor
@@ -50,6 +51,7 @@ class Daemon:
         self.watch: Optional[RunWatch] = None  # stalls and threshold alerts, once the config is loaded
         self.notifier: Optional[Notifier] = None
         self.last_checkpoint_failed = False
+        self.replicator: Optional[Replicator] = None  # checkpoint.replicate_to, once the config is loaded
         self._last_progress_write = 0.0
         self._tasks: set[asyncio.Task] = set()
         self.lock = RunLock(self.run_dir)
@@ -93,12 +95,15 @@ class Daemon:
         self.notifier.rules += run_rules(self.cfg)
         self.contention = ContentionWatch(self.cfg.threads, follows_load=self.cfg.threads_follow_load)
         self.watch = RunWatch(self.cfg, self.emit, self.supervisor, lambda: self.state, self._spawn)
+        self.replicator = Replicator.for_run(self.run_dir, self.cfg, self.emit)
         await self.journal.load_history(self.cfg.eval.monitor_rule)
         await self.hub.listen(self.lock.socket_file)
         sampler = self._spawn(self._sample_system())
         final = await self.supervisor.supervise(self.cfg.daemon)
         sampler.cancel()
-        await self.notifier.drain()
+        if self.replicator is not None:  # the replica gets the run's final state and events
+            await self.replicator.finish()
+        await self.notifier.drain()  # last: a failed final copy is told too
         await self.hub.linger()
         await self.journal.prime_series_cache()
         return 0 if final in ("finished", "stopped") else 1
@@ -302,6 +307,8 @@ class Daemon:
         self.emit(kind, level, text, data, at=at)
         if kind == "checkpoint":  # the events up to a checkpoint must survive a power cut
             self.journal.sync()
+            if self.replicator is not None:
+                self.replicator.landed(data.get("step"))
 
     def _on_worker_state(self, data: dict, text: str, level: str, at: float, completed) -> None:
         state = data.get("state")

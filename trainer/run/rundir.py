@@ -62,6 +62,9 @@ class RunDir:
         """The latest `longhaul evaluate` result per split and weights (trainer.posthoc.evaluate)."""
         self.report = self.path / "report.html"
         """`longhaul report`: the run in one self-contained HTML page."""
+        self.replica_origin = self.path / "replica-of.txt"
+        """In a replica (checkpoint.replicate_to.dir), the absolute path of the run directory it
+        copies: another run of the same name is refused there instead of mixing checkpoints."""
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
