@@ -220,6 +220,8 @@ def test_a_daemon_tells_its_rules_of_a_crash_the_restart_and_the_end(tmp_path, r
     assert sorted(got) == ["run-crash.json", "run-finished.json", "user-finished.json"]
     assert got["run-crash.json"]["level"] == "error" and "fake crash at step 10" in got["run-crash.json"]["message"]
     assert got["user-finished.json"]["run"] == "told" and got["user-finished.json"]["title"].endswith(": finished")
+    assert got["run-finished.json"]["message"].startswith("finished at step 40/")  # where the run got
+    assert got["run-finished.json"]["status"]["step"] == 40
     failed = [e for e in read_events(run_dir) if e["data"].get("what") == "notify_failed"]
     assert len(failed) == 1 and "timed out after 1 s" in failed[0]["message"]
     assert [e["data"]["state"] for e in read_events(run_dir) if e["kind"] == "state"][-1] == "finished"

@@ -67,9 +67,18 @@ def test_set_up_limit_before_the_first_step_and_a_restarted_worker_ends_the_stal
     watch.worker_started(0.0)
     assert watch.check("starting", 59.0) is None
     assert not watch.check("starting", 61.0).first_step
-    watch.worker_started(70.0)  # the watchdog killed it; the restart begins
-    assert watch.check("starting", 100.0) is None
-    assert watch.progress(1, 110.0) == pytest.approx(110.0)  # stalled since 0 s, over at 110 s
+    assert watch.alive(62.0) == pytest.approx(62.0)  # set-up life ends a stall in set-up
+
+
+def test_a_restarted_worker_ends_the_stall_with_its_first_progress_not_its_set_up():
+    watch = StallWatch(5.0, setup_seconds=60.0)
+    watch.worker_started(0.0)
+    now = stepping(watch, 3, 1.0)
+    assert watch.check("running", now + 6.0).first_step
+    watch.worker_started(now + 8.0)  # the watchdog killed it; the restart begins
+    assert watch.alive(now + 9.0) is None  # `setup` events: not yet progress
+    assert watch.check("starting", now + 30.0) is None
+    assert watch.progress(4, now + 40.0) == pytest.approx(40.0)  # stalled since step 3, over at 40 s
 
 
 # ---------------------------------------------------------------------- the daemon, fake trainer

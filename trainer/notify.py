@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainer.config import ConfigError, NotifyRule, _pydantic_problems, read_yaml
+from trainer.fmt import best_text
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +133,19 @@ def event_names(event: dict) -> list[str]:
     return ["resolved"]
 
 
-def message_of(run: str, host: str, name: str, event: dict, held: int = 0, interval: float = 0.0) -> dict:
-    """The JSON a command gets on stdin."""
+def message_of(run: str, host: str, name: str, event: dict, held: int = 0, interval: float = 0.0,
+               status: Optional[dict] = None) -> dict:
+    """The JSON a command gets on stdin (`status`: the run's `longhaul status --json`, given
+    with a run's end so the message can say where it got)."""
     text = str(event.get("message") or name)
+    if status:
+        text += f" at step {status.get('step')}/{status.get('total_steps')}, best {best_text(status.get('best'))}"
     if held:
         text += f" ({held} more '{name}' event(s) in the last {interval:.0f} s were held back)"
     return {"event": name, "run": run, "host": host, "title": f"longhaul {run}@{host}: {name}",
             "message": text, "kind": event.get("kind"), "level": event.get("level"), "time": event.get("time"),
-            "seq": event.get("seq"), "data": event.get("data") or {}, "held_back": held}
+            "seq": event.get("seq"), "data": event.get("data") or {}, "held_back": held,
+            **({"status": status} if status else {})}
 
 
 @dataclass
@@ -219,6 +225,8 @@ class Notifier:
     run: str
     run_dir: Path
     alert: Callable[[str, str, dict], Any]
+    status: Callable[[], Optional[dict]] = lambda: None
+    """The run's status (trainer.run.status), read for the message of a run's end."""
     host: str = field(default_factory=socket.gethostname)
     _last_sent: dict = field(default_factory=dict)
     _held: dict = field(default_factory=dict)
@@ -268,9 +276,17 @@ class Notifier:
                 held.timer.cancel()
             self._flush(key, self.rules[index], key[1])
 
+    def _status(self) -> Optional[dict]:
+        try:
+            return self.status()
+        except Exception:  # a message without where the run got is better than none
+            log.warning("no status for the notification", exc_info=True)
+            return None
+
     def _send(self, key: tuple, rule: Rule, name: str, event: dict, held: int) -> None:
         self._last_sent[key] = time.monotonic()
-        body = message_of(self.run, self.host, name, event, held, rule.min_interval)
+        status = self._status() if name in FINAL else None
+        body = message_of(self.run, self.host, name, event, held, rule.min_interval, status)
         task = asyncio.get_running_loop().create_task(self._deliver(key[0], rule, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -56,11 +56,12 @@ class StallWatch:
         self.last_step_time: Optional[float] = None
         self.stepped = False  # this worker made a step
         self.stalled: Optional[Stall] = None  # reported, and this worker has shown no life since
-        self.quiet_since: Optional[float] = None  # when the reported stall began, until life ends it
+        self.quiet_since: Optional[float] = None  # when the reported stall began, until it ends
+        self.quiet_in_setup = False  # the reported stall came before a first step
 
     def worker_started(self, now: float) -> None:
         # the step times stay: the new worker trains the same model on the same box; a stall
-        # reported of the old one ends with the new one's first sign of life
+        # reported of the old one ends with the new one's first progress
         self.last_life, self.stepped, self.last_step_time, self.stalled = now, False, None, None
 
     def progress(self, step: int, now: float) -> Optional[float]:
@@ -69,13 +70,19 @@ class StallWatch:
             if self.last_step_time is not None and self.last_step is not None and step > self.last_step:
                 self.step_times.append((now - self.last_step_time) / (step - self.last_step))
             self.last_step, self.last_step_time, self.stepped = step, now, True
-        return self.alive(now)
+        return self._life(now, ends_stall=True)
 
     def alive(self, now: float) -> Optional[float]:
-        """Work that is not a step (evaluation, preparing, set-up). Returns the seconds a stall
-        lasted when this ends one, else None."""
-        lasted = now - self.quiet_since if self.quiet_since is not None else None
-        self.last_life, self.stalled, self.quiet_since = now, None, None
+        """Work that is not a step or an evaluation (preparing, set-up). It ends only a stall
+        that came before a first step: a restarted trainer's set-up is not yet progress."""
+        return self._life(now, ends_stall=self.quiet_in_setup)
+
+    def _life(self, now: float, ends_stall: bool) -> Optional[float]:
+        """Returns the seconds a reported stall lasted when this ends it, else None."""
+        self.last_life, self.stalled = now, None
+        if self.quiet_since is None or not ends_stall:
+            return None
+        lasted, self.quiet_since = now - self.quiet_since, None
         return lasted
 
     def limit(self) -> float:
@@ -97,7 +104,7 @@ class StallWatch:
             return None
         self.stalled = Stall(quiet, limit, self.last_step, self.stepped)
         if self.quiet_since is None:
-            self.quiet_since = self.last_life
+            self.quiet_since, self.quiet_in_setup = self.last_life, not self.stepped
         return self.stalled
 
 

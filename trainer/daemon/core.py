@@ -29,6 +29,7 @@ from trainer.daemon.watch import RunWatch
 from trainer.notify import Notifier, run_rules, user_rules_for_daemon
 from trainer.run.rundir import RunDir
 from trainer.run.state import FINAL_STATES, RUN_STATES, progress_fields
+from trainer.run.status import best_metric, status as run_status
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class Daemon:
         self.progress = self.journal.carried_progress  # a resumed run keeps its header until the worker reports
         self._spawn(self.journal.retry_writes(self.settings.write_retry_interval))
         pid = os.getpid()
-        self.notifier = Notifier(user_rules_for_daemon(self._alert), self.name, self.run_dir, self._alert)
+        self.notifier = Notifier(user_rules_for_daemon(self._alert), self.name, self.run_dir, self._alert,
+                                 status=self._status_now)
         self.set_state("starting", f"daemon started (pid {pid})", data={"pid": pid}, pid=pid,
                        socket=str(self.lock.socket_file), stop_reason=None, name=self.name)
         try:
@@ -171,6 +173,15 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.offer(body)
         return body
+
+    def _status_now(self) -> dict:
+        """The run's status with the progress held in memory (state.json is written every few
+        seconds): what a notification of the run's end says."""
+        info = run_status(self.run_dir)
+        if self.progress:
+            info.update(progress_fields(self.progress))
+            info["best"] = best_metric(self.progress.get("best_eval"), self.cfg.eval.monitor if self.cfg else None)
+        return info
 
     def _alert(self, level: str, message: str, data: dict) -> None:
         self.emit("alert", level, message, data)
