@@ -110,7 +110,7 @@ class Recorder:
 
 
 def test_a_flapping_alert_sends_one_message_and_then_the_count_of_those_held_back(tmp_path):
-    rec = Recorder(tmp_path, on=("swap",), min_interval=0.6)
+    rec = Recorder(tmp_path, on=("swap",), min_interval=3.0)
 
     async def flap():
         for i in range(10):
@@ -118,7 +118,8 @@ def test_a_flapping_alert_sends_one_message_and_then_the_count_of_those_held_bac
             rec.notifier.offer(event("alert", "info", f"swap ok {i}", what="swap"))  # not on the rule
             await asyncio.sleep(0.02)
         rec.notifier.offer(event("state", state="finished"))  # not on this rule either
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(3.5)  # the interval is over: the held-back count goes out by itself
+        assert len(rec.messages()) == 2
         await rec.notifier.drain()
 
     asyncio.run(flap())
@@ -139,6 +140,41 @@ def test_the_end_of_a_run_is_never_held_back_and_drain_sends_what_is_held(tmp_pa
 
     asyncio.run(run())
     assert [m["message"] for m in rec.messages()] == ["crash 1", "crash 2", "done"]  # in order, one at a time
+
+
+def test_a_command_is_killed_with_its_children_when_the_daemon_goes_away(tmp_path):
+    pids = tmp_path / "pids"
+    rec = Recorder(tmp_path, command=f"sleep 300 & echo $! > {pids}; sleep 300")
+
+    async def run():
+        rec.notifier.offer(event("crash", "error"))
+        while not pids.exists() or not pids.read_text().strip():
+            await asyncio.sleep(0.05)
+        for task in list(rec.notifier._tasks):
+            task.cancel()
+        await asyncio.gather(*rec.notifier._tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    child = int(pids.read_text())
+    time.sleep(0.2)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_slow_command_does_not_pile_up_messages_without_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(notify, "QUEUE", 3)
+    gate = tmp_path / "gate"
+    rec = Recorder(tmp_path, command=f"while [ ! -e {gate} ]; do sleep 0.05; done; cat >> {tmp_path}/sent.jsonl; "
+                                     f"echo >> {tmp_path}/sent.jsonl")
+
+    async def run():
+        for i in range(10):
+            rec.notifier.offer(event("crash", "error", f"crash {i}"))
+        rec.notifier.offer(event("state", message="done", state="finished"))
+        gate.touch()
+        await rec.notifier.drain()
+
+    asyncio.run(run())
+    assert [m["message"].split(" at step")[0] for m in rec.messages()] == ["crash 0", "crash 1", "crash 2", "done"]
 
 
 def test_a_failing_rule_is_alerted_once_and_its_recovery_too(tmp_path):

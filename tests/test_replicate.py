@@ -158,9 +158,50 @@ def test_another_run_of_the_same_name_is_refused_in_a_replica(tmp_path, replica_
     Replica(run.path, replica_root).sync()
     twin = make_run(tmp_path / "other-root")
     save(twin, [9])
-    with pytest.raises(ReplicaError, match=f"is the replica of another run .{run.path}"):
+    with pytest.raises(ReplicaError, match=f"is the replica of another run .[^:]+:{run.path}"):
         Replica(twin.path, replica_root).sync()
     assert local_steps(copy_of(tmp_path, run)) == [1]
+
+
+def test_the_same_run_path_on_another_host_is_another_run(tmp_path, replica_root, monkeypatch):
+    run = make_run(tmp_path)
+    save(run, [1])
+    Replica(run.path, replica_root).sync()
+    monkeypatch.setattr(replica_module.socket, "gethostname", lambda: "other-box")
+    with pytest.raises(ReplicaError, match="is the replica of another run"):
+        Replica(run.path, replica_root).sync()  # same home layout, same name, one NFS directory
+    assert local_steps(copy_of(tmp_path, run)) == [1]
+
+
+def test_a_replica_is_not_a_run_to_train_in_and_a_run_is_not_a_replica(tmp_path, replica_root, runtime_dir):
+    from trainer.daemon import launch_daemon
+    from trainer.daemon.ownership import DaemonError
+
+    run = make_run(tmp_path)
+    save(run, [1])
+    StateFile(run.path).update(state="stopped", pid=None)
+    Replica(run.path, replica_root).sync()
+    with pytest.raises(DaemonError, match="is the off-box replica of .*resume run --from"):
+        launch_daemon(copy_of(tmp_path, run).path)
+    with pytest.raises(RunError, match="is a run directory, not a replica"):
+        replica_dir(run.path, run.name)
+
+
+def test_a_restore_that_fails_puts_the_run_directory_back(tmp_path, replica_root, monkeypatch):
+    run = make_run(tmp_path)
+    save(run, [1, 2])
+    StateFile(run.path).update(state="stopped", pid=None)
+    Replica(run.path, replica_root).sync()
+    shutil.rmtree(run.checkpoints)  # damaged: restore puts it aside first
+
+    def broken_disk(*args, **kwargs):
+        raise OSError(5, "Input/output error", "replica disk")
+
+    monkeypatch.setattr("trainer.run.restore.copy_checkpoint", broken_disk)
+    with pytest.raises(RunError, match="Input/output error.*is as it was"):
+        restore(replica_dir(replica_root, run.name), run.path)
+    assert run.path.is_dir() and (run.path / "state.json").exists()
+    assert sorted(p.name for p in run.path.parent.iterdir()) == [run.name]  # nothing aside, no temp
 
 
 def test_start_refuses_a_replica_inside_the_run_directory(tmp_path, runtime_dir):

@@ -553,6 +553,10 @@ class NotifyRule(Section):
         return names
 
 
+SHORT_STALL = 60.0
+"""A `watchdog.stall_seconds` below this is warned about (config_warnings)."""
+
+
 class WatchdogConfig(Section):
     stall_seconds: Optional[float] = Field(None, gt=0.0)
     """Alert (`stalled`) when the trainer completes no step and no evaluation batch for this long;
@@ -584,7 +588,8 @@ class AlertsConfig(Section):
     """How long samples/s must stay low (or be back) before the `throughput` alert starts (ends)."""
     loss_spike_factor: Optional[float] = Field(3.0, gt=1.0)
     """Alert `loss_spike` when the training loss exceeds this multiple of its median over the last
-    200 records (or is not finite); over once back below the midpoint."""
+    200 records; over once back below the midpoint (a non-finite loss is the trainer's own
+    `nan_loss` alert)."""
     confirm: int = Field(3, ge=1)
     """Consecutive readings (system samples, or history records for the loss) on the other side of
     a threshold before an alert starts or ends: no flapping."""
@@ -841,6 +846,11 @@ def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
         warnings.append(("loss.class_weights", "'balanced' with data.balanced_sampler corrects the imbalance twice: "
                          "the sampler already draws every class equally often, and the weights then favour the "
                          "rare classes again; keep one of them"))
+    stall = cfg.watchdog.stall_seconds
+    if stall is not None and stall < SHORT_STALL:
+        warnings.append(("watchdog.stall_seconds", f"{stall:g} s: a validation batch, a checkpoint write or a busy "
+                         f"box can keep a healthy trainer quiet that long (evaluation reports every 10 s); "
+                         f"with watchdog.restart it is then killed. Null derives it from the step time"))
     return warnings + _mode_against_monitor(cfg) + _unused_data_paths(cfg)
 
 

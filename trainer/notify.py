@@ -38,6 +38,9 @@ FINAL = ("finished", "failed", "stopped")
 """Event names never held back: the one message a user waits days for."""
 QUIET_WHATS = ("notify_failed", "notify_config")
 """Alerts about notifying itself are not notified: a broken command would feed itself."""
+QUEUE = 20
+"""Messages a rule may have waiting behind a command that is slow to finish; more are dropped
+(logged; a run's end never is): a command hanging to its timeout must not pile up without end."""
 OUTPUT_TAIL = 2000
 ENV_TEXT = 4000
 """Characters of a message an environment variable carries (the whole event is on stdin)."""
@@ -194,6 +197,10 @@ async def run_command(rule: Rule, body: dict, run_dir: Optional[Path] = None) ->
         _kill_group(proc.pid)
         await proc.wait()
         return Outcome(False, time.monotonic() - started, proc.returncode, timed_out=True)
+    except asyncio.CancelledError:  # the daemon is going away: no command outlives it
+        _kill_group(proc.pid)
+        await proc.wait()
+        raise
     text = output.decode(errors="replace")[-OUTPUT_TAIL:]
     return Outcome(proc.returncode == 0, time.monotonic() - started, proc.returncode, output=text)
 
@@ -232,6 +239,7 @@ class Notifier:
     _held: dict = field(default_factory=dict)
     _failing: set = field(default_factory=set)
     _tasks: set = field(default_factory=set)
+    _waiting: dict = field(default_factory=dict)  # rule index -> messages sent or waiting to be
     _turns: dict = field(default_factory=dict)  # rule index -> asyncio.Lock: one command at a time, in order
 
     def offer(self, event: dict) -> None:
@@ -285,6 +293,11 @@ class Notifier:
 
     def _send(self, key: tuple, rule: Rule, name: str, event: dict, held: int) -> None:
         self._last_sent[key] = time.monotonic()
+        waiting = self._waiting.get(key[0], 0)
+        if waiting >= QUEUE and name not in FINAL:
+            log.warning("notify rule %s has %d messages waiting: %s dropped", rule.source, waiting, name)
+            return
+        self._waiting[key[0]] = waiting + 1
         status = self._status() if name in FINAL else None
         body = message_of(self.run, self.host, name, event, held, rule.min_interval, status)
         task = asyncio.get_running_loop().create_task(self._deliver(key[0], rule, body))
@@ -293,8 +306,11 @@ class Notifier:
 
     async def _deliver(self, index: int, rule: Rule, body: dict) -> None:
         # a rule's messages go out one at a time and in order: "crash" before "finished"
-        async with self._turns.setdefault(index, asyncio.Lock()):
-            outcome = await run_command(rule, body, self.run_dir)
+        try:
+            async with self._turns.setdefault(index, asyncio.Lock()):
+                outcome = await run_command(rule, body, self.run_dir)
+        finally:
+            self._waiting[index] -= 1
         if outcome.ok:
             log.info("notified (%s) of %s in %.1f s", rule.source, body["event"], outcome.seconds)
             if rule.source in self._failing:

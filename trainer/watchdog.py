@@ -58,6 +58,7 @@ class StallWatch:
         self.stalled: Optional[Stall] = None  # reported, and this worker has shown no life since
         self.quiet_since: Optional[float] = None  # when the reported stall began, until it ends
         self.quiet_in_setup = False  # the reported stall came before a first step
+        self.long_work: Optional[str] = None  # a compile may come: until which event the set-up limit holds
 
     def worker_started(self, now: float) -> None:
         # the step times stay: the new worker trains the same model on the same box; a stall
@@ -70,7 +71,22 @@ class StallWatch:
             if self.last_step_time is not None and self.last_step is not None and step > self.last_step:
                 self.step_times.append((now - self.last_step_time) / (step - self.last_step))
             self.last_step, self.last_step_time, self.stepped = step, now, True
+            if self.long_work == "step":
+                self.long_work = None
         return self._life(now, ends_stall=True)
+
+    def event(self, kind: str, data: dict, now: float) -> Optional[float]:
+        """A worker event. A new phase may compile the model in its first step, and a compile
+        trial (`model.compile: auto`) compiles in the middle of its steps: minutes with no
+        frame, so until its first step (the trial: its decision) the set-up limit holds.
+        Returns the seconds a stall lasted when a `setup` event ends one."""
+        if kind == "phase" and self.long_work is None:
+            self.long_work = "step"
+        elif kind == "compile" and data.get("what") == "trial":
+            self.long_work = "decided"
+        elif kind == "compile" and data.get("what") == "decided":
+            self.long_work = None
+        return self.alive(now) if kind == "setup" else None
 
     def alive(self, now: float) -> Optional[float]:
         """Work that is not a step or an evaluation (preparing, set-up). It ends only a stall
@@ -86,7 +102,7 @@ class StallWatch:
         return lasted
 
     def limit(self) -> float:
-        if not self.stepped:
+        if not self.stepped or self.long_work is not None:
             return self.setup_seconds
         if self.stall_seconds is not None:
             return self.stall_seconds

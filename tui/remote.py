@@ -52,6 +52,9 @@ class RemoteRunScreen(RunScreen):
     def load_offline(self) -> None:
         """Nothing to read here: the run directory is on the host. The last snapshot stays."""
 
+    def check_evaluation(self) -> None:
+        """evaluation.json is on the host: a local file at the same path would be another run's."""
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "back":
             return False  # the run list is the host's: `longhaul ls HOST:`

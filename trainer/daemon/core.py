@@ -101,8 +101,10 @@ class Daemon:
         await self.journal.load_history(self.cfg.eval.monitor_rule)
         await self.hub.listen(self.lock.socket_file)
         sampler = self._spawn(self._sample_system())
+        stalls = self._spawn(self.watch.watch_stalls(self.cfg.daemon.system_interval))
         final = await self.supervisor.supervise(self.cfg.daemon)
         sampler.cancel()
+        stalls.cancel()
         if self.replicator is not None:  # the replica gets the run's final state and events
             await self.replicator.finish()
         await self.notifier.drain()  # last: a failed final copy is told too
@@ -222,12 +224,10 @@ class Daemon:
         sampler = SystemSampler(self.run_dir, lambda: self.supervisor.pid)
         reported = False
         while True:
-            body = None
             try:
                 body = await asyncio.to_thread(sampler.sample)
                 msg = protocol.system(**body)
             except Exception as exc:  # skip this sample; say so once, not every interval
-                body = None
                 if not reported:
                     log.warning("system sample skipped (%s); later ones are skipped silently", exc)
                     reported = True
@@ -235,7 +235,7 @@ class Daemon:
                 self.system = body
                 self.hub.broadcast(msg, coalesce=True)
                 self._contention(self.contention.system(body))
-            self.watch.tick(body, explained=self.contention.active)
+                self.watch.system(body, explained=self.contention.active)
             await asyncio.sleep(self.cfg.daemon.system_interval)
 
     def _contention(self, decision: Optional[Decision]) -> None:
@@ -307,8 +307,7 @@ class Daemon:
         if kind == "request" and completed is not None and completed.action == "stop" \
                 and data.get("outcome") == "failed":
             self.supervisor.stop_failed(text)
-        if kind == "setup":
-            self.watch.alive()
+        self.watch.event(kind, data)
         if kind == "checkpoint_failed":
             self.last_checkpoint_failed = True
         if kind == "checkpoint":

@@ -23,6 +23,7 @@ from trainer.daemon.supervisor import child_env, describe_exit
 from trainer.run.errors import RunError, RuntimeDirError, StateFileError
 from trainer.run.events import read_tail
 from trainer.run.linefile import tail_lines
+from trainer.run.replica import is_replica
 from trainer.run.rundir import RunDir, apply_umask
 from trainer.run.sockets import socket_path
 from trainer.run.state import LIVE_STATES, StateFile, effective_state, read_state
@@ -53,6 +54,10 @@ def launch_daemon(run_dir: Path, worker_script: Optional[Path] = None, wait: flo
     current = read_state(run_dir)  # a damaged state.json is rebuilt, not a dead end
     if effective_state(run_dir, current) in LIVE_STATES:
         raise DaemonError(f"run {run_dir.name} is already {current.get('state')} (daemon pid {current.get('pid')})")
+    owner = is_replica(run_dir)
+    if owner:  # training inside a backup would fork the run and break the replica
+        raise DaemonError(f"{run_dir} is the off-box replica of {owner}, not a run: restore it with "
+                          f"`longhaul resume {run_dir.name} --from {run_dir.parent}`")
     socket_path(run_dir)  # fail here, in the user's terminal, if no socket directory is safe
     wait_for_exiting_daemon(run_dir)
     argv = [sys.executable, "-m", "trainer.daemon", str(run_dir)]

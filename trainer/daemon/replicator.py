@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from trainer.run.replica import Replica, ReplicaError, placement_problem, replica_of
+from trainer.run.replica import Replica, ReplicaError, replica_of
 from trainer.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,11 @@ class Replicator:
 
     @classmethod
     def for_run(cls, run_dir: Path, cfg, emit: Emit) -> Optional["Replicator"]:
-        """The run's replicator, None when `checkpoint.replicate_to` names nothing. A directory
-        overlapping the run's own is refused with an alert (no copy is made there)."""
+        """The run's replicator, None when `checkpoint.replicate_to` names nothing. It touches no
+        file system here (a dead mount must not hang the daemon's start): a directory that
+        overlaps the run's own is refused by each round, with an alert."""
         replica_cfg = cfg.checkpoint.replicate_to
         if not (replica_cfg.dir or replica_cfg.command):
-            return None
-        problem = placement_problem(run_dir, Path(replica_cfg.dir)) if replica_cfg.dir else None
-        if problem:
-            emit("alert", "error", f"checkpoint.replicate_to.dir: {problem}; no replica is made",
-                 {"what": "replica_failed", "target": "dir", "error": problem})
             return None
         return cls(run_dir, replica_cfg, emit, asyncio.get_running_loop())
 

@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 from trainer.thresholds import ThresholdWatch
-from trainer.watchdog import STACKS_SIGNAL, Stall, StallWatch, describe_process
+from trainer.watchdog import STACKS_SIGNAL, WATCHED_STATES, Stall, StallWatch, describe_process
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +48,35 @@ class RunWatch:
         self._ended(self.stalls.progress(msg["step"], time.monotonic()))
 
     def alive(self) -> None:
-        """Work that is no step: a `preparing` frame, a `setup` event."""
+        """Work that is no step: a `preparing` frame."""
         self._ended(self.stalls.alive(time.monotonic()))
+
+    def event(self, kind: str, data: dict) -> None:
+        """A worker event: `setup` stages, and phases and compiles (a long step may come)."""
+        self._ended(self.stalls.event(kind, data, time.monotonic()))
 
     def record(self, record: dict) -> None:
         alert = self.thresholds.record(record)
         if alert is not None:
             self.emit("alert", alert.level, alert.message, alert.data)
 
-    # ------------------------------------------------------------------ each system sample
-    def tick(self, sample: Optional[dict], explained: bool) -> None:
-        """Every system interval: thresholds on the new sample (None: none taken), then stalls."""
-        if sample is not None:
-            for alert in self.thresholds.system(sample, explained):
-                self.emit("alert", alert.level, alert.message, alert.data)
-        state = self.state() if self.supervisor.pid is not None else None  # no worker: none to stall
-        stall = self.stalls.check(state, time.monotonic())
-        if stall is not None:
-            self._stalled(stall)
+    # ------------------------------------------------------------------ on the clock
+    def system(self, sample: dict, explained: bool) -> None:
+        """A system sample: the thresholds (`explained`: the `oversubscribed` alert is on)."""
+        for alert in self.thresholds.system(sample, explained):
+            self.emit("alert", alert.level, alert.message, alert.data)
+
+    async def watch_stalls(self, interval: float) -> None:
+        """Check for a stall every `interval` seconds. Its own task, not the system sampler's:
+        a sample reads the run directory's file system, which may be the thing that hangs."""
+        while True:
+            await asyncio.sleep(interval)
+            stall = self.stalls.check(self._watched_state(), time.monotonic())
+            if stall is not None:
+                self._stalled(stall)
+
+    def _watched_state(self) -> Optional[str]:
+        return self.state() if self.supervisor.pid is not None else None  # no worker: none to stall
 
     def _stalled(self, stall: Stall) -> None:
         pid = self.supervisor.pid
@@ -87,7 +98,8 @@ class RunWatch:
 
     async def _kill_after_stacks(self, pid: int, stall: Stall) -> None:
         await asyncio.sleep(STACKS_WAIT)
-        if self.supervisor.pid == pid:  # not already gone or replaced
+        # not gone or replaced meanwhile, and still stalled (no progress, no pause or stop since)
+        if self.supervisor.pid == pid and self.stalls.stalled is stall and self._watched_state() in WATCHED_STATES:
             self.supervisor.kill_stalled(f"killed by the stall watchdog after {stall.seconds:.0f} s without "
                                          "progress")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,21 @@ def replica_of(run_dir: Path, replica_root: Path) -> Path:
     return Path(replica_root) / Path(run_dir).name
 
 
+def owner_id(run_dir: Path) -> str:
+    """Whose replica it is (its `replica-of.txt`): HOST:PATH of the run directory. The host
+    matters: two boxes with the same home layout may replicate runs of the same name to one
+    NFS directory, and each one's retention would remove the other's checkpoints."""
+    return f"{socket.gethostname()}:{Path(run_dir).absolute()}"
+
+
+def is_replica(path: Path) -> Optional[str]:
+    """The owner a replica directory names (None: `path` is no replica)."""
+    try:
+        return RunDir(path).replica_origin.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def placement_problem(run_dir: Path, replica_root: Path) -> Optional[str]:
     """Why `replica_root` cannot hold the replica of `run_dir` (it is the run directory, inside it,
     or the run directory is inside the replica), or None."""
@@ -72,9 +88,13 @@ class Replica:
 
     def sync(self) -> SyncResult:
         """Bring the replica up to date (see the module docstring). ReplicaError when it cannot:
-        whatever was half-written is removed first, what was complete stays."""
+        whatever was half-written is removed first, what was complete stays. Every file system
+        access is here, in the caller's thread: a mount that hangs holds that thread only."""
         started = time.monotonic()
         result = SyncResult()
+        problem = placement_problem(self.source.path, self.root)
+        if problem:
+            raise ReplicaError(problem)
         if not self.root.is_dir():
             raise ReplicaError(f"replica directory {self.root} does not exist (not mounted?); it is not "
                                "created, so that an absent mount is not filled on the wrong disk")
@@ -110,13 +130,13 @@ class Replica:
     def _claim(self) -> None:
         """Mark the replica as this run's; refuse one that copies another run of the same name
         (its retention would remove that run's checkpoints)."""
-        origin = self.target.replica_origin
+        origin, me = self.target.replica_origin, owner_id(self.source.path)
         try:
             owner = origin.read_text().strip()
         except FileNotFoundError:
-            atomic_write_bytes(origin, f"{self.source.path.absolute()}\n".encode())
+            atomic_write_bytes(origin, f"{me}\n".encode())
             return
-        if owner != str(self.source.path.absolute()):
+        if owner != me:
             raise ReplicaError(f"{self.target.path} is the replica of another run ({owner}, {origin.name}); "
                                "give this run another checkpoint.replicate_to.dir, or remove that replica")
 

@@ -21,7 +21,8 @@ from trainer.run import registry
 from trainer.run.errors import RunError
 from trainer.run.locate import check_run_name
 from trainer.run.manifest import verify
-from trainer.run.replica import TMP_PREFIX, BadCheckpoint, copy_checkpoint, copy_file, local_steps
+from trainer.run.replica import (TMP_PREFIX, BadCheckpoint, copy_checkpoint, copy_file, is_replica, local_steps,
+                                 owner_id)
 from trainer.run.rundir import RunDir, atomic_write_bytes, fsync_dir, is_run_dir, make_run_dir
 from trainer.run.state import FINAL_STATES, LIVE_STATES, StateFile, effective_state
 
@@ -40,10 +41,13 @@ class Restored:
 def replica_dir(source: Path, name: str) -> Path:
     """The replica of run `name`: `source` itself when it is a run's copy, else `source/name`."""
     source = Path(source).expanduser().absolute()
-    if is_run_dir(source):
-        return source
-    if is_run_dir(source / name):
-        return source / name
+    for candidate in (source, source / name):
+        if is_run_dir(candidate) and is_replica(candidate):
+            return candidate
+    for candidate in (source, source / name):
+        if is_run_dir(candidate):  # a run, not a replica: handing it over would break that run
+            raise RunError(f"{candidate} is a run directory, not a replica (no {RunDir(candidate).replica_origin.name}); "
+                           "--from takes the checkpoint.replicate_to.dir the run was copied to")
     raise RunError(f"no replica of run {name!r} in {source}: neither it nor {source / name} holds a "
                    "run's config.yaml or state.json")
 
@@ -65,15 +69,22 @@ def restore(replica: Path, run_dir: Path, force: bool = False) -> Restored:
         os.rename(tmp, run_dir)
         fsync_dir(run_dir.parent)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _undo(tmp, aside, run_dir)
         raise RunError(f"restoring {run_dir} from {replica} failed: {exc.strerror or exc}"
-                       f"{f' ({exc.filename})' if exc.filename else ''}") from None
+                       f"{f' ({exc.filename})' if exc.filename else ''}; {run_dir} is as it was") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _undo(tmp, aside, run_dir)
         raise
     registry.register(run_dir)
     _hand_over(RunDir(replica), run_dir)
     return Restored(run_dir, valid[-1], skipped, aside)
+
+
+def _undo(tmp: Path, aside: Optional[Path], run_dir: Path) -> None:
+    """A restore that failed: its temp copy removed, the run directory it put aside put back."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if aside is not None and not os.path.lexists(run_dir):
+        os.rename(aside, run_dir)
 
 
 def _valid_steps(replica: RunDir) -> tuple[list[int], list[tuple[int, str]]]:
@@ -130,7 +141,7 @@ def _hand_over(replica: RunDir, run_dir: Path) -> None:
     """The replica now copies the restored run, wherever it was put (best effort: a read-only
     replica only means its next sync asks for another directory)."""
     try:
-        atomic_write_bytes(replica.replica_origin, f"{run_dir}\n".encode())
+        atomic_write_bytes(replica.replica_origin, f"{owner_id(run_dir)}\n".encode())
     except OSError:
         pass
 
