@@ -19,13 +19,14 @@ from typing import Optional
 
 from trainer import ssh
 from trainer.fmt import MISSING, best_text, duration, samples_rate
+from trainer import queue_commands
 from trainer.posthoc import commands as posthoc_commands
 from trainer.run import registry
 from trainer.run.errors import RunError, RunExists
 from trainer.run.locate import create_run_dir, resolve_run, runs_root
 from trainer.run.rundir import RunDir, apply_umask, atomic_write_bytes, is_run_dir, make_run_dir
 from trainer.run.state import LIVE_STATES, MAX_LAUNCH_FAILURES, effective_state
-from trainer.run.status import SORTS, list_runs, ordered, status as run_status
+from trainer.run.status import SORTS, list_runs, ordered, state_label, status as run_status
 
 
 def _load(args, check_model: bool = True):
@@ -248,7 +249,7 @@ def format_status(info: dict) -> str:
         return f"{info['name']}: missing\n  {info.get('error')}"
     epoch = info.get("epoch")
     epochs = f"{epoch}/{info['total_epochs']}" if epoch is not None and info.get("total_epochs") else epoch
-    lines = [f"{info['name']}: {info['state']}  step {info.get('step') or 0}/{info.get('total_steps') or '?'}"
+    lines = [f"{info['name']}: {state_label(info)}  step {info.get('step') or 0}/{info.get('total_steps') or '?'}"
              f"  epoch {epochs if epochs is not None else MISSING}"
              f"  phase {info.get('phase_name') or info.get('phase') or MISSING}"]
     if info.get("eta") is not None:
@@ -279,6 +280,9 @@ def run_notes(info: dict) -> list[str]:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rebuilt.get("time") or 0))
         notes.append(f"  state rebuilt {when} from {', '.join(rebuilt.get('from') or []) or 'nothing'}: "
                      f"{rebuilt.get('problem')} (kept as {rebuilt.get('corrupt_copy')})")
+    queued = info.get("queue") if info.get("state") == "queued" else None
+    if queued and (queued.get("held") or queued.get("waiting")):
+        notes.append(f"  {'held: ' if queued.get('held') else ''}{queued.get('held') or queued.get('waiting')}")
     failures = info.get("launch_failures") or 0
     if failures:
         skipped = "; resume --all skips it until a resume by hand works" if failures >= MAX_LAUNCH_FAILURES else ""
@@ -331,6 +335,8 @@ def cmd_start(args) -> int:
     try:
         _check_replica_dir(args, cfg, run_dir)
         write_config(run_dir, cfg)
+        if args.queue or args.after:
+            return queue_commands.queue_new_run(run_dir, runs_root_arg(args).absolute(), args.after)
         pid = daemon.launch_daemon(run_dir)
     except BaseException:
         if created:  # a start that never ran leaves nothing behind (the name stays free)
@@ -380,7 +386,7 @@ def cmd_ls(args) -> int:
         age = info.get("last_checkpoint_age")
         age_text = duration(age) + " ago" if age is not None else "-"
         elsewhere = "" if root is None or Path(info["dir"]).parent == root.absolute() else f"  {info['dir']}"
-        print(f"{info['name'][:24]:24} {info['state']:12} {str(info.get('phase_name') or '-')[:16]:16} "
+        print(f"{info['name'][:24]:24} {state_label(info):12} {str(info.get('phase_name') or '-')[:16]:16} "
               f"{step:>15} {eta:>8} {age_text:>10} {best_text(info.get('best')):>12} "
               f"{samples_rate(info.get('samples_per_s')):>9}{elsewhere}")
         extra = [f"  {info['error']}"] if info["state"] == "missing" else run_notes(info)
@@ -452,6 +458,10 @@ def cmd_resume(args) -> int:
         return 0
     if state in ("paused", "running", "starting", "stopping"):
         return cmd_control(argparse.Namespace(**{**vars(args), "command": "resume", "timeout": 30.0}))
+    if state == "queued":
+        print(f"{run_dir.name} is queued: it starts when a slot is free (`longhaul queue`; `queue move "
+              f"{run_dir.name} 1` puts it next)", file=sys.stderr)
+        return 1
     if state not in ("interrupted", "stopped", "failed"):
         print(f"{run_dir.name} is {state}; only interrupted, stopped or failed runs can be resumed",
               file=sys.stderr)
@@ -580,6 +590,12 @@ def resume_all(root: Path) -> int:
             print(f"longhaul resume: {exc}", file=sys.stderr)
             continue
         print(f"resumed {run_dir.name} (daemon pid {pid}); attach: {longhaul_command()} attach {address(run_dir)}")
+    for run_dir, error in daemon.start_queued(root.absolute()):  # then the queue goes on
+        if error:
+            failed += 1
+            print(f"longhaul resume: queued run {run_dir.name} did not start: {error}", file=sys.stderr)
+        else:
+            print(f"started queued run {run_dir.name}")
     return 1 if failed else 0
 
 
@@ -698,8 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = config_cmd("train", cmd_train, "train in the foreground")
     p.add_argument("--quiet", action="store_true", help="print only events, no progress lines")
-    p = config_cmd("start", cmd_start, "start a detached training daemon")
+    p = config_cmd("start", cmd_start, "start a detached training daemon (or queue it)")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
+    queue_commands.start_arguments(p)
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
     prepare_arguments(config_cmd("prepare", cmd_prepare, PREPARE_HELP, run_dir=False))
 
@@ -732,6 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install-service", help="resume interrupted runs at boot (systemd user unit or cron)")
     p.add_argument("--uninstall", action="store_true")
     p.set_defaults(func=cmd_install_service)
+    queue_commands.register(sub)
     notify_arguments(sub.add_parser("notify", help="list the notify rules that apply, or send a test message "
                                     "through each"))
     p = sub.add_parser("config-docs", help="print the config reference (docs/CONFIG.md)")

@@ -20,8 +20,8 @@ One asyncio loop does everything; each concern is one module:
 SIGTERM/SIGINT: stop the worker (it checkpoints and exits 0), state `stopped`, remove the socket.
 """
 from trainer.daemon.core import Daemon
-from trainer.daemon.launch import launch_daemon, main
+from trainer.daemon.launch import launch_daemon, main, start_queued
 from trainer.daemon.ownership import DaemonError
 from trainer.daemon.settings import Settings
 
-__all__ = ["Daemon", "DaemonError", "Settings", "launch_daemon", "main"]
+__all__ = ["Daemon", "DaemonError", "Settings", "launch_daemon", "main", "start_queued"]

@@ -322,7 +322,7 @@ class Daemon:
 
     def _on_worker_state(self, data: dict, text: str, level: str, at: float, completed) -> None:
         state = data.get("state")
-        if state not in RUN_STATES or state == "interrupted":
+        if state not in RUN_STATES or state in ("interrupted", "queued"):
             self.emit("alert", "warning", f"trainer reported unknown state {state!r}", {"what": "state"})
             return
         self.supervisor.last_state = state

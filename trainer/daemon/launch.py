@@ -147,7 +147,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     worker_argv = [sys.executable, str(args.worker_script)] if args.worker_script else None
     try:
         daemon = Daemon(args.run_dir, worker_argv, Settings(**args.settings))
-        return asyncio.run(daemon.run(install_signals=True))
+        code = asyncio.run(daemon.run(install_signals=True))
     except (DaemonError, RuntimeDirError) as exc:
         log.error("%s", exc)
         return 3
+    # the run ended and its slot is free: the next queued run starts (its own daemon, detached)
+    for root in queue_roots(args.run_dir):
+        start_queued(root, args.worker_script, args.settings or None)
+    return code
+
+
+def queue_roots(run_dir: Path) -> list[Path]:
+    """The queues a run's end may advance: its runs root, and the one it was queued in."""
+    roots = [Path(run_dir).absolute().parent]
+    queued_in = read_state(run_dir).get("queue_root")
+    if isinstance(queued_in, str) and Path(queued_in) not in roots:
+        roots.append(Path(queued_in))
+    return roots
+
+
+def start_queued(root: Path, worker_script: Optional[Path] = None,
+                 settings: Optional[dict] = None) -> list[tuple[Path, Optional[str]]]:
+    """Start the queued runs of `root` that may start now (trainer.run.queue.dispatch); each
+    (run dir, None) started or (run dir, why not)."""
+    from trainer.run import queue, registry
+
+    def box_runs() -> list[Path]:
+        under_root = [p for p in Path(root).iterdir() if p.is_dir()] if Path(root).is_dir() else []
+        return list(dict.fromkeys(under_root + registry.registered()))
+
+    started = queue.dispatch(root, box_runs, lambda run_dir: launch_daemon(run_dir, worker_script, settings=settings))
+    for run_dir, error in started:
+        log.info("queued run %s %s", run_dir.name, f"did not start: {error}" if error else "started")
+    return started

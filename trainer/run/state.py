@@ -29,8 +29,9 @@ from trainer.run.plan import planned_steps
 from trainer.run.rundir import RunDir, atomic_write_json
 
 #: Every state a run can be in. `interrupted` is never written: it is what `effective_state`
-#: reports when the file claims a live state but its process is gone.
-RUN_STATES = ("starting", "running", "paused", "stopping", "stopped", "finished", "failed", "interrupted")
+#: reports when the file claims a live state but its process is gone. `queued`: waiting in the
+#: runs root's queue (trainer/run/queue.py), never started.
+RUN_STATES = ("queued", "starting", "running", "paused", "stopping", "stopped", "finished", "failed", "interrupted")
 #: States that promise a live owner process (daemon or foreground trainer).
 LIVE_STATES = frozenset({"starting", "running", "paused", "stopping"})
 #: States after which nothing runs any more.

@@ -17,6 +17,7 @@ from trainer.run.locate import run_names, runs_root, safe_is_run_dir
 from trainer.run.plan import read_plan
 from trainer.run.rundir import RunDir
 from trainer.run.sockets import find_socket
+from trainer.run.queue import QUEUED, queued_status
 from trainer.run.state import LIVE_STATES, RUN_STATES, effective_state, read_state
 
 
@@ -59,8 +60,18 @@ def status(run_dir: Path) -> dict:
         "pause_reason": state.get("pause_reason") if current == "paused" else None,
         "launch_failures": state.get("launch_failures") or 0,
         "rebuilt": state.get("rebuilt"),
+        "queue": queued_status(run_dir, state) if current == QUEUED else None,
         "dir": str(run_dir),
     }
+
+
+def state_label(info: dict) -> str:
+    """A run's state as `ls` and the picker show it: a queued run with its position
+    (`queued #2`), or `held` when a run it waits for did not finish."""
+    queued = info.get("queue")
+    if info.get("state") != QUEUED or not queued:
+        return str(info.get("state") or "unknown")
+    return "held" if queued.get("held") else f"queued #{queued.get('position') or '?'}"
 
 
 def missing_status(run_dir: Path) -> dict:
@@ -69,7 +80,7 @@ def missing_status(run_dir: Path) -> dict:
     info = dict.fromkeys(("step", "total_steps", "epoch", "total_epochs", "best", "samples_per_s", "model",
                           "started", "phase", "phase_name", "last_eval", "best_eval", "evaluation", "pid",
                           "socket", "eta", "last_checkpoint_age", "updated", "stop_reason", "pause_reason",
-                          "rebuilt"))
+                          "rebuilt", "queue"))
     info.update(name=run_dir.name, state="missing", launch_failures=0, dir=str(run_dir),
                 error=f"the registered run directory {run_dir} is gone (moved or deleted)")
     return info

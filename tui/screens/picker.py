@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Input, Static
 
 from trainer.cli import longhaul_command
 from trainer.fmt import best_text, samples_rate
-from trainer.run.status import SORTS, list_runs, ordered
+from trainer.run.status import SORTS, list_runs, ordered, state_label
 from tui import fmt
 from tui.widgets.footer import KeyFooter
 from tui.widgets.header import STATE_STYLES
@@ -59,7 +59,7 @@ def row_cells(info: dict, highlighted: bool = False, wide: bool = False) -> tupl
     age = info.get("last_checkpoint_age")
     cells = {
         "run": name_cell(info, highlighted),
-        "state": Text(state.upper(), style=STATE_STYLES.get(state, "")),
+        "state": Text(state_label(info).upper(), style=STATE_STYLES.get(state, "")),
         "phase": phase_text(info, 24),
         "progress": progress_cell(info, width=12),
         "step": f"{number(info.get('step'))}/{number(info.get('total_steps'))}",

@@ -16,6 +16,7 @@ from tui.model import ACTIVE_STATES, RunModel
 STATE_STYLES = {
     "running": "bold green", "starting": "bold cyan", "paused": "bold yellow", "stopping": "bold yellow",
     "stopped": "bold", "finished": "bold green", "failed": "bold red", "interrupted": "bold red",
+    "queued": "bold cyan",
 }
 LINK_LABELS = {"live": "live", "connecting": "connecting…", "offline": "offline", "retrying": "disconnected"}
 

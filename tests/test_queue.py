@@ -1,0 +1,209 @@
+"""The run queue: order, slots, dependencies (held, never started blindly), move/remove/pause,
+a damaged or missing queue file rebuilt from the run directories, two `start --queue` at the
+same instant, the CLI's errors, and real runs going through the queue across a 'reboot' (every
+process killed, `resume --all`)."""
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.daemon_helpers import read_events, wait_for
+from tests.longhaul_cli import cli, cli_env, status
+from tests.run_configs import DAEMON_TINY
+from trainer.run import queue
+from trainer.run.locate import create_run_dir
+from trainer.run.queue import QueueError, dispatch, enqueue, judge, read_queue
+from trainer.run.state import StateFile
+from trainer.run.status import state_label, status as run_status
+
+
+def new_run(root: Path, name: str) -> Path:
+    run_dir = create_run_dir(root, name)
+    (run_dir / "config.yaml").write_text("name: " + name + "\n")
+    return run_dir
+
+
+def names(root: Path) -> list[str]:
+    return [Path(e.run).name for e in read_queue(root).entries]
+
+
+class Box:
+    """dispatch() with a fake launch: the runs it 'starts' become live until `end` is called."""
+
+    def __init__(self, root: Path, monkeypatch):
+        self.root, self.live, self.started = root, set(), []
+        monkeypatch.setattr(queue, "busy_slots", lambda runs: len(self.live))
+        # this test process plays the daemon of every run it 'starts'
+        monkeypatch.setattr("trainer.run.state.is_longhaul_process", lambda pid: pid == os.getpid())
+
+    def launch(self, run_dir: Path) -> int:
+        StateFile(run_dir).update(state="starting", pid=os.getpid())
+        self.live.add(run_dir.name)
+        self.started.append(run_dir.name)
+        return 1
+
+    def dispatch(self) -> list:
+        return dispatch(self.root, lambda: [], self.launch)
+
+    def end(self, name: str, state: str = "finished") -> None:
+        self.live.discard(name)
+        StateFile(self.root / name).update(state=state)
+
+
+# ---------------------------------------------------------------------- order and slots
+def test_runs_start_in_order_one_slot_at_a_time(tmp_path, monkeypatch):
+    box = Box(tmp_path, monkeypatch)
+    for name in ("a", "b", "c"):
+        assert enqueue(tmp_path, new_run(tmp_path, name)) == len(box.started) + len(names(tmp_path))
+    assert run_status(tmp_path / "b")["state"] == "queued" and state_label(run_status(tmp_path / "b")) == "queued #2"
+    box.dispatch()
+    assert box.started == ["a"] and names(tmp_path) == ["b", "c"]
+    box.dispatch()
+    assert box.started == ["a"]  # the slot is taken
+    box.end("a")
+    box.dispatch()
+    assert box.started == ["a", "b"]
+    queue.set_slots(tmp_path, 2)
+    box.dispatch()
+    assert box.started == ["a", "b", "c"] and names(tmp_path) == []
+    with pytest.raises(QueueError, match="at least 1"):
+        queue.set_slots(tmp_path, 0)
+
+
+def test_a_run_waits_for_its_dependency_and_is_held_when_it_failed(tmp_path, monkeypatch):
+    box = Box(tmp_path, monkeypatch)
+    first, second = new_run(tmp_path, "first"), new_run(tmp_path, "second")
+    enqueue(tmp_path, first)
+    enqueue(tmp_path, second, after=[str(first)])
+    enqueue(tmp_path, new_run(tmp_path, "free"))
+    queue.set_slots(tmp_path, 3)
+    box.dispatch()
+    assert box.started == ["first", "free"]  # second waits; free does not wait behind it
+    assert run_status(second)["queue"]["waiting"] == "waits for first (starting)"
+    box.end("first", "failed")
+    box.dispatch()
+    assert box.started == ["first", "free"]
+    info = run_status(second)
+    assert state_label(info) == "held" and "first, which is failed" in info["queue"]["held"]
+    box.end("first", "finished")  # resumed by hand to its end: released
+    box.dispatch()
+    assert box.started[-1] == "second"
+
+
+def test_move_pause_and_remove(tmp_path, monkeypatch):
+    box = Box(tmp_path, monkeypatch)
+    for name in ("a", "b", "c"):
+        enqueue(tmp_path, new_run(tmp_path, name))
+    assert queue.move(tmp_path, tmp_path / "c", 1) == 1 and names(tmp_path) == ["c", "a", "b"]
+    assert queue.move(tmp_path, tmp_path / "c", 99) == 3 and names(tmp_path) == ["a", "b", "c"]
+    queue.set_paused(tmp_path, True, tmp_path / "a")
+    assert judge(read_queue(tmp_path).entries[0]).waiting == "paused"
+    box.dispatch()
+    assert box.started == ["b"]  # a paused entry is passed over
+    queue.remove(tmp_path, tmp_path / "c")
+    assert not (tmp_path / "c").exists() and names(tmp_path) == ["a"]  # never trained: nothing left
+    with pytest.raises(QueueError, match="b is starting, not in the queue: stop it first"):
+        queue.remove(tmp_path, tmp_path / "b")
+    box.end("b")
+    queue.set_paused(tmp_path, True)  # the whole queue
+    queue.set_paused(tmp_path, False, tmp_path / "a")
+    box.dispatch()
+    assert box.started == ["b"]
+    queue.set_paused(tmp_path, False)
+    box.dispatch()
+    assert box.started == ["b", "a"]
+
+
+# ---------------------------------------------------------------------- the file
+def test_a_damaged_queue_file_is_rebuilt_from_the_run_directories(tmp_path):
+    dirs = [new_run(tmp_path, name) for name in ("a", "b", "c")]
+    for run_dir in dirs:
+        enqueue(tmp_path, run_dir, after=[str(dirs[0])] if run_dir.name == "c" else [])
+    queue.move(tmp_path, dirs[2], 1)  # order by position is lost with the file; queued time is not
+    (tmp_path / "queue.json").write_text('{"entries": [{"run": ')  # torn
+    rebuilt = read_queue(tmp_path)
+    assert "damaged" in rebuilt.rebuilt and [Path(e.run).name for e in rebuilt.entries] == ["a", "b", "c"]
+    assert rebuilt.entries[2].after == [str(dirs[0])]
+    queue.set_slots(tmp_path, 1)  # the first change writes the rebuilt queue and keeps the damaged file
+    assert names(tmp_path) == ["a", "b", "c"] and read_queue(tmp_path).rebuilt is None
+    assert [p.name for p in tmp_path.glob("queue.json.damaged-*")]
+    (tmp_path / "queue.json").unlink()  # deleted: queued runs still say where they belong
+    assert names(tmp_path) == ["a", "b", "c"]
+
+
+def _enqueue_many(root: str, prefix: str, count: int) -> None:
+    for i in range(count):
+        run_dir = create_run_dir(Path(root), f"{prefix}{i}")
+        (run_dir / "config.yaml").write_text("name: x\n")
+        enqueue(Path(root), run_dir)
+
+
+def test_two_processes_queueing_at_the_same_instant_keep_every_entry(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_enqueue_many, args=(str(tmp_path), prefix, 15)) for prefix in ("x", "y")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert sorted(names(tmp_path)) == sorted(f"{p}{i}" for p in "xy" for i in range(15))
+
+
+# ---------------------------------------------------------------------- the CLI
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**DAEMON_TINY, "phases": [{"name": "train", "epochs": 6}]}))
+    return config
+
+
+def test_after_an_unknown_run_is_an_error_and_leaves_nothing(tmp_path, runtime_dir, tiny):
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    result = cli(env, "start", str(tiny), "--name", "x", "--after", "nosuchrun", check=False)
+    assert result.returncode != 0 and "nosuchrun" in result.stderr
+    assert not (tmp_path / "runs" / "x").exists()
+    resumed = cli(env, "queue", "remove", "nosuchrun", check=False)
+    assert resumed.returncode != 0 and "nosuchrun" in resumed.stderr
+
+
+def kill_everything(env, name: str) -> None:
+    """A power cut for one run: its daemon and trainer (one process group) SIGKILLed."""
+    pid = status(env, name)["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: status(env, name)["state"] == "interrupted", 30, f"{name} interrupted")
+
+
+def first_event_time(run_dir: Path) -> float:
+    return read_events(run_dir)[0]["time"]
+
+
+def final_event_time(run_dir: Path) -> float:
+    return [e for e in read_events(run_dir) if e["kind"] == "state"][-1]["time"]
+
+
+def test_queued_real_runs_go_on_in_order_after_a_reboot(tmp_path, runtime_dir, tiny):
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    root = tmp_path / "runs"
+    assert "a slot was free, it started" in cli(env, "start", str(tiny), "--name", "a", "--queue").stdout
+    assert "position 1" in cli(env, "start", str(tiny), "--name", "b", "--queue").stdout
+    cli(env, "start", str(tiny), "--name", "c", "--after", "a", "--set", "seed=1")
+    listed = {r["name"]: r for r in json.loads(cli(env, "ls", "--json").stdout)}
+    assert listed["c"]["state"] == "queued" and listed["c"]["queue"]["position"] == 2
+    assert "queued #1" in cli(env, "ls").stdout
+    shown = json.loads(cli(env, "queue", "--json").stdout)
+    assert [r["name"] for r in shown["runs"]] == ["b", "c"] and shown["runs"][1]["after"] == ["a"]
+    wait_for(lambda: status(env, "a")["state"] == "running", 120, "a running")
+    kill_everything(env, "a")  # the box loses power with a training and b, c queued
+    assert status(env, "b")["state"] == "queued"
+    out = cli(env, "resume", "--all").stdout
+    assert "resumed a" in out
+    for name in ("a", "b", "c"):
+        wait_for(lambda: status(env, name)["state"] == "finished", 240, f"{name} to finish")
+    # one slot: b started after a ended, c after b; nothing ran beside another
+    assert final_event_time(root / "a") <= first_event_time(root / "b")
+    assert final_event_time(root / "b") <= first_event_time(root / "c")
+    assert json.loads(cli(env, "queue", "--json").stdout)["runs"] == []
