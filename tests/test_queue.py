@@ -207,3 +207,41 @@ def test_queued_real_runs_go_on_in_order_after_a_reboot(tmp_path, runtime_dir, t
     assert final_event_time(root / "a") <= first_event_time(root / "b")
     assert final_event_time(root / "b") <= first_event_time(root / "c")
     assert json.loads(cli(env, "queue", "--json").stdout)["runs"] == []
+
+
+# ---------------------------------------------------------------------- how long, from when
+def trained_run(root: Path, name: str, config: dict, n_train: int, wall: float, state: str = "finished",
+                eta=None) -> Path:
+    """A run directory that trained: config, plan.json with its training examples, its wall time."""
+    run_dir = create_run_dir(root, name)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "plan.json").write_text(json.dumps({"plan": {}, "config": {"n_train": n_train}}))
+    started = (run_dir / "config.yaml").stat().st_mtime
+    StateFile(run_dir).update(state=state, eta=eta)
+    data = json.loads((run_dir / "state.json").read_text())
+    data["updated"] = started + wall  # update() stamps the time of the write
+    (run_dir / "state.json").write_text(json.dumps(data))
+    return run_dir
+
+
+def test_queue_eta_scales_a_similar_finished_run_and_adds_up_the_queue(tmp_path, monkeypatch):
+    from trainer.run.queue_eta import queue_etas
+
+    base = {"data": {"source": "synthetic"}, "model": {"name": "m"}, "features": {"kind": "mel"},
+            "optim": {"batch_size": 8}, "phases": [{"name": "p", "epochs": 10}]}
+    trained_run(tmp_path, "done", base, n_train=100, wall=1000.0)  # 1000 samples in 1000 s
+    monkeypatch.setattr("trainer.run.state.is_longhaul_process", lambda pid: True)
+    trained_run(tmp_path, "live", {**base, "model": {"name": "other"}}, n_train=100, wall=5.0, state="running",
+                eta=300.0)
+    twice = new_run(tmp_path, "twice")
+    (twice / "config.yaml").write_text(yaml.safe_dump({**base, "phases": [{"name": "p", "epochs": 20}]}))
+    unknown = new_run(tmp_path, "unknown")
+    (unknown / "config.yaml").write_text(yaml.safe_dump({**base, "model": {"name": "never-trained"}}))
+    after = new_run(tmp_path, "after")
+    (after / "config.yaml").write_text(yaml.safe_dump(base))
+    for run_dir in (twice, unknown, after):
+        enqueue(tmp_path, run_dir)
+    etas = queue_etas(read_queue(tmp_path))
+    assert etas[str(twice)] == {"takes": pytest.approx(2000.0), "starts_in": pytest.approx(300.0)}
+    assert etas[str(unknown)] == {"takes": None, "starts_in": pytest.approx(2300.0)}
+    assert etas[str(after)] == {"takes": pytest.approx(1000.0), "starts_in": None}  # behind an unknown length

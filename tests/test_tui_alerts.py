@@ -174,6 +174,13 @@ def test_a_finish_reads_calmly():
     assert connection_text(RunModel(state="interrupted"), "offline", None)[2] is True
 
 
+def test_a_queued_run_says_it_waits_for_a_slot_not_that_its_daemon_is_missing():
+    from tui.widgets.alerts import connection_text
+
+    text, short, trouble = connection_text(RunModel(state="queued"), "offline", None)
+    assert text.startswith("queued: it starts when a slot is free") and "no daemon" not in text and not trouble
+
+
 # ----------------------------------------------------------------------------- in the app
 def write_crash_run(tmp_path: Path) -> Path:
     run_dir = tui_fakes.write_run_dir(tmp_path / "crashed", state="interrupted")

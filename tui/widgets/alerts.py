@@ -59,6 +59,9 @@ def connection_text(model: RunModel, link: str, disconnect: Optional[Disconnecte
     if link == "offline":
         if model.state == "finished":
             return "finished · read from the run directory", "finished · from disk", False
+        if model.state == "queued":  # the link connects by itself once the queue starts it
+            return ("queued: it starts when a slot is free (`longhaul queue`); this view goes live then",
+                    "queued · goes live when it starts", False)
         if model.state in RESUMABLE_STATES:
             return (f"offline: run {model.state.upper()}, no daemon; press r to resume", "no daemon; r resumes",
                     model.state != "stopped")
