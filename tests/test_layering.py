@@ -31,7 +31,7 @@ def _modules(package: str) -> list[str]:
 TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("trainer.daemon")
               + ["trainer.protocol", "trainer.schedule", "trainer.config", "trainer.monitor", "trainer.fmt",
                  "trainer.sysmon", "trainer.proctable", "trainer.contention", "trainer.notify", "trainer.watchdog",
-                 "trainer.thresholds", "trainer.queue_commands", "trainer.remote", "trainer.ssh", "trainer.console", "trainer.service", "trainer.cli",
+                 "trainer.thresholds", "trainer.queue_commands", "trainer.pipelines", "trainer.remote", "trainer.ssh", "trainer.console", "trainer.service", "trainer.cli",
                  "trainer.store_setup",
                  "trainer.model_names",
                  "trainer.setup_stages",

@@ -235,12 +235,39 @@ def cmd_prepare(args) -> int:
 
 def cmd_status(args) -> int:
     target = ssh.parse_target(args.run)
+    group = pipelines_group(args)
+    if group is not None:
+        return print_group(group, args.json)
     info = ssh.remote_status(target, args.remote_command) if target else run_status(
         resolve_run(args.run, runs_root_arg(args)))
     if args.json:
         print(json.dumps(info))
         return 0
     print(format_status(info))
+    return 0
+
+
+def pipelines_group(args) -> Optional[Path]:
+    """The pipelines group (trainer/pipelines.py) `status NAME` names, if it is one."""
+    from trainer.pipelines import is_group
+
+    if ":" in args.run.split("/")[0]:
+        return None
+    path = runs_root_arg(args) / args.run if "/" not in args.run else Path(args.run)
+    return path if is_group(path) else None
+
+
+def print_group(group: Path, as_json: bool) -> int:
+    from trainer.pipelines import group_status
+
+    info = group_status(group)
+    if as_json:
+        print(json.dumps(info))
+        return 0
+    print(f"{info['name']}: pipelines, {info['ended']}/{len(info['runs'])} ended")
+    for run in info["runs"]:
+        print(f"  {run['name']:32} {run['state']}")
+    print(f"  comparison: {info['compare'] or 'written when all have ended'}")
     return 0
 
 
@@ -329,6 +356,8 @@ def cmd_start(args) -> int:
     cfg = _load(args)
     _print_config_warnings(cfg, args)
     check_notify_file(args)
+    if cfg.pipelines:
+        return queue_commands.start_pipelines(args, cfg, runs_root_arg(args).absolute())
     run_dir, created = _run_dir_for(args, cfg, "start")
     registry.register(run_dir)
     _pass_accept_data_change(args)

@@ -595,6 +595,13 @@ class AlertsConfig(Section):
     a threshold before an alert starts or ends: no flapping."""
 
 
+class PipelineConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=64)
+    """The pipeline's name: its run is NAME-<this>."""
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Config overrides of this pipeline, dotted keys as with --set (e.g. `features.kind: mfcc`)."""
+
+
 class RunConfig(Section):
     name: Optional[str] = None
     """Default run name (the file name without .yaml when absent)."""
@@ -637,6 +644,9 @@ class RunConfig(Section):
     """The daemon's stall watchdog."""
     alerts: AlertsConfig = AlertsConfig()
     """Threshold alerts the daemon raises from its system samples and the history."""
+    pipelines: list[PipelineConfig] = Field(default_factory=list)
+    """Pipelines side by side: `start` makes one queued run per pipeline (NAME-<pipeline>: this
+    config with the pipeline's `set`) and, once all have ended, a comparison in ROOT/NAME/."""
     notify: list[NotifyRule] = Field(default_factory=list)
     """Commands run on events of this run (added to the rules of ~/.config/longhaul/notify.yaml)."""
     tta: TtaConfig = TtaConfig()
@@ -762,7 +772,7 @@ def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> 
         problem = check_model_name(cfg.model.name)
         if problem:
             problems.append(("model.name", problem))
-    problems += _plan_problems(cfg) + _tta_problems(cfg) + _store_problems(cfg, check_paths)
+    problems += _plan_problems(cfg) + _tta_problems(cfg) + _store_problems(cfg, check_paths) + _pipeline_problems(cfg)
     return problems
 
 
@@ -802,6 +812,15 @@ def _tta_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     takes = "original, hflip, vflip, rotate, brightness, contrast" if image else "original, shift"
     return [("tta.transforms", f"{', '.join(wrong)} cannot apply to {'images' if image else 'audio'} "
                                f"(features.kind {cfg.features.kind!r} takes {takes})")]
+
+
+def _pipeline_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    names = [p.name for p in cfg.pipelines]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    problems = [("pipelines", f"two pipelines are named {n!r}: each names a run") for n in twice]
+    problems += [(f"pipelines.{i}.set", "a pipeline cannot list pipelines") for i, p in enumerate(cfg.pipelines)
+                 if "pipelines" in p.set]
+    return problems
 
 
 def _plan_problems(cfg: RunConfig) -> list[tuple[str, str]]:
@@ -991,7 +1010,8 @@ def _schema_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, st
     return rows
 
 
-LIST_SECTIONS = {"phases": (PhaseConfig, "list of phases"), "notify": (NotifyRule, "list of rules")}
+LIST_SECTIONS = {"phases": (PhaseConfig, "list of phases"), "notify": (NotifyRule, "list of rules"),
+                 "pipelines": (PipelineConfig, "list of pipelines")}
 
 
 def config_docs() -> str:

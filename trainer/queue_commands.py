@@ -44,6 +44,30 @@ def queue_new_run(run_dir: Path, root: Path, after: list[str]) -> int:
     return 0
 
 
+def start_pipelines(args, cfg, root: Path) -> int:
+    """`start CONFIG` of a config with `pipelines:`: one queued run per pipeline, then a
+    comparison (trainer/pipelines.py). Every pipeline's config is checked before anything is made."""
+    from trainer import pipelines
+    from trainer.daemon.launch import start_queued
+
+    if getattr(args, "run_dir", None):
+        raise pipelines.ConfigError(str(args.config), [("pipelines", "makes one run per pipeline: give --name, "
+                                                                     "not --run-dir")])
+    name = args.name or cfg.name
+    waits_for = [str(resolve_run(run, root)) for run in args.after]
+    members = pipelines.expand(Path(args.config), args.set or [], name)
+    group, run_dirs = pipelines.create_group(root, name, members, str(Path(args.config).absolute()))
+    for run_dir in run_dirs:
+        pipelines.mark_member(run_dir, group)
+        queue.enqueue(root, run_dir, waits_for)
+    started = [run_dir.name for run_dir, error in start_queued(root) if not error]
+    print(f"queued {len(run_dirs)} pipelines of {name}: {', '.join(p.name for p in run_dirs)}"
+          + (f" ({', '.join(started)} started)" if started else "")
+          + f"\n  queue:   longhaul queue\n  compare: {group / pipelines.COMPARE_HTML} once all have ended "
+            f"(`longhaul status {name}`)")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("queue", help="the run queue: order, state and ETA of queued runs; move, remove, pause")
     p.add_argument("--json", action="store_true", help="one JSON object")

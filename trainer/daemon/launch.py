@@ -154,7 +154,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     # the run ended and its slot is free: the next queued run starts (its own daemon, detached)
     for root in queue_roots(args.run_dir):
         start_queued(root, args.worker_script, args.settings or None)
+    compare_pipelines(args.run_dir)
     return code
+
+
+def compare_pipelines(run_dir: Path) -> None:
+    """A pipeline's run ended: the group's comparison once every pipeline's has (trainer/pipelines.py)."""
+    try:
+        from trainer.pipelines import finish_group
+
+        finish_group(run_dir)
+    except Exception:  # the run ended as it did: a comparison that cannot be drawn is only logged
+        log.exception("the comparison of the pipelines of %s was not written", Path(run_dir).name)
 
 
 def queue_roots(run_dir: Path) -> list[Path]:
