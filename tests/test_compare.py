@@ -125,3 +125,48 @@ def test_format_table_of_runs_sharing_a_name_uses_their_directories(runs):
     for entry in comparison["runs"]:
         entry["name"] = "clitiny"
     assert format_table(comparison).splitlines()[0].split() == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- report --compare
+def test_report_compare_writes_one_page_with_a_curve_per_run(runs, tmp_path, capsys):
+    out = tmp_path / "cmp.html"
+    assert main(["--root", str(runs), "report", "--compare", "a", "b", "--out", str(out)]) == 0
+    assert f"report: {out}" in capsys.readouterr().out
+    page = out.read_text()
+    for anchor in ("summary", "config", "curves", "confusion"):
+        assert f'<section id="{anchor}">' in page
+    assert 'alt="overlaid training curves: a, b"' in page and 'alt="confusion matrices: a, b"' in page
+    assert "<td>model.options.hidden</td>" in page and "<td>seed</td>" in page
+    assert page.count("data:image/png;base64,") == 2  # self-contained: nothing else is linked
+    assert "<script" not in page and 'href="http' not in page
+
+
+def test_report_compare_figures_overlay_every_run(runs):
+    from trainer.posthoc.report_compare import confusion_grid_figure, curves_figure, load_curves
+
+    curves = [load_curves(runs / name, name) for name in ("a", "b")]
+    fig = curves_figure(curves)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == [f"{panel} by {axis}" for panel in ("train loss (smoothed)", "validation loss", "val_f1_macro")
+                      for axis in ("step", "training time")]
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["a", "b"]
+        assert len({line.get_color() for line in ax.get_lines()}) == 2  # one colour per run
+    by_step, by_time = fig.axes[2].get_lines()[0], fig.axes[3].get_lines()[0]  # a's validation loss
+    assert list(by_step.get_xdata()) == [6.0, 12.0]
+    assert by_time.get_xdata()[-1] == pytest.approx(curves[0].series["elapsed"]["max"][-1])
+    grid = confusion_grid_figure(curves)
+    assert [ax.get_title() for ax in grid.axes] == ["a: best validation", "b: best validation", "a: test", "b: test"]
+    assert [len(ax.get_images()) for ax in grid.axes] == [1, 1, 0, 1]  # a has no test evaluation
+    assert grid.axes[3].get_images()[0].get_array().shape == (3, 3)
+
+
+def test_report_still_takes_one_run_and_needs_one(runs, tmp_path, capsys):
+    out = tmp_path / "a.html"
+    assert main(["--root", str(runs), "report", "a", "--out", str(out)]) == 0
+    assert "longhaul report: a" in out.read_text()
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(runs), "report"])
+    assert exc.value.code == 2 and "--compare" in capsys.readouterr().err
+    assert main(["--root", str(runs), "report", "--compare", "a"]) == 2
+    assert "at least two runs" in capsys.readouterr().err
