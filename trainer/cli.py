@@ -690,6 +690,14 @@ def notify_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_notify)
 
 
+def compare_arguments(sub) -> None:
+    p = sub.add_parser("compare", help="compare runs: best and test metrics, calibration, time per phase, "
+                       "samples/s, parameters and the config keys that differ")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run names or run directories")
+    p.add_argument("--json", action="store_true", help="one JSON object: {runs: [...], config_diff: {...}}")
+    p.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longhaul", description="Long CPU training runs that survive logout, "
                                      "kill -9 and power cuts.")
@@ -734,11 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
     posthoc_commands.register(sub, run_cmd)
-    p = sub.add_parser("compare", help="compare runs: best and test metrics, calibration, time per phase, "
-                       "samples/s, parameters and the config keys that differ")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run names or run directories")
-    p.add_argument("--json", action="store_true", help="one JSON object: {runs: [...], config_diff: {...}}")
-    p.set_defaults(func=cmd_compare)
+    compare_arguments(sub)
     ls_arguments(remote_arguments(sub.add_parser("ls", help="list runs (HOST: another machine's, through ssh)")))
     p = remote_arguments(sub.add_parser("attach", help="open the dashboard (no RUN: pick one; HOST:RUN: a run on "
                                                     "another machine, its socket forwarded by ssh)"))

@@ -193,7 +193,7 @@ def table_rows(comparison: dict) -> list[tuple[str, list[str], Optional[int]]]:
         label = TEST_LABELS[key]
         rows.append((label, values, None if key == "temperature" else "min" if key.startswith("ece") else "max"))
     rows += _time_rows(runs)
-    rows.append(("samples/s", [r["samples_per_s"] for r in runs], "max"))
+    rows.append(("samples/s", [_Rate(r["samples_per_s"]) if r["samples_per_s"] is not None else None for r in runs], "max"))
     return [(label, [_cell(v) for v in values], _best_index(values, way)) for label, values, way in rows]
 
 
@@ -217,16 +217,22 @@ class _Duration(float):
     """Seconds shown as a duration in a cell."""
 
 
+class _Rate(float):
+    """samples/s shown as `longhaul ls` shows them."""
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return MISSING
     if isinstance(value, _Duration):
         return duration(value)
+    if isinstance(value, _Rate):
+        return samples_rate(value)
     if isinstance(value, bool) or not is_number(value):
         return str(value)
     if isinstance(value, int):
         return f"{value:,}"
-    return metric_value(value) if abs(value) < 1000 else samples_rate(value)
+    return metric_value(value)
 
 
 def _best_index(values: list, way: Optional[str]) -> Optional[int]:
