@@ -170,3 +170,15 @@ def test_report_still_takes_one_run_and_needs_one(runs, tmp_path, capsys):
     assert exc.value.code == 2 and "--compare" in capsys.readouterr().err
     assert main(["--root", str(runs), "report", "--compare", "a"]) == 2
     assert "at least two runs" in capsys.readouterr().err
+
+
+def test_a_run_that_has_not_trained_yet_compares_with_dashes(runs, tmp_path, capsys):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text(yaml.safe_dump({**MFCC_TINY, "seed": 5}))
+    entry = compare_runs([runs / "a", fresh])["runs"][1]
+    assert entry["best"] is None and entry["best_eval"] == {} and entry["phases"] == []
+    assert entry["parameters"] is None and entry["samples_per_s"] is None and entry["evaluation"] is None
+    assert main(["--root", str(runs), "compare", "a", str(fresh)]) == 0
+    rows = {line.split("  ")[0].strip(): line.split()[-2:] for line in capsys.readouterr().out.splitlines()[1:] if line}
+    assert rows["best F1"][1] == "–" and rows["parameters"][1] == "–" and rows["config seed"] == ["1", "5"]

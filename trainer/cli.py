@@ -313,7 +313,7 @@ def cmd_compare(args) -> int:
 
     root = runs_root_arg(args)
     comparison = compare_runs([resolve_run(run, root) for run in args.runs])
-    print(json.dumps(comparison) if args.json else format_table(comparison))
+    print(json.dumps(comparison, default=str) if args.json else format_table(comparison))
     return 0
 
 

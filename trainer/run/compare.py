@@ -26,6 +26,7 @@ from trainer.history.records import is_number
 from trainer.monitor import Monitor, direction_of
 from trainer.run.errors import RunError
 from trainer.run.rundir import RunDir
+from trainer.run.state import read_state
 from trainer.run.status import plan_summary, status
 
 #: What a run's row of `status --json` the comparison repeats as it is.
@@ -68,8 +69,6 @@ def run_facts(run_dir: Path) -> dict:
 
 
 def _elapsed(run_dir: Path) -> Optional[float]:
-    from trainer.run.state import read_state
-
     elapsed = read_state(run_dir).get("elapsed")
     return float(elapsed) if is_number(elapsed) else None
 
@@ -106,16 +105,18 @@ def phase_seconds(run_dir: Path, plan: dict, summary: dict) -> list[dict]:
     except (OSError, ValueError):
         series = None
     points = _elapsed_points(series)
+    if not points:  # no training step logged yet (or a history from before `elapsed` was logged)
+        return []
     rows = []
     for phase in (plan or {}).get("phases") or []:
         if not isinstance(phase, dict) or not isinstance(phase.get("start_step"), int):
             continue
         start, end = phase["start_step"], phase.get("end_step") or phase["start_step"]
-        last = points[-1][0] if points else 0
-        if points and start >= last:
+        last = points[-1][0]
+        if start >= last:
             break  # not reached yet
         reached = min(end, last)
-        seconds = _at(points, reached) - _at(points, start) if points else None
+        seconds = _at(points, reached) - _at(points, start)
         rows.append({"index": phase.get("index"), "name": phase.get("name"), "steps": max(0, reached - start),
                      "seconds": seconds})
     return rows
