@@ -36,7 +36,7 @@ TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("
                  "trainer.model_names",
                  "trainer.setup_stages",
                  "trainer.posthoc", "trainer.posthoc.commands", "trainer.posthoc.after", "trainer.posthoc.calibration",
-                 "trainer.posthoc.report", "trainer.posthoc.report_figures",
+                 "trainer.posthoc.report", "trainer.posthoc.report_figures", "trainer.posthoc.report_compare",
                  "trainer.data.store", "trainer.data.store.layout", "trainer.data.store.reader",
                  "trainer.data.store.changes", "trainer.data.index",
                  "trainer.data.seeds", "trainer.data.balance", "trainer.data.report"])

@@ -338,6 +338,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """`longhaul compare RUN RUN...`: the runs side by side (trainer/run/compare.py)."""
+    from trainer.run.compare import compare_runs, format_table
+
+    root = runs_root_arg(args)
+    comparison = compare_runs([resolve_run(run, root) for run in args.runs])
+    print(json.dumps(comparison, default=str) if args.json else format_table(comparison))
+    return 0
+
+
 def cmd_config_docs(args) -> int:
     from trainer.config import config_docs
 
@@ -725,6 +735,14 @@ def notify_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_notify)
 
 
+def compare_arguments(sub) -> None:
+    p = sub.add_parser("compare", help="compare runs: best and test metrics, calibration, time per phase, "
+                       "samples/s, parameters and the config keys that differ")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run names or run directories")
+    p.add_argument("--json", action="store_true", help="one JSON object: {runs: [...], config_diff: {...}}")
+    p.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longhaul", description="Long CPU training runs that survive logout, "
                                      "kill -9 and power cuts.")
@@ -770,6 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
     posthoc_commands.register(sub, run_cmd)
+    compare_arguments(sub)
     ls_arguments(remote_arguments(sub.add_parser("ls", help="list runs (HOST: another machine's, through ssh)")))
     p = remote_arguments(sub.add_parser("attach", help="open the dashboard (no RUN: pick one; HOST:RUN: a run on "
                                                     "another machine, its socket forwarded by ssh)"))

@@ -247,7 +247,8 @@ class Trainer:
 
     def config_summary(self) -> dict:
         return {**self.cfg.summary(), "classes": list(self.classes), "n_train": len(self.data.train),
-                "n_val": len(self.data.val), "compile": self.training_forward.choice.to_dict()}
+                "n_val": len(self.data.val), "compile": self.training_forward.choice.to_dict(),
+                "parameters": sum(p.numel() for p in self.model.parameters())}  # for `longhaul compare`
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> str:

@@ -114,11 +114,11 @@ def finish_group(run_dir: Path) -> Optional[Path]:
 
 
 def write_comparison(group: Path, runs: list[Path]) -> Path:
-    from trainer.posthoc.report_compare import write_compare_page
+    from trainer.posthoc.report_compare import write_compare_report
     from trainer.run.compare import compare_runs
 
     comparison = compare_runs(runs)
     atomic_write_json(group / COMPARE_JSON, comparison)
-    page = write_compare_page(runs, group / COMPARE_HTML)
+    page = write_compare_report(runs, group / COMPARE_HTML)
     log.info("pipelines %s: all %d runs ended; comparison in %s", group.name, len(runs), page)
     return page

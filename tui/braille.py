@@ -108,6 +108,40 @@ def overlay(rows: list[list[Cell]], columns: Sequence[Column], y_lo: float, y_hi
         rows[row][x // 2] = (OVERLAY_CHAR, "overlay")
 
 
+def plot_lines(lines: Sequence[Sequence[Column]], height: int, y_lo: float, y_hi: float) -> list[list[Cell]]:
+    """Rows of cells drawing several series on the same axes (`plot` of each), the cells of
+    series i of kind `line{i}`. A cell two lines pass through keeps the dots of both and takes
+    the kind of the later one; the end of each line is marked with its number (1, 2, ...), so the
+    lines read apart without colour."""
+    rows: list[list[Cell]] = []
+    for i, columns in enumerate(lines):
+        drawn = plot(columns, height, y_lo, y_hi)
+        if not rows:
+            rows = [[(" ", "")] * len(row) for row in drawn]
+        for r, row in enumerate(drawn):
+            for c, (char, kind) in enumerate(row):
+                if kind == "line":
+                    below = rows[r][c]
+                    dots = ord(char) - BRAILLE_BASE | (ord(below[0]) - BRAILLE_BASE if below[1].startswith("line") else 0)
+                    rows[r][c] = (chr(BRAILLE_BASE + dots), f"line{i}")
+    for i, columns in enumerate(lines):
+        _mark_end(rows, columns, y_lo, y_hi, str(i + 1)[-1], f"line{i}")
+    return rows
+
+
+def _mark_end(rows: list[list[Cell]], columns: Sequence[Column], y_lo: float, y_hi: float, label: str,
+              kind: str) -> None:
+    """Write `label` in the cell of the last point of a series (nothing when it has none)."""
+    known = [x for x, column in enumerate(columns[: len(rows[0]) * 2] if rows else ()) if column is not None]
+    if not known:
+        return
+    x = known[-1]
+    height, span = len(rows), (y_hi - y_lo) or 1.0
+    frac = (columns[x][0] - y_lo) / span
+    row = min(height * 4 - 1, max(0, int(round((1.0 - frac) * (height * 4 - 1))))) // 4
+    rows[row][x // 2] = (label, kind)
+
+
 def spark(values: Sequence[Optional[float]], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
     """One-line sparkline of `values` with block characters (lowest ▁, highest █; None: a blank
     column, so a few points stay a few marks). Values outside lo..hi are drawn at the edge."""

@@ -31,8 +31,13 @@ def register(sub, run_cmd) -> None:
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--weights", choices=WEIGHTS, default="best")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/export-FORMAT)")
-    p = run_cmd("report", _runner("report"), "write a run's report: one self-contained HTML file")
-    p.add_argument("--out", metavar="FILE", help="output file (default: RUN/report.html)")
+    help_text = "write a run's report, or a comparison of runs (--compare): one self-contained HTML file"
+    p = sub.add_parser("report", help=help_text, description=help_text)
+    p.add_argument("run", nargs="?", help="run name or run directory")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="compare RUN (if given) and these runs on one page")
+    p.add_argument("--out", metavar="FILE", help="output file (default: RUN/report.html; with --compare "
+                   "./compare-NAMES.html)")
+    p.set_defaults(func=_report(p))
 
 
 def _runner(module: str):
@@ -42,4 +47,20 @@ def _runner(module: str):
 
         run_dir = resolve_run(args.run, runs_root_arg(args))
         return importlib.import_module(f"trainer.posthoc.{module}").main(args, run_dir)
+    return run
+
+
+def _report(parser):
+    """`report RUN` writes the run's report; `report [RUN] --compare RUN...` the comparison page."""
+    def run(args) -> int:
+        if not args.compare:
+            if args.run is None:
+                parser.error("give a RUN, or --compare RUN RUN...")
+            return _runner("report")(args)
+        from trainer.cli import runs_root_arg
+        from trainer.run.locate import resolve_run
+
+        names = ([args.run] if args.run else []) + args.compare
+        run_dirs = [resolve_run(name, runs_root_arg(args)) for name in names]
+        return importlib.import_module("trainer.posthoc.report_compare").main(args, run_dirs)
     return run

@@ -1,5 +1,5 @@
 """The run picker: every run under the root with its state, progress, best metric and speed;
-Enter attaches, `o` sorts, `/` filters."""
+Enter attaches, `o` sorts, `/` filters, Space marks runs and `c` compares the marked ones."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,6 +28,7 @@ NARROW_COLUMNS = (("run", "run"), ("state", "state"), ("step", "step"), ("eta", 
                   ("best", "best"), ("rate", "smp/s"))
 WIDE_AT = 110
 CURSOR = "▶ "  # marks the highlighted row in text too, not only by its colour
+MARK = "✓"  # a run marked for `c` (compare), in the second column of CURSOR
 Lister = Callable[[Path], list[dict]]
 
 
@@ -40,8 +41,9 @@ def progress_cell(info: dict, width: int = 3) -> Text:
     return Text.assemble((fmt.bar(fraction, width), "green"), f" {100 * fraction:3.0f}%")
 
 
-def name_cell(info: dict, highlighted: bool) -> Text:
-    return Text((CURSOR if highlighted else "  ") + str(info.get("name", "?")), style="bold")
+def name_cell(info: dict, highlighted: bool, marked: bool = False) -> Text:
+    return Text((CURSOR[0] if highlighted else " ") + (MARK if marked else CURSOR[1]) + str(info.get("name", "?")),
+                style="bold")
 
 
 def phase_text(info: dict, limit: int) -> str:
@@ -51,14 +53,14 @@ def phase_text(info: dict, limit: int) -> str:
     return fmt.clip(phase, limit)
 
 
-def row_cells(info: dict, highlighted: bool = False, wide: bool = False) -> tuple:
+def row_cells(info: dict, highlighted: bool = False, wide: bool = False, marked: bool = False) -> tuple:
     """The table cells of one `trainer.run.status.status()` dict (the highlighted row's name starts
-    with ▶), one per column of WIDE_COLUMNS (wide) or NARROW_COLUMNS."""
+    with ▶, a marked one's with ✓), one per column of WIDE_COLUMNS (wide) or NARROW_COLUMNS."""
     number = fmt.count if wide else fmt.count_short
     state = info.get("state", "unknown")
     age = info.get("last_checkpoint_age")
     cells = {
-        "run": name_cell(info, highlighted),
+        "run": name_cell(info, highlighted, marked),
         "state": Text(state_label(info).upper(), style=STATE_STYLES.get(state, "")),
         "phase": phase_text(info, 24),
         "progress": progress_cell(info, width=12),
@@ -87,6 +89,8 @@ class PickerScreen(Screen):
         Binding("slash", "filter", "Filter"),
         Binding("o", "sort", "Sort"),
         Binding("escape", "clear_filter", "Clear filter"),
+        Binding("space", "mark", "Mark", tooltip="Mark or unmark the highlighted run for c"),
+        Binding("c", "compare", "Compare", tooltip="Compare the marked runs: a metric's curves overlaid, and a table"),
     ]
 
     def __init__(self, root: Path, *, interval: float = 2.0, lister: Optional[Lister] = None) -> None:
@@ -99,6 +103,7 @@ class PickerScreen(Screen):
         self.sort = SORTS[0]
         self.filter_text = ""
         self._cursor_key: Optional[str] = None
+        self.marked: dict[str, None] = {}  # run directories marked for `c`, in the order marked
         self._wide: Optional[bool] = None
 
     def compose(self) -> ComposeResult:
@@ -116,7 +121,8 @@ class PickerScreen(Screen):
     def title_text(self) -> str:
         """What is listed and how; at 80 columns without what the footer says already."""
         shown = f"   filter {self.filter_text!r}: {len(self.rows)} of {len(self.infos)}" if self.filter_text else ""
-        text = f"runs under {self.root}   sort: {self.sort}{shown}"
+        marked = f"   {len(self.marked)} marked" if self.marked else ""
+        text = f"runs under {self.root}   sort: {self.sort}{shown}{marked}"
         return f"longhaul: {text}   (Enter attaches)" if self._wide or self._wide is None else text
 
     def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
@@ -209,7 +215,8 @@ class PickerScreen(Screen):
         if self._cursor_key not in self.rows:  # its run is gone or filtered out: the first one
             self._cursor_key = shown[0]["dir"] if shown else None
         for info in shown:
-            table.add_row(*row_cells(info, highlighted=info["dir"] == self._cursor_key, wide=wide), key=info["dir"])
+            table.add_row(*row_cells(info, highlighted=info["dir"] == self._cursor_key, wide=wide,
+                                     marked=info["dir"] in self.marked), key=info["dir"])
         if self._cursor_key is not None:  # the cursor stays on its run wherever it moved
             table.move_cursor(row=list(self.rows).index(self._cursor_key), animate=False)
 
@@ -219,8 +226,9 @@ class PickerScreen(Screen):
             key = info["dir"]
             if self.rows[key] == info:
                 continue
-            old = row_cells(self.rows[key], highlighted=key == self._cursor_key, wide=bool(self._wide))
-            new = row_cells(info, highlighted=key == self._cursor_key, wide=bool(self._wide))
+            old = row_cells(self.rows[key], highlighted=key == self._cursor_key, wide=bool(self._wide),
+                            marked=key in self.marked)
+            new = row_cells(info, highlighted=key == self._cursor_key, wide=bool(self._wide), marked=key in self.marked)
             for column, before, after in zip(table.columns, old, new):
                 if before != after:
                     table.update_cell(key, column, after, update_width=True)
@@ -231,9 +239,10 @@ class PickerScreen(Screen):
         table = event.data_table
         previous, self._cursor_key = self._cursor_key, event.row_key.value
         if previous in self.rows and previous != self._cursor_key:
-            table.update_cell(previous, "run", name_cell(self.rows[previous], False))
+            table.update_cell(previous, "run", name_cell(self.rows[previous], False, previous in self.marked))
         if self._cursor_key in self.rows:
-            table.update_cell(self._cursor_key, "run", name_cell(self.rows[self._cursor_key], True))
+            table.update_cell(self._cursor_key, "run", name_cell(self.rows[self._cursor_key], True,
+                                                                 self._cursor_key in self.marked))
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:
@@ -244,3 +253,30 @@ class PickerScreen(Screen):
             self.notify(f"{run_dir} is gone (moved or deleted)", severity="warning")  # registered, not there
         elif run_dir:
             self.app.attach(Path(run_dir))
+
+    # ------------------------------------------------------------------ comparing runs
+    def action_mark(self) -> None:
+        """Space: mark the highlighted run for `c`, or unmark it."""
+        key = self._cursor_key
+        if key not in self.rows or self.query_one("#picker-filter", Input).has_focus:
+            return
+        if self.rows[key].get("state") == "missing":
+            self.notify(f"{key} is gone (moved or deleted)", severity="warning")
+            return
+        if key in self.marked:
+            del self.marked[key]
+        else:
+            self.marked[key] = None
+        self.query_one("#runs", DataTable).update_cell(key, "run", name_cell(self.rows[key], True, key in self.marked))
+        self.query_one("#picker-title", Static).update(self.title_text())
+
+    def action_compare(self) -> None:
+        """c: the comparison screen of the marked runs that are still listed (two or more)."""
+        from tui.screens.compare import CompareScreen
+
+        listed = {info["dir"] for info in self.infos if info.get("state") != "missing"}
+        runs = [Path(key) for key in self.marked if key in listed]
+        if len(runs) < 2:
+            self.notify("Mark two or more runs with Space to compare them.", severity="warning")
+            return
+        self.app.push_screen(CompareScreen(runs))
