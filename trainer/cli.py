@@ -794,16 +794,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "another machine, its socket forwarded by ssh)"))
     p.add_argument("run", nargs="?")
     p.set_defaults(func=cmd_attach)
-    p = sub.add_parser("install-service", help="resume interrupted runs at boot (systemd user unit or cron)")
-    p.add_argument("--uninstall", action="store_true")
-    p.set_defaults(func=cmd_install_service)
     queue_commands.register(sub)
     notify_arguments(sub.add_parser("notify", help="list the notify rules that apply, or send a test message "
                                     "through each"))
+    upkeep_arguments(sub)
+    return _add_accept_data_change(parser, sub)
+
+
+def upkeep_arguments(sub) -> None:
+    """install-service and config-docs: the commands that look after longhaul itself."""
+    p = sub.add_parser("install-service", help="resume interrupted runs at boot (systemd user unit or cron)")
+    p.add_argument("--uninstall", action="store_true")
+    p.set_defaults(func=cmd_install_service)
     p = sub.add_parser("config-docs", help="print the config reference (docs/CONFIG.md)")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_config_docs)
-    return _add_accept_data_change(parser, sub)
 
 
 # (module, class) of errors that mean "the user's input was wrong": printed without a traceback.
