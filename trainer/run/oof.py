@@ -61,7 +61,7 @@ def collect(parent: Path, finishing: Optional[int] = None) -> Optional[Path]:
     joined = {key: np.concatenate([part[key] for part in parts]) for key in ("names", "labels", "fold", "probabilities")}
     names, counts = np.unique(joined["names"], return_counts=True)
     if (counts > 1).any():
-        raise RunError(f"the folds of {parent} overlap: {names[counts > 1][0]!r} is in the validation split of "
+        raise RunError(f"the folds of {parent} overlap: {str(names[counts > 1][0])!r} is in the validation split of "
                        f"{int(counts.max())} folds (were their configs changed?)")
     files = CvDir(parent)
     buffer = io.BytesIO()
