@@ -11,11 +11,13 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from trainer.run.cv import read_cv
+from trainer.fmt import metric_label
+from trainer.run.cv import cv_names, read_cv
+from trainer.run.errors import RunError
 from trainer.run.evaluation import read_evaluation
 from trainer.run.rundir import CvDir, RunDir
 from trainer.run.state import LIVE_STATES, effective_state, read_state
-from trainer.run.status import eval_summary
+from trainer.run.status import eval_summary, list_runs
 
 #: A fold that has no state.json yet: made, not started (the queue writes `queued`).
 WAITING = "waiting"
@@ -145,3 +147,29 @@ def mean_std(value: dict) -> str:
     if value.get("mean") is None:
         return "-"
     return number(value["mean"]) + (f" ± {value['std']:.4f}" if value.get("std") is not None else "")
+
+
+# ----------------------------------------------------------------------------- the run list
+def cv_row(parent: Path) -> dict:
+    """`cv_status` with what the run list sorts and filters by (started, model, best: the mean of
+    the monitor over the finished folds) and shows (step/total_steps: folds finished of k)."""
+    info = cv_status(parent)
+    monitor = info["monitor"]
+    value = info["aggregate"]["val"].get(monitor, {})
+    best = {"metric": monitor, "label": metric_label(monitor), "value": value["mean"], "step": None,
+            "std": value["std"]} if value.get("mean") is not None else None
+    model = ((read_cv(parent).get("config") or {}).get("model") or {}).get("name")
+    return {**info, "started": info.get("created"), "model": model, "best": best,
+            "step": info["counts"].get("finished", 0), "total_steps": info["k"]}
+
+
+def list_with_cvs(root: Path) -> list[dict]:
+    """The picker's list: every run (`list_runs`) and every cross-validation under `root`; a
+    damaged cv.json is left out (`status NAME` names the problem)."""
+    rows = []
+    for name in cv_names(Path(root)):
+        try:
+            rows.append(cv_row(Path(root) / name))
+        except RunError:
+            continue
+    return list_runs(root) + rows
