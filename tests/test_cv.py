@@ -171,3 +171,43 @@ def test_a_fold_that_fails_does_not_stop_the_others(tmp_path, cv_env, monkeypatc
     assert status["state"] == "incomplete" and status["oof"] is None
     assert status["aggregate"]["n"] == 2 and status["aggregate"]["val"]["f1_macro"]["n"] == 2
     assert status["aggregate"]["excluded"] == [{"name": "cvt-fold2", "state": "failed"}]
+
+
+# ----------------------------------------------------------------------------- the run queue
+def fake_queue(monkeypatch, refuse: str = "") -> list[str]:
+    """trainer.run.queue's enqueue/dispatch as recorders (`refuse`: a run name enqueue refuses)."""
+    import sys
+    import types
+
+    calls: list[str] = []
+
+    def enqueue(root, run_dir, after=()):
+        if run_dir.name == refuse:
+            raise RunError(f"the queue refuses {run_dir.name}")
+        calls.append(run_dir.name)
+        return len(calls)
+
+    queue = types.ModuleType("trainer.run.queue")
+    queue.enqueue, queue.dispatch = enqueue, lambda root: [root / calls[0]]
+    monkeypatch.setitem(sys.modules, "trainer.run.queue", queue)
+    return calls
+
+
+def test_the_folds_go_to_the_queue_in_order(tmp_path, monkeypatch, capsys):
+    from trainer.cli import queue_folds
+
+    calls = fake_queue(monkeypatch)
+    parent, folds = create_cv(tmp_path, "cvt", tiny_cfg(tmp_path), 3, "tiny.yaml")
+    assert queue_folds(tmp_path, [parent, *folds]) == 0
+    assert calls == ["cvt-fold1", "cvt-fold2", "cvt-fold3"]
+    assert "queued cvt-fold3 (position 3)" in capsys.readouterr().out
+
+
+def test_a_queue_that_refuses_a_fold_undoes_the_cross_validation(tmp_path, monkeypatch):
+    from trainer.cli import queue_folds
+
+    fake_queue(monkeypatch, refuse="cvt-fold2")
+    parent, folds = create_cv(tmp_path, "cvt", tiny_cfg(tmp_path), 3, "tiny.yaml")
+    with pytest.raises(RunError, match="refuses cvt-fold2"):
+        queue_folds(tmp_path, [parent, *folds])
+    assert list(tmp_path.iterdir()) == [] and list_runs(tmp_path) == []

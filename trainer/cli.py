@@ -339,7 +339,7 @@ def cmd_cv(args) -> int:
     parent, folds = create_cv(root, args.name or cfg.name, cfg, args.folds, str(Path(args.config).absolute()))
     print(f"cross-validation {parent.name}: {args.folds} folds ({', '.join(d.name for d in folds)})\n"
           f"  dir:    {parent}\n  status: {longhaul_command()} status {address_cv(parent, root)}")
-    return queue_folds(root, folds, now=args.now, quiet=args.quiet)
+    return queue_folds(root, [parent, *folds], now=args.now, quiet=args.quiet)
 
 
 def address_cv(parent: Path, root: Path) -> str:
@@ -359,9 +359,11 @@ def check_folds_data(cfg, source) -> None:
         raise RunError(f"{source}: the data cannot be cut into {cfg.data.folds.k} folds and trained:\n{lines}{more}")
 
 
-def queue_folds(root: Path, fold_dirs: list[Path], now: bool = False, quiet: bool = False) -> int:
-    """Where the fold runs go to the run queue (trainer.run.queue: enqueue each, in order, then
-    dispatch). --now, and a build without the queue, train them here instead, one after another."""
+def queue_folds(root: Path, made: list[Path], now: bool = False, quiet: bool = False) -> int:
+    """Where the fold runs (`made`: the parent, then the folds) go to the run queue
+    (trainer.run.queue: enqueue each, in order, then dispatch); a queue that refuses one undoes
+    the whole cross-validation. --now, and a build without the queue, train them here instead."""
+    fold_dirs = made[1:]
     if not now:
         try:
             from trainer.run.queue import dispatch, enqueue
@@ -369,8 +371,15 @@ def queue_folds(root: Path, fold_dirs: list[Path], now: bool = False, quiet: boo
             print("longhaul cv: this build has no run queue: training the folds here, one after another",
                   file=sys.stderr, flush=True)
         else:
-            for run_dir in fold_dirs:
-                print(f"  queued {run_dir.name} (position {enqueue(root, run_dir)})")
+            try:
+                positions = [enqueue(root, run_dir) for run_dir in fold_dirs]
+            except BaseException:
+                from trainer.run.cv import remove_cv
+
+                remove_cv(made)
+                raise
+            for run_dir, position in zip(fold_dirs, positions):
+                print(f"  queued {run_dir.name} (position {position})")
             for run_dir in dispatch(root):
                 print(f"  started {run_dir.name}")
             return 0

@@ -41,11 +41,17 @@ def create_cv(root: Path, name: str, cfg, k: int, source: str) -> tuple[Path, li
             made.append(create_fold(root, name, cfg, k, index, made[0]))
         write_cv(made[0], cfg, k, source, made[1:])
     except BaseException:
-        for path in reversed(made):
-            shutil.rmtree(path, ignore_errors=True)
-            registry.unregister(path)
+        remove_cv(made)
         raise
     return made[0], made[1:]
+
+
+def remove_cv(made: list[Path]) -> None:
+    """Undo a cross-validation that could not be set up: its directories, the folds' registry
+    entries. Only for one whose folds never ran (create_cv, a queue that refused them)."""
+    for path in reversed(made):
+        shutil.rmtree(path, ignore_errors=True)
+        registry.unregister(path)
 
 
 def create_fold(root: Path, name: str, cfg, k: int, index: int, parent: Path) -> Path:
