@@ -1,8 +1,8 @@
 """What does `longhaul cv` cost beyond training its folds? (issue 16 part 2's measure)
 
 3-fold cross-validations of configs/quickstart.yaml cut short (`--set max_steps=N`, by default
-20 steps a fold and the evaluation max_steps ends with: about a minute a fold on 2 busy cores,
-most of it the set-up and the evaluations), in one run, on the same box, in fresh runs roots:
+300 steps a fold, six epochs of 50 steps: about a minute a fold on a quiet 2-core box, set-up and
+evaluations included), in one run, on the same box, in fresh runs roots:
 
 - cv: `longhaul cv CONFIG --folds 3`, from the command's start until `status NAME --json` says
   every fold is done (in a build with the run queue, the folds go through it; without it, the
@@ -17,7 +17,7 @@ two alternates over --rounds (cv, train, train, cv, ...), so the box's drift fal
 
 Prints a line per part, then one JSON object on the last line.
 
-    python bench/cv.py [--max-steps 20] [--rounds 2]
+    python bench/cv.py [--max-steps 300] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def summary(status: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2, help="repeat as cv, train, train, cv, ... (ABBA: the "
                                                               "box's drift falls on both alike)")
     args = parser.parse_args()

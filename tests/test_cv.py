@@ -175,7 +175,8 @@ def test_a_fold_that_fails_does_not_stop_the_others(tmp_path, cv_env, monkeypatc
 
 # ----------------------------------------------------------------------------- the run queue
 def fake_queue(monkeypatch, refuse: str = "") -> list[str]:
-    """trainer.run.queue's enqueue/dispatch as recorders (`refuse`: a run name enqueue refuses)."""
+    """The run queue's enqueue and start_queued (main's trainer.run.queue and
+    trainer.daemon.launch) as recorders (`refuse`: a run name enqueue refuses)."""
     import sys
     import types
 
@@ -188,8 +189,9 @@ def fake_queue(monkeypatch, refuse: str = "") -> list[str]:
         return len(calls)
 
     queue = types.ModuleType("trainer.run.queue")
-    queue.enqueue, queue.dispatch = enqueue, lambda root: [root / calls[0]]
+    queue.enqueue, queue.remove = enqueue, lambda root, run_dir: calls.remove(run_dir.name)
     monkeypatch.setitem(sys.modules, "trainer.run.queue", queue)
+    monkeypatch.setattr("trainer.daemon.launch.start_queued", lambda root: [(root / calls[0], None)], raising=False)
     return calls
 
 
@@ -200,14 +202,16 @@ def test_the_folds_go_to_the_queue_in_order(tmp_path, monkeypatch, capsys):
     parent, folds = create_cv(tmp_path, "cvt", tiny_cfg(tmp_path), 3, "tiny.yaml")
     assert queue_folds(tmp_path, [parent, *folds]) == 0
     assert calls == ["cvt-fold1", "cvt-fold2", "cvt-fold3"]
-    assert "queued cvt-fold3 (position 3)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "queued cvt-fold3 (position 3)" in out and "cvt-fold1 started" in out
 
 
 def test_a_queue_that_refuses_a_fold_undoes_the_cross_validation(tmp_path, monkeypatch):
     from trainer.cli import queue_folds
 
-    fake_queue(monkeypatch, refuse="cvt-fold2")
+    calls = fake_queue(monkeypatch, refuse="cvt-fold2")
     parent, folds = create_cv(tmp_path, "cvt", tiny_cfg(tmp_path), 3, "tiny.yaml")
     with pytest.raises(RunError, match="refuses cvt-fold2"):
         queue_folds(tmp_path, [parent, *folds])
+    assert calls == []  # fold 1 was taken out of the queue again
     assert list(tmp_path.iterdir()) == [] and list_runs(tmp_path) == []

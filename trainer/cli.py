@@ -360,28 +360,34 @@ def check_folds_data(cfg, source) -> None:
 
 
 def queue_folds(root: Path, made: list[Path], now: bool = False, quiet: bool = False) -> int:
-    """Where the fold runs (`made`: the parent, then the folds) go to the run queue
-    (trainer.run.queue: enqueue each, in order, then dispatch); a queue that refuses one undoes
-    the whole cross-validation. --now, and a build without the queue, train them here instead."""
+    """Where the fold runs (`made`: the parent, then the folds) go to the run queue: each
+    enqueued in order (trainer.run.queue.enqueue), then the queue advanced (start_queued, which
+    dispatches); a queue that refuses one undoes the whole cross-validation. --now, and a build
+    without the queue, train them here instead, one after another."""
     fold_dirs = made[1:]
     if not now:
         try:
-            from trainer.run.queue import dispatch, enqueue
+            from trainer.daemon.launch import start_queued
+            from trainer.run.queue import enqueue, remove
         except ImportError:
             print("longhaul cv: this build has no run queue: training the folds here, one after another",
                   file=sys.stderr, flush=True)
         else:
+            positions: list[int] = []
             try:
-                positions = [enqueue(root, run_dir) for run_dir in fold_dirs]
+                for run_dir in fold_dirs:
+                    positions.append(enqueue(root, run_dir))
             except BaseException:
                 from trainer.run.cv import remove_cv
 
+                for run_dir in fold_dirs[:len(positions)]:
+                    remove(root, run_dir)  # out of the queue again (its directory too)
                 remove_cv(made)
                 raise
             for run_dir, position in zip(fold_dirs, positions):
                 print(f"  queued {run_dir.name} (position {position})")
-            for run_dir in dispatch(root):
-                print(f"  started {run_dir.name}")
+            for run_dir, error in start_queued(root):
+                print(f"  {run_dir.name} " + (f"could not start: {error}" if error else "started"))
             return 0
     return train_folds_here(root, fold_dirs, quiet)
 
