@@ -39,7 +39,7 @@ TORCH_FREE = (_modules("trainer.run") + _modules("trainer.history") + _modules("
                  "trainer.posthoc.report", "trainer.posthoc.report_figures", "trainer.posthoc.report_compare",
                  "trainer.data.store", "trainer.data.store.layout", "trainer.data.store.reader",
                  "trainer.data.store.changes", "trainer.data.index",
-                 "trainer.data.seeds", "trainer.data.balance", "trainer.data.report"])
+                 "trainer.data.seeds", "trainer.data.balance", "trainer.data.report", "trainer.data.folds"])
 TUI = _modules("tui") + _modules("tui.screens") + _modules("tui.widgets")
 
 

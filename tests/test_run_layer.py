@@ -33,7 +33,8 @@ FILES = {"config": "config.yaml", "plan": "plan.json", "data_auto": "data_auto.j
          "history": "history.msgpack", "series_cache": "series-cache.msgpack", "events": "events.jsonl",
          "train_log": "train.log", "daemon_log": "daemon.log", "daemon_lock": ".daemon.lock",
          "checkpoints": "ckpt", "best_weights": "best.pt", "last_weights": "last.pt",
-         "calibration": "calibration.json", "evaluation": "evaluation.json", "report": "report.html"}
+         "calibration": "calibration.json", "evaluation": "evaluation.json", "report": "report.html",
+         "cv_fold": "cv-fold.json"}
 
 
 # ----------------------------------------------------------------------------- RunDir

@@ -23,6 +23,8 @@ from trainer import queue_commands
 from trainer.posthoc import commands as posthoc_commands
 from trainer.run import registry
 from trainer.run.errors import RunError, RunExists
+from trainer.run.cv import find_cv
+from trainer.run.cv_status import cv_status, format_cv_status
 from trainer.run.locate import create_run_dir, resolve_run, runs_root
 from trainer.run.rundir import RunDir, apply_umask, atomic_write_bytes, is_run_dir, make_run_dir
 from trainer.run.state import LIVE_STATES, MAX_LAUNCH_FAILURES, effective_state
@@ -235,6 +237,11 @@ def cmd_prepare(args) -> int:
 
 def cmd_status(args) -> int:
     target = ssh.parse_target(args.run)
+    parent = None if target else find_cv(args.run, runs_root_arg(args))
+    if parent is not None:  # a cross-validation: its folds and their aggregate
+        info = cv_status(parent)
+        print(json.dumps(info) if args.json else format_cv_status(info))
+        return 0
     group = pipelines_group(args)
     if group is not None:
         return print_group(group, args.json)
@@ -357,6 +364,93 @@ def cmd_config_docs(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+# ----------------------------------------------------------------------------- cross-validation
+def cmd_cv(args) -> int:
+    """`longhaul cv CONFIG --folds K`: the parent and its K fold runs (trainer.run.cv), then the
+    folds queued; the data is scanned first, so a class too small for K folds makes nothing."""
+    from trainer.config import load_config
+    from trainer.run.cv import create_cv
+
+    cfg = load_config(args.config, overrides=[*(args.set or []), f"data.folds.k={args.folds}", "data.folds.index=0"])
+    _print_config_warnings(cfg, args)
+    check_folds_data(cfg, args.config)
+    root = runs_root_arg(args)
+    parent, folds = create_cv(root, args.name or cfg.name, cfg, args.folds, str(Path(args.config).absolute()))
+    print(f"cross-validation {parent.name}: {args.folds} folds ({', '.join(d.name for d in folds)})\n"
+          f"  dir:    {parent}\n  status: {longhaul_command()} status {address_cv(parent, root)}")
+    return queue_folds(root, [parent, *folds], now=args.now, quiet=args.quiet)
+
+
+def address_cv(parent: Path, root: Path) -> str:
+    """The parent's name when `status NAME` finds it (the default root), else its path."""
+    return shlex.quote(parent.name if find_cv(parent.name) == parent else str(parent))
+
+
+def check_folds_data(cfg, source) -> None:
+    """Scan the data (nothing is decoded) as fold 1 would: a problem no fold could train past (a
+    class with fewer examples than folds, a missing folder) is refused before anything is made."""
+    from trainer.data.sources import scan
+
+    problems = [p for p in scan(cfg).problems if not p.skippable or not cfg.data.skip_bad_files]
+    if problems:
+        lines = "\n".join(f"  {p.path}: {p.reason}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise RunError(f"{source}: the data cannot be cut into {cfg.data.folds.k} folds and trained:\n{lines}{more}")
+
+
+def queue_folds(root: Path, made: list[Path], now: bool = False, quiet: bool = False) -> int:
+    """Where the fold runs (`made`: the parent, then the folds) go to the run queue: each
+    enqueued in order (trainer.run.queue.enqueue), then the queue advanced (start_queued); a queue
+    that refuses one undoes the whole cross-validation. --now trains them here instead, one after
+    another."""
+    fold_dirs = made[1:]
+    if now:
+        return train_folds_here(root, fold_dirs, quiet)
+    from trainer.daemon.launch import start_queued
+    from trainer.run.queue import enqueue, remove
+
+    positions: list[int] = []
+    try:
+        for run_dir in fold_dirs:
+            positions.append(enqueue(root, run_dir))
+    except BaseException:
+        from trainer.run.cv import remove_cv
+
+        for run_dir in fold_dirs[:len(positions)]:
+            remove(root, run_dir)  # out of the queue again (its directory too)
+        remove_cv(made)
+        raise
+    for run_dir, position in zip(fold_dirs, positions):
+        print(f"  queued {run_dir.name} (position {position})")
+    for run_dir, error in start_queued(root):
+        print(f"  {run_dir.name} " + (f"could not start: {error}" if error else "started"))
+    return 0
+
+
+def train_folds_here(root: Path, fold_dirs: list[Path], quiet: bool) -> int:
+    """Each fold by `longhaul train` in its own process, one after another: a fold that fails
+    does not stop the next; Ctrl-C reaches the fold training (it checkpoints and stops) and ends
+    the loop. 0 when every fold finished."""
+    import subprocess
+
+    states = {}
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the fold in the foreground handles it
+    try:
+        for run_dir in fold_dirs:
+            command = [sys.executable, "-m", "trainer.cli", "--root", str(root), "train",
+                       str(RunDir(run_dir).config), "--run-dir", str(run_dir)] + (["--quiet"] if quiet else [])
+            print(f"longhaul cv: training {run_dir.name}", flush=True)
+            subprocess.run(command, check=False)
+            states[run_dir.name] = effective_state(run_dir) if RunDir(run_dir).state.exists() else "failed"
+            if states[run_dir.name] == "stopped":
+                break
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for run_dir in fold_dirs:
+        print(f"  {run_dir.name}: {states.get(run_dir.name, 'not started')}")
+    return 0 if all(states.get(d.name) == "finished" for d in fold_dirs) else 1
 
 
 # ----------------------------------------------------------------------------- daemon side
@@ -704,6 +798,24 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="fail at once when another prepare holds the store")
 
 
+CV_HELP = ("k-fold cross-validation: K fold runs (NAME-fold1..K) under the parent NAME, queued; "
+           "`status NAME` aggregates them")
+
+
+def cv_arguments(p: argparse.ArgumentParser) -> None:
+    def fold_count(text: str) -> int:
+        if not text.isdigit() or int(text) < 2:
+            raise argparse.ArgumentTypeError(f"expected a whole number of folds >= 2, found {text!r}")
+        return int(text)
+
+    p.add_argument("--folds", type=fold_count, required=True, metavar="K", help="number of folds (>= 2)")
+    p.add_argument("--name", help="name of the cross-validation (default: the config's name); its folds are "
+                                  "NAME-fold1 .. NAME-foldK")
+    p.add_argument("--now", action="store_true", help="train the folds here, one after another, instead of "
+                                                     "queueing them")
+    p.add_argument("--quiet", action="store_true", help="with --now: print only events, no progress lines")
+
+
 def remote_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--remote-command", metavar="SHELL_TEXT",
                    help=f"for HOST:RUN, how to run longhaul on HOST (default: ${ssh.REMOTE_COMMAND_ENV}, else "
@@ -764,6 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_cmd("start", cmd_start, "start a detached training daemon (or queue it)")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
     queue_commands.start_arguments(p)
+    cv_arguments(config_cmd("cv", cmd_cv, CV_HELP, run_dir=False))
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
     prepare_arguments(config_cmd("prepare", cmd_prepare, PREPARE_HELP, run_dir=False))
 

@@ -219,6 +219,16 @@ class FeaturesConfig(Section):
     """Standardise each example's features to zero mean and unit variance."""
 
 
+class FoldsConfig(Section):
+    k: Optional[int] = Field(None, ge=2)
+    """Cross-validation (`longhaul cv` sets it): the training pool (the train split as scanned and
+    cut by max_per_class) is cut into k stratified folds drawn from `seed`; fold `index` is the
+    validation split and the other k-1 train. No validation split is held out (val_fraction) and a
+    given one is not used; the test split is unchanged. null: off."""
+    index: int = Field(0, ge=0)
+    """The fold this run validates on, 0..k-1 (the folds themselves do not depend on it)."""
+
+
 class DataConfig(Section):
     source: Literal["synthetic", "audio_folder", "image_folder", "json_waveforms", "csv"] = "synthetic"
     """Where examples come from. audio_folder: ROOT/<split>/<class>/*.wav|flac or ROOT/<class>/*;
@@ -263,7 +273,8 @@ class DataConfig(Section):
     """Worker processes of `longhaul prepare` (null: one per core)."""
     max_per_class: Optional[int] = Field(None, ge=1)
     """At most this many training examples per class: a deterministic subset drawn from `seed`
-    (null: no cap). Validation and test splits are never cut."""
+    (null: no cap). Validation and test splits are never cut; with data.folds the cap applies to the
+    training pool before it is cut into folds."""
     balanced_sampler: bool = False
     """Draw each epoch's training examples class-balanced (each class equally likely; deterministic
     from seed and epoch) instead of a plain permutation."""
@@ -271,6 +282,8 @@ class DataConfig(Section):
     """Pre-augmented variants of the training examples, made once by `longhaul prepare`."""
     windows: WindowsConfig = WindowsConfig()
     """Training on windows of long recordings (needs data.store)."""
+    folds: FoldsConfig = FoldsConfig()
+    """Cross-validation folds of the training pool (`longhaul cv`); no feature store."""
     synthetic: SyntheticConfig = SyntheticConfig()
     """Settings of the built-in synthetic audio dataset (source: synthetic)."""
 
@@ -772,7 +785,24 @@ def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> 
         problem = check_model_name(cfg.model.name)
         if problem:
             problems.append(("model.name", problem))
-    problems += _plan_problems(cfg) + _tta_problems(cfg) + _store_problems(cfg, check_paths) + _pipeline_problems(cfg)
+    problems += _plan_problems(cfg) + _tta_problems(cfg) + _store_problems(cfg, check_paths) + _fold_problems(cfg)
+    problems += _pipeline_problems(cfg)
+    return problems
+
+
+def _fold_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    """A fold index out of range; folds with a feature store, whose splits are fixed when it is
+    prepared (the folds are cut from the scanned pool in memory)."""
+    folds = cfg.data.folds
+    if folds.k is None:
+        return []
+    problems = []
+    if folds.index >= folds.k:
+        problems.append(("data.folds.index", f"must be < data.folds.k ({folds.k}), found {folds.index}"))
+    if cfg.data.store is not None:
+        problems.append(("data.folds.k", "cross-validation folds are cut from the scanned training split in "
+                                         "memory; a feature store (data.store) holds fixed splits: unset "
+                                         "data.store for cross-validation"))
     return problems
 
 

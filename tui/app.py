@@ -14,10 +14,12 @@ from textual.app import App
 from textual.binding import Binding
 
 
+from trainer.run.cv import find_cv
 from trainer.run.errors import RunNotFound
 from trainer.run.locate import resolve_run, runs_root
 from tui import fmt, refresh_rate
 from tui.help import binding_keys
+from tui.screens.cv import CvScreen
 from tui.screens.dialogs import HelpScreen
 from tui.screens.picker import PickerScreen
 from tui.screens.run import RunScreen
@@ -49,8 +51,10 @@ class LonghaulApp(refresh_rate.RefreshKeys, App[int]):
                  clock: Optional[fmt.Clock] = None, refresh_interval: float = refresh_rate.DEFAULT,
                  picker_interval: float = 2.0, link_retry_max: float = 5.0,
                  lister: Optional[Callable[[Path], list[dict]]] = None,
-                 resume_command: Optional[Callable[[Path], list[str]]] = None) -> None:
+                 resume_command: Optional[Callable[[Path], list[str]]] = None,
+                 cv_dir: Optional[Path] = None) -> None:
         super().__init__()
+        self.cv_dir = Path(cv_dir) if cv_dir is not None else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.root = Path(root) if root is not None else runs_root()
         self.clock = clock or fmt.Clock()
@@ -62,7 +66,9 @@ class LonghaulApp(refresh_rate.RefreshKeys, App[int]):
 
     def on_mount(self) -> None:
         self.show_refresh_interval()
-        if self.run_dir is not None:
+        if self.cv_dir is not None:
+            self.push_screen(CvScreen(self.cv_dir, interval=self.picker_interval))
+        elif self.run_dir is not None:
             self.push_screen(self._run_screen(self.run_dir))
         else:
             self.push_screen(PickerScreen(self.root, interval=self.picker_interval, lister=self.lister))
@@ -76,6 +82,10 @@ class LonghaulApp(refresh_rate.RefreshKeys, App[int]):
         """Open the run screen of `run_dir` (from the picker; escape... d leaves the TUI)."""
         self.run_dir = run_dir
         self.push_screen(self._run_screen(run_dir))
+
+    def attach_cv(self, parent: Path) -> None:
+        """Open the folds of the cross-validation in `parent` (from the picker, or by name)."""
+        self.push_screen(CvScreen(parent, interval=self.picker_interval))
 
     def action_detach(self) -> None:
         """Leave the TUI; the run (if any) carries on in its daemon."""
@@ -94,12 +104,13 @@ def run_attach(run: Optional[str] = None, root: Optional[Path] = None) -> int:
     """`longhaul attach [RUN]`: open the dashboard of RUN (a name under `root` or a run directory
     path), or the run picker without one. Returns the process exit code."""
     run_dir = None
-    if run is not None:
+    cv_dir = find_cv(run, root) if run is not None else None  # a cross-validation: its folds
+    if run is not None and cv_dir is None:
         try:
             run_dir = resolve_run(run, root)
         except RunNotFound as exc:
             print(f"longhaul attach: {exc}", file=sys.stderr)
             return 2
-    app = LonghaulApp(run_dir, root)
+    app = LonghaulApp(run_dir, root, cv_dir=cv_dir)
     result = app.run()
     return int(result or 0)

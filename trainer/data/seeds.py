@@ -27,6 +27,7 @@ VARIANT = 6   # which pre-augmented variant of an example an epoch reads (data.v
 WINDOW = 7    # where the training window of a long recording starts (data.windows)
 BALANCE = 8  # the class-balanced epoch order (balance.balanced_order)
 VARIANT_MAKE = 9  # the draws of a pre-augmented variant, made when the store is prepared
+FOLDS = 10  # the shuffle of the cross-validation folds (data.folds, trainer/data/folds.py)
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
-from . import seeds, synthetic
+from . import folds, seeds, synthetic
 from .balance import cap_per_class
 from .decode import AudioFile, BadItem, ImageFile, InlineWaveform, Item, SyntheticExample
 from .report import Problem
@@ -58,6 +58,8 @@ def scan(cfg: "RunConfig") -> Scan:
         canonical_paths(items)
     if cfg.data.max_per_class is not None and result.splits.get("train"):
         _cap_train(result, cfg.data.max_per_class, cfg.seed)
+    if cfg.data.folds.k is not None and result.splits.get("train"):
+        _cut_fold(result, cfg)
     return result
 
 
@@ -108,6 +110,28 @@ def _cap_train(result: Scan, k: int, seed: int) -> None:
     for label in labels:
         result.before_cap[label] += 1
     result.splits["train"] = [items[i] for i in cap_per_class(names, labels, k, seed)]
+
+
+def _cut_fold(result: Scan, cfg: "RunConfig") -> None:
+    """Cross-validation: fold data.folds.index of the training pool validates, the rest trains
+    (trainer/data/folds.py). A class with fewer examples than folds is a problem naming it."""
+    k, index = cfg.data.folds.k, cfg.data.folds.index
+    pool = result.splits["train"]
+    labels = [item.label for item in pool]
+    small = folds.too_small_classes(labels, k)
+    where = result.split_locations.get("train", result.location)
+    for label, count in small.items():
+        result.problems.append(Problem(where, f"class {result.classes[label]!r} has {count} training example(s), "
+                                              f"fewer than data.folds.k = {k}: every fold needs one of each class",
+                                       skippable=False))
+    if small:
+        return
+    if result.split_locations.get("val"):
+        result.warnings.append(f"the validation split {result.split_locations['val']} is not used: fold "
+                               f"{index + 1} of {k} of the training pool validates this run (data.folds)")
+    train, held = folds.split_indices(labels, k, index, cfg.seed)
+    result.splits["train"], result.splits["val"] = [pool[i] for i in train], [pool[i] for i in held]
+    result.split_locations["val"] = f"fold {index + 1} of {k} of {where} (stratified, seed {cfg.seed})"
 
 
 def canonical_paths(items) -> None:
@@ -359,7 +383,7 @@ def _label_and_split(cfg, candidates: Candidates, result: Scan) -> None:
             item.label = label if isinstance(label, int) else index[label]
             kept.append(item)
         result.splits[split] = kept
-    if "val" not in candidates and "train" in candidates:
+    if "val" not in candidates and "train" in candidates and cfg.data.folds.k is None:  # folds validate instead
         result.splits["train"], result.splits["val"] = _hold_out(result.splits["train"], cfg, result)
         result.split_locations["val"] = f"held out from {result.split_locations['train']}"
 

@@ -39,8 +39,36 @@ def after_run(run_dir, event: Event) -> Optional[dict]:
     except Exception as exc:  # noqa: BLE001 - the run is over and stays finished
         event("alert", "error", f"evaluation after the run failed: {type(exc).__name__}: {exc}",
               what="evaluation_failed")
+    out_of_fold(run_dir, event)
     write_report(run_dir, event)
     return result
+
+
+def out_of_fold(run_dir, event: Event) -> None:
+    """A fold of a cross-validation (trainer.run.cv): its held-out fold (the val split) predicted
+    with best.pt, then the parent's out-of-fold file written when this was the last fold
+    (trainer.run.oof). Nothing for any other run."""
+    from trainer.run.cv import fold_parent
+
+    try:
+        link = fold_parent(run_dir)
+        if link is None:
+            return
+        from trainer.posthoc.evaluate import evaluate_run
+
+        result = evaluate_run(run_dir, "val", "best")
+        event("evaluation", "info", f"held-out fold predicted: {result['n']} examples, accuracy "
+              f"{result['accuracy']:.4f}", what="out_of_fold", n=result["n"], accuracy=result["accuracy"],
+              f1_macro=result["f1_macro"])
+        from trainer.run.oof import collect
+
+        path = collect(link[0], finishing=link[1])
+        if path is not None:
+            event("evaluation", "info", f"every fold is done: out-of-fold predictions in {path}",
+                  what="out_of_fold_collected", path=str(path))
+    except Exception as exc:  # noqa: BLE001 - the fold is over and stays finished
+        event("alert", "error", f"out-of-fold predictions failed: {type(exc).__name__}: {exc}",
+              what="evaluation_failed")
 
 
 def _evaluate_test(run_dir, event: Event) -> dict:

@@ -22,7 +22,7 @@ uncalibrated mean, so that its softmax gives the recording's probabilities back)
 windows beside (window_logits, window_labels, window_recording).
 
 Results: evaluation.json (`{"version": 1, "results": {"<split>/<weights>": RESULT}}`, the other
-entries kept), predictions-<split>-<weights>.npz (labels, logits, classes, tta_probs), a text
+entries kept), predictions-<split>-<weights>.npz (labels, logits, classes, names, tta_probs), a text
 table, or RESULT as one JSON object with --json. trainer.posthoc.after runs it when a run finishes.
 """
 from __future__ import annotations
@@ -257,6 +257,8 @@ def store(files: RunDir, result: dict, data: SplitData, classes: list[str], tta_
     arrays = {"labels": data.labels, "logits": data.logits.astype(np.float32), "classes": np.asarray(classes, dtype=str)}
     if windows.is_windowed(data.dataset):
         arrays.update(recording_arrays(data))
+    elif hasattr(data.dataset, "names"):  # which example each row is: the out-of-fold file names them
+        arrays["names"] = np.asarray(data.dataset.names, dtype=str)
     if tta_probs is not None:
         arrays["tta_probs"] = np.asarray(tta_probs, dtype=np.float32)
     buffer = io.BytesIO()

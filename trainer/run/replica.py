@@ -195,7 +195,7 @@ class Replica:
         for name in ("history", "events", "train_log"):
             result.bytes += self._append_new_bytes(getattr(src, name), getattr(dst, name))
         for name in ("config", "plan", "data_auto", "data_store", "state", "best_weights", "last_weights",
-                     "calibration", "evaluation"):
+                     "calibration", "evaluation", "cv_fold"):
             result.bytes += copy_if_changed(getattr(src, name), getattr(dst, name))
         fsync_dir(dst.path)
 

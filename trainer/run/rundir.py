@@ -65,6 +65,9 @@ class RunDir:
         self.replica_origin = self.path / "replica-of.txt"
         """In a replica (checkpoint.replicate_to.dir), the absolute path of the run directory it
         copies: another run of the same name is refused there instead of mixing checkpoints."""
+        self.cv_fold = self.path / "cv-fold.json"
+        """In a fold of a cross-validation (`longhaul cv`): {parent, index, k}, the parent's
+        directory (trainer.run.cv) that collects the folds' out-of-fold predictions."""
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -108,6 +111,24 @@ class RunDir:
         if best is None:
             return None
         return {"step": best[0], "path": best[1], "time": os.stat(best[1]).st_mtime}
+
+
+class CvDir:
+    """The files of a cross-validation's parent directory (`longhaul cv`, trainer.run.cv): not a
+    run (no config.yaml, no state.json), so ls, resume --all and the daemon never take it for one."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.cv = self.path / "cv.json"
+        """{version, name, k, config, source, created, folds: [{index, name, dir}]}, written last."""
+        self.oof_npz = self.path / "oof_predictions.npz"
+        """Out-of-fold predictions of the whole pool: names, labels, fold, probabilities, classes."""
+        self.oof_csv = self.path / "oof_predictions.csv"
+        """The same as a table: name, label, fold, one probability column per class."""
+
+    def looks_like_cv(self) -> bool:
+        return self.cv.is_file()
 
 
 def checkpoint_dir_name(step: int) -> str:

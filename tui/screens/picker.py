@@ -13,8 +13,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
 from trainer.cli import longhaul_command
-from trainer.fmt import best_text, samples_rate
-from trainer.run.status import SORTS, list_runs, ordered, state_label
+from trainer.fmt import best_text, metric_value, samples_rate
+from trainer.run.cv_status import list_with_cvs
+from trainer.run.status import SORTS, ordered, state_label
 from tui import fmt
 from tui.widgets.footer import KeyFooter
 from tui.widgets.header import STATE_STYLES
@@ -70,7 +71,20 @@ def row_cells(info: dict, highlighted: bool = False, wide: bool = False, marked:
         "best": best_text(info.get("best")),
         "rate": Text(samples_rate(info.get("samples_per_s")), justify="right"),
     }
+    if info.get("kind") == "cv":
+        cells.update(cv_cells(info))
     return tuple(cells[key] for key, _ in (WIDE_COLUMNS if wide else NARROW_COLUMNS))
+
+
+def cv_cells(info: dict) -> dict:
+    """A cross-validation's row (trainer.run.cv_status.cv_row): `cv 2/3` folds finished (and how
+    many failed), the monitor's mean ± standard deviation over the finished folds."""
+    failed = info["counts"].get("failed", 0)
+    best = info.get("best")
+    spread = f" ± {metric_value(best['std'])}" if best and best.get("std") is not None else ""
+    return {"phase": f"cv {info['step']}/{info['total_steps']}" + (f", {failed} failed" if failed else ""),
+            "step": f"{info['step']}/{info['total_steps']} folds", "ckpt": "–", "eta": "–",
+            "best": best_text(best) + spread}
 
 
 class PickerScreen(Screen):
@@ -97,7 +111,7 @@ class PickerScreen(Screen):
         super().__init__()
         self.root = Path(root)
         self.interval = interval
-        self.lister: Lister = lister or list_runs
+        self.lister: Lister = lister or list_with_cvs
         self.infos: list[dict] = []
         self.rows: dict[str, dict] = {}  # what each table row shows now, by run directory
         self.sort = SORTS[0]
@@ -251,6 +265,8 @@ class PickerScreen(Screen):
     def _open_run(self, run_dir: Optional[str]) -> None:
         if run_dir and (self.rows.get(run_dir) or {}).get("state") == "missing":
             self.notify(f"{run_dir} is gone (moved or deleted)", severity="warning")  # registered, not there
+        elif run_dir and (self.rows.get(run_dir) or {}).get("kind") == "cv":
+            self.app.attach_cv(Path(run_dir))
         elif run_dir:
             self.app.attach(Path(run_dir))
 
