@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.daemon_helpers import wait_for
 from tests.longhaul_cli import cli, cli_env
 from tests.run_configs import MFCC_TINY, changed
 from trainer.config import build_config
@@ -134,8 +135,11 @@ def test_cv_refuses_a_class_smaller_than_k_and_makes_nothing(tmp_path, cv_env):
     assert result.returncode == 2 and "expected a whole number of folds >= 2, found '1'" in result.stderr
 
 
-def test_a_3_fold_cv_finishes_with_the_aggregate_and_out_of_fold_predictions(tmp_path, cv_env):
-    cli(cv_env, "cv", str(tmp_path / "tiny.yaml"), "--folds", "3", "--name", "cvt", "--now", "--quiet")
+def test_a_3_fold_cv_through_the_queue_finishes_with_the_aggregate_and_out_of_fold_predictions(tmp_path, cv_env):
+    out = cli(cv_env, "cv", str(tmp_path / "tiny.yaml"), "--folds", "3", "--name", "cvt", "--quiet").stdout
+    assert "queued cvt-fold3 (position" in out  # returns at once: the queue trains them
+    wait_for(lambda: json.loads(cli(cv_env, "status", "cvt", "--json").stdout)["state"] == "finished", 300,
+             "the cross-validation to finish")
     status = json.loads(cli(cv_env, "status", "cvt", "--json").stdout)
     assert status["state"] == "finished" and [f["state"] for f in status["folds"]] == ["finished"] * 3
     for key in ("accuracy", "f1_macro"):
@@ -153,7 +157,7 @@ def test_a_3_fold_cv_finishes_with_the_aggregate_and_out_of_fold_predictions(tmp
 
 
 def test_a_fold_that_fails_does_not_stop_the_others(tmp_path, cv_env, monkeypatch):
-    from trainer.cli import train_folds_here
+    from trainer.cli import queue_folds
 
     root = tmp_path / "runs"
     parent, folds = create_cv(root, "cvt", tiny_cfg(tmp_path), 3, "tiny.yaml")
@@ -164,7 +168,9 @@ def test_a_fold_that_fails_does_not_stop_the_others(tmp_path, cv_env, monkeypatc
     RunDir(folds[1]).config.write_text(yaml.safe_dump(broken, sort_keys=False))
     for key, value in cv_env.items():
         monkeypatch.setenv(key, value)
-    assert train_folds_here(root, folds, quiet=True) == 1
+    assert queue_folds(root, [parent, *folds]) == 0
+    wait_for(lambda: cv_status(parent)["state"] == "incomplete" and all(
+        f["state"] in ("finished", "failed") for f in cv_status(parent)["folds"]), 300, "every fold to end")
     status = cv_status(parent)
     assert [f["state"] for f in status["folds"]] == ["finished", "failed", "finished"]
     assert "no class folders" in RunDir(folds[1]).events.read_text()  # failed training, for the planted reason
