@@ -4,9 +4,9 @@
 300 steps a fold, six epochs of 50 steps: about a minute a fold on a quiet 2-core box, set-up and
 evaluations included), in one run, on the same box, in fresh runs roots:
 
-- cv: `longhaul cv CONFIG --folds 3`, from the command's start until `status NAME --json` says
-  every fold is done (in a build with the run queue, the folds go through it; without it, the
-  command trains them itself, one after another, which is what this then measures);
+- cv: `longhaul cv CONFIG --folds 3`, from the command's start until the parent's status says
+  every fold is done: the folds go through the run queue, each trained by its own daemon, the
+  next started by the daemon of the one before when it ends;
 - train: the same three fold runs made by `trainer.run.cv.create_cv` in another root, each
   trained by a `longhaul train FOLD/config.yaml --run-dir FOLD` call, back to back.
 
@@ -22,7 +22,6 @@ Prints a line per part, then one JSON object on the last line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -58,11 +57,16 @@ def time_cv(base: Path, overrides: list[str]) -> tuple[float, dict]:
     result = longhaul(env, "cv", str(CONFIG), "--folds", str(FOLDS), "--name", "bench-cv", "--quiet", *sets)
     if result.returncode not in (0, 1):
         raise SystemExit(f"longhaul cv failed ({result.returncode}): {result.stderr}")
-    while True:  # with the queue the command returns at once: wait for the folds
-        status = json.loads(longhaul(env, "status", "bench-cv", "--json").stdout)
-        if status["state"] not in ("running", "queued"):
+    from trainer.run.cv_status import cv_status
+
+    while True:  # the command returns at once: the queue trains the folds. Read in this process
+        # (a `longhaul status` process a second would take CPU from the training it times)
+        status = cv_status(base / "runs" / "bench-cv")
+        # done: every fold ended and, when all finished, the last one's out-of-fold file written
+        # (a `train` call returns only after it, too)
+        if status["state"] not in ("running", "queued") and (status["oof"] or status["state"] != "finished"):
             return time.perf_counter() - start, status
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 def time_trains(base: Path, overrides: list[str]) -> tuple[float, dict]:
@@ -97,7 +101,6 @@ def main() -> None:
                                                               "box's drift falls on both alike)")
     args = parser.parse_args()
     overrides = [f"max_steps={args.max_steps}"]
-    queued = importlib.util.find_spec("trainer.run.queue") is not None
     order = [name for i in range(args.rounds) for name in (("cv", "train") if i % 2 == 0 else ("train", "cv"))]
     seconds: dict[str, list[float]] = {"cv": [], "train": []}
     summaries: dict[str, list[dict]] = {"cv": [], "train": []}
@@ -109,7 +112,7 @@ def main() -> None:
             summaries[name].append(summary(status))
             print(f"{name}: {took:.1f} s  {summaries[name][-1]}", flush=True)
     cv_s, train_s = sum(seconds["cv"]), sum(seconds["train"])
-    print(json.dumps({"bench": "cv", "folds": FOLDS, "max_steps": args.max_steps, "through_queue": queued,
+    print(json.dumps({"bench": "cv", "folds": FOLDS, "max_steps": args.max_steps, "through_queue": True,
                       "order": order, "cv_seconds": seconds["cv"], "train_seconds": seconds["train"],
                       "ratio": round(cv_s / train_s, 4), "cv": summaries["cv"], "train": summaries["train"]}))
 

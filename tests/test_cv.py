@@ -138,8 +138,8 @@ def test_cv_refuses_a_class_smaller_than_k_and_makes_nothing(tmp_path, cv_env):
 def test_a_3_fold_cv_through_the_queue_finishes_with_the_aggregate_and_out_of_fold_predictions(tmp_path, cv_env):
     out = cli(cv_env, "cv", str(tmp_path / "tiny.yaml"), "--folds", "3", "--name", "cvt", "--quiet").stdout
     assert "queued cvt-fold3 (position" in out  # returns at once: the queue trains them
-    wait_for(lambda: json.loads(cli(cv_env, "status", "cvt", "--json").stdout)["state"] == "finished", 300,
-             "the cross-validation to finish")
+    wait_for(lambda: cv_status(tmp_path / "runs" / "cvt")["oof"], 300,
+             "the cross-validation to finish with its out-of-fold file (the last fold's after-run step)")
     status = json.loads(cli(cv_env, "status", "cvt", "--json").stdout)
     assert status["state"] == "finished" and [f["state"] for f in status["folds"]] == ["finished"] * 3
     for key in ("accuracy", "f1_macro"):

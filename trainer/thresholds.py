@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
+
+from trainer.contention import Decision as Alert  # an `alert` event to emit: starts (warning) or is over (info)
 
 GB = 1e9
 PHASE_RATES = 1800
@@ -23,15 +25,6 @@ MIN_RATES = 30
 LOSSES = 200
 """Training losses the loss median is taken over."""
 MIN_LOSSES = 50
-
-
-@dataclass
-class Alert:
-    """An `alert` event to emit: starts (warning) or is over (info)."""
-
-    level: str
-    message: str
-    data: dict = field(default_factory=dict)
 
 
 class Hysteresis:

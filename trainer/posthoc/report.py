@@ -54,7 +54,11 @@ CALIBRATION = ("ece", "mce", "brier", "nll")
 def main(args, run_dir) -> int:
     """`longhaul report`: write the report, print where (and any section left incomplete)."""
     problems: list[str] = []
-    path = write_report(run_dir, getattr(args, "out", None), problems)
+    return say_written(write_report(run_dir, getattr(args, "out", None), problems), problems)
+
+
+def say_written(path: Path, problems: list[str]) -> int:
+    """Where a page went, and what it left out (on stderr)."""
     for problem in problems:
         print(f"longhaul report: warning: {problem}", file=sys.stderr)
     print(f"report: {path}")

@@ -12,7 +12,6 @@ Torch-free: numpy, and matplotlib through report_figures.
 from __future__ import annotations
 
 import html
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from trainer.history import load_summary
 from trainer.monitor import Monitor
-from trainer.posthoc.report import STYLE, _Html, fmt_time, note, table
+from trainer.posthoc.report import STYLE, _Html, fmt_time, note, say_written, table
 from trainer.posthoc.report_figures import ANNOTATE_CLASSES, ReportError, embed, figure, require_matplotlib
 from trainer.run.compare import column_names, compare_runs, table_rows
 from trainer.run.evaluation import headline_result, read_evaluation
@@ -37,11 +36,7 @@ AXES = ("step", "time")
 def main(args, run_dirs: list[Path]) -> int:
     """`longhaul report --compare`: write the page, print where (and anything left out)."""
     problems: list[str] = []
-    path = write_compare_report(run_dirs, getattr(args, "out", None), problems)
-    for problem in problems:
-        print(f"longhaul report: warning: {problem}", file=sys.stderr)
-    print(f"report: {path}")
-    return 0
+    return say_written(write_compare_report(run_dirs, getattr(args, "out", None), problems), problems)
 
 
 def default_name(names: Sequence[str]) -> str:
