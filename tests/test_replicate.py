@@ -117,6 +117,25 @@ def test_a_copy_that_does_not_match_the_manifest_is_refused_and_leaves_nothing(t
     assert verify(run.checkpoint(5), 5)[1] is None
 
 
+def test_a_sync_killed_while_copying_a_checkpoint_already_holds_its_history(tmp_path, replica_root, monkeypatch):
+    run = make_run(tmp_path)
+    save(run, [1])
+    Replica(run.path, replica_root).sync()
+    with open(run.history, "ab") as fh:  # step 2 logged its rows, then its checkpoint landed
+        fh.write(b"2" * 500)
+    save(run, [2])
+
+    def power_cut(*args, **kwargs):
+        raise KeyboardInterrupt  # the daemon dies in the middle of the checkpoint copy
+
+    monkeypatch.setattr(replica_module, "copy_checkpoint", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        Replica(run.path, replica_root).sync()
+    copy = copy_of(tmp_path, run)
+    assert copy.history.read_bytes() == run.history.read_bytes()  # rows of every checkpoint it may get
+    assert local_steps(copy) == [1]
+
+
 def test_retention_applies_in_the_replica_after_the_new_checkpoint_landed(tmp_path, replica_root):
     run = make_run(tmp_path)
     save(run, [1, 2, 3], keep_last=2)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.daemon_helpers import make_run, read_events, wait_exit, wait_for
-from tests.longhaul_cli import assert_bit_identical, cli, cli_env, status
+from tests.longhaul_cli import assert_bit_identical, cli, cli_env, logged_steps, status
 from tests.run_configs import POWERCUT
 from trainer.watchdog import FLOOR, STEP_TIMES, StallWatch
 
@@ -178,19 +178,24 @@ def test_with_restart_a_stalled_trainer_is_killed_and_restarted_from_its_checkpo
 # ---------------------------------------------------------------------- the real engine
 @pytest.mark.slow
 def test_sigstopped_engine_is_restarted_by_the_watchdog_and_ends_bit_identical(tmp_path, runtime_dir):
+    from trainer.run.state import StateFile
+
     env = cli_env(tmp_path / "runs", runtime_dir)
     config = tmp_path / "stall.yaml"
-    config.write_text(yaml.safe_dump({**POWERCUT, "name": "stall", "phases": [{"name": "a", "epochs": 30}],
+    # 1,350 steps: a quiet box trains this model at hundreds of steps a second, and the stop must
+    # come while it trains
+    config.write_text(yaml.safe_dump({**POWERCUT, "name": "stall", "phases": [{"name": "a", "epochs": 150}],
                                       "watchdog": {"stall_seconds": 5.0, "restart": True},
                                       "daemon": {"backoff_seconds": 0.5}}))
     cli(env, "train", str(config), "--run-dir", str(tmp_path / "reference"), "--quiet")
     cli(env, "start", str(config))
     run_dir = tmp_path / "runs" / "stall"
-    wait_for(lambda: status(env, "stall")["state"] == "running" and (status(env, "stall").get("step") or 0) >= 40,
-             180, "training progress")
-    daemon_pid = status(env, "stall")["pid"]
-    worker = psutil.Process(daemon_pid).children()[0]
+    state = lambda: StateFile(run_dir).read()  # read here: a status process per poll is too slow
+    wait_for(lambda: state().get("state") == "running" and (state().get("step") or 0) >= 40, 180,
+             "training progress", interval=0.01)
+    worker = psutil.Process(state()["pid"]).children()[0]
     worker.suspend()  # SIGSTOP
+    assert logged_steps(run_dir) < state()["total_steps"], "the run ended before the stop; lengthen it"
     wait_for(lambda: status(env, "stall")["state"] == "finished", 300, "the run to finish")
     events = read_events(run_dir)
     assert any(e["kind"] == "alert" and e["data"].get("what") == "stalled" for e in events)

@@ -1,15 +1,18 @@
 """The replica of a run: `DIR/<name>/`, laid out like the run directory, kept up to date after
 each checkpoint by `Replica.sync` (the daemon calls it from its replication thread). No torch.
 
-What a sync does, in this order, so that a replica is always a run that can be resumed:
-1. checkpoints the run directory has and the replica lacks are copied into `ckpt/.tmp-...`,
+What a sync does, in this order, so that a replica is always a run that can be resumed exactly:
+1. the run's files: append-only ones (history, events, train.log) get only their new bytes,
+   the others (config, plan, state, best.pt, ...) are copied whole when their size or mtime
+   changed, through a temp file and a rename. They come first: every checkpoint this sync copies
+   had landed before it began, so the history copied holds every record up to each one's offset
+   (it may run past it: a resume cuts it back, trainer/resume.py). Copied after the checkpoints,
+   a sync killed in between (the box losing power) left a checkpoint whose history rows were not
+   in the replica, and the restored run lost them;
+2. checkpoints the run directory has and the replica lacks are copied into `ckpt/.tmp-...`,
    fsynced, verified against their manifest (trainer.run.manifest, every byte re-hashed) and only
    then renamed to `step-N`: a crash mid-copy leaves a temp directory the next sync removes,
    never a half checkpoint under a checkpoint's name;
-2. the run's files: append-only ones (history, events, train.log) get only their new bytes,
-   the others (config, plan, state, best.pt, ...) are copied whole when their size or mtime
-   changed, through a temp file and a rename. They are copied after the checkpoint, so the
-   history may run past it; a resume cuts it back to the checkpoint's offset (trainer/resume.py);
 3. retention: replica checkpoints the run directory no longer has are removed.
 """
 from __future__ import annotations
@@ -101,9 +104,10 @@ class Replica:
         try:
             self._prepare()
             self._claim()
-            for step in self._missing_steps():
-                self._copy_checkpoint(step, result)
+            missing = self._missing_steps()  # listed first: one landing later waits for the next sync
             self._copy_run_files(result)
+            for step in missing:
+                self._copy_checkpoint(step, result)
             self._apply_retention(result)
         except OSError as exc:
             raise ReplicaError(f"replica {self.target.path}: {_os_error_text(exc)}") from exc
