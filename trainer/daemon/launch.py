@@ -181,13 +181,9 @@ def start_queued(root: Path, worker_script: Optional[Path] = None,
                  settings: Optional[dict] = None) -> list[tuple[Path, Optional[str]]]:
     """Start the queued runs of `root` that may start now (trainer.run.queue.dispatch); each
     (run dir, None) started or (run dir, why not)."""
-    from trainer.run import queue, registry
+    from trainer.run import queue
 
-    def box_runs() -> list[Path]:
-        under_root = [p for p in Path(root).iterdir() if p.is_dir()] if Path(root).is_dir() else []
-        return list(dict.fromkeys(under_root + registry.registered()))
-
-    started = queue.dispatch(root, box_runs, lambda run_dir: launch_daemon(run_dir, worker_script, settings=settings))
+    started = queue.dispatch(root, lambda: queue.box_runs(root), lambda run_dir: launch_daemon(run_dir, worker_script, settings=settings))
     for run_dir, error in started:
         log.info("queued run %s %s", run_dir.name, f"did not start: {error}" if error else "started")
     return started

@@ -117,7 +117,7 @@ def _rebuilt(root: Path, why: str) -> Queue:
     """The queue from the run directories under `root` whose state.json says queued, in the order
     they were queued; their dependencies come back from the same file."""
     entries = []
-    for path in _candidates(root):
+    for path in box_runs(root):
         state = read_state(path)
         if state.get("state") == QUEUED and state.get("queue_root", str(root)) == str(root):
             entries.append(Entry(str(path.absolute()), list(state.get("after") or []),
@@ -128,13 +128,15 @@ def _rebuilt(root: Path, why: str) -> Queue:
     return Queue(root, entries, rebuilt=why)
 
 
-def _candidates(root: Path) -> list[Path]:
-    """Run directories a queue of `root` may name: those under it and the registered ones."""
+def box_runs(root: Path) -> list[Path]:
+    """The box's run directories as a queue of `root` sees them: those under it (by name), then
+    the registered ones. Where a queue's runs may be, which runs take slots, whose speed tells
+    how long a queued run takes."""
     from trainer.run import registry
 
+    root = Path(root)
     paths = [p for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
-    paths += [p for p in registry.registered() if p.parent != root]
-    return [p for p in paths if is_run_dir(p)]
+    return [p for p in dict.fromkeys(paths + registry.registered()) if is_run_dir(p)]
 
 
 def _write(queue: Queue) -> None:

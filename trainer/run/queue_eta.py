@@ -21,7 +21,7 @@ from typing import Optional
 import yaml
 
 from trainer.run.plan import read_plan
-from trainer.run.rundir import RunDir, is_run_dir
+from trainer.run.rundir import RunDir
 from trainer.run.state import LIVE_STATES, effective_state, read_state
 
 
@@ -109,14 +109,10 @@ def _finished_or_live_runs(root: Path) -> list[dict]:
     """Every run of the box that trained (newest first): its state, ETA, config, training
     examples (plan.json) and samples/s (the history's tail)."""
     from trainer.history.tail import recent_rate
-    from trainer.run import registry
+    from trainer.run.queue import box_runs
 
-    paths = [p for p in sorted(Path(root).iterdir()) if p.is_dir()] if Path(root).is_dir() else []
-    paths = list(dict.fromkeys(paths + registry.registered()))
     runs = []
-    for path in paths:
-        if not is_run_dir(path):
-            continue
+    for path in box_runs(root):
         state = read_state(path)
         if state.get("state") == "queued" or not (RunDir(path).plan.exists() or state.get("state") in LIVE_STATES):
             continue  # never trained: nothing to learn from, no slot taken
