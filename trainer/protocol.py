@@ -222,6 +222,13 @@ BODIES: dict[str, dict[str, Spec]] = {
     "process": {"pid": INT, "name": STR, "cpu": NUM, "rss": INT,
                 "role": one_of("trainer", "daemon", "loader", "other")},
     "thread": {"tid": INT, "cpu": NUM},
+    # one rank of a data-parallel run (trainer/distributed.py): its host, its last logged step's
+    # seconds, the share of that step spent waiting for data and, exposed, in the gradient allreduce
+    "rank": {"rank": INT, "host": STR, "step_seconds": NUM, "data_share": NUM, "allreduce_share": NUM_OR_NULL},
+    "world": {"world_size": INT, "ranks": ListOf(Body("rank"))},
+    # one GPU of the box (NVIDIA's management library); util in %, memory in bytes, temperature in C
+    "gpu": {"index": INT, "name": STR, "util_percent": NUM_OR_NULL, "mem_used": INT, "mem_total": INT,
+            "temp_c": NUM_OR_NULL},
     "snapshot": {
         "state": STR,
         "config": Body("config_summary"),
@@ -252,6 +259,8 @@ MESSAGES: dict[str, dict[str, Spec]] = {
         "phase_name": STR, "epoch_step": INT, "steps_per_epoch": INT, "elapsed": NUM,
         "eta": NUM_OR_NULL, "phase_etas": ListOf(NUM_OR_NULL), "metrics": MapOf(NUM_OR_NULL),
         "time": NUM,
+        # a data-parallel run only (world size > 1): every rank's step time and shares
+        "world": MayBeAbsent(Body("world")),
     },
     # seq is set by the daemon on every event it sends to clients; the worker sends none.
     "event": {"seq": MayBeAbsent(INT), "time": NUM, "kind": STR, "level": one_of(*LEVELS),
@@ -265,6 +274,8 @@ MESSAGES: dict[str, dict[str, Spec]] = {
         # absent from daemons older than issue 13: the System view then shows no table
         "processes": MayBeAbsent(ListOf(Body("process"))), "trainer_threads": MayBeAbsent(ListOf(Body("thread"))),
         "cores": MayBeAbsent(INT),
+        # a box with NVIDIA GPUs only (absent without the management library or a GPU)
+        "gpus": MayBeAbsent(ListOf(Body("gpu"))),
     },
     "ack": {"id": INT, "ok": BOOL, "message": STR},
     "pong": {},
