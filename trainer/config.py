@@ -515,6 +515,35 @@ class DaemonConfig(Section):
     """Seconds between system samples sent to clients."""
 
 
+class DistributedConfig(Section):
+    nodes: int = Field(1, ge=1)
+    """Boxes in the data-parallel run; each runs `longhaul start CONFIG --nodes N --rdzv HOST:PORT`."""
+    procs_per_node: int = Field(1, ge=1)
+    """Training processes on each box (ranks); world size = nodes x procs_per_node. Each rank uses
+    `threads` threads: on one box, procs_per_node x threads should not exceed its cores."""
+    rdzv: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:\[\]-]+:[0-9]{1,5}$")
+    """HOST:PORT of the rendezvous (torchrun's c10d rendezvous, hosted by the box at HOST): every
+    box of the run names the same one. Null with nodes 1: a free port on this box."""
+    max_restarts: int = Field(3, ge=0)
+    """Restarts of the whole worker group by torchrun's elastic agent (a rank died, a node was
+    lost) before the agent gives up; then the daemon's crash policy (daemon.max_restarts, with
+    backoff) counts one crash and starts the agent again."""
+    min_nodes: Optional[int] = Field(None, ge=1)
+    """Elastic: train on as few as this many boxes when others are lost (world size changes, with
+    a warning: bit-exact resume holds only at a fixed world size). Null: all `nodes` are needed."""
+    timeout_seconds: float = Field(600.0, gt=0.0)
+    """How long a rank waits for the others in one collective before the group is restarted (a
+    node that stopped answering)."""
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
 NOTIFY_EVENTS = ("finished", "failed", "stopped", "crash", "restart", "new_best", "alert", "resolved",
                  "stalled", "oversubscribed", "evaluation", "report", "*")
 """What a notify rule's `on` may name besides an alert's `what` (trainer/notify.py's `event_names`
@@ -524,7 +553,7 @@ ALERT_WHATS = ("nan_loss", "evaluation_failed", "report_missing", "report_failed
                "write_failed", "write_resumed", "disk_space_back", "stop_refused", "starting_over", "history_gap",
                "ema_slow", "no_best", "history", "worker_protocol", "state", "stalled", "cpu_temperature",
                "memory", "swap", "disk_space", "throughput", "loss_spike", "notify_failed", "notify_config",
-               "replica_failed", "replica_ok")
+               "replica_failed", "replica_ok", "node_lost", "world_size")
 """Every `what` of an `alert` event (docs/PROTOCOL.md's table; tests/test_notify.py checks the two
 agree): a notify rule may name one, and a misspelt name is an error rather than a rule that never fires."""
 
@@ -653,6 +682,9 @@ class RunConfig(Section):
     """Checkpointing and retention."""
     daemon: DaemonConfig = DaemonConfig()
     """Daemon supervision (longhaul start)."""
+    distributed: DistributedConfig = DistributedConfig()
+    """Data-parallel training over processes and boxes (torch.distributed, gloo, under torchrun):
+    the global batch is optim.batch_size, split evenly over the ranks."""
     watchdog: WatchdogConfig = WatchdogConfig()
     """The daemon's stall watchdog."""
     alerts: AlertsConfig = AlertsConfig()
@@ -786,7 +818,28 @@ def _semantic_problems(cfg: RunConfig, check_paths: bool, check_model: bool) -> 
         if problem:
             problems.append(("model.name", problem))
     problems += _plan_problems(cfg) + _tta_problems(cfg) + _store_problems(cfg, check_paths) + _fold_problems(cfg)
-    problems += _pipeline_problems(cfg)
+    problems += _pipeline_problems(cfg) + _distributed_problems(cfg)
+    return problems
+
+
+def _distributed_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Every rank takes an equal share of each batch: the global batch must divide evenly."""
+    d = cfg.distributed
+    problems = []
+    if d.nodes > 1 and d.rdzv is None:
+        problems.append(("distributed.rdzv", f"required with {d.nodes} nodes: HOST:PORT of the rendezvous, the "
+                                             "same on every box (e.g. the first box's address and a free port)"))
+    if d.min_nodes is not None and d.min_nodes > d.nodes:
+        problems.append(("distributed.min_nodes", f"must be <= distributed.nodes ({d.nodes}), found {d.min_nodes}"))
+    if not d.enabled:
+        return problems
+    sizes = [("optim.batch_size", cfg.optim.batch_size)]
+    sizes += [(f"phases.{i}.batch_size", p.batch_size) for i, p in enumerate(cfg.phases) if p.batch_size]
+    for key, size in sizes:
+        if size % d.world_size:
+            problems.append((key, f"the global batch {size} does not split evenly over world size {d.world_size} "
+                                  f"({d.nodes} node(s) x {d.procs_per_node} process(es)): use a multiple of "
+                                  f"{d.world_size}"))
     return problems
 
 

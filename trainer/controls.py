@@ -9,6 +9,10 @@ from typing import Optional
 from trainer.checkpoint.errors import is_disk_full
 from trainer.disk_space import DISK_POLL_SECONDS
 
+KEEP_WAITING_SECONDS = 5.0
+"""How often rank 0 of a data-parallel run, paused or waiting for disk space, tells the others
+that it still waits (their collectives would time out after distributed.timeout_seconds)."""
+
 
 def must_exit(request_id: Optional[int]) -> bool:
     """Stops with id <= 0 come from the process itself (the worker's INTERNAL_REQUEST_ID when
@@ -20,9 +24,13 @@ def must_exit(request_id: Optional[int]) -> bool:
 class Controls:
     """The request queue of one Trainer (`trainer`: its clock, disk watch and checkpoints)."""
 
-    def __init__(self, trainer, requests: queue.SimpleQueue):
+    def __init__(self, trainer, requests: queue.SimpleQueue, world=None):
         self.trainer = trainer
         self.requests = requests  # (request id, action) pairs
+        # rank 0 of a data-parallel run tells the other ranks every few seconds that it still
+        # waits (trainer/distributed.py); a single process waits for the next request
+        self.world = world
+        self.wait_seconds = KEEP_WAITING_SECONDS if world is not None and world.enabled else None
         self.paused = False
         self.stop_requested: Optional[int] = None  # request id (or -1) of a pending stop
 
@@ -34,15 +42,19 @@ class Controls:
         while self.stop_requested is None:
             try:
                 if disk.full is not None:
-                    request_id, action = self.requests.get(timeout=DISK_POLL_SECONDS)
+                    request_id, action = self.requests.get(timeout=min(DISK_POLL_SECONDS,
+                                                                       self.wait_seconds or DISK_POLL_SECONDS))
                 elif self.paused:
-                    request_id, action = self.requests.get()
+                    request_id, action = self.requests.get(timeout=self.wait_seconds)
                 else:
                     request_id, action = self.requests.get_nowait()
             except queue.Empty:
-                if disk.full is None:
+                if disk.full is None and not self.paused:
                     return
-                disk.try_resume()
+                if self.world is not None:
+                    self.world.keep_waiting()
+                if disk.full is not None:
+                    disk.try_resume()
                 continue
             self._apply_one(request_id, action)
             if not self.paused and disk.full is None and self.requests.empty():

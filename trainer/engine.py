@@ -38,6 +38,7 @@ from trainer.controls import Controls
 from trainer.allocator import keep_step_memory
 from trainer.data import make_loader, mixup_batch, EpochSampler
 from trainer.disk_space import DiskSpace
+from trainer.distributed import FollowerCheckpoints, FollowerHistory, World
 from trainer.ema import make_ema, slow_ema_alert
 from trainer.evaluation import Evaluation
 from trainer.history import HistoryWriter, LossSmoother
@@ -144,15 +145,18 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState):
+def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState, world: Optional[World] = None):
     """Iterator over the rest of the current epoch, one list of (x, y, seconds waited) micro-batches
-    per optimizer step."""
+    per optimizer step (in a data-parallel run, this rank's part of each)."""
     phase = plan.phase_at(state.step)
     per_step = phase.samples_per_step
+    world = world or World()
+    share = (world.rank, world.size, phase.batch_size) if world.enabled else None
     sampler = EpochSampler(n=len(train_set), seed=cfg.seed, epoch=state.epoch, start=state.epoch_step * per_step,
                            length=phase.steps_per_epoch * per_step,
-                           labels=train_set.labels if cfg.data.balanced_sampler else None)
-    loader = make_loader(train_set, phase.batch_size, sampler=sampler, num_workers=cfg.data.num_workers)
+                           labels=train_set.labels if cfg.data.balanced_sampler else None, share=share)
+    loader = make_loader(train_set, phase.batch_size // world.size, sampler=sampler,
+                         num_workers=cfg.data.num_workers)
     with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
         micro = iter(loader)
     while True:
@@ -186,9 +190,11 @@ class Trainer:
         self.config_hash = config_sha256(cfg)
         self.unwritten: list[dict] = []  # history records a full disk refused, in order
         self.early_stop_announced = False
-        self.controls = Controls(self, controls or queue.SimpleQueue())
+        self.world = World.from_env(cfg.distributed.timeout_seconds)
+        self.last_world: Optional[dict] = None  # the progress body's `world` (rank 0 of a group)
+        self.controls = Controls(self, controls or queue.SimpleQueue(), self.world)
         self.disk = DiskSpace(self)
-        self.checkpoints = CheckpointPolicy(self, cfg, self.run_dir)
+        self.checkpoints = CheckpointPolicy(self, cfg, self.run_dir) if self.world.main else FollowerCheckpoints()
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -199,8 +205,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
+        self.world.start()
         with setup_stages.data_stages(self.event, in_ram=cfg.data.store is None):
+            if not self.world.main:
+                self.world.barrier()  # rank 0 prepares a missing feature store first
             self.data = run_data(self)  # prepares a missing store; a resume checks its fingerprint
+            if self.world.main:
+                self.world.barrier()
         if self.data.skipped:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
                        what="bad_data", count=len(self.data.skipped))
@@ -214,24 +225,40 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model)
         self.ema = make_ema(cfg, self.model)
         self.loss_weight = class_weights(cfg.loss.class_weights, self.data.class_counts["train"])
-        self.history = HistoryWriter(self.files.history)
+        self.history = HistoryWriter(self.files.history) if self.world.main else FollowerHistory()
         self.checkpoints.open_store()
         # the mode comes from the config and the data alone, so a resume chooses the same one; a measured
         # run's per-phase decisions come back with the loop state (trainer/compiling.py)
         self.training_forward = compiling.TrainingForward(
-            compiling.choose(cfg.model.compile, self.plan, self.model, self.data.input_shape), self.model,
-            cfg.threads, cfg.threads_follow_load, self.event, str(self.files.config))
-        self.resumed = resume(self)
+            self._compile_choice(), self.model, cfg.threads, cfg.threads_follow_load, self.event, str(self.files.config))
+        self.resumed = self._resume()
         self.evaluation = Evaluation(cfg, self.data, self.plan, self.state, self.model, self.ema, self.channels_last,
                                      self.smoother, self.event, self._train_mode, self.checkpoints.save_best,
-                                     self.publish_progress)
+                                     self.publish_progress, self.world)
         self._apply_phase(self.plan.phase_at(self.state.step), announce=not self.resumed)
-        self._write_plan()
+        if self.world.main:
+            self._write_plan()
         self.checkpoints.estimate = estimate_bytes(self.checkpoint_state())
         alert = None if self.resumed else slow_ema_alert(cfg, self.ema, self.plan)
         if alert is not None:
             message, data = alert
             self.event("alert", "warning", message, **data)
+
+    def _compile_choice(self) -> compiling.CompileChoice:
+        if self.world.enabled:  # a measured choice could differ between ranks (timings)
+            return compiling.CompileChoice("eager", str(self.cfg.model.compile), 0.0,
+                                           "data-parallel runs train eager (model.compile is not used)")
+        return compiling.choose(self.cfg.model.compile, self.plan, self.model, self.data.input_shape)
+
+    def _resume(self) -> bool:
+        """Rank 0 resumes from its newest checkpoint and sends the state to the other ranks."""
+        resumed = resume(self) if self.world.main else None
+        if not self.world.enabled:
+            return resumed
+        state = self.world.from_main(self.checkpoint_state() if resumed else None)
+        if state is not None and not self.world.main:
+            self.restore(state)
+        return state is not None
 
     def _check_monitor(self) -> None:
         """eval.monitor against the data's class count, known only now for folder data: a
@@ -248,7 +275,8 @@ class Trainer:
     def config_summary(self) -> dict:
         return {**self.cfg.summary(), "classes": list(self.classes), "n_train": len(self.data.train),
                 "n_val": len(self.data.val), "compile": self.training_forward.choice.to_dict(),
-                "parameters": sum(p.numel() for p in self.model.parameters())}  # for `longhaul compare`
+                "parameters": sum(p.numel() for p in self.model.parameters()),  # for `longhaul compare`
+                "world_size": self.world.size, "hosts": self.world.hosts}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> str:
@@ -258,7 +286,9 @@ class Trainer:
             self.setup()
         except PrepareStopped:  # a stop while the feature store was prepared: nothing trained yet
             return stopped_while_preparing(self)
-        return self.train()
+        result = self.train()
+        self.world.close()
+        return result
 
     def train(self) -> str:
         """Train until the plan (or max_steps) is done, early stopping triggers, or a stop
@@ -271,32 +301,42 @@ class Trainer:
         while True:
             self._train_until_stop()
             result = self.finish()
-            if result is not None:
-                return result  # else a stop was refused (its checkpoint failed): go on
+            if self.world.agree_stop(result is not None):
+                return result or "stopped"
+            # a stop was refused (its checkpoint failed): go on
+            self.controls.stop_requested = None
 
     def _train_until_stop(self) -> None:
         """Train until the plan is done or a stop request arrives; wait while paused (by a
         request, or for disk space)."""
-        batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state)
+        batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state, self.world)
         while True:
-            self.disk.watch()
-            if self.should_continue() or self.disk.full is not None:
-                self.controls.apply()
-            if self.controls.stop_requested is not None or not self.should_continue():
+            if self._stop_here():
                 return
             try:
                 batch_group = next(batches)
             except StopIteration:  # defensive: the sampler length matches steps_per_epoch
-                batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state)
+                batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state, self.world)
                 continue
             self.train_step(batch_group)
             if self.threads is not None:
                 self.threads.tick()
             if self.state.epoch_step == self.plan.phase_at(self.state.step - 1).steps_per_epoch:
                 self.end_epoch()
-                batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state)
+                batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state, self.world)
             self.checkpoints.maybe_checkpoint()
             self.publish_progress()
+
+    def _stop_here(self) -> bool:
+        """At a step boundary: apply requests and watch the disk (rank 0, which may wait here),
+        then stop if rank 0 says so or the plan is done."""
+        if self.world.main:
+            self.disk.watch()
+            if self.should_continue() or self.disk.full is not None:
+                self.controls.apply()
+        if self.world.agree_stop(self.controls.stop_requested is not None) and self.controls.stop_requested is None:
+            self.controls.stop_requested = 0  # rank 0's stop, which this rank obeys
+        return self.controls.stop_requested is not None or not self.should_continue()
 
     def should_continue(self) -> bool:
         return self.state.step < self.plan.total_steps and not self.state.stopped_early
@@ -309,6 +349,8 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.training_forward.begin_step(phase, state.compile_decisions)
+        self.world.seed_step(cfg.seed, state.step)
+        self.world.clock.reset()
         start = time.perf_counter()
         data_time = sum(t for _, _, t in group)
         total_loss = 0.0
@@ -317,11 +359,14 @@ class Trainer:
                                     state.step * phase.accum_steps + i)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.optim.bf16):
-                logits = self.training_forward(x)
-            loss = self.loss(logits.float(), y_soft)
-            (loss / phase.accum_steps).backward()
+            with self.world.accumulating(self.training_forward.model, last=i == len(group) - 1):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.optim.bf16):
+                    logits = self.training_forward(x)
+                loss = self.loss(logits.float(), y_soft)
+                (loss / phase.accum_steps).backward()
             total_loss += loss.item() / phase.accum_steps
+        exposed = self.world.clock.exposed(time.perf_counter())
+        total_loss = self._group_step(total_loss, time.perf_counter() - start + data_time, data_time, exposed)
         self.checkpoints.fence()  # the optimizer step and EMA update below modify stable tensors
         trainable = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
@@ -342,6 +387,17 @@ class Trainer:
         self.account_time(phase.index, estimate=not compiled)
         self._log_step(phase, total_loss, lr, grad_norm, phase.samples_per_step / max(step_seconds, 1e-9),
                        data_time / max(step_seconds, 1e-9))
+
+    def _group_step(self, loss: float, seconds: float, data_time: float, exposed: Optional[float]) -> float:
+        """The group's mean loss of this step (every rank skips a NaN step together); rank 0
+        keeps every rank's step time and shares for the progress body's `world`."""
+        if not self.world.enabled:
+            return loss
+        share = -1.0 if exposed is None else exposed / max(seconds, 1e-9)
+        stats = self.world.step_stats([loss, seconds, data_time / max(seconds, 1e-9), share])
+        if self.world.main:
+            self.last_world = self.world.body(stats)
+        return float(stats[:, 0].mean())
 
     def account_time(self, phase_index: Optional[int] = None, estimate: bool = True) -> None:
         """Count the time since the last tick as training time (of `phase_index`, by default the
@@ -421,6 +477,8 @@ class Trainer:
     def _apply_phase(self, phase, announce: bool) -> None:
         trainable, total = models.apply_trainable(self.model, phase.trainable)
         self._train_mode()
+        if self.world.enabled:
+            self.training_forward.model = self.world.wrap(self.model)
         if announce:
             self.event("phase", "info", f"phase {phase.index + 1}/{len(self.plan.phases)} {phase.name}: "
                        f"{trainable:,}/{total:,} parameters train, LR x{phase.lr_mult}",
@@ -432,6 +490,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "loop": asdict(self.state), "rng": rng_state(), "threads": self.cfg.threads,
+                "world_size": self.world.size,
                 "train_loss_smooth": self.smoother.value, "history_offset": self.history.tell()}
 
     def restore(self, ckpt: dict) -> None:
@@ -465,7 +524,8 @@ class Trainer:
                 "epoch_step": state.epoch_step, "steps_per_epoch": phase.steps_per_epoch,
                 "elapsed": state.elapsed, "eta": phase_etas[-1], "phase_etas": phase_etas,
                 "metrics": self.last_metrics, "time": time.time(),
-                "last_eval": state.last_eval, "best_eval": state.best_eval}
+                "last_eval": state.last_eval, "best_eval": state.best_eval,
+                **({"world": self.last_world} if self.last_world is not None else {})}
 
     def publish_progress(self) -> None:
         self.publisher.progress(self.progress_body())

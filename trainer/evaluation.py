@@ -18,7 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch.utils.data import Subset
+
 from trainer.data import make_loader
+from trainer.distributed import World
 from trainer.data.windows import evaluation_view, is_windowed, windowed_metrics
 from trainer.metrics import TRAIN_MONITOR, classification_metrics
 
@@ -32,7 +35,8 @@ class Evaluation:
 
     def __init__(self, cfg, data, plan, state, model: torch.nn.Module, ema, channels_last: bool,
                  smoother, event: Callable[..., None], train_mode: Callable[[], None],
-                 on_best: Callable[[], None], publish_progress: Callable[[], None] = lambda: None):
+                 on_best: Callable[[], None], publish_progress: Callable[[], None] = lambda: None,
+                 world: Optional[World] = None):
         self.cfg, self.data, self.plan, self.state = cfg, data, plan, state
         # data.windows: one item per (recording, window), built once (it reads every length)
         self.val = evaluation_view(data.val, cfg, getattr(data, "data_config", None))
@@ -40,6 +44,7 @@ class Evaluation:
         self.smoother = smoother  # the train-loss monitor reads its smoothed value
         self.event, self.train_mode, self.on_best = event, train_mode, on_best
         self.publish_progress = publish_progress
+        self.world = world or World()  # a data-parallel run: each rank evaluates a share (_predict)
         self._alive_at = time.monotonic()
 
     def evaluate(self) -> tuple[dict, dict]:
@@ -80,9 +85,26 @@ class Evaluation:
 
     @torch.no_grad()
     def _evaluate_model(self, model: torch.nn.Module) -> dict:
-        model.eval()
         cfg = self.cfg
-        loader = make_loader(self.val, cfg.eval.batch_size or 2 * cfg.optim.batch_size,
+        probs, y_true, loss_sum = self._predict(model)
+        self.train_mode()
+        if is_windowed(self.val):  # per recording as the headline, per window beside it
+            metrics = windowed_metrics(probs, loss_sum / max(len(y_true), 1), self.val, list(self.data.classes))
+        else:
+            metrics = classification_metrics(y_true, probs, list(self.data.classes),
+                                              loss=loss_sum / max(len(y_true), 1))
+        if cfg.eval.monitor == TRAIN_MONITOR:
+            metrics[TRAIN_MONITOR] = self.smoother.value
+        return metrics
+
+    def _predict(self, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, float]:
+        """(probabilities, labels, summed loss) of the whole validation split, in its order. In a
+        data-parallel run each rank predicts every world-size-th example and all gather the rest,
+        so every rank computes the same metrics as a single process."""
+        model.eval()
+        cfg, world = self.cfg, self.world
+        val = Subset(self.val, world.share_of(len(self.val))) if world.enabled else self.val
+        loader = make_loader(val, cfg.eval.batch_size or 2 * cfg.optim.batch_size,
                              sampler=None, num_workers=cfg.data.num_workers)
         probs, labels, loss_sum = [], [], 0.0
         with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
@@ -95,17 +117,17 @@ class Evaluation:
             probs.append(logits.softmax(dim=1).numpy())
             labels.append(y.numpy())
             self._keep_alive()
-        self.train_mode()
-        y_true = np.concatenate(labels)
-        if is_windowed(self.val):  # per recording as the headline, per window beside it
-            metrics = windowed_metrics(np.concatenate(probs), loss_sum / max(len(y_true), 1), self.val,
-                                       list(self.data.classes))
-        else:
-            metrics = classification_metrics(y_true, np.concatenate(probs), list(self.data.classes),
-                                              loss=loss_sum / max(len(y_true), 1))
-        if cfg.eval.monitor == TRAIN_MONITOR:
-            metrics[TRAIN_MONITOR] = self.smoother.value
-        return metrics
+        classes = len(self.data.classes)
+        probs_np = np.concatenate(probs) if probs else np.zeros((0, classes), np.float32)
+        labels_np = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        if not world.enabled:
+            return probs_np, labels_np, loss_sum
+        parts = world.gather((probs_np, labels_np, loss_sum))
+        all_probs = np.zeros((len(self.val), classes), np.float32)
+        all_labels = np.zeros(len(self.val), np.int64)
+        for rank, (p, y, _) in enumerate(parts):
+            all_probs[rank::world.size], all_labels[rank::world.size] = p, y
+        return all_probs, all_labels, sum(part[2] for part in parts)
 
     def judge(self, metrics: dict, weights: Optional[str] = None) -> None:
         """Apply an evaluation: last/best evaluation, best.pt, plateau, early stopping; `weights`

@@ -52,32 +52,38 @@ class MfccMlp(nn.Module):
     kernel-K convolution over time, the next ones act on each frame alone), and mean and max over
     time pool the frames into one vector for the classifier. The pooled form does not care where
     the word sits in the window and generalised better to unseen voices (bench/learning.py).
+
+    `norm: false` drops the batch norms: in a data-parallel run batch norm normalises each rank's
+    share of a batch, so only a network without it trains step for step as one process would.
     """
 
     def __init__(self, num_classes: int, input_shape: tuple[int, ...], hidden: Iterable[int] = (256, 128),
-                 drop_rate: float = 0.2, context: int | None = None):
+                 drop_rate: float = 0.2, context: int | None = None, norm: bool = True):
         super().__init__()
         self.context = context
+        self.norm = norm
         hidden = list(hidden)
         if context:
             coeffs = math.prod(input_shape[:-1])  # channels x coefficients per frame
-            self.features = nn.Sequential(*self._frame_layers(coeffs, hidden, context, drop_rate))
+            self.features = nn.Sequential(*self._frame_layers(coeffs, hidden, context, drop_rate, norm))
             width = 2 * hidden[-1]  # mean and max
         else:
             layers, prev = [nn.Flatten()], math.prod(input_shape)
             for width in hidden:
-                layers += [nn.Linear(prev, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
+                layers += [nn.Linear(prev, width), nn.BatchNorm1d(width) if norm else nn.Identity(),
+                           nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
                 prev = width
             self.features = nn.Sequential(*layers)
             width = prev
         self.classifier = nn.Linear(width, num_classes)
 
     @staticmethod
-    def _frame_layers(coeffs: int, hidden: list[int], context: int, drop_rate: float) -> list[nn.Module]:
+    def _frame_layers(coeffs: int, hidden: list[int], context: int, drop_rate: float, norm: bool) -> list[nn.Module]:
         layers, prev = [], coeffs
         for i, width in enumerate(hidden):
             kernel = context if i == 0 else 1
-            layers += [nn.Conv1d(prev, width, kernel, padding=kernel // 2, bias=False), nn.BatchNorm1d(width),
+            layers += [nn.Conv1d(prev, width, kernel, padding=kernel // 2, bias=not norm),
+                       nn.BatchNorm1d(width) if norm else nn.Identity(),
                        nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
             prev = width
         return layers

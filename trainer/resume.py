@@ -37,6 +37,11 @@ def resume(trainer) -> bool:
     if ckpt.get("threads") != threads:
         trainer.event("alert", "warning", f"checkpoint was written with {ckpt.get('threads')} threads, running with "
                       f"{threads}: results will not be bit-identical", what="threads")
+    written_by, size = ckpt.get("world_size", 1), trainer.world.size
+    if written_by != size:
+        trainer.event("alert", "warning", f"checkpoint was written by a group of {written_by} rank(s), resuming with "
+                      f"{size}: the global batch and the plan are the same, but results are bit-identical to an "
+                      "uninterrupted run only at a fixed world size", what="world_size", written=written_by, now=size)
     offset = _cut_history(trainer, ckpt["history_offset"])
     trainer.history.reopen()
     trainer.checkpoints.saved_at = (trainer.state.step, offset)

@@ -272,9 +272,50 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trainer.worker",
                                      description="longhaul trainer process (started by the daemon)")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--control-fd", "--fd", dest="control_fd", type=int, required=True,
-                        help="file descriptor of the daemon's socketpair end")
+    channel = parser.add_mutually_exclusive_group(required=True)
+    channel.add_argument("--control-fd", "--fd", dest="control_fd", type=int,
+                         help="file descriptor of the daemon's socketpair end")
+    channel.add_argument("--control-socket", type=Path,
+                         help="the daemon's worker socket, which rank 0 of a torchrun group connects to")
     return parser.parse_args(argv)
+
+
+def group_rank() -> Optional[int]:
+    """This process's rank under torchrun's agent (trainer/daemon/group.py), None outside one."""
+    return int(os.environ["RANK"]) if "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ else None
+
+
+class SilentPublisher:
+    """A rank other than 0: rank 0 reports for the group; this one's log lines and tracebacks
+    still reach train.log through the agent's output."""
+
+    def progress(self, body: dict) -> None: ...
+    def event(self, kind: str, level: str, message: str, **data: Any) -> None: ...
+    def record(self, record: dict) -> None: ...
+    def plan(self, body: dict) -> None: ...
+    def preparing(self, body: dict) -> None: ...
+
+
+def open_link(args: argparse.Namespace, controls: queue.SimpleQueue, on_lost) -> Optional[WorkerLink]:
+    """The channel to the daemon: the inherited socketpair end, or (rank 0 of a group) the
+    worker socket; None for the other ranks of a group."""
+    if args.control_fd is not None:
+        sock = socket.socket(fileno=args.control_fd)
+    elif group_rank() == 0:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(args.control_socket))
+    else:
+        return None
+    sock.setblocking(True)
+    return WorkerLink(sock, controls, on_lost=on_lost).start()
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """A collective of the group failed: a rank died, or a node stopped answering (gloo's
+    connection errors and timeouts)."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return group_rank() is not None and ("gloo" in text or "connection closed by peer" in text
+                                         or "distbackenderror" in text or "timed out" in text)
 
 
 def user_errors() -> tuple[type, ...]:
@@ -305,11 +346,11 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
     # from libraries, which clients mark as such.
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sock = socket.socket(fileno=args.control_fd)
-    sock.setblocking(True)
     controls: queue.SimpleQueue = queue.SimpleQueue()
-    link = WorkerLink(sock, controls, on_lost=fallback.redirect).start()
-    publisher = LinkPublisher(link)
+    link = open_link(args, controls, fallback.redirect)
+    publisher = LinkPublisher(link) if link is not None else SilentPublisher()
+    if group_rank():
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs for the group
 
     def on_term(signum, frame):
         # A second SIGTERM gets the default action: die now.
@@ -317,7 +358,11 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
         log.warning("SIGTERM: stopping at the next step boundary")
         controls.put((INTERNAL_REQUEST_ID, "stop"))
 
-    signal.signal(signal.SIGTERM, on_term)
+    # In a group SIGTERM comes from the agent, which restarts (or ends) the whole group from the
+    # last checkpoint: a rank dies at once rather than stop alone (the daemon stops a group
+    # through rank 0's channel).
+    if group_rank() is None:
+        signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # the stall watchdog asks for every thread's Python stack; fd 2 is the pipe to train.log
     faulthandler.register(STACKS_SIGNAL, file=sys.__stderr__, all_threads=True)
@@ -333,14 +378,12 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
         text = traceback.format_exc()
         sys.stderr.write(text)
         sys.stderr.flush()
-        user_error = is_user_error(exc)
-        what = "cannot train" if user_error else f"trainer crashed: {type(exc).__name__}"
-        publisher.event("crash", "error", f"{what}: {exc}", traceback=text, user_error=user_error)
-        link.close(timeout=5.0)
-        return USER_ERROR_EXIT if user_error else 1
+        return report_crash(exc, text, publisher, link)
     # The engine announces its final state itself; repeat it so the daemon never has to guess
     # (the daemon ignores a state it is already in).
     publisher.event("state", "info", result, state=result)
+    if link is None:  # another rank of a group: rank 0 evaluates and reports
+        return 0
     if result == "finished":  # test evaluation and report; failures are alerts, the run stays finished
         from trainer.posthoc.after import after_run
 
@@ -349,6 +392,23 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
         log.warning("%d history records were not streamed live (daemon was not reading)", link.dropped_records)
     link.close(timeout=10.0)
     return 0
+
+
+def report_crash(exc: BaseException, text: str, publisher, link: Optional[WorkerLink]) -> int:
+    """The crash event (and, when a collective failed, the node_lost alert); the exit code. In a
+    group, an error a restart cannot fix also ends the agent, which would restart it in vain."""
+    user_error = is_user_error(exc)
+    if lost_peer(exc):
+        publisher.event("alert", "error", f"a rank of the data-parallel group stopped answering ({exc}); "
+                        "torchrun's agent restarts the group from the last checkpoint", what="node_lost",
+                        rank=group_rank(), error=str(exc)[:500])
+    what = "cannot train" if user_error else f"trainer crashed: {type(exc).__name__}"
+    publisher.event("crash", "error", f"{what}: {exc}", traceback=text, user_error=user_error)
+    if link is not None:
+        link.close(timeout=5.0)
+    if user_error and group_rank() is not None:
+        os.kill(os.getppid(), signal.SIGTERM)
+    return USER_ERROR_EXIT if user_error else 1
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ class Daemon:
         await self.hub.listen(self.lock.socket_file)
         sampler = self._spawn(self._sample_system())
         stalls = self._spawn(self.watch.watch_stalls(self.cfg.daemon.system_interval))
+        self.supervisor.distributed = self.cfg.distributed
         final = await self.supervisor.supervise(self.cfg.daemon)
         sampler.cancel()
         stalls.cancel()

@@ -18,12 +18,12 @@ import collections
 import logging
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from trainer import protocol
+from trainer.daemon.group import PairChannel, WorkerSocket, torchrun_argv
 from trainer.daemon.journal import MAX_LOG_LINE, clean_line
 from trainer.daemon.requests import Pending, Requests
 from trainer.daemon.settings import Settings
@@ -99,6 +99,9 @@ class Supervisor:
         self.stop_reason: Optional[str] = None
         self.stop_event = asyncio.Event()
         self._stop_timer: Optional[asyncio.Task] = None
+        self.distributed = None  # the run's `distributed` section; world size > 1: a torchrun group
+        self.generations = 0  # rank-0 connections of the current agent (group.py)
+        self.user_error = False  # the worker's crash said a restart cannot help
 
     @property
     def running(self) -> bool:
@@ -207,7 +210,7 @@ class Supervisor:
                                     stop_reason=self.stop_reason)
                 return "stopped"
             self.requests.finish("failed")
-            if returncode == USER_ERROR_EXIT:
+            if returncode == USER_ERROR_EXIT or self.user_error:  # a group's agent exits 1 for it
                 self.host.set_state("failed", "the trainer stopped on an error in the config or the data; a restart "
                                     "cannot fix it (see the crash event or train.log)", level="error")
                 return "failed"
@@ -251,7 +254,7 @@ class Supervisor:
         if self.traceback:
             last = self.traceback.strip().splitlines()[-1:]
             text += f": {last[0]}" if last else ""
-        user_error = returncode == USER_ERROR_EXIT
+        user_error = returncode == USER_ERROR_EXIT or self.user_error
         if user_error:
             text = "cannot train" + text[text.index(":"):] if ":" in text else "cannot train: error in the config or data"
         self.host.emit("crash", "error", text, {"returncode": returncode, "signal": signum, "signal_name": signame,
@@ -259,45 +262,71 @@ class Supervisor:
 
     # ------------------------------------------------------------------ one worker
     async def _run_worker(self) -> Optional[int]:
-        """Start the worker, relay it until it exits, return its exit code (None: no start)."""
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [*self.argv, str(self.run_dir), "--control-fd", str(child.fileno())]
-        self.last_state = None
-        self.traceback = None
-        self.killed_why = None
-        self.checkpointed = False
+        """Start the worker (a data-parallel run: torchrun's agent and its group, trainer/daemon/
+        group.py), relay it until it exits, return its exit code (None: no start)."""
+        group = self.distributed is not None and self.distributed.enabled
+        channel = await WorkerSocket(self.run_dir, self._serve_rank_zero).open() if group else PairChannel()
+        command = torchrun_argv(self.argv, self.distributed, self.run_dir.name) if group else self.argv
+        argv = [*command, str(self.run_dir), *channel.worker_args]
+        self.last_state = self.traceback = self.killed_why = None
+        self.checkpointed = self.user_error = False
+        self.generations = 0
         self.host.worker_starting()
         self.stderr_tail.clear()
         env = {**child_env(), "PYTHONUNBUFFERED": "1"}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(child.fileno(),), env=env, cwd=str(self.run_dir))
+                pass_fds=channel.pass_fds, env=env, cwd=str(self.run_dir))
         except OSError as exc:
-            parent.close()
+            channel.close()
             self.stderr_tail.append(f"cannot start {argv[0]}: {exc}")
             return None
         finally:
-            child.close()
+            channel.spawned()
         log.info("worker started (pid %d)", proc.pid)
-        reader, writer = await asyncio.open_unix_connection(sock=parent)
-        self.proc, self.writer = proc, writer
-        if self.shutting_down:  # the signal came while the worker was being started
-            self.begin_stop(Pending(None, 0, "stop"), self.stop_reason)
+        self.proc = proc
         relays = [asyncio.create_task(self._pump_output(proc.stdout, "stdout")),
-                  asyncio.create_task(self._pump_output(proc.stderr, "stderr")),
-                  asyncio.create_task(self._read_worker(reader, proc))]
+                  asyncio.create_task(self._pump_output(proc.stderr, "stderr"))]
+        if not group:
+            reader, self.writer = await channel.connect()
+            if self.shutting_down:  # the signal came while the worker was being started
+                self.begin_stop(Pending(None, 0, "stop"), self.stop_reason)
+            relays.append(asyncio.create_task(self._read_worker(reader, proc)))
         returncode = await proc.wait()
         log.info("worker %d exited with %d", proc.pid, returncode)
-        self.proc, self.writer = None, None  # requests from now on are refused
+        writer, self.proc, self.writer = self.writer, None, None  # requests from now on are refused
         # Drain what the worker sent before exiting; children it left behind may hold the
         # pipes open, hence the timeout.
         _done, late = await asyncio.wait(relays, timeout=5.0)
         for task in late:
             task.cancel()
-        writer.close()
+        if writer is not None:
+            writer.close()
+        channel.close()
         self.host.worker_exited()
         return returncode
+
+    async def _serve_rank_zero(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Rank 0 of a group connected: the daemon's worker until it goes. A second connection
+        from the same agent is a group the agent restarted (a rank died or a node was lost)."""
+        self.generations += 1
+        if self.generations > 1:
+            self.host.emit("restart", "warning", f"torchrun's agent restarted the worker group (restart "
+                           f"{self.generations - 1} of {self.distributed.max_restarts}): a rank exited or a node "
+                           "was lost; it resumes from the last checkpoint",
+                           {"attempt": self.generations - 1, "max_restarts": self.distributed.max_restarts,
+                            "agent": True, "delay": 0.0})
+            self.host.worker_starting()
+        self.writer = writer
+        if self.shutting_down:
+            self.begin_stop(Pending(None, 0, "stop"), self.stop_reason)
+        try:
+            await self._read_worker(reader, self.proc)
+        finally:
+            if self.writer is writer:
+                self.writer = None
+            writer.close()
 
     async def _read_worker(self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process) -> None:
         while True:
@@ -313,6 +342,7 @@ class Supervisor:
             if msg["type"] == "event" and msg["kind"] == "crash":
                 # reported once, with the exit code, when the worker has exited
                 self.traceback = msg["data"].get("traceback") or msg["message"]
+                self.user_error = bool(msg["data"].get("user_error"))
                 continue
             try:
                 await self.host.on_worker_frame(msg)

@@ -34,10 +34,15 @@ class EpochSampler(Sampler):
     consumed before a resume (k * batch_size after k micro-batches), so the resumed epoch goes on
     with exactly the items that were next. `labels` (the training labels, data.balanced_sampler)
     makes the order class-balanced (epoch_order).
+
+    In a data-parallel run (`share`: (rank, world size, global micro-batch)), positions are still
+    those of the whole epoch, and each run of `batch` positions is one global micro-batch, of
+    which rank r takes its r-th equal part: the ranks' parts of one step together are exactly the
+    batch a single process would train on.
     """
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0, length: Optional[int] = None,
-                 labels: Optional[Sequence[int]] = None):
+                 labels: Optional[Sequence[int]] = None, share: Optional[tuple[int, int, int]] = None):
         length = n if length is None else length
         if not 0 <= length <= n:
             raise ValueError(f"epoch length must be in 0..{n} (the dataset size), got {length}")
@@ -47,14 +52,28 @@ class EpochSampler(Sampler):
             raise ValueError(f"{len(labels)} labels for {n} examples")
         self.n, self.seed, self.epoch, self.start, self.length = n, seed, epoch, start, length
         self.labels = labels
+        self.share = share
+        if share is not None:
+            rank, world, batch = share
+            if batch % world or not 0 <= rank < world or start % batch:
+                raise ValueError(f"rank {rank} of {world} cannot take an equal part of batches of {batch} "
+                                 f"from position {start}")
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = epoch_order(self.n, self.seed, self.epoch, self.labels)
-        for index in order[self.start:self.length]:
+        order = epoch_order(self.n, self.seed, self.epoch, self.labels)[self.start:self.length]
+        if self.share is not None:
+            rank, world, batch = self.share
+            part = batch // world
+            full = len(order) - len(order) % batch  # an incomplete last batch is split nowhere
+            order = order[:full].reshape(-1, world, part)[:, rank].reshape(-1)
+        for index in order:
             yield (self.epoch, int(index))
 
     def __len__(self) -> int:
-        return self.length - self.start
+        if self.share is None:
+            return self.length - self.start
+        rank, world, batch = self.share
+        return (self.length - self.start) // batch * (batch // world)
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[Sampler] = None,

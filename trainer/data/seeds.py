@@ -28,6 +28,7 @@ WINDOW = 7    # where the training window of a long recording starts (data.windo
 BALANCE = 8  # the class-balanced epoch order (balance.balanced_order)
 VARIANT_MAKE = 9  # the draws of a pre-augmented variant, made when the store is prepared
 FOLDS = 10  # the shuffle of the cross-validation folds (data.folds, trainer/data/folds.py)
+STEP_RNG = 11  # a data-parallel rank's reseed of torch's RNG at each step (trainer/distributed.py)
 
 
 def seed_sequence(tag: int, *parts: int) -> np.random.SeedSequence:
