@@ -34,7 +34,26 @@ from trainer.run.status import SORTS, list_runs, ordered, state_label, status as
 def _load(args, check_model: bool = True):
     from trainer.config import load_config
 
-    return load_config(args.config, overrides=args.set or [], check_model=check_model)
+    return load_config(args.config, overrides=[*(args.set or []), *distributed_overrides(args)],
+                       check_model=check_model)
+
+
+def distributed_overrides(args) -> list[str]:
+    """`start --nodes/--procs-per-node/--rdzv/--max-restarts/--min-nodes` as `distributed.*`
+    overrides: the run's config.yaml keeps them, so a resume runs the same group."""
+    keys = {"nodes": "nodes", "procs_per_node": "procs_per_node", "rdzv": "rdzv", "max_restarts": "max_restarts",
+            "min_nodes": "min_nodes"}
+    return [f"distributed.{key}={getattr(args, name)}" for name, key in keys.items()
+            if getattr(args, name, None) is not None]
+
+
+def distributed_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data-parallel training (torch.distributed under torchrun; see docs/DISTRIBUTED.md)")
+    g.add_argument("--nodes", type=int, help="boxes in the run; each runs this same start (distributed.nodes)")
+    g.add_argument("--procs-per-node", type=int, help="training processes on this box (distributed.procs_per_node)")
+    g.add_argument("--rdzv", metavar="HOST:PORT", help="the rendezvous every box names (distributed.rdzv)")
+    g.add_argument("--max-restarts", type=int, help="group restarts by torchrun's agent (distributed.max_restarts)")
+    g.add_argument("--min-nodes", type=int, help="elastic: go on with this many boxes (distributed.min_nodes)")
 
 
 def _print_config_warnings(cfg, args) -> None:
@@ -159,12 +178,16 @@ def cmd_train(args) -> int:
     --run-dir to resume)."""
     import queue
 
-    from trainer.config import load_config
+    from trainer.config import ConfigError, load_config
     from trainer.console import ConsolePublisher
     from trainer.engine import Trainer
 
     cfg = _load(args)
     _print_config_warnings(cfg, args)
+    if cfg.distributed.enabled:
+        raise ConfigError(str(args.config), [("distributed", f"world size {cfg.distributed.world_size}: a data-parallel "
+                                             "run is started by `longhaul start` (its daemon runs torchrun); "
+                                             "`train` runs one process")])
     run_dir, created = _run_dir_for(args, cfg, "train")
     try:
         write_config(run_dir, cfg)
@@ -876,6 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_cmd("start", cmd_start, "start a detached training daemon (or queue it)")
     p.add_argument("--attach", action="store_true", help="open the dashboard right away")
     queue_commands.start_arguments(p)
+    distributed_arguments(p)
     cv_arguments(config_cmd("cv", cmd_cv, CV_HELP, run_dir=False))
     config_cmd("check-data", cmd_check_data, "report on a config's data and exit non-zero on errors", run_dir=False)
     prepare_arguments(config_cmd("prepare", cmd_prepare, PREPARE_HELP, run_dir=False))

@@ -296,6 +296,20 @@ class SilentPublisher:
     def preparing(self, body: dict) -> None: ...
 
 
+def die_with_agent() -> None:
+    """A rank dies when torchrun's agent does (PR_SET_PDEATHSIG): the agent starts each rank in a
+    session of its own, so a power-cut test's (or the OOM killer's) kill of the agent would leave
+    ranks training unsupervised beside the group the daemon starts next."""
+    import ctypes
+
+    agent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        log.warning("cannot tie this rank to its agent: prctl failed (errno %d)", ctypes.get_errno())
+    if os.getppid() != agent:  # the agent died before the tie
+        os._exit(1)
+
+
 def open_link(args: argparse.Namespace, controls: queue.SimpleQueue, on_lost) -> Optional[WorkerLink]:
     """The channel to the daemon: the inherited socketpair end, or (rank 0 of a group) the
     worker socket; None for the other ranks of a group."""
@@ -346,6 +360,8 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
     # from libraries, which clients mark as such.
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if group_rank() is not None:
+        die_with_agent()
     controls: queue.SimpleQueue = queue.SimpleQueue()
     link = open_link(args, controls, fallback.redirect)
     publisher = LinkPublisher(link) if link is not None else SilentPublisher()

@@ -95,6 +95,7 @@ class Daemon:
             await self.notifier.drain()
             return 1
         self.notifier.rules += run_rules(self.cfg)
+        self.journal.write_state(world_size=self.cfg.distributed.world_size)  # status shows it before the plan
         self.contention = ContentionWatch(self.cfg.threads, follows_load=self.cfg.threads_follow_load)
         self.watch = RunWatch(self.cfg, self.emit, self.supervisor, lambda: self.state, self._spawn)
         self.replicator = Replicator.for_run(self.run_dir, self.cfg, self.emit)

@@ -49,6 +49,8 @@ def status(run_dir: Path) -> dict:
         "best": best_metric(state.get("best_eval"), config.get("monitor")),
         "samples_per_s": read_if_changed(files.history, recent_rate),
         "model": config.get("model"),
+        # ranks of a data-parallel run (the daemon writes it at start, the trainer's plan after set-up)
+        "world_size": state.get("world_size") or config.get("world_size") or 1,
         "started": started_time(files.config),
         "evaluation": evaluation_summary(run_dir),
         "pid": state.get("pid") if live else None,
@@ -80,7 +82,7 @@ def missing_status(run_dir: Path) -> dict:
     info = dict.fromkeys(("step", "total_steps", "epoch", "total_epochs", "best", "samples_per_s", "model",
                           "started", "phase", "phase_name", "last_eval", "best_eval", "evaluation", "pid",
                           "socket", "eta", "last_checkpoint_age", "updated", "stop_reason", "pause_reason",
-                          "rebuilt", "queue"))
+                          "rebuilt", "queue", "world_size"))
     info.update(name=run_dir.name, state="missing", launch_failures=0, dir=str(run_dir),
                 error=f"the registered run directory {run_dir} is gone (moved or deleted)")
     return info

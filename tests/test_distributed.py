@@ -1,0 +1,169 @@
+"""Data-parallel training (trainer/distributed.py, trainer/daemon/group.py): 2 ranks x 1 thread
+on this box over loopback, through the real CLI, daemon and torchrun's agent.
+
+- the same global batch gives the same per-step losses as one process (a network without batch
+  norm, dropout or mixup, whose result does not depend on how a batch is split: tolerance 1e-5);
+- SIGKILL of the whole group (daemon, agent, ranks) at random instants, then `longhaul resume`:
+  bit-identical to an uninterrupted 2-rank run (dropout, mixup and EMA on);
+- SIGKILL of one rank: torchrun's agent restarts the group from the last checkpoint and the run
+  finishes;
+- the rank split of the sampler, the config's checks, the status and export contract."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+import yaml
+
+from tests.daemon_helpers import wait_for
+from tests.longhaul_cli import assert_bit_identical, cli, cli_env, logged_steps, status
+from tests.run_configs import POWERCUT, changed
+
+# no batch norm (it normalises each rank's share), no dropout or mixup (drawn per rank): a run
+# whose every step is the same function of the global batch however it is split
+SPLIT_FREE = changed(POWERCUT, **{"name": "dp", "model": {"name": "mfcc_mlp", "drop_rate": 0.0,
+                                                        "options": {"norm": False}},
+                                  "augment": {"gain_db": 3.0}, "eval.ema.enabled": False})
+
+
+def losses(run_dir) -> list[tuple[int, float]]:
+    from trainer.history import read_history
+
+    return [(r["step"], r["train_loss"]) for r in read_history(run_dir / "history.msgpack") if r["kind"] == "train"]
+
+
+def finished(env, name: str, timeout: float = 240) -> dict:
+    wait_for(lambda: status(env, name)["state"] in ("finished", "failed"), timeout, f"{name} to end")
+    info = status(env, name)
+    assert info["state"] == "finished", info
+    return info
+
+
+# ----------------------------------------------------------------------------- units
+def test_each_rank_takes_its_equal_part_of_every_global_batch():
+    from trainer.data.sampler import EpochSampler
+
+    whole = [i for _, i in EpochSampler(40, seed=3, epoch=2, start=8, length=40)]
+    parts = [[i for _, i in EpochSampler(40, seed=3, epoch=2, start=8, length=40, share=(r, 2, 8))] for r in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == 16
+    for batch in range(4):  # global micro-batch b is rank 0's 4 items, then rank 1's
+        assert whole[batch * 8:(batch + 1) * 8] == parts[0][batch * 4:(batch + 1) * 4] + parts[1][batch * 4:(batch + 1) * 4]
+    with pytest.raises(ValueError, match="equal part"):
+        EpochSampler(40, seed=3, epoch=2, share=(0, 3, 8))
+
+
+def test_a_batch_that_does_not_split_over_the_world_is_a_config_error():
+    from trainer.config import ConfigError, build_config
+
+    raw = changed(SPLIT_FREE, **{"distributed.procs_per_node": 3})
+    with pytest.raises(ConfigError) as err:
+        build_config(raw, "dp.yaml", __import__("pathlib").Path("."), check_paths=False, check_model=False)
+    assert "optim.batch_size" in str(err.value) and "world size 3" in str(err.value)
+    with pytest.raises(ConfigError, match="distributed.rdzv"):
+        build_config(changed(SPLIT_FREE, **{"distributed.nodes": 2}), "dp.yaml", __import__("pathlib").Path("."),
+                     check_paths=False, check_model=False)
+
+
+def test_torchrun_command_for_one_box_and_for_several():
+    from trainer.config import DistributedConfig
+    from trainer.daemon.group import torchrun_argv
+
+    one = torchrun_argv(["python", "-m", "trainer.worker"], DistributedConfig(procs_per_node=2), "r")
+    assert "--standalone" in one and one[-2:] == ["-m", "trainer.worker"]
+    assert one[one.index("--nproc-per-node") + 1] == "2"
+    many = torchrun_argv(["python", "-m", "trainer.worker"],
+                         DistributedConfig(nodes=3, min_nodes=2, rdzv="10.0.0.1:29400", max_restarts=5), "run-a")
+    assert many[many.index("--nnodes") + 1] == "2:3" and many[many.index("--rdzv-endpoint") + 1] == "10.0.0.1:29400"
+    assert many[many.index("--rdzv-id") + 1] == "run-a" and many[many.index("--max-restarts") + 1] == "5"
+    assert "--standalone" not in many
+
+
+def test_train_in_the_foreground_refuses_a_group(tmp_path, runtime_dir):
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    config = tmp_path / "dp.yaml"
+    config.write_text(yaml.safe_dump(changed(SPLIT_FREE, **{"distributed.procs_per_node": 2})))
+    result = cli(env, "train", str(config), check=False)
+    assert result.returncode != 0 and "longhaul start" in result.stderr and "distributed" in result.stderr
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_two_ranks_train_step_for_step_like_one_process(tmp_path, runtime_dir):
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    config = tmp_path / "dp.yaml"
+    config.write_text(yaml.safe_dump(SPLIT_FREE))
+    cli(env, "train", str(config), "--run-dir", str(tmp_path / "one"), "--quiet")
+    out = cli(env, "start", str(config), "--nodes", "1", "--procs-per-node", "2", "--name", "dp2").stdout
+    assert "started dp2" in out
+    info = finished(env, "dp2")
+    assert info["world_size"] == 2
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "runs" / "dp2")
+    assert [s for s, _ in one] == [s for s, _ in two] and len(one) == 108
+    worst = max(abs(a - b) / max(abs(a), 1e-9) for (_, a), (_, b) in zip(one, two))
+    assert worst < 1e-5, f"largest relative difference of a step's loss: {worst:.2e}"
+    plan = json.loads((tmp_path / "runs" / "dp2" / "plan.json").read_text())
+    assert plan["config"]["world_size"] == 2 and len(plan["config"]["hosts"]) == 2
+    rows = [json.loads(line) for line in cli(env, "export", "dp2", "--format", "jsonl").stdout.splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [s for s, _ in two]
+
+
+@pytest.mark.slow
+def test_power_cuts_of_a_group_resume_bit_identical_to_an_uninterrupted_group(tmp_path, runtime_dir):
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    config = tmp_path / "powercut.yaml"
+    config.write_text(yaml.safe_dump(changed(POWERCUT, phases=[{"name": "a", "epochs": 25},
+                                                               {"name": "b", "epochs": 25, "lr_mult": 0.5}])))
+    cli(env, "start", str(config), "--procs-per-node", "2", "--name", "reference")
+    finished(env, "reference", 400)
+    cli(env, "start", str(config), "--procs-per-node", "2", "--name", "cut")
+    run_dir = tmp_path / "runs" / "cut"
+    rng = random.Random(17)
+    for kill in range(3):
+        before = logged_steps(run_dir)
+        wait_for(lambda: logged_steps(run_dir) >= before + rng.randint(5, 25), 180, "training progress")
+        time.sleep(rng.uniform(0.0, 0.3))
+        current = status(env, "cut")
+        assert current["state"] == "running", f"kill {kill + 1}: the run is {current['state']}; lengthen it"
+        os.killpg(current["pid"], signal.SIGKILL)  # the daemon and the agent; the ranks die with the agent
+        wait_for(lambda: status(env, "cut")["state"] == "interrupted", 30, "state interrupted")
+        cli(env, "resume", "cut")
+    finished(env, "cut", 400)
+    assert_bit_identical(run_dir, tmp_path / "runs" / "reference")
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_restarted_by_the_agent_and_the_run_finishes(tmp_path, runtime_dir):
+    import psutil
+
+    env = cli_env(tmp_path / "runs", runtime_dir)
+    config = tmp_path / "dp.yaml"
+    config.write_text(yaml.safe_dump(changed(SPLIT_FREE, phases=[{"name": "a", "epochs": 30}])))
+    cli(env, "start", str(config), "--procs-per-node", "2", "--name", "rank")
+    run_dir = tmp_path / "runs" / "rank"
+    wait_for(lambda: logged_steps(run_dir) >= 30 and (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").iterdir()),
+             120, "training and a checkpoint")
+    agent = next(p for p in psutil.Process(status(env, "rank")["pid"]).children() if "torch.distributed.run" in
+                 " ".join(p.cmdline()))
+    wait_for(lambda: len(psutil.pids()) and any(p.environ().get("RANK") == "1" for p in psutil.process_iter()
+                                                if p.pid != agent.pid and _under(p, agent.pid)), 30, "rank 1")
+    rank1 = next(p for p in psutil.process_iter() if _under(p, agent.pid) and p.environ().get("RANK") == "1")
+    rank1.kill()
+    info = finished(env, "rank", 300)
+    assert info["world_size"] == 2
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    restarts = [e for e in events if e["kind"] == "restart" and e["data"].get("agent")]
+    assert len(restarts) == 1, [e["message"] for e in events if e["level"] != "info"]
+    resumes = [e for e in events if e["kind"] == "resume"]
+    assert resumes and resumes[-1]["data"]["step"] > 0
+    steps = [s for s, _ in losses(run_dir)]
+    assert steps == list(range(1, steps[-1] + 1)), "the history has a gap or a repeat after the restart"
+
+
+def _under(proc, ancestor: int) -> bool:
+    try:
+        return any(p.pid == ancestor for p in proc.parents())
+    except Exception:
+        return False
