@@ -169,3 +169,34 @@ async def test_a_single_process_run_has_no_panel(live_run):
         await pilot.pause(0.1)
         assert not app.screen.query_one(RanksPanel).display
         assert app.screen.query_one("#lr-chart").display
+
+
+@async_test
+async def test_a_lost_node_shows_in_the_alert_bar_and_the_events(tmp_path, runtime_dir, live_process):
+    from tui.widgets.alerts import AlertBar
+    from tui.widgets.feeds import FeedTail
+
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
+    frames = tui_fakes.with_world(tui_fakes.read_stream(), tui_fakes.world_body())
+    daemon = DaemonThread(socket_path(run_dir), run_dir, frames=frames).start()
+    app = make_app(run_dir)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.model.step == tui_fakes.LIVE_STEP
+                           and not app.screen._refresh_pending, what="the recorded stream")
+            lost = tui_fakes.event(3000, tui_fakes.T0 + 5, "alert", "error", "rank 1 (boxb) stopped answering",
+                                   what="node_lost", host="boxb", rank=1)
+            message = messages.EventsReceived(lost)
+            message.merge(tui_fakes.event(3001, tui_fakes.T0 + 6, "restart", "warning",
+                                          "restarting the group from the last checkpoint (attempt 1 of 5)",
+                                          attempt=1, delay=2.0, max_restarts=5))
+            app.screen.post_message(message)
+            bar = app.screen.query_one(AlertBar)
+            await wait_for(pilot, lambda: "node lost" in str(bar.render()), what="the alert")
+            line = str(bar.render())
+            assert line.startswith("ERROR 00:00:05 node lost: rank 1 (boxb)") and len(line) <= 78, line
+            events = app.screen.query_one("#dash-events", FeedTail)
+            await wait_for(pilot, lambda: "stopped answering" in str(events.render()) and "restarting the group"
+                           in str(events.render()), what="the events")
+    finally:
+        daemon.close()

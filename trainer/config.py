@@ -524,7 +524,7 @@ ALERT_WHATS = ("nan_loss", "evaluation_failed", "report_missing", "report_failed
                "write_failed", "write_resumed", "disk_space_back", "stop_refused", "starting_over", "history_gap",
                "ema_slow", "no_best", "history", "worker_protocol", "state", "stalled", "cpu_temperature",
                "memory", "swap", "disk_space", "throughput", "loss_spike", "notify_failed", "notify_config",
-               "replica_failed", "replica_ok")
+               "replica_failed", "replica_ok", "node_lost")
 """Every `what` of an `alert` event (docs/PROTOCOL.md's table; tests/test_notify.py checks the two
 agree): a notify rule may name one, and a misspelt name is an error rather than a rule that never fires."""
 
