@@ -98,7 +98,7 @@ class Columns:
         leaves; the numbers stay next to the names on a wide panel."""
         rank = max([1] + [len(str(row.rank)) for row in rows])
         wide = width >= WIDE_WIDTH
-        step, share, allreduce = (8, 8, 11) if wide else (7, 7, 7)
+        step, share, allreduce = (8, 8, 11) if wide else (6, 7, 8)
         marker = " ◀ slowest" if wide else " ◀"
         room = width - rank - 1 - step - share - allreduce - len(marker)
         wanted = max([len(title) - rank - 1] + [len(row.host) for row in rows])
