@@ -13,7 +13,8 @@ from pilot import async_test, make_app  # noqa: E402
 
 from tui.alerts_model import ActionFeedback, AlertBook, alert_key  # noqa: E402
 from tui.model import RunModel  # noqa: E402
-from tui.widgets.alerts import AlertBar, AlertInfo, layout  # noqa: E402
+from tui import fmt  # noqa: E402
+from tui.widgets.alerts import AlertBar, AlertInfo, alert_line, layout  # noqa: E402
 
 T = 1_700_000_000.0
 
@@ -96,6 +97,27 @@ def test_keys_and_one_offs():
     # alerts that name no condition each stand for themselves (offline snapshot problems)
     book = book_of(ev(1, "alert", "warning", "history damaged"), ev(2, "alert", "warning", "plan missing"))
     assert len(book.pending()) == 2
+
+
+def test_a_lost_node_is_an_error_in_front_named_as_such_until_acknowledged_or_finished():
+    # the daemon's order: the node is lost, then the elastic agent restarts the group
+    lost = ev(1, "alert", "error", "rank 1 (boxb) stopped answering", what="node_lost", host="boxb", rank=1)
+    book = book_of(lost, ev(2, "restart", "warning", "restarting the group from step 5000"))
+    assert alert_key(lost) == "alert:node_lost"
+    top = book.top()
+    assert top.key == "alert:node_lost" and top.level == "error" and top.label == "node lost"
+    assert alert_line(top, fmt.frozen_clock(T)) == "22:13:21 node lost: rank 1 (boxb) stopped answering"
+    assert str(layout(AlertInfo(alert=alert_line(top, fmt.frozen_clock(T)), alert_level="error", more_alerts=1),
+                      76, narrow=True)).startswith("ERROR 22:13:21 node lost: rank 1 (boxb)")
+    # the group trains again: the restart is over, the lost node stays until acknowledged
+    book.note_progress(T + 10)
+    assert [a.key for a in book.pending()] == ["alert:node_lost"]
+    book.add_event(ev(3, "finished", "info"))  # a run that came through reads calmly
+    assert book.pending() == []
+    # other alerts keep their kind as label
+    assert book_of(ev(1, "alert", "warning", "swap in use", what="swap")).top().label == ""
+    assert alert_line(book_of(ev(1, "alert", "warning", "swap in use", what="swap")).top(),
+                      fmt.frozen_clock(T)) == "22:13:21 alert: swap in use"
 
 
 def test_sync_reads_only_new_events_and_keeps_acknowledgements_over_a_reconnect():

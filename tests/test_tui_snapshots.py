@@ -1,5 +1,5 @@
 """SVG snapshots (pytest-textual-snapshot) of every view at 80x24 and 160x48: the picker, the
-dashboard, the detail, events and system views, the help, the summary, and the dashboard after a
+dashboard (also of a 2-rank data-parallel run), the detail, events and system views, the help, the summary, and the dashboard after a
 resize there and back (which must also draw exactly what a fresh one draws).
 
 The run views are drawn from the synthetic stream (tests/data/recorded_stream.msgpack, made by
@@ -90,6 +90,20 @@ def test_detail_view(snap_compare, live_run, size):
         await pilot.pause(0.2)
 
     assert snap_compare(make_app(live_run[0]), terminal_size=size, run_before=detail)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_data_parallel_dashboard(snap_compare, tmp_path, runtime_dir, live_process, size):
+    """A 2-rank data-parallel run (issue 17): the ranks panel under the system panel, rank 1 the slowest."""
+    from trainer.run.sockets import socket_path
+
+    run_dir = tui_fakes.write_run_dir(tmp_path / "demo-b0", state="running", pid=live_process)
+    frames = tui_fakes.with_world(tui_fakes.read_stream(), tui_fakes.world_body())
+    daemon = tui_fakes.DaemonThread(socket_path(run_dir), run_dir, frames=frames).start()
+    try:
+        assert snap_compare(make_app(run_dir), terminal_size=size, run_before=settled)
+    finally:
+        daemon.close()
 
 
 def test_offline_dashboard(snap_compare, tmp_path, runtime_dir):

@@ -187,6 +187,24 @@ def build_stream(run_dir: str = "/runs/demo-b0") -> list[dict]:
     return frames
 
 
+def world_body(step_seconds=(0.412, 0.530), hosts=("boxa", "boxb"), data_shares=(0.08, 0.21),
+               allreduce_shares=(0.05, 0.02)) -> dict:
+    """The `world` of a progress frame of a data-parallel run (issue 17), one rank per entry."""
+    ranks = [{"rank": i, "host": host, "step_seconds": seconds, "data_share": data, "allreduce_share": allreduce}
+             for i, (host, seconds, data, allreduce) in enumerate(zip(hosts, step_seconds, data_shares, allreduce_shares))]
+    return {"world_size": len(ranks), "ranks": ranks}
+
+
+def with_world(frames: list[dict], world: dict) -> list[dict]:
+    """The recorded frames as rank 0 of a data-parallel run sends them: `world` in the
+    snapshot's progress and in every live progress frame."""
+    welcome = dict(frames[0])
+    snapshot = dict(welcome["snapshot"])
+    snapshot["progress"] = dict(snapshot["progress"], world=world)
+    welcome["snapshot"] = snapshot
+    return [welcome] + [dict(f, world=world) if f.get("type") == "progress" else f for f in frames[1:]]
+
+
 def write_stream(path: Path = STREAM_PATH) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(protocol.encode(f, protocol.MAX_SERVER_FRAME) for f in build_stream()))

@@ -23,6 +23,10 @@ train.log, state.json): keyed by the file, so "written again" ends "cannot write
 RUNNING_AGAIN = ("running", "paused", "stopping", "stopped", "finished", "failed")
 """States after which a pending restart is over (the next `starting` is part of the restart)."""
 
+ALERT_LABELS = {"node_lost": "node lost"}
+"""What the bar calls an `alert` event of these `data.what`s instead of `alert` (`Alert.label`):
+a lost rank of a data-parallel run says so before its message (`node lost: rank 1 (boxb) ...`)."""
+
 ENDED_BY_PROGRESS = ("restart",)
 """Alerts over once the trainer reports progress made after them (the snapshot's progress of a
 run waiting to restart is older than the restart)."""
@@ -41,6 +45,8 @@ class Alert:
     acknowledged: bool = False
     derived: bool = False
     """Set from other data (`AlertBook.set_condition`), not from an event."""
+    label: str = ""
+    """What the bar calls it (`ALERT_LABELS`); the kind when empty."""
 
     @property
     def severity(self) -> int:
@@ -76,7 +82,7 @@ def resolved_keys(event: dict) -> list[str]:
     elif kind == "alert" and data.get("what") == "disk_space_back":
         keys.append("alert:disk_full")
     elif kind == "finished":  # the run came through: what it recovered from is history (view 3)
-        keys += ["restart", "crash", "alert:disk_full", "checkpoint_failed"]
+        keys += ["restart", "crash", "alert:disk_full", "checkpoint_failed", "alert:node_lost"]
     return keys
 
 
@@ -100,8 +106,10 @@ class AlertBook:
             return
         key = alert_key(event)
         self._order += 1
-        alert = Alert(key=key, level=level, kind=str(event.get("kind") or "?"),
-                      message=str(event.get("message", "")), time=event.get("time"), order=self._order)
+        kind = str(event.get("kind") or "?")
+        label = ALERT_LABELS.get(str((event.get("data") or {}).get("what")), "") if kind == "alert" else ""
+        alert = Alert(key=key, level=level, kind=kind, message=str(event.get("message", "")),
+                      time=event.get("time"), order=self._order, label=label)
         alert.acknowledged = self._identity(alert) in self._acked
         self.active[key] = alert
 

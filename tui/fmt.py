@@ -89,6 +89,20 @@ def percent(fraction: Optional[float]) -> str:
     return MISSING if fraction is None else f"{100 * fraction:.1f}%"
 
 
+def step_time(seconds: Optional[float]) -> str:
+    """The wall time of one training step in at most 6 characters: `412ms`, `1.53s`, `12.4s`,
+    then `duration` (`2m05s`): a step of a few hundred ms reads `0s` as a duration."""
+    if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return MISSING
+    if seconds < 0.9995:
+        return f"{max(0.0, seconds) * 1000:.0f}ms"
+    if seconds < 9.995:
+        return f"{seconds:.2f}s"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    return duration(seconds)
+
+
 @dataclass(frozen=True)
 class Clock:
     """The time source of the UI; tests pass a frozen one so screenshots never change."""

@@ -239,6 +239,14 @@ class RunModel:
         return int((self.progress or {}).get("total_steps") or (self.plan or {}).get("total_steps") or 0)
 
     @property
+    def world(self) -> Optional[dict]:
+        """The ranks of a data-parallel run: the newest progress frame's `world` body (rank 0
+        sends it when the world size is above 1); None for a single process, before the first
+        step, and offline (a run directory keeps no live world)."""
+        world = (self.progress or {}).get("world")
+        return world if isinstance(world, dict) and world.get("ranks") else None
+
+    @property
     def best_step(self) -> Optional[int]:
         """Step of the best evaluation during training (what best.pt holds): the final summary's,
         else the best evaluation seen."""

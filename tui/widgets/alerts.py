@@ -70,11 +70,12 @@ def connection_text(model: RunModel, link: str, disconnect: Optional[Disconnecte
 
 
 def alert_line(alert: Optional[Alert], clock: fmt.Clock) -> str:
-    """`14:05:09 crash: trainer killed by SIGKILL` (a condition derived from other data has no time)."""
+    """`14:05:09 crash: trainer killed by SIGKILL` (a condition derived from other data has no
+    time; an alert with a label, `ALERT_LABELS`, says it instead of its kind)."""
     if alert is None:
         return ""
     at = f"{clock.at(alert.time)} " if alert.time is not None else ""
-    return f"{at}{alert.kind}: {alert.message}"
+    return f"{at}{alert.label or alert.kind}: {alert.message}"
 
 
 def shorten(text: Text, cells: int) -> Text:

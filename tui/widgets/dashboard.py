@@ -11,6 +11,7 @@ from tui import fmt
 from tui.model import ACTIVE_STATES, RunModel, Series
 from tui.widgets.charts import LineChart, MetricTile
 from tui.widgets.feeds import FeedTail
+from tui.widgets.ranks import RANK_ROWS_SHORT, RANK_ROWS_TALL, RanksPanel
 from tui.widgets.system import SystemPanel
 from tui.widgets.timeline import PhaseTimeline, preparing_view, spans_from_plan
 
@@ -68,6 +69,7 @@ class Dashboard(Vertical):
                     yield MetricTile(label, key, value_format=value_format, id=f"tile-{key}")
             with Vertical(id="dash-side"):
                 yield SystemPanel(id="system")
+                yield RanksPanel(id="ranks")
                 yield LineChart(id="lr-chart", value_format=fmt.metric)
         with Horizontal(id="dash-bottom"):
             yield FeedTail("events", self.clock, id="dash-events")
@@ -111,10 +113,12 @@ class Dashboard(Vertical):
         # No current value in the title: the lr tile shows it, and a title that changed at every
         # step repainted the whole chart at every refresh.
         lr_chart.title = "planned LR"
+        tall = self.screen.has_class("-tall")
         system = self.query_one(SystemPanel)
-        system.max_rows = 10 if self.screen.has_class("-tall") else 5
+        system.max_rows = 10 if tall else 5
         system.live = live
         system.system = model.system
+        self._show_ranks(model, lr_chart, tall)
         # One step range for all tiles, so their points line up and a few points stay few marks.
         end = max([model.step, 1] + [s.last_step for s in model.series.values() if s.last_step is not None])
         x_range = (0.0, tiles_right_edge(end))
@@ -124,6 +128,16 @@ class Dashboard(Vertical):
             self._refresh_tile(model, tile)
         self.query_one("#dash-events", FeedTail).sync(model)
         self.query_one("#dash-log", FeedTail).sync(model)
+
+    def _show_ranks(self, model: RunModel, lr_chart: LineChart, tall: bool) -> None:
+        """The ranks of a data-parallel run under the system panel (hidden for one process). On
+        a short terminal they take the planned LR chart's rows (the LR tile keeps the value)."""
+        ranks = self.query_one(RanksPanel)
+        ranks.max_rows = RANK_ROWS_TALL if tall else RANK_ROWS_SHORT
+        ranks.world = model.world
+        show_lr = tall or model.world is None
+        if lr_chart.display != show_lr:
+            lr_chart.display = show_lr
 
     def _refresh_tile(self, model: RunModel, tile: MetricTile) -> None:
         series = model.series.get(tile.key)
