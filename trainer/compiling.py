@@ -87,9 +87,13 @@ def planned_train_flop(plan: Plan, forward_flop: float) -> float:
     return total
 
 
-def choose(setting: bool | str, plan: Plan, model: torch.nn.Module, input_shape: tuple[int, ...]) -> CompileChoice:
-    """The compile mode for `model.compile` = setting (True, False or "auto")."""
+def choose(setting: bool | str, plan: Plan, model: torch.nn.Module, input_shape: tuple[int, ...],
+           group: bool = False) -> CompileChoice:
+    """The compile mode for `model.compile` = setting (True, False or "auto"). A data-parallel
+    run (`group`) trains eager: a measured choice could differ between its ranks."""
     setting = str(setting).lower()
+    if group:
+        return CompileChoice("eager", setting, 0.0, "data-parallel runs train eager (model.compile is not used)")
     if setting == "false":
         return CompileChoice("eager", setting, 0.0, "model.compile is false")
     flop = planned_train_flop(plan, forward_flop_per_sample(model, input_shape))

@@ -168,6 +168,16 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def step(self, loss: float, seconds: float, data_time: float,
+             exposed: Optional[float]) -> tuple[float, Optional[dict]]:
+        """(the group's mean loss of this step, the progress body's `world` on rank 0): every
+        rank skips a NaN step together, and rank 0 shows each rank's step time and shares."""
+        if not self.enabled:
+            return loss, None
+        share = -1.0 if exposed is None else exposed / max(seconds, 1e-9)
+        stats = self.step_stats([loss, seconds, data_time / max(seconds, 1e-9), share])
+        return float(stats[:, 0].mean()), self.body(stats) if self.main else None
+
     def step_stats(self, row: list[float]) -> torch.Tensor:
         """Every rank's `row` (loss, step seconds, data share, exposed allreduce share or -1),
         one row per rank: one small collective per step."""

@@ -43,7 +43,7 @@ from trainer.ema import make_ema, slow_ema_alert
 from trainer.evaluation import Evaluation
 from trainer.history import HistoryWriter, LossSmoother
 from trainer.monitor import monitor_problem
-from trainer.resume import resume
+from trainer.resume import resume_group
 from trainer.run.plan import write_plan
 from trainer.run.rundir import RunDir
 from trainer.schedule import EtaModel, Plan
@@ -145,6 +145,22 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+def check_monitor(cfg: RunConfig, classes, config_path: Path) -> None:
+    """eval.monitor against the data's class count, known only now for folder data: a
+    metric that is never produced (val_auc_roc with 10 classes) would silently never
+    improve, so no best.pt, early stopping on nothing, plateau cuts for nothing."""
+    problem = monitor_problem(cfg.eval.monitor, len(classes))
+    if problem:
+        raise ConfigError(str(config_path), [("eval.monitor", problem)])
+
+
+def make_loss(cfg, weight: Optional[torch.Tensor]):
+    """The training loss of (logits, soft targets): cross-entropy or focal (`cfg`: loss section)."""
+    if cfg.name == "focal":
+        return lambda logits, target: focal_loss(logits, target, cfg.focal_gamma, weight, cfg.label_smoothing)
+    return lambda logits, target: F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
+
+
 def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState, world: Optional[World] = None):
     """Iterator over the rest of the current epoch, one list of (x, y, seconds waited) micro-batches
     per optimizer step (in a data-parallel run, this rank's part of each)."""
@@ -216,7 +232,7 @@ class Trainer:
             self.event("alert", "warning", f"skipped {len(self.data.skipped)} bad data files (data.skip_bad_files)",
                        what="bad_data", count=len(self.data.skipped))
         self.classes = self.data.classes
-        self._check_monitor()
+        check_monitor(cfg, self.classes, self.files.config)
         self.plan = Plan.from_config(cfg, len(self.data.train))
         self.eta = EtaModel(self.plan)
         setup_stages.announce(self.event, "model", f"building model {cfg.model.name} ({len(self.classes)} classes)")
@@ -225,13 +241,15 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model)
         self.ema = make_ema(cfg, self.model)
         self.loss_weight = class_weights(cfg.loss.class_weights, self.data.class_counts["train"])
+        self.loss = make_loss(cfg.loss, self.loss_weight)
         self.history = HistoryWriter(self.files.history) if self.world.main else FollowerHistory()
         self.checkpoints.open_store()
         # the mode comes from the config and the data alone, so a resume chooses the same one; a measured
         # run's per-phase decisions come back with the loop state (trainer/compiling.py)
         self.training_forward = compiling.TrainingForward(
-            self._compile_choice(), self.model, cfg.threads, cfg.threads_follow_load, self.event, str(self.files.config))
-        self.resumed = self._resume()
+            compiling.choose(cfg.model.compile, self.plan, self.model, self.data.input_shape, self.world.enabled),
+            self.model, cfg.threads, cfg.threads_follow_load, self.event, str(self.files.config))
+        self.resumed = resume_group(self)
         self.evaluation = Evaluation(cfg, self.data, self.plan, self.state, self.model, self.ema, self.channels_last,
                                      self.smoother, self.event, self._train_mode, self.checkpoints.save_best,
                                      self.publish_progress, self.world)
@@ -243,30 +261,6 @@ class Trainer:
         if alert is not None:
             message, data = alert
             self.event("alert", "warning", message, **data)
-
-    def _compile_choice(self) -> compiling.CompileChoice:
-        if self.world.enabled:  # a measured choice could differ between ranks (timings)
-            return compiling.CompileChoice("eager", str(self.cfg.model.compile), 0.0,
-                                           "data-parallel runs train eager (model.compile is not used)")
-        return compiling.choose(self.cfg.model.compile, self.plan, self.model, self.data.input_shape)
-
-    def _resume(self) -> bool:
-        """Rank 0 resumes from its newest checkpoint and sends the state to the other ranks."""
-        resumed = resume(self) if self.world.main else None
-        if not self.world.enabled:
-            return resumed
-        state = self.world.from_main(self.checkpoint_state() if resumed else None)
-        if state is not None and not self.world.main:
-            self.restore(state)
-        return state is not None
-
-    def _check_monitor(self) -> None:
-        """eval.monitor against the data's class count, known only now for folder data: a
-        metric that is never produced (val_auc_roc with 10 classes) would silently never
-        improve, so no best.pt, early stopping on nothing, plateau cuts for nothing."""
-        problem = monitor_problem(self.cfg.eval.monitor, len(self.classes))
-        if problem:
-            raise ConfigError(str(self.files.config), [("eval.monitor", problem)])
 
     def _write_plan(self) -> None:
         # fsync'd with its directory: offline readers need it whole
@@ -366,7 +360,8 @@ class Trainer:
                 (loss / phase.accum_steps).backward()
             total_loss += loss.item() / phase.accum_steps
         exposed = self.world.clock.exposed(time.perf_counter())
-        total_loss = self._group_step(total_loss, time.perf_counter() - start + data_time, data_time, exposed)
+        total_loss, self.last_world = self.world.step(total_loss, time.perf_counter() - start + data_time, data_time,
+                                                      exposed)
         self.checkpoints.fence()  # the optimizer step and EMA update below modify stable tensors
         trainable = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
@@ -388,17 +383,6 @@ class Trainer:
         self._log_step(phase, total_loss, lr, grad_norm, phase.samples_per_step / max(step_seconds, 1e-9),
                        data_time / max(step_seconds, 1e-9))
 
-    def _group_step(self, loss: float, seconds: float, data_time: float, exposed: Optional[float]) -> float:
-        """The group's mean loss of this step (every rank skips a NaN step together); rank 0
-        keeps every rank's step time and shares for the progress body's `world`."""
-        if not self.world.enabled:
-            return loss
-        share = -1.0 if exposed is None else exposed / max(seconds, 1e-9)
-        stats = self.world.step_stats([loss, seconds, data_time / max(seconds, 1e-9), share])
-        if self.world.main:
-            self.last_world = self.world.body(stats)
-        return float(stats[:, 0].mean())
-
     def account_time(self, phase_index: Optional[int] = None, estimate: bool = True) -> None:
         """Count the time since the last tick as training time (of `phase_index`, by default the
         current phase's), and unless `estimate` is false (a step that compiled for minutes) as a
@@ -411,12 +395,6 @@ class Trainer:
         self.state.elapsed += seconds
         if estimate:
             self.eta.observe(phase_index, seconds)
-
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg.loss
-        if cfg.name == "focal":
-            return focal_loss(logits, target, cfg.focal_gamma, self.loss_weight, cfg.label_smoothing)
-        return F.cross_entropy(logits, target, weight=self.loss_weight, label_smoothing=cfg.label_smoothing)
 
     def _log_step(self, phase, loss: float, lr: float, grad_norm: float, samples_per_s: float,
                   data_share: float) -> None:
@@ -562,18 +540,24 @@ class Trainer:
         checkpoints.store.close()
         self.publish_progress()
         self.history.close()
-        if stopped:
-            if saved:
-                self.event("request", "info", f"stopped at step {self.state.step}", id=stop_id,
-                           action="stop", outcome="done")
-            self.event("state", "info", "stopped", state="stopped")
-            return "stopped"
-        if self.state.best_step is None:
-            return fail_without_best(self)
-        self.event("finished", "info", f"finished at step {self.state.step}", best=self.state.best_eval,
-                   last=self.state.last_eval, classes=list(self.classes), confusion=self.last_confusion)
-        self.event("state", "info", "finished", state="finished")
-        return "finished"
+        return announce_end(self, stop_id, saved)
+
+
+def announce_end(trainer: Trainer, stop_id: Optional[int], saved: bool) -> str:
+    """The run's last events once its last checkpoint is written: "stopped", "finished", or
+    "failed" (no best)."""
+    state = trainer.state
+    if stop_id is not None:
+        if saved:
+            trainer.event("request", "info", f"stopped at step {state.step}", id=stop_id, action="stop", outcome="done")
+        trainer.event("state", "info", "stopped", state="stopped")
+        return "stopped"
+    if state.best_step is None:
+        return fail_without_best(trainer)
+    trainer.event("finished", "info", f"finished at step {state.step}", best=state.best_eval, last=state.last_eval,
+                  classes=list(trainer.classes), confusion=trainer.last_confusion)
+    trainer.event("state", "info", "finished", state="finished")
+    return "finished"
 
 
 def fail_without_best(trainer: Trainer) -> str:

@@ -52,6 +52,19 @@ def resume(trainer) -> bool:
     return True
 
 
+def resume_group(trainer) -> bool:
+    """`resume` for every rank of a data-parallel run: rank 0 resumes from its newest checkpoint
+    and sends the state to the others (trainer/distributed.py); a single process just resumes."""
+    world = trainer.world
+    resumed = resume(trainer) if world.main else None
+    if not world.enabled:
+        return resumed
+    state = world.from_main(trainer.checkpoint_state() if resumed else None)
+    if state is not None and not world.main:
+        trainer.restore(state)
+    return state is not None
+
+
 def resumed_message(step: int, meta: dict, lost: float) -> str:
     """`resumed from step 1,200: checkpoint PATH (written 5m10s ago); 2m03s of training after it is
     done again`: where the run goes on from, and what the crash cost."""
