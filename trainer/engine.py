@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer import compiling, models, setup_stages
+from trainer import compiling, device, models, setup_stages
 from trainer.checkpoint.capture import estimate_bytes
 from trainer.checkpoint.errors import DiskFullError, is_disk_full
 from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
@@ -135,13 +135,15 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            **device.cuda_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    device.set_cuda_rng_state(state)
 
 
 def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState):
@@ -152,7 +154,8 @@ def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState):
     sampler = EpochSampler(n=len(train_set), seed=cfg.seed, epoch=state.epoch, start=state.epoch_step * per_step,
                            length=phase.steps_per_epoch * per_step,
                            labels=train_set.labels if cfg.data.balanced_sampler else None)
-    loader = make_loader(train_set, phase.batch_size, sampler=sampler, num_workers=cfg.data.num_workers)
+    loader = make_loader(train_set, phase.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                         pin_memory=device.pin_memory())
     with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
         micro = iter(loader)
     while True:
@@ -193,6 +196,7 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         cfg = self.cfg
+        self.placement = device.Placement(cfg, str(self.files.config))  # cpu or cuda, autocast, loss scaler
         keep_step_memory()  # before the first step: activations reused from the heap, not mmapped anew
         torch.set_num_threads(cfg.threads)
         self.threads = follow_load(cfg.threads, cfg.threads_follow_load, torch.set_num_threads, self.event)
@@ -210,10 +214,11 @@ class Trainer:
         self.eta = EtaModel(self.plan)
         setup_stages.announce(self.event, "model", f"building model {cfg.model.name} ({len(self.classes)} classes)")
         self.model = models.build_model(cfg, len(self.classes), self.data.in_chans, self.data.input_shape)
+        self.model.to(self.placement.device)  # before the optimizer and the EMA copy are made
         self.channels_last = cfg.model.channels_last and len(self.data.input_shape) == 3
         self.optimizer = make_optimizer(cfg, self.model)
         self.ema = make_ema(cfg, self.model)
-        self.loss_weight = class_weights(cfg.loss.class_weights, self.data.class_counts["train"])
+        self.loss_weight = self.placement.to(class_weights(cfg.loss.class_weights, self.data.class_counts["train"]))
         self.history = HistoryWriter(self.files.history)
         self.checkpoints.open_store()
         # the mode comes from the config and the data alone, so a resume chooses the same one; a measured
@@ -315,23 +320,22 @@ class Trainer:
         for i, (x, y, _) in enumerate(group):
             x, y_soft = mixup_batch(x, y, len(self.classes), cfg.augment.mixup, cfg.seed, state.epoch,
                                     state.step * phase.accum_steps + i)
+            x, y_soft = self.placement.to(x, y_soft)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.optim.bf16):
+            with self.placement.autocast():
                 logits = self.training_forward(x)
             loss = self.loss(logits.float(), y_soft)
-            (loss / phase.accum_steps).backward()
+            self.placement.backward(loss / phase.accum_steps)  # fp16: scaled
             total_loss += loss.item() / phase.accum_steps
         self.checkpoints.fence()  # the optimizer step and EMA update below modify stable tensors
-        trainable = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else 0.0
+        grad_norm = self.placement.clip(self.optimizer, self.model, cfg.optim.grad_clip)  # fp16: unscaled first
         if math.isfinite(total_loss):
-            self.optimizer.step()
+            self.placement.step(self.optimizer)
         else:
             self.event("alert", "error", f"non-finite loss {total_loss} at step {state.step}: update skipped",
                        what="nan_loss", step=state.step)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.placement.end_step(self.optimizer)  # fp16's scale adapts; the gradients are dropped
         if self.ema is not None:
             # timm counts updates from 1 (its train script passes the count after the step)
             self.ema.update(self.model, step=state.step + 1)
@@ -430,9 +434,9 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         self.state.eta = self.eta.state_dict()
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "loop": asdict(self.state), "rng": rng_state(), "threads": self.cfg.threads,
-                "train_loss_smooth": self.smoother.value, "history_offset": self.history.tell()}
+                "ema": self.ema.state_dict() if self.ema is not None else None, "loop": asdict(self.state),
+                "rng": rng_state(), "threads": self.cfg.threads, "train_loss_smooth": self.smoother.value,
+                "history_offset": self.history.tell(), **self.placement.state_dict()}  # fp16: the scaler
 
     def restore(self, ckpt: dict) -> None:
         """The inverse of checkpoint_state (the history offset is resume's)."""
@@ -444,6 +448,7 @@ class Trainer:
         self.eta.load_state_dict(self.state.eta)
         self.smoother.value = ckpt.get("train_loss_smooth")
         set_rng_state(ckpt["rng"])
+        self.placement.load_state_dict(ckpt)
 
     def stable_tensors(self) -> list[torch.Tensor]:
         """Tensors only the optimizer step and the EMA update after it modify: a checkpoint's

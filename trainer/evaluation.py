@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer import device
 from trainer.data import make_loader
 from trainer.data.windows import evaluation_view, is_windowed, windowed_metrics
 from trainer.metrics import TRAIN_MONITOR, classification_metrics
@@ -82,17 +83,19 @@ class Evaluation:
     def _evaluate_model(self, model: torch.nn.Module) -> dict:
         model.eval()
         cfg = self.cfg
+        where = device.device_of(model)  # the run's device (trainer/device.py)
         loader = make_loader(self.val, cfg.eval.batch_size or 2 * cfg.optim.batch_size,
-                             sampler=None, num_workers=cfg.data.num_workers)
+                             sampler=None, num_workers=cfg.data.num_workers, pin_memory=where.type == "cuda")
         probs, labels, loss_sum = [], [], 0.0
         with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
             batches = iter(loader)
         for x, y in batches:
+            x = device.move(x, where)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            probs.append(logits.softmax(dim=1).numpy())
+            loss_sum += F.cross_entropy(logits, device.move(y, where), reduction="sum").item()
+            probs.append(logits.softmax(dim=1).cpu().numpy())
             labels.append(y.numpy())
             self._keep_alive()
         self.train_mode()
