@@ -118,3 +118,34 @@ def test_device_cpu_and_auto_train_the_same_run_bit_for_bit(tmp_path):
     (cpu_losses, cpu_w), (auto_losses, auto_w) = results["cpu"], results["auto"]
     assert len(cpu_losses) == 8 and cpu_losses == auto_losses
     assert cpu_w.keys() == auto_w.keys() and all(torch.equal(cpu_w[k], auto_w[k]) for k in cpu_w)
+
+
+def test_the_engine_drives_an_enabled_scaler_and_resumes_its_state(tmp_path, monkeypatch):
+    """fp16's sequence (scaled backward, unscale before the clip, step, update, the state in each
+    checkpoint and back on resume) checked here with torch's GradScaler on the CPU, as CUDA's
+    would be (tests/test_gpu.py runs the real one)."""
+    made = []
+
+    def cpu_scaler(where, precision):
+        made.append(torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=3))
+        return made[-1]
+
+    monkeypatch.setattr(device, "make_scaler", cpu_scaler)
+    raw = changed(RESNET_TINY, **MFCC_MLP)
+    cfg = run_config(raw, device="cpu", max_steps=7)
+    first = Trainer(cfg, tmp_path)
+    assert first.run() == "finished"
+    scale = made[0].get_scale()
+    assert scale == 2.0 ** 12  # two growth intervals of 3 finite steps: the scaler was stepped and updated
+    ckpt = first.checkpoints.store.load_latest()[0]
+    assert ckpt["scaler"]["scale"] == scale and ckpt["scaler"]["_growth_tracker"] == 1
+    losses = [r["train_loss"] for r in read_history(tmp_path / "history.msgpack") if r["kind"] == "train"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.undo()
+    assert Trainer(cfg, plain).run() == "finished"  # unscaled gradients: the same training
+    assert losses == [r["train_loss"] for r in read_history(plain / "history.msgpack") if r["kind"] == "train"]
+    monkeypatch.setattr(device, "make_scaler", cpu_scaler)
+    second = Trainer(run_config(raw, device="cpu", max_steps=7), tmp_path)
+    second.setup()  # resumes from the final checkpoint: the scaler's state comes back
+    assert second.resumed and made[-1].get_scale() == scale and made[-1]._get_growth_tracker() == 1
