@@ -115,3 +115,17 @@ def test_config_docs_cover_every_key():
     for key in ("data.synthetic.snr_db", "phases[].trainable", "eval.early_stopping.patience", "checkpoint.interval_seconds"):
         assert f"`{key}`" in text
     assert (ROOT / "docs" / "CONFIG.md").read_text() == text, "regenerate: longhaul config-docs -o docs/CONFIG.md"
+
+
+def test_device_field_and_mixed_precision(tmp_path):
+    assert load_config(write(tmp_path, {})).device == "auto"
+    for name in ("auto", "cpu", "cuda"):  # cuda without a GPU is the engine's set-up error, not the config's
+        assert load_config(write(tmp_path, {"device": name})).device == name
+    found = problems(tmp_path, {"device": "gpu"})
+    assert "'auto', 'cpu' or 'cuda'" in found["device"] and "'gpu'" in found["device"], found
+    # optim.amp next to the older optim.bf16: old configs keep their meaning, a contradiction is refused
+    assert load_config(write(tmp_path, {"optim": {"bf16": True}})).optim.precision == "bf16"
+    assert load_config(write(tmp_path, {})).optim.precision == "none"
+    assert load_config(write(tmp_path, {"optim": {"amp": "fp16"}})).optim.precision == "fp16"
+    assert "contradicts optim.bf16" in problems(tmp_path, {"optim": {"bf16": True, "amp": "fp16"}})["optim.amp"]
+    assert "optim.amp" in problems(tmp_path, {"optim": {"amp": "fp8"}})

@@ -269,6 +269,35 @@ def test_resume_refuses_a_config_that_does_not_match_the_checkpoint(tmp_path):
     other.checkpoints.store.close()
 
 
+def test_a_run_started_by_an_older_longhaul_resumes_while_its_config_file_is_unchanged(tmp_path):
+    """An upgrade adds config keys (distributed, device...): the loaded config's dump, and so its
+    hash, differs from the one the checkpoints hold, but config.yaml is byte for byte the file
+    they were written with. An edit of that file is still refused."""
+    import hashlib
+
+    import yaml
+
+    from trainer.config import dump_config
+
+    cfg = mlp_cfg(max_steps=6, **{"checkpoint.interval_seconds": 3600})
+    older = {k: v for k, v in yaml.safe_load(dump_config(cfg)).items() if k not in ("distributed", "device")}
+    text = yaml.safe_dump(older, sort_keys=False).encode()
+    (tmp_path / "config.yaml").write_bytes(text)
+    old = Trainer(cfg, tmp_path)
+    old.config_hash = hashlib.sha256(text).hexdigest()  # what the older longhaul hashed: its own dump
+    assert old.config_hash != Trainer(cfg, tmp_path / "other").config_hash
+    assert old.run() == "finished"
+    resumed = Trainer(mlp_cfg(max_steps=9, **{"checkpoint.interval_seconds": 3600}), tmp_path)
+    resumed.setup()
+    assert resumed.resumed and resumed.state.step == 6
+    resumed.checkpoints.store.close()
+    (tmp_path / "config.yaml").write_bytes(text.replace(b"seed:", b"seed: 1\nold_seed:", 1))
+    edited = Trainer(mlp_cfg(max_steps=9, **{"checkpoint.interval_seconds": 3600}), tmp_path)
+    with pytest.raises(CheckpointError, match="config.yaml does not match the checkpoint"):
+        edited.setup()
+    edited.checkpoints.store.close()
+
+
 def test_checkpoints_without_a_config_hash_still_load(tmp_path):
     cfg = mlp_cfg(max_steps=6, **{"checkpoint.interval_seconds": 3600})
     old = Trainer(cfg, tmp_path)

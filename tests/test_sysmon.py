@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import psutil
@@ -27,7 +28,7 @@ def test_sample_has_exactly_the_system_fields_with_their_types(tmp_path):
     sampler = SystemSampler(tmp_path, lambda: os.getpid())
     first = sampler.sample()
     second = sampler.sample()
-    assert set(first) == SYSTEM_FIELDS
+    assert set(first) - {"gpus"} == SYSTEM_FIELDS  # gpus: a box with NVIDIA GPUs and pynvml only
     assert type(first["time"]) is float and abs(first["time"] - time.time()) < 5
     assert len(first["cpu_percent"]) == psutil.cpu_count()
     assert all(type(p) is float and 0.0 <= p <= 100.0 for p in first["cpu_percent"])
@@ -126,3 +127,77 @@ def test_disk_write_rate_from_counter_deltas(monkeypatch, tmp_path):
     assert sampler.sample()["disk_write_bps"] is None          # counters went backwards (reset)
     assert sampler.sample()["disk_write_bps"] is None          # statistics unavailable
     assert sampler.sample()["disk_write_bps"] is None          # restarts after the gap
+
+
+class FakeNvml(types.ModuleType):
+    """pynvml as nvidia-ml-py has it, for two GPUs: the second reports no temperature; `calls`
+    counts nvmlInit."""
+
+    NVML_TEMPERATURE_GPU = 0
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, fail_init: bool = False):
+        super().__init__("pynvml")
+        self.fail_init, self.calls = fail_init, 0
+
+    def nvmlInit(self):
+        self.calls += 1
+        if self.fail_init:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"handle{i}"
+
+    def nvmlDeviceGetName(self, handle):
+        return b"NVIDIA H200" if handle == "handle0" else "NVIDIA L4"  # old versions give bytes
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return types.SimpleNamespace(gpu=87 if handle == "handle0" else 3, memory=40)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return types.SimpleNamespace(used=40 * 2**30, total=141 * 2**30, free=101 * 2**30)
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        if handle == "handle1":
+            raise self.NVMLError("Not Supported")
+        return 64
+
+
+def test_gpus_from_the_management_library_validate_against_the_protocol(tmp_path, monkeypatch):
+    from trainer import protocol
+
+    fake = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    sampler = SystemSampler(tmp_path, lambda: os.getpid())
+    first, second = sampler.sample(), sampler.sample()
+    assert first["gpus"] == [
+        {"index": 0, "name": "NVIDIA H200", "util_percent": 87.0, "mem_used": 40 * 2**30, "mem_total": 141 * 2**30,
+         "temp_c": 64.0},
+        {"index": 1, "name": "NVIDIA L4", "util_percent": 3.0, "mem_used": 40 * 2**30, "mem_total": 141 * 2**30,
+         "temp_c": None}]
+    assert second["gpus"] == first["gpus"] and fake.calls == 1  # NVML initialised once
+    assert protocol.system(**first)["gpus"] == first["gpus"]  # validated: raises on a wrong field
+    with pytest.raises(protocol.ProtocolError):
+        protocol.system(**dict(first, gpus=[dict(first["gpus"][0], mem_used="40G")]))
+
+
+def test_no_gpus_key_without_the_library_or_a_driver(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    sample = SystemSampler(tmp_path, lambda: None).sample()
+    assert "gpus" not in sample and protocol_ok(sample)
+    broken = FakeNvml(fail_init=True)
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    sampler = SystemSampler(tmp_path, lambda: None)
+    assert all("gpus" not in sampler.sample() for _ in range(3))
+    assert broken.calls == 1  # the failure is remembered: no retry every 2 s
+
+
+def protocol_ok(sample: dict) -> bool:
+    from trainer import protocol
+
+    return protocol.system(**sample)["type"] == "system"

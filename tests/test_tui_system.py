@@ -276,3 +276,53 @@ def test_the_run_model_follows_the_threads_events():
     assert model.threads_now == 1
     model.apply_event(event(2, "state", state="starting"))  # a new worker starts with the configured count
     assert model.threads_now is None
+
+
+GPUS = [{"index": 0, "name": "NVIDIA H200", "util_percent": 87.0, "mem_used": 40 * 2**30, "mem_total": 141 * 2**30,
+         "temp_c": 64.0},
+        {"index": 1, "name": "NVIDIA L4", "util_percent": None, "mem_used": 512 * 2**20, "mem_total": 24 * 2**30,
+         "temp_c": None}]
+
+
+@async_test
+async def test_panel_shows_one_line_per_gpu_and_nothing_without_them():
+    from textual.app import App
+
+    class Host(App):
+        def compose(self):
+            yield SystemPanel()
+
+    app = Host()
+    async with app.run_test(size=LARGE) as pilot:
+        panel = app.query_one(SystemPanel)
+        panel.live = True
+        for max_rows, detailed in ((5, False), (40, True)):
+            panel.max_rows = max_rows
+            panel.system = system_body(gpus=GPUS, processes=[])
+            await pilot.pause()
+            text = lines(panel)
+            assert text[-2:] == ["gpu0 87%  mem 40 GiB/141 GiB  64°C",
+                                 "gpu1 n/a  mem 512 MiB/24 GiB  temp n/a"], (max_rows, text)
+            assert panel.rows_needed() == len(text) == (2 + 5 + 2 if detailed else 5 + 2), text
+            assert any(line.startswith("cpu0") for line in text) == detailed
+            panel.system = system_body(processes=[])  # a CPU box (or an older daemon): as before
+            await pilot.pause()
+            text = lines(panel)
+            assert not any(line.startswith("gpu") for line in text) and len(text) == (7 if detailed else 5), text
+
+
+@async_test
+async def test_gpu_lines_on_the_dashboard_at_both_sizes(tmp_path, runtime_dir, live_process):
+    run_dir, daemon = serve(tmp_path, live_process, system_body(gpus=GPUS[:1]))
+    try:
+        for size in (SMALL, LARGE):
+            app = make_app(run_dir)
+            async with app.run_test(size=size) as pilot:
+                await wait_for(pilot, lambda: live(app), what="the live dashboard")
+                panel = app.screen.query_one(SystemPanel)
+                await wait_for(pilot, lambda: any(line.startswith("gpu0 87%") for line in lines(panel)),
+                               what="the GPU line")
+                await wait_for(pilot, lambda: panel.size.height == panel.rows_needed(), what="the panel's height")
+                assert "gpu0 87%  mem 40 GiB/141 GiB  64°C" in lines(panel), (size, lines(panel))
+    finally:
+        daemon.close()

@@ -344,7 +344,24 @@ class OptimConfig(Section):
     grad_clip: Optional[float] = Field(None, gt=0.0)
     """Clip the global gradient norm to this value (null: off)."""
     bf16: bool = False
-    """bf16 autocast. Slower than fp32 on the CPUs measured so far; off by default."""
+    """bf16 autocast (the same as `amp: bf16`, kept for older configs). Slower than fp32 on the
+    CPUs measured so far; off by default."""
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    """Mixed precision of the training step's forward pass: none (fp32), bf16 (CPU or CUDA) or
+    fp16 (CUDA only, with a loss scaler whose state each checkpoint keeps). Evaluation runs in
+    fp32."""
+
+    @field_validator("amp")
+    @classmethod
+    def _amp_agrees_with_bf16(cls, amp: str, info) -> str:
+        if info.data.get("bf16") and amp == "fp16":
+            raise ValueError("fp16 contradicts optim.bf16: true; set one of them")
+        return amp
+
+    @property
+    def precision(self) -> str:
+        """The autocast dtype's name the step uses: "none", "bf16" or "fp16"."""
+        return "bf16" if self.bf16 and self.amp == "none" else self.amp
 
 
 class LossConfig(Section):
@@ -649,6 +666,10 @@ class RunConfig(Section):
     """Default run name (the file name without .yaml when absent)."""
     seed: int = 0
     """Seed of everything: data order, augmentation, initialisation, dropout."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model trains and evaluates: auto (CUDA when torch sees a GPU, else the CPU),
+    cpu, or cuda (an error at start when there is no GPU). On CUDA the run uses deterministic
+    algorithms, so a resumed run equals an uninterrupted one on the same GPU model."""
     threads: int = Field(2, ge=1)
     """torch intra-op threads. Results are bit-identical only with the same thread count."""
     threads_follow_load: bool = True

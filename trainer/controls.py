@@ -34,6 +34,18 @@ class Controls:
         self.paused = False
         self.stop_requested: Optional[int] = None  # request id (or -1) of a pending stop
 
+    def stop_at_boundary(self) -> bool:
+        """At a step boundary: watch the disk and apply requests (rank 0 of a group, which may
+        wait here), then whether to stop: a stop (rank 0's, in a group) or the plan done."""
+        trainer, world = self.trainer, self.world
+        if world is None or world.main:
+            trainer.disk.watch()
+            if trainer.should_continue() or trainer.disk.full is not None:
+                self.apply()
+        if world is not None and world.agree_stop(self.stop_requested is not None) and self.stop_requested is None:
+            self.stop_requested = 0  # rank 0's stop, which this rank obeys
+        return self.stop_requested is not None or not trainer.should_continue()
+
     def apply(self) -> None:
         """Apply pending requests (at a step boundary). While paused, wait for requests; while
         paused for disk space, also look at the free space every DISK_POLL_SECONDS. Returns as

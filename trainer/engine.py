@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer import compiling, models, setup_stages
+from trainer import compiling, device, models, setup_stages
 from trainer.checkpoint.capture import estimate_bytes
 from trainer.checkpoint.errors import DiskFullError, is_disk_full
 from trainer.checkpoint.policy import CheckpointPolicy, config_sha256
@@ -136,13 +136,15 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            **device.cuda_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    device.set_cuda_rng_state(state)
 
 
 def check_monitor(cfg: RunConfig, classes, config_path: Path) -> None:
@@ -172,7 +174,7 @@ def epoch_batches(cfg: RunConfig, train_set, plan: Plan, state: LoopState, world
                            length=phase.steps_per_epoch * per_step,
                            labels=train_set.labels if cfg.data.balanced_sampler else None, share=share)
     loader = make_loader(train_set, phase.batch_size // world.size, sampler=sampler,
-                         num_workers=cfg.data.num_workers)
+                         num_workers=cfg.data.num_workers, pin_memory=device.pin_memory())
     with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
         micro = iter(loader)
     while True:
@@ -215,6 +217,7 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         cfg = self.cfg
+        self.placement = device.Placement(cfg, str(self.files.config))  # cpu or cuda, autocast, loss scaler
         keep_step_memory()  # before the first step: activations reused from the heap, not mmapped anew
         torch.set_num_threads(cfg.threads)
         self.threads = follow_load(cfg.threads, cfg.threads_follow_load, torch.set_num_threads, self.event)
@@ -237,10 +240,11 @@ class Trainer:
         self.eta = EtaModel(self.plan)
         setup_stages.announce(self.event, "model", f"building model {cfg.model.name} ({len(self.classes)} classes)")
         self.model = models.build_model(cfg, len(self.classes), self.data.in_chans, self.data.input_shape)
+        self.model.to(self.placement.device)  # before the optimizer and the EMA copy are made
         self.channels_last = cfg.model.channels_last and len(self.data.input_shape) == 3
         self.optimizer = make_optimizer(cfg, self.model)
         self.ema = make_ema(cfg, self.model)
-        self.loss_weight = class_weights(cfg.loss.class_weights, self.data.class_counts["train"])
+        self.loss_weight = self.placement.to(class_weights(cfg.loss.class_weights, self.data.class_counts["train"]))
         self.loss = make_loss(cfg.loss, self.loss_weight)
         self.history = HistoryWriter(self.files.history) if self.world.main else FollowerHistory()
         self.checkpoints.open_store()
@@ -305,7 +309,7 @@ class Trainer:
         request, or for disk space)."""
         batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state, self.world)
         while True:
-            if self._stop_here():
+            if self.controls.stop_at_boundary():
                 return
             try:
                 batch_group = next(batches)
@@ -320,17 +324,6 @@ class Trainer:
                 batches = epoch_batches(self.cfg, self.data.train, self.plan, self.state, self.world)
             self.checkpoints.maybe_checkpoint()
             self.publish_progress()
-
-    def _stop_here(self) -> bool:
-        """At a step boundary: apply requests and watch the disk (rank 0, which may wait here),
-        then stop if rank 0 says so or the plan is done."""
-        if self.world.main:
-            self.disk.watch()
-            if self.should_continue() or self.disk.full is not None:
-                self.controls.apply()
-        if self.world.agree_stop(self.controls.stop_requested is not None) and self.controls.stop_requested is None:
-            self.controls.stop_requested = 0  # rank 0's stop, which this rank obeys
-        return self.controls.stop_requested is not None or not self.should_continue()
 
     def should_continue(self) -> bool:
         return self.state.step < self.plan.total_steps and not self.state.stopped_early
@@ -351,27 +344,26 @@ class Trainer:
         for i, (x, y, _) in enumerate(group):
             x, y_soft = mixup_batch(x, y, len(self.classes), cfg.augment.mixup, cfg.seed, state.epoch,
                                     state.step * phase.accum_steps + i)
+            x, y_soft = self.placement.to(x, y_soft)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.world.accumulating(self.training_forward.model, last=i == len(group) - 1):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.optim.bf16):
+                with self.placement.autocast():
                     logits = self.training_forward(x)
                 loss = self.loss(logits.float(), y_soft)
-                (loss / phase.accum_steps).backward()
+                self.placement.backward(loss / phase.accum_steps)  # fp16: scaled
             total_loss += loss.item() / phase.accum_steps
         exposed = self.world.clock.exposed(time.perf_counter())
         total_loss, self.last_world = self.world.step(total_loss, time.perf_counter() - start + data_time, data_time,
                                                       exposed)
         self.checkpoints.fence()  # the optimizer step and EMA update below modify stable tensors
-        trainable = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else 0.0
+        grad_norm = self.placement.clip(self.optimizer, self.model, cfg.optim.grad_clip)  # fp16: unscaled first
         if math.isfinite(total_loss):
-            self.optimizer.step()
+            self.placement.step(self.optimizer)
         else:
             self.event("alert", "error", f"non-finite loss {total_loss} at step {state.step}: update skipped",
                        what="nan_loss", step=state.step)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.placement.end_step(self.optimizer)  # fp16's scale adapts; the gradients are dropped
         if self.ema is not None:
             # timm counts updates from 1 (its train script passes the count after the step)
             self.ema.update(self.model, step=state.step + 1)
@@ -466,10 +458,10 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         self.state.eta = self.eta.state_dict()
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "loop": asdict(self.state), "rng": rng_state(), "threads": self.cfg.threads,
-                "world_size": self.world.size,
-                "train_loss_smooth": self.smoother.value, "history_offset": self.history.tell()}
+                "ema": self.ema.state_dict() if self.ema is not None else None, "loop": asdict(self.state),
+                "rng": rng_state(), "threads": self.cfg.threads, "world_size": self.world.size,
+                "train_loss_smooth": self.smoother.value,
+                "history_offset": self.history.tell(), **self.placement.state_dict()}  # fp16: the scaler
 
     def restore(self, ckpt: dict) -> None:
         """The inverse of checkpoint_state (the history offset is resume's)."""
@@ -481,6 +473,7 @@ class Trainer:
         self.eta.load_state_dict(self.state.eta)
         self.smoother.value = ckpt.get("train_loss_smooth")
         set_rng_state(ckpt["rng"])
+        self.placement.load_state_dict(ckpt)
 
     def stable_tensors(self) -> list[torch.Tensor]:
         """Tensors only the optimizer step and the EMA update after it modify: a checkpoint's

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from torch.utils.data import Subset
 
+from trainer import device
 from trainer.data import make_loader
 from trainer.distributed import World
 from trainer.data.windows import evaluation_view, is_windowed, windowed_metrics
@@ -104,17 +105,19 @@ class Evaluation:
         model.eval()
         cfg, world = self.cfg, self.world
         val = Subset(self.val, world.share_of(len(self.val))) if world.enabled else self.val
+        where = device.device_of(model)  # the run's device (trainer/device.py)
         loader = make_loader(val, cfg.eval.batch_size or 2 * cfg.optim.batch_size,
-                             sampler=None, num_workers=cfg.data.num_workers)
+                             sampler=None, num_workers=cfg.data.num_workers, pin_memory=where.type == "cuda")
         probs, labels, loss_sum = [], [], 0.0
         with torch.random.fork_rng(devices=[]):  # starting a loader draws from the global RNG
             batches = iter(loader)
         for x, y in batches:
+            x = device.move(x, where)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            probs.append(logits.softmax(dim=1).numpy())
+            loss_sum += F.cross_entropy(logits, device.move(y, where), reduction="sum").item()
+            probs.append(logits.softmax(dim=1).cpu().numpy())
             labels.append(y.numpy())
             self._keep_alive()
         classes = len(self.data.classes)

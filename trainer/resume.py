@@ -3,9 +3,11 @@ with, history.msgpack is cut back to the checkpoint's offset (no gaps, no duplic
 with nothing to resume from starts over loudly, keeping its old history aside."""
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
+from typing import Optional
 
 from trainer import setup_stages
 from trainer.checkpoint.errors import CheckpointError
@@ -102,12 +104,23 @@ def _check_config_hash(trainer, meta: dict) -> None:
     edited config.yaml would silently train another plan). Older checkpoints have no hash."""
     written_with, ours = meta.get("config_sha256"), trainer.config_hash
     config = trainer.files.config
-    if written_with is not None and written_with != ours:
+    if written_with is not None and written_with != ours and written_with != _file_sha256(config):
         raise CheckpointError(
             f"{config.name} does not match the checkpoint: {config} (sha256 "
             f"{ours[:12]}) is not the config that checkpoint {meta.get('path', '')} step "
             f"{meta.get('step')} was written with (sha256 {written_with[:12]}); restore the run's "
             f"{config.name}, or start a new run for the new config")
+
+
+def _file_sha256(path) -> Optional[str]:
+    """The hash of config.yaml's bytes: the hash a checkpoint holds when the file is exactly the
+    one the run was started with (write_config writes the dump that was hashed). A newer longhaul
+    whose config has more keys (with defaults that keep the old behaviour) hashes its own dump
+    differently, and must still resume a run whose file nobody changed."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _start_over(trainer) -> None:

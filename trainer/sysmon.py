@@ -5,7 +5,8 @@ One ``SystemSampler`` lives in the daemon (or the foreground trainer) and is sam
 rate are measured between consecutive calls rather than by sleeping.
 
 The process table (`processes`, `trainer_threads`) is trainer/proctable.py; its scan also gives
-the trainer's RSS with its children.
+the trainer's RSS with its children. `gpus` comes from NVIDIA's management library (`pynvml`, the
+`nvidia-ml-py` package of the `gpu` extra) when it and a GPU are there (`NvidiaGpus`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import time
 from pathlib import Path
 from time import monotonic
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import psutil
 
@@ -39,6 +40,7 @@ class SystemSampler:
         self.trainer_pid_fn = trainer_pid_fn
         self._last_io: Optional[tuple[float, int]] = None  # (monotonic time, bytes written)
         self.processes = ProcessTable()
+        self.gpus = NvidiaGpus()
         psutil.cpu_percent(interval=None, percpu=True)  # starts the interval the first sample reads
 
     def sample(self) -> dict:
@@ -54,7 +56,7 @@ class SystemSampler:
         trainer_pid = self.trainer_pid_fn()
         cpu_percent = [float(p) for p in psutil.cpu_percent(interval=None, percpu=True)]
         processes, threads = self.processes.sample(trainer_pid)
-        return {
+        sample = {
             "time": time.time(),
             "cpu_percent": cpu_percent,
             "load": [float(v) for v in os.getloadavg()],
@@ -71,6 +73,10 @@ class SystemSampler:
             "trainer_threads": threads,
             "cores": len(cpu_percent) or (psutil.cpu_count() or 1),
         }
+        gpus = self.gpus.sample()
+        if gpus:
+            sample["gpus"] = gpus
+        return sample
 
     def _trainer_rss(self, pid: Optional[int]) -> Optional[int]:
         if pid is None:
@@ -133,3 +139,61 @@ def cpu_temperature() -> Optional[float]:
         return None
     readings = [entry.current for entry in sensors[names[0]] if entry.current is not None]
     return float(max(readings)) if readings else None
+
+
+class NvidiaGpus:
+    """Each GPU's utilisation, memory and temperature from NVIDIA's management library.
+
+    `pynvml` is imported and NVML initialised at the first sample, once: a box without the
+    library, the driver or a GPU gives None from then on at no cost (the daemon samples every
+    2 s). A reading that fails later (a GPU fallen off the bus) is null, or leaves that GPU
+    out when even its memory cannot be read.
+    """
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._gpus: Optional[list[tuple[int, str, Any]]] = None  # (index, name, handle)
+        self._failed = False
+
+    def sample(self) -> Optional[list[dict]]:
+        """[{index, name, util_percent, mem_used, mem_total, temp_c}, ...], or None."""
+        if self._failed or (self._gpus is None and not self._open()):
+            return None
+        rows = [self._read(index, name, handle) for index, name, handle in self._gpus]
+        return [row for row in rows if row is not None] or None
+
+    def _open(self) -> bool:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self._gpus = [(i, _text(pynvml.nvmlDeviceGetName(h)), h) for i, h in enumerate(handles)]
+        except Exception:  # ImportError, NVMLError (no driver, no GPU), an old library's OSError
+            self._failed = True
+            return False
+        self._nvml = pynvml
+        self._failed = not self._gpus
+        return not self._failed
+
+    def _read(self, index: int, name: str, handle: Any) -> Optional[dict]:
+        nvml = self._nvml
+        try:
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        except Exception:
+            return None
+        return {"index": index, "name": name,
+                "util_percent": _reading(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                "mem_used": int(memory.used), "mem_total": int(memory.total),
+                "temp_c": _reading(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))}
+
+
+def _reading(read: Callable[[], Any]) -> Optional[float]:
+    try:
+        return float(read())
+    except Exception:  # NVMLError_NotSupported and the like: that value is unknown
+        return None
+
+
+def _text(name: Any) -> str:
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)

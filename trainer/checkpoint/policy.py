@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from trainer.checkpoint.capture import estimate_bytes
+from trainer.checkpoint.capture import estimate_bytes, on_cpu
 from trainer.checkpoint.errors import CheckpointError, DiskFullError, full_disk_error, is_disk_full
 from trainer.checkpoint.store import CheckpointStore, SaveResult
 from trainer.config import RunConfig, dump_config, resolved_dict
@@ -214,7 +214,7 @@ class CheckpointPolicy:
         try:
             best_from = (trainer.state.best_eval or {}).get("eval_weights", "ema")
             model = trainer.ema.module if trainer.ema is not None and best_from == "ema" else trainer.model
-            self._write_weights(model.state_dict(), trainer.state.step, self.files.best_weights)
+            self._write_weights(on_cpu(model.state_dict()), trainer.state.step, self.files.best_weights)
             self.best_unsaved = False
         except (OSError, RuntimeError) as exc:
             full = full_disk_error(exc, f"writing {self.files.best_weights.name} failed: {exc}", self.run_dir, trainer.disk.space_needed())

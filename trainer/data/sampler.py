@@ -77,17 +77,19 @@ class EpochSampler(Sampler):
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[Sampler] = None,
-                num_workers: int = 0) -> DataLoader:
+                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader that adds no randomness of its own and keeps the batches in sampler order.
 
     Items are deterministic per index (see TrainDataset), so the batches are bit-identical for any
     `num_workers`. The loader gets a private generator because DataLoader otherwise draws its
     worker base seed from torch's global RNG on every iteration, which would shift the training
     loop's random stream (dropout) depending on when loaders are created, and break exact resume.
+    `pin_memory`: batches in page-locked memory, copied to a GPU while it computes (a run on
+    CUDA, trainer/device.py).
     """
     if sampler is None and getattr(dataset, "needs_epoch_sampler", False):
         raise TypeError("training datasets are addressed by (epoch, index): pass an EpochSampler")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, drop_last=False,
                       generator=torch.Generator().manual_seed(0),
-                      persistent_workers=False)
+                      persistent_workers=False, pin_memory=pin_memory)

@@ -1,5 +1,5 @@
 """System panel: CPU per core, load, memory, swap, trainer RSS, disk free and write rate, temperature,
-and the top processes when there is room (the whole table is the System view, tui/widgets/processes.py)."""
+one line per GPU when the sample has `gpus`, and the top processes when there is room (the whole table is the System view, tui/widgets/processes.py)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -27,6 +27,19 @@ def disk_is_low(system: dict) -> bool:
     if free < LOW_DISK_BYTES:
         return True
     return bool(total and free / total < LOW_DISK_FRACTION and free < ROOMY_DISK_BYTES)
+
+
+def gpu_line(gpu: dict) -> Text:
+    """One GPU: `gpu0 87%  mem 40 GiB/141 GiB  64°C` (n/a for a reading the GPU does not give)."""
+    util, temp = gpu.get("util_percent"), gpu.get("temp_c")
+    return Text(f"gpu{gpu.get('index', 0)} {'n/a' if util is None else f'{util:.0f}%'}  "
+                f"mem {fmt.size(gpu.get('mem_used'))}/{fmt.size(gpu.get('mem_total'))}  "
+                f"{'temp n/a' if temp is None else f'{temp:.0f}°C'}")
+
+
+def gpus_of(system: Optional[dict]) -> list[dict]:
+    """The sample's GPUs; none from a box without them (or a daemon older than the field)."""
+    return list((system or {}).get("gpus") or ())
 
 
 class SystemPanel(DrawnWidget):
@@ -64,25 +77,29 @@ class SystemPanel(DrawnWidget):
         if self.styles.height is None or self.styles.height.cells != rows:
             self.styles.height = rows
 
+    def _facts(self) -> int:
+        """Lines under the cores: five, and one per GPU."""
+        return 5 + len(gpus_of(self.system))
+
     def _use_detailed(self) -> bool:
-        return len((self.system or {}).get("cpu_percent") or ()) + 5 <= self.max_rows
+        return len((self.system or {}).get("cpu_percent") or ()) + self._facts() <= self.max_rows
 
     def _top_processes(self) -> list[dict]:
         """The first processes of the sample (the trainer, then the busiest) that fit under the
         per-core view; none in the compact view."""
         if not self._use_detailed():
             return []
-        room = self.max_rows - len(self.system.get("cpu_percent") or ()) - 5
+        room = self.max_rows - len(self.system.get("cpu_percent") or ()) - self._facts()
         return list((self.system.get("processes") or ())[:max(0, min(TOP_PROCESSES, room))])
 
     def rows_needed(self) -> int:
-        """Lines the current sample takes: one per core plus five (and the top processes) if that
-        fits `max_rows`, else five."""
+        """Lines the current sample takes: one per core plus five and one per GPU (and the top
+        processes) if that fits `max_rows`, else five and one per GPU."""
         if not self.system:
             return 1
         if not self._use_detailed():
-            return 5
-        return len(self.system.get("cpu_percent") or ()) + 5 + len(self._top_processes())
+            return self._facts()
+        return len(self.system.get("cpu_percent") or ()) + self._facts() + len(self._top_processes())
 
     def draw(self) -> list[Text]:
         system = self.system
@@ -108,11 +125,13 @@ class SystemPanel(DrawnWidget):
         lines.append(Text(f"swap  {self._used(s, 'swap')}   trainer rss {fmt.size(s.get('trainer_rss'))}"))
         lines.append(self._disk(s, long=True))
         lines.append(Text(f"disk writes {fmt.rate(s.get('disk_write_bps'))}"))
+        lines += [gpu_line(gpu) for gpu in gpus_of(s)]
         lines += [process_line(row, width) for row in self._top_processes()]
         return lines
 
     def _compact(self, s: dict) -> list[Text]:
-        """Five short lines: all cores as one glyph each, then memory, process, disk."""
+        """Five short lines: all cores as one glyph each, then memory, process, disk; then one
+        line per GPU."""
         cores = [float(c) for c in s.get("cpu_percent") or ()]
         mean = sum(cores) / len(cores) if cores else 0.0
         cpu = Text.assemble("cpu ", (braille.spark(cores, 0.0, 100.0)[:16], self.component_style("system--bar")),
@@ -121,7 +140,7 @@ class SystemPanel(DrawnWidget):
                 Text(f"{load_text(s)}  {temperature_text(s)}"),
                 Text(f"ram {self._used(s, 'mem')}  swap {fmt.size(s.get('swap_used'))}"),
                 Text(f"rss {fmt.size(s.get('trainer_rss'))}  writes {fmt.rate(s.get('disk_write_bps'))}"),
-                self._disk(s, long=False)]
+                self._disk(s, long=False)] + [gpu_line(gpu) for gpu in gpus_of(s)]
 
     @staticmethod
     def _used(s: dict, prefix: str) -> str:
