@@ -5,6 +5,7 @@ subprocesses the test starts use the same one. `longhaul` entry points set the p
 
 The shared fixtures:
   tmpfs          a disk that really fills up (tests/tmpfs.py)
+  two_hosts      two hosts in network namespaces joined by a veth pair (tests/netns.py)
   speech_tools   espeak-ng and sox, for the tests that speak their own words (bench/speech_data.py)
   runtime_dir    a short private XDG_RUNTIME_DIR, where daemons put their sockets
   live_process   the pid of a live process that looks like longhaul (what a running run's
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns import two_hosts  # noqa: F401  (fixture for every test module)
 from tests.tmpfs import tmpfs  # noqa: F401  (fixture for every test module)
 
 

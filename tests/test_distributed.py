@@ -167,3 +167,57 @@ def _under(proc, ancestor: int) -> bool:
         return any(p.pid == ancestor for p in proc.parents())
     except Exception:
         return False
+
+
+# ----------------------------------------------------------------------------- two boxes
+def _start_on(host, config, name: str, port: int) -> None:
+    host.cli("start", str(config), "--nodes", "2", "--min-nodes", "1", "--rdzv", f"10.231.7.1:{port}",
+             "--local-addr", host.addr, "--interface", host.iface, "--name", name)
+
+
+def _status(host, name: str) -> dict:
+    return json.loads(host.cli("status", name, "--json").stdout)
+
+
+def _events(run_dir) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_two_hosts_train_one_run_and_a_lost_link_restarts_the_group_elastically(tmp_path, two_hosts):
+    """One rank on each of two network namespaces joined by a veth pair: the run trains with
+    world size 2 (box a, whose address sorts first, is rank 0 and keeps the history and the
+    checkpoints; box b shows the same progress and end). Then box b's link goes down: rank 0's
+    collective times out (distributed.timeout_seconds), a node_lost alert, torchrun's agent on box
+    a restarts the group, which goes on alone (min_nodes 1) from the last checkpoint, with a
+    world_size warning, and finishes."""
+    a, b = two_hosts
+    port = 20000 + os.getpid() % 20000
+    config = tmp_path / "two.yaml"
+    config.write_text(yaml.safe_dump(changed(SPLIT_FREE, **{"name": "two", "distributed.timeout_seconds": 15})))
+    for host in (a, b):
+        _start_on(host, config, "two", port)
+    for host in (a, b):
+        wait_for(lambda: _status(host, "two")["state"] in ("finished", "failed"), 240, f"{host.ns} to finish")
+        info = _status(host, "two")
+        assert info["state"] == "finished" and info["world_size"] == 2 and info["step"] == 108, info
+    assert logged_steps(a.run_dir("two")) == 108 and any((a.run_dir("two") / "ckpt").iterdir())
+    assert not (b.run_dir("two") / "ckpt").exists() or not any((b.run_dir("two") / "ckpt").iterdir())
+
+    config.write_text(yaml.safe_dump(changed(POWERCUT, **{"name": "lost", "phases": [{"name": "a", "epochs": 150}],
+                                                          "distributed.timeout_seconds": 15})))
+    for host in (a, b):
+        _start_on(host, config, "lost", port + 1)
+    wait_for(lambda: logged_steps(a.run_dir("lost")) >= 100, 180, "training on two boxes")
+    assert _status(a, "lost")["world_size"] == 2
+    b.link(up=False)
+    wait_for(lambda: _status(a, "lost")["state"] in ("finished", "failed"), 400, "box a to finish alone")
+    info = _status(a, "lost")
+    assert info["state"] == "finished" and info["step"] == 1350 and info["world_size"] == 1, info
+    events = _events(a.run_dir("lost"))
+    whats = [e["data"].get("what") for e in events if e["kind"] == "alert"]
+    assert "node_lost" in whats and "world_size" in whats, whats
+    assert [e for e in events if e["kind"] == "restart" and e["data"].get("agent")]
+    b.cli("stop", "lost", check=False)  # box b's agent waits for a rendezvous it cannot reach
+    wait_for(lambda: _status(b, "lost")["state"] in ("stopped", "failed", "interrupted"), 60, "box b to stop")

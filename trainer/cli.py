@@ -42,7 +42,7 @@ def distributed_overrides(args) -> list[str]:
     """`start --nodes/--procs-per-node/--rdzv/--max-restarts/--min-nodes` as `distributed.*`
     overrides: the run's config.yaml keeps them, so a resume runs the same group."""
     keys = {"nodes": "nodes", "procs_per_node": "procs_per_node", "rdzv": "rdzv", "max_restarts": "max_restarts",
-            "min_nodes": "min_nodes"}
+            "min_nodes": "min_nodes", "local_addr": "local_addr", "interface": "interface"}
     return [f"distributed.{key}={getattr(args, name)}" for name, key in keys.items()
             if getattr(args, name, None) is not None]
 
@@ -54,6 +54,8 @@ def distributed_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rdzv", metavar="HOST:PORT", help="the rendezvous every box names (distributed.rdzv)")
     g.add_argument("--max-restarts", type=int, help="group restarts by torchrun's agent (distributed.max_restarts)")
     g.add_argument("--min-nodes", type=int, help="elastic: go on with this many boxes (distributed.min_nodes)")
+    g.add_argument("--local-addr", help="this box's address as the others reach it (distributed.local_addr)")
+    g.add_argument("--interface", help="network interface for the gradients (distributed.interface)")
 
 
 def _print_config_warnings(cfg, args) -> None:

@@ -548,6 +548,12 @@ class DistributedConfig(Section):
     min_nodes: Optional[int] = Field(None, ge=1)
     """Elastic: train on as few as this many boxes when others are lost (world size changes, with
     a warning: bit-exact resume holds only at a fixed world size). Null: all `nodes` are needed."""
+    local_addr: Optional[str] = None
+    """This box's address as the other boxes reach it (torchrun's --local-addr); null: its host
+    name, which must then resolve to that address on every box (not to 127.0.0.1)."""
+    interface: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """The network interface gloo sends gradients over (GLOO_SOCKET_IFNAME), e.g. eth1 on a box
+    with a fast link beside the default one; null: the one the host name resolves to."""
     timeout_seconds: float = Field(600.0, gt=0.0)
     """How long a rank waits for the others in one collective before the group is restarted (a
     node that stopped answering)."""

@@ -58,6 +58,8 @@ def resume_group(trainer) -> bool:
     """`resume` for every rank of a data-parallel run: rank 0 resumes from its newest checkpoint
     and sends the state to the others (trainer/distributed.py); a single process just resumes."""
     world = trainer.world
+    if world.enabled:
+        _check_rank_zero_is_newest(trainer)
     resumed = resume(trainer) if world.main else None
     if not world.enabled:
         return resumed
@@ -65,6 +67,22 @@ def resume_group(trainer) -> bool:
     if state is not None and not world.main:
         trainer.restore(state)
     return state is not None
+
+
+def _check_rank_zero_is_newest(trainer) -> None:
+    """Rank 0 resumes the group from its own run directory. Should another box hold a newer
+    checkpoint (rank 0 moved: its box was lost, and the run directories are not shared), going on
+    from rank 0's would silently throw that work away: refuse, naming both."""
+    newest = trainer.files.newest_checkpoint()
+    steps = trainer.world.gather((newest or {}).get("step", -1))
+    best = max(steps)
+    if steps[0] < best:
+        owner = steps.index(best)
+        raise CheckpointError(
+            f"rank 0 ({trainer.world.hosts[0]}) would resume from {'step ' + str(steps[0]) if steps[0] >= 0 else 'nothing'}"
+            f" but rank {owner} ({trainer.world.hosts[owner]}) holds a checkpoint at step {best}: rank 0's run directory "
+            "must hold the newest checkpoint. Bring that box back into the group (rank 0 is the box whose address "
+            "sorts first), or put the run directory on a file system every box shares")
 
 
 def resumed_message(step: int, meta: dict, lost: float) -> str:

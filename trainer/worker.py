@@ -280,14 +280,15 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def group_rank() -> Optional[int]:
-    """This process's rank under torchrun's agent (trainer/daemon/group.py), None outside one."""
-    return int(os.environ["RANK"]) if "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ else None
+def group_rank(key: str = "RANK") -> Optional[int]:
+    """This process's rank (`LOCAL_RANK`: on its box) under torchrun's agent (trainer/daemon/
+    group.py), None outside one."""
+    return int(os.environ[key]) if "TORCHELASTIC_RUN_ID" in os.environ and key in os.environ else None
 
 
 class SilentPublisher:
-    """A rank other than 0: rank 0 reports for the group; this one's log lines and tracebacks
-    still reach train.log through the agent's output."""
+    """A rank other than the first on its box: that one reports to the box's daemon; this one's
+    log lines and tracebacks still reach train.log through the agent's output."""
 
     def progress(self, body: dict) -> None: ...
     def event(self, kind: str, level: str, message: str, **data: Any) -> None: ...
@@ -311,11 +312,13 @@ def die_with_agent() -> None:
 
 
 def open_link(args: argparse.Namespace, controls: queue.SimpleQueue, on_lost) -> Optional[WorkerLink]:
-    """The channel to the daemon: the inherited socketpair end, or (rank 0 of a group) the
-    worker socket; None for the other ranks of a group."""
+    """The channel to the daemon: the inherited socketpair end, or (the first rank on each box of
+    a group) the worker socket; None for the other ranks. Rank 0 reports everything; the first
+    rank of another box reports progress, evaluations and states to its own daemon, while rank 0's
+    box keeps the history and the checkpoints."""
     if args.control_fd is not None:
         sock = socket.socket(fileno=args.control_fd)
-    elif group_rank() == 0:
+    elif group_rank("LOCAL_RANK") == 0:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(str(args.control_socket))
     else:
@@ -398,15 +401,14 @@ def main(argv: Optional[list[str]] = None, trainer_factory: Callable = default_t
     # The engine announces its final state itself; repeat it so the daemon never has to guess
     # (the daemon ignores a state it is already in).
     publisher.event("state", "info", result, state=result)
-    if link is None:  # another rank of a group: rank 0 evaluates and reports
-        return 0
-    if result == "finished":  # test evaluation and report; failures are alerts, the run stays finished
-        from trainer.posthoc.after import after_run
+    if result == "finished" and not group_rank():  # test evaluation and report (rank 0 of a group);
+        from trainer.posthoc.after import after_run  # failures are alerts, the run stays finished
 
         after_run(args.run_dir, publisher.event)
-    if link.dropped_records:
+    if link is not None and link.dropped_records:
         log.warning("%d history records were not streamed live (daemon was not reading)", link.dropped_records)
-    link.close(timeout=10.0)
+    if link is not None:
+        link.close(timeout=10.0)
     return 0
 
 

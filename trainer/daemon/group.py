@@ -34,7 +34,21 @@ def torchrun_argv(worker_argv: list[str], d, run_id: str) -> list[str]:
     else:
         nodes = f"{d.min_nodes}:{d.nodes}" if d.min_nodes is not None else str(d.nodes)
         argv += ["--nnodes", nodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", d.rdzv, "--rdzv-id", run_id]
+        if d.local_addr and d.rdzv.rpartition(":")[0].strip("[]") == d.local_addr:
+            # the rendezvous is this box's: torchrun recognises its own host name, not every address
+            argv += ["--rdzv-conf", "is_host=1"]
+    if d.local_addr:
+        argv += ["--local-addr", d.local_addr]
     return argv + list(worker_argv[1:])  # the worker's own interpreter is the agent's
+
+
+def group_env(d) -> dict:
+    """What the agent and its ranks get in their environment besides the worker's."""
+    env = {"OMP_NUM_THREADS": "1"}  # torchrun's own default, said here so it does not print a warning;
+    # the engine sets the run's thread count itself
+    if d.interface:
+        env["GLOO_SOCKET_IFNAME"] = d.interface
+    return env
 
 
 def worker_socket_path(run_dir: Path) -> Path:

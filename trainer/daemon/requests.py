@@ -57,7 +57,7 @@ class Requests:
     def refusal(self, action: str, state: Optional[str], trainer: Supervisor) -> Optional[str]:
         """Why `action` cannot be done now (None: it can)."""
         if not trainer.running:
-            if action == "stop" and trainer.restart_pending:
+            if action == "stop" and (trainer.restart_pending or trainer.between_generations):
                 return None
             return f"no trainer is running (run is {state})"
         if trainer.shutting_down or state == "stopping":

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from trainer import protocol
-from trainer.daemon.group import PairChannel, WorkerSocket, torchrun_argv
+from trainer.daemon.group import PairChannel, WorkerSocket, group_env, torchrun_argv
 from trainer.daemon.journal import MAX_LOG_LINE, clean_line
 from trainer.daemon.requests import Pending, Requests
 from trainer.daemon.settings import Settings
@@ -123,12 +123,35 @@ class Supervisor:
         self.stop_reason = reason
         if self.running:
             self.begin_stop(Pending(None, 0, "stop"), reason)
+        else:
+            self._end_group_agent()
         self.stop_event.set()
 
+    @property
+    def between_generations(self) -> bool:
+        """torchrun's agent runs but no rank 0 is connected: the group is (re)starting."""
+        return self.proc is not None and self.writer is None
+
     def cancel_restart(self) -> None:
-        """A stop request while a restart is pending: no restart."""
+        """A stop request while a restart is pending (the daemon's, or the agent's): no restart."""
         self.stop_reason = "request"
+        self._end_group_agent()
         self.stop_event.set()
+
+    def _end_group_agent(self) -> None:
+        """An agent waiting at the rendezvous has no rank to ask: it is terminated (it ends its
+        ranks); nothing trains, so nothing is lost."""
+        if self.between_generations and self._stop_timer is None:
+            self._stop_timer = self.spawn(self._terminate(self.proc))
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM, then SIGKILL after kill_timeout (an agent blocked connecting to a rendezvous
+        host it cannot reach does not get to its signal handler)."""
+        _signal(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.settings.kill_timeout)
+        except TimeoutError:
+            _signal(proc, signal.SIGKILL)
 
     def begin_stop(self, pending: Pending, reason: str) -> None:
         """The stop sequence: ask the worker to checkpoint and stop; terminate it if it takes too long."""
@@ -273,7 +296,7 @@ class Supervisor:
         self.generations = 0
         self.host.worker_starting()
         self.stderr_tail.clear()
-        env = {**child_env(), "PYTHONUNBUFFERED": "1"}
+        env = {**child_env(), "PYTHONUNBUFFERED": "1", **(group_env(self.distributed) if group else {})}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -327,6 +350,8 @@ class Supervisor:
             if self.writer is writer:
                 self.writer = None
             writer.close()
+        if self.proc is not None and self.proc.returncode is None and self.last_state not in FINAL_STATES:
+            self.host.set_state("starting", "the worker group is restarting (torchrun's agent)")
 
     async def _read_worker(self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process) -> None:
         while True:

@@ -49,8 +49,8 @@ def status(run_dir: Path) -> dict:
         "best": best_metric(state.get("best_eval"), config.get("monitor")),
         "samples_per_s": read_if_changed(files.history, recent_rate),
         "model": config.get("model"),
-        # ranks of a data-parallel run (the daemon writes it at start, the trainer's plan after set-up)
-        "world_size": state.get("world_size") or config.get("world_size") or 1,
+        # ranks of a data-parallel run: the group's plan (an elastic group may have shrunk), before it the config's
+        "world_size": config.get("world_size") or state.get("world_size") or 1,
         "started": started_time(files.config),
         "evaluation": evaluation_summary(run_dir),
         "pid": state.get("pid") if live else None,
