@@ -326,3 +326,26 @@ def test_daemon_emits_the_alert_and_its_end(tmp_path, runtime_dir, monkeypatch):
     assert start["level"] == "warning" and start["data"]["alert"] == ALERT
     assert "hog (pid 4242, 97% CPU)" in start["message"] and "`threads: 1`" in start["message"]
     assert end["level"] == "info" and end["data"]["resolves"] == ALERT
+
+
+def test_the_ranks_under_a_torchrun_agent_are_the_trainer_not_loaders():
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'while True: pass', "
+            "'trainer.worker']); time.sleep(60)")
+    agent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        table = ProcessTable()
+        table.sample(agent.pid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            rows, _ = table.sample(agent.pid)
+            if sum(row["role"] == "trainer" for row in rows) == 2:
+                break
+        assert sum(row["role"] == "trainer" for row in rows) == 2 and not any(r["role"] == "loader" for r in rows), rows
+    finally:
+        import psutil
+
+        for child in psutil.Process(agent.pid).children():
+            child.kill()
+        agent.kill()
+        agent.wait()

@@ -92,6 +92,8 @@ def test_train_in_the_foreground_refuses_a_group(tmp_path, runtime_dir):
 
 # ----------------------------------------------------------------------------- end to end
 def test_two_ranks_train_step_for_step_like_one_process(tmp_path, runtime_dir):
+    from trainer.history import read_history
+
     env = cli_env(tmp_path / "runs", runtime_dir)
     config = tmp_path / "dp.yaml"
     config.write_text(yaml.safe_dump(SPLIT_FREE))
@@ -104,6 +106,12 @@ def test_two_ranks_train_step_for_step_like_one_process(tmp_path, runtime_dir):
     assert [s for s, _ in one] == [s for s, _ in two] and len(one) == 108
     worst = max(abs(a - b) / max(abs(a), 1e-9) for (_, a), (_, b) in zip(one, two))
     assert worst < 1e-5, f"largest relative difference of a step's loss: {worst:.2e}"
+    evals = [[r for r in read_history(d / "history.msgpack") if r["kind"] == "eval"]
+             for d in (tmp_path / "one", tmp_path / "runs" / "dp2")]
+    assert [r["step"] for r in evals[0]] == [r["step"] for r in evals[1]] and evals[0]
+    for single, sharded in zip(*evals):  # each rank evaluated half of the examples; the gathered metrics
+        assert single["val_accuracy"] == sharded["val_accuracy"]
+        assert abs(single["val_loss"] - sharded["val_loss"]) < 1e-5 * abs(single["val_loss"])
     plan = json.loads((tmp_path / "runs" / "dp2" / "plan.json").read_text())
     assert plan["config"]["world_size"] == 2 and len(plan["config"]["hosts"]) == 2
     rows = [json.loads(line) for line in cli(env, "export", "dp2", "--format", "jsonl").stdout.splitlines()]

@@ -124,7 +124,7 @@ class ProcessTable:
 
     def _row(self, pid: int, trainer_pid: Optional[int]) -> Optional[dict]:
         """One shown process. A data loader is a child of the trainer (torch starts its workers
-        from the training process)."""
+        from the training process); a rank of a data-parallel run is a child of its agent."""
         name, ppid, cpu, rss = self.procs[pid]
         if name is None:
             try:
@@ -138,7 +138,7 @@ class ProcessTable:
         if pid == trainer_pid:
             role = "trainer"
         elif trainer_pid is not None and ppid == trainer_pid:
-            role = "loader"
+            role = "trainer" if _is_rank(pid) else "loader"  # the ranks of a data-parallel run's agent
         else:
             role = "daemon" if pid == self.own_pid else "other"
         return {"pid": pid, "name": name, "cpu": round(cpu, 1), "rss": int(rss or 0), "role": role}
@@ -163,6 +163,16 @@ class ProcessTable:
                 for tid, spent in self._thread_times.items()]
         rows.sort(key=lambda row: -row["cpu"])
         return rows[:MAX_THREADS]
+
+
+def _is_rank(pid: int) -> bool:
+    """A trainer worker: under a data-parallel run's torchrun agent (the daemon's child), each
+    rank is the agent's child, and it is the trainer, not a data loader."""
+    try:
+        with open(f"{_PROC}/{pid}/cmdline", "rb") as fh:
+            return b"trainer.worker" in fh.read()
+    except OSError:
+        return False
 
 
 def _command(pid: int, name: str) -> str:
