@@ -17,8 +17,8 @@
    step; each bucket's bytes and launch time. Then a plain `dist.all_reduce` of a flat tensor of
    the same bytes: the non-overlapped cost and loopback bandwidth (ring traffic 2(N-1)/N x bytes).
 3. On paper: one process x 2 threads (the whole box) steps each model at the per-box batch
-   (B0: 32; V2-S: the image preset's 4 x 4 accumulated), timed forward, backward and optimizer
-   step; with the gradient bytes and the buckets' launch times as fractions of backward, the
+   (B0: 32; V2-S: the image preset's 4 x 4 accumulated, timed as one micro-batch of 4 whose
+   step is 4 of them and one optimizer step), timed forward, backward and optimizer step; with the gradient bytes and the buckets' launch times as fractions of backward, the
    expected speed-up of N = 2, 4, 8 such boxes on 1 and 10 Gbit/s links (docs/DISTRIBUTED.md).
 
 The JSON object is the last line.
@@ -84,19 +84,73 @@ def steady_rate(run_dir: Path) -> dict:
     first, last = train[max(1, round(0.2 * len(train)))], train[-1]
     seconds = last["time"] - first["time"]
     return {"samples_per_s": (last["step"] - first["step"]) * BATCH / seconds, "from_step": first["step"],
-            "to_step": last["step"], "seconds": seconds,
+            "to_step": last["step"], "seconds": seconds, "from_time": first["time"], "to_time": last["time"],
             "engine_samples_per_s_median": statistics.median(r["samples_per_s"] for r in train[len(train) // 5:])}
 
 
-def longhaul(env: dict, *args: str, log: Path, timeout: float) -> None:
+class OthersLoad:
+    """Cores kept busy by processes other than the timed run's (this process, its children and
+    `pid`'s tree), sampled every 2 s while a run goes on (or before and after a measurement in
+    this process): the noise each measurement saw on a shared box."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float, float]] = []  # (from, to, cores), wall clock
+        self._last = None
+
+    def sample(self, pid: int | None) -> None:
+        import psutil
+
+        cpu = psutil.cpu_times()
+        busy = cpu.user + cpu.nice + cpu.system + getattr(cpu, "irq", 0.0) + getattr(cpu, "softirq", 0.0)
+        me = psutil.Process()
+        procs = {me.pid: me, **{c.pid: c for c in me.children(recursive=True)}}
+        try:
+            if pid:  # a daemon: started in its own session, not this process's child
+                root = psutil.Process(pid)
+                procs.update({root.pid: root, **{c.pid: c for c in root.children(recursive=True)}})
+        except psutil.Error:
+            pass
+        own = 0.0
+        for proc in procs.values():
+            try:  # with the children each has waited for (a rank that ended, the joined spawned ranks)
+                times = proc.cpu_times()
+                own += times.user + times.system + times.children_user + times.children_system
+            except psutil.Error:
+                continue
+        now = time.time()
+        if self._last is not None and now > self._last[0]:
+            cores = ((busy - self._last[1]) - (own - self._last[2])) / (now - self._last[0])
+            self.samples.append((self._last[0], now, max(0.0, cores)))
+        self._last = (now, busy, own)
+
+    def during(self, start: float, end: float) -> float | None:
+        """Mean cores of the samples that overlap [start, end]."""
+        seen = [c for t0, t1, c in self.samples if t1 > start and t0 < end]
+        return round(statistics.mean(seen), 2) if seen else None
+
+
+def longhaul(env: dict, *args: str, log: Path, timeout: float, load: OthersLoad | None = None) -> None:
+    """`longhaul ARGS`; with `load`, sampled every 2 s while it runs."""
     with log.open("a") as out:
-        result = subprocess.run([sys.executable, "-m", "trainer.cli", *args], env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, timeout=timeout)
-    if result.returncode != 0:
-        raise SystemExit(f"longhaul {' '.join(args)} failed ({result.returncode}):\n{log.read_text()[-3000:]}")
+        proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", *args], env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                break
+            if load is not None:
+                load.sample(proc.pid)
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
+    if proc.returncode != 0:
+        raise SystemExit(f"longhaul {' '.join(args)} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
 
 
-def wait_finished(run_dir: Path, timeout: float) -> str:
+def wait_finished(run_dir: Path, timeout: float, load: OthersLoad) -> str:
     """The run's state once it has ended, from its state.json read every 2 s."""
     from trainer.run.state import FINAL_STATES, effective_state, read_state
 
@@ -104,32 +158,50 @@ def wait_finished(run_dir: Path, timeout: float) -> str:
     while time.monotonic() < deadline:
         time.sleep(2.0)
         try:
-            state = effective_state(run_dir, read_state(run_dir))
+            info = read_state(run_dir)
+            state = effective_state(run_dir, info)
         except Exception:  # not written yet
             continue
+        load.sample(info.get("pid"))
         if state in FINAL_STATES or state == "interrupted":
+            gone(info.get("pid"), deadline - time.monotonic())
             return state
     raise SystemExit(f"{run_dir.name} did not end within {timeout:.0f} s")
+
+
+def gone(pid: int | None, timeout: float) -> None:
+    """Wait for the daemon to exit (it writes its last files after the run's final state)."""
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout=max(timeout, 1.0)) if pid else None
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        raise SystemExit(f"the daemon {pid} did not exit after its run ended")
 
 
 def one_run(kind: str, name: str, configs: dict, env: dict, root: Path, timeout: float) -> dict:
     run_dir = root / name
     log = root.parent / f"{name}.log"
     started = time.monotonic()
+    load = OthersLoad()
     if kind == "one":
         longhaul(env, "--root", str(root), "train", str(configs["one"]), "--name", name, "--quiet",
-                 log=log, timeout=timeout)
+                 log=log, timeout=timeout, load=load)
         state = "finished"
     else:
         longhaul(env, "--root", str(root), "start", str(configs["two"]), "--name", name, "--procs-per-node", "2",
                  log=log, timeout=120)
-        state = wait_finished(run_dir, timeout)
+        state = wait_finished(run_dir, timeout, load)
     if state != "finished":
         tail = (run_dir / "train.log").read_text()[-3000:] if (run_dir / "train.log").exists() else ""
         raise SystemExit(f"{name} ended {state}:\n{tail}")
     plan = json.loads((run_dir / "plan.json").read_text())["config"]
+    rate = steady_rate(run_dir)
+    others = load.during(rate.pop("from_time"), rate.pop("to_time"))
     return {"run": name, "kind": kind, "world_size": plan["world_size"], "threads": plan.get("threads"),
-            "wall_s": round(time.monotonic() - started, 1), **steady_rate(run_dir)}
+            "wall_s": round(time.monotonic() - started, 1), **rate, "others_busy_cores": others}
 
 
 def throughput(steps: int, quick: bool) -> dict:
@@ -147,19 +219,21 @@ def throughput(steps: int, quick: bool) -> dict:
             r = runs[-1]
             print(f"{r['run']:6s} world {r['world_size']}: {r['samples_per_s']:7.1f} samples/s (steps "
                   f"{r['from_step']}-{r['to_step']}, engine's own {r['engine_samples_per_s_median']:.1f}), "
-                  f"{r['wall_s']} s in all", flush=True)
+                  f"{r['wall_s']} s in all; other processes kept {r['others_busy_cores']} cores busy", flush=True)
     one = statistics.mean(r["samples_per_s"] for r in runs if r["kind"] == "one")
     two = statistics.mean(r["samples_per_s"] for r in runs if r["kind"] == "two")
     for r in runs:
         for key in ("samples_per_s", "seconds", "engine_samples_per_s_median"):
             r[key] = round(r[key], 2)
     return {"one_process_2_threads": round(one, 2), "two_ranks_1_thread": round(two, 2), "ratio": round(two / one, 3),
-            "steps": steps, "global_batch": BATCH, "runs": runs}
+            "steps": steps, "global_batch": BATCH, "runs": runs,
+            # another process on a core slows either kind several-fold: only a quiet box's ratio says much
+            "quiet_box": all((r["others_busy_cores"] or 0.0) < 0.25 for r in runs)}
 
 
 # ----------------------------------------------------------------------------- 2. allreduce per step
 def build(name: str):
-    """(model, input shape) of a MODELS entry, built as the engine builds it (channels_last)."""
+    """(model, config) of a MODELS entry, the model built as the engine builds it (channels_last)."""
     from trainer import models
     from trainer.config import load_config
 
@@ -266,8 +340,11 @@ def allreduce(name: str, steps: int) -> dict:
 
     size = 2
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    load = OthersLoad()
     with tempfile.TemporaryDirectory() as out:
+        load.sample(None)
         mp.spawn(rank_main, args=(size, free_port(), name, steps, out), nprocs=size, join=True)
+        load.sample(None)
         ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(size)]
     rows = ranks[0]["rows"]
     nbytes = rows[-1]["bytes"]
@@ -286,18 +363,21 @@ def allreduce(name: str, steps: int) -> dict:
         # median over steps of each bucket's launch, as a fraction of backward's compute
         "launch_fractions": [round(statistics.median(r["launch_fractions"][i] for r in rows), 4)
                              for i in range(len(rows[-1]["launch_fractions"]))],
+        "others_busy_cores": load.during(0, math.inf),
     }
     print(f"{name:20s} 2 ranks x 1 thread, batch {batch}/rank: {nbytes / 2**20:.1f} MiB in {result['buckets']} "
           f"buckets per step, busy {step['busy_s'] * 1e3:.0f} ms, exposed {step['exposed_s'] * 1e3:.0f} ms of a "
           f"{step['step_s'] * 1e3:.0f} ms step ({result['exposed_share']:.1%}); flat allreduce "
-          f"{flat_s * 1e3:.0f} ms", flush=True)
+          f"{flat_s * 1e3:.0f} ms; others kept {result['others_busy_cores']} cores busy", flush=True)
     return result
 
 
 # ----------------------------------------------------------------------------- 3. on paper
 def box_step(name: str, steps: int) -> dict:
-    """One process x 2 threads (the whole box) at the per-box batch: seconds of the step and of
-    the last micro-batch's backward (the one the allreduce of a group overlaps)."""
+    """One process x 2 threads (the whole box) at the per-box batch: seconds of one micro-batch's
+    forward and backward, of its backward (what a group's allreduce overlaps: the last
+    micro-batch's) and of the optimizer step (clipping included); a step of `accum` micro-batches
+    takes accum x micro-batch + optimizer step."""
     import torch
     import torch.nn.functional as F
 
@@ -308,22 +388,26 @@ def box_step(name: str, steps: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     _, _, shape, _, (batch, accum) = MODELS[name]
     rows = []
+    load = OthersLoad()
+    load.sample(None)
     for step in range(1 + steps):
+        x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
         t0 = time.perf_counter()
-        for _ in range(accum):
-            x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(x), torch.randint(0, CLASSES[name], (batch,))) / accum
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
+        loss = F.cross_entropy(model(x), torch.randint(0, CLASSES[name], (batch,)))
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step:
-            rows.append({"step_s": time.perf_counter() - t0, "last_backward_s": t2 - t1})
+            rows.append({"micro_s": t2 - t0, "backward_s": t2 - t1, "optimizer_s": time.perf_counter() - t2})
+    load.sample(None)
     del model, opt
-    return {"per_box_batch": batch, "accum_steps": accum, "threads": 2,
-            "step_s": round(median_of(rows, "step_s"), 4), "last_backward_s": round(median_of(rows, "last_backward_s"), 4)}
+    micro, optimizer = median_of(rows, "micro_s"), median_of(rows, "optimizer_s")
+    return {"per_box_batch": batch, "accum_steps": accum, "threads": 2, "others_busy_cores": load.during(0, math.inf),
+            "step_s": round(accum * micro + optimizer, 4), "micro_batch_s": round(micro, 4),
+            "last_backward_s": round(median_of(rows, "backward_s"), 4), "optimizer_s": round(optimizer, 4)}
 
 
 def expected(n: int, bandwidth: float, t_step: float, t_backward: float, buckets: list[tuple[float, int]]) -> dict:
@@ -376,7 +460,7 @@ def main() -> None:
         b = result["on_paper"][name]
         print(f"{name:20s} on paper, step {b['box_step']['step_s']:.3f} s per box: " + ", ".join(
             f"{n} boxes {b[f'{n}_boxes']['1gbit']['speedup']}x/{b[f'{n}_boxes']['10gbit']['speedup']}x" for n in BOXES)
-              + " (1/10 Gbit/s)", flush=True)
+              + f" (1/10 Gbit/s); others kept {b['box_step']['others_busy_cores']} cores busy", flush=True)
     if "throughput" in result:
         result["target_within_10pct"] = result["throughput"]["ratio"] >= 0.9
     result["targets"] = {"ratio": ">= 0.9", "allreduce": "overlapped with backward: exposed share reported"}
