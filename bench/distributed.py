@@ -18,8 +18,9 @@
    the same bytes: the non-overlapped cost and loopback bandwidth (ring traffic 2(N-1)/N x bytes).
 3. On paper: one process x 2 threads (the whole box) steps each model at the per-box batch
    (B0: 32; V2-S: the image preset's 4 x 4 accumulated, timed as one micro-batch of 4 whose
-   step is 4 of them and one optimizer step), timed forward, backward and optimizer step; with the gradient bytes and the buckets' launch times as fractions of backward, the
-   expected speed-up of N = 2, 4, 8 such boxes on 1 and 10 Gbit/s links (docs/DISTRIBUTED.md).
+   step is 4 of them and one optimizer step), timed forward, backward and optimizer step; with
+   the gradient bytes and the buckets' launch times as fractions of backward, the expected
+   speed-up of N = 2, 4, 8 such boxes on 1 and 10 Gbit/s links (docs/DISTRIBUTED.md).
 
 The JSON object is the last line.
     python bench/distributed.py [--quick] [--steps N]
@@ -78,8 +79,9 @@ def throughput_config(tmp: Path, steps: int, threads: int, quick: bool) -> Path:
 def steady_rate(run_dir: Path) -> dict:
     """samples/s between the history's train records, the first 20% of the steps dropped."""
     from trainer.history import read_history
+    from trainer.run.rundir import RunDir
 
-    train = sorted((r for r in read_history(run_dir / "history.msgpack") if r["kind"] == "train"),
+    train = sorted((r for r in read_history(RunDir(run_dir).history) if r["kind"] == "train"),
                    key=lambda r: r["step"])
     first, last = train[max(1, round(0.2 * len(train)))], train[-1]
     seconds = last["time"] - first["time"]
@@ -194,10 +196,13 @@ def one_run(kind: str, name: str, configs: dict, env: dict, root: Path, timeout:
         longhaul(env, "--root", str(root), "start", str(configs["two"]), "--name", name, "--procs-per-node", "2",
                  log=log, timeout=120)
         state = wait_finished(run_dir, timeout, load)
+    from trainer.run.plan import read_plan
+    from trainer.run.rundir import RunDir
+
     if state != "finished":
-        tail = (run_dir / "train.log").read_text()[-3000:] if (run_dir / "train.log").exists() else ""
-        raise SystemExit(f"{name} ended {state}:\n{tail}")
-    plan = json.loads((run_dir / "plan.json").read_text())["config"]
+        log_file = RunDir(run_dir).train_log
+        raise SystemExit(f"{name} ended {state}:\n{log_file.read_text()[-3000:] if log_file.exists() else ''}")
+    _, plan = read_plan(run_dir)
     rate = steady_rate(run_dir)
     others = load.during(rate.pop("from_time"), rate.pop("to_time"))
     return {"run": name, "kind": kind, "world_size": plan["world_size"], "threads": plan.get("threads"),
