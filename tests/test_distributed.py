@@ -68,6 +68,40 @@ def test_a_batch_that_does_not_split_over_the_world_is_a_config_error():
                      check_paths=False, check_model=False)
 
 
+def test_every_world_size_an_elastic_group_may_shrink_to_must_split_the_batch():
+    from pathlib import Path
+
+    from trainer.config import ConfigError, build_config
+
+    # batch 8: 3 boxes x 2 = 6 does not divide it, 2 x 2 = 4 and 1 x 2 = 2 do
+    raw = changed(SPLIT_FREE, **{"distributed": {"nodes": 3, "min_nodes": 1, "procs_per_node": 2, "rdzv": "a:1"}})
+    with pytest.raises(ConfigError) as err:
+        build_config(raw, "dp.yaml", Path("."), check_paths=False, check_model=False)
+    assert "world size 6" in str(err.value) and "multiple of 12" in str(err.value)
+    raw = changed(raw, **{"distributed.nodes": 2})
+    assert build_config(raw, "dp.yaml", Path("."), check_paths=False, check_model=False).distributed.world_size == 4
+
+
+def test_a_box_that_becomes_rank_0_without_the_runs_checkpoints_refuses_to_start_over(tmp_path):
+    """Rank 0's box was lost; the box that is rank 0 now never held the checkpoints or the history,
+    but its daemon saw the run reach step 40: starting over would silently lose the run."""
+    from types import SimpleNamespace
+
+    from trainer.checkpoint.errors import CheckpointError
+    from trainer.resume import _check_box_held_the_run
+    from trainer.run.rundir import RunDir
+    from trainer.run.state import StateFile
+
+    StateFile(tmp_path).write(step=40, state="running")
+    trainer = SimpleNamespace(run_dir=tmp_path, files=RunDir(tmp_path), world=SimpleNamespace(hosts=["boxb"]))
+    with pytest.raises(CheckpointError, match="step 40 with rank 0 on another box"):
+        _check_box_held_the_run(trainer)
+    RunDir(tmp_path).history.write_bytes(b"")  # this box was rank 0: its history is here
+    _check_box_held_the_run(trainer)
+    _check_box_held_the_run(SimpleNamespace(run_dir=tmp_path / "new", files=RunDir(tmp_path / "new"),
+                                            world=trainer.world))  # a new run: nothing to lose
+
+
 def test_torchrun_command_for_one_box_and_for_several():
     from trainer.config import DistributedConfig
     from trainer.daemon.group import torchrun_argv

@@ -11,6 +11,7 @@ timm (model names) import it lazily inside `check_model_name` (through trainer.m
 from __future__ import annotations
 
 import copy
+import math
 import difflib
 import re
 from pathlib import Path
@@ -554,6 +555,10 @@ class DistributedConfig(Section):
     interface: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$")
     """The network interface gloo sends gradients over (GLOO_SOCKET_IFNAME), e.g. eth1 on a box
     with a fast link beside the default one; null: the one the host name resolves to."""
+    bucket_cap_mb: float = Field(25.0, gt=0.0)
+    """Size of DDP's gradient buckets: each is allreduced as soon as backward has filled it, while
+    backward goes on. Smaller buckets overlap more of the allreduce with backward (the first layers'
+    bucket is ready only at its end) at the cost of more messages (bench/distributed.py)."""
     timeout_seconds: float = Field(600.0, gt=0.0)
     """How long a rank waits for the others in one collective before the group is restarted (a
     node that stopped answering)."""
@@ -862,11 +867,14 @@ def _distributed_problems(cfg: RunConfig) -> list[tuple[str, str]]:
         return problems
     sizes = [("optim.batch_size", cfg.optim.batch_size)]
     sizes += [(f"phases.{i}.batch_size", p.batch_size) for i, p in enumerate(cfg.phases) if p.batch_size]
+    worlds = [n * d.procs_per_node for n in range(d.min_nodes or d.nodes, d.nodes + 1)]  # elastic: each may come
     for key, size in sizes:
-        if size % d.world_size:
-            problems.append((key, f"the global batch {size} does not split evenly over world size {d.world_size} "
-                                  f"({d.nodes} node(s) x {d.procs_per_node} process(es)): use a multiple of "
-                                  f"{d.world_size}"))
+        uneven = [w for w in worlds if size % w]
+        if uneven:
+            problems.append((key, f"the global batch {size} does not split evenly over world size "
+                                  f"{', '.join(map(str, uneven))} ({d.procs_per_node} process(es) on each of "
+                                  f"{'up to ' if len(worlds) > 1 else ''}{d.nodes} node(s)): use a multiple of "
+                                  f"{math.lcm(*worlds)}"))
     return problems
 
 

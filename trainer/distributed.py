@@ -86,18 +86,19 @@ class World:
     """This process's place in the group (rank, world size, host) and the few collectives the
     engine needs. Size 1: every method is a no-op."""
 
-    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, timeout_seconds: float = 600.0):
+    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, timeout_seconds: float = 600.0,
+                 bucket_cap_mb: float = 25.0):
         self.rank, self.size, self.local_rank = rank, size, local_rank
-        self.timeout_seconds = timeout_seconds
+        self.timeout_seconds, self.bucket_cap_mb = timeout_seconds, bucket_cap_mb
         self.host = socket.gethostname()
         self.hosts = [self.host]
         self.clock = AllreduceClock()
         self._flag = torch.zeros(1, dtype=torch.int64)
 
     @classmethod
-    def from_env(cls, timeout_seconds: float = 600.0) -> "World":
+    def from_env(cls, timeout_seconds: float = 600.0, bucket_cap_mb: float = 25.0) -> "World":
         rank, size, local_rank = env_world()
-        return cls(rank, size, local_rank, timeout_seconds)
+        return cls(rank, size, local_rank, timeout_seconds, bucket_cap_mb)
 
     @property
     def enabled(self) -> bool:
@@ -202,7 +203,8 @@ class World:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(model, broadcast_buffers=True, gradient_as_bucket_view=True)
+        ddp = DistributedDataParallel(model, broadcast_buffers=True, gradient_as_bucket_view=True,
+                                      bucket_cap_mb=self.bucket_cap_mb)
         ddp.register_comm_hook(self.clock, timed_allreduce)
         return ddp
 

@@ -208,7 +208,7 @@ class Trainer:
         self.config_hash = config_sha256(cfg)
         self.unwritten: list[dict] = []  # history records a full disk refused, in order
         self.early_stop_announced = False
-        self.world = World.from_env(cfg.distributed.timeout_seconds)
+        self.world = World.from_env(cfg.distributed.timeout_seconds, cfg.distributed.bucket_cap_mb)
         self.last_world: Optional[dict] = None  # the progress body's `world` (rank 0 of a group)
         self.controls = Controls(self, controls or queue.SimpleQueue(), self.world)
         self.disk = DiskSpace(self)

@@ -76,6 +76,8 @@ def _check_rank_zero_is_newest(trainer) -> None:
     newest = trainer.files.newest_checkpoint()
     steps = trainer.world.gather((newest or {}).get("step", -1))
     best = max(steps)
+    if trainer.world.main and newest is None:
+        _check_box_held_the_run(trainer)
     if steps[0] < best:
         owner = steps.index(best)
         raise CheckpointError(
@@ -83,6 +85,22 @@ def _check_rank_zero_is_newest(trainer) -> None:
             f" but rank {owner} ({trainer.world.hosts[owner]}) holds a checkpoint at step {best}: rank 0's run directory "
             "must hold the newest checkpoint. Bring that box back into the group (rank 0 is the box whose address "
             "sorts first), or put the run directory on a file system every box shares")
+
+
+def _check_box_held_the_run(trainer) -> None:
+    """Rank 0 with no checkpoint and no history, on a box whose daemon saw the run get to step N:
+    rank 0 was on another box, now gone from the group. Starting over here would silently throw
+    the run away; it is refused."""
+    try:
+        seen = StateFile(trainer.run_dir).read().get("step")
+    except (OSError, RunError):
+        return
+    if isinstance(seen, int) and seen > 0 and not trainer.files.history.exists():
+        raise CheckpointError(
+            f"this box ({trainer.world.hosts[0]}) is now rank 0 but holds no checkpoint: the run had reached step "
+            f"{seen} with rank 0 on another box, whose run directory has the checkpoints and the history. Bring "
+            "that box back into the group (rank 0 is the box whose address sorts first), or put the run "
+            "directory on a file system every box shares")
 
 
 def resumed_message(step: int, meta: dict, lost: float) -> str:
