@@ -329,8 +329,11 @@ def rank_main(rank: int, size: int, port: int, name: str, steps: int, out_dir: s
         t0 = time.perf_counter()
         dist.all_reduce(flat)
         flat_times.append(time.perf_counter() - t0)
-    world.close()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"rows": rows, "flat_s": flat_times}))
+    world.barrier()
+    # no teardown: destroying the group under a live DDP reducer aborted a rank ("terminate called
+    # without an active exception") once its numbers were already taken
+    os._exit(0)
 
 
 def free_port() -> int:
