@@ -251,101 +251,36 @@ def test_odd_process_names_are_read_whole():
         odd.wait()
 
 
-def test_loader_children_of_the_trainer_are_marked():
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'while True: pass']); time.sleep(60)"
-    trainer = subprocess.Popen([sys.executable, "-c", code])
+def _roles_of_children(child_argv: str, want) -> list[dict]:
+    """The process table's rows of a parent whose child runs `child_argv` (a Python list's text),
+    sampled until `want(rows)` or 10 s."""
+    code = f"import subprocess, sys, time; subprocess.Popen([sys.executable, {child_argv}]); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
     try:
         table = ProcessTable()
-        table.sample(trainer.pid)
+        table.sample(parent.pid)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             time.sleep(0.3)
-            rows, _ = table.sample(trainer.pid)
-            if any(row["role"] == "loader" for row in rows):
+            rows, _ = table.sample(parent.pid)
+            if want(rows):
                 break
-        assert any(row["role"] == "loader" and row["cpu"] > 10 for row in rows), rows
+        return rows
     finally:
         import psutil
 
-        for child in psutil.Process(trainer.pid).children():
+        for child in psutil.Process(parent.pid).children():
             child.kill()
-        trainer.kill()
-        trainer.wait()
+        parent.kill()
+        parent.wait()
 
 
-# ----------------------------------------------------------------------------- the daemon
-class BusyBox:
-    """Stands in for SystemSampler: a box where a hog always keeps the load above the cores, so
-    the alert follows the fake worker's samples/s alone."""
-
-    def __init__(self, run_dir, trainer_pid_fn):
-        self.trainer_pid_fn = trainer_pid_fn
-
-    def sample(self) -> dict:
-        body = {"time": time.time(), "cpu_percent": [99.0, 99.0], "load": [3.9, 3.0, 2.0], "mem_total": 8 << 30,
-                "mem_used": 2 << 30, "swap_total": 0, "swap_used": 0, "trainer_rss": 1 << 28,
-                "disk_free": 50 << 30, "disk_total": 100 << 30, "disk_write_bps": 0.0, "cpu_temp": None,
-                "cores": 2, "processes": [HOG], "trainer_threads": []}
-        pid = self.trainer_pid_fn()
-        if pid is not None:
-            body["processes"] = [{**TRAINER, "pid": pid}, HOG]
-        return body
-
-
-def test_daemon_emits_the_alert_and_its_end(tmp_path, runtime_dir, monkeypatch):
-    import asyncio
-    import threading
-
-    from daemon_helpers import FAKE_WORKER, make_run, read_events, wait_for
-    from trainer import daemon, sysmon
-    from trainer.run.sockets import socket_path
-
-    monkeypatch.setattr(sysmon, "SystemSampler", BusyBox)
-    # 0.5 s system samples: normal for ~3 s, slow for ~4 s, normal again
-    run_dir = make_run(tmp_path / "runs", "busy", fake={"steps": 100000, "step_time": 0.01, "log_every": 0,
-                                                       "rates": [[0, 100], [300, 8], [700, 100]]})
-    # Pinned threads: only then does the fix name a smaller `threads:` (a trainer that follows
-    # the load gives threads up by itself).
-    config = run_dir / "config.yaml"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "threads_follow_load": False}))
-    d = daemon.Daemon(run_dir, [sys.executable, str(FAKE_WORKER)], daemon.Settings(linger=0.1))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=lambda: loop.run_until_complete(d.run()))
-    thread.start()
-    try:
-        wait_for(lambda: socket_path(run_dir).exists(), 10, "socket")
-
-        def contention():
-            return [e for e in read_events(run_dir) if e["kind"] == "contention"]
-
-        wait_for(lambda: len(contention()) >= 2, 60, "the contention alert and its end")
-    finally:
-        loop.call_soon_threadsafe(d.shutdown, "test over")
-        thread.join(30)
-    start, end = contention()[:2]
-    assert start["level"] == "warning" and start["data"]["alert"] == ALERT
-    assert "hog (pid 4242, 97% CPU)" in start["message"] and "`threads: 1`" in start["message"]
-    assert end["level"] == "info" and end["data"]["resolves"] == ALERT
+def test_loader_children_of_the_trainer_are_marked():
+    rows = _roles_of_children("'-c', 'while True: pass'", lambda rows: any(r["role"] == "loader" for r in rows))
+    assert any(row["role"] == "loader" and row["cpu"] > 10 for row in rows), rows
 
 
 def test_the_ranks_under_a_torchrun_agent_are_the_trainer_not_loaders():
-    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'while True: pass', "
-            "'trainer.worker']); time.sleep(60)")
-    agent = subprocess.Popen([sys.executable, "-c", code])
-    try:
-        table = ProcessTable()
-        table.sample(agent.pid)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            time.sleep(0.3)
-            rows, _ = table.sample(agent.pid)
-            if sum(row["role"] == "trainer" for row in rows) == 2:
-                break
-        assert sum(row["role"] == "trainer" for row in rows) == 2 and not any(r["role"] == "loader" for r in rows), rows
-    finally:
-        import psutil
-
-        for child in psutil.Process(agent.pid).children():
-            child.kill()
-        agent.kill()
-        agent.wait()
+    rows = _roles_of_children("'-c', 'while True: pass', 'trainer.worker'",
+                              lambda rows: sum(r["role"] == "trainer" for r in rows) == 2)
+    assert sum(row["role"] == "trainer" for row in rows) == 2 and not any(r["role"] == "loader" for r in rows), rows
