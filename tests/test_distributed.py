@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import time
 
 import pytest
 import yaml
 
 from tests.daemon_helpers import wait_for
-from tests.longhaul_cli import assert_bit_identical, cli, cli_env, logged_steps, status
+from tests.longhaul_cli import assert_bit_identical, cli, cli_env, cut_power_and_resume, logged_steps, status
 from tests.run_configs import POWERCUT, changed
 
 # no batch norm (it normalises each rank's share), no dropout or mixup (drawn per rank): a run
@@ -167,11 +166,7 @@ def test_power_cuts_of_a_group_resume_bit_identical_to_an_uninterrupted_group(tm
         before = logged_steps(run_dir)
         wait_for(lambda: logged_steps(run_dir) >= before + rng.randint(5, 25), 180, "training progress")
         time.sleep(rng.uniform(0.0, 0.3))
-        current = status(env, "cut")
-        assert current["state"] == "running", f"kill {kill + 1}: the run is {current['state']}; lengthen it"
-        os.killpg(current["pid"], signal.SIGKILL)  # the daemon and the agent; the ranks die with the agent
-        wait_for(lambda: status(env, "cut")["state"] == "interrupted", 30, "state interrupted")
-        cli(env, "resume", "cut")
+        cut_power_and_resume(env, "cut", kill)  # the daemon and the agent; the ranks die with the agent
     finished(env, "cut", 400)
     assert_bit_identical(run_dir, tmp_path / "runs" / "reference")
 
