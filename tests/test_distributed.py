@@ -244,6 +244,8 @@ def test_two_hosts_train_one_run_and_a_lost_link_restarts_the_group_elastically(
         assert info["state"] == "finished" and info["world_size"] == 2 and info["step"] == 108, info
     assert logged_steps(a.run_dir("two")) == 108 and any((a.run_dir("two") / "ckpt").iterdir())
     assert not (b.run_dir("two") / "ckpt").exists() or not any((b.run_dir("two") / "ckpt").iterdir())
+    plan_b = json.loads((b.run_dir("two") / "plan.json").read_text())  # box b's dashboard has the plan too
+    assert plan_b["config"]["world_size"] == 2 and plan_b["plan"]["total_steps"] == 108
 
     config.write_text(yaml.safe_dump(changed(POWERCUT, **{"name": "lost", "phases": [{"name": "a", "epochs": 150}],
                                                           "distributed.timeout_seconds": 15})))

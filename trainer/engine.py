@@ -258,7 +258,7 @@ class Trainer:
                                      self.smoother, self.event, self._train_mode, self.checkpoints.save_best,
                                      self.publish_progress, self.world)
         self._apply_phase(self.plan.phase_at(self.state.step), announce=not self.resumed)
-        if self.world.main:
+        if self.world.local_rank == 0:  # every box's run directory: its status and dashboard show the plan
             self._write_plan()
         self.checkpoints.estimate = estimate_bytes(self.checkpoint_state())
         alert = None if self.resumed else slow_ema_alert(cfg, self.ema, self.plan)
