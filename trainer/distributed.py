@@ -113,10 +113,22 @@ class World:
         """Join the gloo group (torchrun's rendezvous put MASTER_ADDR/PORT in the environment)."""
         if not self.enabled or dist.is_initialized():
             return
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=self.timeout_seconds))
+        timeout = datetime.timedelta(seconds=self.timeout_seconds)
+        dist.init_process_group("gloo", store=self._store(timeout), rank=self.rank, world_size=self.size,
+                                timeout=timeout)
         hosts: list = [None] * self.size
         dist.all_gather_object(hosts, self.host)
         self.hosts = [str(h) for h in hosts]
+
+    def _store(self, timeout: datetime.timedelta) -> "dist.Store":
+        """The store the ranks meet in, its keys prefixed with the agent's restart count: the
+        agent keeps one store for all the generations it starts, and gloo's keys of a dead
+        generation (its ranks' addresses) would otherwise be read by the next one, which then
+        connects to ports nobody listens on ("connectFullMesh failed ... Connection refused")."""
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.size,
+                              is_master=not agent_store and self.main, timeout=timeout)
+        return dist.PrefixStore(f"longhaul/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
