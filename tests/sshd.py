@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -62,6 +63,9 @@ class LocalSshd:
         self.client_config = self.folder / "ssh_config"
         self.log = self.folder / "sshd.log"
         self.proc: Optional[subprocess.Popen] = None
+        # the ControlMaster's socket: ssh adds 17 characters to `mux-%C` (40), and a Unix socket
+        # path must fit in 108 bytes, which a test folder under a long TMPDIR (CI's) does not
+        self.mux_dir = Path(tempfile.mkdtemp(prefix="lhmux-", dir="/tmp"))
 
     @property
     def ssh_options(self) -> str:
@@ -81,7 +85,7 @@ class LocalSshd:
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
             "AllowStreamLocalForwarding yes", "LogLevel VERBOSE", ""]))
-        hosts = [f"Host {MUX}", "  ControlMaster auto", "  ControlPersist 60", f"  ControlPath {self.folder / 'mux-%C'}"]
+        hosts = [f"Host {MUX}", "  ControlMaster auto", "  ControlPersist 60", f"  ControlPath {self.mux_dir / 'mux-%C'}"]
         for alias, key in ((f"{HOST} {MUX}", "client_key"), (BAD_KEY, "stranger_key")):
             hosts += [f"Host {alias}", "  HostName 127.0.0.1", f"  Port {self.port}", f"  User {getpass.getuser()}",
                       f"  IdentityFile {self.folder / key}", "  IdentitiesOnly yes", "  StrictHostKeyChecking no",
@@ -141,3 +145,4 @@ class LocalSshd:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        shutil.rmtree(self.mux_dir, ignore_errors=True)
