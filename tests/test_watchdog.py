@@ -4,6 +4,8 @@ ending bit-identical to an uninterrupted run."""
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -206,8 +208,8 @@ def test_sigstopped_engine_is_restarted_by_the_watchdog_and_ends_bit_identical(t
 
 # ---------------------------------------------------------------------- the kill, decided late
 class FakeSupervisor:
-    def __init__(self, pid: int):
-        self.pid, self.killed = pid, None
+    def __init__(self, pid: int, group: bool = False):
+        self.pid, self.group, self.killed = pid, group, None
 
     def kill_stalled(self, why: str) -> None:
         self.killed = why
@@ -248,6 +250,49 @@ def test_the_kill_waits_for_the_stacks_and_spares_a_trainer_that_recovered(monke
 
     result = asyncio.run(scenario())
     assert (result is not None) == killed
+
+
+AGENT = """
+import subprocess, sys, time
+sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+ranks = [subprocess.Popen(sleep + ["-m", "trainer.worker"]) for _ in range(2)]
+loader = subprocess.Popen(sleep)
+print(*[p.pid for p in ranks + [loader]], flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_stalled_group_asks_its_ranks_for_stacks_never_torchruns_agent(monkeypatch):
+    """In a data-parallel run the worker is torchrun's agent, which dies of the stacks signal: the
+    ranks (its children running trainer.worker) are asked, and the stopped one is named."""
+    from trainer.daemon import watch as watch_module
+    from trainer.watchdog import STACKS_SIGNAL
+
+    agent = subprocess.Popen([sys.executable, "-c", AGENT], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        *ranks, loader = map(int, agent.stdout.readline().split())
+        os.kill(ranks[1], signal.SIGSTOP)
+        wait_for(lambda: psutil.Process(ranks[1]).status() == psutil.STATUS_STOPPED, 10, "the rank to stop")
+
+        async def scenario():
+            watch, supervisor, emitted, tasks, _ = stalled_watch(monkeypatch)
+            supervisor.pid, supervisor.group = agent.pid, True
+            signalled = []
+            monkeypatch.setattr(watch_module.os, "kill", lambda pid, sig: signalled.append((pid, sig)))
+            watch.worker_started()
+            watch.progress({"step": 3}, True)
+            watch.stalls.last_life -= 5.0
+            watch._stalled(watch.stalls.check("running", time.monotonic()))
+            await asyncio.gather(*tasks)
+            return signalled, emitted[-1], supervisor.killed
+
+        signalled, alert, killed = asyncio.run(scenario())
+        assert sorted(signalled) == sorted((rank, STACKS_SIGNAL) for rank in ranks)  # not the agent, not a loader
+        assert alert[3]["pid"] == ranks[1] and alert[3]["process"] == psutil.STATUS_STOPPED
+        assert f"kill -CONT {ranks[1]}" in alert[2]
+        assert killed is not None  # the supervisor kills the agent, whose ranks die with it
+    finally:
+        os.killpg(agent.pid, signal.SIGKILL)
 
 
 def test_a_stall_limit_shorter_than_an_evaluation_report_is_warned_about():

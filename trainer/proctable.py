@@ -138,7 +138,7 @@ class ProcessTable:
         if pid == trainer_pid:
             role = "trainer"
         elif trainer_pid is not None and ppid == trainer_pid:
-            role = "trainer" if _is_rank(pid) else "loader"  # the ranks of a data-parallel run's agent
+            role = "trainer" if is_rank(pid) else "loader"  # the ranks of a data-parallel run's agent
         else:
             role = "daemon" if pid == self.own_pid else "other"
         return {"pid": pid, "name": name, "cpu": round(cpu, 1), "rss": int(rss or 0), "role": role}
@@ -165,7 +165,7 @@ class ProcessTable:
         return rows[:MAX_THREADS]
 
 
-def _is_rank(pid: int) -> bool:
+def is_rank(pid: int) -> bool:
     """A trainer worker: under a data-parallel run's torchrun agent (the daemon's child), each
     rank is the agent's child, and it is the trainer, not a data loader."""
     try:

@@ -8,8 +8,8 @@ progress frame, each sign of work that is not a step: an evaluation's keep-alive
 stalled. The limit is `watchdog.stall_seconds`, or else STEP_TIMES times the median of the recent
 step times with a floor of FLOOR seconds; before a worker's first step it is
 `watchdog.setup_seconds`. Paused, stopping and ended runs are never stalled. What a stall does
-(the alert, the stacks in train.log, the kill and restart) is the daemon's (`describe_process`
-helps its message).
+(the alert, the stacks in train.log, the kill and restart) is the daemon's (`trainer_pids` says
+which processes to ask for their stacks, `describe_trainers` helps its message).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import psutil
+
+from trainer.proctable import is_rank
 
 FLOOR = 300.0
 """Seconds: the smallest default limit. A step of a small model takes well under a second, but a
@@ -124,6 +126,28 @@ class StallWatch:
         return self.stalled
 
 
+def trainer_pids(pid: Optional[int], group: bool) -> list[int]:
+    """The processes that train: the worker `pid`, or in a data-parallel run (`group`: `pid` is
+    torchrun's agent, which STACKS_SIGNAL would kill, since it does not handle it) the agent's
+    ranks."""
+    if pid is None or not group:
+        return [] if pid is None else [pid]
+    try:
+        return [child.pid for child in psutil.Process(pid).children() if is_rank(child.pid)]
+    except psutil.Error:
+        return []
+
+
+_EXPLAINS_FIRST = {psutil.STATUS_STOPPED: 0, psutil.STATUS_TRACING_STOP: 0, psutil.STATUS_DISK_SLEEP: 1, "gone": 3}
+
+
+def describe_trainers(pids: list[int]) -> tuple[Optional[int], str, str]:
+    """(pid, psutil status, a sentence for the user) of the trainer process that best explains a
+    stall: one stopped, else one waiting on a disk, else any that is alive."""
+    described = [(pid, *describe_process(pid)) for pid in pids] or [(None, *describe_process(None))]
+    return min(described, key=lambda row: _EXPLAINS_FIRST.get(row[1], 2))
+
+
 def describe_process(pid: Optional[int]) -> tuple[str, str]:
     """(psutil status, a sentence for the user) of the trainer process."""
     if pid is None:
@@ -134,7 +158,7 @@ def describe_process(pid: Optional[int]) -> tuple[str, str]:
         return "gone", f"the trainer (pid {pid}) is gone"
     if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
         return status, (f"the trainer (pid {pid}) is stopped (SIGSTOP, Ctrl-Z or a debugger): `kill -CONT {pid}` "
-                        "lets it go on")
+                        "lets it go on (a stopped process writes its Python stacks to train.log only then)")
     if status == psutil.STATUS_DISK_SLEEP:
         return status, (f"the trainer (pid {pid}) waits on a disk or network file system that does not answer; "
                         "its Python stacks are in train.log")

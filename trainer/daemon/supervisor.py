@@ -109,6 +109,11 @@ class Supervisor:
         return self.proc is not None and self.writer is not None
 
     @property
+    def group(self) -> bool:
+        """The worker is torchrun's agent of a data-parallel group (its children are the ranks)."""
+        return self.distributed is not None and self.distributed.enabled
+
+    @property
     def pid(self) -> Optional[int]:
         return self.proc.pid if self.proc is not None else None
 
@@ -287,7 +292,7 @@ class Supervisor:
     async def _run_worker(self) -> Optional[int]:
         """Start the worker (a data-parallel run: torchrun's agent and its group, trainer/daemon/
         group.py), relay it until it exits, return its exit code (None: no start)."""
-        group = self.distributed is not None and self.distributed.enabled
+        group = self.group
         channel = await WorkerSocket(self.run_dir, self._serve_rank_zero).open() if group else PairChannel()
         command = torchrun_argv(self.argv, self.distributed, self.run_dir.name) if group else self.argv
         argv = [*command, str(self.run_dir), *channel.worker_args]

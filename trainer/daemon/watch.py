@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 from trainer.thresholds import ThresholdWatch
-from trainer.watchdog import STACKS_SIGNAL, WATCHED_STATES, Stall, StallWatch, describe_process
+from trainer.watchdog import STACKS_SIGNAL, WATCHED_STATES, Stall, StallWatch, describe_trainers, trainer_pids
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,12 @@ class RunWatch:
         return self.state() if self.supervisor.pid is not None else None  # no worker: none to stall
 
     def _stalled(self, stall: Stall) -> None:
-        pid = self.supervisor.pid
-        status, doing = describe_process(pid)
-        if pid is not None and status != "gone":
+        worker = self.supervisor.pid  # a data-parallel run's: torchrun's agent
+        trainers = trainer_pids(worker, self.supervisor.group)
+        pid, status, doing = describe_trainers(trainers)
+        for trainer in trainers:
             try:  # a stopped process writes them when it is continued (or never, when killed)
-                os.kill(pid, STACKS_SIGNAL)
+                os.kill(trainer, STACKS_SIGNAL)
             except ProcessLookupError:
                 pass
         where = f"after step {stall.step}" if stall.first_step else "before its first step"
@@ -94,7 +95,7 @@ class RunWatch:
                                               "limit": round(stall.limit, 1), "step": stall.step, "pid": pid,
                                               "process": status, "restart": restart})
         if restart:
-            self.spawn(self._kill_after_stacks(pid, stall))
+            self.spawn(self._kill_after_stacks(worker, stall))
 
     async def _kill_after_stacks(self, pid: int, stall: Stall) -> None:
         await asyncio.sleep(STACKS_WAIT)
