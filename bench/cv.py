@@ -5,8 +5,9 @@
 evaluations included), in one run, on the same box, in fresh runs roots:
 
 - cv: `longhaul cv CONFIG --folds 3`, from the command's start until the parent's status says
-  every fold is done: the folds go through the run queue, each trained by its own daemon, the
-  next started by the daemon of the one before when it ends;
+  every fold is done and each fold's daemon has exited (its after-run work, the report,
+  included): the folds go through the run queue, each trained by its own daemon, the next
+  started by the daemon of the one before when it ends;
 - train: the same three fold runs made by `trainer.run.cv.create_cv` in another root, each
   trained by a `longhaul train FOLD/config.yaml --run-dir FOLD` call, back to back.
 
@@ -58,13 +59,16 @@ def time_cv(base: Path, overrides: list[str]) -> tuple[float, dict]:
     if result.returncode not in (0, 1):
         raise SystemExit(f"longhaul cv failed ({result.returncode}): {result.stderr}")
     from trainer.run.cv_status import cv_status
+    from trainer.run.liveness import is_longhaul_process
+    from trainer.run.state import read_state
 
     while True:  # the command returns at once: the queue trains the folds. Read in this process
         # (a `longhaul status` process a second would take CPU from the training it times)
         status = cv_status(base / "runs" / "bench-cv")
-        # done: every fold ended and, when all finished, the last one's out-of-fold file written
-        # (a `train` call returns only after it, too)
-        if status["state"] not in ("running", "queued") and (status["oof"] or status["state"] != "finished"):
+        # done: every fold ended and its daemon exited, as a `train` call returns only after its
+        # after-run work (the last fold writes the out-of-fold file, then its report)
+        if status["state"] not in ("running", "queued") and not any(
+                is_longhaul_process(read_state(Path(fold["dir"])).get("pid")) for fold in status["folds"]):
             return time.perf_counter() - start, status
         time.sleep(0.5)
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.daemon_helpers import make_run, read_events, wait_exit
-from tests.longhaul_cli import cli, cli_env
+from tests.daemon_helpers import make_run, read_events, wait_exit, wait_for
+from tests.longhaul_cli import cli, cli_env, status
 from trainer import notify
 from trainer.config import ALERT_WHATS, ConfigError, NotifyRule
 from trainer.notify import Notifier, Rule, event_names, load_user_rules, run_command
+from trainer.run.state import StateFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,6 +208,8 @@ def test_the_user_file_errors_name_the_file_the_key_and_what_was_expected(tmp_pa
     path.write_text("notify:\n  - on: [finished, stalled]\n    command: curl x\n")
     assert [sorted(r.on) for r in load_user_rules(path)] == [["finished", "stalled"]]
     assert load_user_rules(tmp_path / "absent.yaml") == []
+    path.write_text("# notify:\n#   - on: [finished]\n#     command: curl x\n")  # every rule commented out
+    assert load_user_rules(path) == []
 
 
 def test_start_refuses_a_broken_notify_file_unless_told_to_ignore_it(tmp_path, runtime_dir):
@@ -222,20 +225,36 @@ def test_start_refuses_a_broken_notify_file_unless_told_to_ignore_it(tmp_path, r
     assert not (tmp_path / "runs" / "tiny").exists()  # nothing half-made
     tested = cli(env, "notify", "--test", check=False)
     assert tested.returncode != 0 and str(notify_file) in tested.stderr
+    started = cli(env, "start", str(config), "--ignore-notify-file", check=False)
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: status(env, "tiny")["state"] == "finished", 120, "the run to finish")
+    events = read_events(tmp_path / "runs" / "tiny")
+    assert not [e for e in events if e["data"].get("what") == "notify_config"]  # told to train without the file
+    StateFile(tmp_path / "runs" / "tiny").update(state="interrupted")  # as a power cut leaves it
+    refused = cli(env, "resume", "tiny", check=False)
+    assert refused.returncode != 0 and "notify.0.on" in refused.stderr and "--ignore-notify-file" in refused.stderr
 
 
-def test_notify_test_sends_through_every_rule_and_says_which_failed(tmp_path, runtime_dir):
-    notify_file = tmp_path / "notify.yaml"
-    got = tmp_path / "got.json"
-    notify_file.write_text(f"notify:\n  - on: [finished]\n    command: cat > {got}\n"
-                           "  - on: [crash]\n    command: exit 3\n")
-    env = cli_env(tmp_path / "runs", runtime_dir, LONGHAUL_NOTIFY_FILE=str(notify_file))
-    listed = cli(env, "notify").stdout
-    assert "notify[0]: on finished: cat >" in listed and "notify[1]: on crash: exit 3" in listed
-    result = cli(env, "notify", "--test", check=False)
-    assert result.returncode == 1
-    assert "notify[0]: ok" in result.stdout and "notify[1]: FAILED: exit status 3" in result.stdout
-    assert json.loads(got.read_text())["event"] == "test"
+def test_a_daemon_whose_notify_file_broke_since_start_alerts_and_keeps_the_runs_rules(tmp_path, runtime_dir,
+                                                                                       launcher, monkeypatch):
+    """`start` checked the file; one broken later (or at boot, `resume --all`) must not stop the
+    run, and the run's own rules still go out (here the contract's `failed`)."""
+    broken = tmp_path / "notify.yaml"
+    broken.write_text("notify:\n  - on: [finshed]\n    command: curl x\n")
+    monkeypatch.setenv("LONGHAUL_NOTIFY_FILE", str(broken))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    run_dir = make_run(tmp_path / "runs", "broken", fake={"steps": 20, "step_time": 0.01, "crash_at": 3,
+                                                           "crash_runs": 99, "log_every": 0},
+                       daemon_cfg={"max_restarts": 0},
+                       sections={"notify": [{"on": ["failed"], "command": f"cat > {inbox}/$LONGHAUL_EVENT.json"}]})
+    wait_exit(launcher.start(run_dir), 60)
+    events = read_events(run_dir)
+    off = [e for e in events if e["data"].get("what") == "notify_config"]
+    assert len(off) == 1 and off[0]["level"] == "warning" and str(broken) in off[0]["message"]
+    assert [e["data"]["state"] for e in events if e["kind"] == "state"][-1] == "failed"
+    told = json.loads((inbox / "failed.json").read_text())
+    assert told["event"] == "failed" and told["run"] == "broken"
 
 
 # ---------------------------------------------------------------------- through a daemon

@@ -369,12 +369,22 @@ def test_a_run_whose_directory_is_lost_resumes_from_its_replica_bit_identical(tm
 
     refused = cli(env, "resume", "powercut", check=False)
     assert refused.returncode != 0
+    broken = tmp_path / "notify.yaml"
+    broken.write_text("notify:\n  - on: [finshed]\n    command: curl x\n")
+    refused = cli({**env, "LONGHAUL_NOTIFY_FILE": str(broken)}, "resume", "powercut", "--from", str(backup),
+                  check=False)
+    assert refused.returncode != 0 and "notify.0.on" in refused.stderr
+    assert not run_dir.exists()  # refused before anything was restored
     out = cli(env, "resume", "powercut", "--from", str(backup)).stdout
     assert f"restored {run_dir} from {backup}" in out
     wait_for(lambda: status(env, "powercut")["state"] == "finished", 180, "the run to finish")
     assert_bit_identical(run_dir, tmp_path / "reference")
     events = [json.loads(line) for line in RunDir(run_dir).events.read_text().splitlines()]
     assert [e for e in events if e["kind"] == "resume"], "the restored run resumed from a checkpoint"
+    seqs = [e["seq"] for e in events]
+    assert seqs[0] == 1 and seqs == sorted(set(seqs)), "the events from before the loss came back, in order"
+    resumed_at = next(i for i, e in enumerate(events) if e["kind"] == "resume")
+    assert [e for e in events[:resumed_at] if e["kind"] == "checkpoint"], "events from before the loss"
     assert [e for e in events if e["kind"] == "replica" and e["data"]["bytes"] > 0]
     assert not [e for e in events if e["kind"] == "alert" and e["data"].get("what") == "replica_failed"]
     wait_for(lambda: read_state(copy.path).get("state") == "finished", 30, "the replica's final state")

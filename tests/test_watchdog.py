@@ -2,6 +2,7 @@
 stopped (SIGSTOP) or hung, and the real engine stopped, killed by the watchdog, restarted and
 ending bit-identical to an uninterrupted run."""
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -118,8 +119,11 @@ def alerts(run_dir, what: str) -> list[dict]:
 
 def test_a_stopped_trainer_is_alerted_and_goes_on_when_continued(env):
     root, launcher = env
+    inbox = root.parent / "inbox"
+    inbox.mkdir()
     run_dir = make_run(root, "stopped", fake={"steps": 1200, "step_time": 0.01, "log_every": 0},
-                       sections={"watchdog": {"stall_seconds": 2.0}})
+                       sections={"watchdog": {"stall_seconds": 2.0},
+                                 "notify": [{"on": ["stalled"], "command": f"cat > {inbox}/$LONGHAUL_EVENT.json"}]})
     pid = launcher.start(run_dir)
     worker = worker_pid(run_dir)
     wait_for(lambda: any(e["kind"] == "eval" for e in read_events(run_dir)), 20, "training steps")
@@ -141,6 +145,8 @@ def test_a_stopped_trainer_is_alerted_and_goes_on_when_continued(env):
     assert [e["data"]["state"] for e in read_events(run_dir) if e["kind"] == "state"][-1] == "finished"
     # the stack request was delivered when the process continued
     assert "most recent call first" in (run_dir / "train.log").read_text()
+    told = json.loads((inbox / "stalled.json").read_text())  # the contract's `stalled` rule
+    assert told["event"] == "stalled" and told["level"] == "error" and told["data"]["process"] == "stopped"
 
 
 def test_a_hung_trainer_has_its_stacks_written_to_train_log(env):

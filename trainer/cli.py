@@ -608,6 +608,8 @@ def cmd_resume(args) -> int:
     if not args.run:
         print("resume needs RUN or --all", file=sys.stderr)
         return 2
+    if args.from_dir:
+        check_notify_file(args)  # refused before the restore, not after it put the run back
     run_dir = restore_from_replica(args, root) if args.from_dir else resolve_run(args.run, root)
     _pass_accept_data_change(args, run_dir)
     state = effective_state(run_dir)

@@ -1046,7 +1046,9 @@ def check_model_name(name: str) -> Optional[str]:
     return f"unknown model {name!r} (a timm model name or one of {', '.join(TIMM_FREE_MODELS)}){hint}"
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, empty_ok: bool = False) -> dict:
+    """The YAML mapping in `path`; `empty_ok`: an empty file (or only comments) is {} rather than
+    an error (a notify file whose rules are all commented out)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -1055,6 +1057,8 @@ def read_yaml(path: Path) -> dict:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [("", f"not valid YAML: {exc}")]) from exc
+    if raw is None and empty_ok:
+        return {}
     if raw is None:  # empty, or only comments: e.g. a run's config.yaml cut by a power loss
         raise ConfigError(str(path), [("", "the file is empty (no keys at all): an empty config "
                                            "never loads as all defaults")])

@@ -87,7 +87,7 @@ def load_user_rules(path: Optional[Path] = None) -> list[Rule]:
     path = path or user_file()
     if not path.exists():
         return []
-    raw = read_yaml(path)
+    raw = read_yaml(path, empty_ok=True)  # every rule commented out: notifications off
     try:
         parsed = _NotifyFile.model_validate(raw)
     except ValidationError as exc:
