@@ -245,3 +245,22 @@ def test_queue_eta_scales_a_similar_finished_run_and_adds_up_the_queue(tmp_path,
     assert etas[str(twice)] == {"takes": pytest.approx(2000.0), "starts_in": pytest.approx(300.0)}
     assert etas[str(unknown)] == {"takes": None, "starts_in": pytest.approx(2300.0)}
     assert etas[str(after)] == {"takes": pytest.approx(1000.0), "starts_in": None}  # behind an unknown length
+
+
+def test_a_fold_of_a_cross_validation_gets_its_eta_from_another_fold(tmp_path):
+    from trainer.run.queue_eta import queue_etas
+
+    base = {"data": {"source": "synthetic"}, "model": {"name": "m"}, "features": {"kind": "mel"},
+            "optim": {"batch_size": 8}, "phases": [{"name": "p", "epochs": 10}]}
+    fold = lambda index, k=3: {**base, "data": {"source": "synthetic", "folds": {"k": k, "index": index}}}
+    trained_run(tmp_path, "cv-fold1", fold(0), n_train=200, wall=600.0)
+    second = new_run(tmp_path, "cv-fold2")
+    (second / "config.yaml").write_text(yaml.safe_dump(fold(1)))
+    # another cross-validation of the same data: its folds train on 4/5 of the pool, these on 2/3
+    other = new_run(tmp_path, "cv5-fold1")
+    (other / "config.yaml").write_text(yaml.safe_dump(fold(0, k=5)))
+    for run_dir in (second, other):
+        enqueue(tmp_path, run_dir)
+    etas = queue_etas(read_queue(tmp_path))
+    assert etas[str(second)]["takes"] == pytest.approx(600.0)
+    assert etas[str(other)]["takes"] == pytest.approx(600.0 * (4 / 5) / (2 / 3))

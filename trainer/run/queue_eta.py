@@ -1,7 +1,8 @@
 """When will a queued run start, and how long will it take? (`longhaul queue`; no torch)
 
 How long: the samples the run's config plans (its phases' epochs times the training examples of
-the newest run on the same `data` section, from that run's plan.json; `max_steps` caps it), timed
+the newest run on the same `data` section, from that run's plan.json; the folds of a
+cross-validation count as the same data: `training_examples`; `max_steps` caps it), timed
 like the newest finished run of the same model, features and batch size: its wall time (set-up
 and evaluations included) scaled by the samples; without a finished one, by the samples/s of a
 live one (a lower bound: no evaluations counted). Unknown (None) when no run has trained on that
@@ -76,10 +77,10 @@ def estimate_seconds(run_dir: Path, history: list[dict]) -> Optional[float]:
     config = _config(run_dir)
     if config is None:
         return None
-    data_like = [h for h in history if h["config"].get("data") == config.get("data") and h.get("n_train")]
-    if not data_like:
+    n_train = training_examples(config, history)
+    if n_train is None:
         return None
-    samples = planned_samples(config, data_like[0]["n_train"])
+    samples = planned_samples(config, n_train)
     same_kind = [h for h in history if _same_model(h["config"], config)]
     finished = [h for h in same_kind if h["state"] == "finished" and h.get("wall") and h.get("n_train")]
     if finished:  # its whole wall time, set-up and evaluations included, scaled by the samples
@@ -89,11 +90,40 @@ def estimate_seconds(run_dir: Path, history: list[dict]) -> Optional[float]:
     return samples / measured[0]["samples_per_s"] if measured else None
 
 
-def planned_samples(config: dict, n_train: int) -> int:
+def training_examples(config: dict, history: list[dict]) -> Optional[float]:
+    """The examples an epoch of `config` trains on, from the newest run on the same data. The folds
+    of a cross-validation differ only in `data.folds.index`, and each trains on as many examples
+    (give or take one a class), so `folds` is left out of the comparison; a run cut into another
+    number of folds (or none) trains on another share of the pool: its count is scaled by the
+    shares (roughly: a held-out validation fraction is not counted)."""
+    same_data = [h for h in history if h.get("n_train") and _data_key(h["config"]) == _data_key(config)]
+    same_folds = [h for h in same_data if _folds_k(h["config"]) == _folds_k(config)]
+    if same_folds:
+        return same_folds[0]["n_train"]
+    if same_data:
+        return same_data[0]["n_train"] * _train_share(config) / _train_share(same_data[0]["config"])
+    return None
+
+
+def _data_key(config: dict) -> dict:
+    return {k: v for k, v in (config.get("data") or {}).items() if k != "folds"}
+
+
+def _folds_k(config: dict) -> Optional[int]:
+    return ((config.get("data") or {}).get("folds") or {}).get("k")
+
+
+def _train_share(config: dict) -> float:
+    """The share of the training pool a run trains on: (k-1)/k in a k-fold cross-validation."""
+    k = _folds_k(config)
+    return (k - 1) / k if isinstance(k, int) and k >= 2 else 1.0
+
+
+def planned_samples(config: dict, n_train: float) -> int:
     """Training samples a config plans: its phases' epochs times `n_train`, `max_steps` capping it."""
     optim = config.get("optim") or {}
     epochs = sum(int(p.get("epochs") or 0) for p in config.get("phases") or [{"epochs": 10}])
-    samples = epochs * n_train
+    samples = int(epochs * n_train)
     if config.get("max_steps"):
         samples = min(samples, config["max_steps"] * int(optim.get("batch_size") or 32) * int(optim.get("accum_steps") or 1))
     return samples
