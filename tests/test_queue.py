@@ -211,13 +211,14 @@ def test_queued_real_runs_go_on_in_order_after_a_reboot(tmp_path, runtime_dir, t
 
 # ---------------------------------------------------------------------- how long, from when
 def trained_run(root: Path, name: str, config: dict, n_train: int, wall: float, state: str = "finished",
-                eta=None) -> Path:
-    """A run directory that trained: config, plan.json with its training examples, its wall time."""
+                eta=None, waited: float = 0.0) -> Path:
+    """A run directory that trained: config, plan.json with its training examples, its wall time;
+    `waited`: seconds it was queued before it started (0: a run made before started_at, without one)."""
     run_dir = create_run_dir(root, name)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "plan.json").write_text(json.dumps({"plan": {}, "config": {"n_train": n_train}}))
-    started = (run_dir / "config.yaml").stat().st_mtime
-    StateFile(run_dir).update(state=state, eta=eta)
+    started = (run_dir / "config.yaml").stat().st_mtime + waited
+    StateFile(run_dir).update(state=state, eta=eta, **({"started_at": started} if waited else {}))
     data = json.loads((run_dir / "state.json").read_text())
     data["updated"] = started + wall  # update() stamps the time of the write
     (run_dir / "state.json").write_text(json.dumps(data))
@@ -264,3 +265,34 @@ def test_a_fold_of_a_cross_validation_gets_its_eta_from_another_fold(tmp_path):
     etas = queue_etas(read_queue(tmp_path))
     assert etas[str(second)]["takes"] == pytest.approx(600.0)
     assert etas[str(other)]["takes"] == pytest.approx(600.0 * (4 / 5) / (2 / 3))
+
+
+BASE = {"data": {"source": "synthetic"}, "model": {"name": "m"}, "features": {"kind": "mel"},
+        "optim": {"batch_size": 8}, "phases": [{"name": "p", "epochs": 10}]}
+
+
+def test_a_run_that_waited_in_the_queue_counts_its_run_time_not_its_wait(tmp_path):
+    from trainer.run.queue_eta import queue_etas
+
+    done = trained_run(tmp_path, "fold3", BASE, n_train=100, wall=1000.0, waited=2000.0)
+    queued_at = (done / "config.yaml").stat().st_mtime
+    assert run_status(done)["started"] == pytest.approx(queued_at + 2000.0)  # ls and status too
+    later = new_run(tmp_path, "later")
+    (later / "config.yaml").write_text(yaml.safe_dump(BASE))
+    enqueue(tmp_path, later)
+    assert queue_etas(read_queue(tmp_path))[str(later)]["takes"] == pytest.approx(1000.0)
+
+
+def test_a_foreground_run_records_when_it_first_started_and_keeps_it(tmp_path):
+    from trainer.console import ConsolePublisher
+
+    run_dir = new_run(tmp_path, "fg")
+    ConsolePublisher(run_dir, "fg", quiet=True).started()
+    first = json.loads((run_dir / "state.json").read_text())["started_at"]
+    (run_dir / "history.msgpack").write_bytes(b"")  # it trained
+    ConsolePublisher(run_dir, "fg", quiet=True).started()  # `train --run-dir` again: a resume
+    assert json.loads((run_dir / "state.json").read_text())["started_at"] == first
+    old = new_run(tmp_path, "old")  # trained before the field: config.yaml's time stands
+    (old / "history.msgpack").write_bytes(b"")
+    ConsolePublisher(old, "old", quiet=True).started()
+    assert "started_at" not in json.loads((old / "state.json").read_text())

@@ -3,10 +3,10 @@
 How long: the samples the run's config plans (its phases' epochs times the training examples of
 the newest run on the same `data` section, from that run's plan.json; the folds of a
 cross-validation count as the same data: `training_examples`; `max_steps` caps it), timed
-like the newest finished run of the same model, features and batch size: its wall time (set-up
-and evaluations included) scaled by the samples; without a finished one, by the samples/s of a
-live one (a lower bound: no evaluations counted). Unknown (None) when no run has trained on that
-data or that model yet.
+like the newest finished run of the same model, features and batch size: its wall time (from its
+`started_at`, not from when it was queued; set-up and evaluations included) scaled by the
+samples; without a finished one, by the samples/s of a live one (a lower bound: no evaluations
+counted). Unknown (None) when no run has trained on that data or that model yet.
 
 When: the runs training now free their slots at their own ETA; each queued run, in order, takes
 the first free slot, not before the runs it waits for end. A held or paused run gets no time,
@@ -23,7 +23,7 @@ import yaml
 
 from trainer.run.plan import read_plan
 from trainer.run.rundir import RunDir
-from trainer.run.state import LIVE_STATES, effective_state, read_state
+from trainer.run.state import LIVE_STATES, effective_state, read_state, started_at
 
 
 def queue_etas(queue) -> dict[str, dict]:
@@ -150,7 +150,7 @@ def _finished_or_live_runs(root: Path) -> list[dict]:
             _, summary = read_plan(path)
         except (OSError, ValueError):
             summary = {}
-        started = RunDir(path).config.stat().st_mtime
+        started = started_at(path, state) or 0.0  # not config.yaml's time: a queued run waited after it
         runs.append({"dir": str(path), "state": effective_state(path, state), "eta": state.get("eta"),
                      "wall": (state.get("updated") or started) - started,
                      "config": _config(path) or {}, "n_train": (summary or {}).get("n_train"),
