@@ -296,3 +296,60 @@ def test_a_foreground_run_records_when_it_first_started_and_keeps_it(tmp_path):
     (old / "history.msgpack").write_bytes(b"")
     ConsolePublisher(old, "old", quiet=True).started()
     assert "started_at" not in json.loads((old / "state.json").read_text())
+
+
+# ---------------------------------------------------------------------- a run's end moves the queue
+def test_a_daemon_that_raises_still_starts_the_next_queued_run(tmp_path, monkeypatch):
+    from trainer.daemon import launch
+
+    run_dir = new_run(tmp_path, "crashes")
+    StateFile(run_dir).update(state="running", pid=os.getpid())  # what a daemon that raised leaves
+    enqueue(tmp_path, new_run(tmp_path, "next"))
+    monkeypatch.setattr("trainer.run.state.is_longhaul_process", lambda pid: pid == os.getpid())
+
+    class Raising:
+        def __init__(self, *args):
+            pass
+
+        async def run(self, install_signals=False):
+            raise RuntimeError("a bug in the daemon")
+
+    launched = []
+    monkeypatch.setattr(launch, "Daemon", Raising)
+    monkeypatch.setattr(launch, "launch_daemon", lambda run, *a, **k: launched.append(run.name) or 1)
+    monkeypatch.setattr("signal.signal", lambda *args: None)
+    with pytest.raises(RuntimeError, match="a bug"):
+        launch.main([str(run_dir)])
+    assert launched == ["next"]  # its own slot counted free: its process is on its way out
+
+
+def test_a_queued_run_starts_when_a_foreground_train_ends(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from tests.run_configs import MFCC_TINY
+    from trainer.cli import main
+    from trainer.daemon import launch
+
+    root = tmp_path / "runs"
+    enqueue(root, new_run(root, "waiting"))
+    launched = []
+    monkeypatch.setattr(launch, "launch_daemon", lambda run, *a, **k: launched.append(run.name) or 1)
+    monkeypatch.setattr("trainer.run.state.is_longhaul_process", lambda pid: pid == os.getpid())
+
+    class Trainer:  # the engine, as far as the queue sees it: a live run, then a finished one
+        def __init__(self, cfg, run_dir, *args, **kwargs):
+            self.run_dir = run_dir
+
+        def run(self):
+            launch.start_queued(root)
+            assert launched == [], "a foreground train takes a slot"
+            StateFile(self.run_dir).update(state="finished")
+            return "finished"
+
+    monkeypatch.setitem(sys.modules, "trainer.engine", types.SimpleNamespace(Trainer=Trainer))
+    monkeypatch.setattr("signal.signal", lambda *args: None)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(MFCC_TINY))
+    assert main(["--root", str(root), "train", str(config), "--name", "fg", "--quiet"]) == 0
+    assert launched == ["waiting"]
