@@ -119,20 +119,49 @@ def test_move_pause_and_remove(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- the file
-def test_a_damaged_queue_file_is_rebuilt_from_the_run_directories(tmp_path):
+def test_a_damaged_queue_file_is_rebuilt_with_its_order_pauses_and_slots(tmp_path):
     dirs = [new_run(tmp_path, name) for name in ("a", "b", "c")]
     for run_dir in dirs:
         enqueue(tmp_path, run_dir, after=[str(dirs[0])] if run_dir.name == "c" else [])
-    queue.move(tmp_path, dirs[2], 1)  # order by position is lost with the file; queued time is not
+    queue.move(tmp_path, dirs[2], 1)
+    queue.set_paused(tmp_path, True, dirs[1])
+    queue.set_slots(tmp_path, 2)
+    queue.set_paused(tmp_path, True)
     (tmp_path / "queue.json").write_text('{"entries": [{"run": ')  # torn
     rebuilt = read_queue(tmp_path)
-    assert "damaged" in rebuilt.rebuilt and [Path(e.run).name for e in rebuilt.entries] == ["a", "b", "c"]
-    assert rebuilt.entries[2].after == [str(dirs[0])]
-    queue.set_slots(tmp_path, 1)  # the first change writes the rebuilt queue and keeps the damaged file
-    assert names(tmp_path) == ["a", "b", "c"] and read_queue(tmp_path).rebuilt is None
-    assert [p.name for p in tmp_path.glob("queue.json.damaged-*")]
+    assert "damaged" in rebuilt.rebuilt["problem"] and rebuilt.rebuilt["damaged_copy"] is None
+    assert [(Path(e.run).name, e.paused) for e in rebuilt.entries] == [("c", False), ("a", False), ("b", True)]
+    assert rebuilt.entries[0].after == [str(dirs[0])] and (rebuilt.slots, rebuilt.paused) == (2, True)
+    enqueue(tmp_path, new_run(tmp_path, "d"))  # the first change writes the rebuilt queue, keeps the damaged file
+    kept = [str(p) for p in tmp_path.glob("queue.json.damaged-*")]
+    assert len(kept) == 1 and read_queue(tmp_path).rebuilt["damaged_copy"] == kept[0]
+    assert names(tmp_path) == ["c", "a", "b", "d"]
     (tmp_path / "queue.json").unlink()  # deleted: queued runs still say where they belong
-    assert names(tmp_path) == ["a", "b", "c"]
+    again = read_queue(tmp_path)
+    assert [Path(e.run).name for e in again.entries] == ["c", "a", "b", "d"] and "missing" in again.rebuilt["problem"]
+    assert (again.slots, again.paused) == (2, True)
+
+
+def test_longhaul_queue_says_it_was_rebuilt_until_the_next_queue_command(tmp_path, capsys):
+    from trainer.cli import main
+
+    def longhaul_queue(*args) -> str:
+        capsys.readouterr()
+        assert main(["--root", str(tmp_path), "queue", *args]) == 0
+        return capsys.readouterr().out
+
+    for name in ("a", "b"):
+        enqueue(tmp_path, new_run(tmp_path, name))
+    queue.set_paused(tmp_path, True)  # nothing starts in this test
+    (tmp_path / "queue.json").write_text("[")
+    shown = longhaul_queue()
+    kept = [str(p) for p in tmp_path.glob("queue.json.damaged-*")]
+    assert len(kept) == 1 and f"the damaged file is kept as {kept[0]}" in shown  # set aside by the first look
+    assert "queue.json was damaged" in shown and "rebuilt at 20" in shown and "paused" in shown.splitlines()[0]
+    again = json.loads(longhaul_queue("--json"))
+    assert again["rebuilt"]["damaged_copy"] == kept[0] and [r["name"] for r in again["runs"]] == ["a", "b"]
+    assert "note:" in longhaul_queue("move", "b", "1")  # said once more, then it has been seen
+    assert "note:" not in longhaul_queue() and json.loads(longhaul_queue("--json"))["rebuilt"] is None
 
 
 def _enqueue_many(root: str, prefix: str, count: int) -> None:
