@@ -189,7 +189,8 @@ def acknowledge_rebuild(root: Path) -> None:
     if read_queue(root).rebuilt is None:
         return
     with locked(root) as queue:
-        queue.rebuilt = None
+        if not queue.damaged:  # damaged again since: that rebuild is news
+            queue.rebuilt = None
 
 
 # ----------------------------------------------------------------------------- adding
