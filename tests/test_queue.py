@@ -1,7 +1,8 @@
 """The run queue: order, slots, dependencies (held, never started blindly), move/remove/pause,
-a damaged or missing queue file rebuilt from the run directories, two `start --queue` at the
-same instant, the CLI's errors, and real runs going through the queue across a 'reboot' (every
-process killed, `resume --all`)."""
+a damaged or missing queue file rebuilt from the run directories (order, pauses and slots kept,
+the rebuild said), two `start --queue` at the same instant, `longhaul queue` and the CLI's
+errors, real runs going through the queue across a 'reboot' (every process killed, `resume
+--all`), the ETAs, and a run's end moving the queue on (a daemon that raises, a foreground train)."""
 import json
 import multiprocessing
 import os
@@ -197,6 +198,58 @@ def test_after_an_unknown_run_is_an_error_and_leaves_nothing(tmp_path, runtime_d
     assert not (tmp_path / "runs" / "x").exists()
     resumed = cli(env, "queue", "remove", "nosuchrun", check=False)
     assert resumed.returncode != 0 and "nosuchrun" in resumed.stderr
+
+
+def busy_run(root: Path, pid: int, eta: float) -> Path:
+    """A run training now (its state names a live longhaul-looking process): it takes the slot."""
+    run_dir = new_run(root, "busy")
+    StateFile(run_dir).update(state="running", pid=pid, eta=eta)
+    return run_dir
+
+
+def queue_table(env) -> dict:
+    """`longhaul queue`'s rows by run name: [position, status, STARTS, TAKES, WHY]."""
+    lines = cli(env, "queue").stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["#", "RUN"])
+    assert lines[header].split() == ["#", "RUN", "STATE", "STARTS", "TAKES", "WHY"]
+    rows = {}
+    for line in lines[header + 1:]:
+        position, name, state, starts, takes, *why = line.split()
+        rows[name] = [int(position), state, starts, takes, " ".join(why)]
+    return rows
+
+
+def test_the_queue_command_shows_moves_pauses_sets_slots_and_removes(tmp_path, runtime_dir, tiny, live_process):
+    root = tmp_path / "runs"
+    env = cli_env(root, runtime_dir)
+    busy_run(root, live_process, eta=600.0)  # the one slot is busy for 10 minutes: nothing starts
+    assert "position 1: waits for a free slot" in cli(env, "start", str(tiny), "--name", "a", "--queue").stdout
+    cli(env, "start", str(tiny), "--name", "b", "--queue")
+    assert "position 3: waits for a (queued)" in cli(env, "start", str(tiny), "--name", "c", "--after", "a").stdout
+    trained_run(root, "done", yaml.safe_load((root / "a" / "config.yaml").read_text()), n_train=32, wall=1200.0)
+    assert f"queue of {root}: 1 slot(s)" in cli(env, "queue").stdout
+    assert queue_table(env) == {"a": [1, "queued", "10m00s", "20m00s", ""], "b": [2, "queued", "30m00s", "20m00s", ""],
+                                "c": [3, "queued", "50m00s", "20m00s", "waits for a (queued)"]}
+    assert "c is now at position 1" in cli(env, "queue", "move", "c", "1").stdout
+    # first in line, c still waits for a: it is timed after a, and b after c
+    assert queue_table(env) == {"c": [1, "queued", "30m00s", "20m00s", "waits for a (queued)"],
+                                "a": [2, "queued", "10m00s", "20m00s", ""], "b": [3, "queued", "50m00s", "20m00s", ""]}
+    assert "paused b" in cli(env, "queue", "pause", "b").stdout
+    assert queue_table(env)["b"] == [3, "paused", "-", "20m00s", "paused"]
+    assert "paused the queue" in cli(env, "queue", "pause").stdout
+    cli(env, "queue", "slots", "3")  # a paused queue starts nothing, whatever its slots
+    assert "3 slot(s), paused" in cli(env, "queue").stdout
+    assert {name: row[2] for name, row in queue_table(env).items()} == {"c": "-", "a": "-", "b": "-"}
+    shown = json.loads(cli(env, "queue", "--json").stdout)
+    assert (shown["slots"], shown["paused"], [r["name"] for r in shown["runs"]]) == (3, True, ["c", "a", "b"])
+    cli(env, "queue", "slots", "1")
+    assert "resumed b" in cli(env, "queue", "resume", "b").stdout
+    assert "resumed the queue" in cli(env, "queue", "resume").stdout
+    assert "removed b from the queue" in cli(env, "queue", "remove", "b").stdout
+    assert not (root / "b").exists()
+    assert queue_table(env) == {"c": [1, "queued", "30m00s", "20m00s", "waits for a (queued)"],
+                                "a": [2, "queued", "10m00s", "20m00s", ""]}
+    assert [status(env, name)["state"] for name in ("a", "c")] == ["queued", "queued"]  # nothing started
 
 
 def kill_everything(env, name: str) -> None:

@@ -34,12 +34,18 @@ def queue_etas(queue) -> dict[str, dict]:
     slots = _slot_free_times(history, queue.slots)
     ends: dict[str, Optional[float]] = {}
     etas = {}
-    for entry in queue.entries:
+    queued = {entry.run for entry in queue.entries}
+    pending = list(queue.entries)
+    while pending:
+        # in order, except that a run waiting for a run queued behind it (moved ahead of it) is
+        # timed after that run, as the queue starts them
+        entry = next((e for e in pending if all(d in ends or d not in queued for d in e.after)), pending[0])
+        pending.remove(entry)
         takes = estimate_seconds(Path(entry.run), history)
         verdict = judge(entry)
         start = None
         if not (verdict.held or entry.paused or queue.paused) and slots and not math.isinf(slots[0]):
-            start = _start_time(slots, entry.after, ends, history)
+            start = _start_time(slots, entry.after, ends, history, queued)
         end = start + takes if start is not None and takes is not None else None
         if start is not None:
             heapq.heapreplace(slots, end if end is not None else math.inf)
@@ -48,11 +54,14 @@ def queue_etas(queue) -> dict[str, dict]:
     return etas
 
 
-def _start_time(slots: list[float], after: list[str], ends: dict, history: list[dict]) -> Optional[float]:
+def _start_time(slots: list[float], after: list[str], ends: dict, history: list[dict],
+                queued: set) -> Optional[float]:
     start = slots[0]
     for dep in after:
         if dep in ends:
             dep_end = ends[dep]
+        elif dep in queued:  # not timed (a loop of waits): neither is this one
+            return None
         else:
             info = next((h for h in history if h["dir"] == dep), None)
             dep_end = 0.0 if info is None or info["state"] == "finished" else info.get("eta")
