@@ -435,3 +435,18 @@ def test_a_queued_run_starts_when_a_foreground_train_ends(tmp_path, monkeypatch)
     config.write_text(yaml.safe_dump(MFCC_TINY))
     assert main(["--root", str(root), "train", str(config), "--name", "fg", "--quiet"]) == 0
     assert launched == ["waiting"]
+
+
+def test_a_run_that_waited_records_when_it_started_and_its_end_starts_the_next(tmp_path, runtime_dir):
+    from tests.daemon_helpers import FAKE_WORKER, FAST_SETTINGS, make_run
+    from trainer.daemon.launch import start_queued
+
+    first, second = (make_run(tmp_path, name, fake={"steps": 20}) for name in ("first", "second"))
+    for run_dir in (first, second):
+        enqueue(tmp_path, run_dir)
+    assert [run for run, error in start_queued(tmp_path, FAKE_WORKER, FAST_SETTINGS) if not error] == [first]
+    for run_dir in (first, second):  # second is started by first's daemon as it ends
+        wait_for(lambda: run_status(run_dir)["state"] == "finished", 60, f"{run_dir.name} finished")
+    waited = json.loads((second / "state.json").read_text())
+    assert waited["started_at"] >= final_event_time(first) > waited["queued_at"]
+    assert run_status(second)["started"] == waited["started_at"]
