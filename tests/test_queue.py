@@ -272,12 +272,14 @@ def test_queued_real_runs_go_on_in_order_after_a_reboot(tmp_path, runtime_dir, t
     root = tmp_path / "runs"
     assert "a slot was free, it started" in cli(env, "start", str(tiny), "--name", "a", "--queue").stdout
     assert "position 1" in cli(env, "start", str(tiny), "--name", "b", "--queue").stdout
-    cli(env, "start", str(tiny), "--name", "c", "--after", "a", "--set", "seed=1")
+    cli(env, "start", str(tiny), "--name", "c", "--after", "b", "--set", "seed=1")
+    # first in line but waiting for b: only its dependency keeps it from starting before b
+    assert "c is now at position 1" in cli(env, "queue", "move", "c", "1").stdout
     listed = {r["name"]: r for r in json.loads(cli(env, "ls", "--json").stdout)}
-    assert listed["c"]["state"] == "queued" and listed["c"]["queue"]["position"] == 2
-    assert "queued #1" in cli(env, "ls").stdout
+    assert listed["c"]["state"] == "queued" and listed["c"]["queue"]["position"] == 1
+    assert "queued #2" in cli(env, "ls").stdout
     shown = json.loads(cli(env, "queue", "--json").stdout)
-    assert [r["name"] for r in shown["runs"]] == ["b", "c"] and shown["runs"][1]["after"] == ["a"]
+    assert [r["name"] for r in shown["runs"]] == ["c", "b"] and shown["runs"][0]["after"] == ["b"]
     wait_for(lambda: status(env, "a")["state"] == "running", 120, "a running")
     kill_everything(env, "a")  # the box loses power with a training and b, c queued
     assert status(env, "b")["state"] == "queued"
@@ -285,7 +287,8 @@ def test_queued_real_runs_go_on_in_order_after_a_reboot(tmp_path, runtime_dir, t
     assert "resumed a" in out
     for name in ("a", "b", "c"):
         wait_for(lambda: status(env, name)["state"] == "finished", 240, f"{name} to finish")
-    # one slot: b started after a ended, c after b; nothing ran beside another
+    # one slot: b started after a ended, c after b (its dependency survived the reboot); nothing
+    # ran beside another
     assert final_event_time(root / "a") <= first_event_time(root / "b")
     assert final_event_time(root / "b") <= first_event_time(root / "c")
     assert json.loads(cli(env, "queue", "--json").stdout)["runs"] == []
