@@ -212,3 +212,26 @@ async def test_a_resize_changes_the_columns_at_once():
         await pilot.resize_terminal(160, 48)
         await wait_for(pilot, lambda: "progress" in [str(c.label) for c in table.columns.values()],
                        what="the wide columns")
+
+
+@async_test
+async def test_a_queued_run_shows_its_place_and_a_held_one_says_held(tmp_path):
+    from trainer.run.locate import create_run_dir
+    from trainer.run.queue import enqueue
+    from trainer.run.state import StateFile
+
+    def run_dir(name):
+        path = create_run_dir(tmp_path, name)
+        (path / "config.yaml").write_text(f"name: {name}\n")
+        return path
+
+    dead = run_dir("dead")
+    StateFile(dead).update(state="failed")
+    enqueue(tmp_path, run_dir("after-dead"), after=[str(dead)])  # held: what it waits for failed
+    enqueue(tmp_path, run_dir("next"))
+    app = LonghaulApp(None, tmp_path, clock=fmt.frozen_clock(tui_fakes.T0), picker_interval=30)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await loaded(pilot, 3)
+        table = app.screen.query_one("#runs", DataTable)
+        state = {name: str(table.get_row_at(i)[1]) for i, name in enumerate(names(app))}
+        assert state == {"dead": "FAILED", "after-dead": "HELD", "next": "QUEUED #2"}

@@ -219,6 +219,10 @@ def cmd_train(args) -> int:
     except BaseException as exc:
         publisher.failed(exc)
         raise
+    finally:  # a foreground run took a slot of the box's queue as a daemon's does: it moves on now
+        from trainer.daemon.launch import advance_queues
+
+        advance_queues(run_dir, extra_roots=(runs_root_arg(args),))
     print(f"{final}: {run_dir}")
     return 0 if final in ("finished", "stopped") else 1
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trainer.fmt import duration, epoch_number
+from trainer.run.errors import StateFileError
 from trainer.run.events import EventLog
 from trainer.run.rundir import RunDir
 from trainer.run.state import FINAL_STATES, StateFile, progress_fields
@@ -208,7 +209,13 @@ class ConsolePublisher:
         self.prepare_line: Optional[PrepareProgressLine] = None
 
     def started(self) -> None:
-        self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground")
+        try:
+            first = "started_at" not in self.state_file.read() and not self.files.history.exists()
+        except StateFileError:
+            first = False  # damaged: a rebuild comes later; config.yaml's time stands in
+        # when the run first trained (kept across resumes; a run that trained before the field has none)
+        when = {"started_at": time.time()} if first else {}
+        self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground", **when)
 
     def _update_state(self, **fields: Any) -> None:
         """Merge fields into state.json; on a full disk they stay pending for the next write."""

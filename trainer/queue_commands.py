@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -105,20 +106,23 @@ def cmd_queue(args) -> int:
     if action != "show":
         for started, error in start_queued(root):
             print(f"started {started.name}" if not error else f"{started.name} did not start: {error}")
-    return show_queue(root, args.json)
+    code = show_queue(root, args.json)
+    if action != "show":  # the user has seen the rebuild, and acted on the queue since
+        queue.acknowledge_rebuild(root)
+    return code
 
 
 def show_queue(root: Path, as_json: bool) -> int:
-    current = queue.read_queue(root)
+    current = queue.settled(root)
     rows = queue_rows(current)
     if as_json:
         print(json.dumps({"root": str(root), "slots": current.slots, "paused": current.paused,
                           "rebuilt": current.rebuilt, "runs": rows}))
         return 0
-    if current.rebuilt:
-        print(f"note: {current.rebuilt}", file=sys.stderr)
     header = f"queue of {root}: {current.slots} slot(s)" + (", paused" if current.paused else "")
     print(header)
+    if current.rebuilt:
+        print(rebuild_note(current.rebuilt))
     if not rows:
         print("  (empty)")
         return 0
@@ -127,6 +131,16 @@ def show_queue(root: Path, as_json: bool) -> int:
         print(f"  {row['position']:>3} {row['name'][:24]:24} {row['status']:8} {_eta(row['starts_in']):>9} "
               f"{_eta(row['takes']):>9}  {row['why'] or ''}")
     return 0
+
+
+def rebuild_note(rebuilt: dict) -> str:
+    """What `longhaul queue` says of a queue rebuilt from the run directories, until the user's
+    next queue command."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rebuilt.get("time") or 0))
+    kept = rebuilt.get("damaged_copy")
+    return (f"  note: {rebuilt.get('problem')}: rebuilt at {when} from the queued runs' state.json (order, pauses, "
+            f"slots kept)" + (f"; the damaged file is kept as {kept}" if kept else "")
+            + "\n  (said until your next `longhaul queue` command that changes the queue)")
 
 
 def queue_rows(current: queue.Queue) -> list[dict]:

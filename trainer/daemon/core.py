@@ -247,6 +247,7 @@ class Daemon:
     # ------------------------------------------------------------------ what the worker says
     def worker_starting(self) -> None:
         self.journal.series_stale = True
+        self.journal.record_start()
         if self.watch is not None:
             self.watch.worker_started()
 

@@ -62,6 +62,8 @@ class Journal:
         self.plan_body: Optional[dict] = None
         self.carried_progress: Optional[dict] = None
         """The run's last progress from state.json (a resumed run), shown until the worker reports."""
+        self.start_unrecorded = False
+        """No worker of this run ever started: the first one writes `started_at`."""
         self.series = None
         self.series_stale = False
         """A (re)started worker cuts history.msgpack back to its checkpoint: reload before its first record."""
@@ -78,6 +80,10 @@ class Journal:
         """Load the recent events, log lines and plan, open the journals (EventLog continues the seq)."""
         self._loop = asyncio.get_running_loop()
         self._load_recent()
+        # a run with a history but no started_at trained before the field: its config.yaml's time
+        # is the better guess then, not this resume's
+        self.start_unrecorded = ("started_at" not in self.state_file.read_or_rebuild()
+                                 and not self.files.history.exists())
         self.eventlog = EventLog(self.files.events).open()
         self.train_log = AppendFile(self.files.train_log).open()
         self._daemon_log_fd = self._find_daemon_log()
@@ -144,6 +150,14 @@ class Journal:
                         lost=0 if self.train_log.error else self.train_log.take_lost())
 
     # ------------------------------------------------------------------ state.json and syncs
+    def record_start(self) -> None:
+        """A worker starts: the run's first one writes when the run really started (`started_at`,
+        kept across resumes), which a queued run's config.yaml time is not (it was written when
+        the run was queued)."""
+        if self.start_unrecorded:
+            self.start_unrecorded = False
+            self.write_state(started_at=time.time())
+
     def write_state(self, **fields: Any) -> None:
         """Merge fields into state.json from the I/O thread (in submission order)."""
         self._io.submit(self._write_state_now, fields)

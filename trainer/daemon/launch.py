@@ -151,11 +151,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (DaemonError, RuntimeDirError) as exc:
         log.error("%s", exc)
         return 3
-    # the run ended and its slot is free: the next queued run starts (its own daemon, detached)
-    for root in queue_roots(args.run_dir):
-        start_queued(root, args.worker_script, args.settings or None)
+    finally:
+        # the run ended, however (an exception too), and its slot is free: the next queued run
+        # starts, its own daemon detached. A SIGKILLed daemon gets here never: the next `queue`,
+        # `start --queue` or `resume --all` (at boot) moves the queue on instead
+        advance_queues(args.run_dir, worker_script=args.worker_script, settings=args.settings or None)
     compare_pipelines(args.run_dir)
     return code
+
+
+def advance_queues(run_dir: Path, extra_roots: tuple = (), worker_script: Optional[Path] = None,
+                   settings: Optional[dict] = None) -> None:
+    """A run ended: start what its slot lets start in the queues it may advance (`queue_roots`,
+    `extra_roots`). Its slot counts as free even if its state.json still names this process
+    (a daemon that raised): the process is on its way out. Not while another process owns the
+    run (a second daemon refused it); a queue that cannot be read is only logged: the run ended
+    as it did."""
+    run_dir = Path(run_dir).absolute()
+    try:
+        state = read_state(run_dir)
+        if effective_state(run_dir, state) in LIVE_STATES and state.get("pid") != os.getpid():
+            return
+        roots = queue_roots(run_dir)
+        roots += [Path(r).absolute() for r in extra_roots if Path(r).absolute() not in roots]
+        for root in roots:
+            start_queued(root, worker_script, settings, ended=run_dir)
+    except Exception:
+        log.exception("the queue did not move on after %s ended", Path(run_dir).name)
 
 
 def compare_pipelines(run_dir: Path) -> None:
@@ -177,13 +199,15 @@ def queue_roots(run_dir: Path) -> list[Path]:
     return roots
 
 
-def start_queued(root: Path, worker_script: Optional[Path] = None,
-                 settings: Optional[dict] = None) -> list[tuple[Path, Optional[str]]]:
+def start_queued(root: Path, worker_script: Optional[Path] = None, settings: Optional[dict] = None,
+                 ended: Optional[Path] = None) -> list[tuple[Path, Optional[str]]]:
     """Start the queued runs of `root` that may start now (trainer.run.queue.dispatch); each
-    (run dir, None) started or (run dir, why not)."""
+    (run dir, None) started or (run dir, why not). `ended`: a run whose process is ending (it
+    takes no slot, whatever its state.json says)."""
     from trainer.run import queue
 
-    started = queue.dispatch(root, lambda: queue.box_runs(root), lambda run_dir: launch_daemon(run_dir, worker_script, settings=settings))
+    known = lambda: [run for run in queue.box_runs(root) if ended is None or run.absolute() != ended]
+    started = queue.dispatch(root, known, lambda run_dir: launch_daemon(run_dir, worker_script, settings=settings))
     for run_dir, error in started:
         log.info("queued run %s %s", run_dir.name, f"did not start: {error}" if error else "started")
     return started

@@ -11,8 +11,11 @@ An entry names its run directory and the runs it waits for (`after`). A queued r
 slot is free, it is not paused, and every run it waits for has finished; a run it waits for that
 failed, stopped or is gone holds it, with the reason, and it is never started blindly (it goes on
 waiting: resuming that run to its end releases it). The queued run's own state.json says
-`queued` (with `queued_at` and `after`), so a queue file damaged on disk is rebuilt from the run
-directories without losing a run. Every change is made under an exclusive `flock` of
+`queued` (with `queued_at`, `after`, and once moved or paused its `queue_rank` and
+`queue_paused`), and `queue.settings.json` mirrors the slots and the queue's pause, so a queue
+file damaged on disk is rebuilt from them without losing a run, its order or its settings; the
+rebuild is recorded in the new file (`rebuilt`: when, why, where the damaged file was kept) until
+the user's next queue command. Every change is made under an exclusive `flock` of
 `ROOT/queue.lock`: two `start --queue` at the same instant both land. No torch.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ from trainer.run.state import LIVE_STATES, StateFile, effective_state, read_stat
 log = logging.getLogger(__name__)
 
 QUEUE_FILE = "queue.json"
+SETTINGS_FILE = "queue.settings.json"
 LOCK_FILE = "queue.lock"
 QUEUED = "queued"
 VERSION = 1
@@ -64,7 +68,10 @@ class Queue:
     entries: list[Entry] = field(default_factory=list)
     slots: int = 1
     paused: bool = False
-    rebuilt: Optional[str] = None  # why the file was rebuilt from the run directories this time
+    rebuilt: Optional[dict] = None
+    """{time, problem, damaged_copy}: the file was rebuilt from the run directories (kept until
+    the user's next queue command: `acknowledge_rebuild`)."""
+    damaged: bool = False  # rebuilt on this read: the damaged file is still in place (kept aside at the write)
 
     def find(self, run_dir: Path) -> Optional[Entry]:
         return next((e for e in self.entries if e.run == str(run_dir)), None)
@@ -104,28 +111,41 @@ def _read(root: Path) -> Queue:
         raw = json.loads(path.read_text())
         entries = [Entry(str(e["run"]), [str(a) for a in e.get("after") or []], bool(e.get("paused")),
                          float(e.get("added") or 0.0)) for e in raw["entries"]]
-        return Queue(root, entries, int(raw.get("slots", 1)), bool(raw.get("paused")))
+        rebuilt = raw.get("rebuilt") if isinstance(raw.get("rebuilt"), dict) else None
+        return Queue(root, entries, int(raw.get("slots", 1)), bool(raw.get("paused")), rebuilt)
     except FileNotFoundError:  # never made, or deleted: queued runs say where they belong
-        queue = _rebuilt(root, f"{path} is missing; rebuilt from the run directories")
-        return queue if queue.entries else Queue(root)
+        return _rebuilt(root, f"{path} was missing", damaged=False)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return _rebuilt(root, f"{path} was damaged ({type(exc).__name__}: {exc}); rebuilt from the run "
-                              "directories")
+        return _rebuilt(root, f"{path} was damaged ({type(exc).__name__}: {exc})", damaged=True)
 
 
-def _rebuilt(root: Path, why: str) -> Queue:
+def _rebuilt(root: Path, problem: str, damaged: bool) -> Queue:
     """The queue from the run directories under `root` whose state.json says queued, in the order
-    they were queued; their dependencies come back from the same file."""
-    entries = []
+    `move` left (`queue_rank`) or else they were queued, paused as they were; their dependencies
+    come back from the same file, the slots and the queue's pause from queue.settings.json."""
+    found = []
     for path in box_runs(root):
         state = read_state(path)
         if state.get("state") == QUEUED and state.get("queue_root", str(root)) == str(root):
-            entries.append(Entry(str(path.absolute()), list(state.get("after") or []),
-                                 added=float(state.get("queued_at") or 0.0)))
-    entries.sort(key=lambda e: e.added)
-    if entries:
-        log.warning("%s", why)
-    return Queue(root, entries, rebuilt=why)
+            entry = Entry(str(path.absolute()), list(state.get("after") or []), bool(state.get("queue_paused")),
+                          float(state.get("queued_at") or 0.0))
+            rank = state.get("queue_rank")
+            found.append((rank if isinstance(rank, (int, float)) else entry.added, entry))
+    found.sort(key=lambda pair: pair[0])
+    queue = Queue(root, [entry for _, entry in found], **_read_settings(root), damaged=damaged)
+    if found or damaged:
+        log.warning("%s; rebuilt from the run directories", problem)
+        queue.rebuilt = {"time": time.time(), "problem": problem, "damaged_copy": None}
+    return queue
+
+
+def _read_settings(root: Path) -> dict:
+    """The slots and the queue's pause as queue.settings.json mirrors them (defaults without it)."""
+    try:
+        raw = json.loads((Path(root) / SETTINGS_FILE).read_text())
+        return {"slots": max(int(raw.get("slots", 1)), 1), "paused": bool(raw.get("paused"))}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {"slots": 1, "paused": False}
 
 
 def box_runs(root: Path) -> list[Path]:
@@ -141,10 +161,36 @@ def box_runs(root: Path) -> list[Path]:
 
 def _write(queue: Queue) -> None:
     path = queue_file(queue.root)
-    if queue.rebuilt and path.exists():  # the damaged file is kept for a look, not overwritten
-        os.replace(path, path.with_name(f"{QUEUE_FILE}.damaged-{int(time.time())}"))
+    if queue.damaged and path.exists():  # the damaged file is kept for a look, not overwritten
+        kept = path.with_name(f"{QUEUE_FILE}.damaged-{int(time.time())}")
+        os.replace(path, kept)
+        queue.rebuilt = {**(queue.rebuilt or {}), "damaged_copy": str(kept)}
+    queue.damaged = False
     atomic_write_json(path, {"version": VERSION, "slots": queue.slots, "paused": queue.paused,
-                             "entries": [e.to_json() for e in queue.entries]})
+                             "entries": [e.to_json() for e in queue.entries], "rebuilt": queue.rebuilt})
+    settings = {"slots": queue.slots, "paused": queue.paused}
+    if _read_settings(queue.root) != settings or not (queue.root / SETTINGS_FILE).exists():
+        atomic_write_json(queue.root / SETTINGS_FILE, settings)
+
+
+def settled(root: Path) -> Queue:
+    """The queue, a damaged file set aside and the rebuilt one written (what `longhaul queue`
+    shows: where the damaged file was kept); without damage, as `read_queue`."""
+    queue = read_queue(root)
+    if not queue.damaged:
+        return queue
+    with locked(root) as queue:
+        pass
+    return queue
+
+
+def acknowledge_rebuild(root: Path) -> None:
+    """The user gave a queue command: a rebuild said so far is not said any more."""
+    if read_queue(root).rebuilt is None:
+        return
+    with locked(root) as queue:
+        if not queue.damaged:  # damaged again since: that rebuild is news
+            queue.rebuilt = None
 
 
 # ----------------------------------------------------------------------------- adding
@@ -260,6 +306,8 @@ def move(root: Path, run_dir: Path, position: int) -> int:
         queue.entries.remove(entry)
         index = min(max(position, 1), len(queue.entries) + 1) - 1
         queue.entries.insert(index, entry)
+        for rank, each in enumerate(queue.entries):  # a rebuild of a damaged file keeps the order
+            _keep(Path(each.run), queue_rank=rank)
         return index + 1
 
 
@@ -294,6 +342,7 @@ def set_paused(root: Path, paused: bool, run_dir: Optional[Path] = None) -> None
             queue.paused = paused
         else:
             _queued(queue, run_dir).paused = paused
+            _keep(Path(run_dir), queue_paused=paused)
 
 
 def set_slots(root: Path, slots: int) -> None:
@@ -301,6 +350,17 @@ def set_slots(root: Path, slots: int) -> None:
         raise QueueError(f"slots must be at least 1, found {slots}")
     with locked(root) as queue:
         queue.slots = slots
+
+
+def _keep(run_dir: Path, **fields) -> None:
+    """Queue fields in a queued run's own state.json, which a rebuild reads (nothing else writes it
+    while the run is queued; one that started meanwhile is left alone). Best effort: the queue
+    file holds them anyway."""
+    try:
+        if read_state(run_dir).get("state") == QUEUED:
+            StateFile(run_dir).update(**fields)
+    except OSError as exc:
+        log.warning("cannot keep %s in %s: %s", ", ".join(fields), RunDir(run_dir).state, exc)
 
 
 def _queued(queue: Queue, run_dir: Path) -> Entry:

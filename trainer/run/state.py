@@ -7,7 +7,8 @@ turns a live state whose owner process is gone into `interrupted`. No torch.
 Fields: name, state, pid (daemon or foreground process), step, total_steps, epoch, phase,
 phase_name, elapsed, eta, last_eval, best_eval, last_checkpoint {time, step, path}, updated; the
 daemon also writes socket, stop_reason, pause_reason, launch_failures and launch_error; the
-foreground trainer writes mode; a rebuilt file says so under `rebuilt`. docs/ARCHITECTURE.md
+foreground trainer writes mode; both write started_at once (`started_at`); a queued run has
+queued_at, after, queue_root (trainer/run/queue.py); a rebuilt file says so under `rebuilt`. docs/ARCHITECTURE.md
 has the details.
 """
 from __future__ import annotations
@@ -174,6 +175,19 @@ def effective_state(run_dir: str | os.PathLike, state: Optional[dict] = None) ->
     if written in LIVE_STATES and not is_longhaul_process(state.get("pid")):
         return "interrupted"
     return written
+
+
+def started_at(run_dir: str | os.PathLike, state: dict) -> Optional[float]:
+    """When the run first trained: `started_at` (its first worker's start, kept across resumes),
+    else when config.yaml was written (runs made before the field; a run that never trained).
+    Not config.yaml's time alone: a queued run's config is written when it is queued."""
+    recorded = state.get("started_at")
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        return float(recorded)
+    try:
+        return RunDir(run_dir).config.stat().st_mtime
+    except OSError:
+        return None
 
 
 # ----------------------------------------------------------------------------- rebuild sources

@@ -18,7 +18,7 @@ from trainer.run.plan import read_plan
 from trainer.run.rundir import RunDir
 from trainer.run.sockets import find_socket
 from trainer.run.queue import QUEUED, queued_status
-from trainer.run.state import LIVE_STATES, RUN_STATES, effective_state, read_state
+from trainer.run.state import LIVE_STATES, RUN_STATES, effective_state, read_state, started_at
 
 
 def status(run_dir: Path) -> dict:
@@ -51,7 +51,7 @@ def status(run_dir: Path) -> dict:
         "model": config.get("model"),
         # ranks of a data-parallel run: the group's plan (an elastic group may have shrunk), before it the config's
         "world_size": config.get("world_size") or state.get("world_size") or 1,
-        "started": started_time(files.config),
+        "started": started_at(run_dir, state),
         "evaluation": evaluation_summary(run_dir),
         "pid": state.get("pid") if live else None,
         "socket": sock,
@@ -126,14 +126,6 @@ def read_if_changed(path: Path, read: Callable[[Path], Any]) -> Any:
     value = read(path)
     _READ[str(path)] = (key, value)
     return value
-
-
-def started_time(config: Path) -> Optional[float]:
-    """When the run was created: its config.yaml is written once, then never rewritten."""
-    try:
-        return config.stat().st_mtime
-    except OSError:
-        return None
 
 
 def eval_summary(ev: Optional[dict]) -> Optional[dict]:
