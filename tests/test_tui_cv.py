@@ -75,3 +75,16 @@ async def test_enter_opens_the_folds_and_esc_goes_back(tmp_path):
         assert app.screen.info["aggregate"]["n"] == 2
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen), what="the picker again")
+
+
+@async_test
+async def test_the_fold_screen_has_columns_for_a_monitor_that_is_not_accuracy_or_f1(tmp_path):
+    parent, folds = create_cv(tmp_path / "runs", "auc-cv", tiny_cfg(tmp_path, **{"eval.monitor": "val_recall_macro"}),
+                              2, "speech.yaml")
+    fake_fold(folds[0], "finished", 0.80, 0.78, val={"val_recall_macro": 0.91}, test={"recall_macro": 0.87})
+    app = app_of(parent.parent, cv_dir=parent)
+    async with app.run_test(size=(140, 24)) as pilot:
+        await wait_for(pilot, lambda: folds_shown(pilot), what="the folds")
+        table = app.screen.query_one("#folds")
+        assert [str(c.label) for c in table.columns.values()][-2:] == ["val recall", "test recall"]
+        assert table.get_row(str(folds[0]))[-2:] == ["0.910", "0.870"]
