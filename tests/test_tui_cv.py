@@ -88,3 +88,22 @@ async def test_the_fold_screen_has_columns_for_a_monitor_that_is_not_accuracy_or
         table = app.screen.query_one("#folds")
         assert [str(c.label) for c in table.columns.values()][-2:] == ["val recall", "test recall"]
         assert table.get_row(str(folds[0]))[-2:] == ["0.910", "0.870"]
+
+
+@async_test
+async def test_space_refuses_to_mark_a_cross_validation(tmp_path):
+    root = tmp_path / "runs"
+    made_cv(root)
+    app = app_of(root, picker_interval=60.0)
+    async with app.run_test(size=(120, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen) and app.screen.rows, what="the picker")
+        picker = app.screen
+        cv_dir = next(key for key, info in picker.rows.items() if info.get("kind") == "cv")
+        picker.query_one("#runs").move_cursor(row=list(picker.rows).index(cv_dir))
+        await pilot.press("space")
+        await pilot.pause(0.1)
+        assert not picker.marked
+        assert any("speech-cv is a cross-validation" in n.message for n in app._notifications)
+        picker.query_one("#runs").move_cursor(row=list(picker.rows).index(str(root / "speech-cv-fold1")))
+        await pilot.press("space")  # its folds are runs: they mark
+        assert list(picker.marked) == [str(root / "speech-cv-fold1")]
