@@ -115,9 +115,10 @@ class CvScreen(Screen):
 
     def show(self, info: dict) -> None:
         table = self.query_one("#folds", DataTable)
-        monitor, wanted = info.get("monitor") or "val_f1_macro", columns(info.get("monitor") or "val_f1_macro")
+        monitor = info.get("monitor") or "val_f1_macro"
+        wanted = columns(monitor)
         if wanted != tuple((key.value, str(column.label)) for key, column in table.columns.items()):
-            self.set_columns(wanted)
+            self.set_columns(wanted)  # the monitor is known from the first read on; it empties the rows
         if not table.row_count or [f["dir"] for f in info["folds"]] != [f["dir"] for f in self.info["folds"]]:
             table.clear()
             for fold in info["folds"]:
