@@ -195,6 +195,20 @@ def test_a_3_fold_cv_through_the_queue_finishes_with_the_aggregate_and_out_of_fo
     assert "aggregate of 3 of 3 folds" in cli(cv_env, "status", "cvt").stdout
 
 
+def test_cv_now_trains_the_folds_here_one_after_another(tmp_path, cv_env):
+    from trainer.run.queue import read_queue
+
+    result = cli(cv_env, "cv", str(tmp_path / "tiny.yaml"), "--folds", "2", "--name", "cvn", "--now", "--quiet")
+    out = result.stdout
+    assert out.index("training cvn-fold1") < out.index("training cvn-fold2")
+    assert "  cvn-fold1: finished" in out and "  cvn-fold2: finished" in out and "queued" not in out
+    root = tmp_path / "runs"
+    assert read_queue(root).entries == []  # trained here, never queued
+    status = cv_status(root / "cvn")
+    assert status["state"] == "finished" and status["aggregate"]["n"] == 2
+    assert status["oof"] is not None  # the last fold's after-run step ran in the foreground too
+
+
 def test_a_fold_that_fails_does_not_stop_the_others(tmp_path, cv_env, monkeypatch):
     from trainer.cli import queue_folds
 
