@@ -34,6 +34,12 @@ def test_unknown_key_reported_with_dotted_path(tmp_path):
     assert "unknown key" in found["optim.learning_rate"]
 
 
+def test_a_top_level_variants_key_points_to_pipelines(tmp_path):
+    found = problems(tmp_path, {"variants": [{"name": "a", "set": {"seed": 1}}], "data": {"variants": {}}})
+    assert "did you mean `pipelines:`?" in found["variants"]
+    assert "data.variants" not in found  # data.variants is a key of its own, not a misspelling
+
+
 def test_wrong_type_names_expected_and_found(tmp_path):
     found = problems(tmp_path, {"optim": {"batch_size": "big"}})
     assert "integer" in found["optim.batch_size"] and "'big'" in found["optim.batch_size"]

@@ -52,13 +52,15 @@ def test_create_cv_that_fails_midway_leaves_nothing(tmp_path):
     assert list_runs(tmp_path) == []
 
 
-def fake_fold(run_dir: Path, state: str, f1=None, test_f1=None) -> None:
-    """A fold's state.json (best evaluation) and evaluation.json as a finished run leaves them."""
-    best = {"step": 8, "val_accuracy": f1, "val_f1_macro": f1, "val_loss": 0.5} if f1 is not None else None
+def fake_fold(run_dir: Path, state: str, f1=None, test_f1=None, val=(), test=()) -> None:
+    """A fold's state.json (best evaluation) and evaluation.json as a finished run leaves them
+    (`val`, `test`: more of the best evaluation's and the test result's fields)."""
+    best = {"step": 8, "val_accuracy": f1, "val_f1_macro": f1, "val_loss": 0.5, **dict(val)} if f1 is not None else None
     atomic_write_json(RunDir(run_dir).state, {"state": state, "step": 8, "total_steps": 8, "best_eval": best})
     if test_f1 is not None:
         atomic_write_json(RunDir(run_dir).evaluation, {"version": 1, "results": {
-            "test/best": {"split": "test", "weights": "best", "accuracy": test_f1, "f1_macro": test_f1, "n": 12}}})
+            "test/best": {"split": "test", "weights": "best", "accuracy": test_f1, "f1_macro": test_f1, "n": 12,
+                          **dict(test)}}})
 
 
 def test_the_aggregate_counts_finished_folds_and_shows_a_failed_one(tmp_path):
@@ -76,6 +78,43 @@ def test_the_aggregate_counts_finished_folds_and_shows_a_failed_one(tmp_path):
     assert status["folds"][1]["state"] == "failed" and status["folds"][1]["val"] is None
     text = format_cv_status(status)
     assert "aggregate of 2 of 3 folds (left out: cvt-fold2 failed)" in text and "0.7000 ± 0.1414" in text
+    # what a script reads: the cross-validated estimate, from the held-out (val) folds
+    assert agg["accuracy"] == agg["val"]["accuracy"] and agg["f1_macro"] == agg["val"]["f1_macro"]
+    assert agg["accuracy"]["mean"] == pytest.approx(0.7)
+    assert "RECALL" not in text.splitlines()[1]  # the default monitor is F1: no column of its own
+
+
+def per_class_result(recalls: dict, precisions: dict) -> dict:
+    """The per-class part of an evaluation.json result (the classes all true somewhere)."""
+    return {"classes": list(recalls), "confusion": [[4] * len(recalls)] * len(recalls),
+            "per_class": {c: {"recall": recalls[c], "precision": precisions[c], "support": 4} for c in recalls}}
+
+
+def test_the_aggregate_and_the_table_follow_a_monitor_that_is_not_accuracy_or_f1(tmp_path):
+    parent, folds = create_cv(tmp_path, "cvt", tiny_cfg(tmp_path, **{"eval.monitor": "val_recall_macro"}), 3,
+                              "tiny.yaml")
+    fake_fold(folds[0], "finished", 0.8, 0.7, val={"val_recall_macro": 0.9},
+              test=per_class_result({"a": 0.5, "b": 0.7, "c": 0.9}, {"a": 0.1, "b": 0.1, "c": 0.1}))
+    fake_fold(folds[1], "finished", 0.6, 0.5, val={"val_recall_macro": 0.7}, test={"recall_macro": 0.5})
+    fake_fold(folds[2], "running", 0.6, val={"val_recall_macro": 0.6})  # listed, not counted
+    status = cv_status(parent)
+    agg = status["aggregate"]
+    assert agg["val"]["val_recall_macro"] == pytest.approx({"mean": 0.8, "std": 0.1414213, "n": 2}, rel=1e-5)
+    # the test side's counterpart: fold 1's macro recall read from its per-class recalls
+    assert status["folds"][0]["test"]["recall_macro"] == pytest.approx(0.7)
+    assert agg["test"]["recall_macro"] == pytest.approx({"mean": 0.6, "std": 0.1414213, "n": 2}, rel=1e-5)
+    lines = format_cv_status(status).splitlines()
+    assert lines[1].endswith("VAL RECALL TEST RECALL")
+    assert lines[2].split()[-2:] == ["0.9000", "0.7000"] and lines[3].split()[-2:] == ["0.7000", "0.5000"]
+    assert lines[4].split()[-2:] == ["0.6000", "-"]
+
+
+def test_a_two_class_monitor_reads_the_positive_class_of_the_test_result():
+    from trainer.run.cv_status import test_value
+
+    result = {"classes": ["neg", "pos"], "per_class": {"neg": {"sensitivity": 0.3}, "pos": {"sensitivity": 0.8}}}
+    assert test_value(result, "sensitivity") == 0.8
+    assert test_value({**result, "classes": ["a", "b", "c"]}, "sensitivity") is None  # no positive class
 
 
 def test_stat_of_too_few_values():
@@ -154,6 +193,20 @@ def test_a_3_fold_cv_through_the_queue_finishes_with_the_aggregate_and_out_of_fo
     assert list(np.bincount(folds)) == [16, 16, 16]
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert "aggregate of 3 of 3 folds" in cli(cv_env, "status", "cvt").stdout
+
+
+def test_cv_now_trains_the_folds_here_one_after_another(tmp_path, cv_env):
+    from trainer.run.queue import read_queue
+
+    result = cli(cv_env, "cv", str(tmp_path / "tiny.yaml"), "--folds", "2", "--name", "cvn", "--now", "--quiet")
+    out = result.stdout
+    assert out.index("training cvn-fold1") < out.index("training cvn-fold2")
+    assert "  cvn-fold1: finished" in out and "  cvn-fold2: finished" in out and "queued" not in out
+    root = tmp_path / "runs"
+    assert read_queue(root).entries == []  # trained here, never queued
+    status = cv_status(root / "cvn")
+    assert status["state"] == "finished" and status["aggregate"]["n"] == 2
+    assert status["oof"] is not None  # the last fold's after-run step ran in the foreground too
 
 
 def test_a_fold_that_fails_does_not_stop_the_others(tmp_path, cv_env, monkeypatch):

@@ -271,8 +271,9 @@ def test_series_set_feeds_train_and_eval_records():
         if step % 100 == 0:
             series.feed(evaluation(step, f1=[0.6, 0.8, 0.7][step // 100 - 1], accuracy_top5=0.9))
     names = set(series.snapshot_series())
-    assert names == {"train_loss", "train_loss_smooth", "lr", "grad_norm", "samples_per_s", "data_share",
+    assert names == {"train_loss", "train_loss_smooth", "lr", "grad_norm", "samples_per_s", "data_share", "time",
                      "val_loss", "val_accuracy", "val_f1_macro", "val_f1_weighted", "val_accuracy_top5"}
+    assert series.snapshot_series()["time"]["max"][-1] == 1.7e9 + 300  # train records' clock: the wall axis
     assert series.best_eval["step"] == 200 and series.last_eval["step"] == 300
     assert series.eval_summary() == {"last": series.last_eval, "best": series.best_eval}
     f1 = series.snapshot_series()["val_f1_macro"]

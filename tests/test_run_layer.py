@@ -181,7 +181,8 @@ def offline_model_before_the_run_layer(run_dir: Path) -> RunModel:
                       "phase_etas": [], "metrics": {}, "time": state.get("updated")}
     model.last_checkpoint = state.get("last_checkpoint")
     summary = history.load_summary(run_dir / "history.msgpack", model.monitor_rule)
-    model.series = {name: Series.from_wire(body) for name, body in summary.series.items()}
+    # the summary's wall-clock series came later (the comparison's axis): the dashboard never drew it
+    model.series = {name: Series.from_wire(body) for name, body in summary.series.items() if name != "time"}
     model.eval_last = state.get("last_eval") or summary.last_eval
     model.eval_best = state.get("best_eval") or summary.best_eval
     events, event_problems = [], []

@@ -24,17 +24,19 @@ from trainer import history  # noqa: E402
 from tui import braille, fmt  # noqa: E402
 from tui.app import LonghaulApp  # noqa: E402
 from tui.model import Series  # noqa: E402
-from tui.screens.compare import CompareScreen, by_time, common_metrics  # noqa: E402
+from tui.screens.compare import CompareScreen, by_time, by_wall, common_metrics  # noqa: E402
 from tui.screens.picker import PickerScreen  # noqa: E402
 from tui.widgets.overlay_chart import OverlayChart  # noqa: E402
 
 STEPS, EVAL_EVERY = 1500, 100
+PAUSE = 3600.0  # b0-wide's pause: on the wall-clock axis only
 
 
 def write_run(root: Path, name: str, *, seconds_per_step: float, floor: float, tau: float, seed: int,
-              hidden: int) -> Path:
+              hidden: int, paused: float = 0.0) -> Path:
     """A finished run of STEPS steps: losses decaying to `floor` (validation over `tau` steps),
-    `seconds_per_step` of training."""
+    `seconds_per_step` of training, `paused` seconds of pause halfway (the clock moves, the
+    training time does not)."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     plan = tui_fakes.demo_plan(steps_per_epoch=STEPS // 15)
@@ -42,8 +44,9 @@ def write_run(root: Path, name: str, *, seconds_per_step: float, floor: float, t
     with history.HistoryWriter(run_dir / "history.msgpack") as writer:
         for step in range(1, STEPS + 1):
             loss = floor + 2.0 * math.exp(-step / 300) + 0.05 * math.sin(step / 7)
+            clock = T0 - (STEPS - step) * seconds_per_step - (paused if step <= STEPS // 2 else 0.0)
             writer.append({"kind": "train", "step": step, "epoch": plan.epoch_at(step - 1)[0],
-                           "phase": plan.phase_at(step - 1).index, "time": T0 - (STEPS - step) * seconds_per_step,
+                           "phase": plan.phase_at(step - 1).index, "time": clock,
                            "elapsed": step * seconds_per_step, "train_loss": loss, "lr": plan.lr_at(step - 1),
                            "samples_per_s": 32 / seconds_per_step})
             if step % EVAL_EVERY == 0:
@@ -65,7 +68,7 @@ def write_run(root: Path, name: str, *, seconds_per_step: float, floor: float, t
 @pytest.fixture
 def runs(tmp_path) -> Path:
     write_run(tmp_path, "b0-fast", seconds_per_step=1.2, floor=0.30, tau=250, seed=1, hidden=128)
-    write_run(tmp_path, "b0-wide", seconds_per_step=2.0, floor=0.22, tau=500, seed=2, hidden=512)
+    write_run(tmp_path, "b0-wide", seconds_per_step=2.0, floor=0.22, tau=500, seed=2, hidden=512, paused=PAUSE)
     write_run(tmp_path, "zz-other", seconds_per_step=1.0, floor=0.5, tau=300, seed=3, hidden=64)
     return tmp_path
 
@@ -132,13 +135,20 @@ async def test_marking_runs_and_opening_the_comparison(runs):
         # by time, the slower run's last point is at its own training seconds
         assert chart.lines[1][1].steps[-1] == pytest.approx(STEPS * 2.0, rel=0.01)
         assert chart.lines[0][1].steps[-1] == pytest.approx(STEPS * 1.2, rel=0.01)
+        await pilot.press("x")
+        assert chart.title == "val_loss by wall time"
+        # by the clock since each run's first step, b0-wide's hour of pause counts too
+        assert chart.lines[1][1].steps[-1] == pytest.approx(STEPS * 2.0 + PAUSE, rel=0.01)
+        assert chart.lines[0][1].steps[-1] == pytest.approx(STEPS * 1.2, rel=0.01)
+        await pilot.press("x")
+        assert chart.title == "val_loss by step"
         await pilot.press("escape")
         assert app.screen is picker
 
 
 def test_common_metrics_put_the_monitor_first():
-    series = [{"val_loss": {}, "val_f1_macro": {}, "lr": {}, "elapsed": {}, "train_loss_smooth": {}},
-              {"val_loss": {}, "val_f1_macro": {}, "elapsed": {}, "train_loss_smooth": {}, "grad_norm": {}}]
+    series = [{"val_loss": {}, "val_f1_macro": {}, "lr": {}, "elapsed": {}, "time": {}, "train_loss_smooth": {}},
+              {"val_loss": {}, "val_f1_macro": {}, "elapsed": {}, "time": {}, "train_loss_smooth": {}, "grad_norm": {}}]
     assert common_metrics(series, ["val_f1_macro", "val_f1_macro"]) == ["val_f1_macro", "val_loss", "train_loss_smooth"]
 
 
@@ -147,6 +157,14 @@ def test_by_time_maps_steps_through_the_elapsed_series():
     elapsed = {"step": [10, 20, 30], "value": [4.0, 9.0, 14.0], "min": [1.0, 6.0, 11.0], "max": [5.0, 10.0, 15.0]}
     assert by_time(wire, elapsed).steps == [5.0, 10.0, 15.0]
     assert by_time(wire, None) is None
+
+
+def test_by_wall_maps_steps_through_the_clock_from_the_first_record():
+    wire = {"step": [10, 20, 30], "value": [1.0, 2.0, 3.0], "min": [1.0, 2.0, 3.0], "max": [1.0, 2.0, 3.0]}
+    clock = {"step": [10, 20, 30], "value": [1e9 + 2, 1e9 + 7, 1e9 + 100], "min": [1e9, 1e9 + 5, 1e9 + 98],
+             "max": [1e9 + 4, 1e9 + 9, 1e9 + 102]}
+    assert by_wall(wire, clock).steps == [4.0, 9.0, 102.0]
+    assert by_wall(wire, None) is None
 
 
 def test_plot_lines_keeps_both_lines_and_numbers_their_ends():

@@ -75,3 +75,35 @@ async def test_enter_opens_the_folds_and_esc_goes_back(tmp_path):
         assert app.screen.info["aggregate"]["n"] == 2
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen), what="the picker again")
+
+
+@async_test
+async def test_the_fold_screen_has_columns_for_a_monitor_that_is_not_accuracy_or_f1(tmp_path):
+    parent, folds = create_cv(tmp_path / "runs", "auc-cv", tiny_cfg(tmp_path, **{"eval.monitor": "val_recall_macro"}),
+                              2, "speech.yaml")
+    fake_fold(folds[0], "finished", 0.80, 0.78, val={"val_recall_macro": 0.91}, test={"recall_macro": 0.87})
+    app = app_of(parent.parent, cv_dir=parent)
+    async with app.run_test(size=(140, 24)) as pilot:
+        await wait_for(pilot, lambda: folds_shown(pilot), what="the folds")
+        table = app.screen.query_one("#folds")
+        assert [str(c.label) for c in table.columns.values()][-2:] == ["val recall", "test recall"]
+        assert table.get_row(str(folds[0]))[-2:] == ["0.910", "0.870"]
+
+
+@async_test
+async def test_space_refuses_to_mark_a_cross_validation(tmp_path):
+    root = tmp_path / "runs"
+    made_cv(root)
+    app = app_of(root, picker_interval=60.0)
+    async with app.run_test(size=(120, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen) and app.screen.rows, what="the picker")
+        picker = app.screen
+        cv_dir = next(key for key, info in picker.rows.items() if info.get("kind") == "cv")
+        picker.query_one("#runs").move_cursor(row=list(picker.rows).index(cv_dir))
+        await pilot.press("space")
+        await pilot.pause(0.1)
+        assert not picker.marked
+        assert any("speech-cv is a cross-validation" in n.message for n in app._notifications)
+        picker.query_one("#runs").move_cursor(row=list(picker.rows).index(str(root / "speech-cv-fold1")))
+        await pilot.press("space")  # its folds are runs: they mark
+        assert list(picker.marked) == [str(root / "speech-cv-fold1")]

@@ -801,11 +801,18 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+#: Unknown keys that other tools (and the issues that asked for the feature) spell another way:
+#: the error names longhaul's key instead of leaving the reader to find it in docs/CONFIG.md.
+OTHER_NAMES = {"variants": "pipelines"}
+
+
 def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in OTHER_NAMES:
+            problems.append((key, f"unknown key: did you mean `{OTHER_NAMES[key]}:`? (see docs/CONFIG.md)"))
+        elif err["type"] == "extra_forbidden":
             problems.append((key, "unknown key (check the spelling; see docs/CONFIG.md)"))
         elif err["type"] == "missing":
             problems.append((key, "required key is missing"))

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from trainer.history import Downsampler, LossSmoother
+from trainer.history.series import WALL_KEY
 from trainer.monitor import Monitor
 from trainer.run.evaluation import headline_result
 from tui.setup import SetupStages
@@ -285,6 +286,7 @@ class RunModel:
         self.progress = snapshot.get("progress")
         self.series = {name: Series.from_wire(body) for name, body in (snapshot.get("series") or {}).items()}
         self.elapsed = ElapsedMap.of_series(self.series.pop(ELAPSED_SERIES, None))
+        self.series.pop(WALL_KEY, None)  # the comparison's wall-clock axis, not a metric to chart
         self.elapsed.add(self.step, (self.progress or {}).get("elapsed"))
         evals = snapshot.get("eval") or {}
         self.eval_last = evals.get("last")

@@ -14,7 +14,7 @@ from trainer.history.smoothing import DEFAULT_SMOOTHING
 from trainer.monitor import Monitor
 from trainer.run.rundir import RunDir
 
-_SERIES_CACHE_VERSION = 2  # 2: the key holds min_delta
+_SERIES_CACHE_VERSION = 3  # 2: the key holds min_delta; 3: the wall-clock series (WALL_KEY)
 
 
 @dataclass

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Optional
 
 import msgpack
 
-from trainer.history.records import META_KEYS, is_number
-from trainer.history.series import SMOOTH_KEY
+from trainer.history.records import is_number
+from trainer.history.series import is_train_series
 
 if TYPE_CHECKING:
     import numpy as np
@@ -124,4 +124,4 @@ class Layout:
 
     def series_keys(self) -> list[str]:
         """The numeric fields of this layout that are metric series."""
-        return [key for key in self.slots if key not in META_KEYS and key != SMOOTH_KEY]
+        return [key for key in self.slots if is_train_series(key)]

@@ -15,8 +15,8 @@ import msgpack
 
 from trainer.history.downsample import DEFAULT_MAX_POINTS, Downsampler, increasing
 from trainer.history.layout import Layout
-from trainer.history.records import EVAL, META_KEYS, TRAIN, HistoryError, is_number, is_record
-from trainer.history.series import SMOOTH_KEY, SeriesSet
+from trainer.history.records import EVAL, TRAIN, HistoryError, is_number, is_record
+from trainer.history.series import SMOOTH_KEY, SeriesSet, is_train_series
 from trainer.history.smoothing import DEFAULT_SMOOTHING, ema
 from trainer.monitor import Monitor
 
@@ -49,7 +49,7 @@ class _TrainColumns:
             return
         self.last_step = step
         for key, value in record.items():
-            if key not in META_KEYS and key != SMOOTH_KEY and is_number(value):
+            if is_train_series(key) and is_number(value):
                 steps, values = self._odd.setdefault(key, ([], []))
                 steps.append(step)
                 values.append(float(value))

@@ -12,14 +12,23 @@ from trainer.monitor import Monitor
 
 SMOOTH_KEY = "train_loss_smooth"
 """Series computed by :class:`SeriesSet`: the EMA of ``train_loss`` (see :class:`LossSmoother`)."""
+WALL_KEY = "time"
+"""The train records' ``time`` (Unix seconds) as a series: not a metric, but the wall-clock axis of
+the comparison (a run's pauses and the hours between its restarts included, unlike ``elapsed``)."""
+
+
+def is_train_series(key: str) -> bool:
+    """Whether a train record's numeric field ``key`` is kept as a series."""
+    return (key not in META_KEYS or key == WALL_KEY) and key != SMOOTH_KEY
 
 
 class SeriesSet:
     """Every scalar metric of a run as a :class:`Downsampler`, plus the last and best evaluation.
 
-    Train records give one series per numeric field (``train_loss``, ``lr``, ``grad_norm``, ...)
-    and ``train_loss_smooth`` (see :class:`LossSmoother`); eval records give one series per
-    numeric field, named with a ``val_`` prefix (see :func:`eval_series_name`). Lists and maps
+    Train records give one series per numeric field (``train_loss``, ``lr``, ``grad_norm``, ...,
+    and ``time``: see WALL_KEY) and ``train_loss_smooth`` (see :class:`LossSmoother`); eval
+    records give one series per numeric field, named with a ``val_`` prefix (see
+    :func:`eval_series_name`). Lists and maps
     (per_class, confusion, classes) are not series. A record whose step is not after the last
     record of its kind is ignored, like a Downsampler point.
     """
@@ -45,7 +54,7 @@ class SeriesSet:
             return False
         if kind == TRAIN:
             for key, value in record.items():
-                if key not in META_KEYS and key != SMOOTH_KEY and is_number(value):
+                if is_train_series(key) and is_number(value):
                     self._point(key, step, value)
             loss = record.get("train_loss")
             if is_number(loss) and math.isfinite(loss):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainer.fmt import metric_label
+from trainer.monitor import usable
 from trainer.run.cv import cv_names, read_cv
 from trainer.run.errors import RunError
 from trainer.run.evaluation import read_evaluation
@@ -21,8 +22,13 @@ from trainer.run.status import eval_summary, list_runs
 
 #: A fold that has no state.json yet: made, not started (the queue writes `queued`).
 WAITING = "waiting"
-#: The metrics the aggregate gives for each split (the run's monitor is added to "val").
+#: The metrics the aggregate gives for each split (the run's monitor is added to both).
 AGGREGATED = ("accuracy", "f1_macro")
+#: Monitors that are in the table already (as accuracy and F1): no column of their own.
+IN_TABLE = ("val_accuracy", "val_f1_macro")
+#: Two-class monitors whose test value is the positive class's (index 1, as in the engine's
+#: binary metrics) one-vs-rest score in evaluation.json's per_class.
+POSITIVE_CLASS_SCORES = ("auc_roc", "auc_pr", "sensitivity", "specificity", "ppv", "npv")
 
 
 def cv_status(parent: Path) -> dict:
@@ -57,18 +63,54 @@ def fold_entry(fold: dict, monitor: str) -> dict:
         val[monitor] = best_eval.get(monitor)
     best = {"metric": monitor, "value": val[monitor], "step": best_eval.get("step")} if val else None
     return {**entry, "state": effective_state(run_dir, state), "step": state.get("step"),
-            "total_steps": state.get("total_steps"), "best": best, "val": val, "test": test_metrics(run_dir)}
+            "total_steps": state.get("total_steps"), "best": best, "val": val,
+            "test": test_metrics(run_dir, monitor)}
 
 
-def test_metrics(run_dir: Path) -> Optional[dict]:
-    """accuracy and f1_macro of the fold's test evaluation with best.pt (the end-of-run one)."""
+def test_metrics(run_dir: Path, monitor: str) -> Optional[dict]:
+    """accuracy, f1_macro and the monitor's counterpart (test_name) of the fold's test
+    evaluation with best.pt (the end-of-run one)."""
     try:
         result = ((read_evaluation(run_dir) or {}).get("results") or {}).get("test/best")
     except (OSError, ValueError):
         return None
     if not isinstance(result, dict):
         return None
-    return {key: result.get(key) for key in (*AGGREGATED, "n", "step")}
+    metrics = {key: result.get(key) for key in (*AGGREGATED, "n", "step")}
+    name = test_name(monitor)
+    if name and name not in metrics:
+        metrics[name] = test_value(result, name)
+    return metrics
+
+
+def test_name(monitor: str) -> Optional[str]:
+    """The monitor's name in evaluation.json (`val_recall_macro`: `recall_macro`); None for a
+    loss: the result's losses are NLLs of calibrated and uncalibrated probabilities, not the
+    training loss the engine validates with."""
+    if not monitor.startswith("val_") or monitor.endswith("_loss"):
+        return None
+    return monitor.removeprefix("val_")
+
+
+def test_value(result: dict, name: str) -> Optional[float]:
+    """`name` (test_name) in one evaluation.json result. The result keeps the macro precision
+    and recall and the two-class rates per class only, so they are read the engine's way from
+    there: the mean over the classes that are true or predicted somewhere (scikit-learn's macro
+    average), the positive class's one-vs-rest score."""
+    if usable(result.get(name)):
+        return result[name]
+    classes, per_class = result.get("classes") or [], result.get("per_class") or {}
+    if name in POSITIVE_CLASS_SCORES and len(classes) == 2:
+        value = (per_class.get(classes[1]) or {}).get(name)
+        return value if usable(value) else None
+    if name not in ("precision_macro", "recall_macro") or not classes:
+        return None
+    confusion = result.get("confusion") or []
+    predicted = [sum(row[c] for row in confusion) for c in range(len(classes))] if confusion else [0] * len(classes)
+    seen = [c for i, c in enumerate(classes)
+            if (per_class.get(c) or {}).get("support") or (predicted[i] if i < len(predicted) else 0)]
+    values = [(per_class.get(c) or {}).get(name.removesuffix("_macro")) for c in seen]
+    return sum(values) / len(values) if values and all(usable(v) for v in values) else None
 
 
 def overall_state(folds: list[dict]) -> str:
@@ -92,14 +134,23 @@ def state_counts(folds: list[dict]) -> dict:
 
 
 def aggregate(folds: list[dict], monitor: str) -> dict:
-    """Mean, standard deviation and n of accuracy and f1_macro (val: also the monitor) over the
-    finished folds; the others are listed under `excluded` with their state."""
+    """Mean, standard deviation and n of accuracy and f1_macro over the finished folds, under
+    `val` and `test` with the monitor too (test: when a fold's evaluation.json gives it); the
+    others are listed under `excluded` with their state. `accuracy` and `f1_macro` at the top are
+    the cross-validated estimate: the val ones, each fold scored on the fold it did not train on
+    (the test split is the same for every fold: its spread is the models', not the data's)."""
     done = [fold for fold in folds if fold["state"] == "finished"]
     val_keys = AGGREGATED + ((monitor,) if monitor not in AGGREGATED else ())
+    val = {key: stat([(fold["val"] or {}).get(key) for fold in done]) for key in val_keys}
+    test = {key: stat([(fold["test"] or {}).get(key) for fold in done]) for key in AGGREGATED}
+    name = test_name(monitor)
+    if name and name not in test:
+        counterpart = stat([(fold["test"] or {}).get(name) for fold in done])
+        if counterpart["n"]:
+            test[name] = counterpart
     return {"n": len(done), "k": len(folds),
             "excluded": [{"name": fold["name"], "state": fold["state"]} for fold in folds if fold not in done],
-            "val": {key: stat([(fold["val"] or {}).get(key) for fold in done]) for key in val_keys},
-            "test": {key: stat([(fold["test"] or {}).get(key) for fold in done]) for key in AGGREGATED}}
+            **{key: dict(val[key]) for key in AGGREGATED}, "val": val, "test": test}
 
 
 def stat(values: list) -> dict:
@@ -118,15 +169,22 @@ def stat(values: list) -> dict:
 def format_cv_status(info: dict) -> str:
     """`longhaul status NAME` of a cross-validation: a line, a table of the folds, the aggregate."""
     counts = ", ".join(f"{state} {n}" for state, n in sorted(info["counts"].items()))
+    extra = monitor_column(info["monitor"])
+    titles = ["VAL ACC", "VAL F1", "TEST ACC", "TEST F1"]
+    if extra:
+        label = metric_label(info["monitor"]).upper()
+        titles += [f"VAL {label}", f"TEST {label}"]
+    width = max(8, *(len(title) for title in titles))
     lines = [f"{info['name']}: cross-validation, {info['k']} folds, {info['state']} ({counts})",
-             f"  {'FOLD':4} {'RUN':28} {'STATE':12} {'STEP':>11} {'VAL ACC':>8} {'VAL F1':>8} {'TEST ACC':>8} "
-             f"{'TEST F1':>8}"]
+             f"  {'FOLD':4} {'RUN':28} {'STATE':12} {'STEP':>11} " + " ".join(f"{t:>{width}}" for t in titles)]
     for fold in info["folds"]:
         val, test = fold["val"] or {}, fold["test"] or {}
         step = f"{fold['step'] or 0}/{fold['total_steps'] or '?'}"
+        values = [val.get("accuracy"), val.get("f1_macro"), test.get("accuracy"), test.get("f1_macro")]
+        if extra:
+            values += [val.get(info["monitor"]), test.get(extra)]
         lines.append(f"  {fold['index'] + 1:<4} {fold['name'][:28]:28} {fold['state']:12} {step:>11} "
-                     f"{number(val.get('accuracy')):>8} {number(val.get('f1_macro')):>8} "
-                     f"{number(test.get('accuracy')):>8} {number(test.get('f1_macro')):>8}")
+                     + " ".join(f"{number(v):>{width}}" for v in values))
     agg = info["aggregate"]
     left_out = ", ".join(f"{e['name']} {e['state']}" for e in agg["excluded"])
     lines.append(f"  aggregate of {agg['n']} of {agg['k']} folds" + (f" (left out: {left_out})" if left_out else ""))
@@ -136,6 +194,15 @@ def format_cv_status(info: dict) -> str:
         lines.append(f"  out-of-fold predictions: {info['oof']['csv']}")
     lines.append(f"  dir {info['dir']}")
     return "\n".join(lines)
+
+
+def monitor_column(monitor: str) -> Optional[str]:
+    """The key of the monitor's value in a fold's `test` (its name in evaluation.json; the
+    monitor's own name when it has none there) when the table needs a column for it, None when
+    it is accuracy or F1 already."""
+    if monitor in IN_TABLE:
+        return None
+    return test_name(monitor) or monitor
 
 
 def number(value) -> str:

@@ -1,6 +1,7 @@
 """The comparison screen (`c` in the run list, over the runs marked with Space): one metric of
-every run overlaid in one chart, by step or by training time, over a compact table of
-`longhaul compare`'s fields.
+every run overlaid in one chart, by step, by training time (pauses excluded) or by wall-clock
+time since each run's first step (pauses included), over a compact table of `longhaul compare`'s
+fields.
 
 The runs' files are read once, in a worker thread (the history through its cached summary,
 the same the offline dashboard reads); nothing polls. `g` reads them again (a live run moved on).
@@ -22,6 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from trainer.fmt import duration
+from trainer.history.series import WALL_KEY
 from trainer.monitor import Monitor
 from trainer.run.compare import column_names, compare_runs, table_rows
 from trainer.run.errors import RunError
@@ -32,11 +34,13 @@ from tui.widgets.charts import step_label
 from tui.widgets.footer import KeyFooter
 from tui.widgets.overlay_chart import OverlayChart
 
-AXES = ("step", "time")
+AXES = ("step", "time", "wall")
+#: What the chart's title calls each axis.
+AXIS_NAMES = {"step": "step", "time": "training time", "wall": "wall time"}
 #: Series a comparison starts with when every run has them, before the others (by name).
 FIRST_METRICS = ("val_loss", "train_loss_smooth")
-#: Series that are not a metric to compare (the time axis itself).
-NOT_METRICS = ("elapsed",)
+#: Series that are not a metric to compare (the time axes themselves).
+NOT_METRICS = ("elapsed", WALL_KEY)
 
 
 @dataclass
@@ -91,6 +95,26 @@ def by_time(wire: dict, elapsed: Optional[dict]) -> Optional[Series]:
     return Series(x.tolist(), wire["value"], wire.get("min"), wire.get("max"))
 
 
+def by_wall(wire: dict, wall: Optional[dict]) -> Optional[Series]:
+    """A series with its steps mapped to wall-clock seconds since the run's first train record
+    through its `time` series (WALL_KEY: a pause, and the time between a stop and its resume,
+    stretch it); None without one."""
+    if not wall or not wall.get("step"):
+        return None
+    clock = np.asarray(wall["max"], dtype=np.float64) - float(wall["min"][0])
+    x = np.interp(np.asarray(wire["step"], dtype=np.float64), np.asarray(wall["step"], dtype=np.float64), clock)
+    return Series(x.tolist(), wire["value"], wire.get("min"), wire.get("max"))
+
+
+def on_axis(axis: str, wire: dict, series: dict) -> Optional[Series]:
+    """One run's series `wire` on the x `axis` (AXES); `series`: every series of the run."""
+    if axis == "time":
+        return by_time(wire, series.get("elapsed"))
+    if axis == "wall":
+        return by_wall(wire, series.get(WALL_KEY))
+    return Series.from_wire(wire)
+
+
 def compare_table(comparison: Comparison) -> Table:
     """The compact table: rows that hold a value for some run (best marked *), the config diff."""
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
@@ -116,7 +140,8 @@ class CompareScreen(Screen):
     """
     BINDINGS = [
         Binding("m", "next_metric", "Metric", tooltip="Show the next metric all these runs have"),
-        Binding("x", "toggle_axis", "Step/time", tooltip="x axis: step or training time (pauses excluded)"),
+        Binding("x", "toggle_axis", "Step/time", tooltip="x axis: step, training time (pauses excluded) or wall "
+                                                        "time (pauses included)"),
         Binding("g", "reload", "Reload", tooltip="Read the runs' files again (a live run moved on)"),
         Binding("escape", "back", "Back", tooltip="Back to the run list"),
     ]
@@ -164,14 +189,11 @@ class CompareScreen(Screen):
             title.update(f"{names}: no metric all of them have")
             chart.set_lines([])
             return
-        lines = []
-        for name, series in zip(comparison.names, comparison.series):
-            wire = series[self.metric]
-            shown = Series.from_wire(wire) if self.axis == "step" else by_time(wire, series.get("elapsed"))
-            lines.append((name, shown))
+        lines = [(name, on_axis(self.axis, series[self.metric], series))
+                 for name, series in zip(comparison.names, comparison.series)]
         chart.x_format = step_label if self.axis == "step" else duration
         chart.x_mode = self.axis
-        chart.title = f"{self.metric} by {'step' if self.axis == 'step' else 'training time'}"
+        chart.title = f"{self.metric} by {AXIS_NAMES[self.axis]}"
         chart.set_lines(lines)
         place = f"{comparison.metrics.index(self.metric) + 1}/{len(comparison.metrics)}"
         title.update(f"compare {names}   metric {self.metric} ({place}, m: next)   x: {self.axis}")

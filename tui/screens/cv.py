@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from trainer.fmt import metric_label, metric_value
-from trainer.run.cv_status import cv_status
+from trainer.run.cv_status import cv_status, monitor_column
 from tui.widgets.footer import KeyFooter
 from tui.widgets.header import STATE_STYLES
 
@@ -22,15 +22,25 @@ COLUMNS = (("fold", "fold"), ("run", "run"), ("state", "state"), ("step", "step"
 Reader = Callable[[Path], dict]
 
 
-def fold_cells(fold: dict) -> tuple:
-    """The table cells of one fold of `cv_status`."""
+def columns(monitor: str) -> tuple:
+    """COLUMNS, and the monitor's val and test columns when it is not accuracy or F1."""
+    if not monitor_column(monitor):
+        return COLUMNS
+    label = metric_label(monitor)
+    return COLUMNS + (("val_monitor", f"val {label}"), ("test_monitor", f"test {label}"))
+
+
+def fold_cells(fold: dict, monitor: str = "val_f1_macro") -> tuple:
+    """The table cells of one fold of `cv_status` (the monitor's too: see `columns`)."""
     val, test = fold.get("val") or {}, fold.get("test") or {}
     state = fold.get("state", "unknown")
     step = f"{fold.get('step') or 0}/{fold.get('total_steps') or '?'}"
-    return (str((fold.get("index") or 0) + 1), Text(str(fold.get("name")), style="bold"),
-            Text(state.upper(), style=STATE_STYLES.get(state, "")), step,
-            metric_value(val.get("accuracy")), metric_value(val.get("f1_macro")),
-            metric_value(test.get("accuracy")), metric_value(test.get("f1_macro")))
+    cells = (str((fold.get("index") or 0) + 1), Text(str(fold.get("name")), style="bold"),
+             Text(state.upper(), style=STATE_STYLES.get(state, "")), step,
+             metric_value(val.get("accuracy")), metric_value(val.get("f1_macro")),
+             metric_value(test.get("accuracy")), metric_value(test.get("f1_macro")))
+    extra = monitor_column(monitor)
+    return cells + (metric_value(val.get(monitor)), metric_value(test.get(extra))) if extra else cells
 
 
 def aggregate_text(info: dict) -> Text:
@@ -84,9 +94,7 @@ class CvScreen(Screen):
         yield KeyFooter()
 
     def on_mount(self) -> None:
-        table = self.query_one("#folds", DataTable)
-        for key, title in COLUMNS:
-            table.add_column(title, key=key)
+        self.set_columns(COLUMNS)
         self.action_reload()
         self.set_interval(self.interval, self.action_reload, name="read-cv")
 
@@ -99,15 +107,25 @@ class CvScreen(Screen):
         info = self.reader(self.parent_dir)
         self.app.call_from_thread(self.show, info)
 
+    def set_columns(self, wanted: tuple) -> None:
+        table = self.query_one("#folds", DataTable)
+        table.clear(columns=True)
+        for key, title in wanted:
+            table.add_column(title, key=key)
+
     def show(self, info: dict) -> None:
         table = self.query_one("#folds", DataTable)
-        if self.info is None or [f["dir"] for f in info["folds"]] != [f["dir"] for f in self.info["folds"]]:
+        monitor = info.get("monitor") or "val_f1_macro"
+        wanted = columns(monitor)
+        if wanted != tuple((key.value, str(column.label)) for key, column in table.columns.items()):
+            self.set_columns(wanted)  # the monitor is known from the first read on; it empties the rows
+        if not table.row_count or [f["dir"] for f in info["folds"]] != [f["dir"] for f in self.info["folds"]]:
             table.clear()
             for fold in info["folds"]:
-                table.add_row(*fold_cells(fold), key=fold["dir"])
+                table.add_row(*fold_cells(fold, monitor), key=fold["dir"])
         else:
             for fold in info["folds"]:
-                for (column, _), cell in zip(COLUMNS, fold_cells(fold)):
+                for (column, _), cell in zip(wanted, fold_cells(fold, monitor)):
                     table.update_cell(fold["dir"], column, cell, update_width=True)
         self.info = info
         self.query_one("#cv-title", Static).update(

@@ -279,6 +279,13 @@ class PickerScreen(Screen):
         if self.rows[key].get("state") == "missing":
             self.notify(f"{key} is gone (moved or deleted)", severity="warning")
             return
+        if self.rows[key].get("kind") == "cv":
+            # not a run: the comparison would show it as an empty column
+            name = self.rows[key].get("name")
+            self.app.bell()
+            self.notify(f"{name} is a cross-validation, not a run: mark its folds ({name}-fold1 …) in this list "
+                        "to compare them; Enter shows them.", severity="warning")
+            return
         if key in self.marked:
             del self.marked[key]
         else:
