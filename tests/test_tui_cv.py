@@ -60,16 +60,23 @@ def test_picker_with_a_cross_validation(snap_compare, tmp_path):
     assert snap_compare(app, terminal_size=(120, 12), run_before=loaded)
 
 
+async def cursor_on_the_cv(pilot) -> PickerScreen:
+    """The picker, its cursor on the cross-validation's row."""
+    app = pilot.app
+    await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen) and app.screen.rows, what="the picker")
+    picker = app.screen
+    cv_dir = next(key for key, info in picker.rows.items() if info.get("kind") == "cv")
+    picker.query_one("#runs").move_cursor(row=list(picker.rows).index(cv_dir))
+    return picker
+
+
 @async_test
 async def test_enter_opens_the_folds_and_esc_goes_back(tmp_path):
     root = tmp_path / "runs"
     made_cv(root)
     app = app_of(root, picker_interval=60.0)
     async with app.run_test(size=(120, 24)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen) and app.screen.rows, what="the picker")
-        cv_dir = next(key for key, info in app.screen.rows.items() if info.get("kind") == "cv")
-        table = app.screen.query_one("#runs")
-        table.move_cursor(row=list(app.screen.rows).index(cv_dir))
+        await cursor_on_the_cv(pilot)
         await pilot.press("enter")
         await wait_for(pilot, lambda: folds_shown(pilot), what="the fold screen")
         assert app.screen.info["aggregate"]["n"] == 2
@@ -96,10 +103,7 @@ async def test_space_refuses_to_mark_a_cross_validation(tmp_path):
     made_cv(root)
     app = app_of(root, picker_interval=60.0)
     async with app.run_test(size=(120, 24)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen) and app.screen.rows, what="the picker")
-        picker = app.screen
-        cv_dir = next(key for key, info in picker.rows.items() if info.get("kind") == "cv")
-        picker.query_one("#runs").move_cursor(row=list(picker.rows).index(cv_dir))
+        picker = await cursor_on_the_cv(pilot)
         await pilot.press("space")
         await pilot.pause(0.1)
         assert not picker.marked
