@@ -15,7 +15,7 @@ import yaml
 from tests.daemon_helpers import read_events, wait_for
 from tests.longhaul_cli import cli, cli_env, status
 from tests.run_configs import DAEMON_TINY
-from trainer.run import queue
+from trainer.run import queue, registry
 from trainer.run.locate import create_run_dir
 from trainer.run.queue import QueueError, dispatch, enqueue, judge, read_queue
 from trainer.run.state import StateFile
@@ -292,6 +292,21 @@ def test_queued_real_runs_go_on_in_order_after_a_reboot(tmp_path, runtime_dir, t
     assert final_event_time(root / "a") <= first_event_time(root / "b")
     assert final_event_time(root / "b") <= first_event_time(root / "c")
     assert json.loads(cli(env, "queue", "--json").stdout)["runs"] == []
+
+
+def test_resume_all_moves_on_a_queue_of_another_runs_root(tmp_path, runtime_dir, tiny, live_process):
+    """A run queued with --root X is in the user's registry; at boot it must not wait for a
+    command in X."""
+    root, other = tmp_path / "runs", tmp_path / "other"
+    env = cli_env(root, runtime_dir)
+    busy = busy_run(root, live_process, eta=600.0)  # the box's one slot is busy: x waits
+    registry.register(busy)  # as `start` does: a run of the box, whichever root it is under
+    assert "waits for a free slot" in cli(env, "--root", str(other), "start", str(tiny), "--name", "x",
+                                          "--queue").stdout
+    StateFile(busy).update(state="finished")  # the slot is free, and nothing moved the queue of X
+    out = cli(env, "resume", "--all").stdout
+    assert "started queued run x" in out
+    wait_for(lambda: status(env, str(other / "x"))["state"] == "finished", 120, "x to finish")
 
 
 # ---------------------------------------------------------------------- how long, from when

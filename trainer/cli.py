@@ -734,8 +734,8 @@ def resume_all(root: Path) -> int:
     boot never retries it forever; one run that cannot start does not keep the others down."""
     from trainer import daemon
 
-    targets = []
-    for info in list_runs(root):
+    targets, infos = [], list_runs(root)
+    for info in infos:
         if not resumable_at_boot(info):
             continue
         if (info.get("launch_failures") or 0) >= MAX_LAUNCH_FAILURES:
@@ -754,13 +754,26 @@ def resume_all(root: Path) -> int:
             print(f"longhaul resume: {exc}", file=sys.stderr)
             continue
         print(f"resumed {run_dir.name} (daemon pid {pid}); attach: {longhaul_command()} attach {address(run_dir)}")
-    for run_dir, error in daemon.start_queued(root.absolute()):  # then the queue goes on
-        if error:
-            failed += 1
-            print(f"longhaul resume: queued run {run_dir.name} did not start: {error}", file=sys.stderr)
-        else:
-            print(f"started queued run {run_dir.name}")
+    for queue_root in boot_queues(root, infos):  # then the queues go on
+        for run_dir, error in daemon.start_queued(queue_root):
+            if error:
+                failed += 1
+                print(f"longhaul resume: queued run {run_dir.name} did not start: {error}", file=sys.stderr)
+            else:
+                print(f"started queued run {run_dir.name}")
     return 1 if failed else 0
+
+
+def boot_queues(root: Path, infos: list[dict]) -> list[Path]:
+    """The queues `resume --all` moves on: the runs root's, and the queue of every registered run
+    queued elsewhere (`start --queue --root X`), which would otherwise wait for a command there."""
+    from trainer.daemon.launch import queue_roots
+
+    roots = [root.absolute()]
+    for info in infos:
+        if info.get("state") == "queued":
+            roots += [queue_root for queue_root in queue_roots(Path(info["dir"])) if queue_root not in roots]
+    return roots
 
 
 def cmd_logs(args) -> int:
