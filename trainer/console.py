@@ -22,7 +22,7 @@ from trainer.fmt import duration, epoch_number
 from trainer.run.errors import StateFileError
 from trainer.run.events import EventLog
 from trainer.run.rundir import RunDir
-from trainer.run.state import FINAL_STATES, StateFile, progress_fields
+from trainer.run.state import FINAL_STATES, StateFile, progress_fields, start_unrecorded
 
 
 class _NotAnEvent(logging.Filter):
@@ -210,10 +210,9 @@ class ConsolePublisher:
 
     def started(self) -> None:
         try:
-            first = "started_at" not in self.state_file.read() and not self.files.history.exists()
+            first = start_unrecorded(self.files.path, self.state_file.read())
         except StateFileError:
             first = False  # damaged: a rebuild comes later; config.yaml's time stands in
-        # when the run first trained (kept across resumes; a run that trained before the field has none)
         when = {"started_at": time.time()} if first else {}
         self._update_state(name=self.name, state="running", pid=os.getpid(), mode="foreground", **when)
 

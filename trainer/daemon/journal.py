@@ -29,7 +29,7 @@ from trainer.run.events import RECENT_EVENTS, EventLog
 from trainer.run.linefile import AppendFile
 from trainer.run.rundir import RunDir
 from trainer.run.snapshot import carried_progress, snapshot_from_run_dir
-from trainer.run.state import StateFile
+from trainer.run.state import StateFile, start_unrecorded
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,7 @@ class Journal:
         """Load the recent events, log lines and plan, open the journals (EventLog continues the seq)."""
         self._loop = asyncio.get_running_loop()
         self._load_recent()
-        # a run with a history but no started_at trained before the field: its config.yaml's time
-        # is the better guess then, not this resume's
-        self.start_unrecorded = ("started_at" not in self.state_file.read_or_rebuild()
-                                 and not self.files.history.exists())
+        self.start_unrecorded = start_unrecorded(self.files.path, self.state_file.read_or_rebuild())
         self.eventlog = EventLog(self.files.events).open()
         self.train_log = AppendFile(self.files.train_log).open()
         self._daemon_log_fd = self._find_daemon_log()

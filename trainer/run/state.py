@@ -177,6 +177,13 @@ def effective_state(run_dir: str | os.PathLike, state: Optional[dict] = None) ->
     return written
 
 
+def start_unrecorded(run_dir: str | os.PathLike, state: dict) -> bool:
+    """The run has never trained: its first start (a daemon's worker or a foreground `train`) is
+    to be recorded as `started_at`. A run with a history but no `started_at` trained before the
+    field existed: config.yaml's time is the better guess for it, not this resume's."""
+    return "started_at" not in state and not RunDir(run_dir).history.exists()
+
+
 def started_at(run_dir: str | os.PathLike, state: dict) -> Optional[float]:
     """When the run first trained: `started_at` (its first worker's start, kept across resumes),
     else when config.yaml was written (runs made before the field; a run that never trained).
