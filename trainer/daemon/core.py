@@ -85,7 +85,7 @@ class Daemon:
         self.notifier = Notifier(user_rules_for_daemon(self._alert), self.name, self.run_dir, self._alert,
                                  status=self._status_now)
         self.set_state("starting", f"daemon started (pid {pid})", data={"pid": pid}, pid=pid,
-                       socket=str(self.lock.socket_file), stop_reason=None, name=self.name)
+                       socket=None, stop_reason=None, name=self.name)  # named once it listens
         try:
             from trainer.config import load_config
 
@@ -101,6 +101,9 @@ class Daemon:
         self.replicator = Replicator.for_run(self.run_dir, self.cfg, self.emit)
         await self.journal.load_history(self.cfg.eval.monitor_rule)
         await self.hub.listen(self.lock.socket_file)
+        # only now: `launch_daemon` returns when state.json names an existing socket, and a socket
+        # file exists from its bind, a moment before it listens (a client then was refused)
+        self.journal.write_state(socket=str(self.lock.socket_file))
         sampler = self._spawn(self._sample_system())
         stalls = self._spawn(self.watch.watch_stalls(self.cfg.daemon.system_interval))
         self.supervisor.distributed = self.cfg.distributed
